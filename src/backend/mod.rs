@@ -1,0 +1,5 @@
+//! Platforms the squeezer can run on.
+//!
+//! [`sim`] is a deterministic simulated host used by the tests, the benchmarks and the demo.
+
+pub mod sim;

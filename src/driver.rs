@@ -1,0 +1,327 @@
+//! The driver loop: repeats squeezer iterations against a platform until the host has the free
+//! memory asked for, or until it is clear that it cannot.
+//!
+//! Everything outside the algorithm comes in through [`Io`]: the host snapshot, setting maxmem
+//! and balloon targets, waiting, and the clock. With a simulated [`Io`] a whole scenario replays
+//! deterministically.
+//!
+//! The free functions ([`change_host_free_memory`], [`free_memory_range`], [`balance_memory`],
+//! [`is_host_memory_unbalanced`]) start from a fresh [`Squeezer`] each call, exactly as squeezed
+//! does. The methods on [`Squeezer`] keep what was learnt (which domains are stuck) from one call
+//! to the next.
+
+use log::{debug, warn};
+
+use crate::error::{Error, Result};
+use crate::model::{kib, Action, DomId, Domain, Host, Kib};
+use crate::policy;
+use crate::squeezer::{Options, Squeezer, Verdict};
+
+/// How long the driver waits between iterations, in seconds (squeezed's value).
+pub const ITERATION_WAIT_SECONDS: f64 = 1.0;
+
+/// The platform the driver works on: squeezed's `io` record as a trait.
+///
+/// A method that fails ends the operation with its error (normally [`Error::Backend`]); the
+/// driver never retries behind the caller's back.
+pub trait Io {
+    /// A fresh snapshot of the host.
+    fn make_host(&mut self) -> Result<Host>;
+    /// Sets Xen's maxmem for `domid`, in KiB.
+    fn set_maxmem(&mut self, domid: DomId, kib: Kib) -> Result<()>;
+    /// Sets a new balloon target (and whatever maxmem that needs, in the safe order).
+    fn execute_action(&mut self, action: Action) -> Result<()>;
+    /// Lets `seconds` pass (or the platform's idea of one tick).
+    fn wait(&mut self, seconds: f64) -> Result<()>;
+    /// The current time in seconds; finite, not negative, never going backwards.
+    fn now(&mut self) -> Result<f64>;
+    /// How much memory the host keeps free when balanced (the slush fund), in KiB.
+    fn target_host_free_mem_kib(&self) -> Kib;
+    /// How close to the slush counts as balanced, in KiB.
+    fn free_memory_tolerance_kib(&self) -> Kib;
+}
+
+/// Guards a platform's clock: rejects NaN, infinite, negative and backward-moving times.
+#[derive(Debug, Default)]
+struct Clock {
+    last: Option<f64>,
+}
+
+impl Clock {
+    fn now(&mut self, io: &mut dyn Io) -> Result<f64> {
+        let t = io.now()?;
+        if !t.is_finite() || t < 0.0 {
+            return Err(Error::Backend(format!(
+                "now() returned an invalid time ({t})"
+            )));
+        }
+        if let Some(last) = self.last {
+            if t < last {
+                return Err(Error::Backend(format!(
+                    "now() went backwards (from {last} to {t})"
+                )));
+            }
+        }
+        self.last = Some(t);
+        Ok(t)
+    }
+}
+
+fn settings(io: &dyn Io) -> Result<(Kib, Kib)> {
+    let target = kib::check_size("target host free memory", io.target_host_free_mem_kib())?;
+    let tolerance = kib::check_size("free memory tolerance", io.free_memory_tolerance_kib())?;
+    Ok((target, tolerance))
+}
+
+/// squeezed's balance test: free memory within the tolerance above the slush.
+fn is_balanced(free_kib: Kib, target_kib: Kib, tolerance_kib: Kib) -> bool {
+    free_kib - target_kib < tolerance_kib
+}
+
+/// maxmem for each domain of `host`, by squeezed's rule: a domain declared inactive in this
+/// iteration may shrink but not grow (`clamp(min(target, actual), dynamic_min, dynamic_max)`);
+/// every other domain gets its new target if it has one, else its current target.
+fn maxmem_plan(host: &Host, verdict: &Verdict, declared_inactive: &[DomId]) -> Vec<(DomId, Kib)> {
+    let mut new_targets: Vec<(DomId, Kib)> = match verdict {
+        Verdict::AdjustTargets(actions) => actions
+            .iter()
+            .map(|a| (a.domid, a.new_target_kib))
+            .collect(),
+        _ => Vec::new(),
+    };
+    new_targets.sort_unstable_by_key(|&(domid, _)| domid);
+    let lookup = |domid: DomId| {
+        new_targets
+            .binary_search_by_key(&domid, |&(d, _)| d)
+            .ok()
+            .map(|i| new_targets[i].1)
+    };
+    host.domains()
+        .iter()
+        .map(|d: &Domain| {
+            let mem = if declared_inactive.binary_search(&d.domid).is_ok() {
+                d.target_kib
+                    .min(d.memory_actual_kib)
+                    .max(d.dynamic_min_kib)
+                    .min(d.dynamic_max_kib)
+            } else {
+                lookup(d.domid).unwrap_or(d.target_kib)
+            };
+            (d.domid, mem)
+        })
+        .collect()
+}
+
+impl Squeezer {
+    /// Balloons domains until `success` holds for host free memory, aiming for `required_kib`
+    /// free (squeezed's `change_host_free_memory`).
+    ///
+    /// Fails with [`Error::CannotFreeThisMuchMemory`] when dynamic-mins are too high, or
+    /// [`Error::DomainsRefusedToCooperate`] naming the stuck domains that could have helped.
+    pub fn change_host_free_memory(
+        &mut self,
+        io: &mut dyn Io,
+        required_kib: Kib,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<()> {
+        kib::check_size("required free memory", required_kib)?;
+        let (host_target_kib, _) = settings(io)?;
+        let mut clock = Clock::default();
+
+        // Nothing to do when the memory is already there and every balloon driver is at rest;
+        // balancing (required == slush) always looks, since it may have memory to hand out.
+        let host = io.make_host()?;
+        let at_rest = host
+            .domains()
+            .iter()
+            .filter(|d| d.can_balloon)
+            .all(Domain::has_hit_target);
+        debug!(
+            "change_host_free_memory: required {required_kib} KiB, slush {host_target_kib} KiB, \
+             free {} KiB, balloon drivers at rest: {at_rest}",
+            host.free_mem_kib
+        );
+        if required_kib != host_target_kib && required_kib <= host.free_mem_kib && at_rest {
+            return Ok(());
+        }
+
+        let start = clock.now(io)?;
+        self.begin_call(start);
+        let mut first = true;
+        loop {
+            let now = if first { start } else { clock.now(io)? };
+            first = false;
+            let host = io.make_host()?;
+            let it = self.one_iteration(&host, required_kib, success, now)?;
+            for domid in &it.declared_inactive {
+                debug!("domain {domid} declared inactive");
+            }
+            for domid in &it.declared_active {
+                debug!("domain {domid} declared active");
+            }
+            debug!(
+                "free {} KiB (aiming for {required_kib} KiB); γ = {:.4}; {:?} phase; {}",
+                host.free_mem_kib,
+                it.allocation.gamma,
+                it.phase,
+                match &it.verdict {
+                    Verdict::Success => "success".to_string(),
+                    Verdict::Failed(d) => format!("failed, stuck: {d:?}"),
+                    Verdict::AdjustTargets(a) => format!("{} target(s) to set", a.len()),
+                }
+            );
+
+            for (domid, mem) in maxmem_plan(&host, &it.verdict, &it.declared_inactive) {
+                io.set_maxmem(domid, mem)?;
+            }
+
+            match it.verdict {
+                Verdict::Success => return Ok(()),
+                Verdict::Failed(domids) if domids.is_empty() || domids == [0] => {
+                    if host.free_mem_kib >= required_kib {
+                        // Not a failure to free: nobody can take the memory that is free.
+                        debug!(
+                            "{} KiB free is at least the {required_kib} KiB asked for, but the \
+                             success condition does not hold and no domain can absorb more",
+                            host.free_mem_kib
+                        );
+                    } else if domids == [0] {
+                        warn!(
+                            "cannot free {required_kib} KiB: domain 0 has not met its memory target"
+                        );
+                    } else {
+                        debug!(
+                            "cannot free {required_kib} KiB within the dynamic-min limits of \
+                             the balloonable domains"
+                        );
+                    }
+                    return Err(Error::CannotFreeThisMuchMemory {
+                        required_kib,
+                        free_kib: host.free_mem_kib,
+                    });
+                }
+                Verdict::Failed(domids) => {
+                    debug!("cannot free {required_kib} KiB: domains {domids:?} did not meet their targets");
+                    return Err(Error::DomainsRefusedToCooperate { domids });
+                }
+                Verdict::AdjustTargets(actions) => {
+                    for a in actions {
+                        io.execute_action(a)?;
+                    }
+                    let wait = ITERATION_WAIT_SECONDS;
+                    io.wait(wait)?;
+                }
+            }
+        }
+    }
+
+    /// Frees memory for a new domain whose size may lie anywhere in `min_kib..=max_kib`, and
+    /// returns how much it may have (squeezed's `free_memory_range`).
+    ///
+    /// The policy first decides what a phantom domain with that range would get if it were
+    /// already running; that much is freed, and the call succeeds as long as at least `min_kib`
+    /// is free above the slush.
+    pub fn free_memory_range(
+        &mut self,
+        io: &mut dyn Io,
+        min_kib: Kib,
+        max_kib: Kib,
+    ) -> Result<Kib> {
+        kib::check_size("minimum", min_kib)?;
+        kib::check_size("maximum", max_kib)?;
+        if min_kib > max_kib {
+            return Err(Error::InvalidMemoryValue(format!(
+                "minimum {min_kib} KiB is above maximum {max_kib} KiB"
+            )));
+        }
+        let (slush, _) = settings(io)?;
+        let phantom = Domain::new(-1, true, min_kib, min_kib, max_kib, 0, 0, 4);
+        let host = io.make_host()?;
+        // squeezed offers the phantom's share against every domain, balloonable or not.
+        let everyone = || host.domains().iter().chain(std::iter::once(&phantom));
+        let allocation = policy::proportional(everyone(), host.free_mem_kib, slush, true)?;
+        let target = allocation.target_for(&phantom);
+        debug!("free_memory_range({min_kib}, {max_kib}): ideal size {target} KiB");
+
+        let required = kib::add(target, slush, "memory to free")?;
+        let enough = kib::add(min_kib, slush, "minimum free memory")?;
+        self.change_host_free_memory(io, required, &mut |free| free >= enough)?;
+
+        let host = io.make_host()?;
+        let usable = host.free_mem_kib - slush;
+        if usable < min_kib {
+            warn!(
+                "usable free memory ({usable} KiB) is below the minimum ({min_kib} KiB) by {} KiB",
+                min_kib - usable
+            );
+        }
+        Ok(usable.min(max_kib).max(min_kib))
+    }
+
+    /// Hands free memory back to the domains until only the slush is free
+    /// (squeezed's `balance_memory`).
+    ///
+    /// When memory cannot be balanced further (every domain at its dynamic-max, or stuck) this
+    /// is not an error: only invalid settings and platform failures are reported.
+    pub fn balance_memory(&mut self, io: &mut dyn Io) -> Result<()> {
+        let (slush, tolerance) = settings(io)?;
+        match self
+            .change_host_free_memory(io, slush, &mut |free| is_balanced(free, slush, tolerance))
+        {
+            Ok(()) => Ok(()),
+            Err(Error::CannotFreeThisMuchMemory { free_kib, .. }) => {
+                debug!("balanced as far as possible: {free_kib} KiB free");
+                Ok(())
+            }
+            Err(Error::DomainsRefusedToCooperate { domids }) => {
+                debug!("balanced as far as possible: domains {domids:?} are not cooperating");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// [`Squeezer::change_host_free_memory`] on a fresh squeezer.
+pub fn change_host_free_memory(
+    io: &mut dyn Io,
+    options: &Options,
+    required_kib: Kib,
+    success: &mut dyn FnMut(Kib) -> bool,
+) -> Result<()> {
+    Squeezer::new(*options).change_host_free_memory(io, required_kib, success)
+}
+
+/// [`Squeezer::free_memory_range`] on a fresh squeezer.
+pub fn free_memory_range(
+    io: &mut dyn Io,
+    options: &Options,
+    min_kib: Kib,
+    max_kib: Kib,
+) -> Result<Kib> {
+    Squeezer::new(*options).free_memory_range(io, min_kib, max_kib)
+}
+
+/// [`Squeezer::balance_memory`] on a fresh squeezer.
+pub fn balance_memory(io: &mut dyn Io, options: &Options) -> Result<()> {
+    Squeezer::new(*options).balance_memory(io)
+}
+
+/// Whether a balancing pass would change any domain's target right now.
+pub fn is_host_memory_unbalanced(io: &mut dyn Io, options: &Options) -> Result<bool> {
+    let (slush, tolerance) = settings(io)?;
+    let host = io.make_host()?;
+    let now = Clock::default().now(io)?;
+    let it = Squeezer::new(*options).one_iteration(
+        &host,
+        slush,
+        &mut |free| is_balanced(free, slush, tolerance),
+        now,
+    )?;
+    Ok(match it.verdict {
+        Verdict::AdjustTargets(actions) => actions
+            .iter()
+            .any(|a| host.domain(a.domid).map(|d| d.target_kib) != Some(a.new_target_kib)),
+        _ => false,
+    })
+}
