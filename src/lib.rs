@@ -10,6 +10,7 @@
 //! - [`monitor`]: which balloon drivers have stopped making progress.
 //! - [`squeezer`]: one iteration (classification, two phases, the decision).
 //! - [`driver`]: the loop over a platform ([`driver::Io`]): change, free and balance memory.
+//! - [`adaptive`]: a squeezer that learns balloon rates and limits, fixing squeezed's known flaws.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
 //!
 //! ```
@@ -35,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adaptive;
 pub mod backend;
 pub mod driver;
 pub mod error;

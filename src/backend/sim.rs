@@ -60,6 +60,14 @@ pub enum Behaviour {
         /// Seconds between a target change and the first movement.
         delay_s: f64,
     },
+    /// Moves `chunk_kib` toward the target once every `period_s` seconds: a driver that looks
+    /// alive (it never stops for long) but is far too slow to be useful.
+    Trickle {
+        /// KiB moved at each step.
+        chunk_kib: Kib,
+        /// Seconds between steps.
+        period_s: f64,
+    },
     /// No balloon driver: the guest never moves and the toolstack cannot set its target.
     NoBalloonDriver,
 }
@@ -118,6 +126,31 @@ pub struct Counters {
     pub set_maxmem: u64,
     /// Waits.
     pub waits: u64,
+}
+
+/// What the trace shows about the algorithm's behaviour over a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceSummary {
+    /// Per domain, how many times its target changed direction (up after down or down after
+    /// up), in ascending domid order.
+    pub reversals: Vec<(DomId, u64)>,
+    /// Total memory moved by balloon drivers, both directions, in KiB.
+    pub balloon_traffic_kib: Kib,
+}
+
+impl TraceSummary {
+    /// Reversals over all domains.
+    pub fn total_reversals(&self) -> u64 {
+        self.reversals.iter().map(|r| r.1).sum()
+    }
+
+    /// Reversals of one domain's target.
+    pub fn reversals_of(&self, domid: DomId) -> u64 {
+        self.reversals
+            .iter()
+            .find(|r| r.0 == domid)
+            .map_or(0, |r| r.1)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +288,34 @@ impl Simulator {
         &self.trace
     }
 
+    /// Target reversals and balloon traffic over the recorded trace.
+    pub fn trace_summary(&self) -> TraceSummary {
+        let mut last_dir: std::collections::BTreeMap<DomId, (i64, u64)> = Default::default();
+        let mut traffic = 0;
+        for w in self.trace.windows(2) {
+            for &(domid, target, actual) in &w[1].guests {
+                let Some(&(_, prev_target, prev_actual)) =
+                    w[0].guests.iter().find(|g| g.0 == domid)
+                else {
+                    continue;
+                };
+                let entry = last_dir.entry(domid).or_insert((0, 0));
+                let dir = (target - prev_target).signum();
+                if dir != 0 {
+                    if entry.0 != 0 && entry.0 != dir {
+                        entry.1 += 1;
+                    }
+                    entry.0 = dir;
+                }
+                traffic += (actual - prev_actual).abs();
+            }
+        }
+        TraceSummary {
+            reversals: last_dir.into_iter().map(|(d, (_, n))| (d, n)).collect(),
+            balloon_traffic_kib: traffic,
+        }
+    }
+
     /// What the algorithm asked of this host so far.
     pub fn counters(&self) -> Counters {
         self.counters
@@ -356,6 +417,20 @@ impl Simulator {
                     0.0
                 };
                 step(&d, rate_kib_per_s, useful)
+            }
+            Behaviour::Trickle {
+                chunk_kib,
+                period_s,
+            } => {
+                // One chunk each time a period boundary is crossed.
+                let steps = (now / period_s).floor() - (g.last_update / period_s).floor();
+                let sign = if d.memory_actual_kib > d.target_kib {
+                    -1
+                } else {
+                    1
+                };
+                let room = ((d.target_kib - d.memory_actual_kib) * sign - d.inaccuracy_kib).max(0);
+                (chunk_kib * steps.max(0.0) as Kib).min(room) * sign
             }
             Behaviour::Sluggish {
                 rate_kib_per_s,
