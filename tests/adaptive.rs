@@ -302,3 +302,117 @@ fn adaptive_freeing_never_raises_a_target_and_keeps_targets_in_range() {
     let io: &mut dyn Io = &mut sim;
     assert!(io.make_host().is_ok());
 }
+
+/// One 4 GiB guest (dynamic-min 1 GiB) with `behaviour`, asked by the toolstack to go down
+/// to `target`; watched once a second for `seconds`. Returns when the adaptive squeezer first
+/// flagged it, and the longest stretch squeezed's stuckness monitor held it inactive (squeezed
+/// marks a domain uncooperative after 20 s inactive).
+fn watch(behaviour: Behaviour, target: Kib, seconds: u32) -> (Option<f64>, f64) {
+    use squeeze::monitor::StucknessMonitor;
+    let mut sim = host(SLUSH, 7200.0);
+    sim.add_guest(
+        Domain::new(1, true, GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4),
+        behaviour,
+    )
+    .unwrap();
+    let mut adaptive = Adaptive::default();
+    adaptive.watch(&mut sim).unwrap();
+    sim.execute_action(squeeze::Action {
+        domid: 1,
+        new_target_kib: target,
+    })
+    .unwrap();
+    adaptive.watch(&mut sim).unwrap();
+    let mut classic = StucknessMonitor::new(5.0);
+    let (mut flagged_at, mut inactive_since, mut longest_inactive) = (None, None, 0.0f64);
+    for _ in 0..seconds {
+        sim.advance(1.0).unwrap();
+        adaptive.watch(&mut sim).unwrap();
+        if flagged_at.is_none() && adaptive.cooperation(1).unwrap().uncooperative {
+            flagged_at = Some(sim.time());
+        }
+        let snapshot = sim.make_host().unwrap();
+        classic.update(&snapshot, sim.time());
+        if classic.is_active(1) {
+            inactive_since = None;
+        } else {
+            let since = *inactive_since.get_or_insert(sim.time());
+            longest_inactive = longest_inactive.max(sim.time() - since);
+        }
+    }
+    (flagged_at, longest_inactive)
+}
+
+#[test]
+fn a_driver_stalling_19_s_in_every_20_is_flagged_within_a_minute_where_squeezed_never_flags_it() {
+    // 100 MiB/s for 1 s, then 19 s of nothing: 3 GiB to free would take 30 cycles.
+    let (flagged, classic_inactive) = watch(
+        Behaviour::Stalling {
+            rate_kib_per_s: 100 * MIB,
+            active_s: 1.0,
+            stalled_s: 19.0,
+        },
+        GIB,
+        120,
+    );
+    assert!(flagged.is_some_and(|t| t <= 60.0), "flagged at {flagged:?}");
+    assert!(
+        classic_inactive < 20.0,
+        "squeezed would flag after {classic_inactive} s"
+    );
+}
+
+#[test]
+fn a_driver_freeing_one_page_every_5_s_is_flagged_within_a_minute_where_squeezed_never_flags_it() {
+    let (flagged, classic_inactive) = watch(
+        Behaviour::Trickle {
+            chunk_kib: 4,
+            period_s: 5.0,
+        },
+        GIB,
+        120,
+    );
+    assert!(flagged.is_some_and(|t| t <= 60.0), "flagged at {flagged:?}");
+    assert!(
+        classic_inactive < 20.0,
+        "squeezed would flag after {classic_inactive} s"
+    );
+}
+
+#[test]
+fn a_dead_driver_is_flagged_within_a_minute() {
+    let (flagged, classic_inactive) = watch(Behaviour::Stuck, GIB, 120);
+    assert!(flagged.is_some_and(|t| t <= 60.0), "flagged at {flagged:?}");
+    assert!(classic_inactive >= 20.0, "squeezed flags this one too");
+}
+
+#[test]
+fn an_honest_slow_driver_is_never_flagged() {
+    // 1 MiB/s asked to free 300 MiB: five minutes of steady work.
+    let (flagged, _) = watch(
+        Behaviour::Ideal {
+            rate_kib_per_s: MIB,
+        },
+        4 * GIB - 300 * MIB,
+        360,
+    );
+    assert_eq!(flagged, None);
+    let (flagged, _) = watch(Behaviour::windows_like(), 4 * GIB - 300 * MIB, 360);
+    assert_eq!(flagged, None);
+}
+
+#[test]
+fn a_driver_at_its_hidden_floor_is_never_flagged_where_squeezed_flags_it() {
+    // Asked to go to 1 GiB, it stops for good at 3 GiB after freeing 1 GiB in 10 s. squeezed
+    // holds it inactive from then on, and so marks it uncooperative after 20 s.
+    let (flagged, classic_inactive) = watch(
+        Behaviour::HiddenFloor {
+            rate_kib_per_s: 100 * MIB,
+            floor_kib: 3 * GIB,
+        },
+        GIB,
+        600,
+    );
+    assert_eq!(flagged, None);
+    assert!(classic_inactive >= 20.0, "{classic_inactive} s");
+}

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::model::{direction_of_actual, kib, Action, Direction, DomId, Domain, Host, Kib};
 use crate::policy;
 use plan::Contributor;
-use tracker::{Limit, Tracker};
+use tracker::{Concern, Judge, Limit, Tracker};
 
 /// Tunables of the adaptive squeezer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,6 +59,12 @@ pub struct AdaptiveOptions {
     pub dwell_s: f64,
     /// Size of the standing request left on a limited domain, KiB.
     pub probe_kib: Kib,
+    /// Time constant with which a domain's non-cooperation score leaks away, seconds.
+    pub score_leak_s: f64,
+    /// Non-cooperation score (seconds of work not done) at which a domain is flagged.
+    pub flag_at_s: f64,
+    /// Score at which the flag is cleared again.
+    pub clear_at_s: f64,
 }
 
 impl Default for AdaptiveOptions {
@@ -72,11 +78,24 @@ impl Default for AdaptiveOptions {
             deadband_kib: 1024,
             dwell_s: 60.0,
             probe_kib: 256,
+            score_leak_s: 60.0,
+            flag_at_s: 10.0,
+            clear_at_s: 3.0,
         }
     }
 }
 
 impl AdaptiveOptions {
+    fn judge(&self) -> Judge {
+        Judge {
+            min_rate_kib_per_s: self.min_rate_kib_per_s,
+            limit_slack_kib: self.probe_kib / 2,
+            leak_s: self.score_leak_s,
+            flag_at_s: self.flag_at_s,
+            clear_at_s: self.clear_at_s,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let positive = [
             ("deadline", self.deadline_s),
@@ -84,6 +103,8 @@ impl AdaptiveOptions {
             ("minimum rate", self.min_rate_kib_per_s),
             ("grace period", self.grace_s),
             ("prior rate", self.prior_rate_kib_per_s),
+            ("score leak", self.score_leak_s),
+            ("flagging score", self.flag_at_s),
         ];
         for (name, v) in positive {
             if !(v.is_finite() && v > 0.0) {
@@ -96,6 +117,12 @@ impl AdaptiveOptions {
             return Err(Error::InvalidArgument(format!(
                 "adaptive dwell time must be zero or more seconds, not {}",
                 self.dwell_s
+            )));
+        }
+        if !(self.clear_at_s.is_finite() && (0.0..self.flag_at_s).contains(&self.clear_at_s)) {
+            return Err(Error::InvalidArgument(format!(
+                "adaptive clearing score {} must be at least 0 and below the flagging score {}",
+                self.clear_at_s, self.flag_at_s
             )));
         }
         kib::check_size("adaptive deadband", self.deadband_kib)?;
@@ -132,6 +159,23 @@ impl Adaptive {
     /// What has been learnt about `domid`.
     pub fn track(&self, domid: DomId) -> Option<&tracker::Track> {
         self.tracker.get(domid)
+    }
+
+    /// How `domid`'s balloon driver has been cooperating, as far as this squeezer has seen.
+    pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {
+        self.tracker.get(domid).map(|t| Cooperation {
+            score_s: t.score_s,
+            uncooperative: t.uncooperative,
+            concern: t.concern,
+        })
+    }
+
+    /// Takes one look at the host and learns from it without asking anything of the domains
+    /// (except taking back a growth request a driver cannot follow): what a background monitor
+    /// calls between requests.
+    pub fn watch(&mut self, io: &mut dyn Io) -> Result<()> {
+        let mut clock = Clock::default();
+        self.observe(io, &mut clock).map(|_| ())
     }
 
     /// Frees memory until `required_kib` is free and guaranteed to stay free, or, where that
@@ -202,41 +246,31 @@ impl Adaptive {
             self.fingerprint = fp;
             self.epoch += 1;
         }
-        self.tracker
-            .observe(&host, now, self.options.min_rate_kib_per_s);
+        self.tracker.observe(&host, now, &self.options.judge());
         self.learn_limits(io, &host, now)?;
         Ok((host, now))
     }
 
-    /// Turns a driver's persistent shortfall into a remembered limit, and forgets limits that
-    /// the driver has since moved past.
+    /// Turns a driver's persistent stall into a remembered limit: a floor when it stopped
+    /// shrinking after having moved, a ceiling when it does not grow.
     fn learn_limits(&mut self, io: &mut dyn Io, host: &Host, now: f64) -> Result<()> {
+        let grace = self.options.grace_s;
         let probe = self.options.probe_kib;
         for d in host.domains().iter().filter(|d| d.can_balloon) {
             let Some(t) = self.tracker.get_mut(d.domid) else {
                 continue;
             };
             let actual = d.memory_actual_kib;
-            if t.floor.is_some_and(|f| actual < f.at_kib - probe / 2) {
-                debug!("domain {}: moved below its floor, forgetting it", d.domid);
-                t.floor = None;
-            }
-            if t.ceiling.is_some_and(|c| actual > c.at_kib + probe / 2) {
-                debug!("domain {}: moved above its ceiling, forgetting it", d.domid);
-                t.ceiling = None;
-            }
-            let Some(since) = t.short_since else {
-                continue;
-            };
-            if now - since < self.options.grace_s {
-                continue;
-            }
             let limit = Some(Limit {
                 at_kib: actual,
                 since: now,
             });
             match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
-                Some(Direction::Down) if t.floor.is_none() => {
+                Some(Direction::Down)
+                    if t.floor.is_none()
+                        && t.moved_since_request
+                        && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+                {
                     // The lower target stays: it frees memory if the driver ever moves again,
                     // and raising it would be a target increase while memory is wanted.
                     debug!(
@@ -245,9 +279,8 @@ impl Adaptive {
                         d.domid, t.target_kib
                     );
                     t.floor = limit;
-                    t.short_since = None;
                 }
-                Some(Direction::Up) if t.ceiling.is_none() => {
+                Some(Direction::Up) if t.ceiling.is_none() && t.lagging(now, grace) => {
                     // A standing growth request would hold memory nobody can use: take it back,
                     // leaving a probe's worth so the squeezer notices if the limit lifts.
                     let retract = (actual + probe)
@@ -259,7 +292,6 @@ impl Adaptive {
                         d.domid, t.target_kib
                     );
                     t.ceiling = limit;
-                    t.short_since = None;
                     self.write(io, d, retract, now)?;
                 }
                 _ => {}
@@ -313,7 +345,7 @@ impl Adaptive {
             let mut who = Vec::new();
             for d in host.domains().iter().filter(|d| d.can_balloon) {
                 let t = self.tracker.get(d.domid);
-                if t.is_some_and(|t| t.floor.is_some()) {
+                if t.is_some_and(|t| t.floor.is_some() || t.lagging(now, self.options.grace_s)) {
                     continue;
                 }
                 let rate = t
@@ -329,11 +361,11 @@ impl Adaptive {
             let need = required_kib - guaranteed;
             let reachable = kib::add(guaranteed, capacity, "reachable free memory")?;
             if reachable < required_kib && !success(reachable) {
-                return Err(self.blame(&host, required_kib));
+                return Err(self.blame(&host, now, required_kib));
             }
             if now - start > self.options.deadline_s {
                 debug!("deadline of {} s passed", self.options.deadline_s);
-                return Err(self.blame_late(&host, required_kib));
+                return Err(self.blame_late(&host, now, required_kib));
             }
 
             let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
@@ -357,7 +389,7 @@ impl Adaptive {
                 return if success(guaranteed) {
                     Ok(())
                 } else {
-                    Err(self.blame(&host, required_kib))
+                    Err(self.blame(&host, now, required_kib))
                 };
             }
             io.wait(self.options.poll_s)?;
@@ -390,6 +422,15 @@ impl Adaptive {
                     let mut e = *d;
                     let mut is_limited = false;
                     if let Some(t) = self.tracker.get(d.domid) {
+                        if t.lagging(now, self.options.grace_s) {
+                            // Neither give it memory nor count on it to free any.
+                            let pinned = d
+                                .memory_actual_kib
+                                .clamp(e.dynamic_min_kib, e.dynamic_max_kib.max(e.dynamic_min_kib));
+                            e.dynamic_min_kib = pinned;
+                            e.dynamic_max_kib = pinned;
+                            is_limited = true;
+                        }
                         if let Some(f) = t.floor {
                             e.dynamic_min_kib =
                                 e.dynamic_min_kib.max(f.at_kib).min(e.dynamic_max_kib);
@@ -486,13 +527,18 @@ impl Adaptive {
 
     /// The error for a request that cannot be met: the domains whose limits stood in the way,
     /// or, when none did, the dynamic-mins.
-    fn blame(&self, host: &Host, required_kib: Kib) -> Error {
+    fn blame(&self, host: &Host, now: f64, required_kib: Kib) -> Error {
+        let grace = self.options.grace_s;
         let domids: Vec<DomId> = host
             .domains()
             .iter()
             .rev()
             .filter(|d| d.can_balloon && d.min_freeable_kib(true) > 0)
-            .filter(|d| self.tracker.get(d.domid).is_some_and(|t| t.floor.is_some()))
+            .filter(|d| {
+                self.tracker
+                    .get(d.domid)
+                    .is_some_and(|t| t.floor.is_some() || t.lagging(now, grace))
+            })
             .map(|d| d.domid)
             .collect();
         if domids.is_empty() {
@@ -507,8 +553,8 @@ impl Adaptive {
 
     /// The error at the deadline: as [`blame`](Self::blame), also naming drivers that are
     /// still short of their targets.
-    fn blame_late(&self, host: &Host, required_kib: Kib) -> Error {
-        match self.blame(host, required_kib) {
+    fn blame_late(&self, host: &Host, now: f64, required_kib: Kib) -> Error {
+        match self.blame(host, now, required_kib) {
             Error::CannotFreeThisMuchMemory { .. } => {
                 let behind: Vec<DomId> = host
                     .domains()
@@ -529,6 +575,18 @@ impl Adaptive {
             e => e,
         }
     }
+}
+
+/// How a domain's balloon driver has been cooperating.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cooperation {
+    /// Seconds of asked-for work the driver did not do, leaking away over time.
+    pub score_s: f64,
+    /// Whether the score has crossed the flagging threshold (and not yet fallen back below the
+    /// clearing one).
+    pub uncooperative: bool,
+    /// What most recently counted against it.
+    pub concern: Option<Concern>,
 }
 
 /// The smallest target change worth writing for `d`: the configured deadband, or 1/64 of a

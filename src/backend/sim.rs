@@ -60,6 +60,15 @@ pub enum Behaviour {
         /// Seconds between a target change and the first movement.
         delay_s: f64,
     },
+    /// Works at `rate_kib_per_s` for `active_s`, then stalls for `stalled_s`, and so on.
+    Stalling {
+        /// Balloon speed in KiB per second while working.
+        rate_kib_per_s: Kib,
+        /// Length of each working stretch, in seconds.
+        active_s: f64,
+        /// Length of each stall, in seconds.
+        stalled_s: f64,
+    },
     /// Moves `chunk_kib` toward the target once every `period_s` seconds: a driver that looks
     /// alive (it never stops for long) but is far too slow to be useful.
     Trickle {
@@ -416,6 +425,20 @@ impl Simulator {
                 } else {
                     0.0
                 };
+                step(&d, rate_kib_per_s, useful)
+            }
+            Behaviour::Stalling {
+                rate_kib_per_s,
+                active_s,
+                stalled_s,
+            } => {
+                // The working time inside (last_update, now]: each cycle starts with work.
+                let cycle = active_s + stalled_s;
+                let worked_until = |t: f64| {
+                    let whole = (t / cycle).floor();
+                    whole * active_s + (t - whole * cycle).min(active_s)
+                };
+                let useful = worked_until(now) - worked_until(g.last_update);
                 step(&d, rate_kib_per_s, useful)
             }
             Behaviour::Trickle {
