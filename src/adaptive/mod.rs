@@ -372,7 +372,14 @@ impl Adaptive {
             let shares = plan::shares(&contributors, t_star);
             let mut wrote = false;
             for (d, share) in who.iter().zip(shares) {
-                let desired = (d.memory_actual_kib - share).min(d.dynamic_max_kib);
+                // A driver may stop up to its inaccuracy short of a target, so ask for that much
+                // more; the capacity held back twice the inaccuracy, so this stays in range.
+                let ask = if share > 0 {
+                    share + d.inaccuracy_kib
+                } else {
+                    0
+                };
+                let desired = (d.memory_actual_kib - ask).min(d.dynamic_max_kib);
                 let growing = d.target_kib > d.memory_actual_kib + d.inaccuracy_kib;
                 // Targets only ever go down while freeing. A driver still on its way down keeps
                 // its target unless the plan moved by more than the deadband; one at rest is
