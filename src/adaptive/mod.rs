@@ -32,7 +32,9 @@ use log::debug;
 
 use crate::driver::{check_range, is_balanced, phantom_share, settings, Clock, Io};
 use crate::error::{Error, Result};
-use crate::model::{direction_of_actual, kib, Action, Direction, DomId, Domain, Host, Kib};
+use crate::model::{
+    direction_of_actual, has_hit_target, kib, Action, Direction, DomId, Domain, Host, Kib,
+};
 use crate::policy;
 use plan::Contributor;
 use tracker::{Concern, Judge, Limit, Tracker};
@@ -474,10 +476,12 @@ impl Adaptive {
                     Some(Direction::Up)
                 }
             };
-            let freeing = limited
-                .iter()
-                .zip(&ideal)
-                .any(|(l, &i)| wants(l, i) == Some(Direction::Down) && i < l.0.memory_actual_kib);
+            // As in the classic squeezer, a domain still on its way down (whether or not its
+            // target needs rewriting) holds back every allocation: the policy already counts
+            // the memory it has yet to release as free.
+            let freeing = limited.iter().zip(&ideal).any(|((e, _), &i)| {
+                !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i) && i < e.memory_actual_kib
+            });
             let phase = if freeing {
                 Direction::Down
             } else {

@@ -122,6 +122,19 @@ pub struct TraceRow {
     pub guests: Vec<(DomId, Kib, Kib)>,
 }
 
+/// One request the algorithm made of the platform, as recorded with the trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// Simulated time of the request.
+    pub time: f64,
+    /// The domain it concerned.
+    pub domid: DomId,
+    /// `true` for a balloon target (`execute_action`), `false` for maxmem (`set_maxmem`).
+    pub is_target: bool,
+    /// The value asked for, in KiB.
+    pub kib: Kib,
+}
+
 /// Counters of what the algorithm asked of the platform.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -210,6 +223,7 @@ pub struct Simulator {
     index: HashMap<DomId, usize>,
     violations: Vec<Violation>,
     trace: Vec<TraceRow>,
+    decisions: Vec<Decision>,
     counters: Counters,
 }
 
@@ -224,6 +238,7 @@ impl Simulator {
             index: HashMap::new(),
             violations: Vec::new(),
             trace: Vec::new(),
+            decisions: Vec::new(),
             counters: Counters::default(),
         };
         sim.record();
@@ -295,6 +310,22 @@ impl Simulator {
     /// The recorded trace.
     pub fn trace(&self) -> &[TraceRow] {
         &self.trace
+    }
+
+    /// Every target and maxmem request, in order (recorded with the trace).
+    pub fn decisions(&self) -> &[Decision] {
+        &self.decisions
+    }
+
+    fn decide(&mut self, domid: DomId, is_target: bool, kib: Kib) {
+        if self.config.record_trace {
+            self.decisions.push(Decision {
+                time: self.time,
+                domid,
+                is_target,
+                kib,
+            });
+        }
     }
 
     /// Target reversals and balloon traffic over the recorded trace.
@@ -560,6 +591,7 @@ impl Io for Simulator {
     fn set_maxmem(&mut self, domid: DomId, kib: Kib) -> Result<()> {
         self.check()?;
         self.counters.set_maxmem += 1;
+        self.decide(domid, false, kib);
         // squeezed's Xen platform routes maxmem through the same path as a target change.
         self.set_target_and_maxmem(domid, kib)?;
         self.check()
@@ -568,6 +600,7 @@ impl Io for Simulator {
     fn execute_action(&mut self, action: Action) -> Result<()> {
         self.check()?;
         self.counters.actions += 1;
+        self.decide(action.domid, true, action.new_target_kib);
         self.set_target_and_maxmem(action.domid, action.new_target_kib)?;
         self.check()
     }
