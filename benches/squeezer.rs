@@ -3,7 +3,7 @@
 //! - `one_iteration/N`: a single [`Squeezer::one_iteration`] on a host of N guests at rest,
 //!   asked for 10 % of host memory, so every guest gets a new target (the most expensive kind
 //!   of iteration). Throughput is in domains, so criterion's element rate gives the cost per
-//!   domain.
+//!   domain. Time is CPU time of this process, as below.
 //! - `free_10_percent/N`: a whole simulated `change_host_free_memory` of 10 % of host memory on
 //!   N ideal guests, from the first snapshot to success, measured in CPU time of this process
 //!   (the simulator's work included, building the host excluded).
@@ -43,11 +43,7 @@ fn guests(n: usize) -> Vec<(Domain, Behaviour)> {
 
 /// Host memory: what the guests hold plus the slush.
 fn total_kib(guests: &[(Domain, Behaviour)], slush: Kib) -> Kib {
-    guests
-        .iter()
-        .map(|(d, _)| d.memory_actual_kib)
-        .sum::<Kib>()
-        + slush
+    guests.iter().map(|(d, _)| d.memory_actual_kib).sum::<Kib>() + slush
 }
 
 const SLUSH_KIB: Kib = 72 * MIB;
@@ -62,21 +58,25 @@ fn one_iteration(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &host, |b, host| {
             let mut squeezer = Squeezer::new(Options::default());
             let mut now = 0.0;
-            b.iter(|| {
-                now += 1.0;
-                let it = squeezer
-                    .one_iteration(black_box(host), want, &mut |free| free >= want, now)
-                    .unwrap();
-                debug_assert!(matches!(&it.verdict, Verdict::AdjustTargets(a) if a.len() == n));
-                it
+            b.iter_custom(|iters| {
+                let start = process_cpu_time();
+                for _ in 0..iters {
+                    now += 1.0;
+                    let it = squeezer
+                        .one_iteration(black_box(host), want, &mut |free| free >= want, now)
+                        .unwrap();
+                    debug_assert!(matches!(&it.verdict, Verdict::AdjustTargets(a) if a.len() == n));
+                    black_box(it);
+                }
+                process_cpu_time() - start
             });
         });
     }
     group.finish();
 }
 
-/// CPU time used by this process so far. The free runs on one thread; CPU time rather than
-/// wall time keeps other work on a shared machine out of the result.
+/// CPU time used by this process so far. The benchmarks run on one thread; CPU time rather
+/// than wall time keeps the time other work on a shared machine takes out of the result.
 fn process_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -127,12 +127,9 @@ fn free_10_percent(c: &mut Criterion) {
                 for _ in 0..iters {
                     let mut sim = simulator(gs);
                     let start = process_cpu_time();
-                    change_host_free_memory(
-                        &mut sim,
-                        &Options::default(),
-                        required,
-                        &mut |free| free >= required,
-                    )
+                    change_host_free_memory(&mut sim, &Options::default(), required, &mut |free| {
+                        free >= required
+                    })
                     .unwrap();
                     cpu += process_cpu_time() - start;
                     assert!(sim.free_mem_kib() >= required);
