@@ -430,7 +430,6 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-
     /// One iteration on an arbitrary snapshot: targets in range, and in a freeing round every
     /// target set frees memory, so that no guest at rest sees its target go up.
     #[test]
@@ -438,8 +437,7 @@ proptest! {
         c in any_host(),
         want_mib in 0..=16384 as Kib,
     ) {
-        let sim = c.simulator();
-        let mut sim = sim;
+        let mut sim = c.simulator();
         let host = sim.make_host().unwrap();
         let mut s = Squeezer::default();
         let it = s.one_iteration(&host, want_mib * MIB, &mut |_| true, 0.0).unwrap();
@@ -480,17 +478,19 @@ proptest! {
     /// below dynamic-min and each KiB a guest gives up or takes is exactly matched in host
     /// free memory. The policy's surplus (free + Σ(actual − min) − slush) is therefore the
     /// same in every round, γ is the same, and so is each guest's policy target T. Let L be
-    /// the largest dynamic range and r the slowest rate, so no guest is ever more than
-    /// ⌈L/r⌉ one-second iterations from any point of its range.
-    /// - Freeing phase: guests above T are sent to T and arrive within ⌈L/r⌉ iterations.
-    ///   A guest below T keeps climbing toward its old target; if that lies above T it
-    ///   overshoots T by less than one second's movement, is sent back the next iteration and
-    ///   is back within one more. So the phase lasts at most ⌈L/r⌉ + 2 iterations.
-    /// - Allocating phase: every guest still below T is sent there and arrives within ⌈L/r⌉
-    ///   iterations; T does not move, so no guest becomes freeing again.
-    /// - One last iteration sees every target reached and unchanged, and ends the call.
+    /// the largest dynamic range and r the slowest rate: no guest needs more than ⌈L/r⌉
+    /// seconds to cross its range. Iteration k runs at time k − 1 s.
+    /// - Freeing: a guest above T is sent there in iteration 1 and has arrived by time
+    ///   ⌈L/r⌉. A guest below T keeps climbing toward its old target; if that lies above T
+    ///   it is above T by time ⌈L/r⌉ at the latest, by less than one second's movement, is
+    ///   sent back in the next iteration and is back one second later. So by iteration
+    ///   ⌈L/r⌉ + 2 no guest is above T, and the allocating phase has begun.
+    /// - Allocating: its first iteration sends every guest still below T there; they arrive
+    ///   within ⌈L/r⌉ seconds, and as T does not move none becomes freeing again.
+    /// - The iteration ⌈L/r⌉ after that sees every target reached and unchanged, and ends
+    ///   the call.
     ///
-    /// In all, at most 2⌈L/r⌉ + 3 iterations.
+    /// In all, at most 2⌈L/r⌉ + 2 iterations.
     #[test]
     fn balancing_ideal_guests_converges_within_the_bound_and_then_stays_put(c in ideal_host()) {
         let opts = Options::default();
@@ -500,7 +500,7 @@ proptest! {
             Behaviour::Ideal { rate_kib_per_s } => rate_kib_per_s,
             other => unreachable!("{other:?}"),
         }).min().unwrap();
-        let bound = 2 * ((longest + slowest - 1) / slowest) as u64 + 3;
+        let bound = 2 * ((longest + slowest - 1) / slowest) as u64 + 2;
 
         let before = io.sim.counters();
         balance_memory(&mut io, &opts).map_err(|e| TestCaseError::fail(format!("{e}")))?;
