@@ -24,3 +24,8 @@ lint:
 
 test-rust:
 	$(CARGO) test
+
+## Benchmarks, short runs (about a minute once built); results are kept in docs/benchmarks.md.
+.PHONY: bench
+bench:
+	$(CARGO) bench --bench squeezer -- --warm-up-time 1 --measurement-time 3
