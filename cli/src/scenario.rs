@@ -394,7 +394,11 @@ pub fn run(scenario: &Scenario, policy: Policy) -> Result<Run, Error> {
         )?;
     }
     sim.advance(0.0)?;
-    let mut balancer = Balancer::new(policy, &Options::default(), AdaptiveOptions::default())?;
+    // squeezed starts every call from a fresh squeezer, forgetting which drivers were stuck;
+    // the classic runs here do the same, so they show squeezed's behaviour. The adaptive
+    // balancer is one instance for the whole run.
+    let fresh = || Balancer::new(policy, &Options::default(), AdaptiveOptions::default());
+    let mut balancer = fresh()?;
     let mut reservations: BTreeMap<String, Kib> = BTreeMap::new();
     let mut outcomes = Vec::new();
     let mut next_balance = scenario.host.balance_every_s;
@@ -414,6 +418,9 @@ pub fn run(scenario: &Scenario, policy: Policy) -> Result<Run, Error> {
         if at > sim.time() {
             let dt = at - sim.time();
             sim.advance(dt)?;
+        }
+        if policy == Policy::Classic {
+            balancer = fresh()?;
         }
         if next_event == Some(at) {
             let e = events.next().expect("peeked");

@@ -270,6 +270,19 @@ impl Adaptive {
             match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
                 Some(Direction::Down)
                     if t.floor.is_none()
+                        && t.pinned.is_none()
+                        && !t.moved_since_request
+                        && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+                {
+                    debug!(
+                        "domain {}: balloon driver has not moved from {actual} KiB toward its \
+                         target {} KiB",
+                        d.domid, t.target_kib
+                    );
+                    t.pinned = limit;
+                }
+                Some(Direction::Down)
+                    if t.floor.is_none()
                         && t.moved_since_request
                         && t.stalled_since.is_some_and(|s| now - s >= grace) =>
                 {
@@ -347,7 +360,7 @@ impl Adaptive {
             let mut who = Vec::new();
             for d in host.domains().iter().filter(|d| d.can_balloon) {
                 let t = self.tracker.get(d.domid);
-                if t.is_some_and(|t| t.floor.is_some() || t.lagging(now, self.options.grace_s)) {
+                if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
                     continue;
                 }
                 let rate = t
@@ -431,7 +444,7 @@ impl Adaptive {
                     let mut e = *d;
                     let mut is_limited = false;
                     if let Some(t) = self.tracker.get(d.domid) {
-                        if t.lagging(now, self.options.grace_s) {
+                        if t.pinned.is_some() || t.lagging(now, self.options.grace_s) {
                             // Neither give it memory nor count on it to free any.
                             let pinned = d
                                 .memory_actual_kib
@@ -495,6 +508,12 @@ impl Adaptive {
                 if self.dwell_blocks(&l.0, phase, now) {
                     continue;
                 }
+                // A limited driver keeps its lower target (a standing request that can only
+                // free memory) unless it is really to be given more than it has.
+                if l.1 && phase == Direction::Up && i <= l.0.memory_actual_kib + l.0.inaccuracy_kib
+                {
+                    continue;
+                }
                 let d = host.domain(l.0.domid).expect("from this host");
                 self.write(io, d, i, now)?;
                 wrote = true;
@@ -548,7 +567,7 @@ impl Adaptive {
             .filter(|d| {
                 self.tracker
                     .get(d.domid)
-                    .is_some_and(|t| t.floor.is_some() || t.lagging(now, grace))
+                    .is_some_and(|t| t.unreliable(now, grace))
             })
             .map(|d| d.domid)
             .collect();

@@ -88,6 +88,9 @@ pub struct Track {
     pub floor: Option<Limit>,
     /// A ceiling the driver would not grow past.
     pub ceiling: Option<Limit>,
+    /// Where a driver that has not moved at all since it was asked to shrink is stuck. Unlike a
+    /// floor, this is no excuse: the driver keeps being scored.
+    pub pinned: Option<Limit>,
     /// Seconds of work the driver failed to do, leaking away over time.
     pub score_s: f64,
     /// Whether the domain is flagged uncooperative.
@@ -115,6 +118,7 @@ impl Track {
             moved_since_request: false,
             floor: None,
             ceiling: None,
+            pinned: None,
             score_s: 0.0,
             uncooperative: false,
             concern: None,
@@ -127,6 +131,11 @@ impl Track {
     /// Whether the driver has fallen short of the minimum rate for at least `grace_s`.
     pub fn lagging(&self, now: f64, grace_s: f64) -> bool {
         self.short_since.is_some_and(|s| now - s >= grace_s)
+    }
+
+    /// Whether the squeezer should not count on this driver to free memory.
+    pub fn unreliable(&self, now: f64, grace_s: f64) -> bool {
+        self.floor.is_some() || self.pinned.is_some() || self.lagging(now, grace_s)
     }
 }
 
@@ -209,6 +218,9 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge) {
     }
     if t.ceiling.is_some_and(|c| actual > c.at_kib + slack) {
         t.ceiling = None;
+    }
+    if t.pinned.is_some_and(|p| (actual - p.at_kib).abs() > slack) {
+        t.pinned = None;
     }
 
     // The request in force during the interval: from last actual toward the target we set,
