@@ -8,10 +8,14 @@ APT_NEEDS=(
   "cc gcc"
   "make make"
   "pkg-config pkg-config"
+  "valgrind valgrind"
+  "nm binutils"
+  "python3 python3"
 )
 
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
 PIP_NEEDS=(
+  "pytest pytest"
 )
 
 missing=()
