@@ -65,6 +65,11 @@ test-c:
 	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) -lm \
 	    -Wl,-rpath,$(C_STAGE)/lib
 	$(VALGRIND) $(C_STAGE)/test_client
+	sed -n '/^```c$$/,/^```$$/p' docs/c-api.md | sed '1d;$$d' > $(C_STAGE)/guide_example.c
+	$(CC) $(C_CFLAGS) $(C_STAGE)/guide_example.c -o $(C_STAGE)/guide_example \
+	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) \
+	    -Wl,-rpath,$(C_STAGE)/lib
+	$(VALGRIND) $(C_STAGE)/guide_example
 
 ## Runs the Python binding's tests against the debug build.
 test-python:
