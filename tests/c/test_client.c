@@ -328,6 +328,8 @@ static void test_persistent_squeezer_and_reentry(void) {
     CHECK_STATUS(sqz_squeezer_change_host_free_memory(s, &io, GIB, NULL, NULL), SQZ_OK);
     CHECK(h.reenter_status == SQZ_ERR_INVALID_ARGUMENT);
     CHECK(h.free_kib >= GIB);
+    /* The refusal inside the callback is not the outer call's error. */
+    CHECK(sqz_last_error_status() == SQZ_OK && strcmp(sqz_last_error_message(), "") == 0);
 
     /* Freeing the squeezer from inside its own callback is deferred until the call returns. */
     h.reenter_squeezer = s;

@@ -369,6 +369,8 @@ class _Callbacks:
 
     def finish(self, status: int) -> None:
         """Raises the kept Python exception, else the library's error, if any."""
+        if isinstance(self.error, (KeyboardInterrupt, SystemExit)):
+            raise self.error
         if self.error is not None:
             message = (lib.sqz_last_error_message() or b"").decode("utf-8", "replace")
             err = CallbackError(
