@@ -33,6 +33,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 # Which cargo build `install` ships: release (default) or debug.
 PROFILE ?= release
 CC ?= cc
+CXX ?= c++
 PYTHON ?= python3
 VALGRIND ?= valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -70,6 +71,10 @@ test-c:
 	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) \
 	    -Wl,-rpath,$(C_STAGE)/lib
 	$(VALGRIND) $(C_STAGE)/guide_example
+	$(CXX) -std=c++11 -Wall -Wextra -Werror -pedantic tests/c/cplusplus.cc -o $(C_STAGE)/cplusplus \
+	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) \
+	    -Wl,-rpath,$(C_STAGE)/lib
+	$(C_STAGE)/cplusplus
 
 ## Runs the Python binding's tests against the debug build.
 test-python:

@@ -6,6 +6,7 @@ set -euo pipefail
 # Debian packages, one per line: "<command or file that proves it is installed> <package>".
 APT_NEEDS=(
   "cc gcc"
+  "c++ g++"
   "make make"
   "pkg-config pkg-config"
   "valgrind valgrind"

@@ -140,6 +140,27 @@ static void test_free_memory_range_and_balance(void) {
     CHECK(!h.allocated_beyond_free);
 }
 
+static void test_balance_ends_ok_when_nothing_more_can_be_balanced(void) {
+    /* 1 GiB free, but both guests already sit at their dynamic-max of 2 GiB: nobody can take
+       the memory. squeezed's balance_memory reports nothing, and neither do we. */
+    struct host h;
+    two_guest_host(&h);
+    h.free_kib = GIB;
+    sqz_io io = host_io(&h);
+    io.free_memory_tolerance_kib = MIB;
+    CHECK_STATUS(sqz_balance_memory(&io, NULL), SQZ_OK);
+    CHECK(h.free_kib == GIB);
+    /* Same with a stuck guest that should grow: balancing gives up on it quietly. */
+    two_guest_host(&h);
+    h.guests[0].d.memory_actual_kib = h.guests[0].d.target_kib = GIB;
+    h.guests[0].rate_kib_per_s = 0;
+    h.free_kib = GIB;
+    io = host_io(&h);
+    io.free_memory_tolerance_kib = MIB;
+    CHECK_STATUS(sqz_balance_memory(&io, NULL), SQZ_OK);
+    CHECK(h.guests[0].d.memory_actual_kib == GIB);
+}
+
 static void test_cannot_free(void) {
     struct host h;
     two_guest_host(&h);
@@ -524,6 +545,7 @@ int main(void) {
     test_change_host_free_memory();
     test_success_callback();
     test_free_memory_range_and_balance();
+    test_balance_ends_ok_when_nothing_more_can_be_balanced();
     test_cannot_free();
     test_refused_to_cooperate();
     test_options();
