@@ -206,22 +206,28 @@ class Domain:
     memory_max_kib: int
     inaccuracy_kib: int = 4
 
+    _SIZES = (
+        "dynamic_min_kib",
+        "target_kib",
+        "dynamic_max_kib",
+        "memory_actual_kib",
+        "memory_max_kib",
+        "inaccuracy_kib",
+    )
+
     def _to_c(self) -> _native.sqz_domain:
-        return _native.sqz_domain(
-            _domid(self.domid),
-            bool(self.can_balloon),
-            *(
-                _kib(name, getattr(self, name))
-                for name in (
-                    "dynamic_min_kib",
-                    "target_kib",
-                    "dynamic_max_kib",
-                    "memory_actual_kib",
-                    "memory_max_kib",
-                    "inaccuracy_kib",
-                )
-            ),
+        sizes = (
+            self.dynamic_min_kib,
+            self.target_kib,
+            self.dynamic_max_kib,
+            self.memory_actual_kib,
+            self.memory_max_kib,
+            self.inaccuracy_kib,
         )
+        # The common case in one pass; the slow path names the offending field.
+        if not all(type(v) is int and _INT64_MIN <= v <= _INT64_MAX for v in sizes):
+            sizes = tuple(_kib(name, getattr(self, name)) for name in self._SIZES)
+        return _native.sqz_domain(_domid(self.domid), bool(self.can_balloon), *sizes)
 
     @classmethod
     def _from_c(cls, d: _native.sqz_domain) -> "Domain":
