@@ -99,7 +99,9 @@ thread_local! {
 
 /// Forgets this thread's last error.
 pub(crate) fn clear_last_error() {
-    LAST_ERROR.with(|l| *l.borrow_mut() = LastError::default());
+    // try_with: a call made while this thread's locals are being destroyed (from another
+    // library's thread-exit hook) must not panic outside the guard.
+    let _ = LAST_ERROR.try_with(|l| *l.borrow_mut() = LastError::default());
 }
 
 /// Records `failure` as this thread's last error and returns its status.
@@ -116,7 +118,7 @@ pub(crate) fn set_last_error(failure: &Failure) -> sqz_status {
         Failure::Core(Error::DomainsRefusedToCooperate { domids }) => (None, domids.clone()),
         _ => (None, Vec::new()),
     };
-    LAST_ERROR.with(|l| {
+    let _ = LAST_ERROR.try_with(|l| {
         *l.borrow_mut() = LastError {
             status,
             message,
