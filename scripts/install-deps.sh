@@ -6,12 +6,17 @@ set -euo pipefail
 # Debian packages, one per line: "<command or file that proves it is installed> <package>".
 APT_NEEDS=(
   "cc gcc"
+  "c++ g++"
   "make make"
   "pkg-config pkg-config"
+  "valgrind valgrind"
+  "nm binutils"
+  "python3 python3"
 )
 
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
 PIP_NEEDS=(
+  "pytest pytest"
 )
 
 missing=()

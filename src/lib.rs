@@ -13,6 +13,7 @@
 //! - [`adaptive`]: a squeezer that learns balloon rates and limits, fixing squeezed's known flaws.
 //! - [`balancer`]: a long-lived balancer with the policy chosen at creation.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
+//! - [`ffi`]: the C ABI of `include/squeeze.h` (conversions, status codes, panic guards).
 //!
 //! ```
 //! use squeeze::backend::sim::{Behaviour, SimConfig, Simulator};
@@ -42,6 +43,7 @@ pub mod backend;
 pub mod balancer;
 pub mod driver;
 pub mod error;
+pub mod ffi;
 pub mod model;
 pub mod monitor;
 pub mod policy;
