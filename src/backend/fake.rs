@@ -32,7 +32,7 @@ use crate::platform::{
 };
 
 /// How many store changes the fake remembers for watches.
-const CHANGE_LOG_LEN: usize = 1024;
+const CHANGE_LOG_LEN: usize = 256;
 
 /// The largest value the store accepts, as xenstored's default quota.
 const MAX_VALUE_LEN: usize = 4096;
