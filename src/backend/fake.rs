@@ -32,7 +32,7 @@ use crate::platform::{
 };
 
 /// How many store changes the fake remembers for watches.
-const CHANGE_LOG_LEN: usize = 256;
+const CHANGE_LOG_LEN: usize = 64;
 
 /// The largest value the store accepts, as xenstored's default quota.
 const MAX_VALUE_LEN: usize = 4096;
