@@ -9,12 +9,13 @@
 //!
 //! Guests behave like Xen guests: once built and unpaused they boot after a delay, advertise
 //! their balloon driver (`control/feature-balloon`) and, from then on, move their allocation
-//! toward `memory/target` + their memory offset at the pace of their [`Behaviour`]. They never
-//! allocate beyond maxmem, and an allocation beyond the host's free pages is refused and
-//! recorded as a violation.
+//! toward `memory/target` + their memory offset at the pace of their
+//! [`Behaviour`](crate::backend::sim::Behaviour). They never allocate beyond maxmem, and an
+//! allocation beyond the host's free pages is refused and recorded as a violation.
 //!
-//! Time is simulated and shared: [`Clock::sleep`] on the fake's clock advances it (and moves the
-//! guests) instead of sleeping, so a test that waits for ballooning runs in milliseconds.
+//! Time is simulated and shared: [`sleep`](crate::platform::Clock::sleep) on the fake's clock
+//! advances it (and moves the guests) instead of sleeping, so a test that waits for ballooning
+//! runs in milliseconds.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};

@@ -166,7 +166,7 @@ impl Rng {
 /// `threads` threads, each `iterations` times: reserve a range, then either delete the
 /// reservation or create a domain, transfer the reservation to it, build it with exactly the
 /// reserved memory (which must succeed: the memory was promised), boot it, and later destroy
-/// it. Now and then it balances the host. Prints one line per thread: "ok <reserved> <refused> <built>".
+/// it. Now and then it balances the host. Prints one line per thread: `ok RESERVED REFUSED BUILT`.
 fn worker(
     fake: &FakeHost,
     service: &Service,
