@@ -11,6 +11,10 @@
 //! - [`squeezer`]: one iteration (classification, two phases, the decision).
 //! - [`driver`]: the loop over a platform ([`driver::Io`]): change, free and balance memory.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
+//! - [`platform`]: what the memory service needs from a host (hypervisor, store, clock).
+//! - [`host`]: the platform's view plus the reservation ledger, turned into a [`Host`].
+//! - [`reservations`]: the reservation ledger, kept in the store with squeezed's layout.
+//! - [`service`]: the memory service (sessions, reservations, host-wide locking, balancer).
 //!
 //! ```
 //! use squeeze::backend::sim::{Behaviour, SimConfig, Simulator};
