@@ -363,6 +363,12 @@ impl FakeHost {
         ] {
             crate::model::kib::check_size(name, v)?;
         }
+        if spec.shadow_mib > 1 << 30 {
+            return Err(Error::InvalidMemoryValue(format!(
+                "a shadow allocation of {} MiB is beyond any real host",
+                spec.shadow_mib
+            )));
+        }
         self.with(true, |s| {
             let domid = s.next_domid;
             s.next_domid += 1;
@@ -929,7 +935,7 @@ impl Hypervisor for FakeHost {
                 .filter(|g| g.info.domid != domid)
                 .map(|g| g.info.outstanding_pages)
                 .sum();
-            if count > 0 && count + others > free {
+            if count > 0 && count.checked_add(others).map_or(true, |c| c > free) {
                 return Err(Error::Backend(format!(
                     "claim of {count} pages for domain {domid}: only {} unclaimed pages free",
                     free.saturating_sub(others)
@@ -1044,6 +1050,22 @@ mod tests {
         let g = h.domain(d).unwrap().unwrap();
         // Stops 4 KiB short of 768 MiB + 1 MiB offset.
         assert_eq!(g.tot_kib(), (768 << 10) + 1024 + 4);
+    }
+
+    #[test]
+    fn absurd_claims_and_sizes_are_refused_not_overflowed() {
+        let h = host();
+        let d = h.create_domain(GuestSpec::fixed(1024)).unwrap();
+        assert!(h.claim_pages(d, u64::MAX).is_err());
+        assert!(h.claim_pages(d, 1).is_ok());
+        assert!(h
+            .create_domain(GuestSpec {
+                shadow_mib: u64::MAX,
+                ..GuestSpec::fixed(1024)
+            })
+            .is_err());
+        assert!(h.set_maxmem_kib(d, -1).is_err());
+        assert!(h.advance(f64::NAN).is_err());
     }
 
     #[test]
