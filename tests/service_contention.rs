@@ -1,5 +1,7 @@
 //! Many processes, one host: several processes with eight threads each reserve, transfer,
-//! build and delete against one fake host, while the test watches the books.
+//! build and delete against one fake host. The fake referees every single change to the host
+//! (guests + unbacked reservations + what unbooted domains are owed + slush <= host memory),
+//! and the test also samples the books from outside while the workers run.
 
 mod common;
 
@@ -25,6 +27,7 @@ fn processes_and_threads_never_promise_the_same_memory_twice() {
             xen_kib: 256 * MIB,
             dom0_kib: GIB,
             boot_delay_s: 1.0,
+            referee_slush_kib: Some(SLUSH),
         },
     )
     .unwrap();
@@ -98,8 +101,10 @@ fn processes_and_threads_never_promise_the_same_memory_twice() {
     assert!(looks > 0);
     eprintln!("{looks} looks at the books, least headroom {worst_headroom} KiB");
 
+    let snap = fake.snapshot().unwrap();
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
     // Every worker cleaned up after itself: the books are back to the two guests.
-    let b = books(&fake.snapshot().unwrap());
+    let b = books(&snap);
     assert_eq!((b.reserved, b.unallocated), (0, 0));
     assert_eq!(fake.snapshot().unwrap().domains.len(), 3);
 }

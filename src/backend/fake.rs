@@ -78,6 +78,12 @@ pub struct FakeConfig {
     pub dom0_kib: Kib,
     /// Seconds between unpausing a guest and its balloon driver starting.
     pub boot_delay_s: f64,
+    /// When set, every change to the host is refereed: if what guests hold, plus the
+    /// reservations in the ledger (at `/squeezed/state`) not backed by a live domain, plus what
+    /// initial reservations of unbooted domains still owe, plus this slush, exceeds the host's
+    /// memory, a violation is recorded.
+    #[serde(default)]
+    pub referee_slush_kib: Option<Kib>,
 }
 
 impl Default for FakeConfig {
@@ -87,6 +93,7 @@ impl Default for FakeConfig {
             xen_kib: 256 << 10,
             dom0_kib: 1 << 20,
             boot_delay_s: 1.0,
+            referee_slush_kib: None,
         }
     }
 }
@@ -334,6 +341,7 @@ impl FakeHost {
                 let before = state.change_seq;
                 let out = f(&mut state)?;
                 if mode.must_save(before, state.change_seq) {
+                    state.referee();
                     *guard = state;
                 }
                 Ok(out)
@@ -344,6 +352,7 @@ impl FakeHost {
                 let before = state.change_seq;
                 let out = f(&mut state)?;
                 if mode.must_save(before, state.change_seq) {
+                    state.referee();
                     save(dir, &state)?;
                 }
                 Ok(out)
@@ -640,6 +649,61 @@ impl State {
         self.changes.push_back((self.change_seq, path.to_string()));
         while self.changes.len() > CHANGE_LOG_LEN {
             self.changes.pop_front();
+        }
+    }
+
+    /// Checks the books after a change (see [`FakeConfig::referee_slush_kib`]).
+    fn referee(&mut self) {
+        let Some(slush) = self.config.referee_slush_kib else {
+            return;
+        };
+        let kib = |p: u64| p as Kib * pages::PAGE_KIB;
+        let alive = |d: DomId| self.domains.get(&d).is_some_and(|g| !g.info.dying);
+        let mut reserved: Kib = 0;
+        for session in children(&self.store, "/squeezed/state") {
+            let dir = format!("/squeezed/state/{session}");
+            for id in children(&self.store, &dir) {
+                let Some(v) = self
+                    .store
+                    .get(&format!("{dir}/{id}"))
+                    .and_then(|v| v.parse::<Kib>().ok())
+                else {
+                    continue;
+                };
+                let backed = self
+                    .store
+                    .get(&format!("{dir}/{id}/in-transfer"))
+                    .and_then(|d| d.parse::<DomId>().ok())
+                    .is_some_and(alive);
+                if !backed {
+                    reserved += v;
+                }
+            }
+        }
+        let mut guests: Kib = 0;
+        let mut owed: Kib = 0;
+        for (domid, g) in &self.domains {
+            let shadow = g.shadow_mib as Kib * 1024;
+            guests += kib(g.info.tot_pages) + shadow;
+            let key = |k: &str| self.store.get(&format!("/local/domain/{domid}/{k}"));
+            let booted = key("control/feature-balloon").is_some() || key("data/updated").is_some();
+            if let (false, Some(ir)) = (
+                booted,
+                key("memory/initial-reservation").and_then(|v| v.parse::<Kib>().ok()),
+            ) {
+                owed += (ir - kib(g.info.tot_pages) - shadow).max(0);
+            }
+        }
+        let host = self.config.total_kib - self.config.xen_kib;
+        let over = guests + reserved + owed + slush - host;
+        if over > 0 {
+            self.violation(
+                -1,
+                format!(
+                    "overcommitted by {over} KiB: guests {guests} + reserved {reserved} + owed \
+                     {owed} + slush {slush} > host {host} KiB"
+                ),
+            );
         }
     }
 
@@ -971,6 +1035,7 @@ mod tests {
             xen_kib: 0,
             dom0_kib: 1 << 20,
             boot_delay_s: 1.0,
+            referee_slush_kib: Some(1024),
         })
         .unwrap()
     }
@@ -1066,6 +1131,22 @@ mod tests {
             .is_err());
         assert!(h.set_maxmem_kib(d, -1).is_err());
         assert!(h.advance(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn the_referee_catches_memory_promised_twice() {
+        let h = host();
+        // 7 GiB free, 1 MiB slush: a 7 GiB − 1 MiB reservation fits exactly.
+        Store::write(&h, "/squeezed/state/s/a", &((7 << 20) - 1024).to_string()).unwrap();
+        assert!(h.snapshot().unwrap().violations.is_empty());
+        Store::write(&h, "/squeezed/state/s/b", "4").unwrap();
+        let v = h.snapshot().unwrap().violations;
+        assert_eq!(v.len(), 1);
+        assert!(
+            v[0].what.starts_with("overcommitted by 4 KiB"),
+            "{}",
+            v[0].what
+        );
     }
 
     #[test]
