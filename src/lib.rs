@@ -14,6 +14,10 @@
 //! - [`balancer`]: a long-lived balancer with the policy chosen at creation.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
 //! - [`ffi`]: the C ABI of `include/squeeze.h` (conversions, status codes, panic guards).
+//! - [`platform`]: what the memory service needs from a host (hypervisor, store, clock).
+//! - [`host`]: the platform's view plus the reservation ledger, turned into a [`Host`].
+//! - [`reservations`]: the reservation ledger, kept in the store with squeezed's layout.
+//! - [`service`]: the memory service (sessions, reservations, host-wide locking, balancer).
 //!
 //! ```
 //! use squeeze::backend::sim::{Behaviour, SimConfig, Simulator};
@@ -44,9 +48,14 @@ pub mod balancer;
 pub mod driver;
 pub mod error;
 pub mod ffi;
+pub mod host;
+mod lockfile;
 pub mod model;
 pub mod monitor;
+pub mod platform;
 pub mod policy;
+pub mod reservations;
+pub mod service;
 pub mod squeezer;
 
 pub use balancer::{Balancer, Policy};

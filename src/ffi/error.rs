@@ -63,6 +63,8 @@ impl Failure {
                 Error::InvalidMemoryValue(_) => SQZ_ERR_INVALID_MEMORY_VALUE,
                 Error::Backend(_) => SQZ_ERR_BACKEND,
                 Error::Unsupported(_) => SQZ_ERR_UNSUPPORTED,
+                Error::UnknownReservation(_) => SQZ_ERR_UNKNOWN_RESERVATION,
+                Error::NoReservation(_) => SQZ_ERR_NO_RESERVATION,
             },
             Failure::BufferTooSmall(_) => SQZ_ERR_BUFFER_TOO_SMALL,
             Failure::Internal(_) => SQZ_ERR_INTERNAL,
