@@ -28,6 +28,37 @@
 #include <stdint.h>
 
 /**
+ * `sqz_cooperation.concern`: nothing.
+ */
+#define SQZ_CONCERN_NONE 0
+
+/**
+ * `sqz_cooperation.concern`: the driver moves, but slower than the minimum acceptable rate.
+ */
+#define SQZ_CONCERN_TOO_SLOW 1
+
+/**
+ * `sqz_cooperation.concern`: the driver does not move at all while it has work to do.
+ */
+#define SQZ_CONCERN_NOT_MOVING 2
+
+/**
+ * `sqz_cooperation.concern`: the driver stopped as if at a limit, then moved past it.
+ */
+#define SQZ_CONCERN_STALLED_AND_RESUMED 3
+
+/**
+ * `sqz_options_set_policy`: squeezed's algorithm, decision for decision (the default).
+ */
+#define SQZ_POLICY_CLASSIC 0
+
+/**
+ * `sqz_options_set_policy`: the adaptive squeezer (measured balloon rates, remembered limits,
+ * a non-cooperation score, deadlines). Keeps its state through a `sqz_squeezer`.
+ */
+#define SQZ_POLICY_ADAPTIVE 1
+
+/**
  * `sqz_options_set_fistpoints` flag: set freeing and allocating targets in the same round
  * (squeezed's `DisableTwoPhaseTargetSets`). For tests of the safety mechanism only.
  */
@@ -71,7 +102,7 @@
 typedef struct sqz_host_builder sqz_host_builder;
 
 /**
- * Options for the squeezer (fistpoints, stuck-after time). Opaque; created by
+ * Options for the squeezer (policy, fistpoints, stuck-after time, deadline). Opaque; created by
  * `sqz_options_new`, released by `sqz_options_free`. Wherever a `const sqz_options *` is taken,
  * NULL means the defaults. Functions that take options copy them, so an options object may be
  * changed or freed as soon as the call returns. Not safe to change from two threads at once.
@@ -86,7 +117,8 @@ typedef struct sqz_options sqz_options;
 typedef struct sqz_sim sqz_sim;
 
 /**
- * A squeezer that keeps what it learns between calls (which balloon drivers are stuck).
+ * A squeezer that keeps what it learns between calls (which balloon drivers are stuck; with
+ * the adaptive policy also their speeds, limits and cooperation scores).
  * Opaque; created by `sqz_squeezer_new`, released by `sqz_squeezer_free`. One call at a time:
  * a second call on the same squeezer while one runs (from one of its callbacks, or from another
  * thread) is refused with `SQZ_ERR_INVALID_ARGUMENT`.
@@ -196,6 +228,25 @@ typedef struct sqz_io {
 typedef bool (*sqz_success_fn)(void *ctx, int64_t host_free_mem_kib);
 
 /**
+ * How a domain's balloon driver has been cooperating, as a squeezer has seen it.
+ */
+typedef struct sqz_cooperation {
+    /**
+     * Seconds of asked-for work the driver did not do, leaking away over time (adaptive); the
+     * classic policy reports its stuck threshold for a stuck domain and 0 otherwise.
+     */
+    double score_s;
+    /**
+     * Whether the domain is flagged uncooperative.
+     */
+    bool uncooperative;
+    /**
+     * What most recently counted against it: one of the `SQZ_CONCERN_*` values.
+     */
+    int32_t concern;
+} sqz_cooperation;
+
+/**
  * Settings of a simulated host.
  */
 typedef struct sqz_sim_config {
@@ -246,11 +297,12 @@ typedef struct sqz_behaviour {
      */
     int64_t rate_kib_per_s;
     /**
-     * The hidden floor or ceiling, in KiB.
+     * The hidden floor or ceiling, or the trickle's step, in KiB.
      */
     int64_t limit_kib;
     /**
-     * The working/stalled period (intermittent, above 0) or the reaction delay (sluggish).
+     * The working/stalled period (intermittent, above 0), the reaction delay (sluggish) or
+     * the time between steps (trickle, above 0).
      */
     double seconds;
 } sqz_behaviour;
@@ -461,6 +513,12 @@ typedef struct sqz_step_result {
 #define SQZ_BEHAVIOUR_NO_BALLOON_DRIVER 6
 
 /**
+ * `sqz_behaviour.kind`: moves `limit_kib` toward its target once every `seconds`: alive, but
+ * far too slow to be useful.
+ */
+#define SQZ_BEHAVIOUR_TRICKLE 7
+
+/**
  * Targets are reached and stable and the success condition holds: the operation is done.
  */
 #define SQZ_VERDICT_SUCCESS 0
@@ -633,6 +691,15 @@ sqz_status sqz_squeezer_free_memory_range(struct sqz_squeezer *s,
 sqz_status sqz_squeezer_balance_memory(struct sqz_squeezer *s, const struct sqz_io *io);
 
 /**
+ * Stores in `*out` how `domid`'s balloon driver has been cooperating, as squeezer `s` has seen
+ * it. Errors: `s` or `out` NULL, `s` busy, or a domain the squeezer has not seen (or has
+ * forgotten because it disappeared) → `SQZ_ERR_INVALID_ARGUMENT`, `*out` unchanged.
+ */
+sqz_status sqz_squeezer_cooperation(struct sqz_squeezer *s,
+                                    int32_t domid,
+                                    struct sqz_cooperation *out);
+
+/**
  * Creates an options object holding the defaults (no fistpoints, stuck after 5 s) and stores
  * it in `*out`. The caller owns it and releases it with `sqz_options_free`.
  * Errors: `out` NULL → `SQZ_ERR_INVALID_ARGUMENT`.
@@ -657,6 +724,23 @@ sqz_status sqz_options_set_fistpoints(struct sqz_options *o, uint32_t flags);
  * `SQZ_ERR_INVALID_ARGUMENT`, options unchanged.
  */
 sqz_status sqz_options_set_stuck_after(struct sqz_options *o, double seconds);
+
+/**
+ * Chooses the algorithm: `SQZ_POLICY_CLASSIC` (default) or `SQZ_POLICY_ADAPTIVE`. The
+ * stateless driver functions start from a fresh balancer of that policy on every call; a
+ * `sqz_squeezer` keeps one. `sqz_squeezer_step` and `sqz_is_host_memory_unbalanced` are
+ * squeezed's single iteration and always classic. Errors: `o` NULL →
+ * `SQZ_ERR_INVALID_ARGUMENT`; a value this library does not know → `SQZ_ERR_UNSUPPORTED`,
+ * options unchanged.
+ */
+sqz_status sqz_options_set_policy(struct sqz_options *o, int32_t policy);
+
+/**
+ * Sets the longest an operation of the adaptive policy may take, in seconds (default 120);
+ * the classic policy, like squeezed, has no deadline. Errors: `o` NULL, or `seconds` not a
+ * finite positive number → `SQZ_ERR_INVALID_ARGUMENT`, options unchanged.
+ */
+sqz_status sqz_options_set_deadline(struct sqz_options *o, double seconds);
 
 /**
  * Creates a simulated host from `*config` and stores it in `*out`; the caller releases it with

@@ -2,15 +2,17 @@
 
 use std::ffi::c_void;
 
-use crate::squeezer::Squeezer;
+use crate::adaptive::tracker::Concern;
+use crate::Balancer;
 
 use super::error::{invalid, sqz_status, Failure};
 use super::guard;
 use super::handle::Handle;
 use super::io::{sqz_io, sqz_success_fn, success_closure, CallbackIo};
-use super::options::{options_or_default, sqz_options};
+use super::options::{options_or_default, settings_or_default, sqz_options};
 
-/// A squeezer that keeps what it learns between calls (which balloon drivers are stuck).
+/// A squeezer that keeps what it learns between calls (which balloon drivers are stuck; with
+/// the adaptive policy also their speeds, limits and cooperation scores).
 /// Opaque; created by `sqz_squeezer_new`, released by `sqz_squeezer_free`. One call at a time:
 /// a second call on the same squeezer while one runs (from one of its callbacks, or from another
 /// thread) is refused with `SQZ_ERR_INVALID_ARGUMENT`.
@@ -20,7 +22,7 @@ pub struct sqz_squeezer {
 
 /// What a `sqz_squeezer` holds.
 pub(crate) struct SqueezerState {
-    pub(crate) squeezer: Squeezer,
+    pub(crate) balancer: Balancer,
     /// The `now` of the last `sqz_squeezer_step`, which may never go backwards.
     pub(crate) last_step_now: Option<f64>,
 }
@@ -77,9 +79,11 @@ pub unsafe extern "C" fn sqz_change_host_free_memory(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a valid sqz_io / options object.
-        let (mut io, options) = unsafe { (CallbackIo::from_ptr(io)?, options_or_default(opts)) };
+        let (mut io, settings) = unsafe { (CallbackIo::from_ptr(io)?, settings_or_default(opts)) };
         let mut success = success_closure(ok, ok_ctx, required_kib);
-        crate::driver::change_host_free_memory(&mut io, &options, required_kib, &mut success)?;
+        settings
+            .balancer()?
+            .change_host_free_memory(&mut io, required_kib, &mut success)?;
         Ok(())
     })
 }
@@ -102,8 +106,10 @@ pub unsafe extern "C" fn sqz_free_memory_range(
     guard::status(|| {
         need_out(reserved_kib_out, "reserved_kib_out")?;
         // SAFETY: the caller passes NULL or a valid sqz_io / options object.
-        let (mut io, options) = unsafe { (CallbackIo::from_ptr(io)?, options_or_default(opts)) };
-        let got = crate::driver::free_memory_range(&mut io, &options, min_kib, max_kib)?;
+        let (mut io, settings) = unsafe { (CallbackIo::from_ptr(io)?, settings_or_default(opts)) };
+        let got = settings
+            .balancer()?
+            .free_memory_range(&mut io, min_kib, max_kib)?;
         // SAFETY: checked non-NULL above; the caller owns the int64_t.
         unsafe { write_out(reserved_kib_out, "reserved_kib_out", got) }
     })
@@ -120,8 +126,8 @@ pub unsafe extern "C" fn sqz_balance_memory(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a valid sqz_io / options object.
-        let (mut io, options) = unsafe { (CallbackIo::from_ptr(io)?, options_or_default(opts)) };
-        crate::driver::balance_memory(&mut io, &options)?;
+        let (mut io, settings) = unsafe { (CallbackIo::from_ptr(io)?, settings_or_default(opts)) };
+        settings.balancer()?.balance_memory(&mut io)?;
         Ok(())
     })
 }
@@ -156,9 +162,9 @@ pub unsafe extern "C" fn sqz_squeezer_new(
     guard::status(|| {
         need_out(out, "out")?;
         // SAFETY: the caller passes NULL or a live options object.
-        let options = unsafe { options_or_default(opts) };
+        let balancer = unsafe { settings_or_default(opts) }.balancer()?;
         let h = Handle::into_raw(SqueezerState {
-            squeezer: Squeezer::new(options),
+            balancer,
             last_step_now: None,
         });
         // SAFETY: checked non-NULL above.
@@ -191,7 +197,7 @@ pub unsafe extern "C" fn sqz_squeezer_change_host_free_memory(
         // SAFETY: the caller passes NULL or a live squeezer.
         unsafe {
             Handle::with(squeezer_handle(s), "squeezer", |st| {
-                st.squeezer
+                st.balancer
                     .change_host_free_memory(&mut io, required_kib, &mut success)
                     .map_err(Failure::from)
             })
@@ -216,7 +222,7 @@ pub unsafe extern "C" fn sqz_squeezer_free_memory_range(
         // SAFETY: the caller passes NULL or a live squeezer.
         let got = unsafe {
             Handle::with(squeezer_handle(s), "squeezer", |st| {
-                st.squeezer
+                st.balancer
                     .free_memory_range(&mut io, min_kib, max_kib)
                     .map_err(Failure::from)
             })
@@ -239,8 +245,65 @@ pub unsafe extern "C" fn sqz_squeezer_balance_memory(
         // SAFETY: the caller passes NULL or a live squeezer.
         unsafe {
             Handle::with(squeezer_handle(s), "squeezer", |st| {
-                st.squeezer.balance_memory(&mut io).map_err(Failure::from)
+                st.balancer.balance_memory(&mut io).map_err(Failure::from)
             })
         }
+    })
+}
+
+/// How a domain's balloon driver has been cooperating, as a squeezer has seen it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct sqz_cooperation {
+    /// Seconds of asked-for work the driver did not do, leaking away over time (adaptive); the
+    /// classic policy reports its stuck threshold for a stuck domain and 0 otherwise.
+    pub score_s: f64,
+    /// Whether the domain is flagged uncooperative.
+    pub uncooperative: bool,
+    /// What most recently counted against it: one of the `SQZ_CONCERN_*` values.
+    pub concern: i32,
+}
+
+/// `sqz_cooperation.concern`: nothing.
+pub const SQZ_CONCERN_NONE: i32 = 0;
+/// `sqz_cooperation.concern`: the driver moves, but slower than the minimum acceptable rate.
+pub const SQZ_CONCERN_TOO_SLOW: i32 = 1;
+/// `sqz_cooperation.concern`: the driver does not move at all while it has work to do.
+pub const SQZ_CONCERN_NOT_MOVING: i32 = 2;
+/// `sqz_cooperation.concern`: the driver stopped as if at a limit, then moved past it.
+pub const SQZ_CONCERN_STALLED_AND_RESUMED: i32 = 3;
+
+/// Stores in `*out` how `domid`'s balloon driver has been cooperating, as squeezer `s` has seen
+/// it. Errors: `s` or `out` NULL, `s` busy, or a domain the squeezer has not seen (or has
+/// forgotten because it disappeared) → `SQZ_ERR_INVALID_ARGUMENT`, `*out` unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_squeezer_cooperation(
+    s: *mut sqz_squeezer,
+    domid: i32,
+    out: *mut sqz_cooperation,
+) -> sqz_status {
+    guard::status(|| {
+        need_out(out, "out")?;
+        // SAFETY: the caller passes NULL or a live squeezer.
+        let c = unsafe {
+            Handle::with(squeezer_handle(s), "squeezer", |st| {
+                st.balancer
+                    .cooperation(domid)
+                    .ok_or_else(|| invalid(format!("the squeezer has not seen domain {domid}")))
+            })
+        }?;
+        let concern = match c.concern {
+            None => SQZ_CONCERN_NONE,
+            Some(Concern::TooSlow) => SQZ_CONCERN_TOO_SLOW,
+            Some(Concern::NotMoving) => SQZ_CONCERN_NOT_MOVING,
+            Some(Concern::StalledAndResumed) => SQZ_CONCERN_STALLED_AND_RESUMED,
+        };
+        let value = sqz_cooperation {
+            score_s: c.score_s,
+            uncooperative: c.uncooperative,
+            concern,
+        };
+        // SAFETY: checked non-NULL above; the caller owns the struct.
+        unsafe { write_out(out, "out", value) }
     })
 }

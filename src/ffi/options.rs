@@ -1,17 +1,56 @@
 //! `sqz_options`: the squeezer's tunables.
 
+use crate::adaptive::AdaptiveOptions;
 use crate::squeezer::{Fistpoints, Options};
-use crate::Error;
+use crate::{Balancer, Error, Policy};
 
 use super::error::{invalid, sqz_status, Failure};
 use super::guard;
 
-/// Options for the squeezer (fistpoints, stuck-after time). Opaque; created by
+/// Options for the squeezer (policy, fistpoints, stuck-after time, deadline). Opaque; created by
 /// `sqz_options_new`, released by `sqz_options_free`. Wherever a `const sqz_options *` is taken,
 /// NULL means the defaults. Functions that take options copy them, so an options object may be
 /// changed or freed as soon as the call returns. Not safe to change from two threads at once.
 pub struct sqz_options {
     pub(crate) options: Options,
+    pub(crate) policy: Policy,
+    pub(crate) adaptive: AdaptiveOptions,
+}
+
+/// `sqz_options_set_policy`: squeezed's algorithm, decision for decision (the default).
+pub const SQZ_POLICY_CLASSIC: i32 = 0;
+/// `sqz_options_set_policy`: the adaptive squeezer (measured balloon rates, remembered limits,
+/// a non-cooperation score, deadlines). Keeps its state through a `sqz_squeezer`.
+pub const SQZ_POLICY_ADAPTIVE: i32 = 1;
+
+/// Everything an options object says, copied out of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Settings {
+    pub(crate) options: Options,
+    pub(crate) policy: Policy,
+    pub(crate) adaptive: AdaptiveOptions,
+}
+
+impl Settings {
+    /// A balancer with these settings.
+    pub(crate) fn balancer(&self) -> Result<Balancer, Failure> {
+        Ok(Balancer::new(self.policy, &self.options, self.adaptive)?)
+    }
+}
+
+/// The settings behind `opts`, or the defaults for NULL.
+///
+/// # Safety
+/// `opts` is NULL or a live options object.
+pub(crate) unsafe fn settings_or_default(opts: *const sqz_options) -> Settings {
+    // SAFETY: the caller promises NULL or a live object.
+    unsafe { opts.as_ref() }
+        .map(|o| Settings {
+            options: o.options,
+            policy: o.policy,
+            adaptive: o.adaptive,
+        })
+        .unwrap_or_default()
 }
 
 /// `sqz_options_set_fistpoints` flag: set freeing and allocating targets in the same round
@@ -55,6 +94,8 @@ pub unsafe extern "C" fn sqz_options_new(out: *mut *mut sqz_options) -> sqz_stat
         }
         let o = Box::into_raw(Box::new(sqz_options {
             options: Options::default(),
+            policy: Policy::default(),
+            adaptive: AdaptiveOptions::default(),
         }));
         // SAFETY: `out` is not NULL and points to a pointer the caller owns.
         unsafe { *out = o };
@@ -110,6 +151,46 @@ pub unsafe extern "C" fn sqz_options_set_stuck_after(
             )));
         }
         o.options.stuck_after_seconds = seconds;
+        Ok(())
+    })
+}
+
+/// Chooses the algorithm: `SQZ_POLICY_CLASSIC` (default) or `SQZ_POLICY_ADAPTIVE`. The
+/// stateless driver functions start from a fresh balancer of that policy on every call; a
+/// `sqz_squeezer` keeps one. `sqz_squeezer_step` and `sqz_is_host_memory_unbalanced` are
+/// squeezed's single iteration and always classic. Errors: `o` NULL →
+/// `SQZ_ERR_INVALID_ARGUMENT`; a value this library does not know → `SQZ_ERR_UNSUPPORTED`,
+/// options unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_options_set_policy(o: *mut sqz_options, policy: i32) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live options object.
+        let o = unsafe { options_mut(o) }?;
+        o.policy = match policy {
+            SQZ_POLICY_CLASSIC => Policy::Classic,
+            SQZ_POLICY_ADAPTIVE => Policy::Adaptive,
+            other => {
+                return Err(Error::Unsupported(format!("unknown policy {other}")).into());
+            }
+        };
+        Ok(())
+    })
+}
+
+/// Sets the longest an operation of the adaptive policy may take, in seconds (default 120);
+/// the classic policy, like squeezed, has no deadline. Errors: `o` NULL, or `seconds` not a
+/// finite positive number → `SQZ_ERR_INVALID_ARGUMENT`, options unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_options_set_deadline(o: *mut sqz_options, seconds: f64) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live options object.
+        let o = unsafe { options_mut(o) }?;
+        if !seconds.is_finite() || seconds <= 0.0 {
+            return Err(invalid(format!(
+                "deadline must be a finite positive number of seconds, not {seconds}"
+            )));
+        }
+        o.adaptive.deadline_s = seconds;
         Ok(())
     })
 }

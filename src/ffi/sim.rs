@@ -64,6 +64,9 @@ pub const SQZ_BEHAVIOUR_INTERMITTENTLY_STUCK: sqz_behaviour_kind = 4;
 pub const SQZ_BEHAVIOUR_SLUGGISH: sqz_behaviour_kind = 5;
 /// No balloon driver: `can_balloon` is forced false and targets are never set.
 pub const SQZ_BEHAVIOUR_NO_BALLOON_DRIVER: sqz_behaviour_kind = 6;
+/// `sqz_behaviour.kind`: moves `limit_kib` toward its target once every `seconds`: alive, but
+/// far too slow to be useful.
+pub const SQZ_BEHAVIOUR_TRICKLE: sqz_behaviour_kind = 7;
 
 /// A simulated balloon driver: `kind` plus the parameters it uses (others are ignored).
 #[repr(C)]
@@ -73,9 +76,10 @@ pub struct sqz_behaviour {
     pub kind: sqz_behaviour_kind,
     /// Balloon speed in KiB per second (ideal, hidden floor/ceiling, intermittent, sluggish).
     pub rate_kib_per_s: i64,
-    /// The hidden floor or ceiling, in KiB.
+    /// The hidden floor or ceiling, or the trickle's step, in KiB.
     pub limit_kib: i64,
-    /// The working/stalled period (intermittent, above 0) or the reaction delay (sluggish).
+    /// The working/stalled period (intermittent, above 0), the reaction delay (sluggish) or
+    /// the time between steps (trickle, above 0).
     pub seconds: f64,
 }
 
@@ -166,6 +170,16 @@ fn behaviour(b: &sqz_behaviour) -> Result<Behaviour, Failure> {
             delay_s: seconds_arg("delay", b.seconds)?,
         },
         SQZ_BEHAVIOUR_NO_BALLOON_DRIVER => Behaviour::NoBalloonDriver,
+        SQZ_BEHAVIOUR_TRICKLE => {
+            let period_s = seconds_arg("period", b.seconds)?;
+            if period_s == 0.0 {
+                return Err(invalid("a trickling guest needs a period above 0 s"));
+            }
+            Behaviour::Trickle {
+                chunk_kib: limit()?,
+                period_s,
+            }
+        }
         k => return Err(invalid(format!("unknown behaviour kind {k}"))),
     })
 }

@@ -167,7 +167,7 @@ pub unsafe extern "C" fn sqz_squeezer_step(
                 }
             }
             // Work on a copy so that a buffer too small leaves the squeezer as it was.
-            let mut next = st.squeezer.clone();
+            let mut next = classic(st)?.clone();
             let it = next.one_iteration(&host, host_target_kib, &mut success, now)?;
             let maxmem: Vec<sqz_maxmem> = crate::driver::maxmem_after(&host, &it)
                 .into_iter()
@@ -220,7 +220,7 @@ pub unsafe extern "C" fn sqz_squeezer_step(
                 copy_out(&maxmem, r.maxmem);
                 copy_out(&blamed, r.blamed_domids);
             }
-            st.squeezer = next;
+            *classic(st)? = next;
             st.last_step_now = Some(now);
             Ok(())
         };
@@ -248,9 +248,19 @@ pub unsafe extern "C" fn sqz_squeezer_begin_operation(
         // SAFETY: the caller passes NULL or a live squeezer.
         unsafe {
             Handle::with(squeezer_handle(s), "squeezer", |st| {
-                st.squeezer.begin_call(now);
+                classic(st)?.begin_call(now);
                 Ok(())
             })
         }
+    })
+}
+
+/// The classic squeezer of `st`: single steps are squeezed's iteration.
+fn classic(st: &mut super::ops::SqueezerState) -> Result<&mut crate::Squeezer, Failure> {
+    st.balancer.classic().ok_or_else(|| {
+        crate::Error::Unsupported(
+            "single steps are squeezed's iteration and need the classic policy".into(),
+        )
+        .into()
     })
 }

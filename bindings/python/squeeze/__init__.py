@@ -24,6 +24,7 @@ __all__ = [
     "BufferTooSmall",
     "CallbackError",
     "CannotFreeThisMuchMemory",
+    "Cooperation",
     "Domain",
     "DomainsRefusedToCooperate",
     "InternalError",
@@ -31,6 +32,8 @@ __all__ = [
     "InvalidMemoryValue",
     "Io",
     "Options",
+    "POLICY_ADAPTIVE",
+    "POLICY_CLASSIC",
     "SqueezeError",
     "Simulator",
     "Squeezer",
@@ -243,12 +246,33 @@ class Domain:
         )
 
 
+POLICY_CLASSIC = 0
+"""squeezed's algorithm, decision for decision (the default)."""
+POLICY_ADAPTIVE = 1
+"""The adaptive squeezer: measured balloon rates, remembered limits, cooperation scores."""
+
+CONCERNS = {0: None, 1: "too slow", 2: "not moving", 3: "stalled and resumed"}
+"""What :meth:`Squeezer.cooperation` may report as a domain's concern."""
+
+
 @dataclass
 class Options:
-    """Squeezer options: ``fistpoints`` (FIST_* flags) and ``stuck_after_seconds``."""
+    """Squeezer options: ``fistpoints`` (FIST_* flags), ``stuck_after_seconds``, ``policy``
+    (POLICY_CLASSIC or POLICY_ADAPTIVE) and the adaptive policy's ``deadline_s``."""
 
     fistpoints: int = 0
     stuck_after_seconds: float = 5.0
+    policy: int = POLICY_CLASSIC
+    deadline_s: float = 120.0
+
+
+@dataclass
+class Cooperation:
+    """How a domain's balloon driver has been cooperating (see :meth:`Squeezer.cooperation`)."""
+
+    score_s: float
+    uncooperative: bool
+    concern: Optional[str]
 
 
 class _OptionsHandle:
@@ -269,6 +293,11 @@ class _OptionsHandle:
             _check(lib.sqz_options_set_fistpoints(self.ptr, fist))
             stuck = _seconds("stuck_after_seconds", self.options.stuck_after_seconds)
             _check(lib.sqz_options_set_stuck_after(self.ptr, stuck))
+            policy = self.options.policy
+            if isinstance(policy, bool) or not isinstance(policy, int) or not -2**31 <= policy < 2**31:
+                raise InvalidArgument(f"policy must be POLICY_CLASSIC or POLICY_ADAPTIVE, not {policy!r}")
+            _check(lib.sqz_options_set_policy(self.ptr, policy))
+            _check(lib.sqz_options_set_deadline(self.ptr, _seconds("deadline_s", self.options.deadline_s)))
         except BaseException:
             lib.sqz_options_free(self.ptr)
             raise
@@ -530,6 +559,12 @@ class Squeezer(_Handle):
             p = cb.io_ptr() if pyio else ctypes.byref(view)
             cb.finish(lib.sqz_squeezer_balance_memory(self._ptr(), p))
 
+    def cooperation(self, domid: int) -> Cooperation:
+        """How ``domid``'s balloon driver has been cooperating, as this squeezer has seen it."""
+        out = _native.sqz_cooperation()
+        _check(lib.sqz_squeezer_cooperation(self._ptr(), _domid(domid), ctypes.byref(out)))
+        return Cooperation(out.score_s, bool(out.uncooperative), CONCERNS.get(out.concern))
+
     def begin_operation(self, now: float) -> None:
         """Starts a new operation at ``now`` for :meth:`step` callers."""
         _check(lib.sqz_squeezer_begin_operation(self._ptr(), _seconds("now", now)))
@@ -631,6 +666,10 @@ class Behaviour:
     @classmethod
     def no_balloon_driver(cls) -> "Behaviour":
         return cls(6)
+
+    @classmethod
+    def trickle(cls, chunk_kib: int, period_s: float) -> "Behaviour":
+        return cls(7, 0, chunk_kib, period_s)
 
     def _to_c(self) -> _native.sqz_behaviour:
         return _native.sqz_behaviour(

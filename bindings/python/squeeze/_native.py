@@ -137,6 +137,10 @@ class sqz_maxmem(Structure):
     _fields_ = [("domid", c_int32), ("maxmem_kib", c_int64)]
 
 
+class sqz_cooperation(Structure):
+    _fields_ = [("score_s", c_double), ("uncooperative", c_bool), ("concern", c_int32)]
+
+
 class sqz_step_result(Structure):
     _fields_ = [
         ("struct_size", c_uint32),
@@ -209,6 +213,9 @@ PROTOTYPES = {
     "sqz_options_free": (None, [_opaque]),
     "sqz_options_set_fistpoints": (sqz_status, [_opaque, c_uint32]),
     "sqz_options_set_stuck_after": (sqz_status, [_opaque, c_double]),
+    "sqz_options_set_policy": (sqz_status, [_opaque, c_int32]),
+    "sqz_options_set_deadline": (sqz_status, [_opaque, c_double]),
+    "sqz_squeezer_cooperation": (sqz_status, [_opaque, c_int32, _p(sqz_cooperation)]),
     "sqz_sim_new": (sqz_status, [_p(sqz_sim_config), _p(_opaque)]),
     "sqz_sim_free": (None, [_opaque]),
     "sqz_sim_add_guest": (

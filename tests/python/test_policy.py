@@ -1,0 +1,70 @@
+"""The adaptive policy through the Python binding, beside squeezed's classic algorithm.
+
+A 100 MiB/s guest and one that frees a single 4 KiB page every 5 s, 4 GiB each with a 1 GiB
+dynamic-min, asked for 1 GiB (which the fast guest alone could give).
+"""
+
+import pytest
+
+import squeeze as sq
+
+MIB = 1024
+GIB = 1024 * MIB
+SLUSH = 72 * MIB
+
+
+def trickler_host(time_limit_s=600.0):
+    sim = sq.Simulator(
+        free_mem_kib=SLUSH,
+        target_host_free_mem_kib=SLUSH,
+        time_limit_s=time_limit_s,
+    )
+    for domid, behaviour in [
+        (1, sq.Behaviour.ideal(100 * MIB)),
+        (2, sq.Behaviour.trickle(4, 5.0)),
+    ]:
+        sim.add_guest(sq.Domain(domid, True, GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4), behaviour)
+    return sim
+
+
+def test_classic_waits_on_the_trickler_until_the_time_limit():
+    sim = trickler_host()
+    with pytest.raises(sq.BackendError, match="time limit"):
+        sq.change_host_free_memory(sim, SLUSH + GIB)
+
+
+def test_adaptive_serves_the_request_from_the_fast_guest_and_scores_the_trickler():
+    sim = trickler_host()
+    with sq.Squeezer(sq.Options(policy=sq.POLICY_ADAPTIVE)) as s:
+        s.change_host_free_memory(sim, SLUSH + GIB)
+        assert sim.time < 30.0
+        assert sim.free_mem_kib >= SLUSH + GIB
+        trickler = s.cooperation(2)
+        assert trickler.score_s > 0
+        assert trickler.concern in ("too slow", "not moving")
+        assert s.cooperation(1).concern is None
+        with pytest.raises(sq.InvalidArgument, match="not seen domain 9"):
+            s.cooperation(9)
+
+
+def test_adaptive_fails_a_request_that_needs_the_trickler_naming_it():
+    sim = trickler_host()
+    with sq.Squeezer(sq.Options(policy=sq.POLICY_ADAPTIVE, deadline_s=60.0)) as s:
+        with pytest.raises(sq.DomainsRefusedToCooperate) as e:
+            s.change_host_free_memory(sim, SLUSH + 4 * GIB)
+        assert e.value.domids == [2]
+        assert sim.time < 60.0
+
+
+def test_single_steps_need_the_classic_policy():
+    with sq.Squeezer(sq.Options(policy=sq.POLICY_ADAPTIVE)) as s:
+        with pytest.raises(sq.Unsupported, match="classic policy"):
+            s.begin_operation(0.0)
+
+
+def test_unknown_policies_and_bad_deadlines_are_refused():
+    sim = trickler_host()
+    with pytest.raises(sq.Unsupported, match="unknown policy 7"):
+        sq.balance_memory(sim, sq.Options(policy=7))
+    with pytest.raises(sq.InvalidArgument, match="deadline"):
+        sq.balance_memory(sim, sq.Options(deadline_s=0.0))
