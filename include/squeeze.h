@@ -28,6 +28,36 @@
 #include <stdint.h>
 
 /**
+ * `sqz_set_log_callback` level: deliver nothing.
+ */
+#define SQZ_LOG_OFF 0
+
+/**
+ * Log level: something failed.
+ */
+#define SQZ_LOG_ERROR 1
+
+/**
+ * Log level: something is wrong but the operation goes on.
+ */
+#define SQZ_LOG_WARN 2
+
+/**
+ * Log level: decisions an operator wants to see (every target change, with its reason).
+ */
+#define SQZ_LOG_INFO 3
+
+/**
+ * Log level: every iteration of the squeezer.
+ */
+#define SQZ_LOG_DEBUG 4
+
+/**
+ * Log level: everything.
+ */
+#define SQZ_LOG_TRACE 5
+
+/**
  * `sqz_cooperation.concern`: nothing.
  */
 #define SQZ_CONCERN_NONE 0
@@ -170,6 +200,13 @@ typedef struct sqz_domain {
      */
     int64_t inaccuracy_kib;
 } sqz_domain;
+
+/**
+ * Receives one log record: `level` is one of `SQZ_LOG_ERROR` .. `SQZ_LOG_TRACE`, `target` the
+ * part of the library that wrote it (e.g. "squeeze::driver"), `message` the text. Both strings
+ * are NUL-terminated UTF-8, valid only during the call.
+ */
+typedef void (*sqz_log_fn)(void *ctx, int32_t level, const char *target, const char *message);
 
 /**
  * The caller's platform: squeezed's io record as callbacks. Every callback is required and
@@ -600,6 +637,21 @@ sqz_status sqz_host_builder_set_free_mem(struct sqz_host_builder *b, int64_t fre
 sqz_status sqz_host_builder_add_domain(struct sqz_host_builder *b,
                                        const struct sqz_domain *d,
                                        size_t domain_size);
+
+/**
+ * Sends the library's log records at `max_level` and above (`SQZ_LOG_ERROR` .. `SQZ_LOG_TRACE`)
+ * to `cb(ctx, level, target, message)`, replacing any earlier callback; `cb` NULL or
+ * `SQZ_LOG_OFF` stops delivery. Until this is called the library logs nothing anywhere.
+ *
+ * The callback may run on any thread that runs library code (including a service's background
+ * balancer), possibly on several at once, so `ctx` must be safe to use from them; records that
+ * the callback itself causes by calling into the library are dropped. `ctx` must stay valid
+ * until the callback is replaced or removed. Errors: `max_level` outside 0..=5 →
+ * `SQZ_ERR_INVALID_ARGUMENT`; another logger already installed in this library's copy of the
+ * Rust log facade (only possible when the library is linked as a Rust crate into a program
+ * that installed one) → `SQZ_ERR_UNSUPPORTED`.
+ */
+sqz_status sqz_set_log_callback(sqz_log_fn cb, void *ctx, int32_t max_level);
 
 /**
  * Balloons domains until `ok(ok_ctx, host_free_mem_kib)` returns true, aiming for

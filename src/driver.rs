@@ -10,7 +10,7 @@
 //! does. The methods on [`Squeezer`] keep what was learnt (which domains are stuck) from one call
 //! to the next.
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::model::{kib, Action, DomId, Domain, Host, Kib};
@@ -205,7 +205,22 @@ impl Squeezer {
                     return Err(Error::DomainsRefusedToCooperate { domids });
                 }
                 Verdict::AdjustTargets(actions) => {
+                    let reason = if required_kib == host_target_kib {
+                        "rebalance"
+                    } else {
+                        "free memory"
+                    };
                     for a in actions {
+                        // squeezed re-sends unchanged targets; only real changes are news.
+                        let old = host.domain(a.domid).map(|d| d.target_kib);
+                        if old != Some(a.new_target_kib) {
+                            info!(
+                                "domain {}: target {} -> {} KiB ({reason})",
+                                a.domid,
+                                old.unwrap_or(0),
+                                a.new_target_kib
+                            );
+                        }
                         io.execute_action(a)?;
                     }
                     let wait = ITERATION_WAIT_SECONDS;

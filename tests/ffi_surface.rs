@@ -110,7 +110,7 @@ fn extern_c_fns(file: &syn::File) -> Vec<(&syn::ItemFn, bool)> {
             f.sig
                 .abi
                 .as_ref()
-                .is_some_and(|abi| abi.name.as_ref().map_or(true, |n| n.value() == "C"))
+                .is_some_and(|abi| abi.name.as_ref().is_none_or(|n| n.value() == "C"))
         })
         .map(|f| (f, has_no_mangle(&f.attrs)))
         .collect()

@@ -28,7 +28,7 @@ pub mod tracker;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
-use log::debug;
+use log::{debug, info};
 
 use crate::driver::{check_range, is_balanced, phantom_share, settings, Clock, Io};
 use crate::error::{Error, Result};
@@ -307,7 +307,7 @@ impl Adaptive {
                         d.domid, t.target_kib
                     );
                     t.ceiling = limit;
-                    self.write(io, d, retract, now)?;
+                    self.write(io, d, retract, now, "cannot grow: request withdrawn")?;
                 }
                 _ => {}
             }
@@ -315,7 +315,20 @@ impl Adaptive {
         Ok(())
     }
 
-    fn write(&mut self, io: &mut dyn Io, d: &Domain, target_kib: Kib, now: f64) -> Result<()> {
+    fn write(
+        &mut self,
+        io: &mut dyn Io,
+        d: &Domain,
+        target_kib: Kib,
+        now: f64,
+        reason: &str,
+    ) -> Result<()> {
+        if target_kib != d.target_kib {
+            info!(
+                "domain {}: target {} -> {target_kib} KiB ({reason})",
+                d.domid, d.target_kib
+            );
+        }
         io.execute_action(Action {
             domid: d.domid,
             new_target_kib: target_kib,
@@ -412,7 +425,7 @@ impl Adaptive {
                     desired < d.memory_actual_kib - d.inaccuracy_kib && worth
                 };
                 if write {
-                    self.write(io, d, desired, now)?;
+                    self.write(io, d, desired, now, "free memory")?;
                     wrote = true;
                 }
             }
@@ -531,7 +544,7 @@ impl Adaptive {
                     continue;
                 }
                 let d = host.domain(e.domid).expect("from this host");
-                self.write(io, d, i, now)?;
+                self.write(io, d, i, now, "rebalance")?;
                 wrote = true;
             }
             let settled = limited

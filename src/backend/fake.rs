@@ -961,7 +961,7 @@ impl Hypervisor for FakeHost {
                 .filter(|g| g.info.domid != domid)
                 .map(|g| g.info.outstanding_pages)
                 .sum();
-            if count > 0 && count.checked_add(others).map_or(true, |c| c > free) {
+            if count > 0 && count.checked_add(others).is_none_or(|c| c > free) {
                 return Err(Error::Backend(format!(
                     "claim of {count} pages for domain {domid}: only {} unclaimed pages free",
                     free.saturating_sub(others)

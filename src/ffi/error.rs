@@ -218,22 +218,22 @@ pub unsafe extern "C" fn sqz_last_error_domids(out: *mut i32, cap: usize) -> usi
 /// "SQZ_ERR_UNKNOWN" for a value this version does not know. The string is static.
 #[no_mangle]
 pub extern "C" fn sqz_status_name(status: sqz_status) -> *const c_char {
-    guard::value(b"SQZ_ERR_UNKNOWN\0".as_ptr().cast(), || {
-        let name: &'static [u8] = match status {
-            SQZ_OK => b"SQZ_OK\0",
-            SQZ_ERR_INVALID_ARGUMENT => b"SQZ_ERR_INVALID_ARGUMENT\0",
-            SQZ_ERR_INVALID_MEMORY_VALUE => b"SQZ_ERR_INVALID_MEMORY_VALUE\0",
-            SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY => b"SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY\0",
-            SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE => b"SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE\0",
-            SQZ_ERR_UNKNOWN_RESERVATION => b"SQZ_ERR_UNKNOWN_RESERVATION\0",
-            SQZ_ERR_NO_RESERVATION => b"SQZ_ERR_NO_RESERVATION\0",
-            SQZ_ERR_BACKEND => b"SQZ_ERR_BACKEND\0",
-            SQZ_ERR_UNSUPPORTED => b"SQZ_ERR_UNSUPPORTED\0",
-            SQZ_ERR_BUFFER_TOO_SMALL => b"SQZ_ERR_BUFFER_TOO_SMALL\0",
-            SQZ_ERR_INTERNAL => b"SQZ_ERR_INTERNAL\0",
-            _ => b"SQZ_ERR_UNKNOWN\0",
+    guard::value(c"SQZ_ERR_UNKNOWN".as_ptr(), || {
+        let name: &'static std::ffi::CStr = match status {
+            SQZ_OK => c"SQZ_OK",
+            SQZ_ERR_INVALID_ARGUMENT => c"SQZ_ERR_INVALID_ARGUMENT",
+            SQZ_ERR_INVALID_MEMORY_VALUE => c"SQZ_ERR_INVALID_MEMORY_VALUE",
+            SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY => c"SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY",
+            SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE => c"SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE",
+            SQZ_ERR_UNKNOWN_RESERVATION => c"SQZ_ERR_UNKNOWN_RESERVATION",
+            SQZ_ERR_NO_RESERVATION => c"SQZ_ERR_NO_RESERVATION",
+            SQZ_ERR_BACKEND => c"SQZ_ERR_BACKEND",
+            SQZ_ERR_UNSUPPORTED => c"SQZ_ERR_UNSUPPORTED",
+            SQZ_ERR_BUFFER_TOO_SMALL => c"SQZ_ERR_BUFFER_TOO_SMALL",
+            SQZ_ERR_INTERNAL => c"SQZ_ERR_INTERNAL",
+            _ => c"SQZ_ERR_UNKNOWN",
         };
-        name.as_ptr().cast()
+        name.as_ptr()
     })
 }
 

@@ -76,7 +76,7 @@ impl From<Domain> for sqz_domain {
 }
 
 fn aligned<T>(p: *const T) -> bool {
-    (p as usize) % std::mem::align_of::<T>() == 0
+    (p as usize).is_multiple_of(std::mem::align_of::<T>())
 }
 
 /// Reads and validates the `index`-th domain of an array whose elements are `domain_size` bytes.

@@ -23,6 +23,7 @@ pub mod error;
 pub(crate) mod guard;
 pub(crate) mod handle;
 pub mod io;
+pub mod log;
 pub mod ops;
 pub mod options;
 pub mod sim;
@@ -31,6 +32,7 @@ pub mod version;
 
 pub use error::*;
 pub use io::*;
+pub use log::*;
 pub use ops::*;
 pub use options::*;
 pub use sim::*;

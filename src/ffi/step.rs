@@ -120,7 +120,7 @@ pub unsafe extern "C" fn sqz_squeezer_step(
         if result.is_null() {
             return Err(invalid("result is NULL"));
         }
-        if (result as usize) % std::mem::align_of::<sqz_step_result>() != 0 {
+        if !(result as usize).is_multiple_of(std::mem::align_of::<sqz_step_result>()) {
             return Err(invalid("result is not aligned for sqz_step_result"));
         }
         // SAFETY: not NULL and aligned; struct_size is the first field.
@@ -139,7 +139,7 @@ pub unsafe extern "C" fn sqz_squeezer_step(
         super::io::check_domain_size(domain_size)?;
         if n_domains
             .checked_mul(domain_size)
-            .map_or(true, |bytes| bytes > isize::MAX as usize)
+            .is_none_or(|bytes| bytes > isize::MAX as usize)
         {
             return Err(invalid(format!(
                 "{n_domains} domains of {domain_size} bytes cannot be an array"

@@ -266,6 +266,46 @@ static void test_adaptive_policy(void) {
     sqz_squeezer_free(s);
 }
 
+struct log_capture {
+    int records, info_target_changes, above_debug;
+    char last_target[64];
+};
+
+static void capture_log(void *ctx, int32_t level, const char *target, const char *message) {
+    struct log_capture *c = ctx;
+    c->records++;
+    if (level <= SQZ_LOG_INFO) c->above_debug++;
+    if (level == SQZ_LOG_INFO && strstr(message, "target") && strstr(message, "(free memory)"))
+        c->info_target_changes++;
+    snprintf(c->last_target, sizeof c->last_target, "%s", target);
+}
+
+static void test_log_callback(void) {
+    struct log_capture c = {0};
+    CHECK_STATUS(sqz_set_log_callback(capture_log, &c, 9), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_set_log_callback(capture_log, &c, SQZ_LOG_INFO), SQZ_OK);
+    struct host h;
+    two_guest_host(&h);
+    sqz_io io = host_io(&h);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB, NULL, NULL), SQZ_OK);
+    /* Both guests got a new target, each logged once with its reason. */
+    CHECK(c.info_target_changes == 2);
+    CHECK(strncmp(c.last_target, "squeeze", 7) == 0);
+    /* A balanced host writes nothing above debug level. */
+    int before = c.above_debug;
+    CHECK_STATUS(sqz_balance_memory(&io, NULL), SQZ_OK);
+    CHECK_STATUS(sqz_balance_memory(&io, NULL), SQZ_OK);
+    int after_first = c.above_debug;
+    CHECK_STATUS(sqz_balance_memory(&io, NULL), SQZ_OK);
+    CHECK(c.above_debug == after_first);
+    (void)before;
+    /* Off: nothing more arrives. */
+    CHECK_STATUS(sqz_set_log_callback(NULL, NULL, SQZ_LOG_TRACE), SQZ_OK);
+    int records = c.records;
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB + GIB / 2, NULL, NULL), SQZ_OK);
+    CHECK(c.records == records);
+}
+
 static void test_bad_arguments(void) {
     struct host h;
     two_guest_host(&h);
@@ -597,6 +637,7 @@ int main(void) {
     test_refused_to_cooperate();
     test_options();
     test_adaptive_policy();
+    test_log_callback();
     test_bad_arguments();
     test_callback_failures();
     test_builder_outside_make_host();

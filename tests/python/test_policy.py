@@ -4,6 +4,8 @@ A 100 MiB/s guest and one that frees a single 4 KiB page every 5 s, 4 GiB each w
 dynamic-min, asked for 1 GiB (which the fast guest alone could give).
 """
 
+import logging
+
 import pytest
 
 import squeeze as sq
@@ -68,3 +70,27 @@ def test_unknown_policies_and_bad_deadlines_are_refused():
         sq.balance_memory(sim, sq.Options(policy=7))
     with pytest.raises(sq.InvalidArgument, match="deadline"):
         sq.balance_memory(sim, sq.Options(deadline_s=0.0))
+
+
+def test_target_changes_reach_python_logging_with_their_reason(caplog):
+    sim = sq.Simulator(free_mem_kib=SLUSH, target_host_free_mem_kib=SLUSH)
+    for domid in (1, 2):
+        sim.add_guest(
+            sq.Domain(domid, True, GIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4),
+            sq.Behaviour.ideal(100 * MIB),
+        )
+    sq.log_to_python(logging.INFO)
+    try:
+        with caplog.at_level(logging.INFO, logger="squeeze"):
+            sq.free_memory_range(sim, 512 * MIB, 512 * MIB)
+        changes = [r for r in caplog.records if "target" in r.getMessage()]
+        assert changes, caplog.text
+        assert all(r.name.startswith("squeeze") for r in changes)
+        assert any("(free memory)" in r.getMessage() for r in changes)
+        caplog.clear()
+        sq.log_to_python(None)
+        with caplog.at_level(logging.DEBUG, logger="squeeze"):
+            sq.balance_memory(sim)
+        assert not [r for r in caplog.records if r.name.startswith("squeeze")]
+    finally:
+        sq.log_to_python(None)

@@ -11,6 +11,7 @@ than wrapped).
 """
 
 import ctypes
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -43,6 +44,7 @@ __all__ = [
     "change_host_free_memory",
     "free_memory_range",
     "is_host_memory_unbalanced",
+    "log_to_python",
     "version",
     "version_number",
 ]
@@ -757,3 +759,39 @@ class Simulator(_Handle):
 
     def is_host_memory_unbalanced(self, options=None) -> bool:
         return is_host_memory_unbalanced(self, options)
+
+
+# --- logging --------------------------------------------------------------------------------
+
+_LOG_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: 5}
+_log_callback = None  # kept alive while the library may call it
+
+
+def _on_log(_ctx, level, target, message):
+    name = target.decode("utf-8", "replace").replace("::", ".")
+    logging.getLogger(name).log(_LOG_LEVELS.get(level, logging.INFO), message.decode("utf-8", "replace"))
+
+
+def log_to_python(level: Optional[int] = logging.INFO) -> None:
+    """Sends the library's log records at ``level`` and above to Python's :mod:`logging`, on
+    loggers named after the part of the library that wrote them (``squeeze.driver``,
+    ``squeeze.adaptive`` ...). ``None`` stops them. Every target change is logged at INFO with
+    its reason; each squeezer iteration at DEBUG."""
+    global _log_callback
+    if level is None:
+        _check(lib.sqz_set_log_callback(_native.LOG_FN(), None, 0))
+        _log_callback = None
+        return
+    if level <= 5:
+        max_level = 5
+    elif level <= logging.DEBUG:
+        max_level = 4
+    elif level <= logging.INFO:
+        max_level = 3
+    elif level <= logging.WARNING:
+        max_level = 2
+    else:
+        max_level = 1
+    callback = _native.LOG_FN(_on_log)
+    _check(lib.sqz_set_log_callback(callback, None, max_level))
+    _log_callback = callback

@@ -83,6 +83,7 @@ DOMAIN_FN = CFUNCTYPE(c_int32, c_void_p, c_int32, c_int64)
 WAIT_FN = CFUNCTYPE(None, c_void_p, c_double)
 NOW_FN = CFUNCTYPE(c_double, c_void_p)
 SUCCESS_FN = CFUNCTYPE(c_bool, c_void_p, c_int64)
+LOG_FN = CFUNCTYPE(None, c_void_p, c_int32, c_char_p, c_char_p)
 
 
 class sqz_io(Structure):
@@ -214,6 +215,7 @@ PROTOTYPES = {
     "sqz_options_set_fistpoints": (sqz_status, [_opaque, c_uint32]),
     "sqz_options_set_stuck_after": (sqz_status, [_opaque, c_double]),
     "sqz_options_set_policy": (sqz_status, [_opaque, c_int32]),
+    "sqz_set_log_callback": (sqz_status, [LOG_FN, c_void_p, c_int32]),
     "sqz_options_set_deadline": (sqz_status, [_opaque, c_double]),
     "sqz_squeezer_cooperation": (sqz_status, [_opaque, c_int32, _p(sqz_cooperation)]),
     "sqz_sim_new": (sqz_status, [_p(sqz_sim_config), _p(_opaque)]),
