@@ -242,14 +242,11 @@ impl Squeezer {
         min_kib: Kib,
         max_kib: Kib,
     ) -> Result<Kib> {
-        check_range(min_kib, max_kib)?;
-        let (slush, _) = settings(io)?;
-        let host = io.make_host()?;
-        let target = phantom_share(&host, min_kib, max_kib, slush)?;
-        debug!("free_memory_range({min_kib}, {max_kib}): ideal size {target} KiB");
-
-        let required = kib::add(target, slush, "memory to free")?;
-        let enough = kib::add(min_kib, slush, "minimum free memory")?;
+        let RangeRequest {
+            slush,
+            required,
+            enough,
+        } = range_request(io, min_kib, max_kib)?;
         self.change_host_free_memory(io, required, &mut |free| free >= enough)?;
 
         let host = io.make_host()?;
@@ -295,6 +292,30 @@ pub(crate) fn phantom_share(host: &Host, min_kib: Kib, max_kib: Kib, slush: Kib)
     let everyone = host.domains().iter().chain(std::iter::once(&phantom));
     let allocation = policy::proportional(everyone.clone(), host.free_mem_kib, slush, true)?;
     Ok(allocation.target_for(&phantom))
+}
+
+/// What freeing memory for a new domain of `min..=max` asks of the host.
+pub(crate) struct RangeRequest {
+    /// The slush fund, KiB.
+    pub(crate) slush: Kib,
+    /// Host free memory to aim for: the policy's share for the new domain plus the slush.
+    pub(crate) required: Kib,
+    /// Host free memory that is enough: the minimum plus the slush.
+    pub(crate) enough: Kib,
+}
+
+/// Checks a range request and sizes it with the proportional policy, as squeezed does.
+pub(crate) fn range_request(io: &mut dyn Io, min_kib: Kib, max_kib: Kib) -> Result<RangeRequest> {
+    check_range(min_kib, max_kib)?;
+    let (slush, _) = settings(io)?;
+    let host = io.make_host()?;
+    let target = phantom_share(&host, min_kib, max_kib, slush)?;
+    debug!("free_memory_range({min_kib}, {max_kib}): ideal size {target} KiB");
+    Ok(RangeRequest {
+        slush,
+        required: kib::add(target, slush, "memory to free")?,
+        enough: kib::add(min_kib, slush, "minimum free memory")?,
+    })
 }
 
 /// Checks a requested range: both ends valid sizes and `min_kib <= max_kib`.

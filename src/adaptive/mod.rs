@@ -30,7 +30,7 @@ use std::hash::{Hash, Hasher};
 
 use log::{debug, info};
 
-use crate::driver::{check_range, is_balanced, phantom_share, settings, Clock, Io};
+use crate::driver::{is_balanced, range_request, settings, Clock, Io, RangeRequest};
 use crate::error::{Error, Result};
 use crate::model::{
     direction_of_actual, has_hit_target, kib, Action, Direction, DomId, Domain, Host, Kib,
@@ -193,16 +193,17 @@ impl Adaptive {
         // A request is an outside input: it may legitimately reverse earlier decisions.
         self.epoch += 1;
         let mut clock = Clock::default();
-        let (host, start) = self.observe(io, &mut clock)?;
-        if host.free_mem_kib >= required_kib && guaranteed_free(&host) >= required_kib {
-            return if success(guaranteed_free(&host)) {
+        let look = self.observe(io, &mut clock)?;
+        let host = &look.0;
+        if host.free_mem_kib >= required_kib && guaranteed_free(host) >= required_kib {
+            return if success(guaranteed_free(host)) {
                 Ok(())
             } else {
                 // More is free than asked for and the condition wants less: hand it out.
-                self.allocate(io, &mut clock, required_kib, success, start)
+                self.allocate(io, &mut clock, required_kib, success, look)
             };
         }
-        self.free(io, &mut clock, required_kib, success, start)
+        self.free(io, &mut clock, required_kib, success, look)
     }
 
     /// Frees memory for a new domain of `min_kib..=max_kib` and returns how much it may have,
@@ -213,12 +214,11 @@ impl Adaptive {
         min_kib: Kib,
         max_kib: Kib,
     ) -> Result<Kib> {
-        check_range(min_kib, max_kib)?;
-        let (slush, _) = settings(io)?;
-        let host = io.make_host()?;
-        let target = phantom_share(&host, min_kib, max_kib, slush)?;
-        let required = kib::add(target, slush, "memory to free")?;
-        let enough = kib::add(min_kib, slush, "minimum free memory")?;
+        let RangeRequest {
+            slush,
+            required,
+            enough,
+        } = range_request(io, min_kib, max_kib)?;
         self.change_host_free_memory(io, required, &mut |free| free >= enough)?;
         let host = io.make_host()?;
         Ok((guaranteed_free(&host) - slush).min(max_kib).max(min_kib))
@@ -229,13 +229,13 @@ impl Adaptive {
     pub fn balance_memory(&mut self, io: &mut dyn Io) -> Result<()> {
         let (slush, tolerance) = settings(io)?;
         let mut clock = Clock::default();
-        let (_, start) = self.observe(io, &mut clock)?;
+        let look = self.observe(io, &mut clock)?;
         self.allocate(
             io,
             &mut clock,
             slush,
             &mut |free| is_balanced(free, slush, tolerance),
-            start,
+            look,
         )
     }
 
@@ -251,6 +251,19 @@ impl Adaptive {
         self.tracker.observe(&host, now, &self.options.judge());
         self.learn_limits(io, &host, now)?;
         Ok((host, now))
+    }
+
+    /// The look an operation started with, then a fresh one for every later iteration.
+    fn next_look(
+        &mut self,
+        io: &mut dyn Io,
+        clock: &mut Clock,
+        first: &mut Option<(Host, f64)>,
+    ) -> Result<(Host, f64)> {
+        match first.take() {
+            Some(look) => Ok(look),
+            None => self.observe(io, clock),
+        }
     }
 
     /// Turns a driver's persistent stall into a remembered limit: a floor when it stopped
@@ -349,16 +362,12 @@ impl Adaptive {
         clock: &mut Clock,
         required_kib: Kib,
         success: &mut dyn FnMut(Kib) -> bool,
-        start: f64,
+        first: (Host, f64),
     ) -> Result<()> {
-        let mut first = true;
+        let start = first.1;
+        let mut first = Some(first);
         loop {
-            let (host, now) = if first {
-                first = false;
-                (io.make_host()?, start)
-            } else {
-                self.observe(io, clock)?
-            };
+            let (host, now) = self.next_look(io, clock, &mut first)?;
             let guaranteed = guaranteed_free(&host);
             if guaranteed >= required_kib && success(guaranteed) {
                 debug!(
@@ -449,16 +458,12 @@ impl Adaptive {
         clock: &mut Clock,
         goal_kib: Kib,
         success: &mut dyn FnMut(Kib) -> bool,
-        start: f64,
+        first: (Host, f64),
     ) -> Result<()> {
-        let mut first = true;
+        let start = first.1;
+        let mut first = Some(first);
         loop {
-            let (host, now) = if first {
-                first = false;
-                (io.make_host()?, start)
-            } else {
-                self.observe(io, clock)?
-            };
+            let (host, now) = self.next_look(io, clock, &mut first)?;
             // Each domain's range, narrowed to the limits it has shown.
             let limited: Vec<(Domain, bool)> = host
                 .domains()

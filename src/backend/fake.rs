@@ -41,41 +41,6 @@ const MAX_VALUE_LEN: usize = 4096;
 /// The longest path the store accepts (xenstore's limit).
 const MAX_PATH_LEN: usize = 3072;
 
-#[derive(Serialize, Deserialize)]
-#[serde(remote = "Behaviour")]
-enum BehaviourDef {
-    Ideal {
-        rate_kib_per_s: Kib,
-    },
-    HiddenFloor {
-        rate_kib_per_s: Kib,
-        floor_kib: Kib,
-    },
-    HiddenCeiling {
-        rate_kib_per_s: Kib,
-        ceiling_kib: Kib,
-    },
-    Stuck,
-    IntermittentlyStuck {
-        rate_kib_per_s: Kib,
-        period_s: f64,
-    },
-    Sluggish {
-        rate_kib_per_s: Kib,
-        delay_s: f64,
-    },
-    Stalling {
-        rate_kib_per_s: Kib,
-        active_s: f64,
-        stalled_s: f64,
-    },
-    Trickle {
-        chunk_kib: Kib,
-        period_s: f64,
-    },
-    NoBalloonDriver,
-}
-
 /// The shape of a fake host.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FakeConfig {
@@ -125,7 +90,6 @@ pub struct GuestSpec {
     /// The guest runs an agent that writes `data/updated` when it starts.
     pub agent: bool,
     /// How the balloon driver behaves.
-    #[serde(with = "BehaviourDef")]
     pub behaviour: Behaviour,
 }
 

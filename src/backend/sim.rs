@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::model::{Action, DomId, Domain, Host, Kib};
 
 /// How a simulated guest's balloon driver responds to its target.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Behaviour {
     /// Moves toward the target at `rate_kib_per_s`, stopping within the inaccuracy of it.
     Ideal {
