@@ -1,5 +1,8 @@
 //! Platforms the squeezer can run on.
 //!
 //! [`sim`] is a deterministic simulated host used by the tests, the benchmarks and the demo.
+//! `xen` (built with the `xen` cargo feature) is a real Xen host.
 
 pub mod sim;
+#[cfg(feature = "xen")]
+pub mod xen;
