@@ -2,6 +2,7 @@
 CARGO ?= cargo
 
 .PHONY: all build demo deps test lint test-rust
+.PHONY: test-xen-feature
 
 all: build
 
@@ -16,7 +17,7 @@ demo: deps
 	$(CARGO) run --release --quiet --example demo
 
 ## Runs every test suite (installs missing system packages first when run as root).
-test: deps lint test-rust
+test: deps lint test-rust test-xen-feature
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -24,3 +25,10 @@ lint:
 
 test-rust:
 	$(CARGO) test
+
+## Builds, lints and tests the Xen platform (`--features xen`: libxenctrl, libxenstore).
+test-xen-feature: deps
+	$(CARGO) build --features xen
+	$(CARGO) clippy --features xen --all-targets -- -D warnings
+	$(CARGO) test --features xen --lib backend::xen
+	$(CARGO) test --features xen --test xenstore --test xen_no_hypervisor

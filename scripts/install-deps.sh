@@ -8,6 +8,9 @@ APT_NEEDS=(
   "cc gcc"
   "make make"
   "pkg-config pkg-config"
+  "/usr/include/xenctrl.h libxen-dev"
+  "/usr/lib/llvm-14/lib/libclang.so libclang-dev"
+  "xenstore-read xenstore-utils"
 )
 
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
