@@ -33,6 +33,12 @@ pub enum Error {
     /// The requested feature is not available in this build or on this host.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// No reservation with this id exists in this session (squeezed's `Unknown_reservation`).
+    #[error("unknown reservation {0:?}")]
+    UnknownReservation(String),
+    /// The domain holds no reservation (squeezed's `No_reservation`).
+    #[error("domain {0} holds no reservation")]
+    NoReservation(DomId),
 }
 
 /// Shorthand for results carrying the library's [`Error`].

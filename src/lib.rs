@@ -38,9 +38,14 @@
 pub mod backend;
 pub mod driver;
 pub mod error;
+pub mod host;
+mod lockfile;
 pub mod model;
 pub mod monitor;
+pub mod platform;
 pub mod policy;
+pub mod reservations;
+pub mod service;
 pub mod squeezer;
 
 pub use driver::{

@@ -1,0 +1,1055 @@
+//! A fake host for tests: a store with xenstore's semantics and a simulated hypervisor whose
+//! guests run balloon drivers, shareable between processes.
+//!
+//! The whole host (store, domains, free pages, simulated time) is one state. It lives either in
+//! memory (one process) or in a directory: a state file replaced atomically on every change and a
+//! lock file taken with `flock` around every operation. Any number of processes can open the same
+//! directory and see one host; a process killed at any moment leaves the state as it was before
+//! or after its last operation, never in between.
+//!
+//! Guests behave like Xen guests: once built and unpaused they boot after a delay, advertise
+//! their balloon driver (`control/feature-balloon`) and, from then on, move their allocation
+//! toward `memory/target` + their memory offset at the pace of their [`Behaviour`]. They never
+//! allocate beyond maxmem, and an allocation beyond the host's free pages is refused and
+//! recorded as a violation.
+//!
+//! Time is simulated and shared: [`Clock::sleep`] on the fake's clock advances it (and moves the
+//! guests) instead of sleeping, so a test that waits for ballooning runs in milliseconds.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::sim::Behaviour;
+use crate::error::{Error, Result};
+use crate::lockfile;
+use crate::model::{DomId, Kib};
+use crate::platform::{
+    pages, Clock, DomainInfo, Hypervisor, PhysInfo, Platform, Store, StoreOps, Watch,
+};
+
+/// How many store changes the fake remembers for watches.
+const CHANGE_LOG_LEN: usize = 256;
+
+/// The largest value the store accepts, as xenstored's default quota.
+const MAX_VALUE_LEN: usize = 4096;
+
+/// The longest path the store accepts (xenstore's limit).
+const MAX_PATH_LEN: usize = 3072;
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Behaviour")]
+enum BehaviourDef {
+    Ideal {
+        rate_kib_per_s: Kib,
+    },
+    HiddenFloor {
+        rate_kib_per_s: Kib,
+        floor_kib: Kib,
+    },
+    HiddenCeiling {
+        rate_kib_per_s: Kib,
+        ceiling_kib: Kib,
+    },
+    Stuck,
+    IntermittentlyStuck {
+        rate_kib_per_s: Kib,
+        period_s: f64,
+    },
+    Sluggish {
+        rate_kib_per_s: Kib,
+        delay_s: f64,
+    },
+    NoBalloonDriver,
+}
+
+/// The shape of a fake host.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FakeConfig {
+    /// All memory of the host, in KiB.
+    pub total_kib: Kib,
+    /// Memory Xen itself keeps (heap, crash kernel), never free, in KiB.
+    pub xen_kib: Kib,
+    /// Memory domain 0 holds, in KiB (domain 0 has no balloon driver in the fake).
+    pub dom0_kib: Kib,
+    /// Seconds between unpausing a guest and its balloon driver starting.
+    pub boot_delay_s: f64,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        FakeConfig {
+            total_kib: 16 << 20,
+            xen_kib: 256 << 10,
+            dom0_kib: 1 << 20,
+            boot_delay_s: 1.0,
+        }
+    }
+}
+
+/// A guest to create.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GuestSpec {
+    /// A hardware-virtualised guest (has a shadow allocation and Xen's 1 MiB maxmem extra).
+    pub hvm: bool,
+    /// `memory/target` the toolstack writes at creation, in KiB.
+    pub target_kib: Kib,
+    /// `memory/dynamic-min`, in KiB.
+    pub dynamic_min_kib: Kib,
+    /// `memory/dynamic-max`, in KiB.
+    pub dynamic_max_kib: Kib,
+    /// Memory the guest holds beyond its target once settled (firmware, video RAM), in KiB.
+    pub offset_kib: Kib,
+    /// Shadow allocation, in MiB (HVM guests only).
+    pub shadow_mib: u64,
+    /// The guest runs an agent that writes `data/updated` when it starts.
+    pub agent: bool,
+    /// How the balloon driver behaves.
+    #[serde(with = "BehaviourDef")]
+    pub behaviour: Behaviour,
+}
+
+impl GuestSpec {
+    /// A PV guest with an ideal balloon driver (100 MiB/s) and a fixed size.
+    pub fn fixed(kib: Kib) -> Self {
+        GuestSpec {
+            hvm: false,
+            target_kib: kib,
+            dynamic_min_kib: kib,
+            dynamic_max_kib: kib,
+            offset_kib: 0,
+            shadow_mib: 0,
+            agent: false,
+            behaviour: Behaviour::Ideal {
+                rate_kib_per_s: 100 << 10,
+            },
+        }
+    }
+
+    /// A PV guest with an ideal balloon driver (100 MiB/s) that may move over `min..=max`,
+    /// starting at `max`.
+    pub fn ballooning(min_kib: Kib, max_kib: Kib) -> Self {
+        GuestSpec {
+            target_kib: max_kib,
+            dynamic_min_kib: min_kib,
+            dynamic_max_kib: max_kib,
+            ..GuestSpec::fixed(max_kib)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Guest {
+    info: DomainInfo,
+    spec: GuestSpec,
+    shadow_mib: u64,
+    boot_at: Option<f64>,
+    booted: bool,
+    last_update: f64,
+    last_target: Option<Kib>,
+    last_target_change: f64,
+}
+
+/// A safety rule something broke on the fake host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FakeViolation {
+    /// Simulated time.
+    pub time: f64,
+    /// The domain involved.
+    pub domid: DomId,
+    /// What happened.
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    config: FakeConfig,
+    time: f64,
+    free_pages: u64,
+    next_domid: DomId,
+    domains: BTreeMap<DomId, Guest>,
+    store: BTreeMap<String, String>,
+    change_seq: u64,
+    changes: VecDeque<(u64, String)>,
+    violations: Vec<FakeViolation>,
+    setmaxmem_calls: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Read,
+    Write,
+    WriteIfStoreChanged,
+}
+
+impl From<bool> for Mode {
+    fn from(write: bool) -> Self {
+        if write {
+            Mode::Write
+        } else {
+            Mode::Read
+        }
+    }
+}
+
+impl Mode {
+    fn must_save(self, seq_before: u64, seq_after: u64) -> bool {
+        match self {
+            Mode::Read => false,
+            Mode::Write => true,
+            Mode::WriteIfStoreChanged => seq_before != seq_after,
+        }
+    }
+}
+
+enum Backing {
+    Memory(Mutex<State>),
+    Dir(PathBuf),
+}
+
+/// A fake host; cheap to clone, every clone (and every process opening the same directory)
+/// sees the same host.
+#[derive(Clone)]
+pub struct FakeHost {
+    backing: Arc<Backing>,
+}
+
+impl std::fmt::Debug for FakeHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.backing {
+            Backing::Memory(_) => f.write_str("FakeHost(in memory)"),
+            Backing::Dir(d) => write!(f, "FakeHost({})", d.display()),
+        }
+    }
+}
+
+/// One domain of the fake host, as a test sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FakeDomain {
+    /// What the hypervisor reports.
+    pub info: DomainInfo,
+    /// How it was created.
+    pub spec: GuestSpec,
+    /// Whether the guest has booted (advertised its balloon driver or agent).
+    pub booted: bool,
+}
+
+impl FakeDomain {
+    /// The domain's allocation, in KiB.
+    pub fn tot_kib(&self) -> Kib {
+        self.info.tot_pages as Kib * pages::PAGE_KIB
+    }
+    /// The domain's maxmem as Xen holds it, in KiB.
+    pub fn max_kib(&self) -> Kib {
+        self.info.max_pages as Kib * pages::PAGE_KIB
+    }
+}
+
+/// A consistent picture of the whole fake host, taken in one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeSnapshot {
+    /// Simulated time.
+    pub time: f64,
+    /// All memory of the host, in KiB.
+    pub total_kib: Kib,
+    /// Memory Xen keeps for itself, in KiB.
+    pub xen_kib: Kib,
+    /// Free memory, in KiB.
+    pub free_kib: Kib,
+    /// Every domain, domain 0 included.
+    pub domains: Vec<FakeDomain>,
+    /// Every store node and its value.
+    pub store: BTreeMap<String, String>,
+    /// Violations recorded so far.
+    pub violations: Vec<FakeViolation>,
+    /// How often maxmem was set.
+    pub setmaxmem_calls: u64,
+}
+
+impl FakeSnapshot {
+    /// The value of a store node.
+    pub fn read(&self, path: &str) -> Option<&str> {
+        self.store.get(path).map(String::as_str)
+    }
+
+    /// The names of the children of a store node.
+    pub fn directory(&self, path: &str) -> Vec<String> {
+        children(&self.store, path)
+    }
+}
+
+impl FakeHost {
+    /// A fake host living in this process only.
+    pub fn in_memory(config: FakeConfig) -> Result<Self> {
+        Ok(FakeHost {
+            backing: Arc::new(Backing::Memory(Mutex::new(State::new(config)?))),
+        })
+    }
+
+    /// Creates (or resets) a fake host in `dir`, which other processes can then [`open`].
+    ///
+    /// [`open`]: FakeHost::open
+    pub fn create(dir: &Path, config: FakeConfig) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        let host = FakeHost {
+            backing: Arc::new(Backing::Dir(dir.to_path_buf())),
+        };
+        let state = State::new(config)?;
+        let _lock = lockfile::lock(&dir.join("lock"), false)?;
+        save(dir, &state)?;
+        Ok(host)
+    }
+
+    /// Opens the fake host another process created in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.join("state.json").exists() {
+            return Err(Error::Backend(format!("no fake host in {}", dir.display())));
+        }
+        Ok(FakeHost {
+            backing: Arc::new(Backing::Dir(dir.to_path_buf())),
+        })
+    }
+
+    /// The platform over this host: its hypervisor, its store and its (simulated) clock.
+    pub fn platform(&self) -> Platform {
+        Platform {
+            hypervisor: Arc::new(self.clone()),
+            store: Arc::new(self.clone()),
+            clock: Arc::new(self.clone()),
+        }
+    }
+
+    fn with<T>(&self, mode: impl Into<Mode>, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mode = mode.into();
+        match &*self.backing {
+            Backing::Memory(m) => {
+                let mut guard = m.lock();
+                // Work on a copy so an error leaves the state untouched, as on disk.
+                let mut state = guard.clone();
+                let before = state.change_seq;
+                let out = f(&mut state)?;
+                if mode.must_save(before, state.change_seq) {
+                    *guard = state;
+                }
+                Ok(out)
+            }
+            Backing::Dir(dir) => {
+                let _lock = lockfile::lock(&dir.join("lock"), mode == Mode::Read)?;
+                let mut state = load(dir)?;
+                let before = state.change_seq;
+                let out = f(&mut state)?;
+                if mode.must_save(before, state.change_seq) {
+                    save(dir, &state)?;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Creates a paused domain with no memory yet, and writes what a toolstack writes for it:
+    /// `domain-type` and `memory/{target,dynamic-min,dynamic-max}`. Its maxmem starts at
+    /// dynamic-max plus its offset (plus 1 MiB for HVM).
+    pub fn create_domain(&self, spec: GuestSpec) -> Result<DomId> {
+        for (name, v) in [
+            ("target", spec.target_kib),
+            ("dynamic-min", spec.dynamic_min_kib),
+            ("dynamic-max", spec.dynamic_max_kib),
+            ("offset", spec.offset_kib),
+        ] {
+            crate::model::kib::check_size(name, v)?;
+        }
+        self.with(true, |s| {
+            let domid = s.next_domid;
+            s.next_domid += 1;
+            let extra = if spec.hvm { 1024 } else { 0 };
+            let info = DomainInfo {
+                domid,
+                tot_pages: 0,
+                max_pages: pages::from_kib(spec.dynamic_max_kib + spec.offset_kib + extra)?,
+                paused: true,
+                hvm: spec.hvm,
+                ..DomainInfo::default()
+            };
+            let now = s.time;
+            s.domains.insert(
+                domid,
+                Guest {
+                    info,
+                    spec,
+                    shadow_mib: if spec.hvm { spec.shadow_mib } else { 0 },
+                    boot_at: None,
+                    booted: false,
+                    last_update: now,
+                    last_target: None,
+                    last_target_change: now,
+                },
+            );
+            let dir = format!("/local/domain/{domid}");
+            s.write(
+                &format!("{dir}/domain-type"),
+                if spec.hvm { "hvm" } else { "pv" },
+            )?;
+            s.write(
+                &format!("{dir}/memory/target"),
+                &spec.target_kib.to_string(),
+            )?;
+            s.write(
+                &format!("{dir}/memory/dynamic-min"),
+                &spec.dynamic_min_kib.to_string(),
+            )?;
+            s.write(
+                &format!("{dir}/memory/dynamic-max"),
+                &spec.dynamic_max_kib.to_string(),
+            )?;
+            Ok(domid)
+        })
+    }
+
+    /// Builds a domain: allocates `kib` KiB (plus its shadow allocation) to it, as the domain
+    /// builder does. Fails like Xen when that is beyond the domain's maxmem or the host's free
+    /// memory.
+    pub fn build_domain(&self, domid: DomId, kib: Kib) -> Result<()> {
+        crate::model::kib::check_size("build size", kib)?;
+        self.with(true, |s| {
+            let free = s.free_pages;
+            let g = s.guest_mut(domid)?;
+            let want = pages::from_kib(kib)?;
+            let shadow = pages::from_kib(g.shadow_mib as Kib * 1024)?;
+            if g.info.tot_pages + want > g.info.max_pages {
+                return Err(Error::Backend(format!(
+                    "domain {domid}: building {kib} KiB exceeds its maxmem of {} KiB",
+                    g.info.max_pages * 4
+                )));
+            }
+            if want + shadow > free {
+                return Err(Error::Backend(format!(
+                    "domain {domid}: out of memory building {kib} KiB ({} KiB free)",
+                    free * 4
+                )));
+            }
+            g.info.tot_pages += want;
+            s.free_pages -= want + shadow;
+            Ok(())
+        })
+    }
+
+    /// Unpauses a domain: it boots after the configured delay.
+    pub fn unpause(&self, domid: DomId) -> Result<()> {
+        self.with(true, |s| {
+            let at = s.time + s.config.boot_delay_s;
+            let g = s.guest_mut(domid)?;
+            g.info.paused = false;
+            if g.boot_at.is_none() {
+                g.boot_at = Some(at);
+            }
+            Ok(())
+        })
+    }
+
+    /// Marks a domain as shut down (it stays until destroyed).
+    pub fn shutdown_domain(&self, domid: DomId) -> Result<()> {
+        self.with(true, |s| {
+            s.guest_mut(domid)?.info.shutdown = true;
+            Ok(())
+        })
+    }
+
+    /// Destroys a domain: its memory returns to the host and its store directory goes.
+    pub fn destroy_domain(&self, domid: DomId) -> Result<()> {
+        if domid == 0 {
+            return Err(Error::InvalidArgument(
+                "domain 0 cannot be destroyed".into(),
+            ));
+        }
+        self.with(true, |s| {
+            let g = s.domains.remove(&domid).ok_or_else(|| no_domain(domid))?;
+            s.free_pages += g.info.tot_pages + pages::from_kib(g.shadow_mib as Kib * 1024)?;
+            s.rm(&format!("/local/domain/{domid}"))?;
+            Ok(())
+        })
+    }
+
+    /// Lets `seconds` of simulated time pass, moving every guest.
+    pub fn advance(&self, seconds: f64) -> Result<()> {
+        if !seconds.is_finite() || seconds < 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "cannot advance by {seconds} s"
+            )));
+        }
+        self.with(true, |s| {
+            s.time += seconds;
+            s.update_guests()
+        })
+    }
+
+    /// One domain, or `None`.
+    pub fn domain(&self, domid: DomId) -> Result<Option<FakeDomain>> {
+        self.with(false, |s| Ok(s.domains.get(&domid).map(Guest::view)))
+    }
+
+    /// Everything at once, consistently.
+    pub fn snapshot(&self) -> Result<FakeSnapshot> {
+        self.with(false, |s| {
+            Ok(FakeSnapshot {
+                time: s.time,
+                total_kib: s.config.total_kib,
+                xen_kib: s.config.xen_kib,
+                free_kib: s.free_pages as Kib * pages::PAGE_KIB,
+                domains: s.domains.values().map(Guest::view).collect(),
+                store: s.store.clone(),
+                violations: s.violations.clone(),
+                setmaxmem_calls: s.setmaxmem_calls,
+            })
+        })
+    }
+}
+
+impl Guest {
+    fn view(&self) -> FakeDomain {
+        FakeDomain {
+            info: self.info,
+            spec: self.spec,
+            booted: self.booted,
+        }
+    }
+}
+
+fn no_domain(domid: DomId) -> Error {
+    Error::Backend(format!("no such domain: {domid}"))
+}
+
+fn load(dir: &Path) -> Result<State> {
+    let path = dir.join("state.json");
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Error::Backend(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Backend(format!("corrupt fake host state {}: {e}", path.display())))
+}
+
+fn save(dir: &Path, state: &State) -> Result<()> {
+    let bytes = serde_json::to_vec(state)
+        .map_err(|e| Error::Backend(format!("cannot encode fake host state: {e}")))?;
+    lockfile::write_atomically(&dir.join("state.json"), &bytes)
+}
+
+fn check_path(path: &str) -> Result<()> {
+    let ok = path.starts_with('/')
+        && path.len() <= MAX_PATH_LEN
+        && (path == "/" || (!path.ends_with('/') && !path.contains("//")))
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_-@.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid store path {path:?}"
+        )))
+    }
+}
+
+fn children(store: &BTreeMap<String, String>, path: &str) -> Vec<String> {
+    let prefix = if path == "/" {
+        "/".to_string()
+    } else {
+        format!("{path}/")
+    };
+    store
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| &k[prefix.len()..])
+        .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+impl State {
+    fn new(config: FakeConfig) -> Result<Self> {
+        for (name, v) in [
+            ("total", config.total_kib),
+            ("xen", config.xen_kib),
+            ("dom0", config.dom0_kib),
+        ] {
+            crate::model::kib::check_size(name, v)?;
+        }
+        if config.xen_kib + config.dom0_kib > config.total_kib {
+            return Err(Error::InvalidMemoryValue(
+                "Xen and domain 0 take more than the host has".into(),
+            ));
+        }
+        if !config.boot_delay_s.is_finite() || config.boot_delay_s < 0.0 {
+            return Err(Error::InvalidArgument("invalid boot delay".into()));
+        }
+        let dom0 = DomainInfo {
+            domid: 0,
+            tot_pages: pages::from_kib(config.dom0_kib)?,
+            max_pages: pages::from_kib(config.dom0_kib)?,
+            ..DomainInfo::default()
+        };
+        let mut domains = BTreeMap::new();
+        domains.insert(
+            0,
+            Guest {
+                info: dom0,
+                spec: GuestSpec {
+                    behaviour: Behaviour::NoBalloonDriver,
+                    ..GuestSpec::fixed(config.dom0_kib)
+                },
+                shadow_mib: 0,
+                boot_at: None,
+                booted: true,
+                last_update: 0.0,
+                last_target: None,
+                last_target_change: 0.0,
+            },
+        );
+        let mut s = State {
+            config,
+            time: 0.0,
+            free_pages: pages::from_kib(config.total_kib - config.xen_kib - config.dom0_kib)?,
+            next_domid: 1,
+            domains,
+            store: BTreeMap::new(),
+            change_seq: 0,
+            changes: VecDeque::new(),
+            violations: Vec::new(),
+            setmaxmem_calls: 0,
+        };
+        s.store.insert("/".into(), String::new());
+        s.write("/local/domain/0/domid", "0")?;
+        Ok(s)
+    }
+
+    fn guest_mut(&mut self, domid: DomId) -> Result<&mut Guest> {
+        self.domains.get_mut(&domid).ok_or_else(|| no_domain(domid))
+    }
+
+    fn changed(&mut self, path: &str) {
+        self.change_seq += 1;
+        self.changes.push_back((self.change_seq, path.to_string()));
+        while self.changes.len() > CHANGE_LOG_LEN {
+            self.changes.pop_front();
+        }
+    }
+
+    fn violation(&mut self, domid: DomId, what: String) {
+        self.violations.push(FakeViolation {
+            time: self.time,
+            domid,
+            what,
+        });
+    }
+
+    /// Moves every booted guest toward its target, boots the guests whose time has come.
+    fn update_guests(&mut self) -> Result<()> {
+        let now = self.time;
+        let domids: Vec<DomId> = self.domains.keys().copied().collect();
+        for domid in domids {
+            let g = &self.domains[&domid];
+            if domid == 0 || g.info.paused || g.info.shutdown || g.info.dying {
+                continue;
+            }
+            if !g.booted {
+                if g.boot_at.is_some_and(|t| t <= now) {
+                    let spec = g.spec;
+                    let g = self.guest_mut(domid)?;
+                    g.booted = true;
+                    g.last_update = now;
+                    g.last_target_change = now;
+                    let dir = format!("/local/domain/{domid}");
+                    if spec.behaviour != Behaviour::NoBalloonDriver {
+                        self.write(&format!("{dir}/control/feature-balloon"), "1")?;
+                    }
+                    if spec.agent {
+                        self.write(&format!("{dir}/data/updated"), "1")?;
+                    }
+                }
+                continue;
+            }
+            let target = self
+                .store
+                .get(&format!("/local/domain/{domid}/memory/target"))
+                .and_then(|v| v.parse::<Kib>().ok());
+            let free_kib = self.free_pages as Kib * pages::PAGE_KIB;
+            let g = self.guest_mut(domid)?;
+            let Some(target) = target else {
+                g.last_update = now;
+                continue;
+            };
+            if g.last_target != Some(target) {
+                g.last_target = Some(target);
+                g.last_target_change = g.last_update;
+            }
+            let tot = g.info.tot_pages as Kib * pages::PAGE_KIB;
+            let actual = tot - g.spec.offset_kib;
+            let mut delta = balloon_step(g, actual, target, now);
+            // Xen refuses allocations beyond maxmem.
+            let max = g.info.max_pages as Kib * pages::PAGE_KIB;
+            if delta > 0 {
+                delta = delta.min((max - tot).max(0));
+            }
+            delta = delta.max(-tot);
+            g.last_update = now;
+            if delta > free_kib {
+                self.violation(
+                    domid,
+                    format!("tried to allocate {delta} KiB with only {free_kib} KiB free"),
+                );
+                delta = free_kib;
+            }
+            // Whole pages only, rounding toward zero.
+            let delta_pages = delta / pages::PAGE_KIB;
+            let g = self.guest_mut(domid)?;
+            g.info.tot_pages = (g.info.tot_pages as i64 + delta_pages) as u64;
+            self.free_pages = (self.free_pages as i64 - delta_pages) as u64;
+        }
+        Ok(())
+    }
+}
+
+/// How far (KiB, signed) a balloon driver moves its guest's `actual` toward `target` between
+/// its last update and `now`, stopping within 4 KiB of the target.
+fn balloon_step(g: &Guest, actual: Kib, target: Kib, now: f64) -> Kib {
+    let elapsed = (now - g.last_update).max(0.0);
+    let toward = |rate: Kib, seconds: f64| {
+        let max_change = (seconds * rate as f64) as Kib;
+        let distance = (target - actual).abs() - 4;
+        let moved = distance.max(0).min(max_change);
+        if target >= actual {
+            moved
+        } else {
+            -moved
+        }
+    };
+    match g.spec.behaviour {
+        Behaviour::Ideal { rate_kib_per_s } => toward(rate_kib_per_s, elapsed),
+        Behaviour::HiddenFloor {
+            rate_kib_per_s,
+            floor_kib,
+        } => {
+            let d = toward(rate_kib_per_s, elapsed);
+            if d < 0 {
+                d.max((floor_kib - actual).min(0))
+            } else {
+                d
+            }
+        }
+        Behaviour::HiddenCeiling {
+            rate_kib_per_s,
+            ceiling_kib,
+        } => {
+            let d = toward(rate_kib_per_s, elapsed);
+            if d > 0 {
+                d.min((ceiling_kib - 1 - actual).max(0))
+            } else {
+                d
+            }
+        }
+        Behaviour::Stuck | Behaviour::NoBalloonDriver => 0,
+        Behaviour::IntermittentlyStuck {
+            rate_kib_per_s,
+            period_s,
+        } => {
+            let working = |t: f64| period_s > 0.0 && ((t / period_s) as i64) % 2 == 0;
+            if working(g.last_update) && working(now) {
+                toward(rate_kib_per_s, elapsed)
+            } else {
+                0
+            }
+        }
+        Behaviour::Sluggish {
+            rate_kib_per_s,
+            delay_s,
+        } => {
+            let ready_at = g.last_target_change + delay_s;
+            toward(rate_kib_per_s, (now - ready_at.max(g.last_update)).max(0.0))
+        }
+    }
+}
+
+impl StoreOps for State {
+    fn read(&mut self, path: &str) -> Result<Option<String>> {
+        check_path(path)?;
+        Ok(self.store.get(path).cloned())
+    }
+
+    fn write(&mut self, path: &str, value: &str) -> Result<()> {
+        check_path(path)?;
+        if value.len() > MAX_VALUE_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "store value for {path} is {} bytes, above {MAX_VALUE_LEN}",
+                value.len()
+            )));
+        }
+        let mut parent = path;
+        while let Some(i) = parent.rfind('/') {
+            parent = if i == 0 { "/" } else { &parent[..i] };
+            self.store.entry(parent.to_string()).or_default();
+            if parent == "/" {
+                break;
+            }
+        }
+        self.store.insert(path.to_string(), value.to_string());
+        self.changed(path);
+        Ok(())
+    }
+
+    fn rm(&mut self, path: &str) -> Result<()> {
+        check_path(path)?;
+        if path == "/" {
+            return Err(Error::InvalidArgument(
+                "the store root cannot be removed".into(),
+            ));
+        }
+        let prefix = format!("{path}/");
+        let doomed: Vec<String> = std::iter::once(path.to_string())
+            .filter(|p| self.store.contains_key(p))
+            .chain(
+                self.store
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, _)| k.clone()),
+            )
+            .collect();
+        if !doomed.is_empty() {
+            for k in &doomed {
+                self.store.remove(k);
+            }
+            self.changed(path);
+        }
+        Ok(())
+    }
+
+    fn directory(&mut self, path: &str) -> Result<Vec<String>> {
+        check_path(path)?;
+        Ok(children(&self.store, path))
+    }
+}
+
+impl Store for FakeHost {
+    fn transaction(&self, body: &mut dyn FnMut(&mut dyn StoreOps) -> Result<()>) -> Result<()> {
+        // The whole host is locked for the transaction, so it never conflicts; a failing body
+        // leaves the state as it was, and a read-only body does not rewrite the state file.
+        self.with(Mode::WriteIfStoreChanged, |s| body(s))
+    }
+
+    fn watch(&self, path: &str) -> Result<Box<dyn Watch>> {
+        check_path(path)?;
+        let seq = self.with(false, |s| Ok(s.change_seq))?;
+        Ok(Box::new(FakeWatch {
+            host: self.clone(),
+            path: path.to_string(),
+            seen: seq,
+        }))
+    }
+}
+
+struct FakeWatch {
+    host: FakeHost,
+    path: String,
+    seen: u64,
+}
+
+impl Watch for FakeWatch {
+    fn poll(&mut self) -> Result<Vec<String>> {
+        let (paths, seq) = self.host.with(false, |s| {
+            let lost = s
+                .changes
+                .front()
+                .is_some_and(|&(first, _)| first > self.seen + 1);
+            let prefix = format!("{}/", self.path);
+            let mut paths: Vec<String> = s
+                .changes
+                .iter()
+                .filter(|(seq, p)| {
+                    *seq > self.seen
+                        && (self.path == "/" || *p == self.path || p.starts_with(&prefix))
+                })
+                .map(|(_, p)| p.clone())
+                .collect();
+            if lost && !paths.contains(&self.path) {
+                paths.insert(0, self.path.clone());
+            }
+            Ok((paths, s.change_seq))
+        })?;
+        self.seen = seq;
+        Ok(paths)
+    }
+}
+
+impl Hypervisor for FakeHost {
+    fn domains(&self) -> Result<Vec<DomainInfo>> {
+        self.with(false, |s| Ok(s.domains.values().map(|g| g.info).collect()))
+    }
+
+    fn domain(&self, domid: DomId) -> Result<Option<DomainInfo>> {
+        self.with(false, |s| Ok(s.domains.get(&domid).map(|g| g.info)))
+    }
+
+    fn physinfo(&self) -> Result<PhysInfo> {
+        self.with(false, |s| {
+            Ok(PhysInfo {
+                total_pages: pages::from_kib(s.config.total_kib)?,
+                free_pages: s.free_pages,
+                scrub_pages: 0,
+                outstanding_pages: s.domains.values().map(|g| g.info.outstanding_pages).sum(),
+            })
+        })
+    }
+
+    fn shadow_allocation_mib(&self, domid: DomId) -> Result<u64> {
+        self.with(false, |s| {
+            s.domains
+                .get(&domid)
+                .map(|g| g.shadow_mib)
+                .ok_or_else(|| no_domain(domid))
+        })
+    }
+
+    fn set_maxmem_kib(&self, domid: DomId, kib: Kib) -> Result<()> {
+        crate::model::kib::check_size("maxmem", kib)?;
+        self.with(true, |s| {
+            s.setmaxmem_calls += 1;
+            s.guest_mut(domid)?.info.max_pages = pages::from_kib(kib)?;
+            Ok(())
+        })
+    }
+
+    fn claim_pages(&self, domid: DomId, count: u64) -> Result<()> {
+        self.with(true, |s| {
+            let free = s.free_pages;
+            let others: u64 = s
+                .domains
+                .values()
+                .filter(|g| g.info.domid != domid)
+                .map(|g| g.info.outstanding_pages)
+                .sum();
+            if count > 0 && count + others > free {
+                return Err(Error::Backend(format!(
+                    "claim of {count} pages for domain {domid}: only {} unclaimed pages free",
+                    free.saturating_sub(others)
+                )));
+            }
+            s.guest_mut(domid)?.info.outstanding_pages = count;
+            Ok(())
+        })
+    }
+}
+
+impl Clock for FakeHost {
+    fn now(&self) -> f64 {
+        self.with(false, |s| Ok(s.time)).unwrap_or(0.0)
+    }
+
+    fn sleep(&self, seconds: f64) {
+        if seconds.is_finite() && seconds > 0.0 {
+            if let Err(e) = self.advance(seconds) {
+                log::warn!("fake host: cannot advance time: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> FakeHost {
+        FakeHost::in_memory(FakeConfig {
+            total_kib: 8 << 20,
+            xen_kib: 0,
+            dom0_kib: 1 << 20,
+            boot_delay_s: 1.0,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn store_has_xenstore_semantics() {
+        let h = host();
+        let s: &dyn Store = &h;
+        s.write("/a/b/c", "1").unwrap();
+        assert_eq!(s.read("/a/b").unwrap().as_deref(), Some(""));
+        s.write("/a/b", "v").unwrap();
+        assert_eq!(
+            s.read("/a/b/c").unwrap().as_deref(),
+            Some("1"),
+            "value and children coexist"
+        );
+        assert_eq!(s.directory("/a").unwrap(), vec!["b"]);
+        assert!(s.directory("/nothing").unwrap().is_empty());
+        s.rm("/a").unwrap();
+        assert!(!s.exists("/a/b/c").unwrap());
+        assert!(
+            s.rm("/a").is_ok(),
+            "removing a missing node is not an error"
+        );
+        assert!(s.write("relative", "x").is_err());
+        assert!(s.write("/a//b", "x").is_err());
+        assert!(s.write("/a", &"x".repeat(5000)).is_err());
+    }
+
+    #[test]
+    fn a_failed_transaction_changes_nothing() {
+        let h = host();
+        let r = h.transaction(&mut |t| {
+            t.write("/x", "1")?;
+            Err(Error::Backend("boom".into()))
+        });
+        assert!(r.is_err());
+        assert!(!Store::exists(&h, "/x").unwrap());
+    }
+
+    #[test]
+    fn watches_report_changes_under_their_path() {
+        let h = host();
+        let mut w = h.watch("/local/domain/1").unwrap();
+        Store::write(&h, "/local/domain/1/memory/target", "5").unwrap();
+        Store::write(&h, "/local/domain/2/memory/target", "5").unwrap();
+        assert_eq!(w.poll().unwrap(), vec!["/local/domain/1/memory/target"]);
+        assert!(w.poll().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_booted_guest_balloons_to_its_target_plus_offset() {
+        let h = host();
+        let spec = GuestSpec {
+            offset_kib: 1024,
+            ..GuestSpec::ballooning(512 << 10, 1 << 20)
+        };
+        let d = h.create_domain(spec).unwrap();
+        h.set_maxmem_kib(d, (1 << 20) + 1024).unwrap();
+        h.build_domain(d, (1 << 20) + 1024).unwrap();
+        h.unpause(d).unwrap();
+        h.advance(1.0).unwrap();
+        let snap = h.snapshot().unwrap();
+        assert_eq!(
+            snap.read("/local/domain/1/control/feature-balloon"),
+            Some("1")
+        );
+        // 8 GiB − 1 GiB dom0 − (1 GiB + 1 MiB) guest.
+        assert_eq!(snap.free_kib, (6 << 20) - 1024);
+        Store::write(
+            &h,
+            "/local/domain/1/memory/target",
+            &(768 << 10).to_string(),
+        )
+        .unwrap();
+        h.advance(10.0).unwrap();
+        let g = h.domain(d).unwrap().unwrap();
+        // Stops 4 KiB short of 768 MiB + 1 MiB offset.
+        assert_eq!(g.tot_kib(), (768 << 10) + 1024 + 4);
+    }
+
+    #[test]
+    fn building_beyond_free_memory_fails_like_xen() {
+        let h = host();
+        let d = h.create_domain(GuestSpec::fixed(8 << 20)).unwrap();
+        assert!(h.build_domain(d, 8 << 20).is_err());
+        assert_eq!(h.domain(d).unwrap().unwrap().info.tot_pages, 0);
+    }
+}

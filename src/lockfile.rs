@@ -1,0 +1,69 @@
+//! Advisory locks on files (`flock(2)`), shared by every process of a host.
+//!
+//! Each acquisition opens the file afresh: `flock` locks belong to an open file description, so
+//! two threads of one process holding separate descriptors exclude each other just as two
+//! processes do. The lock is released when the guard is dropped, or by the kernel when the
+//! process dies, which is what makes a killed process harmless.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+
+use crate::error::{Error, Result};
+
+/// A held lock; dropping it releases the lock.
+#[derive(Debug)]
+pub(crate) struct FileLock {
+    _file: File,
+}
+
+/// Takes an exclusive (`shared == false`) or shared lock on `path`, creating the file and its
+/// directory when missing, and blocking until the lock is free.
+pub(crate) fn lock(path: &Path, shared: bool) -> Result<FileLock> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| io_error("create the directory of", path, e))?;
+        }
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io_error("open", path, e))?;
+    let op = if shared {
+        FlockOperation::LockShared
+    } else {
+        FlockOperation::LockExclusive
+    };
+    loop {
+        match flock(&file, op) {
+            Ok(()) => return Ok(FileLock { _file: file }),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io_error("lock", path, e.into())),
+        }
+    }
+}
+
+/// Replaces the contents of `path` atomically: a reader, or a process started after a crash,
+/// sees either the old contents or the new, never a mixture.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = PathBuf::from(format!(
+        "{}.tmp.{}.{:?}",
+        path.display(),
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&tmp, contents).map_err(|e| io_error("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_error("rename into place", path, e)
+    })
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Backend(format!("cannot {what} {}: {e}", path.display()))
+}

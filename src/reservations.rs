@@ -1,0 +1,364 @@
+//! The reservation ledger, kept in the store with squeezed's layout.
+//!
+//! ```text
+//! /squeezed/state/<session>/<reservation-id>              = <KiB>
+//! /squeezed/state/<session>/<reservation-id>/in-transfer  = <domid>   (once transferred)
+//! /local/domain/<domid>/memory/initial-reservation        = <KiB>     (written by transfer)
+//! /local/domain/<domid>/memory/reservation-id             = <reservation-id>
+//! ```
+//!
+//! A reservation is memory promised to a domain that does not exist yet, so it is subtracted
+//! from host free memory. Once transferred to a live domain the domain itself accounts for it
+//! (through its initial reservation until it boots, through its allocation afterwards), so the
+//! entry no longer counts. Because the ledger is in the store, it outlives the process that
+//! wrote it: a process killed at any point leaves a ledger the next one reads as it was.
+//!
+//! These functions work inside a store transaction ([`StoreOps`]); locking is the caller's.
+
+use crate::error::{Error, Result};
+use crate::model::{kib, DomId, Kib};
+use crate::platform::StoreOps;
+
+/// The store directory squeezed keeps its state under; using the same one lets a host move
+/// between squeezed and this library without losing reservations.
+pub const DEFAULT_ROOT: &str = "/squeezed";
+
+/// The longest session (service) name accepted.
+pub const MAX_SESSION_LEN: usize = 128;
+
+/// One reservation in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reservation {
+    /// The session (service name) that made it.
+    pub session: String,
+    /// Its id (a UUID).
+    pub id: String,
+    /// Its size in KiB.
+    pub kib: Kib,
+    /// The domain it was transferred to, if it was.
+    pub in_transfer: Option<DomId>,
+}
+
+/// A ledger entry that could not be understood (a value written by hand or by a broken
+/// client); it is reported, never counted and never deleted behind the operator's back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InvalidEntry {
+    /// Its store path.
+    pub path: String,
+    /// Why it is invalid.
+    pub why: String,
+}
+
+/// Checks a session (service) name: 1 to 128 characters from `[A-Za-z0-9._:@+-]`, so it is
+/// one store path element and cannot climb out of the state directory.
+pub fn check_session(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_SESSION_LEN
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@+-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid session name {name:?}: use 1 to {MAX_SESSION_LEN} characters from A-Z a-z 0-9 . _ : @ + -"
+        )))
+    }
+}
+
+/// Parses a reservation id: anything that is not a UUID cannot be one of ours.
+pub fn check_id(id: &str) -> Result<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| Error::UnknownReservation(id.to_string()))
+}
+
+/// A fresh reservation id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
+}
+
+/// Where the ledger and a domain's reservation keys live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: String,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            root: DEFAULT_ROOT.to_string(),
+        }
+    }
+}
+
+impl Layout {
+    /// A layout under `root` (for example `/squeezed`).
+    pub fn new(root: &str) -> Result<Self> {
+        let ok = root.starts_with('/')
+            && root.len() > 1
+            && !root.ends_with('/')
+            && !root.contains("//")
+            && root.split('/').skip(1).all(|p| check_session(p).is_ok());
+        if !ok {
+            return Err(Error::InvalidArgument(format!(
+                "invalid state root {root:?}"
+            )));
+        }
+        Ok(Layout {
+            root: root.to_string(),
+        })
+    }
+
+    /// `/squeezed/state`.
+    pub fn state_dir(&self) -> String {
+        format!("{}/state", self.root)
+    }
+
+    /// `/squeezed/state/<session>`.
+    pub fn session_dir(&self, session: &str) -> String {
+        format!("{}/state/{session}", self.root)
+    }
+
+    /// `/squeezed/state/<session>/<id>`.
+    pub fn reservation_path(&self, session: &str, id: &str) -> String {
+        format!("{}/state/{session}/{id}", self.root)
+    }
+
+    /// `/squeezed/state/<session>/<id>/in-transfer`.
+    pub fn in_transfer_path(&self, session: &str, id: &str) -> String {
+        format!("{}/state/{session}/{id}/in-transfer", self.root)
+    }
+}
+
+/// `/local/domain/<domid>/memory/initial-reservation`.
+pub fn initial_reservation_path(domid: DomId) -> String {
+    format!("/local/domain/{domid}/memory/initial-reservation")
+}
+
+/// `/local/domain/<domid>/memory/reservation-id`.
+pub fn reservation_id_path(domid: DomId) -> String {
+    format!("/local/domain/{domid}/memory/reservation-id")
+}
+
+/// Every reservation in the ledger, and the entries that could not be read.
+pub fn list(
+    t: &mut dyn StoreOps,
+    layout: &Layout,
+) -> Result<(Vec<Reservation>, Vec<InvalidEntry>)> {
+    let mut out = Vec::new();
+    let mut invalid = Vec::new();
+    for session in t.directory(&layout.state_dir())? {
+        for id in t.directory(&layout.session_dir(&session))? {
+            let path = layout.reservation_path(&session, &id);
+            match read_entry(t, layout, &session, &id)? {
+                Ok(r) => out.push(r),
+                Err(why) => invalid.push(InvalidEntry { path, why }),
+            }
+        }
+    }
+    Ok((out, invalid))
+}
+
+fn read_entry(
+    t: &mut dyn StoreOps,
+    layout: &Layout,
+    session: &str,
+    id: &str,
+) -> Result<std::result::Result<Reservation, String>> {
+    let Some(value) = t.read(&layout.reservation_path(session, id))? else {
+        return Ok(Err("vanished while being read".into()));
+    };
+    let kib = match value.trim().parse::<Kib>() {
+        Ok(k) if kib::check_size("reservation", k).is_ok() => k,
+        _ => return Ok(Err(format!("size {value:?} is not a valid KiB amount"))),
+    };
+    let in_transfer = match t.read(&layout.in_transfer_path(session, id))? {
+        None => None,
+        Some(d) => match d.trim().parse::<DomId>() {
+            Ok(d) if d >= 0 => Some(d),
+            _ => return Ok(Err(format!("in-transfer domain {d:?} is not a domid"))),
+        },
+    };
+    Ok(Ok(Reservation {
+        session: session.to_string(),
+        id: id.to_string(),
+        kib,
+        in_transfer,
+    }))
+}
+
+/// One reservation, or [`Error::UnknownReservation`].
+pub fn get(t: &mut dyn StoreOps, layout: &Layout, session: &str, id: &str) -> Result<Reservation> {
+    match read_entry(t, layout, session, id)? {
+        Ok(r) if t.exists(&layout.reservation_path(session, id))? => Ok(r),
+        Ok(_) => Err(Error::UnknownReservation(id.to_string())),
+        Err(why) if t.exists(&layout.reservation_path(session, id))? => Err(Error::Backend(
+            format!("reservation {id} of session {session} is corrupt: {why}"),
+        )),
+        Err(_) => Err(Error::UnknownReservation(id.to_string())),
+    }
+}
+
+/// Records a new reservation.
+pub fn add(t: &mut dyn StoreOps, layout: &Layout, session: &str, id: &str, kib: Kib) -> Result<()> {
+    t.write(&layout.reservation_path(session, id), &kib.to_string())
+}
+
+/// Deletes a reservation (and its in-transfer marker); unknown ids are an error.
+pub fn remove(t: &mut dyn StoreOps, layout: &Layout, session: &str, id: &str) -> Result<()> {
+    let path = layout.reservation_path(session, id);
+    if !t.exists(&path)? {
+        return Err(Error::UnknownReservation(id.to_string()));
+    }
+    t.rm(&path)
+}
+
+/// Marks a reservation as transferred to `domid` and gives the domain its initial reservation
+/// and reservation id, all in the caller's transaction, so no one can ever see the memory
+/// counted both by the ledger and by the domain.
+pub fn transfer(
+    t: &mut dyn StoreOps,
+    layout: &Layout,
+    session: &str,
+    id: &str,
+    domid: DomId,
+) -> Result<Reservation> {
+    let r = get(t, layout, session, id)?;
+    if let Some(other) = r.in_transfer {
+        if other != domid {
+            return Err(Error::InvalidArgument(format!(
+                "reservation {id} was already transferred to domain {other}"
+            )));
+        }
+    }
+    t.write(&initial_reservation_path(domid), &r.kib.to_string())?;
+    t.write(&reservation_id_path(domid), id)?;
+    t.write(&layout.in_transfer_path(session, id), &domid.to_string())?;
+    Ok(Reservation {
+        in_transfer: Some(domid),
+        ..r
+    })
+}
+
+/// Drops the reservations of `session` that were never transferred (a client that logs in
+/// again has forgotten their ids); returns them.
+pub fn drop_untransferred(
+    t: &mut dyn StoreOps,
+    layout: &Layout,
+    session: &str,
+) -> Result<Vec<Reservation>> {
+    let mut dropped = Vec::new();
+    for id in t.directory(&layout.session_dir(session))? {
+        match read_entry(t, layout, session, &id)? {
+            Ok(r) if r.in_transfer.is_none() => {
+                t.rm(&layout.reservation_path(session, &id))?;
+                dropped.push(r);
+            }
+            _ => {}
+        }
+    }
+    if t.directory(&layout.session_dir(session))?.is_empty() {
+        t.rm(&layout.session_dir(session))?;
+    }
+    Ok(dropped)
+}
+
+/// Releases the reservations transferred to domains that no longer live; returns them.
+pub fn release_dead(
+    t: &mut dyn StoreOps,
+    layout: &Layout,
+    alive: &dyn Fn(DomId) -> bool,
+) -> Result<Vec<Reservation>> {
+    let (all, _) = list(t, layout)?;
+    let mut released = Vec::new();
+    for r in all {
+        if let Some(domid) = r.in_transfer {
+            if !alive(domid) {
+                t.rm(&layout.reservation_path(&r.session, &r.id))?;
+                released.push(r);
+            }
+        }
+    }
+    Ok(released)
+}
+
+/// The memory the ledger holds back from the host: every reservation not (yet) backed by a
+/// live domain.
+pub fn unbacked_kib(all: &[Reservation], alive: &dyn Fn(DomId) -> bool) -> Result<Kib> {
+    kib::sum(
+        all.iter()
+            .filter(|r| !r.in_transfer.is_some_and(alive))
+            .map(|r| r.kib),
+        "reservations",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::{FakeConfig, FakeHost};
+    use crate::platform::Store;
+
+    #[test]
+    fn session_names_cannot_leave_the_state_directory() {
+        assert!(check_session("xenopsd").is_ok());
+        assert!(check_session("xl-1234").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(129), "é"] {
+            assert!(check_session(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_must_be_uuids() {
+        let id = new_id();
+        assert_eq!(check_id(&id).unwrap(), id);
+        assert!(matches!(
+            check_id("../x"),
+            Err(Error::UnknownReservation(_))
+        ));
+    }
+
+    #[test]
+    fn transferred_reservations_stop_counting_while_their_domain_lives() {
+        let h = FakeHost::in_memory(FakeConfig::default()).unwrap();
+        let l = Layout::default();
+        h.transaction(&mut |t| {
+            add(t, &l, "s", "a", 1000)?;
+            add(t, &l, "s", "b", 300)?;
+            transfer(t, &l, "s", "b", 7)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            Store::read(&h, "/squeezed/state/s/b/in-transfer")
+                .unwrap()
+                .as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            Store::read(&h, "/local/domain/7/memory/initial-reservation")
+                .unwrap()
+                .as_deref(),
+            Some("300")
+        );
+        let mut all = Vec::new();
+        h.transaction(&mut |t| {
+            all = list(t, &l)?.0;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(unbacked_kib(&all, &|d| d == 7).unwrap(), 1000);
+        assert_eq!(unbacked_kib(&all, &|_| false).unwrap(), 1300);
+        let mut dropped = Vec::new();
+        h.transaction(&mut |t| {
+            dropped = drop_untransferred(t, &l, "s")?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(dropped.len(), 1);
+        assert!(Store::exists(&h, "/squeezed/state/s/b").unwrap());
+    }
+}

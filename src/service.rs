@@ -1,0 +1,553 @@
+//! The memory service: squeezed's `Memory_interface` as a library.
+//!
+//! A [`Service`] is opened over a [`Platform`]. Every call that decides about host memory (or
+//! changes the ledger) runs under two locks: a mutex for the threads of this process and an
+//! `flock` on a host-wide lock file for the processes of the host, so xenopsd and any number of
+//! short-lived `xl` processes can use the library at once and never promise the same free
+//! memory twice. Each such call reads the host afresh under the locks; nothing is cached between
+//! calls except which domains have been cooperative (for the `memory/uncooperative` flag).
+//!
+//! Sessions are service names (squeezed's convention: one instance of a named service at a
+//! time); reservations are kept in the store (see [`crate::reservations`]), so a process that
+//! dies loses nothing and the next one sees every reservation.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use parking_lot::{Condvar, Mutex};
+
+use crate::driver;
+use crate::error::{Error, Result};
+use crate::host::{HostConfig, HostModel, HostView};
+use crate::lockfile;
+use crate::model::{kib, DomId, Kib};
+use crate::platform::{pages, Platform};
+use crate::reservations::{self, Layout};
+use crate::squeezer::Options;
+
+/// The default host-wide lock file.
+pub const DEFAULT_LOCK_PATH: &str = "/run/squeeze/host.lock";
+
+/// The default file recording host free memory at boot.
+pub const DEFAULT_BOOT_TIME_RECORD_PATH: &str = "/run/squeeze/boot_time_memory";
+
+/// squeezed's balance check interval, in seconds.
+pub const DEFAULT_BALANCE_INTERVAL_S: f64 = 10.0;
+
+/// Settings of a [`Service`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// The host model's settings (slush, tolerance, domain 0, ledger location).
+    pub host: HostConfig,
+    /// The squeezer's options.
+    pub options: Options,
+    /// The lock file every process using the host takes.
+    pub lock_path: PathBuf,
+    /// Where host free memory at boot is recorded.
+    pub boot_time_record_path: PathBuf,
+    /// Samples of host free memory that must agree (within 1 MiB) before it is recorded.
+    pub boot_time_samples: u32,
+    /// Seconds between those samples.
+    pub boot_time_interval_s: f64,
+    /// Seconds between two checks of the background balancer.
+    pub balance_interval_s: f64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            host: HostConfig::default(),
+            options: Options::default(),
+            lock_path: PathBuf::from(DEFAULT_LOCK_PATH),
+            boot_time_record_path: PathBuf::from(DEFAULT_BOOT_TIME_RECORD_PATH),
+            boot_time_samples: 3,
+            boot_time_interval_s: 1.0,
+            balance_interval_s: DEFAULT_BALANCE_INTERVAL_S,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        self.host.validate()?;
+        if self.boot_time_samples == 0 {
+            return Err(Error::InvalidArgument(
+                "boot_time_samples must be at least 1".into(),
+            ));
+        }
+        check_interval("boot_time_interval_s", self.boot_time_interval_s)?;
+        check_interval("balance_interval_s", self.balance_interval_s)?;
+        if self.balance_interval_s == 0.0 {
+            return Err(Error::InvalidArgument(
+                "balance_interval_s must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_interval(name: &str, v: f64) -> Result<()> {
+    if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{name} = {v} is not an interval in 0..=86400 s"
+        )))
+    }
+}
+
+/// A callback run at named points inside the service's operations; tests use it to kill a
+/// process mid-operation.
+pub type FaultHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+struct Balancer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+struct Inner {
+    model: Mutex<HostModel>,
+    config: ServiceConfig,
+    layout: Layout,
+    balancer: Mutex<Option<Balancer>>,
+    fault_hook: Mutex<Option<FaultHook>>,
+    balancing_passes: std::sync::atomic::AtomicU64,
+}
+
+/// The memory service over one host. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Converts the squeezer's error to what squeezed reports: amounts net of the slush.
+fn net_of_slush(e: Error, slush: Kib) -> Error {
+    match e {
+        Error::CannotFreeThisMuchMemory {
+            required_kib,
+            free_kib,
+        } => Error::CannotFreeThisMuchMemory {
+            required_kib: required_kib - slush,
+            free_kib: free_kib - slush,
+        },
+        other => other,
+    }
+}
+
+fn check_domid(domid: DomId) -> Result<()> {
+    if domid < 0 {
+        Err(Error::InvalidArgument(format!(
+            "domain id {domid} is negative"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+impl Service {
+    /// Opens the service over `platform`. Nothing is read or written until the first call.
+    pub fn new(platform: Platform, config: ServiceConfig) -> Result<Self> {
+        config.validate()?;
+        let layout = config.host.layout.clone();
+        let model = HostModel::new(platform, config.host.clone())?;
+        Ok(Service {
+            inner: Arc::new(Inner {
+                model: Mutex::new(model),
+                config,
+                layout,
+                balancer: Mutex::new(None),
+                fault_hook: Mutex::new(None),
+                balancing_passes: std::sync::atomic::AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    /// Installs (or, with `None`, removes) a callback run at named points inside operations:
+    /// `reserve:freed`, `reserve:recorded`, `transfer:checked`, `transfer:recorded`,
+    /// `transfer:maxmem`, `delete:done`, `login:done`.
+    pub fn set_fault_hook(&self, hook: Option<FaultHook>) {
+        *self.inner.fault_hook.lock() = hook;
+    }
+
+    fn fault_point(&self, name: &str) {
+        let hook = self.inner.fault_hook.lock().clone();
+        if let Some(h) = hook {
+            h(name);
+        }
+    }
+
+    /// Runs `f` with the host to itself: this process's threads and every other process that
+    /// uses the same lock file wait.
+    fn with_host<T>(&self, f: impl FnOnce(&mut HostModel) -> Result<T>) -> Result<T> {
+        let mut model = self.inner.model.lock();
+        let _flock = lockfile::lock(&self.inner.config.lock_path, false)?;
+        f(&mut model)
+    }
+
+    /// Starts a session for `service_name` and returns its id (the name itself, as squeezed
+    /// does). Reservations the service made before and never transferred are dropped: a
+    /// restarted client has forgotten their ids.
+    pub fn login(&self, service_name: &str) -> Result<String> {
+        reservations::check_session(service_name)?;
+        let layout = &self.inner.layout;
+        let dropped = self.with_host(|model| {
+            let mut dropped = Vec::new();
+            model.platform().store.transaction(&mut |t| {
+                dropped = reservations::drop_untransferred(t, layout, service_name)?;
+                Ok(())
+            })?;
+            Ok(dropped)
+        })?;
+        for r in &dropped {
+            info!(
+                "login {service_name}: dropped untransferred reservation {} ({} KiB)",
+                r.id, r.kib
+            );
+        }
+        self.fault_point("login:done");
+        Ok(service_name.to_string())
+    }
+
+    /// Frees `kib` KiB (ballooning domains down if needed) and sets it aside under a new
+    /// reservation id.
+    pub fn reserve_memory(&self, session: &str, kib: Kib) -> Result<String> {
+        reservations::check_session(session)?;
+        kib::check_size("reservation size", kib)?;
+        let id = reservations::new_id();
+        let opts = self.inner.config.options;
+        let slush = self.inner.config.host.slush_kib;
+        self.with_host(|model| {
+            let required = kib::add(kib, slush, "memory to free")?;
+            driver::change_host_free_memory(model, &opts, required, &mut |free| free >= required)
+                .map_err(|e| net_of_slush(e, slush))?;
+            self.fault_point("reserve:freed");
+            model.platform().store.transaction(&mut |t| {
+                reservations::add(t, &self.inner.layout, session, &id, kib)
+            })?;
+            debug!("reserved {kib} KiB for reservation {id} of session {session}");
+            self.fault_point("reserve:recorded");
+            Ok(())
+        })?;
+        Ok(id)
+    }
+
+    /// Frees as much as the policy gives a domain that may have anything in `min..=max` KiB
+    /// (at least `min`), sets it aside under a new reservation id, and returns the id and the
+    /// amount.
+    pub fn reserve_memory_range(
+        &self,
+        session: &str,
+        min_kib: Kib,
+        max_kib: Kib,
+    ) -> Result<(String, Kib)> {
+        reservations::check_session(session)?;
+        kib::check_size("minimum", min_kib)?;
+        kib::check_size("maximum", max_kib)?;
+        if min_kib > max_kib {
+            return Err(Error::InvalidMemoryValue(format!(
+                "minimum {min_kib} KiB is above maximum {max_kib} KiB"
+            )));
+        }
+        let id = reservations::new_id();
+        let opts = self.inner.config.options;
+        let slush = self.inner.config.host.slush_kib;
+        let amount = self.with_host(|model| {
+            let amount = driver::free_memory_range(model, &opts, min_kib, max_kib)
+                .map_err(|e| net_of_slush(e, slush))?;
+            self.fault_point("reserve:freed");
+            model.platform().store.transaction(&mut |t| {
+                reservations::add(t, &self.inner.layout, session, &id, amount)
+            })?;
+            debug!("reserved {amount} KiB ({min_kib}..={max_kib}) for reservation {id} of session {session}");
+            self.fault_point("reserve:recorded");
+            Ok(amount)
+        })?;
+        Ok((id, amount))
+    }
+
+    /// Hands a reservation to a domain that now exists: the domain gets it as its initial
+    /// reservation (and its reservation id), the ledger marks it in transfer, and the domain's
+    /// maxmem is set to it. All store changes happen in one transaction, so the memory is never
+    /// counted twice nor lost if the process dies. While the domain lives the reservation no
+    /// longer counts against the host; when it dies the reservation is released.
+    pub fn transfer_reservation_to_domain(
+        &self,
+        session: &str,
+        reservation_id: &str,
+        domid: DomId,
+    ) -> Result<()> {
+        reservations::check_session(session)?;
+        let id = reservations::check_id(reservation_id)?;
+        check_domid(domid)?;
+        let layout = &self.inner.layout;
+        self.with_host(|model| {
+            let platform = model.platform().clone();
+            match platform.hypervisor.domain(domid)? {
+                Some(d) if !d.dying && !d.shutdown => {}
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "domain {domid} does not exist (or is shutting down)"
+                    )))
+                }
+            }
+            self.fault_point("transfer:checked");
+            let mut kib = 0;
+            platform.store.transaction(&mut |t| {
+                kib = reservations::transfer(t, layout, session, &id, domid)?.kib;
+                Ok(())
+            })?;
+            self.fault_point("transfer:recorded");
+            platform.hypervisor.set_maxmem_kib(domid, kib)?;
+            debug!("transferred reservation {id} ({kib} KiB) to domain {domid}");
+            self.fault_point("transfer:maxmem");
+            Ok(())
+        })
+    }
+
+    /// Deletes a reservation of this session, transferred or not.
+    pub fn delete_reservation(&self, session: &str, reservation_id: &str) -> Result<()> {
+        reservations::check_session(session)?;
+        let id = reservations::check_id(reservation_id)?;
+        let layout = &self.inner.layout;
+        self.with_host(|model| {
+            model
+                .platform()
+                .store
+                .transaction(&mut |t| reservations::remove(t, layout, session, &id))
+        })?;
+        debug!("deleted reservation {id} of session {session}");
+        self.fault_point("delete:done");
+        Ok(())
+    }
+
+    /// The id of the reservation transferred to `domid`, or [`Error::NoReservation`].
+    pub fn query_reservation_of_domain(&self, session: &str, domid: DomId) -> Result<String> {
+        reservations::check_session(session)?;
+        check_domid(domid)?;
+        let model = self.inner.model.lock();
+        model
+            .platform()
+            .store
+            .read(&reservations::reservation_id_path(domid))?
+            .ok_or(Error::NoReservation(domid))
+    }
+
+    /// Hands free memory above the slush back to the domains.
+    pub fn balance_memory(&self) -> Result<()> {
+        let opts = self.inner.config.options;
+        self.with_host(|model| driver::balance_memory(model, &opts))?;
+        self.inner.balancing_passes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One check of the background balancer: balances when a pass would change a target.
+    /// Returns whether it balanced.
+    pub fn balance_if_unbalanced(&self) -> Result<bool> {
+        let opts = self.inner.config.options;
+        let balanced = self.with_host(|model| {
+            if driver::is_host_memory_unbalanced(model, &opts)? {
+                driver::balance_memory(model, &opts)?;
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })?;
+        if balanced {
+            self.inner.balancing_passes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(balanced)
+    }
+
+    /// The memory the host keeps for Xen (the slush), in KiB.
+    pub fn get_host_reserved_memory(&self) -> Kib {
+        self.inner.config.host.slush_kib
+    }
+
+    /// Host free memory at boot, in KiB (squeezed reports bytes: multiply by 1024), as recorded
+    /// by [`record_boot_time_host_free_memory`](Service::record_boot_time_host_free_memory); it
+    /// is recorded now when it has not been.
+    pub fn get_host_initial_free_memory(&self) -> Result<Kib> {
+        let path = &self.inner.config.boot_time_record_path;
+        match std::fs::read_to_string(path) {
+            Ok(s) => s.trim().parse::<Kib>().map_err(|_| {
+                Error::Backend(format!("{} holds {s:?}, not a KiB amount", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.record_boot_time_host_free_memory()
+            }
+            Err(e) => Err(Error::Backend(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Records host free memory at boot (free + to scrub + what domain 0 holds, which squeezed
+    /// takes as total minus Xen's own use), once: when the record exists it is returned as is.
+    /// The value is sampled until consecutive samples agree within 1 MiB.
+    pub fn record_boot_time_host_free_memory(&self) -> Result<Kib> {
+        let cfg = &self.inner.config;
+        self.with_host(|model| {
+            if let Ok(s) = std::fs::read_to_string(&cfg.boot_time_record_path) {
+                if let Ok(v) = s.trim().parse::<Kib>() {
+                    return Ok(v);
+                }
+            }
+            let platform = model.platform().clone();
+            let sample = || -> Result<Kib> {
+                let p = platform.hypervisor.physinfo()?;
+                let dom0 = platform
+                    .hypervisor
+                    .domain(0)?
+                    .map(|d| d.tot_pages)
+                    .unwrap_or(0);
+                pages::to_kib(p.free_pages + p.scrub_pages + dom0)
+            };
+            let mut last = sample()?;
+            let mut agreeing = 1;
+            while agreeing < cfg.boot_time_samples {
+                platform.clock.sleep(cfg.boot_time_interval_s);
+                let next = sample()?;
+                agreeing = if (next - last).abs() <= 1024 {
+                    agreeing + 1
+                } else {
+                    1
+                };
+                last = next;
+            }
+            if let Some(dir) = cfg.boot_time_record_path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Backend(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            lockfile::write_atomically(&cfg.boot_time_record_path, last.to_string().as_bytes())?;
+            info!("host free memory at boot: {last} KiB");
+            Ok(last)
+        })
+    }
+
+    /// A fresh look at the host, under the host lock: what the squeezer would see.
+    pub fn host_view(&self) -> Result<HostView> {
+        self.with_host(|model| model.view())
+    }
+
+    /// A JSON document describing the host (Xen's figures, every domain as the balancer sees
+    /// it, uncooperative flags), the reservation ledger and the service's settings.
+    pub fn get_diagnostics(&self) -> Result<String> {
+        let view = self.host_view()?;
+        let cfg = &self.inner.config;
+        let doc = serde_json::json!({
+            "settings": {
+                "slush_kib": cfg.host.slush_kib,
+                "free_memory_tolerance_kib": cfg.host.free_memory_tolerance_kib,
+                "manage_domain_zero": cfg.host.manage_domain_zero,
+                "uncooperative_after_s": cfg.host.uncooperative_after_s,
+                "lock_path": cfg.lock_path.display().to_string(),
+                "state_dir": self.inner.layout.state_dir(),
+                "balance_interval_s": cfg.balance_interval_s,
+            },
+            "balancer": {
+                "running": self.balancer_running(),
+                "passes": self.inner.balancing_passes.load(Ordering::Relaxed),
+            },
+            "host": view,
+        });
+        serde_json::to_string_pretty(&doc)
+            .map_err(|e| Error::Backend(format!("cannot encode diagnostics: {e}")))
+    }
+
+    /// Whether the background balancer runs.
+    pub fn balancer_running(&self) -> bool {
+        self.inner.balancer.lock().is_some()
+    }
+
+    /// Starts the background balancer: every `balance_interval_s` seconds (real time) it
+    /// balances the host if a pass would change a target. Starting it twice is harmless.
+    pub fn start_balancer(&self) -> Result<()> {
+        let mut slot = self.inner.balancer.lock();
+        if slot.is_some() {
+            return Ok(());
+        }
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let interval = Duration::from_secs_f64(self.inner.config.balance_interval_s);
+        // The thread holds a weak reference so a forgotten service is not kept alive by it.
+        let weak = Arc::downgrade(&self.inner);
+        let stop2 = stop.clone();
+        let failed = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("squeeze-balancer".into())
+            .spawn(move || loop {
+                {
+                    let (m, c) = &*stop2;
+                    let mut stopped = m.lock();
+                    if !*stopped {
+                        c.wait_for(&mut stopped, interval);
+                    }
+                    if *stopped {
+                        return;
+                    }
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let service = Service { inner };
+                match service.balance_if_unbalanced() {
+                    Ok(_) => failed.store(false, Ordering::Relaxed),
+                    // Log once per failure streak, not every interval.
+                    Err(e) if !failed.swap(true, Ordering::Relaxed) => {
+                        warn!("background balancing failed: {e}")
+                    }
+                    Err(_) => {}
+                }
+            })
+            .map_err(|e| Error::Backend(format!("cannot start the balancer thread: {e}")))?;
+        *slot = Some(Balancer { stop, thread });
+        Ok(())
+    }
+
+    /// Stops the background balancer and waits for its thread; stopping it when it does not
+    /// run is harmless.
+    pub fn stop_balancer(&self) {
+        let b = self.inner.balancer.lock().take();
+        if let Some(b) = b {
+            {
+                let (m, c) = &*b.stop;
+                *m.lock() = true;
+                c.notify_all();
+            }
+            if b.thread.join().is_err() {
+                warn!("the balancer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(b) = self.balancer.get_mut().take() {
+            let (m, c) = &*b.stop;
+            *m.lock() = true;
+            c.notify_all();
+            // The thread may be the one dropping us (it held the last reference); never join
+            // oneself.
+            if b.thread.thread().id() != std::thread::current().id() {
+                let _ = b.thread.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The call sequences xenopsd and xl make, end to end against a fake host.
+
+mod common;
+
+use common::*;
+use squeeze::backend::fake::GuestSpec;
+use squeeze::backend::sim::Behaviour;
+use squeeze::platform::Store;
+use squeeze::Error;
+
+/// One ballooning guest of 512 MiB..2 GiB, booted at 2 GiB: 1 GiB of the 3 GiB stays free.
+fn host_with_one_guest() -> (
+    tempfile::TempDir,
+    squeeze::backend::fake::FakeHost,
+    squeeze::service::Service,
+    i32,
+) {
+    let (dir, fake, service) = setup(small_host());
+    let g = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, 2 * GIB));
+    assert_eq!(fake.snapshot().unwrap().free_kib, GIB);
+    (dir, fake, service, g)
+}
+
+#[test]
+fn xenopsd_starts_a_vm_and_the_reservation_follows_it() {
+    let (_dir, fake, service, guest) = host_with_one_guest();
+    let session = service.login("xenopsd").unwrap();
+    assert_eq!(session, "xenopsd");
+
+    // 1 GiB is free and the guest can give 1.5 GiB more: a VM of 1..1.5 GiB fits.
+    let (id, amount) = service
+        .reserve_memory_range(&session, GIB, 3 * GIB / 2)
+        .unwrap();
+    assert!((GIB..=3 * GIB / 2).contains(&amount), "{amount}");
+    let s = fake.snapshot().unwrap();
+    assert_eq!(
+        s.read(&format!("/squeezed/state/xenopsd/{id}")),
+        Some(amount.to_string().as_str())
+    );
+    let b = books(&s);
+    assert_eq!(b.reserved, amount);
+    assert!(b.free() >= SLUSH, "the slush is kept: {b:?}");
+    assert_eq!(service.host_view().unwrap().free_kib, b.free());
+
+    // The domain appears; the reservation becomes its initial reservation, counted once.
+    let spec = GuestSpec {
+        offset_kib: MIB,
+        ..GuestSpec::ballooning(amount / 2, amount - MIB)
+    };
+    let domid = fake.create_domain(spec).unwrap();
+    let free_before = service.host_view().unwrap().free_kib;
+    service
+        .transfer_reservation_to_domain(&session, &id, domid)
+        .unwrap();
+    let v = service.host_view().unwrap();
+    assert_eq!(v.reserved_kib, 0);
+    assert_eq!(v.unallocated_initial_kib, amount);
+    assert_eq!(
+        v.free_kib, free_before,
+        "transfer neither frees nor takes memory"
+    );
+    assert_eq!(fake.domain(domid).unwrap().unwrap().max_kib(), amount);
+
+    // The builder takes the memory; the domain boots and its offset is measured.
+    fake.build_domain(domid, amount).unwrap();
+    assert_eq!(service.host_view().unwrap().free_kib, free_before);
+    fake.unpause(domid).unwrap();
+    fake.advance(1.0).unwrap();
+    let v = service.host_view().unwrap();
+    let d = v.domains.iter().find(|d| d.domid == domid).unwrap();
+    assert!(d.booted && d.can_balloon);
+    assert_eq!(d.offset_kib, MIB);
+    assert_eq!(d.domain.unwrap().memory_actual_kib, amount - MIB);
+    assert_eq!(
+        Store::read(
+            &*fake.platform().store,
+            &format!("/local/domain/{domid}/memory/memory-offset")
+        )
+        .unwrap()
+        .as_deref(),
+        Some("1024")
+    );
+
+    assert_eq!(
+        service
+            .query_reservation_of_domain(&session, domid)
+            .unwrap(),
+        id
+    );
+    service.delete_reservation(&session, &id).unwrap();
+    assert!(matches!(
+        service.delete_reservation(&session, &id),
+        Err(Error::UnknownReservation(_))
+    ));
+
+    // Balancing hands what is free above the slush back to the guests.
+    service.balance_memory().unwrap();
+    let b = books(&fake.snapshot().unwrap());
+    assert!(b.free() >= SLUSH && b.free() - SLUSH < 512 + 8, "{b:?}");
+    assert!(fake.snapshot().unwrap().violations.is_empty());
+    let _ = guest;
+}
+
+#[test]
+fn xl_reserves_an_exact_size_and_a_dead_domain_releases_it() {
+    let (_dir, fake, service) = setup(small_host());
+    let session = service
+        .login(&format!("xl-{}", std::process::id()))
+        .unwrap();
+    let id = service.reserve_memory(&session, 512 * MIB).unwrap();
+    let domid = fake.create_domain(GuestSpec::fixed(512 * MIB)).unwrap();
+    service
+        .transfer_reservation_to_domain(&session, &id, domid)
+        .unwrap();
+    // xl dies before deleting the reservation; the domain is destroyed later.
+    fake.build_domain(domid, 512 * MIB).unwrap();
+    assert_eq!(books(&fake.snapshot().unwrap()).reserved, 0);
+    fake.destroy_domain(domid).unwrap();
+    // Under squeezed's rule the dead domain's reservation would count again (512 MiB lost);
+    // here it is released.
+    let v = service.host_view().unwrap();
+    assert_eq!(v.reserved_kib, 0);
+    assert!(v.reservations.is_empty());
+    assert_eq!(v.free_kib, 3 * GIB);
+}
+
+#[test]
+fn login_drops_only_the_reservations_never_transferred() {
+    let (_dir, fake, service) = setup(small_host());
+    let s = service.login("xenopsd").unwrap();
+    let a = service.reserve_memory(&s, 100 * MIB).unwrap();
+    let b = service.reserve_memory(&s, 200 * MIB).unwrap();
+    let other = service.reserve_memory("other", 300 * MIB).unwrap();
+    let domid = fake.create_domain(GuestSpec::fixed(200 * MIB)).unwrap();
+    service
+        .transfer_reservation_to_domain(&s, &b, domid)
+        .unwrap();
+    assert_eq!(service.host_view().unwrap().reserved_kib, 400 * MIB);
+
+    service.login("xenopsd").unwrap();
+    let v = service.host_view().unwrap();
+    assert_eq!(
+        v.reserved_kib,
+        300 * MIB,
+        "only the other session's reservation counts"
+    );
+    assert!(matches!(
+        service.delete_reservation(&s, &a),
+        Err(Error::UnknownReservation(_))
+    ));
+    assert_eq!(service.query_reservation_of_domain(&s, domid).unwrap(), b);
+    service.delete_reservation(&s, &b).unwrap();
+    service.delete_reservation("other", &other).unwrap();
+    assert_eq!(service.host_view().unwrap().free_kib, 3 * GIB - 200 * MIB);
+}
+
+#[test]
+fn asking_for_more_than_the_host_can_free_fails_and_reserves_nothing() {
+    let (_dir, fake, service, _guest) = host_with_one_guest();
+    let s = service.login("xenopsd").unwrap();
+    // Free 1 GiB + the guest's 1.5 GiB above its minimum, minus 2 × 4 KiB of inaccuracy
+    // allowance, minus the slush: 2.5 GiB cannot be reserved.
+    match service.reserve_memory(&s, 5 * GIB / 2) {
+        Err(Error::CannotFreeThisMuchMemory { required_kib, .. }) => {
+            assert_eq!(
+                required_kib,
+                5 * GIB / 2,
+                "reported net of the slush, as squeezed does"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        service.reserve_memory_range(&s, 5 * GIB / 2, 3 * GIB),
+        Err(Error::CannotFreeThisMuchMemory { .. })
+    ));
+    let snap = fake.snapshot().unwrap();
+    assert!(snap.directory("/squeezed/state/xenopsd").is_empty());
+    // What does fit, fits: 2.5 GiB − 72 MiB − 8 KiB.
+    let id = service.reserve_memory(&s, 5 * GIB / 2 - SLUSH - 8).unwrap();
+    assert_eq!(
+        books(&fake.snapshot().unwrap()).reserved,
+        5 * GIB / 2 - SLUSH - 8
+    );
+    service.delete_reservation(&s, &id).unwrap();
+}
+
+#[test]
+fn a_stuck_guest_is_blamed_and_flagged_uncooperative() {
+    let (_dir, fake, service) = setup(small_host());
+    let stuck = booted_guest(
+        &fake,
+        GuestSpec {
+            behaviour: Behaviour::Stuck,
+            ..GuestSpec::ballooning(GIB, 2 * GIB)
+        },
+    );
+    let s = service.login("xenopsd").unwrap();
+    // 1 GiB is free; 1.5 GiB needs the stuck guest to give memory.
+    match service.reserve_memory(&s, 3 * GIB / 2) {
+        Err(Error::DomainsRefusedToCooperate { domids }) => assert_eq!(domids, vec![stuck]),
+        other => panic!("{other:?}"),
+    }
+    assert!(fake
+        .snapshot()
+        .unwrap()
+        .directory("/squeezed/state/xenopsd")
+        .is_empty());
+    // Far from its target for over 20 s: flagged.
+    fake.advance(21.0).unwrap();
+    let v = service.host_view().unwrap();
+    assert!(
+        v.domains
+            .iter()
+            .find(|d| d.domid == stuck)
+            .unwrap()
+            .uncooperative
+    );
+    assert!(Store::exists(
+        &*fake.platform().store,
+        &format!("/local/domain/{stuck}/memory/uncooperative")
+    )
+    .unwrap());
+    // The stuck guest's maxmem was lowered to what it holds, so it cannot grab memory later.
+    assert!(fake.domain(stuck).unwrap().unwrap().max_kib() <= 2 * GIB);
+}
+
+#[test]
+fn a_domain_not_yet_booted_holds_its_whole_initial_reservation() {
+    let (_dir, fake, service) = setup(small_host());
+    let s = service.login("xenopsd").unwrap();
+    let id = service.reserve_memory(&s, GIB).unwrap();
+    let domid = fake.create_domain(GuestSpec::fixed(GIB)).unwrap();
+    service
+        .transfer_reservation_to_domain(&s, &id, domid)
+        .unwrap();
+    service.delete_reservation(&s, &id).unwrap();
+    // Half built: 512 MiB allocated, 512 MiB still owed to it.
+    fake.build_domain(domid, 512 * MIB).unwrap();
+    let v = service.host_view().unwrap();
+    assert_eq!(v.unallocated_initial_kib, 512 * MIB);
+    assert_eq!(v.free_kib, 3 * GIB - GIB);
+    // Another reservation cannot take the memory owed to the domain.
+    assert!(service.reserve_memory(&s, 2 * GIB - SLUSH + 4).is_err());
+    assert!(service.reserve_memory(&s, 2 * GIB - SLUSH).is_ok());
+}
+
+#[test]
+fn an_hvm_domain_counts_its_shadow_memory_before_boot_and_maxmem_includes_xens_extra() {
+    let (_dir, fake, service) = setup(small_host());
+    let s = service.login("xenopsd").unwrap();
+    let id = service.reserve_memory(&s, GIB).unwrap();
+    let spec = GuestSpec {
+        hvm: true,
+        shadow_mib: 8,
+        offset_kib: 4 * MIB,
+        ..GuestSpec::ballooning(512 * MIB, GIB - 12 * MIB)
+    };
+    let domid = fake.create_domain(spec).unwrap();
+    service
+        .transfer_reservation_to_domain(&s, &id, domid)
+        .unwrap();
+    // The builder allocates the guest (1 GiB − 8 MiB) and 8 MiB of shadow: all of the
+    // reservation, nothing more owed.
+    fake.build_domain(domid, GIB - 8 * MIB).unwrap();
+    assert_eq!(service.host_view().unwrap().unallocated_initial_kib, 0);
+    fake.unpause(domid).unwrap();
+    fake.advance(1.0).unwrap();
+    let v = service.host_view().unwrap();
+    let d = v.domains.iter().find(|d| d.domid == domid).unwrap();
+    // Offset: 1016 MiB held − 1012 MiB target.
+    assert_eq!(d.offset_kib, 4 * MIB);
+    // maxmem = target + offset + 1 MiB for an HVM domain.
+    assert_eq!(
+        fake.domain(domid).unwrap().unwrap().max_kib(),
+        GIB - 12 * MIB + 4 * MIB + MIB
+    );
+}
+
+#[test]
+fn state_survives_the_service_and_a_new_one_sees_every_reservation() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake =
+        squeeze::backend::fake::FakeHost::create(&dir.path().join("host"), small_host()).unwrap();
+    let id = {
+        let service = squeeze::service::Service::new(fake.platform(), config(dir.path())).unwrap();
+        service.reserve_memory("xenopsd", 700 * MIB).unwrap()
+    };
+    let fake2 = squeeze::backend::fake::FakeHost::open(&dir.path().join("host")).unwrap();
+    let service = squeeze::service::Service::new(fake2.platform(), config(dir.path())).unwrap();
+    let v = service.host_view().unwrap();
+    assert_eq!(v.reserved_kib, 700 * MIB);
+    assert_eq!(v.free_kib, 3 * GIB - 700 * MIB);
+    service.delete_reservation("xenopsd", &id).unwrap();
+}
+
+#[test]
+fn the_background_balancer_hands_back_freed_memory_and_stops() {
+    let (_dir, fake, service) = setup(small_host());
+    let cfg = squeeze::service::ServiceConfig {
+        balance_interval_s: 0.01,
+        ..service.config().clone()
+    };
+    let service = squeeze::service::Service::new(fake.platform(), cfg).unwrap();
+    let g = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, 3 * GIB));
+    fake.platform()
+        .store
+        .write(
+            &format!("/local/domain/{g}/memory/target"),
+            &GIB.to_string(),
+        )
+        .unwrap();
+    fake.advance(30.0).unwrap();
+    assert_eq!(fake.domain(g).unwrap().unwrap().tot_kib(), GIB + 4);
+    service.start_balancer().unwrap();
+    service.start_balancer().unwrap();
+    assert!(service.balancer_running());
+    // Polled, not timed: the balancer gets up to a minute of wall time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fake.domain(g).unwrap().unwrap().tot_kib() < 2 * GIB
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    service.stop_balancer();
+    assert!(!service.balancer_running());
+    // 2 GiB were free; the guest grows until only the slush (within the tolerance) is left.
+    let b = books(&fake.snapshot().unwrap());
+    assert!(b.free() >= SLUSH && b.free() < SLUSH + 512 + 8, "{b:?}");
+    let passes = service.get_diagnostics().unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&passes).unwrap();
+    assert!(doc["balancer"]["passes"].as_u64().unwrap() >= 1);
+    assert_eq!(doc["balancer"]["running"], false);
+}
+
+#[test]
+fn boot_time_free_memory_is_recorded_once() {
+    let (dir, fake, service) = setup(small_host());
+    // Free 3 GiB + domain 0's 1 GiB.
+    assert_eq!(service.get_host_initial_free_memory().unwrap(), 4 * GIB);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("boot_time_memory")).unwrap(),
+        (4 * GIB).to_string()
+    );
+    booted_guest(&fake, GuestSpec::fixed(GIB));
+    assert_eq!(service.get_host_initial_free_memory().unwrap(), 4 * GIB);
+    assert_eq!(service.get_host_reserved_memory(), SLUSH);
+}
+
+#[test]
+fn diagnostics_describe_domains_and_ledger() {
+    let (_dir, fake, service, g) = host_with_one_guest();
+    let id = service.reserve_memory("xenopsd", 100 * MIB).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&service.get_diagnostics().unwrap()).unwrap();
+    assert_eq!(doc["settings"]["slush_kib"], SLUSH);
+    assert_eq!(doc["host"]["reserved_kib"], 100 * MIB);
+    assert_eq!(doc["host"]["reservations"][0]["id"], id.as_str());
+    let d = &doc["host"]["domains"][0];
+    assert_eq!(d["domid"], g);
+    assert_eq!(d["domain"]["dynamic_min_kib"], 512 * MIB);
+    let _ = fake;
+}
+
+#[test]
+fn domain_zero_is_balanced_only_when_managed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = squeeze::backend::fake::FakeHost::in_memory(small_host()).unwrap();
+    let service = squeeze::service::Service::new(fake.platform(), config(dir.path())).unwrap();
+    assert!(service
+        .host_view()
+        .unwrap()
+        .domains
+        .iter()
+        .all(|d| d.domid != 0));
+    let mut cfg = config(dir.path());
+    cfg.host.manage_domain_zero = true;
+    let mut model = squeeze::host::HostModel::new(fake.platform(), cfg.host.clone()).unwrap();
+    model.configure_domain_zero(512 * MIB, None).unwrap();
+    let store = fake.platform().store;
+    assert_eq!(
+        store
+            .read("/local/domain/0/memory/dynamic-max")
+            .unwrap()
+            .as_deref(),
+        Some("1048576")
+    );
+    let v = model.view().unwrap();
+    let d0 = v
+        .domains
+        .iter()
+        .find(|d| d.domid == 0)
+        .unwrap()
+        .domain
+        .unwrap();
+    assert!(d0.can_balloon);
+    assert_eq!((d0.dynamic_min_kib, d0.dynamic_max_kib), (512 * MIB, GIB));
+    assert!(matches!(
+        model.configure_domain_zero(2 * GIB, None),
+        Err(Error::InvalidMemoryValue(_))
+    ));
+}
