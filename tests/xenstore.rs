@@ -279,3 +279,139 @@ fn relative_and_nul_paths_are_refused_without_a_request() {
     assert_eq!(xs.read("/t11/big").unwrap(), None);
     assert_eq!(xs.read("/t11").unwrap(), None);
 }
+
+// The memory service's `Store` over xenstored.
+
+use squeeze::backend::xen::XenStore;
+use squeeze::platform::Store;
+
+fn store() -> XenStore {
+    daemon();
+    XenStore::open().expect("connect to the test xenstored")
+}
+
+#[test]
+fn a_store_transaction_commits_all_its_writes_together() {
+    let s = store();
+    s.transaction(&mut |t| {
+        t.write("/t12/squeezed/state/xenopsd/r1", "262144")?;
+        t.write("/t12/squeezed/state/xenopsd/r2", "131072")?;
+        // Not visible outside before the commit.
+        assert_eq!(
+            tool_opt("xenstore-read", "/t12/squeezed/state/xenopsd/r1"),
+            None
+        );
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        tool("xenstore-read", &["/t12/squeezed/state/xenopsd/r2"]),
+        "131072\n"
+    );
+    assert!(s.exists("/t12/squeezed/state/xenopsd/r1").unwrap());
+    let mut ids = s.directory("/t12/squeezed/state/xenopsd").unwrap();
+    ids.sort();
+    assert_eq!(ids, ["r1", "r2"]);
+}
+
+/// The tool's output, or `None` when it fails (the node does not exist).
+fn tool_opt(name: &str, path: &str) -> Option<String> {
+    let out = Command::new(name)
+        .arg(path)
+        .env("XENSTORED_PATH", daemon().socket())
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn a_store_watch_sees_a_balloon_driver_appear() {
+    let s = store();
+    let mut w = s.watch("/t13/local/domain/6/control").unwrap();
+    tool(
+        "xenstore-write",
+        &["/t13/local/domain/6/control/feature-balloon", "1"],
+    );
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen.extend(w.poll().unwrap());
+        if seen
+            .iter()
+            .any(|p| p == "/t13/local/domain/6/control/feature-balloon")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        seen.iter()
+            .any(|p| p == "/t13/local/domain/6/control/feature-balloon"),
+        "{seen:?}"
+    );
+    // Nothing else happened under the watch after that.
+    drop(w);
+    let mut w = s.watch("/t13/local/domain/6/control").unwrap();
+    s.write("/t13/local/domain/7/control/feature-balloon", "1")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let later = w.poll().unwrap();
+    assert!(
+        later.iter().all(|p| p == "/t13/local/domain/6/control"),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn a_store_read_outside_a_transaction_is_one_request() {
+    let s = store();
+    s.write("/t14/memory/target", "524288").unwrap();
+    let before = s.requests();
+    assert_eq!(s.read("/t14/memory/target").unwrap(), Some("524288".into()));
+    assert_eq!(s.requests() - before, 1);
+    // In a transaction the same read costs three: start, read, commit.
+    let before = s.requests();
+    s.transaction(&mut |t| t.read("/t14/memory/target").map(drop))
+        .unwrap();
+    assert_eq!(s.requests() - before, 3);
+}
+
+#[test]
+fn reservations_made_by_the_service_are_in_xenstored_where_the_tools_see_them() {
+    use squeeze::backend::fake::{FakeConfig, FakeHost};
+    use squeeze::platform::Platform;
+    use squeeze::service::{Service, ServiceConfig};
+    use std::sync::Arc;
+
+    // The hypervisor and clock are the fake's (there is no Xen here); the store is xenstored.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(FakeConfig::default()).unwrap();
+    let fake_platform = fake.platform();
+    let platform = Platform {
+        hypervisor: fake_platform.hypervisor,
+        store: Arc::new(store()),
+        clock: fake_platform.clock,
+    };
+    let mut config = ServiceConfig {
+        lock_path: dir.path().join("squeeze.lock"),
+        boot_time_record_path: dir.path().join("boot-free"),
+        ..ServiceConfig::default()
+    };
+    config.host.layout = squeeze::reservations::Layout::new("/t15/squeezed").unwrap();
+    let service = Service::new(platform, config).unwrap();
+
+    let session = service.login("xenopsd").unwrap();
+    // 1 GiB for a new VM, on a 16 GiB fake host with plenty free.
+    let id = service.reserve_memory(&session, 1 << 20).unwrap();
+    let path = format!("/t15/squeezed/state/{session}/{id}");
+    assert_eq!(tool("xenstore-read", &[&path]), "1048576\n");
+    let listed = tool(
+        "xenstore-list",
+        &[&format!("/t15/squeezed/state/{session}")],
+    );
+    assert_eq!(listed, format!("{id}\n"));
+
+    service.delete_reservation(&session, &id).unwrap();
+    assert_eq!(tool_opt("xenstore-read", &path), None);
+}

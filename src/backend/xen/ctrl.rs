@@ -11,6 +11,7 @@ use xenctrl_sys as xc;
 
 use crate::error::{Error, Result};
 use crate::model::{DomId, Kib, MAX_KIB};
+use crate::platform::{pages, DomainInfo, Hypervisor, PhysInfo};
 
 /// The device libxenctrl talks to the hypervisor through; without it there is no Xen.
 pub const PRIVCMD: &str = "/dev/xen/privcmd";
@@ -22,46 +23,10 @@ const GETINFO_BATCH: usize = 256;
 /// The largest valid domain id (`DOMID_FIRST_RESERVED - 1`); ids above it name special domains.
 const MAX_DOMID: u32 = 0x7FEF;
 
-/// One domain as the hypervisor reports it, in pages of 4 KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct XcDomainInfo {
-    /// Domain id.
-    pub domid: DomId,
-    /// Pages the domain has allocated (`tot_pages`).
-    pub tot_pages: u64,
-    /// The domain's allocation limit (`max_pages`).
-    pub max_pages: u64,
-    /// Pages claimed for the domain and not yet allocated (`outstanding_pages`).
-    pub outstanding_pages: u64,
-    /// Pages shared with other domains (`shr_pages`).
-    pub shared_pages: u64,
-    /// The domain is being destroyed.
-    pub dying: bool,
-    /// The domain has shut down.
-    pub shutdown: bool,
-    /// The domain is paused.
-    pub paused: bool,
-    /// The domain is a hardware-virtualised guest.
-    pub hvm: bool,
-}
-
-/// Host-wide memory figures from `xc_physinfo`, in pages of 4 KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct XcPhysInfo {
-    /// All pages of the host.
-    pub total_pages: u64,
-    /// Pages free now.
-    pub free_pages: u64,
-    /// Freed pages still waiting to be scrubbed.
-    pub scrub_pages: u64,
-    /// Pages promised to domains by claims and not yet allocated.
-    pub outstanding_pages: u64,
-}
-
 /// Decodes the fields squeeze uses from one `xc_domaininfo_t`.
-fn decode_domain(info: &xc::xc_domaininfo_t) -> XcDomainInfo {
+fn decode_domain(info: &xc::xc_domaininfo_t) -> DomainInfo {
     let flag = |bit: u32| info.flags & bit != 0;
-    XcDomainInfo {
+    DomainInfo {
         domid: DomId::from(info.domain),
         tot_pages: info.tot_pages,
         max_pages: info.max_pages,
@@ -156,7 +121,7 @@ impl XenCtrl {
     }
 
     /// Every domain the hypervisor knows, including dying ones, in domid order.
-    pub fn domains(&self) -> Result<Vec<XcDomainInfo>> {
+    pub fn domains(&self) -> Result<Vec<DomainInfo>> {
         let mut out = Vec::new();
         let mut first: u32 = 0;
         let mut buf = vec![xc::xc_domaininfo_t::default(); GETINFO_BATCH];
@@ -186,7 +151,7 @@ impl XenCtrl {
 
     /// One domain, or `None` when it does not exist (a domain that went away between two calls
     /// is normal).
-    pub fn domain(&self, domid: DomId) -> Result<Option<XcDomainInfo>> {
+    pub fn domain(&self, domid: DomId) -> Result<Option<DomainInfo>> {
         let id = check_domid(domid)?;
         let mut info = xc::xc_domaininfo_t::default();
         self.with(|xch| {
@@ -202,14 +167,14 @@ impl XenCtrl {
     }
 
     /// Host-wide memory figures.
-    pub fn physinfo(&self) -> Result<XcPhysInfo> {
+    pub fn physinfo(&self) -> Result<PhysInfo> {
         let mut info = xc::xc_physinfo_t::default();
         self.with(|xch| {
             // SAFETY: `info` is a valid, writable xc_physinfo_t.
             if unsafe { xc::xc_physinfo(xch, &mut info) } != 0 {
                 return Err(last_error(xch, "xc_physinfo"));
             }
-            Ok(XcPhysInfo {
+            Ok(PhysInfo {
                 total_pages: info.total_pages,
                 free_pages: info.free_pages,
                 scrub_pages: info.scrub_pages,
@@ -262,10 +227,9 @@ impl XenCtrl {
     pub fn claim_pages(&self, domid: DomId, pages: u64) -> Result<()> {
         let id = check_domid(domid)?;
         // A claim larger than any real host is a corrupted value, not a request.
-        let nr = Some(pages)
-            .filter(|&p| p <= (MAX_KIB / 4) as u64)
-            .and_then(|p| c_ulong::try_from(p).ok())
-            .ok_or_else(|| Error::InvalidMemoryValue(format!("a claim of {pages} pages")))?;
+        pages::to_kib(pages)?;
+        let nr = c_ulong::try_from(pages)
+            .map_err(|_| Error::InvalidMemoryValue(format!("a claim of {pages} pages")))?;
         self.with(|xch| {
             // SAFETY: plain values; the hypervisor validates the claim.
             if unsafe { xc::xc_domain_claim_pages(xch, id, nr) } != 0 {
@@ -295,6 +259,27 @@ impl XenCtrl {
             let v = unsafe { call(xch) };
             u64::try_from(v).map_err(|_| last_error(xch, what))
         })
+    }
+}
+
+impl Hypervisor for XenCtrl {
+    fn domains(&self) -> Result<Vec<DomainInfo>> {
+        XenCtrl::domains(self)
+    }
+    fn domain(&self, domid: DomId) -> Result<Option<DomainInfo>> {
+        XenCtrl::domain(self, domid)
+    }
+    fn physinfo(&self) -> Result<PhysInfo> {
+        XenCtrl::physinfo(self)
+    }
+    fn shadow_allocation_mib(&self, domid: DomId) -> Result<u64> {
+        XenCtrl::shadow_allocation_mib(self, domid)
+    }
+    fn set_maxmem_kib(&self, domid: DomId, kib: Kib) -> Result<()> {
+        XenCtrl::set_maxmem_kib(self, domid, kib)
+    }
+    fn claim_pages(&self, domid: DomId, pages: u64) -> Result<()> {
+        XenCtrl::claim_pages(self, domid, pages)
     }
 }
 
@@ -406,7 +391,7 @@ mod tests {
         };
         assert_eq!(
             decode_domain(&raw),
-            XcDomainInfo {
+            DomainInfo {
                 domid: 7,
                 tot_pages: 262_144,
                 max_pages: 262_400,

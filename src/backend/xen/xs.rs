@@ -9,6 +9,7 @@
 
 use std::ffi::{c_char, c_uint, c_ulong, c_void, CStr, CString};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -107,6 +108,8 @@ pub enum Commit {
 /// between threads.
 pub struct XsHandle {
     h: NonNull<XsHandleRaw>,
+    // Requests sent to xenstored over this handle, for measuring how much a caller reads.
+    requests: AtomicU64,
 }
 
 // SAFETY: libxenstore protects each handle with its own mutexes (requests, replies and the
@@ -133,18 +136,31 @@ impl XsHandle {
     pub fn open() -> Result<Self> {
         // SAFETY: 0 asks for a read-write connection, socket first, then the xenbus device.
         let h = unsafe { xs_open(0) };
-        NonNull::new(h).map(|h| XsHandle { h }).ok_or_else(|| {
-            let err = std::io::Error::last_os_error();
-            let socket = std::env::var("XENSTORED_PATH")
-                .unwrap_or_else(|_| "/var/run/xenstored/socket".into());
-            Error::Backend(format!(
-                "cannot connect to xenstored (socket {socket}, then /dev/xen/xenbus): {err}"
-            ))
-        })
+        NonNull::new(h)
+            .map(|h| XsHandle {
+                h,
+                requests: AtomicU64::new(0),
+            })
+            .ok_or_else(|| {
+                let err = std::io::Error::last_os_error();
+                let socket = std::env::var("XENSTORED_PATH")
+                    .unwrap_or_else(|_| "/var/run/xenstored/socket".into());
+                Error::Backend(format!(
+                    "cannot connect to xenstored (socket {socket}, then /dev/xen/xenbus): {err}"
+                ))
+            })
     }
 
+    /// The connection, counting one request sent through it.
     fn raw(&self) -> *mut XsHandleRaw {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.h.as_ptr()
+    }
+
+    /// How many requests (reads, writes, listings, removals, transaction starts and ends,
+    /// watch changes) were sent over this connection.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// The value at `path` (in transaction `t`), or `None` when there is no such node.
@@ -302,7 +318,7 @@ impl XsHandle {
     /// events and returns the paths of every event pending, in arrival order.
     pub fn pending_events(&self, timeout_ms: i32) -> Result<Vec<String>> {
         // SAFETY: the handle is open; the descriptor stays owned by libxenstore.
-        let fd = unsafe { xs_fileno(self.raw()) };
+        let fd = unsafe { xs_fileno(self.h.as_ptr()) };
         if fd < 0 {
             return Err(os_error("fileno", "/"));
         }
@@ -329,7 +345,7 @@ impl XsHandle {
             // block.
             let mut num: c_uint = 0;
             // SAFETY: `num` is a valid out-parameter.
-            let v = unsafe { xs_read_watch(self.raw(), &mut num) };
+            let v = unsafe { xs_read_watch(self.h.as_ptr(), &mut num) };
             if v.is_null() {
                 return Err(os_error("read watch", "/"));
             }
