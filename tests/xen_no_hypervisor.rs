@@ -29,6 +29,25 @@ fn opening_the_hypervisor_without_xen_says_there_is_no_xen() {
 }
 
 #[test]
+fn the_service_platform_without_xen_is_unsupported_not_a_crash() {
+    let platform = squeeze::backend::xen::platform();
+    if std::path::Path::new(PRIVCMD).exists() {
+        // A Xen host: the hypervisor opens; only xenstored may be missing.
+        if let Err(e) = platform {
+            assert!(
+                matches!(e, Error::Backend(ref m) if m.contains("xenstored")),
+                "{e}"
+            );
+        }
+        return;
+    }
+    match platform {
+        Err(Error::Unsupported(msg)) => assert!(msg.contains("no Xen hypervisor"), "{msg}"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
+
+#[test]
 fn connecting_to_a_xenstored_that_is_not_there_names_the_socket() {
     let socket = std::env::temp_dir().join(format!("squeeze-no-xenstored-{}", std::process::id()));
     std::env::set_var("XENSTORED_PATH", &socket);
