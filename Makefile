@@ -26,9 +26,10 @@ lint:
 test-rust:
 	$(CARGO) test
 
-## Builds, lints and tests the Xen platform (`--features xen`: libxenctrl, libxenstore).
+## Builds, lints and tests the Xen platform (`--features xen`: libxenctrl, libxenstore) and
+## the `squeeze` tool built on it (`--features cli`).
 test-xen-feature: deps
 	$(CARGO) build --features xen
-	$(CARGO) clippy --features xen --all-targets -- -D warnings
-	$(CARGO) test --features xen --lib backend::xen
-	$(CARGO) test --features xen --test xenstore --test xen_no_hypervisor
+	$(CARGO) clippy --features xen,cli --all-targets -- -D warnings
+	$(CARGO) test --features xen,cli --lib backend::xen
+	$(CARGO) test --features xen,cli --test xenstore --test xen_no_hypervisor --test cli

@@ -97,8 +97,9 @@ impl XenCtrl {
         if xch.is_null() {
             let err = std::io::Error::last_os_error();
             if !std::path::Path::new(PRIVCMD).exists() {
+                // The missing device says it all; errno would only repeat it.
                 return Err(Error::Unsupported(format!(
-                    "no Xen hypervisor: {PRIVCMD} not available ({err})"
+                    "no Xen hypervisor: {PRIVCMD} not available"
                 )));
             }
             return Err(Error::Backend(format!(
