@@ -415,3 +415,62 @@ fn reservations_made_by_the_service_are_in_xenstored_where_the_tools_see_them() 
     service.delete_reservation(&session, &id).unwrap();
     assert_eq!(tool_opt("xenstore-read", &path), None);
 }
+
+/// Store requests one `balance_memory` costs on a host whose `n` guests all sit at their
+/// fixed size (nothing to move), the ledger under `root`.
+fn requests_per_balance(n: usize, root: &str) -> u64 {
+    use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
+    use squeeze::platform::Platform;
+    use squeeze::service::{Service, ServiceConfig};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(FakeConfig::default()).unwrap();
+    let xs = Arc::new(store());
+    xs.rm("/local/domain").unwrap();
+    for _ in 0..n {
+        let domid = fake.create_domain(GuestSpec::fixed(256 << 10)).unwrap();
+        let d = format!("/local/domain/{domid}");
+        for (key, value) in [
+            ("memory/target", "262144"),
+            ("memory/dynamic-min", "262144"),
+            ("memory/dynamic-max", "262144"),
+            ("control/feature-balloon", "1"),
+            ("data/updated", "1"),
+        ] {
+            xs.write(&format!("{d}/{key}"), value).unwrap();
+        }
+    }
+    let fp = fake.platform();
+    let platform = Platform {
+        hypervisor: fp.hypervisor,
+        store: xs.clone(),
+        clock: fp.clock,
+    };
+    let mut config = ServiceConfig {
+        lock_path: dir.path().join("lock"),
+        boot_time_record_path: dir.path().join("boot"),
+        ..ServiceConfig::default()
+    };
+    config.host.layout = squeeze::reservations::Layout::new(root).unwrap();
+    let service = Service::new(platform, config).unwrap();
+    // The first round calibrates offsets (writes); measure a steady-state round.
+    service.balance_memory().unwrap();
+    let before = xs.requests();
+    service.balance_memory().unwrap();
+    xs.requests() - before
+}
+
+#[test]
+fn a_balance_round_costs_the_same_store_requests_for_every_guest() {
+    // One test owns /local/domain in the shared daemon, so the sizes run one after another.
+    let r0 = requests_per_balance(0, "/t16/squeezed");
+    let r1 = requests_per_balance(1, "/t16/squeezed");
+    let r4 = requests_per_balance(4, "/t16/squeezed");
+    let r16 = requests_per_balance(16, "/t16/squeezed");
+    eprintln!("store requests per balance round: 0 guests {r0}, 1 {r1}, 4 {r4}, 16 {r16}");
+    let per_guest = r1 - r0;
+    assert!(per_guest > 0);
+    assert_eq!(r4 - r0, 4 * per_guest);
+    assert_eq!(r16 - r0, 16 * per_guest);
+}

@@ -8,13 +8,14 @@
 //! replied as type `ERROR` with the errno name ("ENOENT") as payload. Watch events are sent
 //! unsolicited as type `WATCH_EVENT` with "path\0token\0".
 //!
-//! Transactions are optimistic and conservative: a transaction conflicts (EAGAIN) if anything
-//! at all was committed since it started. That is stricter than xenstored, which only looks at
-//! the nodes the transaction touched, and is a valid behaviour for clients, which must retry.
+//! Transactions are optimistic, as in xenstored: a transaction works on a snapshot, and its
+//! commit fails with EAGAIN when a node it read, listed or wrote was modified by someone else
+//! since it started (creating or removing a child modifies the parent). Otherwise its changes
+//! are applied on top of the current tree.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -40,7 +41,12 @@ struct Txn {
     conn: u64,
     base_generation: u64,
     tree: Tree,
+    /// Nodes read, listed or written: a commit by someone else to any of them is a conflict.
+    accessed: HashSet<String>,
+    /// Nodes created, written or removed, with their subtrees, in order (for watches).
     changed: Vec<String>,
+    /// Nodes whose value or existence the transaction changed (applied on commit).
+    written: HashSet<String>,
 }
 
 struct WatchReg {
@@ -53,6 +59,8 @@ struct WatchReg {
 struct State {
     tree: Tree,
     generation: u64,
+    /// The generation of the last change to each node (its value, or its set of children).
+    modified: HashMap<String, u64>,
     next_txn: u32,
     txns: HashMap<u32, Txn>,
     watches: Vec<WatchReg>,
@@ -77,6 +85,7 @@ impl Xenstored {
         let state = Arc::new(Mutex::new(State {
             tree,
             generation: 0,
+            modified: HashMap::new(),
             next_txn: 1,
             txns: HashMap::new(),
             watches: Vec::new(),
@@ -238,7 +247,9 @@ fn handle(
                 conn,
                 base_generation: st.generation,
                 tree: st.tree.clone(),
+                accessed: HashSet::new(),
                 changed: Vec::new(),
+                written: HashSet::new(),
             };
             st.txns.insert(id, txn);
             Ok((format!("{id}\0").into_bytes(), Vec::new()))
@@ -255,11 +266,21 @@ fn handle(
             if txn.changed.is_empty() {
                 return Ok((ok(), Vec::new()));
             }
-            if txn.base_generation != st.generation {
+            let base = txn.base_generation;
+            if txn
+                .accessed
+                .iter()
+                .any(|p| st.modified.get(p).is_some_and(|&g| g > base))
+            {
                 return Err("EAGAIN");
             }
-            st.tree = txn.tree;
-            st.generation += 1;
+            for p in &txn.written {
+                match txn.tree.get(p) {
+                    Some(v) => st.tree.insert(p.clone(), v.clone()),
+                    None => st.tree.remove(p),
+                };
+            }
+            commit_marks(st, txn.written.iter());
             let events = fire(st, &txn.changed);
             Ok((ok(), events))
         }
@@ -342,24 +363,43 @@ fn handle(
                         for k in &doomed {
                             tree.remove(k);
                         }
+                        // The removed path first: watches report it.
                         changed.push(path.clone());
+                        changed.extend(doomed.into_iter().filter(|k| *k != path));
                         ok()
                     }
                 }
             };
+            if in_txn {
+                let txn = st.txns.get_mut(&tx_id).unwrap();
+                txn.accessed.insert(path.clone());
+                for c in &changed {
+                    txn.accessed.insert(c.clone());
+                    txn.written.insert(c.clone());
+                }
+                txn.changed.extend(changed);
+                return Ok((reply, Vec::new()));
+            }
             if changed.is_empty() {
                 return Ok((reply, Vec::new()));
             }
-            if in_txn {
-                st.txns.get_mut(&tx_id).unwrap().changed.extend(changed);
-                Ok((reply, Vec::new()))
-            } else {
-                st.generation += 1;
-                let events = fire(st, &changed);
-                Ok((reply, events))
-            }
+            commit_marks(st, changed.iter());
+            let events = fire(st, &changed);
+            Ok((reply, events))
         }
         _ => Err("ENOSYS"),
+    }
+}
+
+/// Records a commit: a new generation, and the changed nodes and their parents modified in it.
+fn commit_marks<'a>(st: &mut State, changed: impl Iterator<Item = &'a String>) {
+    st.generation += 1;
+    let generation = st.generation;
+    for p in changed {
+        st.modified.insert(p.clone(), generation);
+        if let Some(q) = parent(p) {
+            st.modified.insert(q.to_string(), generation);
+        }
     }
 }
 
