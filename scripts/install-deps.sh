@@ -11,6 +11,8 @@ APT_NEEDS=(
   "/usr/include/xenctrl.h libxen-dev"
   "/usr/lib/llvm-14/lib/libclang.so libclang-dev"
   "xenstore-read xenstore-utils"
+  "readelf binutils"
+  "python3 python3"
 )
 
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
