@@ -40,3 +40,8 @@ test-xen-feature: deps
 	# ...while the tool built with the feature does use libxenctrl and libxenstore.
 	readelf -d target/debug/squeeze | grep -q 'NEEDED.*libxenctrl'
 	readelf -d target/debug/squeeze | grep -q 'NEEDED.*libxenstore'
+
+## Benchmarks, short runs (about a minute once built); results are kept in docs/benchmarks.md.
+.PHONY: bench
+bench:
+	$(CARGO) bench --bench squeezer -- --warm-up-time 1 --measurement-time 3

@@ -1,1 +1,146 @@
-fn main() {}
+//! Benchmarks of the squeezer on hosts of realistic size.
+//!
+//! - `one_iteration/N`: a single [`Squeezer::one_iteration`] on a host of N guests at rest,
+//!   asked for 10 % of host memory, so every guest gets a new target (the most expensive kind
+//!   of iteration). Throughput is in domains, so criterion's element rate gives the cost per
+//!   domain. Time is CPU time of this process, as below.
+//! - `free_10_percent/N`: a whole simulated `change_host_free_memory` of 10 % of host memory on
+//!   N ideal guests, from the first snapshot to success, measured in CPU time of this process
+//!   (the simulator's work included, building the host excluded).
+//!
+//! Guests are GiB-scale: dynamic-min 1 to 2 GiB, dynamic-max 2 to 6 GiB, each sitting at its
+//! dynamic-max, ballooning at 64 to 512 MiB/s. Run with
+//! `cargo bench --bench squeezer -- --warm-up-time 1 --measurement-time 3`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
+use squeeze::{change_host_free_memory, Domain, Host, Kib, Options, Squeezer, Verdict};
+
+const MIB: Kib = 1024;
+const GIB: Kib = 1024 * MIB;
+
+/// Guest `i` of a benchmark host: sizes and rate vary with `i` but the host is the same on
+/// every run, so results are comparable.
+fn guest(i: usize) -> (Domain, Behaviour) {
+    let k = i as Kib;
+    let min = GIB + (k * 97 % 1024) * MIB;
+    let max = 2 * GIB + (k * 389 % 4096) * MIB;
+    let rate = (64 + k * 61 % 449) * MIB;
+    (
+        Domain::new(k as i32 + 1, true, min, max, max, max, max, 4),
+        Behaviour::Ideal {
+            rate_kib_per_s: rate,
+        },
+    )
+}
+
+fn guests(n: usize) -> Vec<(Domain, Behaviour)> {
+    (0..n).map(guest).collect()
+}
+
+/// Host memory: what the guests hold plus the slush.
+fn total_kib(guests: &[(Domain, Behaviour)], slush: Kib) -> Kib {
+    guests.iter().map(|(d, _)| d.memory_actual_kib).sum::<Kib>() + slush
+}
+
+const SLUSH_KIB: Kib = 72 * MIB;
+
+fn one_iteration(c: &mut Criterion) {
+    let mut group = c.benchmark_group("one_iteration");
+    for n in [10usize, 100, 1000, 5000] {
+        let gs = guests(n);
+        let want = total_kib(&gs, SLUSH_KIB) / 10;
+        let host = Host::new(gs.iter().map(|(d, _)| *d).collect(), SLUSH_KIB).unwrap();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &host, |b, host| {
+            let mut squeezer = Squeezer::new(Options::default());
+            let mut now = 0.0;
+            b.iter_custom(|iters| {
+                let start = process_cpu_time();
+                for _ in 0..iters {
+                    now += 1.0;
+                    let it = squeezer
+                        .one_iteration(black_box(host), want, &mut |free| free >= want, now)
+                        .unwrap();
+                    debug_assert!(matches!(&it.verdict, Verdict::AdjustTargets(a) if a.len() == n));
+                    black_box(it);
+                }
+                process_cpu_time() - start
+            });
+        });
+    }
+    group.finish();
+}
+
+/// CPU time used by this process so far. The benchmarks run on one thread; CPU time rather
+/// than wall time keeps the time other work on a shared machine takes out of the result.
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec, and CLOCK_PROCESS_CPUTIME_ID is supported on
+    // every Linux kernel this crate targets.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn simulator(gs: &[(Domain, Behaviour)]) -> Simulator {
+    let mut sim = Simulator::new(SimConfig {
+        free_mem_kib: SLUSH_KIB,
+        target_host_free_mem_kib: SLUSH_KIB,
+        free_memory_tolerance_kib: 0,
+        clock: ClockMode::FollowWait,
+        time_limit_s: Some(3600.0),
+        record_trace: false,
+    });
+    for (d, b) in gs {
+        sim.add_guest(*d, *b).unwrap();
+    }
+    sim
+}
+
+fn free_10_percent(c: &mut Criterion) {
+    let mut group = c.benchmark_group("free_10_percent");
+    group.sample_size(10);
+    for n in [100usize, 1000, 5000] {
+        let gs = guests(n);
+        let required = SLUSH_KIB + total_kib(&gs, SLUSH_KIB) / 10;
+        // The shape of the run, for the record: iterations and simulated time.
+        let mut sim = simulator(&gs);
+        change_host_free_memory(&mut sim, &Options::default(), required, &mut |f| {
+            f >= required
+        })
+        .unwrap();
+        eprintln!(
+            "free_10_percent/{n}: {} iterations, {} s simulated",
+            sim.counters().make_host - 1,
+            sim.time()
+        );
+        group.bench_with_input(BenchmarkId::from_parameter(n), &gs, |b, gs| {
+            b.iter_custom(|iters| {
+                let mut cpu = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut sim = simulator(gs);
+                    let start = process_cpu_time();
+                    change_host_free_memory(&mut sim, &Options::default(), required, &mut |free| {
+                        free >= required
+                    })
+                    .unwrap();
+                    cpu += process_cpu_time() - start;
+                    assert!(sim.free_mem_kib() >= required);
+                    black_box(sim);
+                }
+                cpu
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, one_iteration, free_10_percent);
+criterion_main!(benches);

@@ -43,12 +43,12 @@ pub trait Io {
 
 /// Guards a platform's clock: rejects NaN, infinite, negative and backward-moving times.
 #[derive(Debug, Default)]
-struct Clock {
+pub(crate) struct Clock {
     last: Option<f64>,
 }
 
 impl Clock {
-    fn now(&mut self, io: &mut dyn Io) -> Result<f64> {
+    pub(crate) fn now(&mut self, io: &mut dyn Io) -> Result<f64> {
         let t = io.now()?;
         if !t.is_finite() || t < 0.0 {
             return Err(Error::Backend(format!(
@@ -67,14 +67,14 @@ impl Clock {
     }
 }
 
-fn settings(io: &dyn Io) -> Result<(Kib, Kib)> {
+pub(crate) fn settings(io: &dyn Io) -> Result<(Kib, Kib)> {
     let target = kib::check_size("target host free memory", io.target_host_free_mem_kib())?;
     let tolerance = kib::check_size("free memory tolerance", io.free_memory_tolerance_kib())?;
     Ok((target, tolerance))
 }
 
 /// squeezed's balance test: free memory within the tolerance above the slush.
-fn is_balanced(free_kib: Kib, target_kib: Kib, tolerance_kib: Kib) -> bool {
+pub(crate) fn is_balanced(free_kib: Kib, target_kib: Kib, tolerance_kib: Kib) -> bool {
     free_kib - target_kib < tolerance_kib
 }
 
@@ -227,20 +227,10 @@ impl Squeezer {
         min_kib: Kib,
         max_kib: Kib,
     ) -> Result<Kib> {
-        kib::check_size("minimum", min_kib)?;
-        kib::check_size("maximum", max_kib)?;
-        if min_kib > max_kib {
-            return Err(Error::InvalidMemoryValue(format!(
-                "minimum {min_kib} KiB is above maximum {max_kib} KiB"
-            )));
-        }
+        check_range(min_kib, max_kib)?;
         let (slush, _) = settings(io)?;
-        let phantom = Domain::new(-1, true, min_kib, min_kib, max_kib, 0, 0, 4);
         let host = io.make_host()?;
-        // squeezed offers the phantom's share against every domain, balloonable or not.
-        let everyone = || host.domains().iter().chain(std::iter::once(&phantom));
-        let allocation = policy::proportional(everyone(), host.free_mem_kib, slush, true)?;
-        let target = allocation.target_for(&phantom);
+        let target = phantom_share(&host, min_kib, max_kib, slush)?;
         debug!("free_memory_range({min_kib}, {max_kib}): ideal size {target} KiB");
 
         let required = kib::add(target, slush, "memory to free")?;
@@ -280,6 +270,28 @@ impl Squeezer {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What the proportional policy would give a new domain with range `min_kib..=max_kib` if it
+/// were already running on `host`: squeezed offers the phantom's share against every domain,
+/// balloonable or not.
+pub(crate) fn phantom_share(host: &Host, min_kib: Kib, max_kib: Kib, slush: Kib) -> Result<Kib> {
+    let phantom = Domain::new(-1, true, min_kib, min_kib, max_kib, 0, 0, 4);
+    let everyone = host.domains().iter().chain(std::iter::once(&phantom));
+    let allocation = policy::proportional(everyone.clone(), host.free_mem_kib, slush, true)?;
+    Ok(allocation.target_for(&phantom))
+}
+
+/// Checks a requested range: both ends valid sizes and `min_kib <= max_kib`.
+pub(crate) fn check_range(min_kib: Kib, max_kib: Kib) -> Result<()> {
+    kib::check_size("minimum", min_kib)?;
+    kib::check_size("maximum", max_kib)?;
+    if min_kib > max_kib {
+        return Err(Error::InvalidMemoryValue(format!(
+            "minimum {min_kib} KiB is above maximum {max_kib} KiB"
+        )));
+    }
+    Ok(())
 }
 
 /// [`Squeezer::change_host_free_memory`] on a fresh squeezer.

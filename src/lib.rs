@@ -10,6 +10,8 @@
 //! - [`monitor`]: which balloon drivers have stopped making progress.
 //! - [`squeezer`]: one iteration (classification, two phases, the decision).
 //! - [`driver`]: the loop over a platform ([`driver::Io`]): change, free and balance memory.
+//! - [`adaptive`]: a squeezer that learns balloon rates and limits, fixing squeezed's known flaws.
+//! - [`balancer`]: a long-lived balancer with the policy chosen at creation.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
 //!
 //! ```
@@ -35,7 +37,9 @@
 
 #![warn(missing_docs)]
 
+pub mod adaptive;
 pub mod backend;
+pub mod balancer;
 pub mod driver;
 pub mod error;
 pub mod host;
@@ -48,6 +52,7 @@ pub mod reservations;
 pub mod service;
 pub mod squeezer;
 
+pub use balancer::{Balancer, Policy};
 pub use driver::{
     balance_memory, change_host_free_memory, free_memory_range, is_host_memory_unbalanced, Io,
 };

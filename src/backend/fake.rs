@@ -63,6 +63,15 @@ enum BehaviourDef {
         rate_kib_per_s: Kib,
         delay_s: f64,
     },
+    Stalling {
+        rate_kib_per_s: Kib,
+        active_s: f64,
+        stalled_s: f64,
+    },
+    Trickle {
+        chunk_kib: Kib,
+        period_s: f64,
+    },
     NoBalloonDriver,
 }
 
@@ -767,6 +776,44 @@ fn balloon_step(g: &Guest, actual: Kib, target: Kib, now: f64) -> Kib {
         } => {
             let ready_at = g.last_target_change + delay_s;
             toward(rate_kib_per_s, (now - ready_at.max(g.last_update)).max(0.0))
+        }
+        Behaviour::Stalling {
+            rate_kib_per_s,
+            active_s,
+            stalled_s,
+        } => {
+            // Each cycle starts with `active_s` of work, then stalls; count the working time
+            // between the last update and now.
+            let cycle = active_s + stalled_s;
+            let worked_until = |t: f64| {
+                if cycle <= 0.0 {
+                    return t;
+                }
+                let whole = (t / cycle).floor();
+                whole * active_s + (t - whole * cycle).min(active_s)
+            };
+            toward(
+                rate_kib_per_s,
+                (worked_until(now) - worked_until(g.last_update)).max(0.0),
+            )
+        }
+        Behaviour::Trickle {
+            chunk_kib,
+            period_s,
+        } => {
+            // One chunk for every period boundary crossed since the last update.
+            let steps = if period_s > 0.0 {
+                ((now / period_s).floor() - (g.last_update / period_s).floor()).max(0.0)
+            } else {
+                0.0
+            };
+            let max_change = chunk_kib.saturating_mul(steps as Kib);
+            let moved = ((target - actual).abs() - 4).max(0).min(max_change);
+            if target >= actual {
+                moved
+            } else {
+                -moved
+            }
         }
     }
 }

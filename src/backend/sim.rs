@@ -60,6 +60,23 @@ pub enum Behaviour {
         /// Seconds between a target change and the first movement.
         delay_s: f64,
     },
+    /// Works at `rate_kib_per_s` for `active_s`, then stalls for `stalled_s`, and so on.
+    Stalling {
+        /// Balloon speed in KiB per second while working.
+        rate_kib_per_s: Kib,
+        /// Length of each working stretch, in seconds.
+        active_s: f64,
+        /// Length of each stall, in seconds.
+        stalled_s: f64,
+    },
+    /// Moves `chunk_kib` toward the target once every `period_s` seconds: a driver that looks
+    /// alive (it never stops for long) but is far too slow to be useful.
+    Trickle {
+        /// KiB moved at each step.
+        chunk_kib: Kib,
+        /// Seconds between steps.
+        period_s: f64,
+    },
     /// No balloon driver: the guest never moves and the toolstack cannot set its target.
     NoBalloonDriver,
 }
@@ -105,6 +122,19 @@ pub struct TraceRow {
     pub guests: Vec<(DomId, Kib, Kib)>,
 }
 
+/// One request the algorithm made of the platform, as recorded with the trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// Simulated time of the request.
+    pub time: f64,
+    /// The domain it concerned.
+    pub domid: DomId,
+    /// `true` for a balloon target (`execute_action`), `false` for maxmem (`set_maxmem`).
+    pub is_target: bool,
+    /// The value asked for, in KiB.
+    pub kib: Kib,
+}
+
 /// Counters of what the algorithm asked of the platform.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -118,6 +148,31 @@ pub struct Counters {
     pub set_maxmem: u64,
     /// Waits.
     pub waits: u64,
+}
+
+/// What the trace shows about the algorithm's behaviour over a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceSummary {
+    /// Per domain, how many times its target changed direction (up after down or down after
+    /// up), in ascending domid order.
+    pub reversals: Vec<(DomId, u64)>,
+    /// Total memory moved by balloon drivers, both directions, in KiB.
+    pub balloon_traffic_kib: Kib,
+}
+
+impl TraceSummary {
+    /// Reversals over all domains.
+    pub fn total_reversals(&self) -> u64 {
+        self.reversals.iter().map(|r| r.1).sum()
+    }
+
+    /// Reversals of one domain's target.
+    pub fn reversals_of(&self, domid: DomId) -> u64 {
+        self.reversals
+            .iter()
+            .find(|r| r.0 == domid)
+            .map_or(0, |r| r.1)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +223,7 @@ pub struct Simulator {
     index: HashMap<DomId, usize>,
     violations: Vec<Violation>,
     trace: Vec<TraceRow>,
+    decisions: Vec<Decision>,
     counters: Counters,
 }
 
@@ -182,6 +238,7 @@ impl Simulator {
             index: HashMap::new(),
             violations: Vec::new(),
             trace: Vec::new(),
+            decisions: Vec::new(),
             counters: Counters::default(),
         };
         sim.record();
@@ -253,6 +310,50 @@ impl Simulator {
     /// The recorded trace.
     pub fn trace(&self) -> &[TraceRow] {
         &self.trace
+    }
+
+    /// Every target and maxmem request, in order (recorded with the trace).
+    pub fn decisions(&self) -> &[Decision] {
+        &self.decisions
+    }
+
+    fn decide(&mut self, domid: DomId, is_target: bool, kib: Kib) {
+        if self.config.record_trace {
+            self.decisions.push(Decision {
+                time: self.time,
+                domid,
+                is_target,
+                kib,
+            });
+        }
+    }
+
+    /// Target reversals and balloon traffic over the recorded trace.
+    pub fn trace_summary(&self) -> TraceSummary {
+        let mut last_dir: std::collections::BTreeMap<DomId, (i64, u64)> = Default::default();
+        let mut traffic = 0;
+        for w in self.trace.windows(2) {
+            for &(domid, target, actual) in &w[1].guests {
+                let Some(&(_, prev_target, prev_actual)) =
+                    w[0].guests.iter().find(|g| g.0 == domid)
+                else {
+                    continue;
+                };
+                let entry = last_dir.entry(domid).or_insert((0, 0));
+                let dir = (target - prev_target).signum();
+                if dir != 0 {
+                    if entry.0 != 0 && entry.0 != dir {
+                        entry.1 += 1;
+                    }
+                    entry.0 = dir;
+                }
+                traffic += (actual - prev_actual).abs();
+            }
+        }
+        TraceSummary {
+            reversals: last_dir.into_iter().map(|(d, (_, n))| (d, n)).collect(),
+            balloon_traffic_kib: traffic,
+        }
     }
 
     /// What the algorithm asked of this host so far.
@@ -356,6 +457,34 @@ impl Simulator {
                     0.0
                 };
                 step(&d, rate_kib_per_s, useful)
+            }
+            Behaviour::Stalling {
+                rate_kib_per_s,
+                active_s,
+                stalled_s,
+            } => {
+                // The working time inside (last_update, now]: each cycle starts with work.
+                let cycle = active_s + stalled_s;
+                let worked_until = |t: f64| {
+                    let whole = (t / cycle).floor();
+                    whole * active_s + (t - whole * cycle).min(active_s)
+                };
+                let useful = worked_until(now) - worked_until(g.last_update);
+                step(&d, rate_kib_per_s, useful)
+            }
+            Behaviour::Trickle {
+                chunk_kib,
+                period_s,
+            } => {
+                // One chunk each time a period boundary is crossed.
+                let steps = (now / period_s).floor() - (g.last_update / period_s).floor();
+                let sign = if d.memory_actual_kib > d.target_kib {
+                    -1
+                } else {
+                    1
+                };
+                let room = ((d.target_kib - d.memory_actual_kib) * sign - d.inaccuracy_kib).max(0);
+                (chunk_kib * steps.max(0.0) as Kib).min(room) * sign
             }
             Behaviour::Sluggish {
                 rate_kib_per_s,
@@ -462,6 +591,7 @@ impl Io for Simulator {
     fn set_maxmem(&mut self, domid: DomId, kib: Kib) -> Result<()> {
         self.check()?;
         self.counters.set_maxmem += 1;
+        self.decide(domid, false, kib);
         // squeezed's Xen platform routes maxmem through the same path as a target change.
         self.set_target_and_maxmem(domid, kib)?;
         self.check()
@@ -470,6 +600,7 @@ impl Io for Simulator {
     fn execute_action(&mut self, action: Action) -> Result<()> {
         self.check()?;
         self.counters.actions += 1;
+        self.decide(action.domid, true, action.new_target_kib);
         self.set_target_and_maxmem(action.domid, action.new_target_kib)?;
         self.check()
     }

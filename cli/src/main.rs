@@ -1,0 +1,148 @@
+//! `squeeze`: the command-line face of the squeeze memory balancer.
+//!
+//! `squeeze simulate SCENARIO.toml` runs a scenario on a simulated host and tells what
+//! happened; `--csv` and `--svg` write the trace and a plot, `--policy both` runs squeezed's
+//! classic algorithm and the adaptive one side by side.
+
+mod plot;
+mod scenario;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use squeeze::{Kib, Policy};
+
+use scenario::{run, trace_csv, Run, Scenario};
+
+#[derive(Parser)]
+#[command(name = "squeeze", version, about = "Xen host memory balancing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario file on a simulated host.
+    Simulate {
+        /// The scenario (TOML).
+        scenario: PathBuf,
+        /// Which algorithm decides.
+        #[arg(long, value_enum, default_value_t = PolicyArg::Classic)]
+        policy: PolicyArg,
+        /// Write the trace as CSV here (with `--policy both`, the policy name is added).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Write a plot of the run(s) as SVG here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PolicyArg {
+    /// squeezed's algorithm.
+    Classic,
+    /// The adaptive squeezer.
+    Adaptive,
+    /// Both, one after the other, for comparison.
+    Both,
+}
+
+fn gib(kib: Kib) -> String {
+    format!("{:.2} GiB", kib as f64 / (1024.0 * 1024.0))
+}
+
+fn summary(scenario: &Scenario, r: &Run) {
+    let name = match r.policy {
+        Policy::Classic => "classic",
+        Policy::Adaptive => "adaptive",
+    };
+    println!("== {} ({name})", scenario.name);
+    for o in &r.outcomes {
+        let mark = if o.ok { " " } else { "!" };
+        println!("{mark} t={:7.1}s  {}", o.at_s, o.text);
+    }
+    let s = r.sim.trace_summary();
+    let c = r.sim.counters();
+    println!(
+        "  {:.0} s simulated: {} target changes, {} reversals, {} moved by balloon drivers, \
+         {} host free at the end",
+        r.sim.time(),
+        c.target_changes,
+        s.total_reversals(),
+        gib(s.balloon_traffic_kib),
+        gib(r.sim.free_mem_kib())
+    );
+    if !r.sim.violations().is_empty() {
+        println!("  SAFETY VIOLATIONS: {:?}", r.sim.violations());
+    }
+}
+
+fn simulate(
+    path: &PathBuf,
+    policy: PolicyArg,
+    csv: Option<&PathBuf>,
+    svg: Option<&PathBuf>,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let scenario = Scenario::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !scenario.description.is_empty() {
+        println!("{}\n", scenario.description.trim());
+    }
+    let policies = match policy {
+        PolicyArg::Classic => vec![Policy::Classic],
+        PolicyArg::Adaptive => vec![Policy::Adaptive],
+        PolicyArg::Both => vec![Policy::Classic, Policy::Adaptive],
+    };
+    let mut runs = Vec::new();
+    for p in policies {
+        let r = run(&scenario, p).map_err(|e| format!("simulation failed: {e}"))?;
+        summary(&scenario, &r);
+        runs.push(r);
+    }
+    if let Some(csv) = csv {
+        let names = scenario.names();
+        for r in &runs {
+            let file = if runs.len() > 1 {
+                let suffix = match r.policy {
+                    Policy::Classic => "classic",
+                    Policy::Adaptive => "adaptive",
+                };
+                csv.with_extension(format!("{suffix}.csv"))
+            } else {
+                csv.clone()
+            };
+            std::fs::write(&file, trace_csv(r, &names))
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            println!("trace written to {}", file.display());
+        }
+    }
+    if let Some(svg) = svg {
+        let doc = plot::svg(&scenario, &runs)?;
+        std::fs::write(svg, doc).map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
+        println!("plot written to {}", svg.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Simulate {
+            scenario,
+            policy,
+            csv,
+            svg,
+        } => simulate(scenario, *policy, csv.as_ref(), svg.as_ref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("squeeze: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,652 @@
+//! The adaptive squeezer: squeezed's goals without its known flaws.
+//!
+//! It keeps what it learns about every domain from one call to the next ([`tracker`]), and uses
+//! it in three ways:
+//!
+//! - **Rate-aware freeing.** Each balloon driver's speed is measured, and a request to free X KiB
+//!   is divided so that every domain finishes at about the same time
+//!   ([`plan::finish_time`]). squeezed divides by dynamic range, so the slowest driver sets the
+//!   pace.
+//! - **Progress judged by rate, and a deadline.** A driver moving slower than a minimum rate
+//!   while it has work to do is, after a grace period, taken to have shown a limit (a floor or a
+//!   ceiling). Its share goes to the others; if they cannot cover it the request fails at once
+//!   naming it. Every call also has a deadline. squeezed counts a driver that frees one page every
+//!   few seconds as making progress, and has no deadline, so such a request never ends.
+//! - **No oscillation.** A limit, once shown, is remembered across calls, so periodic balancing
+//!   does not ask the same guest again and again and swing memory between the others. Targets are
+//!   only written when they move by more than a deadband, and a domain's target does not reverse
+//!   direction within a dwell time unless an outside input (the set of domains, their ranges, a
+//!   new reservation) changed. A limited domain keeps a small standing request (a passive probe)
+//!   so that when the limit lifts the squeezer notices and forgets it.
+//!
+//! The invariants of the classic squeezer hold: targets stay inside each domain's dynamic
+//! range, and no target is raised while memory is being freed.
+
+pub mod plan;
+pub mod tracker;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use log::debug;
+
+use crate::driver::{check_range, is_balanced, phantom_share, settings, Clock, Io};
+use crate::error::{Error, Result};
+use crate::model::{
+    direction_of_actual, has_hit_target, kib, Action, Direction, DomId, Domain, Host, Kib,
+};
+use crate::policy;
+use plan::Contributor;
+use tracker::{Concern, Judge, Limit, Tracker};
+
+/// Tunables of the adaptive squeezer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveOptions {
+    /// Longest a call may take, in seconds.
+    pub deadline_s: f64,
+    /// Seconds between iterations.
+    pub poll_s: f64,
+    /// Slowest acceptable balloon speed for a driver with work to do, KiB/s.
+    pub min_rate_kib_per_s: f64,
+    /// How long a driver may fall short of the minimum rate before it is taken to be at a limit.
+    pub grace_s: f64,
+    /// Speed assumed for a driver before its own has been measured, KiB/s.
+    pub prior_rate_kib_per_s: f64,
+    /// Largest deadband, KiB: target changes smaller than a domain's deadband are not written.
+    /// A domain's deadband is the smaller of this and 1/64 of its dynamic range, but at least
+    /// twice its balloon inaccuracy.
+    pub deadband_kib: Kib,
+    /// Seconds during which a domain's target may not reverse direction without an outside
+    /// change.
+    pub dwell_s: f64,
+    /// Size of the standing request left on a limited domain, KiB.
+    pub probe_kib: Kib,
+    /// Time constant with which a domain's non-cooperation score leaks away, seconds.
+    pub score_leak_s: f64,
+    /// Non-cooperation score (seconds of work not done) at which a domain is flagged.
+    pub flag_at_s: f64,
+    /// Score at which the flag is cleared again.
+    pub clear_at_s: f64,
+}
+
+impl Default for AdaptiveOptions {
+    fn default() -> Self {
+        AdaptiveOptions {
+            deadline_s: 120.0,
+            poll_s: 1.0,
+            min_rate_kib_per_s: 256.0,
+            grace_s: 5.0,
+            prior_rate_kib_per_s: 32.0 * 1024.0,
+            deadband_kib: 1024,
+            dwell_s: 60.0,
+            probe_kib: 256,
+            score_leak_s: 60.0,
+            flag_at_s: 10.0,
+            clear_at_s: 3.0,
+        }
+    }
+}
+
+impl AdaptiveOptions {
+    fn judge(&self) -> Judge {
+        Judge {
+            min_rate_kib_per_s: self.min_rate_kib_per_s,
+            limit_slack_kib: self.probe_kib / 2,
+            leak_s: self.score_leak_s,
+            flag_at_s: self.flag_at_s,
+            clear_at_s: self.clear_at_s,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("deadline", self.deadline_s),
+            ("poll interval", self.poll_s),
+            ("minimum rate", self.min_rate_kib_per_s),
+            ("grace period", self.grace_s),
+            ("prior rate", self.prior_rate_kib_per_s),
+            ("score leak", self.score_leak_s),
+            ("flagging score", self.flag_at_s),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "adaptive {name} must be a positive number of seconds or KiB/s, not {v}"
+                )));
+            }
+        }
+        if !(self.dwell_s.is_finite() && self.dwell_s >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "adaptive dwell time must be zero or more seconds, not {}",
+                self.dwell_s
+            )));
+        }
+        if !(self.clear_at_s.is_finite() && (0.0..self.flag_at_s).contains(&self.clear_at_s)) {
+            return Err(Error::InvalidArgument(format!(
+                "adaptive clearing score {} must be at least 0 and below the flagging score {}",
+                self.clear_at_s, self.flag_at_s
+            )));
+        }
+        kib::check_size("adaptive deadband", self.deadband_kib)?;
+        kib::check_size("adaptive probe size", self.probe_kib)?;
+        Ok(())
+    }
+}
+
+/// The adaptive squeezer and everything it has learnt about the host's domains.
+#[derive(Debug, Clone, Default)]
+pub struct Adaptive {
+    options: AdaptiveOptions,
+    tracker: Tracker,
+    /// Bumped whenever an outside input changes; reversals are allowed across epochs.
+    epoch: u64,
+    fingerprint: u64,
+}
+
+impl Adaptive {
+    /// An adaptive squeezer with no history.
+    pub fn new(options: AdaptiveOptions) -> Result<Self> {
+        options.validate()?;
+        Ok(Adaptive {
+            options,
+            ..Adaptive::default()
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &AdaptiveOptions {
+        &self.options
+    }
+
+    /// What has been learnt about `domid`.
+    pub fn track(&self, domid: DomId) -> Option<&tracker::Track> {
+        self.tracker.get(domid)
+    }
+
+    /// How `domid`'s balloon driver has been cooperating, as far as this squeezer has seen.
+    pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {
+        self.tracker.get(domid).map(|t| Cooperation {
+            score_s: t.score_s,
+            uncooperative: t.uncooperative,
+            concern: t.concern,
+        })
+    }
+
+    /// Takes one look at the host and learns from it without asking anything of the domains
+    /// (except taking back a growth request a driver cannot follow): what a background monitor
+    /// calls between requests.
+    pub fn watch(&mut self, io: &mut dyn Io) -> Result<()> {
+        let mut clock = Clock::default();
+        self.observe(io, &mut clock).map(|_| ())
+    }
+
+    /// Frees memory until `required_kib` is free and guaranteed to stay free, or, where that
+    /// cannot be reached, until `success` holds for what could be freed.
+    pub fn change_host_free_memory(
+        &mut self,
+        io: &mut dyn Io,
+        required_kib: Kib,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<()> {
+        kib::check_size("required free memory", required_kib)?;
+        settings(io)?;
+        // A request is an outside input: it may legitimately reverse earlier decisions.
+        self.epoch += 1;
+        let mut clock = Clock::default();
+        let (host, start) = self.observe(io, &mut clock)?;
+        if host.free_mem_kib >= required_kib && guaranteed_free(&host) >= required_kib {
+            return if success(guaranteed_free(&host)) {
+                Ok(())
+            } else {
+                // More is free than asked for and the condition wants less: hand it out.
+                self.allocate(io, &mut clock, required_kib, success, start)
+            };
+        }
+        self.free(io, &mut clock, required_kib, success, start)
+    }
+
+    /// Frees memory for a new domain of `min_kib..=max_kib` and returns how much it may have,
+    /// sized by the proportional policy as squeezed does.
+    pub fn free_memory_range(
+        &mut self,
+        io: &mut dyn Io,
+        min_kib: Kib,
+        max_kib: Kib,
+    ) -> Result<Kib> {
+        check_range(min_kib, max_kib)?;
+        let (slush, _) = settings(io)?;
+        let host = io.make_host()?;
+        let target = phantom_share(&host, min_kib, max_kib, slush)?;
+        let required = kib::add(target, slush, "memory to free")?;
+        let enough = kib::add(min_kib, slush, "minimum free memory")?;
+        self.change_host_free_memory(io, required, &mut |free| free >= enough)?;
+        let host = io.make_host()?;
+        Ok((guaranteed_free(&host) - slush).min(max_kib).max(min_kib))
+    }
+
+    /// Hands free memory above the slush to the domains, in proportion to their (learnt)
+    /// ranges. Like squeezed's, this reports only invalid settings and platform failures.
+    pub fn balance_memory(&mut self, io: &mut dyn Io) -> Result<()> {
+        let (slush, tolerance) = settings(io)?;
+        let mut clock = Clock::default();
+        let (_, start) = self.observe(io, &mut clock)?;
+        self.allocate(
+            io,
+            &mut clock,
+            slush,
+            &mut |free| is_balanced(free, slush, tolerance),
+            start,
+        )
+    }
+
+    /// Snapshot, clock, learning: the start of every iteration.
+    fn observe(&mut self, io: &mut dyn Io, clock: &mut Clock) -> Result<(Host, f64)> {
+        let now = clock.now(io)?;
+        let host = io.make_host()?;
+        let fp = fingerprint(&host);
+        if fp != self.fingerprint {
+            self.fingerprint = fp;
+            self.epoch += 1;
+        }
+        self.tracker.observe(&host, now, &self.options.judge());
+        self.learn_limits(io, &host, now)?;
+        Ok((host, now))
+    }
+
+    /// Turns a driver's persistent stall into a remembered limit: a floor when it stopped
+    /// shrinking after having moved, a ceiling when it does not grow.
+    fn learn_limits(&mut self, io: &mut dyn Io, host: &Host, now: f64) -> Result<()> {
+        let grace = self.options.grace_s;
+        let probe = self.options.probe_kib;
+        for d in host.domains().iter().filter(|d| d.can_balloon) {
+            let Some(t) = self.tracker.get_mut(d.domid) else {
+                continue;
+            };
+            let actual = d.memory_actual_kib;
+            let limit = Some(Limit {
+                at_kib: actual,
+                since: now,
+            });
+            match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
+                Some(Direction::Down)
+                    if t.floor.is_none()
+                        && t.pinned.is_none()
+                        && !t.moved_since_request
+                        && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+                {
+                    debug!(
+                        "domain {}: balloon driver has not moved from {actual} KiB toward its \
+                         target {} KiB",
+                        d.domid, t.target_kib
+                    );
+                    t.pinned = limit;
+                }
+                Some(Direction::Down)
+                    if t.floor.is_none()
+                        && t.moved_since_request
+                        && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+                {
+                    // The lower target stays: it frees memory if the driver ever moves again,
+                    // and raising it would be a target increase while memory is wanted.
+                    debug!(
+                        "domain {}: balloon driver stopped at {actual} KiB, above its target {} \
+                         KiB; not counting on it to shrink further",
+                        d.domid, t.target_kib
+                    );
+                    t.floor = limit;
+                }
+                Some(Direction::Up) if t.ceiling.is_none() && t.lagging(now, grace) => {
+                    // A standing growth request would hold memory nobody can use: take it back,
+                    // leaving a probe's worth so the squeezer notices if the limit lifts.
+                    let retract = (actual + probe)
+                        .min(d.dynamic_max_kib)
+                        .min(d.memory_max_kib.max(actual));
+                    debug!(
+                        "domain {}: balloon driver stopped at {actual} KiB, below its target {} \
+                         KiB; target now {retract} KiB",
+                        d.domid, t.target_kib
+                    );
+                    t.ceiling = limit;
+                    self.write(io, d, retract, now)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, io: &mut dyn Io, d: &Domain, target_kib: Kib, now: f64) -> Result<()> {
+        io.execute_action(Action {
+            domid: d.domid,
+            new_target_kib: target_kib,
+        })?;
+        self.tracker
+            .note_write(d.domid, target_kib, now, self.epoch);
+        Ok(())
+    }
+
+    fn deadband(&self, d: &Domain) -> Kib {
+        deadband(&self.options, d)
+    }
+
+    /// The freeing loop.
+    fn free(
+        &mut self,
+        io: &mut dyn Io,
+        clock: &mut Clock,
+        required_kib: Kib,
+        success: &mut dyn FnMut(Kib) -> bool,
+        start: f64,
+    ) -> Result<()> {
+        let mut first = true;
+        loop {
+            let (host, now) = if first {
+                first = false;
+                (io.make_host()?, start)
+            } else {
+                self.observe(io, clock)?
+            };
+            let guaranteed = guaranteed_free(&host);
+            if guaranteed >= required_kib && success(guaranteed) {
+                debug!(
+                    "{guaranteed} KiB free and guaranteed after {:.1} s",
+                    now - start
+                );
+                return Ok(());
+            }
+
+            // What each balloonable domain without a floor can still give, and how fast.
+            let mut contributors = Vec::new();
+            let mut who = Vec::new();
+            for d in host.domains().iter().filter(|d| d.can_balloon) {
+                let t = self.tracker.get(d.domid);
+                if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
+                    continue;
+                }
+                let rate = t
+                    .and_then(|t| t.rate_down)
+                    .unwrap_or(self.options.prior_rate_kib_per_s);
+                contributors.push(Contributor {
+                    cap_kib: d.min_freeable_kib(true),
+                    rate_kib_per_s: rate,
+                });
+                who.push(*d);
+            }
+            let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
+            let need = required_kib - guaranteed;
+            let reachable = kib::add(guaranteed, capacity, "reachable free memory")?;
+            if reachable < required_kib && !success(reachable) {
+                return Err(self.blame(&host, now, required_kib));
+            }
+            if now - start > self.options.deadline_s {
+                debug!("deadline of {} s passed", self.options.deadline_s);
+                return Err(self.blame_late(&host, now, required_kib));
+            }
+
+            let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
+            let shares = plan::shares(&contributors, t_star);
+            let mut wrote = false;
+            for (d, share) in who.iter().zip(shares) {
+                // A driver may stop up to its inaccuracy short of a target, so ask for that much
+                // more; the capacity held back twice the inaccuracy, so this stays in range.
+                let ask = if share > 0 {
+                    share + d.inaccuracy_kib
+                } else {
+                    0
+                };
+                let desired = (d.memory_actual_kib - ask).min(d.dynamic_max_kib);
+                let growing = d.target_kib > d.memory_actual_kib + d.inaccuracy_kib;
+                // Targets only ever go down while freeing. A driver still on its way down keeps
+                // its target unless the plan moved by more than the deadband; one at rest is
+                // always given the new target, however small the step.
+                let small = d.target_kib - desired <= self.deadband(d);
+                if desired < d.target_kib && (growing || d.has_hit_target() || !small) {
+                    self.write(io, d, desired, now)?;
+                    wrote = true;
+                }
+            }
+            let moving = who.iter().any(|d| !d.has_hit_target());
+            if !wrote && !moving {
+                // Everything that could be freed has been.
+                return if success(guaranteed) {
+                    Ok(())
+                } else {
+                    Err(self.blame(&host, now, required_kib))
+                };
+            }
+            io.wait(self.options.poll_s)?;
+        }
+    }
+
+    /// The allocating loop: balance toward `goal_kib` free.
+    fn allocate(
+        &mut self,
+        io: &mut dyn Io,
+        clock: &mut Clock,
+        goal_kib: Kib,
+        success: &mut dyn FnMut(Kib) -> bool,
+        start: f64,
+    ) -> Result<()> {
+        let mut first = true;
+        loop {
+            let (host, now) = if first {
+                first = false;
+                (io.make_host()?, start)
+            } else {
+                self.observe(io, clock)?
+            };
+            // Each domain's range, narrowed to the limits it has shown.
+            let limited: Vec<(Domain, bool)> = host
+                .domains()
+                .iter()
+                .filter(|d| d.can_balloon)
+                .map(|d| {
+                    let mut e = *d;
+                    let mut is_limited = false;
+                    if let Some(t) = self.tracker.get(d.domid) {
+                        if t.pinned.is_some() || t.lagging(now, self.options.grace_s) {
+                            // Neither give it memory nor count on it to free any.
+                            let pinned = d
+                                .memory_actual_kib
+                                .clamp(e.dynamic_min_kib, e.dynamic_max_kib.max(e.dynamic_min_kib));
+                            e.dynamic_min_kib = pinned;
+                            e.dynamic_max_kib = pinned;
+                            is_limited = true;
+                        }
+                        if let Some(f) = t.floor {
+                            e.dynamic_min_kib =
+                                e.dynamic_min_kib.max(f.at_kib).min(e.dynamic_max_kib);
+                            is_limited = true;
+                        }
+                        if let Some(c) = t.ceiling {
+                            e.dynamic_max_kib =
+                                e.dynamic_max_kib.min(c.at_kib).max(e.dynamic_min_kib);
+                            is_limited = true;
+                        }
+                    }
+                    (e, is_limited)
+                })
+                .collect();
+            let allocation = policy::proportional(
+                limited.iter().map(|(e, _)| e),
+                host.free_mem_kib,
+                goal_kib,
+                true,
+            )?;
+            let ideal: Vec<Kib> = limited
+                .iter()
+                .map(|(e, _)| allocation.target_for(e))
+                .collect();
+
+            // Two phases, as in the classic squeezer: freeing targets first.
+            let opts = self.options;
+            let wants = |(e, _): &(Domain, bool), ideal: Kib| -> Option<Direction> {
+                if (ideal - e.target_kib).abs() <= deadband(&opts, e) {
+                    None
+                } else if ideal < e.target_kib {
+                    Some(Direction::Down)
+                } else {
+                    Some(Direction::Up)
+                }
+            };
+            // As in the classic squeezer, a domain still on its way down (whether or not its
+            // target needs rewriting) holds back every allocation: the policy already counts
+            // the memory it has yet to release as free.
+            let freeing = limited.iter().zip(&ideal).any(|((e, _), &i)| {
+                !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i) && i < e.memory_actual_kib
+            });
+            let phase = if freeing {
+                Direction::Down
+            } else {
+                Direction::Up
+            };
+            let mut wrote = false;
+            for (l, &i) in limited.iter().zip(&ideal) {
+                if wants(l, i) != Some(phase) {
+                    continue;
+                }
+                if self.dwell_blocks(&l.0, phase, now) {
+                    continue;
+                }
+                // A limited driver keeps its lower target (a standing request that can only
+                // free memory) unless it is really to be given more than it has.
+                if l.1 && phase == Direction::Up && i <= l.0.memory_actual_kib + l.0.inaccuracy_kib
+                {
+                    continue;
+                }
+                let d = host.domain(l.0.domid).expect("from this host");
+                self.write(io, d, i, now)?;
+                wrote = true;
+            }
+            let settled = limited
+                .iter()
+                .all(|(e, is_limited)| *is_limited || e.has_hit_target());
+            if !wrote && settled {
+                if !success(host.free_mem_kib) {
+                    debug!(
+                        "balanced as far as possible: {} KiB free, aiming for {goal_kib} KiB",
+                        host.free_mem_kib
+                    );
+                }
+                return Ok(());
+            }
+            if now - start > self.options.deadline_s {
+                debug!(
+                    "balancing stopped at its deadline of {} s",
+                    self.options.deadline_s
+                );
+                return Ok(());
+            }
+            io.wait(self.options.poll_s)?;
+        }
+    }
+
+    /// Whether writing `d`'s target in direction `dir` would reverse its last write too soon.
+    fn dwell_blocks(&self, d: &Domain, dir: Direction, now: f64) -> bool {
+        let Some(t) = self.tracker.get(d.domid) else {
+            return false;
+        };
+        let sign = match dir {
+            Direction::Down => -1,
+            Direction::Up => 1,
+        };
+        t.last_write_dir == -sign
+            && t.last_write_epoch == self.epoch
+            && now - t.last_write_time < self.options.dwell_s
+    }
+
+    /// The error for a request that cannot be met: the domains whose limits stood in the way,
+    /// or, when none did, the dynamic-mins.
+    fn blame(&self, host: &Host, now: f64, required_kib: Kib) -> Error {
+        let grace = self.options.grace_s;
+        let domids: Vec<DomId> = host
+            .domains()
+            .iter()
+            .rev()
+            .filter(|d| d.can_balloon && d.min_freeable_kib(true) > 0)
+            .filter(|d| {
+                self.tracker
+                    .get(d.domid)
+                    .is_some_and(|t| t.unreliable(now, grace))
+            })
+            .map(|d| d.domid)
+            .collect();
+        if domids.is_empty() {
+            Error::CannotFreeThisMuchMemory {
+                required_kib,
+                free_kib: host.free_mem_kib,
+            }
+        } else {
+            Error::DomainsRefusedToCooperate { domids }
+        }
+    }
+
+    /// The error at the deadline: as [`blame`](Self::blame), also naming drivers that are
+    /// still short of their targets.
+    fn blame_late(&self, host: &Host, now: f64, required_kib: Kib) -> Error {
+        match self.blame(host, now, required_kib) {
+            Error::CannotFreeThisMuchMemory { .. } => {
+                let behind: Vec<DomId> = host
+                    .domains()
+                    .iter()
+                    .rev()
+                    .filter(|d| d.can_balloon && !d.has_hit_target())
+                    .map(|d| d.domid)
+                    .collect();
+                if behind.is_empty() {
+                    Error::CannotFreeThisMuchMemory {
+                        required_kib,
+                        free_kib: host.free_mem_kib,
+                    }
+                } else {
+                    Error::DomainsRefusedToCooperate { domids: behind }
+                }
+            }
+            e => e,
+        }
+    }
+}
+
+/// How a domain's balloon driver has been cooperating.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cooperation {
+    /// Seconds of asked-for work the driver did not do, leaking away over time.
+    pub score_s: f64,
+    /// Whether the score has crossed the flagging threshold (and not yet fallen back below the
+    /// clearing one).
+    pub uncooperative: bool,
+    /// What most recently counted against it.
+    pub concern: Option<Concern>,
+}
+
+/// The smallest target change worth writing for `d`: the configured deadband, or 1/64 of a
+/// small domain's range, but never less than twice the balloon inaccuracy.
+fn deadband(options: &AdaptiveOptions, d: &Domain) -> Kib {
+    options
+        .deadband_kib
+        .min(d.range_kib() / 64)
+        .max(2 * d.inaccuracy_kib)
+}
+
+/// Host free memory that stays free even if every domain grows to its target + inaccuracy
+/// (within its maxmem).
+pub fn guaranteed_free(host: &Host) -> Kib {
+    let could_take: Kib = host
+        .domains()
+        .iter()
+        .map(|d| {
+            ((d.target_kib + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
+        })
+        .sum();
+    host.free_mem_kib - could_take
+}
+
+/// A digest of the outside inputs: which domains exist, whether they can balloon, and their
+/// dynamic ranges.
+fn fingerprint(host: &Host) -> u64 {
+    let mut h = DefaultHasher::new();
+    for d in host.domains() {
+        (d.domid, d.can_balloon, d.dynamic_min_kib, d.dynamic_max_kib).hash(&mut h);
+    }
+    h.finish()
+}

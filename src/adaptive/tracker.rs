@@ -1,0 +1,363 @@
+//! What the adaptive squeezer learns about each domain across iterations and calls: balloon
+//! rates in both directions, whether the driver keeps up with what it is asked, the limits it
+//! has shown (a floor it will not shrink below, a ceiling it will not grow past), and a
+//! non-cooperation score.
+//!
+//! The score is the work a driver failed to do, in seconds at its own measured speed (or the
+//! minimum acceptable speed, whichever is higher), leaking away with a time constant. A driver
+//! that stops after moving has shown a limit, and is not scored for not going past it; but if it
+//! later moves past that limit after all, the whole stall is added to its score. So a guest at a
+//! real floor is never flagged, while one that stalls and resumes, or trickles, or never moves
+//! at all, is. Flagging has hysteresis: raised at one score, cleared at a lower one.
+
+use std::collections::BTreeMap;
+
+use crate::model::{direction_of_actual, Direction, DomId, Domain, Host, Kib};
+
+/// Weight of a new full-speed rate sample in the running estimate.
+const RATE_SMOOTHING: f64 = 0.5;
+
+/// How drivers are judged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judge {
+    /// Slowest acceptable balloon speed for a driver with work to do, KiB/s.
+    pub min_rate_kib_per_s: f64,
+    /// How far past a limit a driver must move for the limit to be forgotten, KiB.
+    pub limit_slack_kib: Kib,
+    /// Time constant of the score's leak, seconds.
+    pub leak_s: f64,
+    /// Score (seconds of missed work) at which a domain is flagged uncooperative.
+    pub flag_at_s: f64,
+    /// Score at which the flag is cleared again.
+    pub clear_at_s: f64,
+}
+
+impl Default for Judge {
+    fn default() -> Self {
+        Judge {
+            min_rate_kib_per_s: 256.0,
+            limit_slack_kib: 128,
+            leak_s: 60.0,
+            flag_at_s: 10.0,
+            clear_at_s: 3.0,
+        }
+    }
+}
+
+/// What most recently counted against a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concern {
+    /// The driver moves, but slower than the minimum acceptable rate.
+    TooSlow,
+    /// The driver does not move at all while it has work to do.
+    NotMoving,
+    /// The driver stopped as if at a limit, then moved past it.
+    StalledAndResumed,
+}
+
+/// A limit a balloon driver has shown.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    /// Memory-actual at which the driver stopped, in KiB.
+    pub at_kib: Kib,
+    /// When it was learnt (seconds).
+    pub since: f64,
+}
+
+/// Per-domain observations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Track {
+    /// Memory-actual at the last observation.
+    pub last_actual_kib: Kib,
+    /// The target in force since the last observation.
+    pub target_kib: Kib,
+    /// Time of the last observation.
+    pub last_time: f64,
+    /// Measured shrinking speed, KiB/s.
+    pub rate_down: Option<f64>,
+    /// Measured growing speed, KiB/s.
+    pub rate_up: Option<f64>,
+    /// Since when the driver has been moving slower than the minimum acceptable rate while it
+    /// had work to do.
+    pub short_since: Option<f64>,
+    /// Since when the driver has not moved at all while it had work to do.
+    pub stalled_since: Option<f64>,
+    /// Whether the driver has moved toward its target since the request changed direction.
+    pub moved_since_request: bool,
+    /// A floor the driver would not shrink below.
+    pub floor: Option<Limit>,
+    /// A ceiling the driver would not grow past.
+    pub ceiling: Option<Limit>,
+    /// Where a driver that has not moved at all since it was asked to shrink is stuck. Unlike a
+    /// floor, this is no excuse: the driver keeps being scored.
+    pub pinned: Option<Limit>,
+    /// Seconds of work the driver failed to do, leaking away over time.
+    pub score_s: f64,
+    /// Whether the domain is flagged uncooperative.
+    pub uncooperative: bool,
+    /// What most recently counted against it.
+    pub concern: Option<Concern>,
+    /// Direction of the last target written: -1 down, 1 up, 0 none yet.
+    pub last_write_dir: i8,
+    /// When the last target was written.
+    pub last_write_time: f64,
+    /// Input epoch at the last write (see `Adaptive`'s dwell rule).
+    pub last_write_epoch: u64,
+}
+
+impl Track {
+    fn new(d: &Domain, now: f64) -> Self {
+        Track {
+            last_actual_kib: d.memory_actual_kib,
+            target_kib: d.target_kib,
+            last_time: now,
+            rate_down: None,
+            rate_up: None,
+            short_since: None,
+            stalled_since: None,
+            moved_since_request: false,
+            floor: None,
+            ceiling: None,
+            pinned: None,
+            score_s: 0.0,
+            uncooperative: false,
+            concern: None,
+            last_write_dir: 0,
+            last_write_time: f64::NEG_INFINITY,
+            last_write_epoch: 0,
+        }
+    }
+
+    /// Whether the driver has fallen short of the minimum rate for at least `grace_s`.
+    pub fn lagging(&self, now: f64, grace_s: f64) -> bool {
+        self.short_since.is_some_and(|s| now - s >= grace_s)
+    }
+
+    /// Whether the squeezer should not count on this driver to free memory.
+    pub fn unreliable(&self, now: f64, grace_s: f64) -> bool {
+        self.floor.is_some() || self.pinned.is_some() || self.lagging(now, grace_s)
+    }
+}
+
+/// Observations for every domain on the host, forgotten when a domain disappears.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tracker {
+    per_domain: BTreeMap<DomId, Track>,
+}
+
+impl Tracker {
+    /// Takes a snapshot at `now`: updates rates, shortfall, limits and scores for every domain,
+    /// adds new ones and forgets those that are gone.
+    pub fn observe(&mut self, host: &Host, now: f64, judge: &Judge) {
+        self.per_domain
+            .retain(|domid, _| host.domain(*domid).is_some());
+        for d in host.domains() {
+            match self.per_domain.get_mut(&d.domid) {
+                None => {
+                    self.per_domain.insert(d.domid, Track::new(d, now));
+                }
+                Some(t) => step(t, d, now, judge),
+            }
+        }
+    }
+
+    /// The observations for `domid`.
+    pub fn get(&self, domid: DomId) -> Option<&Track> {
+        self.per_domain.get(&domid)
+    }
+
+    /// Mutable observations for `domid`.
+    pub fn get_mut(&mut self, domid: DomId) -> Option<&mut Track> {
+        self.per_domain.get_mut(&domid)
+    }
+
+    /// Records that `domid`'s target is now `target_kib` (written at `now`, in `epoch`).
+    pub fn note_write(&mut self, domid: DomId, target_kib: Kib, now: f64, epoch: u64) {
+        if let Some(t) = self.per_domain.get_mut(&domid) {
+            if retarget(t, target_kib) {
+                t.last_write_time = now;
+                t.last_write_epoch = epoch;
+            }
+        }
+    }
+}
+
+/// Puts a new target in force; returns whether it changed. A request the other way starts a
+/// new judgement of the driver.
+fn retarget(t: &mut Track, target_kib: Kib) -> bool {
+    let dir = (target_kib - t.target_kib).signum() as i8;
+    if dir == 0 {
+        return false;
+    }
+    if dir != t.last_write_dir {
+        t.short_since = None;
+        t.stalled_since = None;
+        t.moved_since_request = false;
+    }
+    t.last_write_dir = dir;
+    t.target_kib = target_kib;
+    true
+}
+
+fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge) {
+    let dt = now - t.last_time;
+    if dt <= 0.0 {
+        retarget(t, d.target_kib);
+        return;
+    }
+    let actual = d.memory_actual_kib;
+    let moved = actual - t.last_actual_kib;
+    let mut missed_s = 0.0;
+
+    // A limit the driver has now moved past was not a limit: the stall counts against it.
+    let slack = judge.limit_slack_kib;
+    if let Some(f) = t.floor.filter(|f| actual < f.at_kib - slack) {
+        missed_s += now - f.since;
+        t.concern = Some(Concern::StalledAndResumed);
+        t.floor = None;
+    }
+    if t.ceiling.is_some_and(|c| actual > c.at_kib + slack) {
+        t.ceiling = None;
+    }
+    if t.pinned.is_some_and(|p| (actual - p.at_kib).abs() > slack) {
+        t.pinned = None;
+    }
+
+    // The request in force during the interval: from last actual toward the target we set,
+    // but not past a limit the driver has shown.
+    let asked = direction_of_actual(d.inaccuracy_kib, t.last_actual_kib, t.target_kib);
+    if let Some(dir) = asked {
+        let (toward, distance) = match dir {
+            Direction::Down => {
+                let goal = t.target_kib.max(t.floor.map_or(Kib::MIN, |f| f.at_kib));
+                (-moved, t.last_actual_kib - goal)
+            }
+            Direction::Up => {
+                let goal = t.target_kib.min(t.ceiling.map_or(Kib::MAX, |c| c.at_kib));
+                (moved, goal - t.last_actual_kib)
+            }
+        };
+        let toward = toward.max(0);
+        let remaining = (distance - d.inaccuracy_kib).max(0);
+        let sample = toward as f64 / dt;
+        let still_asked = direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) == Some(dir);
+        let rate = match dir {
+            Direction::Down => &mut t.rate_down,
+            Direction::Up => &mut t.rate_up,
+        };
+        if toward > 0 {
+            t.moved_since_request = true;
+            *rate = Some(match *rate {
+                // The driver worked the whole interval: a full-speed sample.
+                Some(r) if still_asked => r + RATE_SMOOTHING * (sample - r),
+                // It finished early, so it is at least this fast.
+                Some(r) => r.max(sample),
+                None => sample,
+            });
+        }
+        let reference = rate.unwrap_or(0.0).max(judge.min_rate_kib_per_s);
+
+        // Falling short: less than half of what the minimum rate would have done in the time.
+        let minimum = (judge.min_rate_kib_per_s * dt).min(remaining as f64);
+        if minimum > 0.0 && (toward as f64) * 2.0 < minimum {
+            t.short_since.get_or_insert(t.last_time);
+        } else {
+            t.short_since = None;
+        }
+        if remaining > 0 && toward == 0 {
+            t.stalled_since.get_or_insert(t.last_time);
+        } else {
+            t.stalled_since = None;
+        }
+
+        // Score what was missed against the driver's own speed. Growth it could not manage is
+        // not held against it: a guest that cannot take memory hurts nobody.
+        if dir == Direction::Down {
+            let expected = (reference * dt).min(remaining as f64);
+            let shortfall = (expected - toward as f64).max(0.0);
+            if shortfall > 0.0 {
+                missed_s += shortfall / reference;
+                t.concern = Some(if toward > 0 {
+                    Concern::TooSlow
+                } else {
+                    Concern::NotMoving
+                });
+            }
+        }
+    } else {
+        t.short_since = None;
+        t.stalled_since = None;
+    }
+
+    t.score_s = t.score_s * (-dt / judge.leak_s).exp() + missed_s;
+    if t.score_s >= judge.flag_at_s {
+        t.uncooperative = true;
+    } else if t.score_s <= judge.clear_at_s {
+        t.uncooperative = false;
+        // Nothing worth reporting is left once the score has all but leaked away.
+        if t.score_s < 0.1 {
+            t.concern = None;
+        }
+    }
+    t.last_actual_kib = actual;
+    t.last_time = now;
+    // Someone else (another toolstack component, an administrator) may have set the target.
+    retarget(t, d.target_kib);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge() -> Judge {
+        Judge::default()
+    }
+
+    fn host(actual: Kib, target: Kib) -> Host {
+        Host::new(
+            vec![Domain::new(1, true, 0, target, 1 << 30, actual, 1 << 30, 4)],
+            0,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rates_are_measured_in_the_direction_of_travel() {
+        let mut tr = Tracker::default();
+        tr.observe(&host(10_000, 10_000), 0.0, &judge());
+        tr.note_write(1, 5_000, 0.0, 0);
+        tr.observe(&host(9_000, 5_000), 1.0, &judge());
+        assert_eq!(tr.get(1).unwrap().rate_down, Some(1000.0));
+        tr.observe(&host(7_000, 5_000), 2.0, &judge());
+        // Smoothed: 1000 + 0.5 × (2000 − 1000).
+        assert_eq!(tr.get(1).unwrap().rate_down, Some(1500.0));
+        assert_eq!(tr.get(1).unwrap().rate_up, None);
+        assert_eq!(tr.get(1).unwrap().short_since, None);
+    }
+
+    #[test]
+    fn a_driver_slower_than_the_minimum_rate_falls_short() {
+        let mut tr = Tracker::default();
+        tr.observe(&host(10_000, 10_000), 0.0, &judge());
+        tr.note_write(1, 5_000, 0.0, 0);
+        // 4 KiB in 1 s, far below half of 256 KiB/s.
+        tr.observe(&host(9_996, 5_000), 1.0, &judge());
+        assert_eq!(tr.get(1).unwrap().short_since, Some(0.0));
+        // Still short a second later: the start of the shortfall is kept.
+        tr.observe(&host(9_996, 5_000), 2.0, &judge());
+        assert_eq!(tr.get(1).unwrap().short_since, Some(0.0));
+        // Back to speed: cleared.
+        tr.observe(&host(9_000, 5_000), 3.0, &judge());
+        assert_eq!(tr.get(1).unwrap().short_since, None);
+    }
+
+    #[test]
+    fn a_driver_near_its_target_is_not_asked_for_more_than_remains() {
+        let mut tr = Tracker::default();
+        tr.observe(&host(5_100, 5_100), 0.0, &judge());
+        tr.note_write(1, 5_000, 0.0, 0);
+        // 96 KiB remained beyond the inaccuracy; moving 60 is more than half of it.
+        tr.observe(&host(5_040, 5_000), 1.0, &judge());
+        assert_eq!(tr.get(1).unwrap().short_since, None);
+    }
+}

@@ -1,0 +1,180 @@
+//! One long-lived balancer for a host, with the policy chosen at creation: squeezed's classic
+//! algorithm or the adaptive one.
+//!
+//! This is what the language bindings hold on to between calls. With [`Policy::Classic`] it
+//! behaves as a [`Squeezer`] kept across calls (it remembers which domains were stuck); with
+//! [`Policy::Adaptive`] as an [`Adaptive`].
+
+use crate::adaptive::{Adaptive, AdaptiveOptions, Cooperation};
+use crate::driver::Io;
+use crate::error::Result;
+use crate::model::{DomId, Kib};
+use crate::squeezer::{Options, Squeezer};
+
+/// Which algorithm decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// squeezed's algorithm, decision for decision.
+    #[default]
+    Classic,
+    /// Rate-aware, remembers limits, flags non-cooperation, never oscillates.
+    Adaptive,
+}
+
+#[derive(Debug, Clone)]
+enum Engine {
+    Classic(Squeezer),
+    Adaptive(Box<Adaptive>),
+}
+
+/// A balancer that keeps its state between calls.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    engine: Engine,
+}
+
+impl Balancer {
+    /// A balancer with `policy`. `options` configure the classic squeezer, `adaptive` the
+    /// adaptive one; each is ignored by the other policy.
+    pub fn new(policy: Policy, options: &Options, adaptive: AdaptiveOptions) -> Result<Self> {
+        let engine = match policy {
+            Policy::Classic => Engine::Classic(Squeezer::new(*options)),
+            Policy::Adaptive => Engine::Adaptive(Box::new(Adaptive::new(adaptive)?)),
+        };
+        Ok(Balancer { engine })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        match self.engine {
+            Engine::Classic(_) => Policy::Classic,
+            Engine::Adaptive(_) => Policy::Adaptive,
+        }
+    }
+
+    /// Frees memory until `success` holds (see [`Squeezer::change_host_free_memory`] and
+    /// [`Adaptive::change_host_free_memory`]).
+    pub fn change_host_free_memory(
+        &mut self,
+        io: &mut dyn Io,
+        required_kib: Kib,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<()> {
+        match &mut self.engine {
+            Engine::Classic(s) => s.change_host_free_memory(io, required_kib, success),
+            Engine::Adaptive(a) => a.change_host_free_memory(io, required_kib, success),
+        }
+    }
+
+    /// Frees memory for a new domain of `min_kib..=max_kib` and returns how much it may have.
+    pub fn free_memory_range(
+        &mut self,
+        io: &mut dyn Io,
+        min_kib: Kib,
+        max_kib: Kib,
+    ) -> Result<Kib> {
+        match &mut self.engine {
+            Engine::Classic(s) => s.free_memory_range(io, min_kib, max_kib),
+            Engine::Adaptive(a) => a.free_memory_range(io, min_kib, max_kib),
+        }
+    }
+
+    /// Hands memory above the slush back to the domains.
+    pub fn balance_memory(&mut self, io: &mut dyn Io) -> Result<()> {
+        match &mut self.engine {
+            Engine::Classic(s) => s.balance_memory(io),
+            Engine::Adaptive(a) => a.balance_memory(io),
+        }
+    }
+
+    /// How `domid`'s balloon driver has been cooperating. The classic policy knows only
+    /// squeezed's stuck/active distinction, reported as a score of 0 or the stuck threshold.
+    pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {
+        match &self.engine {
+            Engine::Adaptive(a) => a.cooperation(domid),
+            Engine::Classic(s) => {
+                let stuck = s.monitor().stuck_domids().contains(&domid);
+                let known = stuck || s.monitor().is_active(domid);
+                known.then(|| Cooperation {
+                    score_s: if stuck {
+                        s.options().stuck_after_seconds
+                    } else {
+                        0.0
+                    },
+                    uncooperative: stuck,
+                    concern: stuck.then_some(crate::adaptive::tracker::Concern::NotMoving),
+                })
+            }
+        }
+    }
+
+    /// The classic squeezer, when that is the policy (for callers that run single iterations).
+    pub fn classic(&mut self) -> Option<&mut Squeezer> {
+        match &mut self.engine {
+            Engine::Classic(s) => Some(s),
+            Engine::Adaptive(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adaptive::tracker::Concern;
+    use crate::backend::sim::{Behaviour, SimConfig, Simulator};
+    use crate::model::Domain;
+
+    const MIB: Kib = 1024;
+    const GIB: Kib = 1024 * MIB;
+
+    fn host() -> Simulator {
+        let mut sim = Simulator::new(SimConfig {
+            free_mem_kib: 72 * MIB,
+            target_host_free_mem_kib: 72 * MIB,
+            ..SimConfig::default()
+        });
+        sim.add_guest(
+            Domain::new(1, true, GIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4),
+            Behaviour::Ideal {
+                rate_kib_per_s: 100 * MIB,
+            },
+        )
+        .unwrap();
+        sim.add_guest(
+            Domain::new(2, true, GIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4),
+            Behaviour::Stuck,
+        )
+        .unwrap();
+        sim
+    }
+
+    #[test]
+    fn both_policies_serve_a_reservation_the_working_guest_can_cover() {
+        for policy in [Policy::Classic, Policy::Adaptive] {
+            let mut sim = host();
+            let mut b =
+                Balancer::new(policy, &Options::default(), AdaptiveOptions::default()).unwrap();
+            assert_eq!(b.policy(), policy);
+            // 512 MiB: guest 1 alone can free 1 GiB.
+            let got = b.free_memory_range(&mut sim, 512 * MIB, 512 * MIB).unwrap();
+            assert_eq!(got, 512 * MIB, "{policy:?}");
+            assert!(sim.free_mem_kib() >= 72 * MIB + 512 * MIB, "{policy:?}");
+            // Both saw the stuck guest; adaptive only flags it once its score reaches 10 s.
+            let stuck = b.cooperation(2).unwrap();
+            assert!(stuck.score_s > 0.0, "{policy:?}");
+            assert_eq!(stuck.concern, Some(Concern::NotMoving), "{policy:?}");
+            assert_eq!(b.cooperation(1).unwrap().concern, None, "{policy:?}");
+            assert_eq!(b.classic().is_some(), policy == Policy::Classic);
+        }
+    }
+
+    #[test]
+    fn invalid_adaptive_options_are_refused() {
+        let bad = AdaptiveOptions {
+            deadline_s: f64::NAN,
+            ..AdaptiveOptions::default()
+        };
+        assert!(Balancer::new(Policy::Adaptive, &Options::default(), bad).is_err());
+        assert!(Balancer::new(Policy::Classic, &Options::default(), bad).is_ok());
+    }
+}

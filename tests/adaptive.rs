@@ -1,0 +1,418 @@
+//! The adaptive squeezer against squeezed's known flaws, each scenario run with both the classic
+//! algorithm (a fresh squeezer per call, as squeezed runs it) and the adaptive one, on the same
+//! simulated host.
+
+use squeeze::adaptive::plan::{finish_time, Contributor};
+use squeeze::adaptive::Adaptive;
+use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
+use squeeze::{balance_memory, change_host_free_memory, Domain, Error, Io, Kib, Options};
+
+const MIB: Kib = 1024;
+const GIB: Kib = 1024 * MIB;
+const SLUSH: Kib = 72 * MIB;
+
+fn host(free: Kib, time_limit_s: f64) -> Simulator {
+    Simulator::new(SimConfig {
+        free_mem_kib: free,
+        target_host_free_mem_kib: SLUSH,
+        free_memory_tolerance_kib: 512,
+        clock: ClockMode::FollowWait,
+        time_limit_s: Some(time_limit_s),
+        record_trace: true,
+    })
+}
+
+fn ideal(mib_per_s: Kib) -> Behaviour {
+    Behaviour::Ideal {
+        rate_kib_per_s: mib_per_s * MIB,
+    }
+}
+
+/// Three 2 GiB guests (range 1..3 GiB) and 1 GiB free; guest 1 cannot grow at all.
+fn ceiling_host() -> Simulator {
+    let mut sim = host(GIB, 7200.0);
+    let guest = |domid| Domain::new(domid, true, GIB, 2 * GIB, 3 * GIB, 2 * GIB, 2 * GIB, 4);
+    sim.add_guest(
+        guest(1),
+        Behaviour::HiddenCeiling {
+            rate_kib_per_s: 100 * MIB,
+            ceiling_kib: 2 * GIB + 1,
+        },
+    )
+    .unwrap();
+    sim.add_guest(guest(2), ideal(100)).unwrap();
+    sim.add_guest(guest(3), ideal(100)).unwrap();
+    sim.advance(0.0).unwrap();
+    sim
+}
+
+/// Balances every 10 s until `until` seconds of simulated time.
+fn balance_every_10s(sim: &mut Simulator, until: f64, balance: &mut dyn FnMut(&mut Simulator)) {
+    let mut next = sim.time();
+    while sim.time() < until {
+        balance(sim);
+        next += 10.0;
+        if sim.time() < next {
+            let dt = next - sim.time();
+            sim.advance(dt).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_guest_at_a_hidden_ceiling_makes_classic_balancing_oscillate_but_not_adaptive() {
+    let mut classic = ceiling_host();
+    balance_every_10s(&mut classic, 3600.0, &mut |sim| {
+        balance_memory(sim, &Options::default()).unwrap()
+    });
+    let c = classic.trace_summary();
+    // squeezed forgets the stuck guest between calls: every 10 s it is offered memory again,
+    // guests 2 and 3 give it up, and get it back once guest 1 is declared stuck.
+    assert!(c.reversals_of(2) > 100, "{c:?}");
+    assert!(c.reversals_of(3) > 100, "{c:?}");
+
+    let mut sim = ceiling_host();
+    let mut adaptive = Adaptive::default();
+    balance_every_10s(&mut sim, 60.0, &mut |sim| {
+        adaptive.balance_memory(sim).unwrap()
+    });
+    let after_first_minute = sim.counters().target_changes;
+    balance_every_10s(&mut sim, 3600.0, &mut |sim| {
+        adaptive.balance_memory(sim).unwrap()
+    });
+    let a = sim.trace_summary();
+    assert_eq!(a.reversals_of(2), 0, "{a:?}");
+    assert_eq!(a.reversals_of(3), 0, "{a:?}");
+    // Guest 1's own target is taken back once, when its ceiling is found.
+    assert!(a.reversals_of(1) <= 1, "{a:?}");
+    // At most three rounds of three targets plus that retraction, and with nothing changing
+    // outside, not a single write after the first minute.
+    assert!(after_first_minute <= 10, "{after_first_minute} writes");
+    assert_eq!(sim.counters().target_changes, after_first_minute);
+    assert!(sim.violations().is_empty());
+    // The memory guest 1 could not take went to the others: the host is balanced.
+    let free = sim.free_mem_kib();
+    assert!((free - SLUSH).abs() < 2 * MIB, "{free} KiB free");
+    let g1 = sim.guest(1).unwrap();
+    assert!(g1.target_kib - g1.memory_actual_kib <= 256, "{g1:?}");
+}
+
+/// Guests of 8 GiB (dynamic-min 1 GiB) with these balloon rates, asked to free `need` more.
+fn rates_host(rates_mib: &[Kib]) -> (Simulator, Vec<Contributor>) {
+    let mut sim = host(SLUSH, 3600.0);
+    let mut contributors = Vec::new();
+    for (i, &r) in rates_mib.iter().enumerate() {
+        let d = Domain::new(
+            i as i32 + 1,
+            true,
+            GIB,
+            8 * GIB,
+            8 * GIB,
+            8 * GIB,
+            8 * GIB,
+            4,
+        );
+        contributors.push(Contributor {
+            cap_kib: d.min_freeable_kib(true),
+            rate_kib_per_s: (r * MIB) as f64,
+        });
+        sim.add_guest(d, ideal(r)).unwrap();
+    }
+    sim.advance(0.0).unwrap();
+    (sim, contributors)
+}
+
+fn time_to_free(rates_mib: &[Kib], need: Kib, adaptive: bool) -> (f64, f64) {
+    let (mut sim, contributors) = rates_host(rates_mib);
+    let t_star = finish_time(&contributors, need).unwrap();
+    let required = SLUSH + need;
+    let mut enough = |free: Kib| free >= required;
+    if adaptive {
+        Adaptive::default()
+            .change_host_free_memory(&mut sim, required, &mut enough)
+            .unwrap();
+    } else {
+        change_host_free_memory(&mut sim, &Options::default(), required, &mut enough).unwrap();
+    }
+    assert!(sim.violations().is_empty());
+    assert!(sim.free_mem_kib() >= required);
+    (sim.time(), t_star)
+}
+
+#[test]
+fn a_fast_and_a_slow_guest_free_two_gib_near_the_lower_bound() {
+    // 100 MiB/s and 4 MiB/s freeing 2 GiB: T* = 2048 / 104 ≈ 19.7 s. squeezed gives each the
+    // same share of its range (1 GiB), and the slow one needs 1024 / 4 = 256 s for it.
+    let (classic, t_star) = time_to_free(&[100, 4], 2 * GIB, false);
+    assert!((t_star - 2048.0 / 104.0).abs() < 1e-6);
+    assert!(classic >= 250.0, "classic took {classic} s");
+    let (adaptive, _) = time_to_free(&[100, 4], 2 * GIB, true);
+    assert!(
+        adaptive <= 1.2 * t_star + 1.0,
+        "adaptive took {adaptive} s, T* = {t_star} s"
+    );
+}
+
+#[test]
+fn heterogeneous_rates_from_2_to_200_mib_per_s_free_near_the_lower_bound() {
+    let rates = [2, 10, 50, 100, 200];
+    let (classic, t_star) = time_to_free(&rates, 8 * GIB, false);
+    let (adaptive, _) = time_to_free(&rates, 8 * GIB, true);
+    assert!(
+        adaptive <= 1.2 * t_star + 1.0,
+        "adaptive took {adaptive} s, T* = {t_star} s"
+    );
+    // squeezed waits for the 2 MiB/s guest to free 1/5 of 8 GiB: about 820 s.
+    assert!(
+        classic > 10.0 * adaptive,
+        "classic {classic} s vs adaptive {adaptive} s"
+    );
+}
+
+/// A 100 MiB/s guest and one that frees a single 4 KiB page every 5 s, 4 GiB each with a
+/// 1 GiB dynamic-min, so each could free 3 GiB.
+fn trickler_host(time_limit_s: f64) -> Simulator {
+    let mut sim = host(SLUSH, time_limit_s);
+    let guest = |domid| Domain::new(domid, true, GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4);
+    sim.add_guest(guest(1), ideal(100)).unwrap();
+    sim.add_guest(
+        guest(2),
+        Behaviour::Trickle {
+            chunk_kib: 4,
+            period_s: 5.0,
+        },
+    )
+    .unwrap();
+    sim.advance(0.0).unwrap();
+    sim
+}
+
+fn free(sim: &mut Simulator, adaptive: Option<&mut Adaptive>, need: Kib) -> Result<(), Error> {
+    let required = SLUSH + need;
+    let mut enough = |free: Kib| free >= required;
+    match adaptive {
+        Some(a) => a.change_host_free_memory(sim, required, &mut enough),
+        None => change_host_free_memory(sim, &Options::default(), required, &mut enough),
+    }
+}
+
+#[test]
+fn a_trickling_guest_blocks_classic_forever_but_adaptive_uses_the_fast_guest() {
+    // 1 GiB: the fast guest alone could give it. squeezed keeps waiting on the trickler, whose
+    // one page every 5 s counts as progress: the request never ends.
+    let mut sim = trickler_host(600.0);
+    match free(&mut sim, None, GIB) {
+        Err(Error::Backend(m)) => assert!(m.contains("time limit"), "{m}"),
+        other => panic!("classic should still be waiting at the time limit, got {other:?}"),
+    }
+
+    let mut sim = trickler_host(600.0);
+    let mut adaptive = Adaptive::default();
+    free(&mut sim, Some(&mut adaptive), GIB).unwrap();
+    assert!(sim.time() < 30.0, "took {} s", sim.time());
+    assert!(sim.free_mem_kib() >= SLUSH + GIB);
+    assert!(sim.violations().is_empty());
+}
+
+#[test]
+fn a_request_that_needs_the_trickler_fails_naming_it_well_inside_the_deadline() {
+    // 4 GiB: the fast guest can give 3 GiB at most, so the trickler would have to give 1 GiB,
+    // which at 4 KiB per 5 s would take fifteen days.
+    let mut sim = trickler_host(600.0);
+    let mut adaptive = Adaptive::default();
+    match free(&mut sim, Some(&mut adaptive), 4 * GIB) {
+        Err(Error::DomainsRefusedToCooperate { domids }) => assert_eq!(domids, vec![2]),
+        other => panic!("expected DomainsRefusedToCooperate [2], got {other:?}"),
+    }
+    assert!(
+        sim.time() < adaptive.options().deadline_s / 2.0,
+        "took {} s",
+        sim.time()
+    );
+}
+
+#[test]
+fn a_guest_too_slow_for_the_request_fails_it_at_the_deadline() {
+    // Guest 2 moves at the minimum acceptable speed exactly, so it is never judged to fall
+    // short; the request would take far longer than the deadline allows.
+    let mut sim = host(SLUSH, 7200.0);
+    let guest = |domid| Domain::new(domid, true, GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4);
+    sim.add_guest(
+        guest(2),
+        Behaviour::Ideal {
+            rate_kib_per_s: 256,
+        },
+    )
+    .unwrap();
+    let mut adaptive = Adaptive::default();
+    let deadline = adaptive.options().deadline_s;
+    match free(&mut sim, Some(&mut adaptive), GIB) {
+        Err(Error::DomainsRefusedToCooperate { domids }) => assert_eq!(domids, vec![2]),
+        other => panic!("expected DomainsRefusedToCooperate [2], got {other:?}"),
+    }
+    assert!(sim.time() <= deadline + 2.0, "took {} s", sim.time());
+}
+
+#[test]
+fn adaptive_freeing_never_raises_a_target_and_keeps_targets_in_range() {
+    // A mixed host: the simulator flags any target outside a dynamic range and any allocation
+    // beyond free memory, and the trace shows every target change.
+    let mut sim = host(SLUSH, 3600.0);
+    sim.add_guest(
+        Domain::new(1, true, GIB, 3 * GIB, 4 * GIB, 3 * GIB, 3 * GIB, 4),
+        ideal(50),
+    )
+    .unwrap();
+    sim.add_guest(
+        Domain::new(2, true, 2 * GIB, 3 * GIB, 6 * GIB, 3 * GIB, 3 * GIB, 4),
+        Behaviour::windows_like(),
+    )
+    .unwrap();
+    sim.add_guest(
+        Domain::new(3, true, GIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4),
+        Behaviour::Stuck,
+    )
+    .unwrap();
+    sim.add_guest(
+        Domain::new(4, false, GIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4),
+        Behaviour::NoBalloonDriver,
+    )
+    .unwrap();
+    sim.advance(0.0).unwrap();
+    let mut adaptive = Adaptive::default();
+    let required = SLUSH + 2 * GIB;
+    adaptive
+        .change_host_free_memory(&mut sim, required, &mut |f| f >= required)
+        .unwrap();
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    for w in sim.trace().windows(2) {
+        for (a, b) in w[0].guests.iter().zip(&w[1].guests) {
+            assert!(
+                b.1 <= a.1,
+                "target of domain {} rose from {} to {}",
+                a.0,
+                a.1,
+                b.1
+            );
+        }
+    }
+    // Then hand everything back: balancing keeps targets in range too.
+    adaptive.balance_memory(&mut sim).unwrap();
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    let io: &mut dyn Io = &mut sim;
+    assert!(io.make_host().is_ok());
+}
+
+/// One 4 GiB guest (dynamic-min 1 GiB) with `behaviour`, asked by the toolstack to go down
+/// to `target`; watched once a second for `seconds`. Returns when the adaptive squeezer first
+/// flagged it, and the longest stretch squeezed's stuckness monitor held it inactive (squeezed
+/// marks a domain uncooperative after 20 s inactive).
+fn watch(behaviour: Behaviour, target: Kib, seconds: u32) -> (Option<f64>, f64) {
+    use squeeze::monitor::StucknessMonitor;
+    let mut sim = host(SLUSH, 7200.0);
+    sim.add_guest(
+        Domain::new(1, true, GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4),
+        behaviour,
+    )
+    .unwrap();
+    let mut adaptive = Adaptive::default();
+    adaptive.watch(&mut sim).unwrap();
+    sim.execute_action(squeeze::Action {
+        domid: 1,
+        new_target_kib: target,
+    })
+    .unwrap();
+    adaptive.watch(&mut sim).unwrap();
+    let mut classic = StucknessMonitor::new(5.0);
+    let (mut flagged_at, mut inactive_since, mut longest_inactive) = (None, None, 0.0f64);
+    for _ in 0..seconds {
+        sim.advance(1.0).unwrap();
+        adaptive.watch(&mut sim).unwrap();
+        if flagged_at.is_none() && adaptive.cooperation(1).unwrap().uncooperative {
+            flagged_at = Some(sim.time());
+        }
+        let snapshot = sim.make_host().unwrap();
+        classic.update(&snapshot, sim.time());
+        if classic.is_active(1) {
+            inactive_since = None;
+        } else {
+            let since = *inactive_since.get_or_insert(sim.time());
+            longest_inactive = longest_inactive.max(sim.time() - since);
+        }
+    }
+    (flagged_at, longest_inactive)
+}
+
+#[test]
+fn a_driver_stalling_19_s_in_every_20_is_flagged_within_a_minute_where_squeezed_never_flags_it() {
+    // 100 MiB/s for 1 s, then 19 s of nothing: 3 GiB to free would take 30 cycles.
+    let (flagged, classic_inactive) = watch(
+        Behaviour::Stalling {
+            rate_kib_per_s: 100 * MIB,
+            active_s: 1.0,
+            stalled_s: 19.0,
+        },
+        GIB,
+        120,
+    );
+    assert!(flagged.is_some_and(|t| t <= 60.0), "flagged at {flagged:?}");
+    assert!(
+        classic_inactive < 20.0,
+        "squeezed would flag after {classic_inactive} s"
+    );
+}
+
+#[test]
+fn a_driver_freeing_one_page_every_5_s_is_flagged_within_a_minute_where_squeezed_never_flags_it() {
+    let (flagged, classic_inactive) = watch(
+        Behaviour::Trickle {
+            chunk_kib: 4,
+            period_s: 5.0,
+        },
+        GIB,
+        120,
+    );
+    assert!(flagged.is_some_and(|t| t <= 60.0), "flagged at {flagged:?}");
+    assert!(
+        classic_inactive < 20.0,
+        "squeezed would flag after {classic_inactive} s"
+    );
+}
+
+#[test]
+fn a_dead_driver_is_flagged_within_a_minute() {
+    let (flagged, classic_inactive) = watch(Behaviour::Stuck, GIB, 120);
+    assert!(flagged.is_some_and(|t| t <= 60.0), "flagged at {flagged:?}");
+    assert!(classic_inactive >= 20.0, "squeezed flags this one too");
+}
+
+#[test]
+fn an_honest_slow_driver_is_never_flagged() {
+    // 1 MiB/s asked to free 300 MiB: five minutes of steady work.
+    let (flagged, _) = watch(
+        Behaviour::Ideal {
+            rate_kib_per_s: MIB,
+        },
+        4 * GIB - 300 * MIB,
+        360,
+    );
+    assert_eq!(flagged, None);
+    let (flagged, _) = watch(Behaviour::windows_like(), 4 * GIB - 300 * MIB, 360);
+    assert_eq!(flagged, None);
+}
+
+#[test]
+fn a_driver_at_its_hidden_floor_is_never_flagged_where_squeezed_flags_it() {
+    // Asked to go to 1 GiB, it stops for good at 3 GiB after freeing 1 GiB in 10 s. squeezed
+    // holds it inactive from then on, and so marks it uncooperative after 20 s.
+    let (flagged, classic_inactive) = watch(
+        Behaviour::HiddenFloor {
+            rate_kib_per_s: 100 * MIB,
+            floor_kib: 3 * GIB,
+        },
+        GIB,
+        600,
+    );
+    assert_eq!(flagged, None);
+    assert!(classic_inactive >= 20.0, "{classic_inactive} s");
+}

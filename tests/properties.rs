@@ -1,0 +1,563 @@
+//! Properties of the squeezer on random hosts.
+//!
+//! Every case builds a simulated host with 1 to 40 guests whose dynamic ranges, targets, actuals,
+//! balloon inaccuracies and balloon behaviours are random, then drives it through the public
+//! entry points (`change_host_free_memory`, `free_memory_range`, `balance_memory`) while a thin
+//! wrapper around the simulator records what the algorithm saw and asked for in every round.
+//!
+//! Sizes are MiB-scale (guests up to a few GiB) and balloon rates tens to hundreds of MiB/s, so a
+//! whole run takes at most a few hundred simulated seconds; the clock follows the driver's 1 s
+//! waits.
+
+use proptest::prelude::*;
+use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
+use squeeze::{
+    balance_memory, free_memory_range, Action, DomId, Domain, Error, Fistpoints, Host, Io, Kib,
+    Options, Phase, Squeezer, Verdict,
+};
+
+const MIB: Kib = 1024;
+
+/// How a generated guest's balloon driver behaves; floors and ceilings are fractions of the
+/// guest's own span, resolved once its sizes are known.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Ideal(Kib),
+    HiddenFloor(Kib, f64),
+    HiddenCeiling(Kib, f64),
+    Stuck,
+    IntermittentlyStuck(Kib, f64),
+    Sluggish(Kib, f64),
+    NoBalloonDriver,
+}
+
+fn rate() -> impl Strategy<Value = Kib> {
+    (16..=512 as Kib).prop_map(|mib| mib * MIB)
+}
+
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        4 => rate().prop_map(Kind::Ideal),
+        1 => (rate(), 0.0..1.0).prop_map(|(r, f)| Kind::HiddenFloor(r, f)),
+        1 => (rate(), 0.0..1.0).prop_map(|(r, f)| Kind::HiddenCeiling(r, f)),
+        1 => Just(Kind::Stuck),
+        1 => (rate(), 0.5..8.0).prop_map(|(r, p)| Kind::IntermittentlyStuck(r, p)),
+        1 => ((4..=32 as Kib), 0.0..4.0).prop_map(|(r, d)| Kind::Sluggish(r * MIB, d)),
+        1 => Just(Kind::NoBalloonDriver),
+    ]
+}
+
+/// The raw numbers of one guest, before they are turned into a [`Domain`].
+#[derive(Debug, Clone, Copy)]
+struct Spec {
+    min_mib: Kib,
+    range_mib: Kib,
+    /// dynamic-min above dynamic-max: a misconfigured guest the squeezer must survive.
+    inverted: bool,
+    actual_mib: Kib,
+    target_mib: Kib,
+    maxmem_extra_mib: Kib,
+    inaccuracy_kib: Kib,
+    kind: Kind,
+}
+
+fn spec(kinds: BoxedStrategy<Kind>, sane: bool) -> impl Strategy<Value = Spec> {
+    (
+        0..=2048 as Kib,
+        0..=2048 as Kib,
+        prop::bool::weighted(if sane { 0.0 } else { 0.1 }),
+        0.0..1.0f64,
+        0.0..1.0f64,
+        0..=256 as Kib,
+        prop::sample::select(vec![0 as Kib, 4, 4, 4, 16, 1024]),
+        kinds,
+    )
+        .prop_map(
+            move |(min_mib, range_mib, inverted, a, t, extra, inacc, kind)| {
+                // Sane guests have actual and target inside their dynamic range; the others may
+                // also be up to 512 MiB above the top of it.
+                let hi = if sane {
+                    min_mib + range_mib
+                } else {
+                    min_mib + range_mib + 512
+                };
+                let pick = |lo: Kib, f: f64| lo + ((hi - lo).max(0) as f64 * f) as Kib;
+                // Every guest holds, and is headed for, at least its dynamic-min (the larger bound
+                // when they are inverted): a domain is built with that much, the toolstack never
+                // sets a target below it, and the policy counts on it. A guest below its
+                // dynamic-min would be sent up to it whatever is free, as in squeezed.
+                let floor = if inverted {
+                    min_mib + range_mib
+                } else {
+                    min_mib
+                };
+                // A guest also starts at least 2 MiB above it: more than twice the largest
+                // inaccuracy, so that the 2 × inaccuracy the policy holds back is really there.
+                // (A guest sitting at its dynamic-min has nothing to hold back it from, so there
+                // squeezed's guarantee is short by up to that guest's inaccuracy.)
+                let floor = floor + if sane { 0 } else { 2 };
+                Spec {
+                    min_mib,
+                    range_mib,
+                    inverted,
+                    actual_mib: pick(floor, a),
+                    target_mib: pick(floor, t),
+                    maxmem_extra_mib: extra,
+                    inaccuracy_kib: if sane { 0 } else { inacc },
+                    kind,
+                }
+            },
+        )
+}
+
+struct Guest {
+    domain: Domain,
+    behaviour: Behaviour,
+}
+
+fn guest(domid: DomId, s: &Spec) -> Guest {
+    let (mut min, mut max) = (s.min_mib * MIB, (s.min_mib + s.range_mib) * MIB);
+    if s.inverted && min != max {
+        std::mem::swap(&mut min, &mut max);
+    }
+    let actual = s.actual_mib * MIB;
+    // A guest without a balloon driver sits where it booted: its target is what it has.
+    let target = if matches!(s.kind, Kind::NoBalloonDriver) {
+        actual
+    } else {
+        s.target_mib * MIB
+    };
+    let maxmem = actual.max(target) + s.maxmem_extra_mib * MIB;
+    let (lo, hi) = (actual.min(target), actual.max(target));
+    let at = |f: f64| lo + ((hi - lo) as f64 * f) as Kib;
+    let behaviour = match s.kind {
+        Kind::Ideal(r) => Behaviour::Ideal { rate_kib_per_s: r },
+        Kind::HiddenFloor(r, f) => Behaviour::HiddenFloor {
+            rate_kib_per_s: r,
+            floor_kib: at(f),
+        },
+        Kind::HiddenCeiling(r, f) => Behaviour::HiddenCeiling {
+            rate_kib_per_s: r,
+            ceiling_kib: at(f).max(actual),
+        },
+        Kind::Stuck => Behaviour::Stuck,
+        Kind::IntermittentlyStuck(r, p) => Behaviour::IntermittentlyStuck {
+            rate_kib_per_s: r,
+            period_s: p,
+        },
+        Kind::Sluggish(r, d) => Behaviour::Sluggish {
+            rate_kib_per_s: r,
+            delay_s: d,
+        },
+        Kind::NoBalloonDriver => Behaviour::NoBalloonDriver,
+    };
+    let can_balloon = !matches!(s.kind, Kind::NoBalloonDriver);
+    Guest {
+        domain: Domain::new(
+            domid,
+            can_balloon,
+            min,
+            target,
+            max,
+            actual,
+            maxmem,
+            s.inaccuracy_kib,
+        ),
+        behaviour,
+    }
+}
+
+/// A generated host: guests, plus free memory beyond what the guests already have been promised.
+#[derive(Debug, Clone)]
+struct Case {
+    specs: Vec<Spec>,
+    extra_free_mib: Kib,
+    slush_mib: Kib,
+}
+
+fn case(kinds: BoxedStrategy<Kind>, sane: bool) -> impl Strategy<Value = Case> {
+    (
+        prop::collection::vec(spec(kinds, sane), 1..=40),
+        0..=8192 as Kib,
+        0..=128 as Kib,
+    )
+        .prop_map(|(specs, extra_free_mib, slush_mib)| Case {
+            specs,
+            extra_free_mib,
+            slush_mib,
+        })
+}
+
+fn any_host() -> impl Strategy<Value = Case> {
+    case(kind().boxed(), false)
+}
+
+fn ideal_host() -> impl Strategy<Value = Case> {
+    case(rate().prop_map(Kind::Ideal).boxed(), true)
+}
+
+impl Case {
+    fn guests(&self) -> Vec<Guest> {
+        // Domids with gaps, as on a host where domains have come and gone.
+        self.specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| guest(3 * i as DomId + 1, s))
+            .collect()
+    }
+
+    /// A simulated host in a state Xen could be in: the memory every guest is still growing
+    /// into (up to its target, less the inaccuracy where it stops) is there to be taken.
+    fn simulator(&self) -> Simulator {
+        let guests = self.guests();
+        let promised: Kib = guests
+            .iter()
+            .filter(|g| g.domain.can_balloon)
+            .map(|g| {
+                let d = &g.domain;
+                (d.target_kib - d.inaccuracy_kib - d.memory_actual_kib).max(0)
+            })
+            .sum();
+        let mut sim = Simulator::new(SimConfig {
+            free_mem_kib: promised + self.extra_free_mib * MIB,
+            target_host_free_mem_kib: self.slush_mib * MIB,
+            free_memory_tolerance_kib: 0,
+            clock: ClockMode::FollowWait,
+            time_limit_s: Some(3600.0),
+            record_trace: false,
+        });
+        for g in guests {
+            sim.add_guest(g.domain, g.behaviour).unwrap();
+        }
+        sim
+    }
+
+    fn total_actual_kib(&self) -> Kib {
+        self.guests()
+            .iter()
+            .map(|g| g.domain.memory_actual_kib)
+            .sum()
+    }
+}
+
+/// What the driver saw and asked for between two host snapshots.
+#[derive(Debug)]
+struct Round {
+    host: Host,
+    actions: Vec<Action>,
+}
+
+/// The simulator, with a record of every round the driver ran on it.
+struct Recorder {
+    sim: Simulator,
+    rounds: Vec<Round>,
+}
+
+impl Io for Recorder {
+    fn make_host(&mut self) -> squeeze::Result<Host> {
+        let host = self.sim.make_host()?;
+        self.rounds.push(Round {
+            host: host.clone(),
+            actions: Vec::new(),
+        });
+        Ok(host)
+    }
+    fn set_maxmem(&mut self, domid: DomId, kib: Kib) -> squeeze::Result<()> {
+        self.sim.set_maxmem(domid, kib)
+    }
+    fn execute_action(&mut self, action: Action) -> squeeze::Result<()> {
+        self.rounds
+            .last_mut()
+            .expect("an action follows a snapshot")
+            .actions
+            .push(action);
+        self.sim.execute_action(action)
+    }
+    fn wait(&mut self, seconds: f64) -> squeeze::Result<()> {
+        self.sim.wait(seconds)
+    }
+    fn now(&mut self) -> squeeze::Result<f64> {
+        self.sim.now()
+    }
+    fn target_host_free_mem_kib(&self) -> Kib {
+        self.sim.target_host_free_mem_kib()
+    }
+    fn free_memory_tolerance_kib(&self) -> Kib {
+        self.sim.free_memory_tolerance_kib()
+    }
+}
+
+/// Outcomes a request may legitimately have on a random host; anything else (above all a
+/// simulator safety violation, reported as a backend error) fails the property.
+fn acceptable<T>(r: squeeze::Result<T>) -> Result<Option<T>, TestCaseError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::CannotFreeThisMuchMemory { .. } | Error::DomainsRefusedToCooperate { .. }) => {
+            Ok(None)
+        }
+        Err(e) => Err(TestCaseError::fail(format!("{e}"))),
+    }
+}
+
+/// A new target frees memory when it lies below actual by more than the inaccuracy (the
+/// squeezer's own test for a freeing target).
+fn frees(d: &Domain, new_target_kib: Kib) -> bool {
+    new_target_kib < d.memory_actual_kib - d.inaccuracy_kib
+}
+
+/// Round-by-round checks shared by the driver-level properties.
+fn check_rounds(rounds: &[Round]) -> Result<(), TestCaseError> {
+    for (i, r) in rounds.iter().enumerate() {
+        let mut freeing = 0;
+        for a in &r.actions {
+            let d = r.host.domain(a.domid).expect("actions name known domains");
+            prop_assert!(
+                d.can_balloon,
+                "round {i}: target set on domain {} without a balloon driver",
+                a.domid
+            );
+            if d.dynamic_min_kib <= d.dynamic_max_kib {
+                prop_assert!(
+                    (d.dynamic_min_kib..=d.dynamic_max_kib).contains(&a.new_target_kib),
+                    "round {i}: domain {} target {} outside {}..={}",
+                    a.domid,
+                    a.new_target_kib,
+                    d.dynamic_min_kib,
+                    d.dynamic_max_kib
+                );
+            }
+            if frees(d, a.new_target_kib) {
+                freeing += 1;
+            }
+        }
+        // Two phases: a round sets freeing targets only, or no freeing target at all. A
+        // freeing target lies below what the guest holds, so in a freeing round no guest is
+        // allowed to grow and no guest at rest or growing has its target raised. (A guest
+        // already ballooning below its share may have its target raised to that share, still
+        // below what it holds; squeezed does the same.)
+        prop_assert!(
+            freeing == 0 || freeing == r.actions.len(),
+            "round {i} mixes {freeing} freeing targets with {} others: {:?}",
+            r.actions.len() - freeing,
+            r.actions
+        );
+    }
+    Ok(())
+}
+
+/// Memory the guests could still take if each balloon driver went to target + inaccuracy
+/// (negative when a guest is above that and will give memory back). A guest without a balloon
+/// driver does not move. A guest the squeezer has given up on as stuck had its maxmem pinned
+/// to no more than it holds, and Xen enforces maxmem, so it is counted up to its maxmem at most.
+fn worst_case_growth(sim: &Simulator, stuck: &[DomId], domids: &[DomId]) -> Kib {
+    domids
+        .iter()
+        .filter_map(|&id| sim.guest(id).filter(|d| d.can_balloon))
+        .map(|d| {
+            let mut top = d.target_kib + d.inaccuracy_kib;
+            if stuck.contains(&d.domid) {
+                top = top.min(d.memory_max_kib);
+            }
+            top - d.memory_actual_kib
+        })
+        .sum()
+}
+
+/// Frees a part of what the guests hold, reserves memory for a new domain, lets it take what it
+/// got and hands the rest back, checking on the way that the simulator's rules hold, that every
+/// round respects the two phases and that after a successful free of X, X stays free even if
+/// every guest went to target + inaccuracy.
+fn free_reserve_and_rebalance(
+    c: &Case,
+    opts: Options,
+    free_frac: f64,
+    range: (Kib, Kib),
+) -> Result<(), TestCaseError> {
+    let mut io = Recorder {
+        sim: c.simulator(),
+        rounds: Vec::new(),
+    };
+    let domids: Vec<DomId> = io
+        .sim
+        .make_host()
+        .unwrap()
+        .domains()
+        .iter()
+        .map(|d| d.domid)
+        .collect();
+
+    // 1. Free a fraction of what the guests hold.
+    // Always more than is free now: the squeezer has to act. (When the memory is already
+    // free and every driver is at rest it does nothing, and the guests may still drift by
+    // their inaccuracy.)
+    let required = io.sim.free_mem_kib() + 1 + (c.total_actual_kib() as f64 * free_frac) as Kib;
+    let mut squeezer = Squeezer::new(opts);
+    let freed = acceptable(
+        squeezer.change_host_free_memory(&mut io, required, &mut |free| free >= required),
+    )?;
+    check_rounds(&io.rounds)?;
+    if freed.is_some() {
+        let free = io.sim.free_mem_kib();
+        let growth = worst_case_growth(&io.sim, squeezer.inactive_domids(), &domids);
+        prop_assert!(
+            free - growth >= required,
+            "{free} KiB free, guests could still take {growth}, {required} was freed"
+        );
+    }
+
+    // 2. Reserve for a new domain and let it take what it was given.
+    let (lo, hi) = (range.0.min(range.1) * MIB, range.0.max(range.1) * MIB);
+    if let Some(got) = acceptable(free_memory_range(&mut io, &opts, lo, hi))? {
+        prop_assert!((lo..=hi).contains(&got));
+        io.sim.adjust_free_mem(-got);
+    }
+    check_rounds(&io.rounds)?;
+
+    // 3. Hand the rest back.
+    acceptable(balance_memory(&mut io, &opts))?;
+    check_rounds(&io.rounds)?;
+    // One more tick lets every guest act on its last target.
+    io.sim
+        .advance(1.0)
+        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    prop_assert!(io.sim.violations().is_empty(), "{:?}", io.sim.violations());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// One iteration on an arbitrary snapshot: targets in range, and in a freeing round every
+    /// target set frees memory, so that no guest at rest sees its target go up.
+    #[test]
+    fn one_iteration_keeps_targets_in_range_and_freeing_rounds_only_free(
+        c in any_host(),
+        want_mib in 0..=16384 as Kib,
+    ) {
+        let mut sim = c.simulator();
+        let host = sim.make_host().unwrap();
+        let mut s = Squeezer::default();
+        let it = s.one_iteration(&host, want_mib * MIB, &mut |_| true, 0.0).unwrap();
+        if let Verdict::AdjustTargets(actions) = &it.verdict {
+            for a in actions {
+                let d = host.domain(a.domid).unwrap();
+                if d.dynamic_min_kib <= d.dynamic_max_kib {
+                    prop_assert!((d.dynamic_min_kib..=d.dynamic_max_kib).contains(&a.new_target_kib));
+                }
+                if it.phase == Phase::Freeing {
+                    prop_assert!(frees(d, a.new_target_kib), "freeing round asked {a:?} of {d:?}");
+                    if d.has_hit_target() {
+                        prop_assert!(a.new_target_kib < d.target_kib,
+                            "freeing round raised the target of a guest at rest: {a:?}, {d:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Freeing, reserving for a new domain and rebalancing never break the simulator's rules
+    /// (no guest allocates beyond host free memory, no target outside the dynamic range), every
+    /// round respects the two phases, and what was freed stays free in the worst case.
+    #[test]
+    fn requests_on_random_hosts_never_break_the_hosts_rules(
+        c in any_host(),
+        free_frac in 0.0..0.5f64,
+        range in (0..=4096 as Kib, 0..=4096 as Kib),
+    ) {
+        free_reserve_and_rebalance(&c, Options::default(), free_frac, range)?;
+    }
+
+    /// With only ideal balloon drivers, and inaccuracy 0 so that each reaches its target
+    /// exactly, balancing converges within a bound derived from sizes and rates, and a second
+    /// balance then changes nothing.
+    ///
+    /// The bound: every guest starts inside its dynamic range, so memory-actual never drops
+    /// below dynamic-min and each KiB a guest gives up or takes is exactly matched in host
+    /// free memory. The policy's surplus (free + Σ(actual − min) − slush) is therefore the
+    /// same in every round, γ is the same, and so is each guest's policy target T. Let L be
+    /// the largest dynamic range and r the slowest rate: no guest needs more than ⌈L/r⌉
+    /// seconds to cross its range. Iteration k runs at time k − 1 s.
+    /// - Freeing: a guest above T is sent there in iteration 1 and has arrived by time
+    ///   ⌈L/r⌉. A guest below T keeps climbing toward its old target; if that lies above T
+    ///   it is above T by time ⌈L/r⌉ at the latest, by less than one second's movement, is
+    ///   sent back in the next iteration and is back one second later. So by iteration
+    ///   ⌈L/r⌉ + 2 no guest is above T, and the allocating phase has begun.
+    /// - Allocating: its first iteration sends every guest still below T there; they arrive
+    ///   within ⌈L/r⌉ seconds, and as T does not move none becomes freeing again.
+    /// - The iteration ⌈L/r⌉ after that sees every target reached and unchanged, and ends
+    ///   the call.
+    ///
+    /// In all, at most 2⌈L/r⌉ + 2 iterations.
+    #[test]
+    fn balancing_ideal_guests_converges_within_the_bound_and_then_stays_put(c in ideal_host()) {
+        let opts = Options::default();
+        let mut io = Recorder { sim: c.simulator(), rounds: Vec::new() };
+        let longest = c.guests().iter().map(|g| g.domain.range_kib()).max().unwrap();
+        let slowest = c.guests().iter().map(|g| match g.behaviour {
+            Behaviour::Ideal { rate_kib_per_s } => rate_kib_per_s,
+            other => unreachable!("{other:?}"),
+        }).min().unwrap();
+        let bound = 2 * ((longest + slowest - 1) / slowest) as u64 + 2;
+
+        let before = io.sim.counters();
+        balance_memory(&mut io, &opts).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        let after = io.sim.counters();
+        // One snapshot before the loop, then one per iteration.
+        let iterations = after.make_host - before.make_host - 1;
+        prop_assert!(iterations <= bound, "{iterations} iterations, bound {bound}");
+        check_rounds(&io.rounds)?;
+
+        balance_memory(&mut io, &opts).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        let again = io.sim.counters();
+        prop_assert_eq!(again.target_changes, after.target_changes, "a settled host was rebalanced");
+        prop_assert_eq!(again.actions, after.actions);
+        prop_assert_eq!(again.make_host - after.make_host, 2, "one look, one iteration");
+        prop_assert!(io.sim.violations().is_empty());
+    }
+}
+
+/// The properties are not vacuous: with either of squeezed's safety mechanisms turned off,
+/// the same random hosts (from a fixed seed) produce a counterexample.
+#[test]
+fn turning_off_either_safety_mechanism_is_caught_on_random_hosts() {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let strategy = (any_host(), 0.0..0.5f64, (0..=4096 as Kib, 0..=4096 as Kib));
+    for (what, fistpoints) in [
+        (
+            "two-phase target sets",
+            Fistpoints {
+                disable_two_phase_target_sets: true,
+                ..Fistpoints::default()
+            },
+        ),
+        (
+            "inaccuracy compensation",
+            Fistpoints {
+                disable_inaccuracy_compensation: true,
+                ..Fistpoints::default()
+            },
+        ),
+    ] {
+        let mut runner = TestRunner::new_with_rng(
+            Config {
+                failure_persistence: None,
+                ..Config::default()
+            },
+            TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+        );
+        let opts = Options {
+            fistpoints,
+            ..Options::default()
+        };
+        let outcome = runner.run(&strategy, |(c, free_frac, range)| {
+            free_reserve_and_rebalance(&c, opts, free_frac, range)
+        });
+        assert!(
+            outcome.is_err(),
+            "without {what} no counterexample was found"
+        );
+    }
+}
