@@ -27,16 +27,18 @@ test-rust:
 	$(CARGO) test
 
 ## Builds, lints and tests the Xen platform (`--features xen`: libxenctrl, libxenstore) and
-## the `squeeze` tool built on it (`--features cli`).
+## the `squeeze` tool's status and repair commands built on it.
 test-xen-feature: deps
 	# The default library must not need any Xen library, and must load without Xen.
 	$(CARGO) build --lib
 	! readelf -d target/debug/libsqueeze.so | grep -i 'NEEDED.*xen'
 	python3 -c 'import ctypes; ctypes.CDLL("target/debug/libsqueeze.so")'
 	$(CARGO) build --features xen
-	$(CARGO) clippy --features xen,cli --all-targets -- -D warnings
-	$(CARGO) test --features xen,cli --lib backend::xen
-	$(CARGO) test --features xen,cli --test xenstore --test xen_no_hypervisor --test cli
+	$(CARGO) clippy --features xen --all-targets -- -D warnings
+	$(CARGO) clippy -p squeeze-cli --features xen --all-targets -- -D warnings
+	$(CARGO) test --features xen --lib backend::xen
+	$(CARGO) test --features xen --test xenstore --test xen_no_hypervisor
+	$(CARGO) test -p squeeze-cli --features xen
 	# ...while the tool built with the feature does use libxenctrl and libxenstore.
 	readelf -d target/debug/squeeze | grep -q 'NEEDED.*libxenctrl'
 	readelf -d target/debug/squeeze | grep -q 'NEEDED.*libxenstore'

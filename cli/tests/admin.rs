@@ -1,25 +1,28 @@
-//! The `squeeze` administration tool, run as a process against a fake host directory (and,
-//! without `--fake`, against this machine's Xen, which is absent in CI).
-
-#![cfg(feature = "cli")]
+//! `squeeze status/reserve/transfer/delete/balance`, run as a process against a fake host
+//! directory (and, without `--fake`, against this machine's Xen, which is absent in CI).
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use squeeze::backend::fake::{FakeHost, GuestSpec};
+use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
+use squeeze::service::{Service, ServiceConfig};
 
 const SQUEEZE: &str = env!("CARGO_BIN_EXE_squeeze");
-const FAKE: &str = env!("CARGO_BIN_EXE_squeeze-fake");
 
 fn run(bin: &str, args: &[&str]) -> Output {
     Command::new(bin).args(args).output().unwrap()
 }
 
-/// Runs `squeeze --fake DIR ARGS...`, which must succeed, and returns its stdout.
+/// `ARGS... --fake DIR`.
+fn on_fake<'a>(dir: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(["--fake", dir.to_str().unwrap()]);
+    all
+}
+
+/// Runs `squeeze ARGS... --fake DIR`, which must succeed, and returns its stdout.
 fn squeeze(dir: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--fake", dir.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = run(SQUEEZE, &all);
+    let out = run(SQUEEZE, &on_fake(dir, args));
     assert!(
         out.status.success(),
         "squeeze {args:?}: {}",
@@ -32,9 +35,18 @@ fn squeeze(dir: &Path, args: &[&str]) -> String {
 /// 16384 - 256 - 1024 = 15104 MiB free.
 fn fake_host() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(FAKE, &[dir.path().to_str().unwrap(), "create", "0"]);
-    assert!(out.status.success());
+    FakeHost::create(dir.path(), FakeConfig::default()).unwrap();
     dir
+}
+
+/// A client of the host's memory service (as xenopsd would be), in this process.
+fn client(dir: &Path) -> Service {
+    let config = ServiceConfig {
+        lock_path: dir.join("host.lock"),
+        boot_time_record_path: dir.join("boot_time_memory"),
+        ..ServiceConfig::default()
+    };
+    Service::new(FakeHost::open(dir).unwrap().platform(), config).unwrap()
 }
 
 fn line_with<'a>(text: &'a str, start: &str) -> &'a str {
@@ -66,11 +78,10 @@ fn status_of_a_fresh_host_shows_its_free_memory_and_the_slush() {
 #[test]
 fn a_stale_reservation_left_by_a_client_is_seen_and_removed_by_hand() {
     let dir = fake_host();
-    let d = dir.path().to_str().unwrap();
-    // A client (as xenopsd would) reserves 2 GiB and goes away without using it.
-    let out = run(FAKE, &[d, "reserve", "xenopsd", "2097152"]);
-    assert!(out.status.success());
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // A client reserves 2 GiB and goes away without using it.
+    let id = client(dir.path())
+        .reserve_memory("xenopsd", 2 << 20)
+        .unwrap();
 
     let status = squeeze(dir.path(), &["status"]);
     assert!(
@@ -97,7 +108,7 @@ fn a_stale_reservation_left_by_a_client_is_seen_and_removed_by_hand() {
     assert!(status.contains("no reservations"), "{status}");
 
     // Deleting it again is an error, exit status 1, with the id in the message.
-    let again = run(SQUEEZE, &["--fake", d, "delete", "xenopsd", &id]);
+    let again = run(SQUEEZE, &on_fake(dir.path(), &["delete", "xenopsd", &id]));
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains(&id));
 }
@@ -134,24 +145,24 @@ fn a_reservation_transferred_to_a_new_domain_shows_against_that_domain() {
 #[test]
 fn bad_sizes_and_unknown_commands_are_refused() {
     let dir = fake_host();
-    let d = dir.path().to_str().unwrap();
+    let d = dir.path();
     // Not a number: a usage error (2).
+    let lots = run(SQUEEZE, &on_fake(d, &["reserve", "xl", "lots"]));
+    assert_eq!(lots.status.code(), Some(2));
     assert_eq!(
-        run(SQUEEZE, &["--fake", d, "reserve", "xl", "lots"])
-            .status
-            .code(),
-        Some(2)
-    );
-    assert_eq!(
-        run(SQUEEZE, &["--fake", d, "shrink"]).status.code(),
+        run(SQUEEZE, &on_fake(d, &["shrink"])).status.code(),
         Some(2)
     );
     // A negative size reaches the service, which refuses it (1), and nothing is reserved.
-    let neg = run(SQUEEZE, &["--fake", d, "reserve", "xl", "--", "-4096"]);
+    let fake_dir = d.to_str().unwrap();
+    let neg = run(
+        SQUEEZE,
+        &["reserve", "--fake", fake_dir, "xl", "--", "-4096"],
+    );
     assert_eq!(neg.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&neg.stderr).contains("invalid memory value"));
     // More than the host has: refused, nothing reserved.
-    let big = run(SQUEEZE, &["--fake", d, "reserve", "xl", "33554432"]);
+    let big = run(SQUEEZE, &on_fake(d, &["reserve", "xl", "33554432"]));
     assert_eq!(big.status.code(), Some(1));
     assert!(squeeze(dir.path(), &["status"]).contains("no reservations"));
 }
@@ -164,13 +175,16 @@ fn balance_on_a_host_without_guests_succeeds() {
 
 #[test]
 fn without_xen_the_tool_says_so_and_exits_1() {
-    if Path::new("/dev/xen/privcmd").exists() {
-        return;
-    }
     let out = run(SQUEEZE, &["status"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "squeeze: unsupported: no Xen hypervisor: /dev/xen/privcmd not available\n"
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cfg!(not(feature = "xen")) {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr.contains("built without Xen support"), "{stderr}");
+    } else if !Path::new("/dev/xen/privcmd").exists() {
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr,
+            "squeeze: unsupported: no Xen hypervisor: /dev/xen/privcmd not available\n"
+        );
+    }
 }

@@ -1,54 +1,46 @@
-//! `squeeze`: look at and repair a host's memory balancing from the command line.
+//! Status and manual repair of a host's memory service: `squeeze status`, `reserve`,
+//! `transfer`, `delete` and `balance`.
 //!
-//! ```text
-//! squeeze status [--json]              host free memory, slush, reservations, every domain
-//! squeeze reserve SESSION KIB          reserve memory (prints the reservation id)
-//! squeeze transfer SESSION ID DOMID    hand a reservation to a domain
-//! squeeze delete SESSION ID            remove a reservation (e.g. one a crashed client left)
-//! squeeze balance                      rebalance memory between domains now
-//! ```
-//!
-//! It works on this host's Xen (libxenctrl and xenstored) unless `--fake DIR` names a fake host
-//! made by `squeeze-fake DIR create`. Exit status: 0 on success, 1 when the operation failed,
-//! 2 on bad usage.
+//! They work on this host's Xen (libxenctrl and xenstored; the `xen` feature) or, with
+//! `--fake DIR`, on a fake host directory shared with the library's `squeeze-fake` tool.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Subcommand};
 use squeeze::backend::fake::FakeHost;
 use squeeze::host::HostView;
+use squeeze::platform::Platform;
 use squeeze::service::{Service, ServiceConfig};
 use squeeze::{DomId, Error, Kib};
 
-#[derive(Parser)]
-#[command(
-    name = "squeeze",
-    version,
-    about = "Host memory balancing for Xen: status and repair"
-)]
-struct Cli {
+/// Which host to work on.
+#[derive(Args)]
+pub struct HostArgs {
     /// Work on the fake host in this directory instead of this host's Xen.
-    #[arg(long, value_name = "DIR", global = true)]
+    #[arg(long, value_name = "DIR")]
     fake: Option<PathBuf>,
     /// The host-wide lock file every squeeze user on this host shares (default
     /// /run/squeeze/host.lock).
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH")]
     lock: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
 }
 
+/// The administration commands.
 #[derive(Subcommand)]
-enum Command {
+pub enum AdminCommand {
     /// Host free memory, slush, reservations and every domain's memory.
     Status {
+        #[command(flatten)]
+        host: HostArgs,
         /// Print the host model's view as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Reserve memory for a domain about to be built; prints the reservation id.
     Reserve {
+        #[command(flatten)]
+        host: HostArgs,
         /// The session (service name) the reservation belongs to.
         session: String,
         /// Size in KiB.
@@ -56,6 +48,8 @@ enum Command {
     },
     /// Hand a reservation to a domain that now exists.
     Transfer {
+        #[command(flatten)]
+        host: HostArgs,
         /// The session that made the reservation.
         session: String,
         /// The reservation id.
@@ -65,27 +59,44 @@ enum Command {
     },
     /// Remove a reservation, such as one a crashed client left behind.
     Delete {
+        #[command(flatten)]
+        host: HostArgs,
         /// The session that made the reservation.
         session: String,
         /// The reservation id.
         id: String,
     },
     /// Rebalance memory between domains now.
-    Balance,
+    Balance {
+        #[command(flatten)]
+        host: HostArgs,
+    },
 }
 
-fn open(cli: &Cli) -> Result<Service, Error> {
+#[cfg(feature = "xen")]
+fn xen_platform() -> Result<Platform, Error> {
+    squeeze::backend::xen::platform()
+}
+
+#[cfg(not(feature = "xen"))]
+fn xen_platform() -> Result<Platform, Error> {
+    Err(Error::Unsupported(
+        "this squeeze was built without Xen support (cargo feature `xen`); use --fake DIR".into(),
+    ))
+}
+
+fn open(host: &HostArgs) -> Result<Service, Error> {
     let mut config = ServiceConfig::default();
-    let platform = match &cli.fake {
+    let platform = match &host.fake {
         Some(dir) => {
             // The same files squeeze-fake uses, so both tools see one host.
             config.lock_path = dir.join("host.lock");
             config.boot_time_record_path = dir.join("boot_time_memory");
             FakeHost::open(dir)?.platform()
         }
-        None => squeeze::backend::xen::platform()?,
+        None => xen_platform()?,
     };
-    if let Some(lock) = &cli.lock {
+    if let Some(lock) = &host.lock {
         config.lock_path = lock.clone();
     }
     Service::new(platform, config)
@@ -165,10 +176,15 @@ fn status_table(view: &HostView, slush_kib: Kib, out: &mut impl Write) -> std::i
     Ok(())
 }
 
-fn run(cli: &Cli) -> Result<String, Error> {
-    let service = open(cli)?;
-    match &cli.command {
-        Command::Status { json } => {
+/// Runs one command; returns what to print.
+pub fn run(cmd: &AdminCommand) -> Result<String, String> {
+    run_service(cmd).map_err(|e| e.to_string())
+}
+
+fn run_service(cmd: &AdminCommand) -> Result<String, Error> {
+    match cmd {
+        AdminCommand::Status { host, json } => {
+            let service = open(host)?;
             let view = service.host_view()?;
             if *json {
                 serde_json::to_string_pretty(&view)
@@ -181,29 +197,20 @@ fn run(cli: &Cli) -> Result<String, Error> {
                 Ok(String::from_utf8_lossy(&out).into_owned())
             }
         }
-        Command::Reserve { session, kib } => service
+        AdminCommand::Reserve { host, session, kib } => open(host)?
             .reserve_memory(session, *kib)
             .map(|id| format!("{id}\n")),
-        Command::Transfer { session, id, domid } => service
+        AdminCommand::Transfer {
+            host,
+            session,
+            id,
+            domid,
+        } => open(host)?
             .transfer_reservation_to_domain(session, id, *domid)
             .map(|()| String::new()),
-        Command::Delete { session, id } => service
+        AdminCommand::Delete { host, session, id } => open(host)?
             .delete_reservation(session, id)
             .map(|()| String::new()),
-        Command::Balance => service.balance_memory().map(|()| String::new()),
-    }
-}
-
-fn main() {
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(out) => {
-            // A closed stdout (`squeeze status | head`) is not worth a panic.
-            let _ = std::io::stdout().write_all(out.as_bytes());
-        }
-        Err(e) => {
-            eprintln!("squeeze: {e}");
-            std::process::exit(1);
-        }
+        AdminCommand::Balance { host } => open(host)?.balance_memory().map(|()| String::new()),
     }
 }
