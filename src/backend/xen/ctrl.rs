@@ -39,6 +39,28 @@ fn decode_domain(info: &xc::xc_domaininfo_t) -> DomainInfo {
     }
 }
 
+/// Reads the whole domain list through `fetch(first_domid, buffer) -> entries written`
+/// (`xc_domain_getinfolist`), one batch at a time: a full batch means there may be more after
+/// its last domain.
+fn list_in_batches(
+    mut fetch: impl FnMut(u32, &mut [xc::xc_domaininfo_t]) -> Result<usize>,
+) -> Result<Vec<DomainInfo>> {
+    let mut out = Vec::new();
+    let mut first: u32 = 0;
+    let mut buf = vec![xc::xc_domaininfo_t::default(); GETINFO_BATCH];
+    loop {
+        let n = fetch(first, &mut buf)?.min(GETINFO_BATCH);
+        let batch = &buf[..n];
+        out.extend(batch.iter().map(decode_domain));
+        match batch.last() {
+            Some(last) if n == GETINFO_BATCH && u32::from(last.domain) < MAX_DOMID => {
+                first = u32::from(last.domain) + 1;
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
 fn check_domid(domid: DomId) -> Result<u32> {
     u32::try_from(domid)
         .ok()
@@ -123,31 +145,20 @@ impl XenCtrl {
 
     /// Every domain the hypervisor knows, including dying ones, in domid order.
     pub fn domains(&self) -> Result<Vec<DomainInfo>> {
-        let mut out = Vec::new();
-        let mut first: u32 = 0;
-        let mut buf = vec![xc::xc_domaininfo_t::default(); GETINFO_BATCH];
-        loop {
-            let n = self.with(|xch| {
-                // SAFETY: `buf` holds GETINFO_BATCH entries and the call writes at most that
-                // many.
+        list_in_batches(|first, buf| {
+            self.with(|xch| {
+                // SAFETY: `buf` is a valid, writable slice and the call writes at most
+                // `buf.len()` entries.
                 let n = unsafe {
-                    xc::xc_domain_getinfolist(xch, first, GETINFO_BATCH as c_uint, buf.as_mut_ptr())
+                    xc::xc_domain_getinfolist(xch, first, buf.len() as c_uint, buf.as_mut_ptr())
                 };
                 if n < 0 {
                     Err(last_error(xch, "xc_domain_getinfolist"))
                 } else {
                     Ok(n as usize)
                 }
-            })?;
-            let batch = &buf[..n.min(GETINFO_BATCH)];
-            out.extend(batch.iter().map(decode_domain));
-            match batch.last() {
-                Some(last) if n == GETINFO_BATCH && u32::from(last.domain) < MAX_DOMID => {
-                    first = u32::from(last.domain) + 1;
-                }
-                _ => return Ok(out),
-            }
-        }
+            })
+        })
     }
 
     /// One domain, or `None` when it does not exist (a domain that went away between two calls
@@ -415,6 +426,74 @@ mod tests {
         };
         let d = decode_domain(&raw);
         assert!(d.shutdown && d.paused && !d.dying && !d.hvm);
+    }
+
+    /// A hypervisor holding domains `ids`: answers getinfolist like Xen (the first domains at
+    /// or after `first`, as many as fit), counting calls.
+    fn fake_getinfolist<'a>(
+        ids: &'a [u16],
+        calls: &'a mut u32,
+    ) -> impl FnMut(u32, &mut [xc::xc_domaininfo_t]) -> Result<usize> + 'a {
+        move |first, buf| {
+            *calls += 1;
+            let found: Vec<u16> = ids
+                .iter()
+                .copied()
+                .filter(|&d| u32::from(d) >= first)
+                .take(buf.len())
+                .collect();
+            for (slot, &d) in buf.iter_mut().zip(&found) {
+                *slot = xc::xc_domaininfo_t {
+                    domain: d,
+                    tot_pages: 1000 + u64::from(d),
+                    ..Default::default()
+                };
+            }
+            Ok(found.len())
+        }
+    }
+
+    #[test]
+    fn six_hundred_domains_with_gaps_are_read_in_three_batches_each_once() {
+        // dom0 and 599 guests with odd ids: 256 + 256 + 88 entries.
+        let ids: Vec<u16> = std::iter::once(0)
+            .chain((0..599).map(|i| 2 * i + 1))
+            .collect();
+        let mut calls = 0;
+        let got = list_in_batches(fake_getinfolist(&ids, &mut calls)).unwrap();
+        assert_eq!(calls, 3);
+        let got_ids: Vec<u16> = got.iter().map(|d| d.domid as u16).collect();
+        assert_eq!(got_ids, ids);
+        assert_eq!(got[600 - 1].tot_pages, 1000 + 1197);
+    }
+
+    #[test]
+    fn exactly_one_full_batch_needs_one_more_call_that_finds_nothing() {
+        let ids: Vec<u16> = (0..256).collect();
+        let mut calls = 0;
+        let got = list_in_batches(fake_getinfolist(&ids, &mut calls)).unwrap();
+        assert_eq!((got.len(), calls), (256, 2));
+    }
+
+    #[test]
+    fn a_failing_list_call_is_reported_not_truncated() {
+        let mut calls = 0;
+        let r = list_in_batches(|first, buf| {
+            calls += 1;
+            if first == 0 {
+                for (i, slot) in buf.iter_mut().enumerate() {
+                    slot.domain = i as u16;
+                }
+                Ok(buf.len())
+            } else {
+                Err(Error::Backend("xc_domain_getinfolist failed: EPERM".into()))
+            }
+        });
+        assert_eq!(
+            r,
+            Err(Error::Backend("xc_domain_getinfolist failed: EPERM".into()))
+        );
+        assert_eq!(calls, 2);
     }
 
     #[test]
