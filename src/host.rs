@@ -249,6 +249,37 @@ pub struct HostModel {
     config: HostConfig,
     last_cooperative: HashMap<DomId, f64>,
     last_view: Option<HostView>,
+    /// What the last look learnt per domain, so carrying out its decisions needs no re-reads
+    /// (the look and the actions happen under the same host lock).
+    known: HashMap<DomId, Known>,
+}
+
+/// Per-domain facts the actions need.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    xen_max_kib: Kib,
+    domain_type: DomainType,
+    offset_kib: Kib,
+    can_balloon: bool,
+    target_kib: Option<Kib>,
+}
+
+impl Known {
+    fn new(info: &DomainInfo, k: &Keys, calibrated: Option<Kib>) -> Result<Self> {
+        Ok(Known {
+            xen_max_kib: pages::to_kib(info.max_pages)?,
+            domain_type: DomainType::parse(k.domain_type.as_deref(), info.hvm),
+            offset_kib: calibrated
+                .or_else(|| {
+                    k.memory_offset
+                        .as_deref()
+                        .and_then(|o| o.trim().parse().ok())
+                })
+                .unwrap_or(0),
+            can_balloon: k.feature_balloon,
+            target_kib: k.target.as_deref().and_then(|t| t.trim().parse().ok()),
+        })
+    }
 }
 
 impl std::fmt::Debug for HostModel {
@@ -268,6 +299,7 @@ impl HostModel {
             config,
             last_cooperative: HashMap::new(),
             last_view: None,
+            known: HashMap::new(),
         })
     }
 
@@ -342,11 +374,13 @@ impl HostModel {
         }
 
         let mut views = Vec::new();
+        let mut known = HashMap::new();
         let mut unallocated_total: Kib = 0;
         let mut offsets_to_write: Vec<(DomId, Kib)> = Vec::new();
         for info in &candidates {
             let k = &keys[&info.domid];
             let (view, unallocated, calibrated) = self.domain_view(info, k)?;
+            known.insert(info.domid, Known::new(info, k, calibrated)?);
             if let Some(offset) = calibrated {
                 offsets_to_write.push((info.domid, offset));
             }
@@ -383,12 +417,13 @@ impl HostModel {
             "host free memory",
         )?
         .max(-MAX_KIB);
+        self.known = known;
         let domains: Vec<Domain> = views.iter().filter_map(|v| v.domain).collect();
         let host = Host::new(domains, free)?;
 
         let now = clock.now();
         self.update_cooperation(&host, &mut views, now)?;
-        self.lower_maxmem_toward_target(&host, &candidates)?;
+        self.lower_maxmem_toward_target(&host)?;
 
         let view = HostView {
             total_kib: page_kib(phys.total_pages)?,
@@ -604,51 +639,58 @@ impl HostModel {
 
     /// Lowering maxmem toward the target is always safe; it catches domains a toolstack built
     /// with maxmem at static-max and a lower target.
-    fn lower_maxmem_toward_target(&mut self, host: &Host, infos: &[DomainInfo]) -> Result<()> {
+    fn lower_maxmem_toward_target(&mut self, host: &Host) -> Result<()> {
         for d in host.domains() {
             if d.can_balloon && d.target_kib < d.memory_max_kib {
-                if let Some(info) = infos.iter().find(|i| i.domid == d.domid) {
-                    self.set_maxmem_for_target(info, d.target_kib)?;
-                }
+                self.set_maxmem_for_target(d.domid, d.target_kib)?;
             }
         }
         Ok(())
     }
 
-    fn domain_type_of(&self, info: &DomainInfo) -> Result<DomainType> {
-        let t = self
-            .platform
-            .store
-            .read(&domain_path(info.domid, "domain-type"))?;
-        Ok(DomainType::parse(t.as_deref(), info.hvm))
+    /// What the last look learnt about `domid`, or a fresh read when it did not see it.
+    fn known(&mut self, domid: DomId) -> Result<Option<Known>> {
+        if let Some(k) = self.known.get(&domid) {
+            return Ok(Some(*k));
+        }
+        let Some(info) = self.platform.hypervisor.domain(domid)? else {
+            return Ok(None);
+        };
+        let mut keys = Keys::default();
+        self.platform.store.transaction(&mut |t| {
+            keys = read_keys(t, domid)?;
+            Ok(())
+        })?;
+        let k = Known::new(&info, &keys, None)?;
+        self.known.insert(domid, k);
+        Ok(Some(k))
     }
 
     /// Sets maxmem so the guest can hold `target_kib` plus its offset (and Xen's extra).
-    fn set_maxmem_for_target(&self, info: &DomainInfo, target_kib: Kib) -> Result<()> {
-        let offset = self
-            .platform
-            .store
-            .read(&domain_path(info.domid, "memory/memory-offset"))?
-            .and_then(|o| o.trim().parse::<Kib>().ok())
-            .unwrap_or(0);
-        let dtype = self.domain_type_of(info)?;
+    fn set_maxmem_for_target(&mut self, domid: DomId, target_kib: Kib) -> Result<()> {
+        let Some(k) = self.known(domid)? else {
+            return Ok(());
+        };
         let maxmem = kib::add(
-            kib::add(dtype.xen_max_offset_kib(), target_kib, "maxmem")?,
-            offset,
+            kib::add(k.domain_type.xen_max_offset_kib(), target_kib, "maxmem")?,
+            k.offset_kib,
             "maxmem",
         )?
         .max(0);
-        if pages::to_kib(info.max_pages)? != maxmem {
+        if k.xen_max_kib != maxmem {
             debug!(
-                "setmaxmem domain {} to {maxmem} KiB (was {} KiB)",
-                info.domid,
-                pages::to_kib(info.max_pages)?
+                "setmaxmem domain {domid} to {maxmem} KiB (was {} KiB)",
+                k.xen_max_kib
             );
-            match self.platform.hypervisor.set_maxmem_kib(info.domid, maxmem) {
-                Ok(()) => {}
+            match self.platform.hypervisor.set_maxmem_kib(domid, maxmem) {
+                Ok(()) => {
+                    if let Some(k) = self.known.get_mut(&domid) {
+                        k.xen_max_kib = maxmem;
+                    }
+                }
                 // The domain may have gone meanwhile: nothing to do then.
-                Err(e) if self.platform.hypervisor.domain(info.domid)?.is_none() => {
-                    debug!("domain {} vanished while setting maxmem: {e}", info.domid)
+                Err(e) if self.platform.hypervisor.domain(domid)?.is_none() => {
+                    debug!("domain {domid} vanished while setting maxmem: {e}")
                 }
                 Err(e) => return Err(e),
             }
@@ -716,36 +758,38 @@ impl Io for HostModel {
             new_target_kib: target,
         } = action;
         kib::check_size("balloon target", target)?;
-        let Some(info) = self.platform.hypervisor.domain(domid)? else {
+        let Some(k) = self.known(domid)? else {
             debug!("domain {domid} vanished before its target could be set");
             return Ok(());
         };
-        let dtype = self.domain_type_of(&info)?;
-        let maxmem = (pages::to_kib(info.max_pages)? - dtype.xen_max_offset_kib()).max(0);
-        // Only a domain with a balloon driver gets a target: writing one into a domain being
-        // built would spoil its offset calibration.
-        let can_balloon = self
-            .platform
-            .store
-            .exists(&domain_path(domid, "control/feature-balloon"))?;
-        let write_target = |store: &dyn crate::platform::Store| {
-            store.transaction(&mut |t| {
+        let maxmem = (k.xen_max_kib - k.domain_type.xen_max_offset_kib()).max(0);
+        let write_target = |model: &mut HostModel| -> Result<()> {
+            if k.target_kib == Some(target) {
+                return Ok(());
+            }
+            model.platform.store.transaction(&mut |t| {
                 if t.exists(&format!("/local/domain/{domid}"))? {
                     t.write(&domain_path(domid, "memory/target"), &target.to_string())?;
                 }
                 Ok(())
-            })
+            })?;
+            if let Some(k) = model.known.get_mut(&domid) {
+                k.target_kib = Some(target);
+            }
+            Ok(())
         };
+        // Only a domain with a balloon driver gets a target: writing one into a domain being
+        // built would spoil its offset calibration.
         if target > maxmem {
             // Raise the cap first, so the driver never sees a target it may not reach.
-            self.set_maxmem_for_target(&info, target)?;
-            if can_balloon {
-                write_target(&*self.platform.store)?;
+            self.set_maxmem_for_target(domid, target)?;
+            if k.can_balloon {
+                write_target(self)?;
             }
-        } else if can_balloon {
+        } else if k.can_balloon {
             // Lower the target first, so the cap never cuts under what the guest holds.
-            write_target(&*self.platform.store)?;
-            self.set_maxmem_for_target(&info, target)?;
+            write_target(self)?;
+            self.set_maxmem_for_target(domid, target)?;
         }
         Ok(())
     }

@@ -13,6 +13,10 @@
 //! - [`adaptive`]: a squeezer that learns balloon rates and limits, fixing squeezed's known flaws.
 //! - [`balancer`]: a long-lived balancer with the policy chosen at creation.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
+//! - [`platform`]: what the memory service needs from a host (hypervisor, store, clock).
+//! - [`host`]: the platform's view plus the reservation ledger, turned into a [`Host`].
+//! - [`reservations`]: the reservation ledger, kept in the store with squeezed's layout.
+//! - [`service`]: the memory service (sessions, reservations, host-wide locking, balancer).
 //!
 //! ```
 //! use squeeze::backend::sim::{Behaviour, SimConfig, Simulator};

@@ -419,7 +419,11 @@ impl Service {
                     .domain(0)?
                     .map(|d| d.tot_pages)
                     .unwrap_or(0);
-                pages::to_kib(p.free_pages + p.scrub_pages + dom0)
+                pages::to_kib(
+                    p.free_pages
+                        .saturating_add(p.scrub_pages)
+                        .saturating_add(dom0),
+                )
             };
             let mut last = sample()?;
             let mut agreeing = 1;

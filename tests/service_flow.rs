@@ -399,3 +399,56 @@ fn domain_zero_is_balanced_only_when_managed() {
         Err(Error::InvalidMemoryValue(_))
     ));
 }
+
+#[test]
+fn outstanding_claims_are_not_free_and_not_counted_twice() {
+    use squeeze::platform::Hypervisor;
+    let (_dir, fake, service) = setup(small_host());
+    // A domain created by someone else claims 256 MiB: that memory is not free.
+    let other = fake.create_domain(GuestSpec::fixed(256 * MIB)).unwrap();
+    fake.claim_pages(other, (256 * MIB / 4) as u64).unwrap();
+    assert_eq!(service.host_view().unwrap().free_kib, 3 * GIB - 256 * MIB);
+    // Our domain claims the memory its initial reservation already holds back: counted once.
+    let id = service.reserve_memory("xenopsd", 512 * MIB).unwrap();
+    let domid = fake.create_domain(GuestSpec::fixed(512 * MIB)).unwrap();
+    service
+        .transfer_reservation_to_domain("xenopsd", &id, domid)
+        .unwrap();
+    fake.claim_pages(domid, (512 * MIB / 4) as u64).unwrap();
+    let v = service.host_view().unwrap();
+    assert_eq!(v.outstanding_kib, 768 * MIB);
+    assert_eq!(v.unallocated_initial_kib, 0);
+    assert_eq!(v.free_kib, 3 * GIB - 768 * MIB);
+}
+
+#[test]
+fn the_uncooperative_flag_goes_once_the_domain_reaches_its_target() {
+    let (_dir, fake, service) = setup(small_host());
+    let g = booted_guest(
+        &fake,
+        GuestSpec {
+            behaviour: Behaviour::HiddenFloor {
+                rate_kib_per_s: 100 * MIB,
+                floor_kib: 3 * GIB / 2,
+            },
+            ..GuestSpec::ballooning(GIB, 2 * GIB)
+        },
+    );
+    let store = fake.platform().store;
+    let flag = format!("/local/domain/{g}/memory/uncooperative");
+    // Asked to go to 1 GiB, it stops at 1.5 GiB.
+    assert!(service.reserve_memory("xenopsd", 3 * GIB / 2).is_err());
+    fake.advance(21.0).unwrap();
+    service.host_view().unwrap();
+    assert!(store.exists(&flag).unwrap());
+    // Given a target it can reach, it is cooperative again.
+    store
+        .write(
+            &format!("/local/domain/{g}/memory/target"),
+            &(3 * GIB / 2).to_string(),
+        )
+        .unwrap();
+    fake.advance(1.0).unwrap();
+    service.host_view().unwrap();
+    assert!(!store.exists(&flag).unwrap());
+}

@@ -9,12 +9,13 @@
 //!
 //! Guests behave like Xen guests: once built and unpaused they boot after a delay, advertise
 //! their balloon driver (`control/feature-balloon`) and, from then on, move their allocation
-//! toward `memory/target` + their memory offset at the pace of their [`Behaviour`]. They never
-//! allocate beyond maxmem, and an allocation beyond the host's free pages is refused and
-//! recorded as a violation.
+//! toward `memory/target` + their memory offset at the pace of their
+//! [`Behaviour`](crate::backend::sim::Behaviour). They never allocate beyond maxmem, and an
+//! allocation beyond the host's free pages is refused and recorded as a violation.
 //!
-//! Time is simulated and shared: [`Clock::sleep`] on the fake's clock advances it (and moves the
-//! guests) instead of sleeping, so a test that waits for ballooning runs in milliseconds.
+//! Time is simulated and shared: [`sleep`](crate::platform::Clock::sleep) on the fake's clock
+//! advances it (and moves the guests) instead of sleeping, so a test that waits for ballooning
+//! runs in milliseconds.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use crate::platform::{
 };
 
 /// How many store changes the fake remembers for watches.
-const CHANGE_LOG_LEN: usize = 256;
+const CHANGE_LOG_LEN: usize = 64;
 
 /// The largest value the store accepts, as xenstored's default quota.
 const MAX_VALUE_LEN: usize = 4096;
@@ -86,6 +87,12 @@ pub struct FakeConfig {
     pub dom0_kib: Kib,
     /// Seconds between unpausing a guest and its balloon driver starting.
     pub boot_delay_s: f64,
+    /// When set, every change to the host is refereed: if what guests hold, plus the
+    /// reservations in the ledger (at `/squeezed/state`) not backed by a live domain, plus what
+    /// initial reservations of unbooted domains still owe, plus this slush, exceeds the host's
+    /// memory, a violation is recorded.
+    #[serde(default)]
+    pub referee_slush_kib: Option<Kib>,
 }
 
 impl Default for FakeConfig {
@@ -95,6 +102,7 @@ impl Default for FakeConfig {
             xen_kib: 256 << 10,
             dom0_kib: 1 << 20,
             boot_delay_s: 1.0,
+            referee_slush_kib: None,
         }
     }
 }
@@ -342,6 +350,7 @@ impl FakeHost {
                 let before = state.change_seq;
                 let out = f(&mut state)?;
                 if mode.must_save(before, state.change_seq) {
+                    state.referee();
                     *guard = state;
                 }
                 Ok(out)
@@ -352,6 +361,7 @@ impl FakeHost {
                 let before = state.change_seq;
                 let out = f(&mut state)?;
                 if mode.must_save(before, state.change_seq) {
+                    state.referee();
                     save(dir, &state)?;
                 }
                 Ok(out)
@@ -370,6 +380,12 @@ impl FakeHost {
             ("offset", spec.offset_kib),
         ] {
             crate::model::kib::check_size(name, v)?;
+        }
+        if spec.shadow_mib > 1 << 30 {
+            return Err(Error::InvalidMemoryValue(format!(
+                "a shadow allocation of {} MiB is beyond any real host",
+                spec.shadow_mib
+            )));
         }
         self.with(true, |s| {
             let domid = s.next_domid;
@@ -642,6 +658,61 @@ impl State {
         self.changes.push_back((self.change_seq, path.to_string()));
         while self.changes.len() > CHANGE_LOG_LEN {
             self.changes.pop_front();
+        }
+    }
+
+    /// Checks the books after a change (see [`FakeConfig::referee_slush_kib`]).
+    fn referee(&mut self) {
+        let Some(slush) = self.config.referee_slush_kib else {
+            return;
+        };
+        let kib = |p: u64| p as Kib * pages::PAGE_KIB;
+        let alive = |d: DomId| self.domains.get(&d).is_some_and(|g| !g.info.dying);
+        let mut reserved: Kib = 0;
+        for session in children(&self.store, "/squeezed/state") {
+            let dir = format!("/squeezed/state/{session}");
+            for id in children(&self.store, &dir) {
+                let Some(v) = self
+                    .store
+                    .get(&format!("{dir}/{id}"))
+                    .and_then(|v| v.parse::<Kib>().ok())
+                else {
+                    continue;
+                };
+                let backed = self
+                    .store
+                    .get(&format!("{dir}/{id}/in-transfer"))
+                    .and_then(|d| d.parse::<DomId>().ok())
+                    .is_some_and(alive);
+                if !backed {
+                    reserved += v;
+                }
+            }
+        }
+        let mut guests: Kib = 0;
+        let mut owed: Kib = 0;
+        for (domid, g) in &self.domains {
+            let shadow = g.shadow_mib as Kib * 1024;
+            guests += kib(g.info.tot_pages) + shadow;
+            let key = |k: &str| self.store.get(&format!("/local/domain/{domid}/{k}"));
+            let booted = key("control/feature-balloon").is_some() || key("data/updated").is_some();
+            if let (false, Some(ir)) = (
+                booted,
+                key("memory/initial-reservation").and_then(|v| v.parse::<Kib>().ok()),
+            ) {
+                owed += (ir - kib(g.info.tot_pages) - shadow).max(0);
+            }
+        }
+        let host = self.config.total_kib - self.config.xen_kib;
+        let over = guests + reserved + owed + slush - host;
+        if over > 0 {
+            self.violation(
+                -1,
+                format!(
+                    "overcommitted by {over} KiB: guests {guests} + reserved {reserved} + owed \
+                     {owed} + slush {slush} > host {host} KiB"
+                ),
+            );
         }
     }
 
@@ -975,7 +1046,7 @@ impl Hypervisor for FakeHost {
                 .filter(|g| g.info.domid != domid)
                 .map(|g| g.info.outstanding_pages)
                 .sum();
-            if count > 0 && count + others > free {
+            if count > 0 && count.checked_add(others).map_or(true, |c| c > free) {
                 return Err(Error::Backend(format!(
                     "claim of {count} pages for domain {domid}: only {} unclaimed pages free",
                     free.saturating_sub(others)
@@ -1011,6 +1082,7 @@ mod tests {
             xen_kib: 0,
             dom0_kib: 1 << 20,
             boot_delay_s: 1.0,
+            referee_slush_kib: Some(1024),
         })
         .unwrap()
     }
@@ -1090,6 +1162,38 @@ mod tests {
         let g = h.domain(d).unwrap().unwrap();
         // Stops 4 KiB short of 768 MiB + 1 MiB offset.
         assert_eq!(g.tot_kib(), (768 << 10) + 1024 + 4);
+    }
+
+    #[test]
+    fn absurd_claims_and_sizes_are_refused_not_overflowed() {
+        let h = host();
+        let d = h.create_domain(GuestSpec::fixed(1024)).unwrap();
+        assert!(h.claim_pages(d, u64::MAX).is_err());
+        assert!(h.claim_pages(d, 1).is_ok());
+        assert!(h
+            .create_domain(GuestSpec {
+                shadow_mib: u64::MAX,
+                ..GuestSpec::fixed(1024)
+            })
+            .is_err());
+        assert!(h.set_maxmem_kib(d, -1).is_err());
+        assert!(h.advance(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn the_referee_catches_memory_promised_twice() {
+        let h = host();
+        // 7 GiB free, 1 MiB slush: a 7 GiB − 1 MiB reservation fits exactly.
+        Store::write(&h, "/squeezed/state/s/a", &((7 << 20) - 1024).to_string()).unwrap();
+        assert!(h.snapshot().unwrap().violations.is_empty());
+        Store::write(&h, "/squeezed/state/s/b", "4").unwrap();
+        let v = h.snapshot().unwrap().violations;
+        assert_eq!(v.len(), 1);
+        assert!(
+            v[0].what.starts_with("overcommitted by 4 KiB"),
+            "{}",
+            v[0].what
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! squeeze-fake DIR create TOTAL_KIB             new fake host (16 GiB with 1 GiB dom0 if 0)
+//! squeeze-fake DIR guest MIN_KIB MAX_KIB          boot a ballooning guest at MAX_KIB
 //! squeeze-fake DIR login SERVICE
 //! squeeze-fake DIR reserve SESSION KIB
 //! squeeze-fake DIR reserve-range SESSION MIN_KIB MAX_KIB
@@ -112,6 +113,16 @@ fn run(dir: &Path, args: &[String]) -> Result<String, Error> {
             })));
             run_on(&service, &args[2..])
         }
+        "guest" => {
+            use squeeze::platform::Hypervisor;
+            let spec = GuestSpec::ballooning(num(arg(1)), num(arg(2)));
+            let domid = fake.create_domain(spec)?;
+            fake.set_maxmem_kib(domid, spec.dynamic_max_kib)?;
+            fake.build_domain(domid, spec.dynamic_max_kib)?;
+            fake.unpause(domid)?;
+            fake.advance(1.0)?;
+            Ok(domid.to_string())
+        }
         "worker" => worker(&fake, &service, s(1), num(arg(2)), num(arg(3)), num(arg(4))),
         _ => usage(),
     }
@@ -155,7 +166,7 @@ impl Rng {
 /// `threads` threads, each `iterations` times: reserve a range, then either delete the
 /// reservation or create a domain, transfer the reservation to it, build it with exactly the
 /// reserved memory (which must succeed: the memory was promised), boot it, and later destroy
-/// it. Prints one line per thread: "ok <reserved> <refused> <built>".
+/// it. Now and then it balances the host. Prints one line per thread: `ok RESERVED REFUSED BUILT`.
 fn worker(
     fake: &FakeHost,
     service: &Service,
@@ -175,8 +186,9 @@ fn worker(
                     let mut mine: Vec<i32> = Vec::new();
                     let (mut reserved, mut refused, mut built) = (0, 0, 0);
                     for _ in 0..iterations {
-                        let min = (64 + rng.below(192) as Kib) << 10;
-                        let max = min + ((rng.below(4) as Kib) << 18);
+                        // 32..128 MiB, with up to 192 MiB of slack.
+                        let min = (32 + rng.below(96) as Kib) << 10;
+                        let max = min + ((rng.below(4) as Kib) << 16);
                         let (id, amount) = match service.reserve_memory_range(session, min, max) {
                             Ok(r) => r,
                             Err(Error::CannotFreeThisMuchMemory { .. })
@@ -209,6 +221,9 @@ fn worker(
                             built += 1;
                             service.delete_reservation(session, &id)?;
                             mine.push(domid);
+                        }
+                        if rng.below(8) == 0 {
+                            service.balance_memory()?;
                         }
                         if mine.len() > 2 || rng.below(4) == 0 {
                             if let Some(d) = mine.first().copied() {
@@ -247,12 +262,13 @@ fn main() {
     let dir = PathBuf::from(&args[0]);
     match run(&dir, &args[1..]) {
         Ok(out) => {
+            // A reader that went away (`| head`) is not this program's failure.
             if !out.is_empty() {
-                println!("{out}");
+                let _ = writeln!(std::io::stdout(), "{out}");
             }
         }
         Err(e) => {
-            println!("error: {}: {e}", variant(&e));
+            let _ = writeln!(std::io::stdout(), "error: {}: {e}", variant(&e));
             std::process::exit(1);
         }
     }

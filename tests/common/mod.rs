@@ -21,6 +21,7 @@ pub fn small_host() -> FakeConfig {
         xen_kib: 0,
         dom0_kib: GIB,
         boot_delay_s: 1.0,
+        referee_slush_kib: Some(SLUSH),
     }
 }
 
