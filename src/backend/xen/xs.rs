@@ -338,8 +338,13 @@ impl XsHandle {
                 }
                 return Err(os_error("poll", "/"));
             }
-            if n == 0 || pfd.revents & libc::POLLIN == 0 {
+            if n == 0 {
                 return Ok(out);
+            }
+            if pfd.revents & libc::POLLIN == 0 {
+                // Hung up or invalid: no event will ever come through this connection again,
+                // which its owner must hear about rather than wait forever.
+                return Err(Error::Backend("xenstore watch connection lost".to_string()));
             }
             // The descriptor is readable exactly while events are queued, so this does not
             // block.
