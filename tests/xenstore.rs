@@ -474,3 +474,30 @@ fn a_balance_round_costs_the_same_store_requests_for_every_guest() {
     assert_eq!(r4 - r0, 4 * per_guest);
     assert_eq!(r16 - r0, 16 * per_guest);
 }
+
+#[test]
+fn a_destroyed_domain_fires_its_watch_and_a_dropped_watch_is_gone() {
+    let s = store();
+    s.write("/t17/local/domain/12/memory/target", "262144")
+        .unwrap();
+    let mut w = s.watch("/t17/local/domain/12").unwrap();
+    assert_eq!(daemon().watches_on("/t17/local/domain/12"), 1);
+    // The toolstack destroys the domain: its whole directory goes.
+    tool("xenstore-rm", &["/t17/local/domain/12"]);
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen.extend(w.poll().unwrap());
+        if seen.iter().filter(|p| *p == "/t17/local/domain/12").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Once when the watch was set, once for the removal.
+    assert!(
+        seen.iter().filter(|p| *p == "/t17/local/domain/12").count() >= 2,
+        "{seen:?}"
+    );
+    assert_eq!(s.read("/t17/local/domain/12/memory/target").unwrap(), None);
+    drop(w);
+    assert_eq!(daemon().watches_on("/t17/local/domain/12"), 0);
+}

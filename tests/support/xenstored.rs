@@ -107,6 +107,12 @@ impl Xenstored {
         &self.socket
     }
 
+    /// Watches registered on `path`, over all connections.
+    pub fn watches_on(&self, path: &str) -> usize {
+        let st = self.state.lock().unwrap();
+        st.watches.iter().filter(|w| w.path == path).count()
+    }
+
     /// Requests served so far, over all connections.
     pub fn requests(&self) -> u64 {
         self.state.lock().unwrap().requests
