@@ -325,6 +325,9 @@ impl HostModel {
     /// Looks at the host afresh: reads the hypervisor and the store, calibrates offsets of
     /// newly booted domains, updates uncooperative flags, lowers maxmem toward target, releases
     /// reservations of dead domains, and builds the squeezer's [`Host`].
+    ///
+    /// It writes to the store and the hypervisor, so it belongs under the host-wide lock, as
+    /// [`crate::service::Service`] calls it.
     pub fn view(&mut self) -> Result<HostView> {
         let hv = self.platform.hypervisor.clone();
         let store = self.platform.store.clone();

@@ -316,3 +316,17 @@ fn platform_failures_are_reported_and_leave_consistent_books() {
     assert_eq!(fake.domain(domid).unwrap().unwrap().max_kib(), MIB);
     let _ = ServiceConfig::default();
 }
+
+#[test]
+fn a_garbled_boot_time_record_is_an_error_and_is_not_overwritten() {
+    let (dir, fake, service) = setup(small_host());
+    let record = dir.path().join("boot_time_memory");
+    std::fs::write(&record, "lots of memory").unwrap();
+    unchanged(&fake, || {
+        assert!(matches!(
+            service.get_host_initial_free_memory(),
+            Err(Error::Backend(_))
+        ))
+    });
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), "lots of memory");
+}

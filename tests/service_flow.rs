@@ -452,3 +452,32 @@ fn the_uncooperative_flag_goes_once_the_domain_reaches_its_target() {
     service.host_view().unwrap();
     assert!(!store.exists(&flag).unwrap());
 }
+
+#[test]
+fn a_guest_with_an_agent_but_no_balloon_driver_is_calibrated_and_left_alone() {
+    let (_dir, fake, service) = setup(small_host());
+    let g = booted_guest(
+        &fake,
+        GuestSpec {
+            agent: true,
+            offset_kib: 2 * MIB,
+            behaviour: Behaviour::NoBalloonDriver,
+            ..GuestSpec::ballooning(512 * MIB, GIB)
+        },
+    );
+    let v = service.host_view().unwrap();
+    let d = v.domains.iter().find(|d| d.domid == g).unwrap();
+    assert!(d.booted && !d.can_balloon);
+    // Holds 1 GiB + 2 MiB against a 1 GiB target.
+    assert_eq!(d.offset_kib, 2 * MIB);
+    assert_eq!(d.domain.unwrap().memory_actual_kib, GIB);
+    // Reserving needs no ballooning and never touches its target.
+    service.reserve_memory("xenopsd", GIB).unwrap();
+    let store = fake.platform().store;
+    assert_eq!(
+        store
+            .read(&format!("/local/domain/{g}/memory/target"))
+            .unwrap(),
+        Some(GIB.to_string())
+    );
+}

@@ -212,6 +212,12 @@ fn worker(
                         } else {
                             let domid = fake.create_domain(GuestSpec::fixed(amount))?;
                             service.transfer_reservation_to_domain(session, &id, domid)?;
+                            let known = service.query_reservation_of_domain(session, domid)?;
+                            if known != id {
+                                return Err(Error::Backend(format!(
+                                    "domain {domid} reports reservation {known}, not {id}"
+                                )));
+                            }
                             fake.build_domain(domid, amount).map_err(|e| {
                                 Error::Backend(format!(
                                     "memory promised by reservation {id} was not there: {e}"
