@@ -6,17 +6,21 @@ set -euo pipefail
 # Debian packages, one per line: "<command or file that proves it is installed> <package>".
 APT_NEEDS=(
   "cc gcc"
+  "c++ g++"
   "make make"
   "pkg-config pkg-config"
   "/usr/include/xenctrl.h libxen-dev"
   "/usr/lib/llvm-14/lib/libclang.so libclang-dev"
   "xenstore-read xenstore-utils"
   "readelf binutils"
+  "valgrind valgrind"
+  "nm binutils"
   "python3 python3"
 )
 
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
 PIP_NEEDS=(
+  "pytest pytest"
 )
 
 missing=()

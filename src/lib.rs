@@ -13,6 +13,7 @@
 //! - [`adaptive`]: a squeezer that learns balloon rates and limits, fixing squeezed's known flaws.
 //! - [`balancer`]: a long-lived balancer with the policy chosen at creation.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
+//! - [`ffi`]: the C ABI of `include/squeeze.h` (conversions, status codes, panic guards).
 //! - [`platform`]: what the memory service needs from a host (hypervisor, store, clock).
 //! - [`host`]: the platform's view plus the reservation ledger, turned into a [`Host`].
 //! - [`reservations`]: the reservation ledger, kept in the store with squeezed's layout.
@@ -46,6 +47,7 @@ pub mod backend;
 pub mod balancer;
 pub mod driver;
 pub mod error;
+pub mod ffi;
 pub mod host;
 mod lockfile;
 pub mod model;

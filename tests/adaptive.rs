@@ -254,7 +254,7 @@ fn a_guest_too_slow_for_the_request_fails_it_at_the_deadline() {
 }
 
 #[test]
-fn adaptive_freeing_never_raises_a_target_and_keeps_targets_in_range() {
+fn adaptive_freeing_never_asks_a_domain_to_grow_and_keeps_targets_in_range() {
     // A mixed host: the simulator flags any target outside a dynamic range and any allocation
     // beyond free memory, and the trace shows every target change.
     let mut sim = host(SLUSH, 3600.0);
@@ -285,14 +285,16 @@ fn adaptive_freeing_never_raises_a_target_and_keeps_targets_in_range() {
         .change_host_free_memory(&mut sim, required, &mut |f| f >= required)
         .unwrap();
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    // No domain was asked to grow while memory was being freed: a target only ever rose to ease
+    // off a request, staying below what the domain held.
     for w in sim.trace().windows(2) {
         for (a, b) in w[0].guests.iter().zip(&w[1].guests) {
             assert!(
-                b.1 <= a.1,
-                "target of domain {} rose from {} to {}",
+                b.1 <= a.1 || b.1 <= a.2,
+                "domain {} asked to grow to {} KiB holding {} KiB",
                 a.0,
-                a.1,
-                b.1
+                b.1,
+                a.2
             );
         }
     }

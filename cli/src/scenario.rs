@@ -342,7 +342,7 @@ impl Scenario {
 /// What happened at one event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
-    /// When the event started, seconds.
+    /// When the event started, seconds (later than scheduled if an earlier one ran long).
     pub at_s: f64,
     /// How long it took, simulated seconds.
     pub took_s: f64,
@@ -431,7 +431,8 @@ pub fn run(scenario: &Scenario, policy: Policy) -> Result<Run, Error> {
                 Err(err) => (false, format!("{}: {err}", describe(e))),
             };
             outcomes.push(Outcome {
-                at_s: e.at_s(),
+                // When it really started: an earlier event may have run past this one's time.
+                at_s: start,
                 took_s: sim.time() - start,
                 text,
                 ok,

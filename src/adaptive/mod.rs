@@ -396,11 +396,22 @@ impl Adaptive {
                 };
                 let desired = (d.memory_actual_kib - ask).min(d.dynamic_max_kib);
                 let growing = d.target_kib > d.memory_actual_kib + d.inaccuracy_kib;
-                // Targets only ever go down while freeing. A driver still on its way down keeps
-                // its target unless the plan moved by more than the deadband; one at rest is
-                // always given the new target, however small the step.
-                let small = d.target_kib - desired <= self.deadband(d);
-                if desired < d.target_kib && (growing || d.has_hit_target() || !small) {
+                // No target is ever set above what a domain holds while memory is being freed.
+                // A driver still on its way down keeps its target unless the plan moved by more
+                // than the deadband (in either direction: an earlier plan, made before its
+                // speed was known, may have asked it for too much); one at rest is always given
+                // a lower target, however small the step.
+                // For a driver in flight, a change smaller than an eighth of the way it still
+                // has to go is noise in the rate estimates, not worth a write.
+                let step = (desired - d.target_kib).abs();
+                let in_flight = (d.memory_actual_kib - d.target_kib).abs() / 8;
+                let worth = step > self.deadband(d).max(in_flight);
+                let write = if desired < d.target_kib {
+                    growing || d.has_hit_target() || worth
+                } else {
+                    desired < d.memory_actual_kib - d.inaccuracy_kib && worth
+                };
+                if write {
                     self.write(io, d, desired, now)?;
                     wrote = true;
                 }
@@ -502,19 +513,24 @@ impl Adaptive {
             };
             let mut wrote = false;
             for (l, &i) in limited.iter().zip(&ideal) {
-                if wants(l, i) != Some(phase) {
+                let (e, is_limited) = (&l.0, l.1);
+                let shrinking = !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i)
+                    && i < e.memory_actual_kib;
+                let write = match phase {
+                    // Every domain that must shrink gets its target, up or down from the one
+                    // it has, as long as the change is worth writing.
+                    Direction::Down => shrinking && wants(l, i).is_some(),
+                    // A limited driver keeps its lower target (a standing request that can
+                    // only free memory) unless it is really to be given more than it has.
+                    Direction::Up => {
+                        wants(l, i) == Some(Direction::Up)
+                            && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib)
+                    }
+                };
+                if !write || self.dwell_blocks(e, i, now) {
                     continue;
                 }
-                if self.dwell_blocks(&l.0, phase, now) {
-                    continue;
-                }
-                // A limited driver keeps its lower target (a standing request that can only
-                // free memory) unless it is really to be given more than it has.
-                if l.1 && phase == Direction::Up && i <= l.0.memory_actual_kib + l.0.inaccuracy_kib
-                {
-                    continue;
-                }
-                let d = host.domain(l.0.domid).expect("from this host");
+                let d = host.domain(e.domid).expect("from this host");
                 self.write(io, d, i, now)?;
                 wrote = true;
             }
@@ -541,16 +557,20 @@ impl Adaptive {
         }
     }
 
-    /// Whether writing `d`'s target in direction `dir` would reverse its last write too soon.
-    fn dwell_blocks(&self, d: &Domain, dir: Direction, now: f64) -> bool {
+    /// Whether setting `d`'s target to `target_kib` would reverse the flow of its memory (grow
+    /// after being asked to shrink, or the other way round) too soon after the last write, with
+    /// no outside change in between. Easing off a request (a higher target that is still below
+    /// what the domain holds) reverses nothing.
+    fn dwell_blocks(&self, d: &Domain, target_kib: Kib, now: f64) -> bool {
         let Some(t) = self.tracker.get(d.domid) else {
             return false;
         };
-        let sign = match dir {
-            Direction::Down => -1,
-            Direction::Up => 1,
+        let flow = match direction_of_actual(d.inaccuracy_kib, d.memory_actual_kib, target_kib) {
+            Some(Direction::Down) => -1,
+            Some(Direction::Up) => 1,
+            None => return false,
         };
-        t.last_write_dir == -sign
+        t.last_write_dir == -flow
             && t.last_write_epoch == self.epoch
             && now - t.last_write_time < self.options.dwell_s
     }

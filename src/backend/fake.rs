@@ -24,7 +24,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::sim::Behaviour;
+use crate::backend::sim::{Behaviour, Motion};
 use crate::error::{Error, Result};
 use crate::lockfile;
 use crate::model::{DomId, Kib};
@@ -792,101 +792,16 @@ impl State {
 }
 
 /// How far (KiB, signed) a balloon driver moves its guest's `actual` toward `target` between
-/// its last update and `now`, stopping within 4 KiB of the target.
+/// its last update and `now`, stopping within 4 KiB of the target: the simulator's drivers.
 fn balloon_step(g: &Guest, actual: Kib, target: Kib, now: f64) -> Kib {
-    let elapsed = (now - g.last_update).max(0.0);
-    let toward = |rate: Kib, seconds: f64| {
-        let max_change = (seconds * rate as f64) as Kib;
-        let distance = (target - actual).abs() - 4;
-        let moved = distance.max(0).min(max_change);
-        if target >= actual {
-            moved
-        } else {
-            -moved
-        }
-    };
-    match g.spec.behaviour {
-        Behaviour::Ideal { rate_kib_per_s } => toward(rate_kib_per_s, elapsed),
-        Behaviour::HiddenFloor {
-            rate_kib_per_s,
-            floor_kib,
-        } => {
-            let d = toward(rate_kib_per_s, elapsed);
-            if d < 0 {
-                d.max((floor_kib - actual).min(0))
-            } else {
-                d
-            }
-        }
-        Behaviour::HiddenCeiling {
-            rate_kib_per_s,
-            ceiling_kib,
-        } => {
-            let d = toward(rate_kib_per_s, elapsed);
-            if d > 0 {
-                d.min((ceiling_kib - 1 - actual).max(0))
-            } else {
-                d
-            }
-        }
-        Behaviour::Stuck | Behaviour::NoBalloonDriver => 0,
-        Behaviour::IntermittentlyStuck {
-            rate_kib_per_s,
-            period_s,
-        } => {
-            let working = |t: f64| period_s > 0.0 && ((t / period_s) as i64) % 2 == 0;
-            if working(g.last_update) && working(now) {
-                toward(rate_kib_per_s, elapsed)
-            } else {
-                0
-            }
-        }
-        Behaviour::Sluggish {
-            rate_kib_per_s,
-            delay_s,
-        } => {
-            let ready_at = g.last_target_change + delay_s;
-            toward(rate_kib_per_s, (now - ready_at.max(g.last_update)).max(0.0))
-        }
-        Behaviour::Stalling {
-            rate_kib_per_s,
-            active_s,
-            stalled_s,
-        } => {
-            // Each cycle starts with `active_s` of work, then stalls; count the working time
-            // between the last update and now.
-            let cycle = active_s + stalled_s;
-            let worked_until = |t: f64| {
-                if cycle <= 0.0 {
-                    return t;
-                }
-                let whole = (t / cycle).floor();
-                whole * active_s + (t - whole * cycle).min(active_s)
-            };
-            toward(
-                rate_kib_per_s,
-                (worked_until(now) - worked_until(g.last_update)).max(0.0),
-            )
-        }
-        Behaviour::Trickle {
-            chunk_kib,
-            period_s,
-        } => {
-            // One chunk for every period boundary crossed since the last update.
-            let steps = if period_s > 0.0 {
-                ((now / period_s).floor() - (g.last_update / period_s).floor()).max(0.0)
-            } else {
-                0.0
-            };
-            let max_change = chunk_kib.saturating_mul(steps as Kib);
-            let moved = ((target - actual).abs() - 4).max(0).min(max_change);
-            if target >= actual {
-                moved
-            } else {
-                -moved
-            }
-        }
-    }
+    g.spec.behaviour.movement(&Motion {
+        actual_kib: actual,
+        target_kib: target,
+        inaccuracy_kib: 4,
+        last_update: g.last_update,
+        last_target_change: g.last_target_change,
+        now,
+    })
 }
 
 impl StoreOps for State {

@@ -36,11 +36,11 @@ pub enum Behaviour {
         /// The lowest memory-actual the guest will release down to.
         floor_kib: Kib,
     },
-    /// Like `Ideal`, but cannot grow to `ceiling_kib` or beyond.
+    /// Like `Ideal`, but grows no further than `ceiling_kib`.
     HiddenCeiling {
         /// Balloon speed in KiB per second.
         rate_kib_per_s: Kib,
-        /// Memory-actual stays below this.
+        /// The most memory-actual will reach.
         ceiling_kib: Kib,
     },
     /// The balloon driver never moves.
@@ -87,6 +87,103 @@ impl Behaviour {
         Behaviour::Sluggish {
             rate_kib_per_s: 4096,
             delay_s: 2.0,
+        }
+    }
+}
+
+/// Where a balloon driver stands, for [`Behaviour::movement`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Motion {
+    /// Memory-actual now, KiB.
+    pub actual_kib: Kib,
+    /// The target it is asked to reach, KiB.
+    pub target_kib: Kib,
+    /// How far short of the target it may stop, KiB.
+    pub inaccuracy_kib: Kib,
+    /// When it last moved (seconds).
+    pub last_update: f64,
+    /// When its target last changed (seconds).
+    pub last_target_change: f64,
+    /// Now (seconds).
+    pub now: f64,
+}
+
+impl Behaviour {
+    /// How far (KiB, signed) the driver moves memory-actual between `last_update` and `now`, as
+    /// far as the driver itself is concerned; the host's limits (maxmem, free memory) come on
+    /// top. Every simulated platform moves its guests through this one function.
+    pub fn movement(&self, m: &Motion) -> Kib {
+        match *self {
+            Behaviour::Ideal { rate_kib_per_s } => step(m, rate_kib_per_s, m.now - m.last_update),
+            Behaviour::HiddenFloor {
+                rate_kib_per_s,
+                floor_kib,
+            } => {
+                let delta = step(m, rate_kib_per_s, m.now - m.last_update);
+                let proposed = m.actual_kib + delta;
+                if proposed > m.actual_kib || proposed > floor_kib {
+                    delta
+                } else {
+                    floor_kib - m.actual_kib
+                }
+            }
+            Behaviour::HiddenCeiling {
+                rate_kib_per_s,
+                ceiling_kib,
+            } => {
+                let delta = step(m, rate_kib_per_s, m.now - m.last_update);
+                if m.actual_kib + delta < ceiling_kib {
+                    delta
+                } else {
+                    ceiling_kib - m.actual_kib
+                }
+            }
+            Behaviour::Stuck | Behaviour::NoBalloonDriver => 0,
+            Behaviour::IntermittentlyStuck {
+                rate_kib_per_s,
+                period_s,
+            } => {
+                // Works only across an interval that lies wholly inside a working period.
+                let working = |t: f64| ((t / period_s) as i64) % 2 == 0;
+                let useful = if working(m.last_update) && working(m.now) {
+                    m.now - m.last_update
+                } else {
+                    0.0
+                };
+                step(m, rate_kib_per_s, useful)
+            }
+            Behaviour::Stalling {
+                rate_kib_per_s,
+                active_s,
+                stalled_s,
+            } => {
+                // The working time inside (last_update, now]: each cycle starts with work.
+                let cycle = active_s + stalled_s;
+                let worked_until = |t: f64| {
+                    let whole = (t / cycle).floor();
+                    whole * active_s + (t - whole * cycle).min(active_s)
+                };
+                let useful = worked_until(m.now) - worked_until(m.last_update);
+                step(m, rate_kib_per_s, useful)
+            }
+            Behaviour::Trickle {
+                chunk_kib,
+                period_s,
+            } => {
+                // One chunk each time a period boundary is crossed.
+                let steps = (m.now / period_s).floor() - (m.last_update / period_s).floor();
+                let sign = if m.actual_kib > m.target_kib { -1 } else { 1 };
+                let room = ((m.target_kib - m.actual_kib) * sign - m.inaccuracy_kib).max(0);
+                (chunk_kib * steps.max(0.0) as Kib).min(room) * sign
+            }
+            Behaviour::Sluggish {
+                rate_kib_per_s,
+                delay_s,
+            } => {
+                let ready_at = m.last_target_change + delay_s;
+                let useful = (m.now - ready_at.max(m.last_update)).max(0.0);
+                step(m, rate_kib_per_s, useful)
+            }
         }
     }
 }
@@ -417,84 +514,15 @@ impl Simulator {
 
     fn update_guest(&mut self, i: usize, now: f64) {
         let g = &self.guests[i];
-        let elapsed = now - g.last_update;
         let d = g.domain;
-        let mut delta = match g.behaviour {
-            Behaviour::Ideal { rate_kib_per_s } => step(&d, rate_kib_per_s, elapsed),
-            Behaviour::HiddenFloor {
-                rate_kib_per_s,
-                floor_kib,
-            } => {
-                let delta = step(&d, rate_kib_per_s, elapsed);
-                let proposed = d.memory_actual_kib + delta;
-                if proposed > d.memory_actual_kib || proposed > floor_kib {
-                    delta
-                } else {
-                    floor_kib - d.memory_actual_kib
-                }
-            }
-            Behaviour::HiddenCeiling {
-                rate_kib_per_s,
-                ceiling_kib,
-            } => {
-                let delta = step(&d, rate_kib_per_s, elapsed);
-                if d.memory_actual_kib + delta < ceiling_kib {
-                    delta
-                } else {
-                    ceiling_kib - d.memory_actual_kib
-                }
-            }
-            Behaviour::Stuck | Behaviour::NoBalloonDriver => 0,
-            Behaviour::IntermittentlyStuck {
-                rate_kib_per_s,
-                period_s,
-            } => {
-                // Works only across an interval that lies wholly inside a working period.
-                let working = |t: f64| ((t / period_s) as i64) % 2 == 0;
-                let useful = if working(g.last_update) && working(g.last_update + elapsed) {
-                    elapsed
-                } else {
-                    0.0
-                };
-                step(&d, rate_kib_per_s, useful)
-            }
-            Behaviour::Stalling {
-                rate_kib_per_s,
-                active_s,
-                stalled_s,
-            } => {
-                // The working time inside (last_update, now]: each cycle starts with work.
-                let cycle = active_s + stalled_s;
-                let worked_until = |t: f64| {
-                    let whole = (t / cycle).floor();
-                    whole * active_s + (t - whole * cycle).min(active_s)
-                };
-                let useful = worked_until(now) - worked_until(g.last_update);
-                step(&d, rate_kib_per_s, useful)
-            }
-            Behaviour::Trickle {
-                chunk_kib,
-                period_s,
-            } => {
-                // One chunk each time a period boundary is crossed.
-                let steps = (now / period_s).floor() - (g.last_update / period_s).floor();
-                let sign = if d.memory_actual_kib > d.target_kib {
-                    -1
-                } else {
-                    1
-                };
-                let room = ((d.target_kib - d.memory_actual_kib) * sign - d.inaccuracy_kib).max(0);
-                (chunk_kib * steps.max(0.0) as Kib).min(room) * sign
-            }
-            Behaviour::Sluggish {
-                rate_kib_per_s,
-                delay_s,
-            } => {
-                let ready_at = g.last_target_change + delay_s;
-                let useful = (now - ready_at.max(g.last_update)).max(0.0);
-                step(&d, rate_kib_per_s, useful)
-            }
-        };
+        let mut delta = g.behaviour.movement(&Motion {
+            actual_kib: d.memory_actual_kib,
+            target_kib: d.target_kib,
+            inaccuracy_kib: d.inaccuracy_kib,
+            last_update: g.last_update,
+            last_target_change: g.last_target_change,
+            now,
+        });
         // Xen refuses allocations beyond maxmem.
         if delta > 0 {
             delta = delta.min((d.memory_max_kib - d.memory_actual_kib).max(0));
@@ -566,15 +594,11 @@ fn unknown(domid: DomId) -> Error {
 /// The change in memory-actual after `elapsed` seconds at `rate` KiB/s toward the target,
 /// stopping `inaccuracy` short of it. The product is rounded toward zero, as squeezed's
 /// simulator does, so a rate × tick below 1 KiB never moves.
-fn step(d: &Domain, rate: Kib, elapsed: f64) -> Kib {
+fn step(m: &Motion, rate: Kib, elapsed: f64) -> Kib {
     let max_change = (elapsed * rate as f64) as Kib;
-    let sign = if d.memory_actual_kib > d.target_kib {
-        -1
-    } else {
-        1
-    };
-    let distance = (d.target_kib - d.memory_actual_kib) * sign;
-    let distance = (distance - d.inaccuracy_kib).max(0);
+    let sign = if m.actual_kib > m.target_kib { -1 } else { 1 };
+    let distance = (m.target_kib - m.actual_kib) * sign;
+    let distance = (distance - m.inaccuracy_kib).max(0);
     distance.min(max_change) * sign
 }
 
