@@ -3,6 +3,7 @@ CARGO ?= cargo
 
 .PHONY: all build demo deps test lint test-rust
 .PHONY: header install test-c test-python bench-ffi
+.PHONY: test-xen-feature
 
 all: build
 
@@ -21,7 +22,7 @@ demo: deps
 		--policy both --svg target/demo.svg --csv target/demo.csv
 
 ## Runs every test suite (installs missing system packages first when run as root).
-test: deps lint test-rust test-c test-python
+test: deps lint test-rust test-c test-python test-xen-feature
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -29,6 +30,23 @@ lint:
 
 test-rust:
 	$(CARGO) test --workspace
+
+## Builds, lints and tests the Xen platform (`--features xen`: libxenctrl, libxenstore) and
+## the `squeeze` tool's status and repair commands built on it.
+test-xen-feature: deps
+	# The default library must not need any Xen library, and must load without Xen.
+	$(CARGO) build --lib
+	! readelf -d target/debug/libsqueeze.so | grep -i 'NEEDED.*xen'
+	python3 -c 'import ctypes; ctypes.CDLL("target/debug/libsqueeze.so")'
+	$(CARGO) build --features xen
+	$(CARGO) clippy --features xen --all-targets -- -D warnings
+	$(CARGO) clippy -p squeeze-cli --features xen --all-targets -- -D warnings
+	$(CARGO) test --features xen --lib backend::xen
+	$(CARGO) test --features xen --test xenstore --test xen_no_hypervisor
+	$(CARGO) test -p squeeze-cli --features xen
+	# ...while the tool built with the feature does use libxenctrl and libxenstore.
+	readelf -d target/debug/squeeze | grep -q 'NEEDED.*libxenctrl'
+	readelf -d target/debug/squeeze | grep -q 'NEEDED.*libxenstore'
 
 ## Benchmarks, short runs (about a minute once built); results are kept in docs/benchmarks.md.
 .PHONY: bench

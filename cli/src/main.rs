@@ -3,7 +3,12 @@
 //! `squeeze simulate SCENARIO.toml` runs a scenario on a simulated host and tells what
 //! happened; `--csv` and `--svg` write the trace and a plot, `--policy both` runs squeezed's
 //! classic algorithm and the adaptive one side by side.
+//!
+//! `squeeze status`, `reserve`, `transfer`, `delete` and `balance` look at and repair a host's
+//! memory service (see `admin.rs`): this host's Xen when built with the `xen` feature, or a
+//! fake host with `--fake DIR`.
 
+mod admin;
 mod plot;
 mod scenario;
 
@@ -38,6 +43,8 @@ enum Command {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Admin(admin::AdminCommand),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,6 +144,10 @@ fn main() -> ExitCode {
             csv,
             svg,
         } => simulate(scenario, *policy, csv.as_ref(), svg.as_ref()),
+        Command::Admin(cmd) => admin::run(cmd).map(|out| {
+            // A closed stdout (`squeeze status | head`) is not worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

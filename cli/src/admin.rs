@@ -1,0 +1,216 @@
+//! Status and manual repair of a host's memory service: `squeeze status`, `reserve`,
+//! `transfer`, `delete` and `balance`.
+//!
+//! They work on this host's Xen (libxenctrl and xenstored; the `xen` feature) or, with
+//! `--fake DIR`, on a fake host directory shared with the library's `squeeze-fake` tool.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use squeeze::backend::fake::FakeHost;
+use squeeze::host::HostView;
+use squeeze::platform::Platform;
+use squeeze::service::{Service, ServiceConfig};
+use squeeze::{DomId, Error, Kib};
+
+/// Which host to work on.
+#[derive(Args)]
+pub struct HostArgs {
+    /// Work on the fake host in this directory instead of this host's Xen.
+    #[arg(long, value_name = "DIR")]
+    fake: Option<PathBuf>,
+    /// The host-wide lock file every squeeze user on this host shares (default
+    /// /run/squeeze/host.lock).
+    #[arg(long, value_name = "PATH")]
+    lock: Option<PathBuf>,
+}
+
+/// The administration commands.
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Host free memory, slush, reservations and every domain's memory.
+    Status {
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the host model's view as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reserve memory for a domain about to be built; prints the reservation id.
+    Reserve {
+        #[command(flatten)]
+        host: HostArgs,
+        /// The session (service name) the reservation belongs to.
+        session: String,
+        /// Size in KiB.
+        kib: Kib,
+    },
+    /// Hand a reservation to a domain that now exists.
+    Transfer {
+        #[command(flatten)]
+        host: HostArgs,
+        /// The session that made the reservation.
+        session: String,
+        /// The reservation id.
+        id: String,
+        /// The domain.
+        domid: DomId,
+    },
+    /// Remove a reservation, such as one a crashed client left behind.
+    Delete {
+        #[command(flatten)]
+        host: HostArgs,
+        /// The session that made the reservation.
+        session: String,
+        /// The reservation id.
+        id: String,
+    },
+    /// Rebalance memory between domains now.
+    Balance {
+        #[command(flatten)]
+        host: HostArgs,
+    },
+}
+
+#[cfg(feature = "xen")]
+fn xen_platform() -> Result<Platform, Error> {
+    squeeze::backend::xen::platform()
+}
+
+#[cfg(not(feature = "xen"))]
+fn xen_platform() -> Result<Platform, Error> {
+    Err(Error::Unsupported(
+        "this squeeze was built without Xen support (cargo feature `xen`); use --fake DIR".into(),
+    ))
+}
+
+fn open(host: &HostArgs) -> Result<Service, Error> {
+    let mut config = ServiceConfig::default();
+    let platform = match &host.fake {
+        Some(dir) => {
+            // The same files squeeze-fake uses, so both tools see one host.
+            config.lock_path = dir.join("host.lock");
+            config.boot_time_record_path = dir.join("boot_time_memory");
+            FakeHost::open(dir)?.platform()
+        }
+        None => xen_platform()?,
+    };
+    if let Some(lock) = &host.lock {
+        config.lock_path = lock.clone();
+    }
+    Service::new(platform, config)
+}
+
+fn mib(kib: Kib) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+/// The status table: host figures, then the ledger, then one line per domain (MiB).
+fn status_table(view: &HostView, slush_kib: Kib, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "host total       {:>10} MiB", mib(view.total_kib))?;
+    writeln!(out, "host free        {:>10} MiB", mib(view.free_kib))?;
+    writeln!(out, "slush            {:>10} MiB", mib(slush_kib))?;
+    writeln!(out, "reserved         {:>10} MiB", mib(view.reserved_kib))?;
+    writeln!(out)?;
+    if view.reservations.is_empty() {
+        writeln!(out, "no reservations")?;
+    } else {
+        writeln!(
+            out,
+            "{:<16} {:<36} {:>10}  domain",
+            "session", "reservation", "MiB"
+        )?;
+        for r in &view.reservations {
+            let domain = r.in_transfer.map_or("-".to_string(), |d| d.to_string());
+            writeln!(
+                out,
+                "{:<16} {:<36} {:>10}  {domain}",
+                r.session,
+                r.id,
+                mib(r.kib)
+            )?;
+        }
+    }
+    for e in &view.invalid_entries {
+        writeln!(out, "unreadable ledger entry {}: {}", e.path, e.why)?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:>5} {:>10} {:>10} {:>10} {:>10} {:>10}  state",
+        "domid", "min", "target", "actual", "max", "maxmem"
+    )?;
+    for d in &view.domains {
+        match &d.domain {
+            Some(m) => {
+                let state = if d.uncooperative {
+                    "uncooperative"
+                } else if !d.booted {
+                    "booting"
+                } else if m.can_balloon {
+                    "ballooning"
+                } else {
+                    "fixed"
+                };
+                writeln!(
+                    out,
+                    "{:>5} {:>10} {:>10} {:>10} {:>10} {:>10}  {state}",
+                    d.domid,
+                    mib(m.dynamic_min_kib),
+                    mib(m.target_kib),
+                    mib(m.memory_actual_kib),
+                    mib(m.dynamic_max_kib),
+                    mib(m.memory_max_kib),
+                )?;
+            }
+            None => writeln!(
+                out,
+                "{:>5} {:>54}  not balanced: {}",
+                d.domid,
+                "",
+                d.skipped.as_deref().unwrap_or("unknown")
+            )?,
+        }
+    }
+    Ok(())
+}
+
+/// Runs one command; returns what to print.
+pub fn run(cmd: &AdminCommand) -> Result<String, String> {
+    run_service(cmd).map_err(|e| e.to_string())
+}
+
+fn run_service(cmd: &AdminCommand) -> Result<String, Error> {
+    match cmd {
+        AdminCommand::Status { host, json } => {
+            let service = open(host)?;
+            let view = service.host_view()?;
+            if *json {
+                serde_json::to_string_pretty(&view)
+                    .map(|s| s + "\n")
+                    .map_err(|e| Error::Backend(format!("cannot encode the status: {e}")))
+            } else {
+                let mut out = Vec::new();
+                status_table(&view, service.get_host_reserved_memory(), &mut out)
+                    .map_err(|e| Error::Backend(e.to_string()))?;
+                Ok(String::from_utf8_lossy(&out).into_owned())
+            }
+        }
+        AdminCommand::Reserve { host, session, kib } => open(host)?
+            .reserve_memory(session, *kib)
+            .map(|id| format!("{id}\n")),
+        AdminCommand::Transfer {
+            host,
+            session,
+            id,
+            domid,
+        } => open(host)?
+            .transfer_reservation_to_domain(session, id, *domid)
+            .map(|()| String::new()),
+        AdminCommand::Delete { host, session, id } => open(host)?
+            .delete_reservation(session, id)
+            .map(|()| String::new()),
+        AdminCommand::Balance { host } => open(host)?.balance_memory().map(|()| String::new()),
+    }
+}

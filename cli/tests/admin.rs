@@ -1,0 +1,190 @@
+//! `squeeze status/reserve/transfer/delete/balance`, run as a process against a fake host
+//! directory (and, without `--fake`, against this machine's Xen, which is absent in CI).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
+use squeeze::service::{Service, ServiceConfig};
+
+const SQUEEZE: &str = env!("CARGO_BIN_EXE_squeeze");
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin).args(args).output().unwrap()
+}
+
+/// `ARGS... --fake DIR`.
+fn on_fake<'a>(dir: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(["--fake", dir.to_str().unwrap()]);
+    all
+}
+
+/// Runs `squeeze ARGS... --fake DIR`, which must succeed, and returns its stdout.
+fn squeeze(dir: &Path, args: &[&str]) -> String {
+    let out = run(SQUEEZE, &on_fake(dir, args));
+    assert!(
+        out.status.success(),
+        "squeeze {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A default fake host: 16 GiB, of which Xen keeps 256 MiB and dom0 holds 1 GiB, so
+/// 16384 - 256 - 1024 = 15104 MiB free.
+fn fake_host() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    FakeHost::create(dir.path(), FakeConfig::default()).unwrap();
+    dir
+}
+
+/// A client of the host's memory service (as xenopsd would be), in this process.
+fn client(dir: &Path) -> Service {
+    let config = ServiceConfig {
+        lock_path: dir.join("host.lock"),
+        boot_time_record_path: dir.join("boot_time_memory"),
+        ..ServiceConfig::default()
+    };
+    Service::new(FakeHost::open(dir).unwrap().platform(), config).unwrap()
+}
+
+fn line_with<'a>(text: &'a str, start: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting {start:?} in\n{text}"))
+}
+
+#[test]
+fn status_of_a_fresh_host_shows_its_free_memory_and_the_slush() {
+    let dir = fake_host();
+    let status = squeeze(dir.path(), &["status"]);
+    assert!(
+        line_with(&status, "host total").ends_with(" 16384.0 MiB"),
+        "{status}"
+    );
+    assert!(
+        line_with(&status, "host free").ends_with(" 15104.0 MiB"),
+        "{status}"
+    );
+    // squeezed's default slush: 64 MiB + 8 MiB.
+    assert!(
+        line_with(&status, "slush").ends_with(" 72.0 MiB"),
+        "{status}"
+    );
+    assert!(status.contains("no reservations"), "{status}");
+}
+
+#[test]
+fn a_stale_reservation_left_by_a_client_is_seen_and_removed_by_hand() {
+    let dir = fake_host();
+    // A client reserves 2 GiB and goes away without using it.
+    let id = client(dir.path())
+        .reserve_memory("xenopsd", 2 << 20)
+        .unwrap();
+
+    let status = squeeze(dir.path(), &["status"]);
+    assert!(
+        line_with(&status, "host free").ends_with(" 13056.0 MiB"),
+        "{status}"
+    );
+    assert!(line_with(&status, "xenopsd").contains(&id), "{status}");
+    assert!(
+        line_with(&status, "xenopsd").contains(" 2048.0  -"),
+        "{status}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&squeeze(dir.path(), &["status", "--json"])).unwrap();
+    assert_eq!(json["reserved_kib"], 2_097_152);
+    assert_eq!(json["reservations"][0]["id"], id.as_str());
+
+    assert_eq!(squeeze(dir.path(), &["delete", "xenopsd", &id]), "");
+    let status = squeeze(dir.path(), &["status"]);
+    assert!(
+        line_with(&status, "host free").ends_with(" 15104.0 MiB"),
+        "{status}"
+    );
+    assert!(status.contains("no reservations"), "{status}");
+
+    // Deleting it again is an error, exit status 1, with the id in the message.
+    let again = run(SQUEEZE, &on_fake(dir.path(), &["delete", "xenopsd", &id]));
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains(&id));
+}
+
+#[test]
+fn a_reservation_transferred_to_a_new_domain_shows_against_that_domain() {
+    let dir = fake_host();
+    let fake = FakeHost::open(dir.path()).unwrap();
+    let domid = fake.create_domain(GuestSpec::fixed(512 << 10)).unwrap();
+    let id = squeeze(dir.path(), &["reserve", "xl", "524288"])
+        .trim()
+        .to_string();
+    squeeze(dir.path(), &["transfer", "xl", &id, &domid.to_string()]);
+    let status = squeeze(dir.path(), &["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(json["reservations"][0]["in_transfer"], domid);
+    let dom = json["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domid"] == domid)
+        .unwrap_or_else(|| panic!("domain {domid} missing from {status}"));
+    assert_eq!(dom["initial_reservation_kib"], 524_288);
+    // The table lists the domain too.
+    let table = squeeze(dir.path(), &["status"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{domid} "))),
+        "{table}"
+    );
+}
+
+#[test]
+fn bad_sizes_and_unknown_commands_are_refused() {
+    let dir = fake_host();
+    let d = dir.path();
+    // Not a number: a usage error (2).
+    let lots = run(SQUEEZE, &on_fake(d, &["reserve", "xl", "lots"]));
+    assert_eq!(lots.status.code(), Some(2));
+    assert_eq!(
+        run(SQUEEZE, &on_fake(d, &["shrink"])).status.code(),
+        Some(2)
+    );
+    // A negative size reaches the service, which refuses it (1), and nothing is reserved.
+    let fake_dir = d.to_str().unwrap();
+    let neg = run(
+        SQUEEZE,
+        &["reserve", "--fake", fake_dir, "xl", "--", "-4096"],
+    );
+    assert_eq!(neg.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&neg.stderr).contains("invalid memory value"));
+    // More than the host has: refused, nothing reserved.
+    let big = run(SQUEEZE, &on_fake(d, &["reserve", "xl", "33554432"]));
+    assert_eq!(big.status.code(), Some(1));
+    assert!(squeeze(dir.path(), &["status"]).contains("no reservations"));
+}
+
+#[test]
+fn balance_on_a_host_without_guests_succeeds() {
+    let dir = fake_host();
+    assert_eq!(squeeze(dir.path(), &["balance"]), "");
+}
+
+#[test]
+fn without_xen_the_tool_says_so_and_exits_1() {
+    let out = run(SQUEEZE, &["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cfg!(not(feature = "xen")) {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr.contains("built without Xen support"), "{stderr}");
+    } else if !Path::new("/dev/xen/privcmd").exists() {
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr,
+            "squeeze: unsupported: no Xen hypervisor: /dev/xen/privcmd not available\n"
+        );
+    }
+}
