@@ -322,7 +322,7 @@ fn handle(
         XS_READ | XS_DIRECTORY | XS_GET_PERMS | XS_WRITE | XS_MKDIR | XS_RM => {
             let path = valid_path(args.first().ok_or("EINVAL")?)?;
             let in_txn = tx_id != 0;
-            if in_txn && !st.txns.get(&tx_id).is_some_and(|t| t.conn == conn) {
+            if in_txn && st.txns.get(&tx_id).is_none_or(|t| t.conn != conn) {
                 return Err("ENOENT");
             }
             let mut changed = Vec::new();
