@@ -8,7 +8,6 @@ use common::*;
 use squeeze::backend::fake::{FakeHost, GuestSpec};
 use squeeze::backend::sim::Behaviour;
 use squeeze::host::HostConfig;
-use squeeze::platform::Store;
 use squeeze::service::Service;
 use squeeze::{DomId, Kib};
 
