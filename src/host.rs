@@ -7,12 +7,17 @@
 //!   (its balloon driver is up) and `data/updated` (its agent is up).
 //! - A domain that shows a balloon driver or an agent has **booted**. The first time that is
 //!   seen, the offset between its allocation and its target is measured and stored in
-//!   `memory/memory-offset`; from then on its actual memory is its allocation minus that offset.
+//!   `memory/memory-offset`; from then on its actual memory is its allocation (plus its shared
+//!   pages) minus that offset.
+//! - Unless [`HostConfig::offset_drift`] is off (squeezed's one-shot calibration), the offset is
+//!   re-estimated whenever a ballooning domain that had reached its target shows a constant gap
+//!   to that same, unchanged target over a quiet window: see [`OffsetDrift`].
 //! - A domain that has not booted is counted at its initial reservation: the part not yet
 //!   allocated (net of its shadow allocation and its outstanding claim) is taken off host free
 //!   memory, and the domain is presented as fixed at its maxmem. A domain with no initial
 //!   reservation and no driver is not the balancer's (it is accounted by what it holds).
 //! - Host free memory is Xen's free and to-be-scrubbed pages, minus outstanding claims, minus
+//!   shared pages (memory sharing only lends them: breaking a share takes a page again), minus
 //!   the ledger's unbacked reservations, minus the unallocated part of initial reservations.
 //! - maxmem follows the target (`target + offset`, plus 1 MiB for HVM-like domains), set before
 //!   the target when raising and after it when lowering; a ballooning domain whose maxmem is
@@ -21,7 +26,7 @@
 //! - Domain 0 is left alone unless managed; dying and shut-down domains are not balanced.
 //! - Transferred reservations whose domain has died are released.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use log::{debug, info, warn};
 
@@ -41,6 +46,15 @@ pub const DEFAULT_FREE_MEMORY_TOLERANCE_KIB: Kib = 512;
 /// Seconds away from its target after which a domain is flagged uncooperative.
 pub const DEFAULT_UNCOOPERATIVE_AFTER_S: f64 = 20.0;
 
+/// Looks in a row a domain must hold still before its offset may be re-estimated.
+pub const DEFAULT_DRIFT_WINDOW_LOOKS: u32 = 3;
+
+/// Seconds a domain must hold still before its offset may be re-estimated.
+pub const DEFAULT_DRIFT_WINDOW_S: f64 = 10.0;
+
+/// How many offset corrections the host model remembers for the diagnostics.
+const RECENT_DRIFTS: usize = 16;
+
 /// The host model's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostConfig {
@@ -57,6 +71,18 @@ pub struct HostConfig {
     pub scrub_wait_s: f64,
     /// Where the reservation ledger lives in the store.
     pub layout: Layout,
+    /// Re-estimate `memory/memory-offset` of a quiet domain that drifted off its unchanged
+    /// target (see [`OffsetDrift`]); off, the offset is measured once at boot, as squeezed does.
+    pub offset_drift: bool,
+    /// Consecutive looks with the same target and allocation that make a domain quiet.
+    pub drift_window_looks: u32,
+    /// Seconds those looks must span.
+    pub drift_window_s: f64,
+    /// Turn a reservation transferred to a domain into a Xen claim on it, so nothing else can
+    /// allocate that memory while the domain is built; the claim is cancelled once the domain
+    /// boots. Leave it off when the toolstack makes its own claims (libxl does, with
+    /// `claim_mode`).
+    pub claim_transferred_reservations: bool,
 }
 
 impl Default for HostConfig {
@@ -68,6 +94,10 @@ impl Default for HostConfig {
             uncooperative_after_s: DEFAULT_UNCOOPERATIVE_AFTER_S,
             scrub_wait_s: 30.0,
             layout: Layout::default(),
+            offset_drift: true,
+            drift_window_looks: DEFAULT_DRIFT_WINDOW_LOOKS,
+            drift_window_s: DEFAULT_DRIFT_WINDOW_S,
+            claim_transferred_reservations: false,
         }
     }
 }
@@ -80,6 +110,7 @@ impl HostConfig {
         for (name, v) in [
             ("uncooperative_after_s", self.uncooperative_after_s),
             ("scrub_wait_s", self.scrub_wait_s),
+            ("drift_window_s", self.drift_window_s),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(Error::InvalidArgument(format!(
@@ -87,8 +118,49 @@ impl HostConfig {
                 )));
             }
         }
+        if self.drift_window_looks < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "drift_window_looks = {} cannot tell a still domain from a moving one: use 2 or more",
+                self.drift_window_looks
+            )));
+        }
         Ok(())
     }
+}
+
+/// A re-estimated memory offset.
+///
+/// A domain's offset (what it holds beyond its balloon target once settled: firmware, video
+/// RAM, pages a device model populated) is measured when it boots. It can change later, and
+/// then the domain sits at a constant distance from a target it does not consider missed.
+/// squeezed's one-shot calibration reads that as a domain refusing to reach its target and
+/// flags it uncooperative. The host model instead re-estimates the offset when all of these
+/// hold: the domain balloons, it reached its current target at some point since that target was
+/// set, the target has not changed since, and its allocation has been the same for
+/// [`HostConfig::drift_window_looks`] looks spanning [`HostConfig::drift_window_s`]. A domain
+/// still moving, or one that never reached a target it was given (stuck, or at a hidden
+/// floor), is never re-estimated.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OffsetDrift {
+    /// The domain.
+    pub domid: DomId,
+    /// When it was corrected (the platform clock, seconds).
+    pub time: f64,
+    /// The offset before, in KiB.
+    pub old_offset_kib: Kib,
+    /// The offset after, in KiB.
+    pub new_offset_kib: Kib,
+}
+
+/// What the host model tracks about a booted domain to tell drift from motion.
+#[derive(Debug, Clone, Copy)]
+struct Quiet {
+    target_kib: Kib,
+    held_kib: Kib,
+    since: f64,
+    looks: u32,
+    /// Seen at `target_kib` since it was set.
+    reached: bool,
 }
 
 /// How a domain is virtualised; decides Xen's maxmem extra and whether shadow memory counts.
@@ -146,6 +218,11 @@ pub struct DomainView {
     pub unallocated_reservation_kib: Kib,
     /// Flagged `memory/uncooperative`.
     pub uncooperative: bool,
+    /// Pages it shares with other domains, in KiB (counted as its memory).
+    pub shared_kib: Kib,
+    /// It reached its target, which has not changed since, and now sits off it: a drifted
+    /// offset until proven otherwise, so not blamed for being off target.
+    pub drift_suspect: bool,
     /// What the squeezer sees; `None` when the domain is not balanced (see `skipped`).
     #[serde(serialize_with = "serialize_domain")]
     pub domain: Option<Domain>,
@@ -183,6 +260,8 @@ pub struct HostView {
     pub scrub_kib: Kib,
     /// Outstanding claims, in KiB.
     pub outstanding_kib: Kib,
+    /// Pages domains share, in KiB: free only until the sharing breaks.
+    pub shared_kib: Kib,
     /// Reservations not backed by a live domain, in KiB.
     pub reserved_kib: Kib,
     /// Unallocated parts of initial reservations of domains that have not booted, in KiB.
@@ -197,6 +276,12 @@ pub struct HostView {
     pub invalid_entries: Vec<InvalidEntry>,
     /// The time of the look.
     pub time: f64,
+    /// Offsets re-estimated in this look.
+    pub offset_drifts: Vec<OffsetDrift>,
+    /// Offsets re-estimated since the host model was made.
+    pub offset_drifts_total: u64,
+    /// The last few offsets re-estimated, oldest first.
+    pub recent_offset_drifts: Vec<OffsetDrift>,
     /// What the squeezer gets.
     #[serde(skip)]
     pub host: Host,
@@ -252,6 +337,9 @@ pub struct HostModel {
     /// What the last look learnt per domain, so carrying out its decisions needs no re-reads
     /// (the look and the actions happen under the same host lock).
     known: HashMap<DomId, Known>,
+    quiet: HashMap<DomId, Quiet>,
+    drifts_total: u64,
+    recent_drifts: VecDeque<OffsetDrift>,
 }
 
 /// Per-domain facts the actions need.
@@ -300,6 +388,9 @@ impl HostModel {
             last_cooperative: HashMap::new(),
             last_view: None,
             known: HashMap::new(),
+            quiet: HashMap::new(),
+            drifts_total: 0,
+            recent_drifts: VecDeque::new(),
         })
     }
 
@@ -376,17 +467,34 @@ impl HostModel {
             warn!("ignoring invalid reservation entry {}: {}", e.path, e.why);
         }
 
+        let looked_at = clock.now();
         let mut views = Vec::new();
         let mut known = HashMap::new();
         let mut unallocated_total: Kib = 0;
+        let mut shared_total: Kib = 0;
         let mut offsets_to_write: Vec<(DomId, Kib)> = Vec::new();
+        let mut drifts = Vec::new();
+        let mut just_booted_with_claim = Vec::new();
+        self.quiet.retain(|domid, _| keys.contains_key(domid));
         for info in &candidates {
             let k = &keys[&info.domid];
-            let (view, unallocated, calibrated) = self.domain_view(info, k)?;
+            let (mut view, unallocated, mut calibrated) = self.domain_view(info, k)?;
+            if self.config.offset_drift && calibrated.is_none() {
+                if let Some(d) = self.track_quiet(&mut view, looked_at) {
+                    calibrated = Some(d.new_offset_kib);
+                    drifts.push(d);
+                }
+            } else if calibrated.is_some() {
+                self.quiet.remove(&info.domid);
+            }
+            if view.booted && info.outstanding_pages > 0 {
+                just_booted_with_claim.push(info.domid);
+            }
             known.insert(info.domid, Known::new(info, k, calibrated)?);
             if let Some(offset) = calibrated {
                 offsets_to_write.push((info.domid, offset));
             }
+            shared_total = kib::add(shared_total, view.shared_kib, "shared pages")?;
             unallocated_total = kib::add(unallocated_total, unallocated, "initial reservations")?;
             views.push(view);
         }
@@ -406,6 +514,20 @@ impl HostModel {
             })?;
         }
 
+        if self.config.claim_transferred_reservations {
+            // A booted domain's builder is done: what its claim still holds goes back to the
+            // host (with this setting on, the claims are ours).
+            for &domid in &just_booted_with_claim {
+                match hv.claim_pages(domid, 0) {
+                    Ok(()) => debug!("domain {domid} has booted: cancelled its claim"),
+                    Err(e) => warn!("cannot cancel the claim of domain {domid}: {e}"),
+                }
+            }
+            if !just_booted_with_claim.is_empty() {
+                phys = hv.physinfo()?;
+            }
+        }
+
         let reserved = reservations::unbacked_kib(&ledger, &alive)?;
         let page_kib = |p: u64| pages::to_kib(p);
         let xen_free = page_kib(phys.free_pages)?;
@@ -414,7 +536,7 @@ impl HostModel {
         let free = kib::sub(
             kib::add(xen_free, scrub, "host free memory")?,
             kib::sum(
-                [outstanding, reserved, unallocated_total],
+                [outstanding, shared_total, reserved, unallocated_total],
                 "reserved memory",
             )?,
             "host free memory",
@@ -433,6 +555,7 @@ impl HostModel {
             xen_free_kib: xen_free,
             scrub_kib: scrub,
             outstanding_kib: outstanding,
+            shared_kib: shared_total,
             reserved_kib: reserved,
             unallocated_initial_kib: unallocated_total,
             free_kib: free,
@@ -440,13 +563,17 @@ impl HostModel {
             reservations: ledger,
             invalid_entries: invalid,
             time: now,
+            offset_drifts: drifts,
+            offset_drifts_total: self.drifts_total,
+            recent_offset_drifts: self.recent_drifts.iter().cloned().collect(),
             host,
         };
         debug!(
-            "host: F{} S{} O{} R{} U{} T{} -> free {} KiB",
+            "host: F{} S{} O{} H{} R{} U{} T{} -> free {} KiB",
             view.xen_free_kib,
             view.scrub_kib,
             view.outstanding_kib,
+            view.shared_kib,
             view.reserved_kib,
             view.unallocated_initial_kib,
             view.total_kib,
@@ -471,6 +598,8 @@ impl HostModel {
             initial_reservation_kib: None,
             unallocated_reservation_kib: 0,
             uncooperative: k.uncooperative,
+            shared_kib: 0,
+            drift_suspect: false,
             domain: None,
             skipped: None,
         };
@@ -482,7 +611,11 @@ impl HostModel {
         if !k.exists {
             return skip(view, "no store directory".into());
         }
-        let actual = pages::to_kib(info.tot_pages)?;
+        // A shared page left the domain's allocation but is still its memory: breaking the
+        // share allocates it again.
+        let shared = pages::to_kib(info.shared_pages)?;
+        view.shared_kib = shared;
+        let actual = kib::add(pages::to_kib(info.tot_pages)?, shared, "domain memory")?;
         let shadow = if domain_type == DomainType::Pv {
             0
         } else {
@@ -547,7 +680,11 @@ impl HostModel {
                 // Resample the allocation now that the driver is known to be up: the sample
                 // above was taken before the store was read.
                 let now_actual = match hv.domain(domid)? {
-                    Some(i) => pages::to_kib(i.tot_pages)?,
+                    Some(i) => kib::add(
+                        pages::to_kib(i.tot_pages)?,
+                        pages::to_kib(i.shared_pages)?,
+                        "domain memory",
+                    )?,
                     None => return skip(view, "vanished".into()),
                 };
                 let offset = now_actual - target;
@@ -590,6 +727,74 @@ impl HostModel {
         Ok((view, 0, calibrated))
     }
 
+    /// Follows a booted domain's target and allocation across looks; when it has drifted off
+    /// a target it had reached and has held still for the window, re-estimates its offset
+    /// (correcting `view`) and returns the correction.
+    fn track_quiet(&mut self, view: &mut DomainView, now: f64) -> Option<OffsetDrift> {
+        let domid = view.domid;
+        let Some(d) = view
+            .domain
+            .as_mut()
+            .filter(|d| view.booted && d.can_balloon)
+        else {
+            self.quiet.remove(&domid);
+            return None;
+        };
+        let at_target = d.has_hit_target();
+        let held = d.memory_actual_kib + view.offset_kib;
+        let fresh = Quiet {
+            target_kib: d.target_kib,
+            held_kib: held,
+            since: now,
+            looks: 0,
+            reached: false,
+        };
+        let q = self.quiet.entry(domid).or_insert(fresh);
+        if q.target_kib != d.target_kib {
+            *q = fresh;
+        } else if q.held_kib != held {
+            // Still moving (or just moved): the window starts again.
+            q.held_kib = held;
+            q.since = now;
+            q.looks = 0;
+        }
+        q.looks += 1;
+        q.reached |= at_target;
+        view.drift_suspect = q.reached && !at_target;
+        if !view.drift_suspect
+            || q.looks < self.config.drift_window_looks
+            || now - q.since < self.config.drift_window_s
+        {
+            return None;
+        }
+        let held_for = now - q.since;
+        let old = view.offset_kib;
+        let new = old + (d.memory_actual_kib - d.target_kib);
+        d.memory_actual_kib = d.target_kib;
+        view.offset_kib = new;
+        view.drift_suspect = false;
+        q.since = now;
+        q.looks = 1;
+        info!(
+            "domain {domid} has held {} KiB off its unchanged target for {:.0} s: \
+             memory-offset drifted from {old} KiB to {new} KiB",
+            new - old,
+            held_for
+        );
+        let drift = OffsetDrift {
+            domid,
+            time: now,
+            old_offset_kib: old,
+            new_offset_kib: new,
+        };
+        self.drifts_total += 1;
+        if self.recent_drifts.len() == RECENT_DRIFTS {
+            self.recent_drifts.pop_front();
+        }
+        self.recent_drifts.push_back(drift.clone());
+        Some(drift)
+    }
+
     fn update_cooperation(
         &mut self,
         host: &Host,
@@ -598,9 +803,15 @@ impl HostModel {
     ) -> Result<()> {
         self.last_cooperative
             .retain(|domid, _| host.domain(*domid).is_some());
+        let suspects: Vec<DomId> = views
+            .iter()
+            .filter(|v| v.drift_suspect)
+            .map(|v| v.domid)
+            .collect();
         for d in host.domains() {
             let entry = self.last_cooperative.entry(d.domid).or_insert(now);
-            if !d.can_balloon || d.has_hit_target() {
+            // A drift suspect was not asked to move: it is not refusing anything.
+            if !d.can_balloon || d.has_hit_target() || suspects.contains(&d.domid) {
                 *entry = now;
             }
         }

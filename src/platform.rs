@@ -93,6 +93,9 @@ pub trait Hypervisor: Send + Sync {
     /// Sets the allocation limit of a domain, in KiB (`xc_domain_setmaxmem` takes KiB).
     fn set_maxmem_kib(&self, domid: DomId, kib: Kib) -> Result<()>;
     /// Claims `pages` for a domain so no other allocation can take them (0 cancels the claim).
+    /// `pages` is what the domain may still allocate beyond what it holds, as reported back in
+    /// `outstanding_pages`; Xen's `XENMEM_claim_pages` takes the total, so a Xen backend adds
+    /// the domain's `tot_pages`.
     fn claim_pages(&self, domid: DomId, pages: u64) -> Result<()>;
 }
 

@@ -147,6 +147,28 @@ fn net_of_slush(e: Error, slush: Kib) -> Error {
     }
 }
 
+/// Claims for `domid` the part of its `kib` reservation it has not allocated yet. The
+/// reservation is already counted through the domain's initial reservation, so a claim Xen
+/// refuses costs nothing but the protection: it is logged, not fatal.
+fn claim_reservation(platform: &Platform, domid: DomId, kib: Kib) -> Result<()> {
+    let Some(info) = platform.hypervisor.domain(domid)? else {
+        return Ok(());
+    };
+    // The shadow allocation comes out of the reservation too (the host model counts it so).
+    let shadow = platform
+        .hypervisor
+        .shadow_allocation_mib(domid)
+        .map(|m| m.min(1 << 30) as Kib * 1024)
+        .unwrap_or(0);
+    let held = pages::to_kib(info.tot_pages)?;
+    let want = pages::from_kib((kib - held - shadow).max(0))?;
+    match platform.hypervisor.claim_pages(domid, want) {
+        Ok(()) => debug!("claimed {want} pages for domain {domid}"),
+        Err(e) => warn!("cannot claim {want} pages for domain {domid}: {e}"),
+    }
+    Ok(())
+}
+
 fn check_domid(domid: DomId) -> Result<()> {
     if domid < 0 {
         Err(Error::InvalidArgument(format!(
@@ -316,6 +338,9 @@ impl Service {
             })?;
             self.fault_point("transfer:recorded");
             platform.hypervisor.set_maxmem_kib(domid, kib)?;
+            if model.config().claim_transferred_reservations {
+                claim_reservation(&platform, domid, kib)?;
+            }
             debug!("transferred reservation {id} ({kib} KiB) to domain {domid}");
             self.fault_point("transfer:maxmem");
             Ok(())
@@ -463,6 +488,10 @@ impl Service {
                 "free_memory_tolerance_kib": cfg.host.free_memory_tolerance_kib,
                 "manage_domain_zero": cfg.host.manage_domain_zero,
                 "uncooperative_after_s": cfg.host.uncooperative_after_s,
+                "offset_drift": cfg.host.offset_drift,
+                "drift_window_looks": cfg.host.drift_window_looks,
+                "drift_window_s": cfg.host.drift_window_s,
+                "claim_transferred_reservations": cfg.host.claim_transferred_reservations,
                 "lock_path": cfg.lock_path.display().to_string(),
                 "state_dir": self.inner.layout.state_dir(),
                 "balance_interval_s": cfg.balance_interval_s,

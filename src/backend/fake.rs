@@ -421,7 +421,87 @@ impl FakeHost {
                 )));
             }
             g.info.tot_pages += want;
+            // As Xen: an allocation uses up the domain's own claim first.
+            g.info.outstanding_pages = g.info.outstanding_pages.saturating_sub(want);
             s.free_pages -= want + shadow;
+            Ok(())
+        })
+    }
+
+    /// Changes a guest's hidden offset by `delta_kib` mid-life, and its allocation with it at
+    /// once: memory populated for the domain (or released) outside its balloon driver, as a
+    /// device model does for video RAM or option ROMs, raising maxmem to make room. The guest
+    /// considers itself at its target throughout; only its offset moved.
+    pub fn inject_offset_drift(&self, domid: DomId, delta_kib: Kib) -> Result<()> {
+        if delta_kib % pages::PAGE_KIB != 0 || delta_kib.abs() > crate::model::MAX_KIB {
+            return Err(Error::InvalidMemoryValue(format!(
+                "an offset drift of {delta_kib} KiB is not a whole number of pages"
+            )));
+        }
+        self.with(true, |s| {
+            let free = s.free_pages;
+            let g = s.guest_mut(domid)?;
+            let delta_pages = delta_kib / pages::PAGE_KIB;
+            let tot = g.info.tot_pages as i64 + delta_pages;
+            if tot < 0 || delta_pages > free as i64 {
+                return Err(Error::Backend(format!(
+                    "domain {domid}: cannot drift by {delta_kib} KiB"
+                )));
+            }
+            g.spec.offset_kib += delta_kib;
+            g.info.tot_pages = tot as u64;
+            g.info.max_pages = g.info.max_pages.max(tot as u64);
+            s.free_pages = (free as i64 - delta_pages) as u64;
+            Ok(())
+        })
+    }
+
+    /// Memory sharing found `count` of a domain's pages identical to pages elsewhere: they
+    /// leave its allocation (`tot_pages`), count in its `shared_pages`, and their frames return
+    /// to the host's free memory, on loan: [`unshare_pages`](FakeHost::unshare_pages) takes
+    /// them back.
+    pub fn share_pages(&self, domid: DomId, count: u64) -> Result<()> {
+        self.with(true, |s| {
+            let g = s.guest_mut(domid)?;
+            if count > g.info.tot_pages {
+                return Err(Error::Backend(format!(
+                    "domain {domid} has only {} pages to share",
+                    g.info.tot_pages
+                )));
+            }
+            g.info.tot_pages -= count;
+            g.info.shared_pages += count;
+            s.free_pages += count;
+            Ok(())
+        })
+    }
+
+    /// A domain writes to `count` of its shared pages: each gets a private copy again, taken
+    /// from free memory. Breaking a share beyond free memory is recorded as a violation (Xen
+    /// would have to pause the domain).
+    pub fn unshare_pages(&self, domid: DomId, count: u64) -> Result<()> {
+        self.with(true, |s| {
+            let free = s.free_pages;
+            let g = s.guest_mut(domid)?;
+            if count > g.info.shared_pages {
+                return Err(Error::Backend(format!(
+                    "domain {domid} has only {} shared pages",
+                    g.info.shared_pages
+                )));
+            }
+            let got = count.min(free);
+            g.info.shared_pages -= count;
+            g.info.tot_pages += got;
+            s.free_pages -= got;
+            if got < count {
+                s.violation(
+                    domid,
+                    format!(
+                        "breaking {count} shared pages with only {free} pages free: memory lent by \
+                         sharing was handed out twice"
+                    ),
+                );
+            }
             Ok(())
         })
     }
@@ -655,26 +735,30 @@ impl State {
         }
         let mut guests: Kib = 0;
         let mut owed: Kib = 0;
+        let mut claimed: Kib = 0;
         for (domid, g) in &self.domains {
             let shadow = g.shadow_mib as Kib * 1024;
-            guests += kib(g.info.tot_pages) + shadow;
+            // Shared pages are the guest's memory on loan from the free pool.
+            guests += kib(g.info.tot_pages) + kib(g.info.shared_pages) + shadow;
+            claimed += kib(g.info.outstanding_pages);
             let key = |k: &str| self.store.get(&format!("/local/domain/{domid}/{k}"));
             let booted = key("control/feature-balloon").is_some() || key("data/updated").is_some();
             if let (false, Some(ir)) = (
                 booted,
                 key("memory/initial-reservation").and_then(|v| v.parse::<Kib>().ok()),
             ) {
-                owed += (ir - kib(g.info.tot_pages) - shadow).max(0);
+                owed +=
+                    (ir - kib(g.info.tot_pages) - shadow - kib(g.info.outstanding_pages)).max(0);
             }
         }
         let host = self.config.total_kib - self.config.xen_kib;
-        let over = guests + reserved + owed + slush - host;
+        let over = guests + reserved + owed + claimed + slush - host;
         if over > 0 {
             self.violation(
                 -1,
                 format!(
                     "overcommitted by {over} KiB: guests {guests} + reserved {reserved} + owed \
-                     {owed} + slush {slush} > host {host} KiB"
+                     {owed} + claimed {claimed} + slush {slush} > host {host} KiB"
                 ),
             );
         }
@@ -729,7 +813,7 @@ impl State {
                 g.last_target_change = g.last_update;
             }
             let tot = g.info.tot_pages as Kib * pages::PAGE_KIB;
-            let actual = tot - g.spec.offset_kib;
+            let actual = tot + g.info.shared_pages as Kib * pages::PAGE_KIB - g.spec.offset_kib;
             let mut delta = balloon_step(g, actual, target, now);
             // Xen refuses allocations beyond maxmem.
             let max = g.info.max_pages as Kib * pages::PAGE_KIB;

@@ -1,0 +1,208 @@
+//! Xen claims and shared pages in host accounting: memory promised to a claim, or lent by
+//! memory sharing, is never handed out a second time. The fake host's referee checks every
+//! change: guests (shared pages included) + claims + reservations + what unbooted domains are
+//! still owed + the slush must fit in the host.
+
+mod common;
+
+use common::*;
+use squeeze::backend::fake::{FakeHost, GuestSpec};
+use squeeze::platform::Hypervisor;
+use squeeze::service::Service;
+use squeeze::{DomId, Error, Kib};
+
+const PAGE: Kib = 4;
+
+fn pages(kib: Kib) -> u64 {
+    (kib / PAGE) as u64
+}
+
+fn outstanding_kib(fake: &FakeHost, domid: DomId) -> Kib {
+    fake.domain(domid).unwrap().unwrap().info.outstanding_pages as Kib * PAGE
+}
+
+#[test]
+fn claims_and_shared_pages_are_counted_exactly_and_never_handed_out_twice() {
+    let (_dir, fake, service) = setup(small_host());
+    // 3 GiB free; a 512 MiB..1 GiB guest at 1 GiB leaves 2 GiB.
+    let a = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, GIB));
+    // Another toolstack's domain claims 256 MiB before building it.
+    let b = fake.create_domain(GuestSpec::fixed(256 * MIB)).unwrap();
+    fake.claim_pages(b, pages(256 * MIB)).unwrap();
+    // Sharing finds 128 MiB of the guest's pages duplicated elsewhere: Xen frees them.
+    fake.share_pages(a, pages(128 * MIB)).unwrap();
+
+    let v = service.host_view().unwrap();
+    assert_eq!(v.xen_free_kib, 2 * GIB + 128 * MIB);
+    assert_eq!(v.outstanding_kib, 256 * MIB);
+    assert_eq!(v.shared_kib, 128 * MIB);
+    // 2 GiB + 128 MiB − 256 MiB claimed − 128 MiB shared.
+    assert_eq!(v.free_kib, 2 * GIB - 256 * MIB);
+    // squeezed's sum (Xen's free pages less reservations) would offer 384 MiB that are not there.
+    assert_eq!(v.xen_free_kib - v.free_kib, 384 * MIB);
+    // Its shared pages are still the guest's memory: it is at its 1 GiB target, not below.
+    let d = v.domains.iter().find(|d| d.domid == a).unwrap();
+    assert_eq!(d.shared_kib, 128 * MIB);
+    assert_eq!(d.domain.unwrap().memory_actual_kib, GIB);
+    assert!(!d.drift_suspect && !d.uncooperative);
+
+    // Everything the host can give: 1792 MiB free + 512 MiB the guest can balloon − the slush,
+    // less the 4 KiB its driver stops short of a target.
+    let all = 2 * GIB - 256 * MIB + 512 * MIB - SLUSH - 4;
+    let id = service.reserve_memory("xenopsd", all).unwrap();
+    let e = service.reserve_memory("xenopsd", MIB).unwrap_err();
+    assert!(
+        matches!(e, Error::CannotFreeThisMuchMemory { .. }),
+        "one more MiB is not there: {e}"
+    );
+
+    // Now every promise is kept at once: the claimed domain is built, the guest breaks all its
+    // shares, and a new domain takes the whole reservation.
+    fake.build_domain(b, 256 * MIB).unwrap();
+    assert_eq!(outstanding_kib(&fake, b), 0, "the build used up the claim");
+    fake.unshare_pages(a, pages(128 * MIB)).unwrap();
+    let c = fake.create_domain(GuestSpec::fixed(all)).unwrap();
+    service
+        .transfer_reservation_to_domain("xenopsd", &id, c)
+        .unwrap();
+    fake.build_domain(c, all).unwrap();
+    let s = fake.snapshot().unwrap();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    // 4 GiB = dom0 1 GiB + guest 512 MiB + 4 KiB + 256 MiB + the reservation + the slush.
+    assert_eq!(s.free_kib, SLUSH);
+    let v = service.host_view().unwrap();
+    assert_eq!((v.outstanding_kib, v.shared_kib), (0, 0));
+    assert_eq!(v.free_kib, SLUSH);
+}
+
+#[test]
+fn without_counting_sharing_the_same_host_would_be_overcommitted() {
+    // The referee is not fooled by freed shared pages: promising them is a violation.
+    let cfg = small_host();
+    let fake = FakeHost::in_memory(cfg).unwrap();
+    let a = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, GIB));
+    fake.share_pages(a, pages(128 * MIB)).unwrap();
+    // Xen shows 2 GiB + 128 MiB free; a ledger entry for all of it less the slush...
+    squeeze::platform::Store::write(
+        &fake,
+        "/squeezed/state/s/00000000-0000-0000-0000-000000000001",
+        &(2 * GIB + 128 * MIB - SLUSH).to_string(),
+    )
+    .unwrap();
+    // ...is 128 MiB more than the host has once the guest writes to its pages.
+    let v = fake.snapshot().unwrap().violations;
+    assert_eq!(v.len(), 1);
+    assert!(
+        v[0].what.starts_with("overcommitted by 131072 KiB"),
+        "{}",
+        v[0].what
+    );
+    // And breaking the shares with nothing free is caught as memory handed out twice.
+    let d = fake
+        .create_domain(GuestSpec::fixed(2 * GIB + 128 * MIB))
+        .unwrap();
+    fake.build_domain(d, 2 * GIB + 128 * MIB).unwrap();
+    fake.unshare_pages(a, 1).unwrap();
+    let v = fake.snapshot().unwrap().violations;
+    assert!(
+        v.iter()
+            .any(|v| v.domid == a && v.what.contains("handed out twice")),
+        "{v:?}"
+    );
+}
+
+fn claiming_service(fake: &FakeHost, dir: &std::path::Path, claim: bool) -> Service {
+    let mut cfg = config(dir);
+    cfg.host.claim_transferred_reservations = claim;
+    Service::new(fake.platform(), cfg).unwrap()
+}
+
+#[test]
+fn a_transferred_reservation_becomes_a_claim_on_the_new_domain_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(small_host()).unwrap();
+    let service = claiming_service(&fake, dir.path(), true);
+    let id = service.reserve_memory("xl-1", 512 * MIB).unwrap();
+    let before = service.host_view().unwrap().free_kib;
+    assert_eq!(before, 3 * GIB - 512 * MIB);
+
+    let d = fake
+        .create_domain(GuestSpec::ballooning(256 * MIB, 512 * MIB))
+        .unwrap();
+    service
+        .transfer_reservation_to_domain("xl-1", &id, d)
+        .unwrap();
+    assert_eq!(outstanding_kib(&fake, d), 512 * MIB);
+    let v = service.host_view().unwrap();
+    // Counted once: as Xen's outstanding claim, not again as an unallocated reservation.
+    assert_eq!(v.outstanding_kib, 512 * MIB);
+    assert_eq!(v.unallocated_initial_kib, 0);
+    assert_eq!(v.reserved_kib, 0);
+    assert_eq!(v.free_kib, before);
+    // Another toolstack cannot claim the memory behind the reservation.
+    let other = fake.create_domain(GuestSpec::fixed(GIB)).unwrap();
+    assert!(fake.claim_pages(other, pages(3 * GIB - 511 * MIB)).is_err());
+    fake.destroy_domain(other).unwrap();
+
+    // The builder takes 384 MiB of it: the claim shrinks by as much, the books do not move.
+    fake.build_domain(d, 384 * MIB).unwrap();
+    assert_eq!(outstanding_kib(&fake, d), 128 * MIB);
+    let v = service.host_view().unwrap();
+    assert_eq!(
+        (v.outstanding_kib, v.unallocated_initial_kib),
+        (128 * MIB, 0)
+    );
+    assert_eq!(v.free_kib, before);
+
+    // It boots with 384 MiB: the 128 MiB the builder never took go back to the host.
+    fake.unpause(d).unwrap();
+    fake.advance(1.0).unwrap();
+    let v = service.host_view().unwrap();
+    assert_eq!(outstanding_kib(&fake, d), 0);
+    assert_eq!(v.outstanding_kib, 0);
+    assert_eq!(v.free_kib, before + 128 * MIB);
+    assert!(fake.snapshot().unwrap().violations.is_empty());
+}
+
+#[test]
+fn without_the_setting_no_claim_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(small_host()).unwrap();
+    let service = claiming_service(&fake, dir.path(), false);
+    let id = service.reserve_memory("xl-1", 512 * MIB).unwrap();
+    let d = fake
+        .create_domain(GuestSpec::ballooning(256 * MIB, 512 * MIB))
+        .unwrap();
+    service
+        .transfer_reservation_to_domain("xl-1", &id, d)
+        .unwrap();
+    assert_eq!(outstanding_kib(&fake, d), 0);
+    let v = service.host_view().unwrap();
+    assert_eq!(v.unallocated_initial_kib, 512 * MIB);
+    assert_eq!(v.free_kib, 3 * GIB - 512 * MIB);
+    // A claim the toolstack makes itself is left to it, even once the domain boots.
+    fake.claim_pages(d, pages(512 * MIB)).unwrap();
+    fake.build_domain(d, 384 * MIB).unwrap();
+    fake.unpause(d).unwrap();
+    fake.advance(1.0).unwrap();
+    service.host_view().unwrap();
+    assert_eq!(outstanding_kib(&fake, d), 128 * MIB);
+}
+
+#[test]
+fn a_claimed_domain_that_dies_gives_everything_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(small_host()).unwrap();
+    let service = claiming_service(&fake, dir.path(), true);
+    let id = service.reserve_memory("xl-1", GIB).unwrap();
+    let d = fake.create_domain(GuestSpec::fixed(GIB)).unwrap();
+    service
+        .transfer_reservation_to_domain("xl-1", &id, d)
+        .unwrap();
+    fake.build_domain(d, 256 * MIB).unwrap();
+    assert_eq!(service.host_view().unwrap().free_kib, 2 * GIB);
+    fake.destroy_domain(d).unwrap();
+    let v = service.host_view().unwrap();
+    assert_eq!((v.outstanding_kib, v.reserved_kib), (0, 0));
+    assert_eq!(v.free_kib, 3 * GIB);
+}
