@@ -965,21 +965,20 @@ sqz_status sqz_fake_host_create_domain(struct sqz_fake_host *f,
 
 /**
  * Builds domain `domid`: allocates `kib` KiB to it, as the domain builder does. Errors: `f`
- * NULL or an unknown domid → `SQZ_ERR_INVALID_ARGUMENT`; a bad size →
- * `SQZ_ERR_INVALID_MEMORY_VALUE`; beyond its maxmem or the host's free memory →
- * `SQZ_ERR_BACKEND`.
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`; a bad size → `SQZ_ERR_INVALID_MEMORY_VALUE`; an unknown
+ * domid, or beyond its maxmem or the host's free memory → `SQZ_ERR_BACKEND`.
  */
 sqz_status sqz_fake_host_build_domain(struct sqz_fake_host *f, int32_t domid, int64_t kib);
 
 /**
  * Unpauses domain `domid`: it boots after the configured delay of simulated time. Errors: `f`
- * NULL or an unknown domid → `SQZ_ERR_INVALID_ARGUMENT`.
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
  */
 sqz_status sqz_fake_host_unpause(struct sqz_fake_host *f, int32_t domid);
 
 /**
- * Destroys domain `domid`: its memory returns to the host. Errors: `f` NULL, domain 0 or an
- * unknown domid → `SQZ_ERR_INVALID_ARGUMENT`.
+ * Destroys domain `domid`: its memory returns to the host. Errors: `f` NULL or domain 0 →
+ * `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
  */
 sqz_status sqz_fake_host_destroy_domain(struct sqz_fake_host *f, int32_t domid);
 

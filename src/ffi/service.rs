@@ -282,9 +282,8 @@ pub unsafe extern "C" fn sqz_fake_host_create_domain(
 }
 
 /// Builds domain `domid`: allocates `kib` KiB to it, as the domain builder does. Errors: `f`
-/// NULL or an unknown domid → `SQZ_ERR_INVALID_ARGUMENT`; a bad size →
-/// `SQZ_ERR_INVALID_MEMORY_VALUE`; beyond its maxmem or the host's free memory →
-/// `SQZ_ERR_BACKEND`.
+/// NULL → `SQZ_ERR_INVALID_ARGUMENT`; a bad size → `SQZ_ERR_INVALID_MEMORY_VALUE`; an unknown
+/// domid, or beyond its maxmem or the host's free memory → `SQZ_ERR_BACKEND`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_fake_host_build_domain(
     f: *mut sqz_fake_host,
@@ -299,7 +298,7 @@ pub unsafe extern "C" fn sqz_fake_host_build_domain(
 }
 
 /// Unpauses domain `domid`: it boots after the configured delay of simulated time. Errors: `f`
-/// NULL or an unknown domid → `SQZ_ERR_INVALID_ARGUMENT`.
+/// NULL → `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_fake_host_unpause(f: *mut sqz_fake_host, domid: i32) -> sqz_status {
     guard::status(|| {
@@ -309,8 +308,8 @@ pub unsafe extern "C" fn sqz_fake_host_unpause(f: *mut sqz_fake_host, domid: i32
     })
 }
 
-/// Destroys domain `domid`: its memory returns to the host. Errors: `f` NULL, domain 0 or an
-/// unknown domid → `SQZ_ERR_INVALID_ARGUMENT`.
+/// Destroys domain `domid`: its memory returns to the host. Errors: `f` NULL or domain 0 →
+/// `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_fake_host_destroy_domain(
     f: *mut sqz_fake_host,
