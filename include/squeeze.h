@@ -1053,6 +1053,13 @@ sqz_status sqz_service_config_set_boot_time_record_path(struct sqz_service_confi
                                                         const char *path);
 
 /**
+ * Sets the seconds between two checks of the background balancer (default 10). Errors: `c`
+ * NULL, or `seconds` not above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`,
+ * unchanged.
+ */
+sqz_status sqz_service_config_set_balance_interval(struct sqz_service_config *c, double seconds);
+
+/**
  * Sets the squeezer's options (copied; NULL restores the defaults). Errors: `c` NULL →
  * `SQZ_ERR_INVALID_ARGUMENT`.
  */
@@ -1158,6 +1165,21 @@ sqz_status sqz_query_reservation_of_domain(struct sqz_service *s,
  * `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
  */
 sqz_status sqz_service_balance_memory(struct sqz_service *s);
+
+/**
+ * Starts the background balancer: a thread that, every balance interval (real time), balances
+ * the host when a pass would change a target (squeezed's periodic check). Starting it twice is
+ * harmless. Over a `sqz_platform`, the callbacks then also run on that thread. Errors: `s`
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`; the thread cannot be started → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_service_start_balancer(struct sqz_service *s);
+
+/**
+ * Stops the background balancer and waits for its thread (at most one balancing pass);
+ * stopping it when it does not run is harmless. `sqz_service_free` stops it too. Errors: `s`
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_stop_balancer(struct sqz_service *s);
 
 /**
  * Stores the memory the host keeps for Xen (the slush), in KiB, in `*out`. Errors: a NULL

@@ -437,3 +437,121 @@ fn diagnostics_report_the_size_they_need_and_fit_exactly_in_it() {
         sqz_service_free(svc);
     }
 }
+
+fn diagnostics(svc: *mut sqz_service) -> serde_json::Value {
+    unsafe {
+        let mut need = 0usize;
+        sqz_get_diagnostics(svc, std::ptr::null_mut(), 0, &mut need);
+        let mut buf = vec![0 as c_char; need];
+        assert_eq!(
+            sqz_get_diagnostics(svc, buf.as_mut_ptr(), need, &mut need),
+            SQZ_OK
+        );
+        serde_json::from_str(CStr::from_ptr(buf.as_ptr()).to_str().unwrap()).unwrap()
+    }
+}
+
+#[test]
+fn the_background_balancer_gives_an_idle_host_s_memory_back_to_a_guest_below_its_max() {
+    const GIB: i64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let lock = CString::new(dir.path().join("host.lock").to_str().unwrap()).unwrap();
+    unsafe {
+        // 8 GiB host, 6.75 GiB free; a guest of 1..4 GiB running at 2 GiB.
+        let hc = sqz_fake_config {
+            struct_size: std::mem::size_of::<sqz_fake_config>() as u32,
+            total_kib: 8 * GIB,
+            xen_kib: GIB / 4,
+            dom0_kib: GIB,
+            boot_delay_s: 1.0,
+        };
+        let mut host = std::ptr::null_mut();
+        assert_eq!(sqz_fake_host_new(&hc, &mut host), SQZ_OK);
+        let g = sqz_fake_guest {
+            struct_size: std::mem::size_of::<sqz_fake_guest>() as u32,
+            target_kib: 2 * GIB,
+            dynamic_min_kib: GIB,
+            dynamic_max_kib: 4 * GIB,
+            offset_kib: 0,
+            behaviour: sqz_behaviour {
+                kind: SQZ_BEHAVIOUR_IDEAL,
+                rate_kib_per_s: GIB,
+                limit_kib: 0,
+                seconds: 0.0,
+            },
+        };
+        let mut domid = -1;
+        assert_eq!(
+            sqz_fake_host_create_domain(
+                host,
+                &g,
+                std::mem::size_of::<sqz_fake_guest>(),
+                &mut domid
+            ),
+            SQZ_OK
+        );
+        assert_eq!(sqz_fake_host_build_domain(host, domid, 2 * GIB), SQZ_OK);
+        assert_eq!(sqz_fake_host_unpause(host, domid), SQZ_OK);
+        assert_eq!(sqz_fake_host_advance(host, 2.0), SQZ_OK);
+
+        let mut cfg = std::ptr::null_mut();
+        assert_eq!(sqz_service_config_new(&mut cfg), SQZ_OK);
+        assert_eq!(sqz_service_config_set_lock_path(cfg, lock.as_ptr()), SQZ_OK);
+        assert_eq!(
+            sqz_service_config_set_balance_interval(cfg, 0.0),
+            SQZ_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            sqz_service_config_set_balance_interval(cfg, f64::NAN),
+            SQZ_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(sqz_service_config_set_balance_interval(cfg, 0.01), SQZ_OK);
+        let mut svc = std::ptr::null_mut();
+        assert_eq!(sqz_service_new_fake(host, cfg, &mut svc), SQZ_OK);
+        sqz_service_config_free(cfg);
+        assert_eq!(diagnostics(svc)["balancer"]["running"], false);
+
+        assert_eq!(sqz_service_start_balancer(svc), SQZ_OK);
+        assert_eq!(
+            sqz_service_start_balancer(svc),
+            SQZ_OK,
+            "starting twice is harmless"
+        );
+        assert_eq!(diagnostics(svc)["balancer"]["running"], true);
+        // Wait (a bounded number of rounds, not a time) for a pass, letting simulated time run
+        // so the guest follows its new target.
+        let mut d = sqz_fake_domain::default();
+        for _ in 0..2000 {
+            assert_eq!(sqz_fake_host_advance(host, 0.5), SQZ_OK);
+            assert_eq!(sqz_fake_host_domain(host, domid, &mut d), SQZ_OK);
+            // Within the balloon driver's 4 KiB inaccuracy.
+            if d.tot_kib >= 4 * GIB - 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            (4 * GIB - 4..=4 * GIB).contains(&d.tot_kib),
+            "the guest got back to its dynamic-max: {} KiB",
+            d.tot_kib
+        );
+        assert!(diagnostics(svc)["balancer"]["passes"].as_u64().unwrap() >= 1);
+        assert_eq!(sqz_service_stop_balancer(svc), SQZ_OK);
+        assert_eq!(diagnostics(svc)["balancer"]["running"], false);
+        assert_eq!(
+            sqz_service_stop_balancer(svc),
+            SQZ_OK,
+            "stopping twice is harmless"
+        );
+        assert_eq!(
+            sqz_service_start_balancer(std::ptr::null_mut()),
+            SQZ_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            sqz_service_stop_balancer(std::ptr::null_mut()),
+            SQZ_ERR_INVALID_ARGUMENT
+        );
+        sqz_service_free(svc);
+        sqz_fake_host_free(host);
+    }
+}

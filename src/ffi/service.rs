@@ -1102,6 +1102,27 @@ pub unsafe extern "C" fn sqz_service_config_set_boot_time_record_path(
     })
 }
 
+/// Sets the seconds between two checks of the background balancer (default 10). Errors: `c`
+/// NULL, or `seconds` not above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`,
+/// unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_service_config_set_balance_interval(
+    c: *mut sqz_service_config,
+    seconds: f64,
+) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live config.
+        let c = unsafe { config_mut(c) }?;
+        if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+            return Err(invalid(format!(
+                "the balance interval must be above 0 and at most 86400 s, not {seconds}"
+            )));
+        }
+        c.balance_interval_s = seconds;
+        Ok(())
+    })
+}
+
 /// Sets the squeezer's options (copied; NULL restores the defaults). Errors: `c` NULL →
 /// `SQZ_ERR_INVALID_ARGUMENT`.
 #[no_mangle]
@@ -1363,6 +1384,31 @@ pub unsafe extern "C" fn sqz_service_balance_memory(s: *mut sqz_service) -> sqz_
     guard::status(|| {
         // SAFETY: the caller passes NULL or a live service.
         unsafe { service(s) }?.balance_memory()?;
+        Ok(())
+    })
+}
+
+/// Starts the background balancer: a thread that, every balance interval (real time), balances
+/// the host when a pass would change a target (squeezed's periodic check). Starting it twice is
+/// harmless. Over a `sqz_platform`, the callbacks then also run on that thread. Errors: `s`
+/// NULL → `SQZ_ERR_INVALID_ARGUMENT`; the thread cannot be started → `SQZ_ERR_BACKEND`.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_service_start_balancer(s: *mut sqz_service) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live service.
+        unsafe { service(s) }?.start_balancer()?;
+        Ok(())
+    })
+}
+
+/// Stops the background balancer and waits for its thread (at most one balancing pass);
+/// stopping it when it does not run is harmless. `sqz_service_free` stops it too. Errors: `s`
+/// NULL → `SQZ_ERR_INVALID_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_service_stop_balancer(s: *mut sqz_service) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live service.
+        unsafe { service(s) }?.stop_balancer();
         Ok(())
     })
 }

@@ -641,6 +641,8 @@ static void test_service_xenopsd_flow(void) {
     CHECK_STATUS(sqz_query_reservation_of_domain(svc, "xenopsd", d2, queried), SQZ_OK);
     CHECK(strcmp(queried, id) == 0);
     CHECK_STATUS(sqz_service_balance_memory(svc), SQZ_OK);
+    CHECK_STATUS(sqz_service_start_balancer(svc), SQZ_OK);
+    CHECK_STATUS(sqz_service_stop_balancer(svc), SQZ_OK);
     CHECK_STATUS(sqz_delete_reservation(svc, "xenopsd", id), SQZ_OK);
     CHECK_STATUS(sqz_delete_reservation(svc, "xenopsd", id), SQZ_ERR_UNKNOWN_RESERVATION);
 
@@ -733,6 +735,9 @@ static void test_service_bad_input(void) {
     CHECK_STATUS(sqz_service_config_set_boot_time_record_path(NULL, "/tmp/x"), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_service_config_set_options(NULL, NULL), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_service_config_set_options(cfg, NULL), SQZ_OK);
+    CHECK_STATUS(sqz_service_config_set_balance_interval(NULL, 1.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_balance_interval(cfg, -1.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_balance_interval(cfg, INFINITY), SQZ_ERR_INVALID_ARGUMENT);
     sqz_service_config_free(NULL);
 
     /* Fake host. */
@@ -825,6 +830,8 @@ static void test_service_bad_input(void) {
     CHECK_STATUS(sqz_query_reservation_of_domain(svc, "xl", 0, NULL), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_query_reservation_of_domain(svc, "xl", -1, id), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_service_balance_memory(NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_start_balancer(NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_stop_balancer(NULL), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_get_host_reserved_memory(NULL, &v), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_get_host_reserved_memory(svc, NULL), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_get_host_initial_free_memory(NULL, &v), SQZ_ERR_INVALID_ARGUMENT);

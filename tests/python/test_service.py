@@ -67,6 +67,10 @@ def test_xenopsd_reserves_a_range_hands_it_to_the_new_domain_and_deletes_it(host
     assert 0 < service.get_host_initial_free_memory() <= 8 * GIB
     diag = service.get_diagnostics()
     assert diag["settings"]["slush_kib"] == SLUSH
+    service.start_balancer()
+    assert service.get_diagnostics()["balancer"]["running"]
+    service.stop_balancer()
+    assert not service.get_diagnostics()["balancer"]["running"]
 
 
 def test_the_failure_flow_reports_amounts_ids_and_domids(host, service):
@@ -123,6 +127,8 @@ def test_bad_input_is_refused_and_reserves_nothing(host, service):
         squeeze.Service(host, slush_kib=-1)
     with pytest.raises(squeeze.InvalidArgument):
         squeeze.Service(host, lock_path="")
+    with pytest.raises(squeeze.InvalidArgument):
+        squeeze.Service(host, balance_interval_s=0)
     with pytest.raises(squeeze.BackendError):
         squeeze.FakeHost.open("/nonexistent/squeeze-fake")
     with pytest.raises(squeeze.InvalidMemoryValue):

@@ -879,6 +879,7 @@ class Service(_Handle):
         slush_kib: Optional[int] = None,
         boot_time_record_path: Optional[str] = None,
         options: Optional[Options] = None,
+        balance_interval_s: Optional[float] = None,
     ):
         super().__init__()
         if not isinstance(fake, FakeHost):
@@ -893,6 +894,9 @@ class Service(_Handle):
             if boot_time_record_path is not None:
                 p = _text("boot_time_record_path", str(boot_time_record_path))
                 _check(lib.sqz_service_config_set_boot_time_record_path(cfg, p))
+            if balance_interval_s is not None:
+                s = _seconds("balance_interval_s", balance_interval_s)
+                _check(lib.sqz_service_config_set_balance_interval(cfg, s))
             with _OptionsHandle(options) as o:
                 _check(lib.sqz_service_config_set_options(cfg, o))
             _check(lib.sqz_service_new_fake(fake._ptr(), cfg, ctypes.byref(self._handle)))
@@ -952,6 +956,14 @@ class Service(_Handle):
     def balance_memory(self) -> None:
         """Hands free memory above the slush back to the domains."""
         _check(lib.sqz_service_balance_memory(self._ptr()))
+
+    def start_balancer(self) -> None:
+        """Starts the background balancer (every ``balance_interval_s``, real time)."""
+        _check(lib.sqz_service_start_balancer(self._ptr()))
+
+    def stop_balancer(self) -> None:
+        """Stops the background balancer and waits for its thread."""
+        _check(lib.sqz_service_stop_balancer(self._ptr()))
 
     def get_host_reserved_memory(self) -> int:
         """The slush, in KiB."""
