@@ -30,16 +30,20 @@ struct TestHost {
 type Ctx = Mutex<TestHost>;
 
 unsafe fn host<'a>(ctx: *mut c_void) -> std::sync::MutexGuard<'a, TestHost> {
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     unsafe { &*(ctx as *const Ctx) }.lock().unwrap()
 }
 
 unsafe fn s(p: *const c_char) -> String {
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_string()
 }
 
 unsafe extern "C" fn list_domains(ctx: *mut c_void, out: *mut sqz_domain_list) -> i32 {
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let domains = unsafe { host(ctx) }.domains.clone();
     for d in &domains {
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         let rc = unsafe { sqz_domain_list_add(out, d, std::mem::size_of::<sqz_domain_info>()) };
         if rc != 0 {
             return rc;
@@ -49,10 +53,12 @@ unsafe extern "C" fn list_domains(ctx: *mut c_void, out: *mut sqz_domain_list) -
 }
 
 unsafe extern "C" fn physinfo(ctx: *mut c_void, out: *mut sqz_physinfo) -> i32 {
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let h = unsafe { host(ctx) };
     if h.fail_physinfo {
         return 42;
     }
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     unsafe {
         *out = sqz_physinfo {
             total_pages: 2 << 20,
@@ -65,6 +71,7 @@ unsafe extern "C" fn physinfo(ctx: *mut c_void, out: *mut sqz_physinfo) -> i32 {
 }
 
 unsafe extern "C" fn set_maxmem(ctx: *mut c_void, domid: i32, kib: i64) -> i32 {
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let mut h = unsafe { host(ctx) };
     h.maxmem_calls.push((domid, kib));
     match h.domains.iter_mut().find(|d| d.domid == domid) {
@@ -77,16 +84,19 @@ unsafe extern "C" fn set_maxmem(ctx: *mut c_void, domid: i32, kib: i64) -> i32 {
 }
 
 unsafe extern "C" fn tx_start(ctx: *mut c_void, tx: *mut u32) -> i32 {
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let mut h = unsafe { host(ctx) };
     let id = h.next_tx;
     h.next_tx += 1;
     let snapshot = (h.generation, h.store.clone());
     h.txs.insert(id, snapshot);
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     unsafe { *tx = id };
     0
 }
 
 unsafe extern "C" fn tx_end(ctx: *mut c_void, tx: u32, abort: bool) -> i32 {
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let mut h = unsafe { host(ctx) };
     let Some((generation, copy)) = h.txs.remove(&tx) else {
         return 2;
@@ -113,11 +123,14 @@ unsafe extern "C" fn read(
     out: *mut sqz_strings,
 ) -> i32 {
     let value = {
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         let h = unsafe { host(ctx) };
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         h.txs[&tx].1.get(&unsafe { s(path) }).cloned()
     };
     if let Some(v) = value {
         let v = CString::new(v).unwrap();
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         return unsafe { sqz_strings_add(out, v.as_ptr()) };
     }
     0
@@ -129,14 +142,18 @@ unsafe extern "C" fn write(
     path: *const c_char,
     value: *const c_char,
 ) -> i32 {
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let mut h = unsafe { host(ctx) };
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let (p, v) = unsafe { (s(path), s(value)) };
     h.txs.get_mut(&tx).unwrap().1.insert(p, v);
     0
 }
 
 unsafe extern "C" fn rm(ctx: *mut c_void, tx: u32, path: *const c_char) -> i32 {
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let mut h = unsafe { host(ctx) };
+    // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let p = unsafe { s(path) };
     let sub = format!("{p}/");
     h.txs
@@ -154,7 +171,9 @@ unsafe extern "C" fn directory(
     out: *mut sqz_strings,
 ) -> i32 {
     let names: Vec<String> = {
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         let h = unsafe { host(ctx) };
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         let prefix = format!("{}/", unsafe { s(path) });
         let mut names: Vec<String> = h.txs[&tx]
             .1
@@ -167,6 +186,7 @@ unsafe extern "C" fn directory(
     };
     for n in names {
         let n = CString::new(n).unwrap();
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         let rc = unsafe { sqz_strings_add(out, n.as_ptr()) };
         if rc != 0 {
             return rc;
@@ -177,12 +197,15 @@ unsafe extern "C" fn directory(
 
 unsafe extern "C" fn now(ctx: *mut c_void) -> f64 {
     let (svc, reentered) = {
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         let h = unsafe { host(ctx) };
         (h.service, h.reentry_status.is_some())
     };
     if !svc.is_null() && !reentered {
         // A platform callback calling the service again: must be refused, not deadlock.
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         let rc = unsafe { sqz_service_balance_memory(svc) };
+        // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
         unsafe { host(ctx) }.reentry_status = Some(rc);
     }
     100.0
@@ -236,6 +259,7 @@ fn new_service(ctx: &Ctx) -> *mut sqz_service {
     let t = table(ctx);
     let mut svc = std::ptr::null_mut();
     assert_eq!(
+        // SAFETY: pointers are to locals, live handles or C strings outliving the call.
         unsafe { sqz_service_new_platform(&t, std::ptr::null(), &mut svc) },
         SQZ_OK
     );
@@ -243,12 +267,14 @@ fn new_service(ctx: &Ctx) -> *mut sqz_service {
 }
 
 fn last_message() -> String {
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe { CStr::from_ptr(sqz_last_error_message()) }
         .to_string_lossy()
         .into_owned()
 }
 
 fn id_text(buf: &[c_char; SQZ_RESERVATION_ID_SIZE]) -> String {
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe { CStr::from_ptr(buf.as_ptr()) }
         .to_str()
         .unwrap()
@@ -260,6 +286,7 @@ fn a_reservation_made_through_a_callers_platform_lands_in_its_store_and_moves_to
     let ctx = test_host();
     let svc = new_service(&ctx);
     let session = c"xenopsd";
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe {
         assert_eq!(sqz_login(svc, session.as_ptr()), SQZ_OK);
         let mut id = [0 as c_char; SQZ_RESERVATION_ID_SIZE];
@@ -315,6 +342,7 @@ fn a_conflicting_commit_is_run_again_and_the_ledger_holds_one_entry() {
     let ctx = test_host();
     ctx.lock().unwrap().conflicts = 3;
     let svc = new_service(&ctx);
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe {
         let mut id = [0 as c_char; SQZ_RESERVATION_ID_SIZE];
         assert_eq!(
@@ -339,6 +367,7 @@ fn a_failing_callback_is_a_backend_error_naming_it_and_reserves_nothing() {
     let ctx = test_host();
     ctx.lock().unwrap().fail_physinfo = true;
     let svc = new_service(&ctx);
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe {
         let mut id = [0 as c_char; SQZ_RESERVATION_ID_SIZE];
         assert_eq!(
@@ -362,6 +391,7 @@ fn calling_the_service_from_its_own_platform_callback_is_refused_not_deadlocked(
     let ctx = test_host();
     let svc = new_service(&ctx);
     ctx.lock().unwrap().service = svc;
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe {
         // Balancing reads the clock, whose callback calls the service again.
         assert_eq!(
@@ -382,6 +412,7 @@ fn calling_the_service_from_its_own_platform_callback_is_refused_not_deadlocked(
 fn a_platform_table_with_a_missing_callback_or_a_short_size_is_refused() {
     let ctx = test_host();
     let mut svc = std::ptr::null_mut();
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe {
         let mut t = table(&ctx);
         t.read = None;
@@ -416,6 +447,7 @@ fn a_platform_table_with_a_missing_callback_or_a_short_size_is_refused() {
 fn diagnostics_report_the_size_they_need_and_fit_exactly_in_it() {
     let ctx = test_host();
     let svc = new_service(&ctx);
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe {
         let mut need = 0usize;
         assert_eq!(
@@ -439,6 +471,7 @@ fn diagnostics_report_the_size_they_need_and_fit_exactly_in_it() {
 }
 
 fn diagnostics(svc: *mut sqz_service) -> serde_json::Value {
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe {
         let mut need = 0usize;
         sqz_get_diagnostics(svc, std::ptr::null_mut(), 0, &mut need);
@@ -456,6 +489,7 @@ fn the_background_balancer_gives_an_idle_host_s_memory_back_to_a_guest_below_its
     const GIB: i64 = 1 << 20;
     let dir = tempfile::tempdir().unwrap();
     let lock = CString::new(dir.path().join("host.lock").to_str().unwrap()).unwrap();
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
     unsafe {
         // 8 GiB host, 6.75 GiB free; a guest of 1..4 GiB running at 2 GiB.
         let hc = sqz_fake_config {

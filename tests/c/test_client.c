@@ -673,6 +673,8 @@ static void test_service_failures(void) {
     sqz_service *svc = NULL;
     CHECK_STATUS(sqz_service_new_fake(f, cfg, &svc), SQZ_OK);
     sqz_service_config_free(cfg);
+    /* The service keeps the host alive: the handle can go first. */
+    sqz_fake_host_free(f);
     char id[SQZ_RESERVATION_ID_SIZE];
     int64_t got = -1;
 
@@ -706,7 +708,6 @@ static void test_service_failures(void) {
     CHECK_STATUS(sqz_delete_reservation(svc, "xl", id), SQZ_ERR_UNKNOWN_RESERVATION);
 
     sqz_service_free(svc);
-    sqz_fake_host_free(f);
 }
 
 static void test_service_bad_input(void) {
