@@ -191,3 +191,29 @@ def test_two_processes_sharing_a_host_never_promise_the_same_memory_twice(tmp_pa
         ledger = s.get_diagnostics()
         text = json.dumps(ledger)
         assert all(i in text for i in ids)
+
+
+def test_threads_of_one_process_share_a_service_without_double_spending(service):
+    import threading
+
+    ids, errors = [], []
+
+    def worker(session):
+        service.login(session)
+        while True:
+            try:
+                ids.append(service.reserve_memory(session, 512 * MIB))
+            except squeeze.CannotFreeThisMuchMemory:
+                return
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # The same 13 reservations of 512 MiB as with two processes, shared among four threads.
+    assert len(ids) == 13 and len(set(ids)) == 13
