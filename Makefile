@@ -99,6 +99,11 @@ test-c:
 	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) \
 	    -Wl,-rpath,$(C_STAGE)/lib
 	$(VALGRIND) $(C_STAGE)/guide_example
+	sed -n '/^```c service$$/,/^```$$/p' docs/c-api.md | sed '1d;$$d' > $(C_STAGE)/service_example.c
+	$(CC) $(C_CFLAGS) $(C_STAGE)/service_example.c -o $(C_STAGE)/service_example \
+	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) \
+	    -Wl,-rpath,$(C_STAGE)/lib
+	$(VALGRIND) $(C_STAGE)/service_example
 	$(CXX) -std=c++11 -Wall -Wextra -Werror -pedantic tests/c/cplusplus.cc -o $(C_STAGE)/cplusplus \
 	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) \
 	    -Wl,-rpath,$(C_STAGE)/lib

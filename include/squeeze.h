@@ -101,6 +101,18 @@
 #define SQZ_FIST_DISABLE_INACCURACY_COMPENSATION 2
 
 /**
+ * Bytes of the buffer a reservation id is written to: 36 characters of UUID text and a NUL.
+ */
+#define SQZ_RESERVATION_ID_SIZE 37
+
+/**
+ * What a platform callback returns from `transaction_end` when the transaction conflicted with
+ * another writer and must be run again (xenstore's `EAGAIN`). Any other non-zero value from a
+ * platform callback is a failure.
+ */
+#define SQZ_PLATFORM_AGAIN 11
+
+/**
  * How long squeezed's loop waits between iterations, in seconds.
  */
 #define SQZ_ITERATION_WAIT_SECONDS 1.0
@@ -126,6 +138,21 @@
 #define SQZ_VERSION_NUMBER (((SQZ_VERSION_MAJOR << 16) | (SQZ_VERSION_MINOR << 8)) | SQZ_VERSION_PATCH)
 
 /**
+ * The domain list under construction, handed to `sqz_platform.list_domains`. Opaque, valid
+ * only during that callback, on its thread.
+ */
+typedef struct sqz_domain_list sqz_domain_list;
+
+/**
+ * A fake host for tests: a store with xenstore's semantics and a simulated hypervisor whose
+ * guests run balloon drivers, in this process or in a directory that several processes share.
+ * Time is simulated: the service's waits advance it. Opaque; created by `sqz_fake_host_new`,
+ * `sqz_fake_host_create` or `sqz_fake_host_open`, released by `sqz_fake_host_free`. Safe to
+ * use from several threads at once.
+ */
+typedef struct sqz_fake_host sqz_fake_host;
+
+/**
  * A host snapshot under construction, handed to the `make_host` callback. Opaque, and valid
  * only during the `make_host` call it was passed to: the library refuses it afterwards.
  */
@@ -138,6 +165,22 @@ typedef struct sqz_host_builder sqz_host_builder;
  * changed or freed as soon as the call returns. Not safe to change from two threads at once.
  */
 typedef struct sqz_options sqz_options;
+
+/**
+ * The memory service over one host: sessions and reservations. Opaque; created by
+ * `sqz_service_new_fake` or `sqz_service_new_platform`, released by `sqz_service_free`.
+ * Thread-safe: any number of threads (and processes using the same lock file) may call it at
+ * once; decisions about host memory are serialised by a host-wide lock.
+ */
+typedef struct sqz_service sqz_service;
+
+/**
+ * Settings of a service (slush, lock file, where the boot-time free memory is recorded, the
+ * squeezer's options). Opaque; created by `sqz_service_config_new`, released by
+ * `sqz_service_config_free`. Wherever a `const sqz_service_config *` is taken, NULL means the
+ * defaults; it is copied, so it may be changed or freed as soon as the call returns.
+ */
+typedef struct sqz_service_config sqz_service_config;
 
 /**
  * A simulated host. Opaque; created by `sqz_sim_new`, released by `sqz_sim_free`. One call at
@@ -154,6 +197,13 @@ typedef struct sqz_sim sqz_sim;
  * thread) is refused with `SQZ_ERR_INVALID_ARGUMENT`.
  */
 typedef struct sqz_squeezer sqz_squeezer;
+
+/**
+ * Strings under construction, handed to `sqz_platform.read` (one value, or none when the node
+ * does not exist) and `sqz_platform.directory` (one per child). Opaque, valid only during that
+ * callback, on its thread.
+ */
+typedef struct sqz_strings sqz_strings;
 
 /**
  * The result of every fallible call: `SQZ_OK` (0) or one of the `SQZ_ERR_*` codes. Values not
@@ -284,6 +334,247 @@ typedef struct sqz_cooperation {
 } sqz_cooperation;
 
 /**
+ * The shape of a fake host. All sizes in KiB.
+ */
+typedef struct sqz_fake_config {
+    /**
+     * `sizeof(sqz_fake_config)` as the caller knows it.
+     */
+    uint32_t struct_size;
+    /**
+     * All memory of the host.
+     */
+    int64_t total_kib;
+    /**
+     * Memory Xen itself keeps, never free.
+     */
+    int64_t xen_kib;
+    /**
+     * Memory domain 0 holds (it has no balloon driver in the fake).
+     */
+    int64_t dom0_kib;
+    /**
+     * Seconds between unpausing a guest and its balloon driver starting.
+     */
+    double boot_delay_s;
+} sqz_fake_config;
+
+/**
+ * How a simulated balloon driver behaves (`sqz_behaviour.kind`).
+ */
+typedef int32_t sqz_behaviour_kind;
+
+/**
+ * A simulated balloon driver: `kind` plus the parameters it uses (others are ignored).
+ */
+typedef struct sqz_behaviour {
+    /**
+     * One of `SQZ_BEHAVIOUR_*`.
+     */
+    sqz_behaviour_kind kind;
+    /**
+     * Balloon speed in KiB per second (ideal, hidden floor/ceiling, intermittent, sluggish).
+     */
+    int64_t rate_kib_per_s;
+    /**
+     * The hidden floor or ceiling, or the trickle's step, in KiB.
+     */
+    int64_t limit_kib;
+    /**
+     * The working/stalled period (intermittent, above 0), the reaction delay (sluggish) or
+     * the time between steps (trickle, above 0).
+     */
+    double seconds;
+} sqz_behaviour;
+
+/**
+ * A guest to create on a fake host. All sizes in KiB.
+ */
+typedef struct sqz_fake_guest {
+    /**
+     * `sizeof(sqz_fake_guest)` as the caller knows it.
+     */
+    uint32_t struct_size;
+    /**
+     * `memory/target` written at creation.
+     */
+    int64_t target_kib;
+    /**
+     * `memory/dynamic-min`.
+     */
+    int64_t dynamic_min_kib;
+    /**
+     * `memory/dynamic-max`.
+     */
+    int64_t dynamic_max_kib;
+    /**
+     * Memory the guest holds beyond its target once settled (firmware, video RAM).
+     */
+    int64_t offset_kib;
+    /**
+     * How its balloon driver behaves once booted.
+     */
+    struct sqz_behaviour behaviour;
+} sqz_fake_guest;
+
+/**
+ * One domain of a fake host as the hypervisor reports it.
+ */
+typedef struct sqz_fake_domain {
+    /**
+     * Memory the domain has allocated, in KiB.
+     */
+    int64_t tot_kib;
+    /**
+     * Its allocation limit (maxmem), in KiB.
+     */
+    int64_t max_kib;
+    /**
+     * Whether it has booted (advertised its balloon driver).
+     */
+    bool booted;
+} sqz_fake_domain;
+
+/**
+ * One domain as the caller's hypervisor reports it (`xc_domain_getinfolist`). Pages are 4 KiB.
+ */
+typedef struct sqz_domain_info {
+    /**
+     * Domain id.
+     */
+    int32_t domid;
+    /**
+     * The domain is being destroyed.
+     */
+    bool dying;
+    /**
+     * The domain has shut down.
+     */
+    bool shutdown;
+    /**
+     * The domain is paused.
+     */
+    bool paused;
+    /**
+     * The domain is hardware-virtualised (its shadow allocation counts as memory).
+     */
+    bool hvm;
+    /**
+     * Pages allocated.
+     */
+    uint64_t tot_pages;
+    /**
+     * The allocation limit, in pages.
+     */
+    uint64_t max_pages;
+    /**
+     * Pages claimed and not yet allocated.
+     */
+    uint64_t outstanding_pages;
+    /**
+     * Pages shared with other domains.
+     */
+    uint64_t shared_pages;
+} sqz_domain_info;
+
+/**
+ * Host-wide memory figures (`xc_physinfo`), in 4 KiB pages.
+ */
+typedef struct sqz_physinfo {
+    /**
+     * All pages of the host.
+     */
+    uint64_t total_pages;
+    /**
+     * Pages free now.
+     */
+    uint64_t free_pages;
+    /**
+     * Freed pages waiting to be scrubbed.
+     */
+    uint64_t scrub_pages;
+    /**
+     * Pages promised to domains by claims.
+     */
+    uint64_t outstanding_pages;
+} sqz_physinfo;
+
+/**
+ * The caller's platform: the hypervisor, a store with xenstore's semantics, and a clock, as
+ * callbacks. Each returns 0 on success; any other value fails the service call that made it
+ * with `SQZ_ERR_BACKEND` (except `SQZ_PLATFORM_AGAIN` from `transaction_end`). Callbacks
+ * receive `ctx` and run on whichever thread calls the service, while the service holds its
+ * host lock: they must be thread-safe, and must not call the service again (refused with
+ * `SQZ_ERR_INVALID_ARGUMENT`). The library copies this struct when the service is created;
+ * `ctx` must stay valid until `sqz_service_free`.
+ */
+typedef struct sqz_platform {
+    /**
+     * `sizeof(sqz_platform)` as the caller knows it. New fields will only be appended.
+     */
+    uint32_t struct_size;
+    /**
+     * Passed to every callback, never dereferenced by the library.
+     */
+    void *ctx;
+    /**
+     * Every domain, dying ones included: `sqz_domain_list_add` once per domain. Required.
+     */
+    int32_t (*list_domains)(void *ctx, struct sqz_domain_list *out);
+    /**
+     * Host-wide figures. Required.
+     */
+    int32_t (*physinfo)(void *ctx, struct sqz_physinfo *out);
+    /**
+     * The shadow allocation of an HVM domain in MiB. NULL means 0 for every domain.
+     */
+    int32_t (*shadow_allocation_mib)(void *ctx, int32_t domid, uint64_t *mib);
+    /**
+     * Sets maxmem of a domain, in KiB. Required.
+     */
+    int32_t (*set_maxmem_kib)(void *ctx, int32_t domid, int64_t kib);
+    /**
+     * Claims pages for a domain (0 cancels). NULL: claims are unsupported.
+     */
+    int32_t (*claim_pages)(void *ctx, int32_t domid, uint64_t pages);
+    /**
+     * Starts a store transaction and stores its id in `*tx`. Required.
+     */
+    int32_t (*transaction_start)(void *ctx, uint32_t *tx);
+    /**
+     * Ends transaction `tx`: commits it, or with `abort` true discards it. Returns
+     * `SQZ_PLATFORM_AGAIN` when the commit conflicted (the library runs it again). Required.
+     */
+    int32_t (*transaction_end)(void *ctx, uint32_t tx, bool abort);
+    /**
+     * Reads `path` in `tx`: `sqz_strings_add` with its value, or nothing when the node does
+     * not exist. Required.
+     */
+    int32_t (*read)(void *ctx, uint32_t tx, const char *path, struct sqz_strings *out);
+    /**
+     * Writes `value` at `path` in `tx`, creating parents. Required.
+     */
+    int32_t (*write)(void *ctx, uint32_t tx, const char *path, const char *value);
+    /**
+     * Removes `path` and its subtree in `tx`; a missing node is not an error. Required.
+     */
+    int32_t (*rm)(void *ctx, uint32_t tx, const char *path);
+    /**
+     * Lists the children of `path` in `tx`: `sqz_strings_add` once per child name. Required.
+     */
+    int32_t (*directory)(void *ctx, uint32_t tx, const char *path, struct sqz_strings *out);
+    /**
+     * Seconds since an arbitrary origin, never going backwards (a bad value is ignored and the
+     * last good one used). Required.
+     */
+    double (*now)(void *ctx);
+    /**
+     * Lets `seconds` pass. Required.
+     */
+    void (*sleep)(void *ctx, double seconds);
+} sqz_platform;
+
+/**
  * Settings of a simulated host.
  */
 typedef struct sqz_sim_config {
@@ -315,34 +606,6 @@ typedef struct sqz_sim_config {
      */
     double time_limit_s;
 } sqz_sim_config;
-
-/**
- * How a simulated balloon driver behaves (`sqz_behaviour.kind`).
- */
-typedef int32_t sqz_behaviour_kind;
-
-/**
- * A simulated balloon driver: `kind` plus the parameters it uses (others are ignored).
- */
-typedef struct sqz_behaviour {
-    /**
-     * One of `SQZ_BEHAVIOUR_*`.
-     */
-    sqz_behaviour_kind kind;
-    /**
-     * Balloon speed in KiB per second (ideal, hidden floor/ceiling, intermittent, sluggish).
-     */
-    int64_t rate_kib_per_s;
-    /**
-     * The hidden floor or ceiling, or the trickle's step, in KiB.
-     */
-    int64_t limit_kib;
-    /**
-     * The working/stalled period (intermittent, above 0), the reaction delay (sluggish) or
-     * the time between steps (trickle, above 0).
-     */
-    double seconds;
-} sqz_behaviour;
 
 /**
  * What the algorithm asked of a simulated host so far.
@@ -793,6 +1056,289 @@ sqz_status sqz_options_set_policy(struct sqz_options *o, int32_t policy);
  * finite positive number → `SQZ_ERR_INVALID_ARGUMENT`, options unchanged.
  */
 sqz_status sqz_options_set_deadline(struct sqz_options *o, double seconds);
+
+/**
+ * Creates a fake host living in this process only and stores it in `*out`. Errors: a NULL
+ * pointer, a `struct_size` too small or a bad boot delay → `SQZ_ERR_INVALID_ARGUMENT`; a
+ * negative or absurd size, or more memory for Xen and domain 0 than the host has →
+ * `SQZ_ERR_INVALID_MEMORY_VALUE`.
+ */
+sqz_status sqz_fake_host_new(const struct sqz_fake_config *config, struct sqz_fake_host **out);
+
+/**
+ * Creates (or resets) a fake host in directory `dir` (created if missing), which other
+ * processes can open with `sqz_fake_host_open`, and stores it in `*out`. Errors as
+ * `sqz_fake_host_new`, plus `dir` NULL or not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`, and a
+ * directory that cannot be written → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_create(const char *dir,
+                                const struct sqz_fake_config *config,
+                                struct sqz_fake_host **out);
+
+/**
+ * Opens the fake host another process created in `dir` and stores it in `*out`. Errors: a
+ * NULL pointer or `dir` not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`; no fake host there →
+ * `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_open(const char *dir, struct sqz_fake_host **out);
+
+/**
+ * Releases a fake host handle. NULL is a no-op. Services created over it keep the host alive.
+ */
+void sqz_fake_host_free(struct sqz_fake_host *f);
+
+/**
+ * Creates a paused PV domain with no memory yet and writes what a toolstack writes for it
+ * (`memory/{target,dynamic-min,dynamic-max}`); stores its domid in `*domid_out`. Its maxmem
+ * starts at dynamic-max plus its offset. Errors: a NULL pointer, `guest_size` too small or a
+ * bad behaviour → `SQZ_ERR_INVALID_ARGUMENT`; a negative or absurd size →
+ * `SQZ_ERR_INVALID_MEMORY_VALUE`.
+ */
+sqz_status sqz_fake_host_create_domain(struct sqz_fake_host *f,
+                                       const struct sqz_fake_guest *guest,
+                                       size_t guest_size,
+                                       int32_t *domid_out);
+
+/**
+ * Builds domain `domid`: allocates `kib` KiB to it, as the domain builder does. Errors: `f`
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`; a bad size → `SQZ_ERR_INVALID_MEMORY_VALUE`; an unknown
+ * domid, or beyond its maxmem or the host's free memory → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_build_domain(struct sqz_fake_host *f, int32_t domid, int64_t kib);
+
+/**
+ * Unpauses domain `domid`: it boots after the configured delay of simulated time. Errors: `f`
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_unpause(struct sqz_fake_host *f, int32_t domid);
+
+/**
+ * Destroys domain `domid`: its memory returns to the host. Errors: `f` NULL or domain 0 →
+ * `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_destroy_domain(struct sqz_fake_host *f, int32_t domid);
+
+/**
+ * Lets `seconds` of simulated time pass, moving every guest. Errors: `f` NULL, `seconds` NaN,
+ * infinite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_fake_host_advance(struct sqz_fake_host *f, double seconds);
+
+/**
+ * Stores what the hypervisor reports of domain `domid` in `*out`. Errors: a NULL pointer or
+ * an unknown domid → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_fake_host_domain(struct sqz_fake_host *f,
+                                int32_t domid,
+                                struct sqz_fake_domain *out);
+
+/**
+ * Stores the host's free memory in KiB in `*out`. Errors: a NULL pointer →
+ * `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_fake_host_free_mem(struct sqz_fake_host *f, int64_t *out);
+
+/**
+ * Adds one domain to the list (`*d` is copied; `info_size` is `sizeof(sqz_domain_info)`).
+ * Errors: a NULL pointer, a list not live, `info_size` too small, a negative or repeated domid
+ * → `SQZ_ERR_INVALID_ARGUMENT`; a failed call makes the service's operation fail with
+ * `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_domain_list_add(struct sqz_domain_list *l,
+                               const struct sqz_domain_info *d,
+                               size_t info_size);
+
+/**
+ * Adds a string (NUL-terminated UTF-8, copied) to the list. Errors: a NULL pointer, a list not
+ * live, or text that is not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`; a failed call makes the
+ * service's operation fail with `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_strings_add(struct sqz_strings *s, const char *value);
+
+/**
+ * Creates a settings object with the defaults (slush 72 MiB, lock file
+ * `/run/squeeze/host.lock`, boot-time record `/run/squeeze/boot_time_memory`) and stores it in
+ * `*out`. Errors: `out` NULL → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_config_new(struct sqz_service_config **out);
+
+/**
+ * Releases a settings object. NULL is a no-op.
+ */
+void sqz_service_config_free(struct sqz_service_config *c);
+
+/**
+ * Sets the memory kept free for Xen when the host is balanced, in KiB (squeezed's
+ * host-reserved memory). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; negative or above
+ * 2^50 → `SQZ_ERR_INVALID_MEMORY_VALUE`, unchanged.
+ */
+sqz_status sqz_service_config_set_slush(struct sqz_service_config *c, int64_t slush_kib);
+
+/**
+ * Sets the host-wide lock file every process using the host takes (`path` is copied). Every
+ * process sharing a host must use the same path. Errors: a NULL pointer, `path` empty or not
+ * UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_config_set_lock_path(struct sqz_service_config *c, const char *path);
+
+/**
+ * Sets the file recording host free memory at boot (`path` is copied). Errors: a NULL
+ * pointer, `path` empty or not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_config_set_boot_time_record_path(struct sqz_service_config *c,
+                                                        const char *path);
+
+/**
+ * Sets the seconds between two checks of the background balancer (default 10). Errors: `c`
+ * NULL, or `seconds` not above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`,
+ * unchanged.
+ */
+sqz_status sqz_service_config_set_balance_interval(struct sqz_service_config *c, double seconds);
+
+/**
+ * Sets the squeezer's options (copied; NULL restores the defaults). Errors: `c` NULL →
+ * `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_config_set_options(struct sqz_service_config *c,
+                                          const struct sqz_options *opts);
+
+/**
+ * Creates a service over the fake host `f` with settings `config` (NULL: defaults) and stores
+ * it in `*out`. The service keeps the host alive; `f` may be freed first. Errors: a NULL
+ * pointer → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_new_fake(struct sqz_fake_host *f,
+                                const struct sqz_service_config *config,
+                                struct sqz_service **out);
+
+/**
+ * Creates a service over the caller's platform (`*platform` is copied; its `ctx` must stay
+ * valid until `sqz_service_free`) with settings `config` (NULL: defaults) and stores it in
+ * `*out`. Errors: a NULL pointer, a `struct_size` too small or a required callback NULL →
+ * `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_new_platform(const struct sqz_platform *platform,
+                                    const struct sqz_service_config *config,
+                                    struct sqz_service **out);
+
+/**
+ * Releases a service. NULL is a no-op. Calls running on other threads finish first (they hold
+ * their own reference); the platform's `ctx` is not used once they have.
+ */
+void sqz_service_free(struct sqz_service *s);
+
+/**
+ * Starts a session for the service named `service_name` (1 to 128 characters from
+ * `A-Z a-z 0-9 . _ : @ + -`); the session id to pass to the other calls is the name itself,
+ * as in squeezed. Reservations that service made before and never transferred are dropped: a
+ * restarted client has forgotten their ids. Errors: a NULL pointer or an invalid name →
+ * `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_login(struct sqz_service *s, const char *service_name);
+
+/**
+ * Frees `kib` KiB (ballooning domains down if needed) and sets it aside under a new
+ * reservation id, written NUL-terminated to `reservation_id_out` (`SQZ_RESERVATION_ID_SIZE`
+ * bytes). Errors: a NULL pointer or an invalid session → `SQZ_ERR_INVALID_ARGUMENT`; `kib`
+ * negative or absurd → `SQZ_ERR_INVALID_MEMORY_VALUE`; not enough memory even with every
+ * domain at its dynamic-min → `SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY` (amounts net of the
+ * slush); stuck balloon drivers → `SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE`. Nothing is reserved
+ * on failure.
+ */
+sqz_status sqz_reserve_memory(struct sqz_service *s,
+                              const char *session,
+                              int64_t kib,
+                              char *reservation_id_out);
+
+/**
+ * Frees as much memory as the policy gives a new domain that may have anything in
+ * `min_kib..=max_kib` (at least `min_kib`), sets it aside under a new reservation id (written
+ * to `reservation_id_out`, `SQZ_RESERVATION_ID_SIZE` bytes) and stores the amount in
+ * `*reserved_kib_out`. Errors as `sqz_reserve_memory`, plus `min_kib > max_kib` →
+ * `SQZ_ERR_INVALID_MEMORY_VALUE`.
+ */
+sqz_status sqz_reserve_memory_range(struct sqz_service *s,
+                                    const char *session,
+                                    int64_t min_kib,
+                                    int64_t max_kib,
+                                    char *reservation_id_out,
+                                    int64_t *reserved_kib_out);
+
+/**
+ * Hands reservation `reservation_id` of `session` to domain `domid`, which must exist: it
+ * becomes the domain's initial reservation and its maxmem. When the domain dies the
+ * reservation is released. Errors: a NULL pointer, an invalid session, a negative domid or a
+ * domain that does not exist → `SQZ_ERR_INVALID_ARGUMENT`; an id this session does not hold →
+ * `SQZ_ERR_UNKNOWN_RESERVATION`.
+ */
+sqz_status sqz_transfer_reservation_to_domain(struct sqz_service *s,
+                                              const char *session,
+                                              const char *reservation_id,
+                                              int32_t domid);
+
+/**
+ * Deletes reservation `reservation_id` of `session`, transferred or not. Errors: a NULL
+ * pointer or an invalid session → `SQZ_ERR_INVALID_ARGUMENT`; an id this session does not
+ * hold → `SQZ_ERR_UNKNOWN_RESERVATION`.
+ */
+sqz_status sqz_delete_reservation(struct sqz_service *s,
+                                  const char *session,
+                                  const char *reservation_id);
+
+/**
+ * Writes the id of the reservation transferred to domain `domid` to `reservation_id_out`
+ * (`SQZ_RESERVATION_ID_SIZE` bytes). Errors: a NULL pointer, an invalid session or a negative
+ * domid → `SQZ_ERR_INVALID_ARGUMENT`; the domain holds none → `SQZ_ERR_NO_RESERVATION`.
+ */
+sqz_status sqz_query_reservation_of_domain(struct sqz_service *s,
+                                           const char *session,
+                                           int32_t domid,
+                                           char *reservation_id_out);
+
+/**
+ * Hands free memory above the slush back to the domains (squeezed's `balance_memory`; named
+ * apart from `sqz_balance_memory`, which drives a caller's `sqz_io`). Errors: `s` NULL →
+ * `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_service_balance_memory(struct sqz_service *s);
+
+/**
+ * Starts the background balancer: a thread that, every balance interval (real time), balances
+ * the host when a pass would change a target (squeezed's periodic check). Starting it twice is
+ * harmless. Over a `sqz_platform`, the callbacks then also run on that thread. Errors: `s`
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`; the thread cannot be started → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_service_start_balancer(struct sqz_service *s);
+
+/**
+ * Stops the background balancer and waits for its thread (at most one balancing pass);
+ * stopping it when it does not run is harmless. `sqz_service_free` stops it too. Errors: `s`
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_stop_balancer(struct sqz_service *s);
+
+/**
+ * Stores the memory the host keeps for Xen (the slush), in KiB, in `*out`. Errors: a NULL
+ * pointer → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_get_host_reserved_memory(struct sqz_service *s, int64_t *out);
+
+/**
+ * Stores host free memory at boot, in KiB, in `*out` (squeezed reports bytes), recording it
+ * first if no process has. Errors: a NULL pointer → `SQZ_ERR_INVALID_ARGUMENT`; the record
+ * cannot be read or written → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_get_host_initial_free_memory(struct sqz_service *s, int64_t *out);
+
+/**
+ * Writes a JSON document describing the host (every domain as the balancer sees it), the
+ * reservation ledger and the settings, NUL-terminated, to `buf` (`cap` bytes), and stores the
+ * bytes it takes, NUL included, in `*size_out`. When `cap` is too small nothing is written to
+ * `buf`, `*size_out` is still set and the status is `SQZ_ERR_BUFFER_TOO_SMALL`; `buf` may be
+ * NULL when `cap` is 0, to ask for the size. Errors: `s` or `size_out` NULL, or `buf` NULL with
+ * `cap` above 0 → `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_get_diagnostics(struct sqz_service *s, char *buf, size_t cap, size_t *size_out);
 
 /**
  * Creates a simulated host from `*config` and stores it in `*out`; the caller releases it with

@@ -51,11 +51,15 @@ pub(crate) fn lock(path: &Path, shared: bool) -> Result<FileLock> {
 /// Replaces the contents of `path` atomically: a reader, or a process started after a crash,
 /// sees either the old contents or the new, never a mixture.
 pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    // A per-process counter keeps concurrent writers apart. (Not the thread's id: asking for
+    // it allocates a handle for the calling thread that a C program's main thread never frees,
+    // which leak checkers report.)
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = PathBuf::from(format!(
-        "{}.tmp.{}.{:?}",
+        "{}.tmp.{}.{}",
         path.display(),
         std::process::id(),
-        std::thread::current().id()
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::write(&tmp, contents).map_err(|e| io_error("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {

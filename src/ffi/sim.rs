@@ -137,7 +137,7 @@ fn seconds_arg(name: &str, s: f64) -> Result<f64, Failure> {
     }
 }
 
-fn behaviour(b: &sqz_behaviour) -> Result<Behaviour, Failure> {
+pub(crate) fn behaviour(b: &sqz_behaviour) -> Result<Behaviour, Failure> {
     let rate = || kib::check_size("rate_kib_per_s", b.rate_kib_per_s).map_err(Failure::from);
     let limit = || kib::check_size("limit_kib", b.limit_kib).map_err(Failure::from);
     Ok(match b.kind {

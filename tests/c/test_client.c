@@ -3,6 +3,7 @@
  * with the small simulated host of host.h behind sqz_io, and checks outcomes and every error
  * path the header documents. Sizes are KiB; GiB is 1 << 20 KiB.
  */
+#define _POSIX_C_SOURCE 200809L /* mkdtemp */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -626,6 +627,315 @@ static void test_simulated_time_limit(void) {
     sqz_sim_free(sim);
 }
 
+/* ---- The memory service over the fake host ---- */
+
+/* A temporary directory for the service's lock file and boot-time record. */
+static char svc_dir[64];
+
+static sqz_service_config *service_config(void) {
+    char path[128];
+    sqz_service_config *cfg = NULL;
+    CHECK_STATUS(sqz_service_config_new(&cfg), SQZ_OK);
+    snprintf(path, sizeof path, "%s/host.lock", svc_dir);
+    CHECK_STATUS(sqz_service_config_set_lock_path(cfg, path), SQZ_OK);
+    snprintf(path, sizeof path, "%s/boot_time_memory", svc_dir);
+    CHECK_STATUS(sqz_service_config_set_boot_time_record_path(cfg, path), SQZ_OK);
+    return cfg;
+}
+
+/* 8 GiB host: Xen keeps 256 MiB, domain 0 holds 1 GiB, so 6.75 GiB is free at the start. */
+static sqz_fake_host *fake_8g(void) {
+    sqz_fake_config c;
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    c.total_kib = 8 * GIB;
+    c.xen_kib = 256 * MIB;
+    c.dom0_kib = GIB;
+    c.boot_delay_s = 1.0;
+    sqz_fake_host *f = NULL;
+    CHECK_STATUS(sqz_fake_host_new(&c, &f), SQZ_OK);
+    return f;
+}
+
+static sqz_fake_guest guest_spec(int64_t min_kib, int64_t max_kib) {
+    sqz_fake_guest g;
+    memset(&g, 0, sizeof g);
+    g.struct_size = sizeof g;
+    g.target_kib = max_kib;
+    g.dynamic_min_kib = min_kib;
+    g.dynamic_max_kib = max_kib;
+    g.behaviour.kind = SQZ_BEHAVIOUR_IDEAL;
+    g.behaviour.rate_kib_per_s = 256 * MIB;
+    return g;
+}
+
+static void test_service_xenopsd_flow(void) {
+    sqz_fake_host *f = fake_8g();
+    sqz_service_config *cfg = service_config();
+    CHECK_STATUS(sqz_service_config_set_slush(cfg, 64 * MIB), SQZ_OK);
+    sqz_service *svc = NULL;
+    CHECK_STATUS(sqz_service_new_fake(f, cfg, &svc), SQZ_OK);
+    sqz_service_config_free(cfg);
+
+    /* A running guest of 4 GiB that may shrink to 1 GiB: 2.75 GiB stays free. */
+    sqz_fake_guest g1 = guest_spec(GIB, 4 * GIB);
+    int32_t d1 = -1;
+    CHECK_STATUS(sqz_fake_host_create_domain(f, &g1, sizeof g1, &d1), SQZ_OK);
+    CHECK_STATUS(sqz_fake_host_build_domain(f, d1, 4 * GIB), SQZ_OK);
+    CHECK_STATUS(sqz_fake_host_unpause(f, d1), SQZ_OK);
+    CHECK_STATUS(sqz_fake_host_advance(f, 2.0), SQZ_OK);
+    int64_t free_kib = 0;
+    CHECK_STATUS(sqz_fake_host_free_mem(f, &free_kib), SQZ_OK);
+    CHECK(free_kib == 2 * GIB + 768 * MIB);
+
+    int64_t reserved_slush = 0;
+    CHECK_STATUS(sqz_get_host_reserved_memory(svc, &reserved_slush), SQZ_OK);
+    CHECK(reserved_slush == 64 * MIB);
+
+    /* xenopsd: login, then ask for 3..4 GiB for a new VM: guest 1 must balloon down. */
+    CHECK_STATUS(sqz_login(svc, "xenopsd"), SQZ_OK);
+    char id[SQZ_RESERVATION_ID_SIZE];
+    int64_t got = 0;
+    CHECK_STATUS(sqz_reserve_memory_range(svc, "xenopsd", 3 * GIB, 4 * GIB, id, &got), SQZ_OK);
+    CHECK(strlen(id) == 36 && id[8] == '-');
+    CHECK(got >= 3 * GIB && got <= 4 * GIB);
+    CHECK_STATUS(sqz_fake_host_free_mem(f, &free_kib), SQZ_OK);
+    CHECK(free_kib >= got + 64 * MIB);
+    sqz_fake_domain v1;
+    CHECK_STATUS(sqz_fake_host_domain(f, d1, &v1), SQZ_OK);
+    CHECK(v1.tot_kib < 4 * GIB && v1.tot_kib >= GIB);
+
+    /* The domain appears, takes the reservation (its maxmem becomes the amount), boots. */
+    sqz_fake_guest g2 = guest_spec(got, got);
+    int32_t d2 = -1;
+    CHECK_STATUS(sqz_fake_host_create_domain(f, &g2, sizeof g2, &d2), SQZ_OK);
+    CHECK_STATUS(sqz_transfer_reservation_to_domain(svc, "xenopsd", id, d2), SQZ_OK);
+    sqz_fake_domain v2;
+    CHECK_STATUS(sqz_fake_host_domain(f, d2, &v2), SQZ_OK);
+    CHECK(v2.max_kib == got);
+    CHECK_STATUS(sqz_fake_host_build_domain(f, d2, got), SQZ_OK);
+    CHECK_STATUS(sqz_fake_host_unpause(f, d2), SQZ_OK);
+    CHECK_STATUS(sqz_fake_host_advance(f, 2.0), SQZ_OK);
+    CHECK_STATUS(sqz_fake_host_domain(f, d2, &v2), SQZ_OK);
+    CHECK(v2.booted && v2.tot_kib == got);
+
+    char queried[SQZ_RESERVATION_ID_SIZE];
+    CHECK_STATUS(sqz_query_reservation_of_domain(svc, "xenopsd", d2, queried), SQZ_OK);
+    CHECK(strcmp(queried, id) == 0);
+    CHECK_STATUS(sqz_service_balance_memory(svc), SQZ_OK);
+    CHECK_STATUS(sqz_service_start_balancer(svc), SQZ_OK);
+    CHECK_STATUS(sqz_service_stop_balancer(svc), SQZ_OK);
+    CHECK_STATUS(sqz_delete_reservation(svc, "xenopsd", id), SQZ_OK);
+    CHECK_STATUS(sqz_delete_reservation(svc, "xenopsd", id), SQZ_ERR_UNKNOWN_RESERVATION);
+
+    int64_t initial = 0;
+    CHECK_STATUS(sqz_get_host_initial_free_memory(svc, &initial), SQZ_OK);
+    CHECK(initial > 0 && initial <= 8 * GIB);
+
+    /* Diagnostics: ask for the size, then fetch exactly that much. */
+    size_t need = 0;
+    CHECK_STATUS(sqz_get_diagnostics(svc, NULL, 0, &need), SQZ_ERR_BUFFER_TOO_SMALL);
+    CHECK(need > 2);
+    char *doc = malloc(need);
+    size_t again = 0;
+    CHECK_STATUS(sqz_get_diagnostics(svc, doc, need, &again), SQZ_OK);
+    CHECK(again == need && strlen(doc) + 1 == need && doc[0] == '{');
+    CHECK(strstr(doc, "\"slush_kib\": 65536") != NULL);
+    CHECK_STATUS(sqz_get_diagnostics(svc, doc, need - 1, &again), SQZ_ERR_BUFFER_TOO_SMALL);
+    CHECK(again == need);
+    free(doc);
+
+    sqz_service_free(svc);
+    sqz_fake_host_free(f);
+}
+
+static void test_service_failures(void) {
+    sqz_fake_host *f = fake_8g();
+    sqz_service_config *cfg = service_config();
+    sqz_service *svc = NULL;
+    CHECK_STATUS(sqz_service_new_fake(f, cfg, &svc), SQZ_OK);
+    sqz_service_config_free(cfg);
+    /* The service keeps the host alive: the handle can go first. */
+    sqz_fake_host_free(f);
+    char id[SQZ_RESERVATION_ID_SIZE];
+    int64_t got = -1;
+
+    /* More than the host has: the amounts are net of the slush, so 100 GiB is asked for. */
+    CHECK_STATUS(sqz_reserve_memory(svc, "xl", 100 * GIB, id), SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY);
+    int64_t required = 0, free_kib = 0;
+    CHECK_STATUS(sqz_last_error_cannot_free(&required, &free_kib), SQZ_OK);
+    CHECK(required == 100 * GIB);
+    CHECK(free_kib == 6 * GIB + 768 * MIB - 72 * MIB);
+
+    CHECK_STATUS(sqz_reserve_memory(svc, "xl", -1, id), SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_reserve_memory_range(svc, "xl", 2 * GIB, GIB, id, &got), SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK(message_has("above maximum"));
+    CHECK(got == -1);
+    CHECK_STATUS(sqz_reserve_memory_range(svc, "xl", -5, GIB, id, &got), SQZ_ERR_INVALID_MEMORY_VALUE);
+
+    const char *stranger = "6f1e8a3c-55d2-4c1e-9a8e-0d4b5f6a7b8c";
+    CHECK_STATUS(sqz_transfer_reservation_to_domain(svc, "xl", stranger, 0), SQZ_ERR_UNKNOWN_RESERVATION);
+    CHECK_STATUS(sqz_delete_reservation(svc, "xl", stranger), SQZ_ERR_UNKNOWN_RESERVATION);
+    CHECK_STATUS(sqz_delete_reservation(svc, "xl", "not-a-uuid"), SQZ_ERR_UNKNOWN_RESERVATION);
+    CHECK_STATUS(sqz_query_reservation_of_domain(svc, "xl", 0, id), SQZ_ERR_NO_RESERVATION);
+
+    /* A reservation for a domain that never appears. */
+    CHECK_STATUS(sqz_reserve_memory(svc, "xl", GIB, id), SQZ_OK);
+    CHECK_STATUS(sqz_transfer_reservation_to_domain(svc, "xl", id, 77), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("does not exist"));
+    /* Another session cannot touch it. */
+    CHECK_STATUS(sqz_delete_reservation(svc, "xenopsd", id), SQZ_ERR_UNKNOWN_RESERVATION);
+    /* A restarted xl logs in again: its untransferred reservation is dropped. */
+    CHECK_STATUS(sqz_login(svc, "xl"), SQZ_OK);
+    CHECK_STATUS(sqz_delete_reservation(svc, "xl", id), SQZ_ERR_UNKNOWN_RESERVATION);
+
+    sqz_service_free(svc);
+}
+
+static void test_service_bad_input(void) {
+    sqz_fake_host *f = fake_8g();
+    sqz_service_config *cfg = service_config();
+    sqz_service *svc = NULL;
+    CHECK_STATUS(sqz_service_new_fake(f, cfg, &svc), SQZ_OK);
+    char id[SQZ_RESERVATION_ID_SIZE];
+    int64_t v = 0;
+    size_t n = 0;
+    const char *bad_utf8 = "xl\xff";
+    const char *ok_id = "6f1e8a3c-55d2-4c1e-9a8e-0d4b5f6a7b8c";
+
+    /* Config. */
+    CHECK_STATUS(sqz_service_config_new(NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_slush(NULL, 0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_slush(cfg, -1), SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_service_config_set_slush(cfg, (int64_t)1 << 51), SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_service_config_set_lock_path(cfg, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("path is NULL"));
+    CHECK_STATUS(sqz_service_config_set_lock_path(cfg, ""), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_lock_path(cfg, bad_utf8), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("UTF-8"));
+    CHECK_STATUS(sqz_service_config_set_lock_path(NULL, "/tmp/x"), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_boot_time_record_path(cfg, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_boot_time_record_path(NULL, "/tmp/x"), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_options(NULL, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_options(cfg, NULL), SQZ_OK);
+    CHECK_STATUS(sqz_service_config_set_balance_interval(NULL, 1.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_balance_interval(cfg, -1.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_balance_interval(cfg, INFINITY), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_service_config_free(NULL);
+
+    /* Fake host. */
+    sqz_fake_config c;
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    c.total_kib = 4 * GIB;
+    sqz_fake_host *none = NULL;
+    CHECK_STATUS(sqz_fake_host_new(NULL, &none), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_new(&c, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    c.total_kib = -1;
+    CHECK_STATUS(sqz_fake_host_new(&c, &none), SQZ_ERR_INVALID_MEMORY_VALUE);
+    c.total_kib = 4 * GIB;
+    c.boot_delay_s = NAN;
+    CHECK_STATUS(sqz_fake_host_new(&c, &none), SQZ_ERR_INVALID_ARGUMENT);
+    c.boot_delay_s = 0;
+    c.struct_size = 4;
+    CHECK_STATUS(sqz_fake_host_new(&c, &none), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_create(NULL, &c, &none), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_create(bad_utf8, &c, &none), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_open(NULL, &none), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_open("/nonexistent/squeeze-fake", &none), SQZ_ERR_BACKEND);
+    CHECK(none == NULL);
+    sqz_fake_guest g = guest_spec(GIB, 2 * GIB);
+    int32_t domid = -1;
+    CHECK_STATUS(sqz_fake_host_create_domain(NULL, &g, sizeof g, &domid), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_create_domain(f, NULL, sizeof g, &domid), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_create_domain(f, &g, 4, &domid), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_create_domain(f, &g, sizeof g, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    g.dynamic_min_kib = -GIB;
+    CHECK_STATUS(sqz_fake_host_create_domain(f, &g, sizeof g, &domid), SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK(domid == -1);
+    CHECK_STATUS(sqz_fake_host_build_domain(f, 99, GIB), SQZ_ERR_BACKEND);
+    CHECK_STATUS(sqz_fake_host_build_domain(NULL, 1, GIB), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_unpause(f, 99), SQZ_ERR_BACKEND);
+    CHECK_STATUS(sqz_fake_host_destroy_domain(f, 0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_advance(f, -1.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_advance(f, NAN), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_fake_domain fd;
+    CHECK_STATUS(sqz_fake_host_domain(f, 99, &fd), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_domain(f, 0, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_free_mem(f, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_fake_host_free(NULL);
+
+    /* Service construction. */
+    sqz_service *s2 = NULL;
+    CHECK_STATUS(sqz_service_new_fake(NULL, cfg, &s2), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_new_fake(f, cfg, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_new_platform(NULL, cfg, &s2), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_platform p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    CHECK_STATUS(sqz_service_new_platform(&p, cfg, &s2), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("list_domains is NULL"));
+    CHECK(s2 == NULL);
+    /* A fake host where a service is expected, and the other way round. */
+    CHECK_STATUS(sqz_login((sqz_service *)(void *)f, "xl"), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("another kind"));
+    CHECK_STATUS(sqz_fake_host_advance((sqz_fake_host *)(void *)svc, 1.0), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_service_config_free(cfg);
+
+    /* Every call: NULL service, NULL / invalid UTF-8 / invalid session, NULL outputs. */
+    CHECK_STATUS(sqz_login(NULL, "xl"), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_login(svc, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("service_name is NULL"));
+    CHECK_STATUS(sqz_login(svc, bad_utf8), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_login(svc, "../etc"), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_login(svc, ""), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_reserve_memory(NULL, "xl", GIB, id), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_reserve_memory(svc, NULL, GIB, id), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_reserve_memory(svc, bad_utf8, GIB, id), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_reserve_memory(svc, "xl", GIB, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_reserve_memory(svc, "xl", (int64_t)1 << 51, id), SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_reserve_memory_range(NULL, "xl", 0, GIB, id, &v), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_reserve_memory_range(svc, NULL, 0, GIB, id, &v), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_reserve_memory_range(svc, "xl", 0, GIB, NULL, &v), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_reserve_memory_range(svc, "xl", 0, GIB, id, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_transfer_reservation_to_domain(NULL, "xl", ok_id, 1), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_transfer_reservation_to_domain(svc, NULL, ok_id, 1), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_transfer_reservation_to_domain(svc, "xl", NULL, 1), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("reservation_id is NULL"));
+    CHECK_STATUS(sqz_transfer_reservation_to_domain(svc, "xl", bad_utf8, 1), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_transfer_reservation_to_domain(svc, "xl", ok_id, -3), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_delete_reservation(NULL, "xl", ok_id), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_delete_reservation(svc, NULL, ok_id), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_delete_reservation(svc, "xl", NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_delete_reservation(svc, "xl", bad_utf8), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_query_reservation_of_domain(NULL, "xl", 0, id), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_query_reservation_of_domain(svc, NULL, 0, id), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_query_reservation_of_domain(svc, "xl", 0, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_query_reservation_of_domain(svc, "xl", -1, id), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_balance_memory(NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_start_balancer(NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_stop_balancer(NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_get_host_reserved_memory(NULL, &v), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_get_host_reserved_memory(svc, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_get_host_initial_free_memory(NULL, &v), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_get_host_initial_free_memory(svc, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_get_diagnostics(NULL, NULL, 0, &n), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_get_diagnostics(svc, NULL, 0, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_get_diagnostics(svc, NULL, 10, &n), SQZ_ERR_INVALID_ARGUMENT);
+
+    /* Sinks outside a platform callback. */
+    sqz_domain_info di;
+    memset(&di, 0, sizeof di);
+    CHECK_STATUS(sqz_domain_list_add(NULL, &di, sizeof di), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_strings_add(NULL, "x"), SQZ_ERR_INVALID_ARGUMENT);
+
+    /* Nothing above reserved anything: the whole 6.75 GiB less the slush can still be had. */
+    CHECK_STATUS(sqz_reserve_memory(svc, "xl", 6 * GIB + 768 * MIB - 72 * MIB, id), SQZ_OK);
+    sqz_service_free(svc);
+    sqz_service_free(NULL);
+    sqz_fake_host_free(f);
+}
+
 int main(void) {
     test_version();
     test_contract_values();
@@ -646,6 +956,20 @@ int main(void) {
     test_step();
     test_simulator();
     test_simulated_time_limit();
+    char tmpl[] = "/tmp/squeeze-c-XXXXXX";
+    if (mkdtemp(tmpl) == NULL) {
+        printf("cannot create a temporary directory\n");
+        return 1;
+    }
+    snprintf(svc_dir, sizeof svc_dir, "%s", tmpl);
+    test_service_xenopsd_flow();
+    test_service_failures();
+    test_service_bad_input();
+    char cleanup[160];
+    snprintf(cleanup, sizeof cleanup, "rm -rf '%s'", svc_dir);
+    if (system(cleanup) != 0) {
+        printf("cannot remove %s\n", svc_dir);
+    }
     printf("c-client: %u passed, %u failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

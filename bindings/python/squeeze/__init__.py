@@ -28,6 +28,11 @@ __all__ = [
     "Cooperation",
     "Domain",
     "DomainsRefusedToCooperate",
+    "FakeDomain",
+    "FakeHost",
+    "NoReservation",
+    "Service",
+    "UnknownReservation",
     "InternalError",
     "InvalidArgument",
     "InvalidMemoryValue",
@@ -139,6 +144,8 @@ _BY_STATUS = {
     for cls in (InvalidArgument, InvalidMemoryValue, BackendError, Unsupported, BufferTooSmall,
                 InternalError)
 }
+# UnknownReservation and NoReservation are raised by the Service methods, which know the id or
+# domid the error is about.
 
 
 def _last_error() -> SqueezeError:
@@ -795,3 +802,273 @@ def log_to_python(level: Optional[int] = logging.INFO) -> None:
     callback = _native.LOG_FN(_on_log)
     _check(lib.sqz_set_log_callback(callback, None, max_level))
     _log_callback = callback
+
+
+# --- the memory service -------------------------------------------------------------------
+
+
+class UnknownReservation(SqueezeError, KeyError):
+    """SQZ_ERR_UNKNOWN_RESERVATION: the session holds no reservation ``reservation_id``."""
+
+    status = 5
+
+    def __init__(self, message: str, reservation_id: Optional[str] = None):
+        super().__init__(message)
+        self.reservation_id = reservation_id
+
+    def __str__(self):
+        return self.message
+
+
+class NoReservation(SqueezeError, LookupError):
+    """SQZ_ERR_NO_RESERVATION: domain ``domid`` holds no reservation."""
+
+    status = 6
+
+    def __init__(self, message: str, domid: Optional[int] = None):
+        super().__init__(message)
+        self.domid = domid
+
+
+def _text(name: str, value) -> bytes:
+    """A string argument for the C ABI; the library itself checks its form."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if "\0" in value:
+        raise InvalidArgument(f"{name} holds a NUL character")
+    return value.encode("utf-8")
+
+
+def _check_service(status: int, reservation_id: Optional[str] = None, domid: Optional[int] = None):
+    if status == UnknownReservation.status:
+        raise UnknownReservation(_last_error().message, reservation_id)
+    if status == NoReservation.status:
+        raise NoReservation(_last_error().message, domid)
+    _check(status)
+
+
+@dataclass
+class FakeDomain:
+    """A fake host's domain as its hypervisor reports it; sizes in KiB."""
+
+    tot_kib: int
+    max_kib: int
+    booted: bool
+
+
+class FakeHost(_Handle):
+    """A fake host for tests: a store with xenstore's semantics and simulated guests whose
+    balloon drivers follow ``memory/target``. In this process only, or (with ``directory``) in
+    a directory other processes open with :meth:`open`. Time is simulated."""
+
+    _free = staticmethod(lib.sqz_fake_host_free)
+
+    def __init__(
+        self,
+        total_kib: int = 8 << 20,
+        xen_kib: int = 256 << 10,
+        dom0_kib: int = 1 << 20,
+        boot_delay_s: float = 1.0,
+        directory: Optional[str] = None,
+    ):
+        super().__init__()
+        c = _native.sqz_fake_config(
+            ctypes.sizeof(_native.sqz_fake_config),
+            _kib("total_kib", total_kib),
+            _kib("xen_kib", xen_kib),
+            _kib("dom0_kib", dom0_kib),
+            _seconds("boot_delay_s", boot_delay_s),
+        )
+        if directory is None:
+            _check(lib.sqz_fake_host_new(ctypes.byref(c), ctypes.byref(self._handle)))
+        else:
+            d = _text("directory", str(directory))
+            _check(lib.sqz_fake_host_create(d, ctypes.byref(c), ctypes.byref(self._handle)))
+
+    @classmethod
+    def open(cls, directory: str) -> "FakeHost":
+        """Opens the fake host another process created in ``directory``."""
+        host = cls.__new__(cls)
+        _Handle.__init__(host)
+        _check(lib.sqz_fake_host_open(_text("directory", str(directory)), ctypes.byref(host._handle)))
+        return host
+
+    def create_domain(
+        self,
+        dynamic_min_kib: int,
+        dynamic_max_kib: int,
+        target_kib: Optional[int] = None,
+        offset_kib: int = 0,
+        behaviour: Optional["Behaviour"] = None,
+    ) -> int:
+        """Creates a paused, empty PV domain and returns its domid."""
+        b = behaviour or Behaviour.ideal(256 << 10)
+        g = _native.sqz_fake_guest(
+            ctypes.sizeof(_native.sqz_fake_guest),
+            _kib("target_kib", dynamic_max_kib if target_kib is None else target_kib),
+            _kib("dynamic_min_kib", dynamic_min_kib),
+            _kib("dynamic_max_kib", dynamic_max_kib),
+            _kib("offset_kib", offset_kib),
+            b._to_c(),
+        )
+        out = ctypes.c_int32(-1)
+        _check(lib.sqz_fake_host_create_domain(self._ptr(), ctypes.byref(g), ctypes.sizeof(g), ctypes.byref(out)))
+        return out.value
+
+    def build_domain(self, domid: int, kib: int) -> None:
+        """Allocates ``kib`` KiB to a domain, as the domain builder does."""
+        _check(lib.sqz_fake_host_build_domain(self._ptr(), _domid(domid), _kib("kib", kib)))
+
+    def unpause(self, domid: int) -> None:
+        """Unpauses a domain: it boots after the boot delay."""
+        _check(lib.sqz_fake_host_unpause(self._ptr(), _domid(domid)))
+
+    def destroy_domain(self, domid: int) -> None:
+        """Destroys a domain: its memory returns to the host."""
+        _check(lib.sqz_fake_host_destroy_domain(self._ptr(), _domid(domid)))
+
+    def advance(self, seconds: float) -> None:
+        """Lets simulated time pass."""
+        _check(lib.sqz_fake_host_advance(self._ptr(), _seconds("seconds", seconds)))
+
+    def domain(self, domid: int) -> FakeDomain:
+        out = _native.sqz_fake_domain()
+        _check(lib.sqz_fake_host_domain(self._ptr(), _domid(domid), ctypes.byref(out)))
+        return FakeDomain(out.tot_kib, out.max_kib, out.booted)
+
+    def free_mem_kib(self) -> int:
+        out = ctypes.c_int64()
+        _check(lib.sqz_fake_host_free_mem(self._ptr(), ctypes.byref(out)))
+        return out.value
+
+
+class Service(_Handle):
+    """The memory service (sessions and reservations, squeezed's ``Memory_interface``) over a
+    :class:`FakeHost`. Every process sharing a host must use the same ``lock_path``. Use as a
+    context manager, or call :meth:`close`. Thread-safe."""
+
+    _free = staticmethod(lib.sqz_service_free)
+
+    def __init__(
+        self,
+        fake: FakeHost,
+        lock_path: Optional[str] = None,
+        slush_kib: Optional[int] = None,
+        boot_time_record_path: Optional[str] = None,
+        options: Optional[Options] = None,
+        balance_interval_s: Optional[float] = None,
+    ):
+        super().__init__()
+        if not isinstance(fake, FakeHost):
+            raise TypeError(f"fake must be a squeeze.FakeHost, not {type(fake).__name__}")
+        cfg = ctypes.c_void_p()
+        _check(lib.sqz_service_config_new(ctypes.byref(cfg)))
+        try:
+            if lock_path is not None:
+                _check(lib.sqz_service_config_set_lock_path(cfg, _text("lock_path", str(lock_path))))
+            if slush_kib is not None:
+                _check(lib.sqz_service_config_set_slush(cfg, _kib("slush_kib", slush_kib)))
+            if boot_time_record_path is not None:
+                p = _text("boot_time_record_path", str(boot_time_record_path))
+                _check(lib.sqz_service_config_set_boot_time_record_path(cfg, p))
+            if balance_interval_s is not None:
+                s = _seconds("balance_interval_s", balance_interval_s)
+                _check(lib.sqz_service_config_set_balance_interval(cfg, s))
+            with _OptionsHandle(options) as o:
+                _check(lib.sqz_service_config_set_options(cfg, o))
+            _check(lib.sqz_service_new_fake(fake._ptr(), cfg, ctypes.byref(self._handle)))
+        finally:
+            lib.sqz_service_config_free(cfg)
+
+    def login(self, service_name: str) -> str:
+        """Starts a session; returns its id (the name). Drops the service's untransferred
+        reservations, as squeezed does."""
+        _check(lib.sqz_login(self._ptr(), _text("service_name", service_name)))
+        return service_name
+
+    def reserve_memory(self, session: str, kib: int) -> str:
+        """Frees ``kib`` KiB and sets it aside; returns the reservation id."""
+        buf = ctypes.create_string_buffer(_native.RESERVATION_ID_SIZE)
+        _check(lib.sqz_reserve_memory(self._ptr(), _text("session", session), _kib("kib", kib), buf))
+        return buf.value.decode()
+
+    def reserve_memory_range(self, session: str, min_kib: int, max_kib: int) -> Tuple[str, int]:
+        """Frees what the policy gives a domain of ``min_kib..=max_kib``; returns the
+        reservation id and the amount."""
+        buf = ctypes.create_string_buffer(_native.RESERVATION_ID_SIZE)
+        got = ctypes.c_int64()
+        _check(
+            lib.sqz_reserve_memory_range(
+                self._ptr(),
+                _text("session", session),
+                _kib("min_kib", min_kib),
+                _kib("max_kib", max_kib),
+                buf,
+                ctypes.byref(got),
+            )
+        )
+        return buf.value.decode(), got.value
+
+    def transfer_reservation_to_domain(self, session: str, reservation_id: str, domid: int) -> None:
+        """Hands a reservation to a domain that now exists."""
+        status = lib.sqz_transfer_reservation_to_domain(
+            self._ptr(), _text("session", session), _text("reservation_id", reservation_id), _domid(domid)
+        )
+        _check_service(status, reservation_id=reservation_id, domid=domid)
+
+    def delete_reservation(self, session: str, reservation_id: str) -> None:
+        """Deletes a reservation, transferred or not."""
+        status = lib.sqz_delete_reservation(
+            self._ptr(), _text("session", session), _text("reservation_id", reservation_id)
+        )
+        _check_service(status, reservation_id=reservation_id)
+
+    def query_reservation_of_domain(self, session: str, domid: int) -> str:
+        """The id of the reservation transferred to ``domid``; :class:`NoReservation` if none."""
+        buf = ctypes.create_string_buffer(_native.RESERVATION_ID_SIZE)
+        status = lib.sqz_query_reservation_of_domain(self._ptr(), _text("session", session), _domid(domid), buf)
+        _check_service(status, domid=domid)
+        return buf.value.decode()
+
+    def balance_memory(self) -> None:
+        """Hands free memory above the slush back to the domains."""
+        _check(lib.sqz_service_balance_memory(self._ptr()))
+
+    def start_balancer(self) -> None:
+        """Starts the background balancer (every ``balance_interval_s``, real time)."""
+        _check(lib.sqz_service_start_balancer(self._ptr()))
+
+    def stop_balancer(self) -> None:
+        """Stops the background balancer and waits for its thread."""
+        _check(lib.sqz_service_stop_balancer(self._ptr()))
+
+    def get_host_reserved_memory(self) -> int:
+        """The slush, in KiB."""
+        out = ctypes.c_int64()
+        _check(lib.sqz_get_host_reserved_memory(self._ptr(), ctypes.byref(out)))
+        return out.value
+
+    def get_host_initial_free_memory(self) -> int:
+        """Host free memory at boot, in KiB."""
+        out = ctypes.c_int64()
+        _check(lib.sqz_get_host_initial_free_memory(self._ptr(), ctypes.byref(out)))
+        return out.value
+
+    def get_diagnostics(self) -> dict:
+        """The host, the ledger and the settings, as parsed JSON."""
+        import json
+
+        need = ctypes.c_size_t()
+        # The document can grow between the two calls (another process reserving): retry.
+        for _ in range(5):
+            status = lib.sqz_get_diagnostics(self._ptr(), None, 0, ctypes.byref(need))
+            if status != BufferTooSmall.status:
+                _check(status)
+            buf = ctypes.create_string_buffer(need.value)
+            status = lib.sqz_get_diagnostics(self._ptr(), buf, need.value, ctypes.byref(need))
+            if status == OK:
+                return json.loads(buf.value.decode())
+            if status != BufferTooSmall.status:
+                _check(status)
+        raise BufferTooSmall("the diagnostics kept growing", BufferTooSmall.status)
+

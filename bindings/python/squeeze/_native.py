@@ -158,6 +158,47 @@ class sqz_step_result(Structure):
     ]
 
 
+class sqz_fake_config(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("total_kib", c_int64),
+        ("xen_kib", c_int64),
+        ("dom0_kib", c_int64),
+        ("boot_delay_s", c_double),
+    ]
+
+
+class sqz_fake_guest(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("target_kib", c_int64),
+        ("dynamic_min_kib", c_int64),
+        ("dynamic_max_kib", c_int64),
+        ("offset_kib", c_int64),
+        ("behaviour", sqz_behaviour),
+    ]
+
+
+class sqz_fake_domain(Structure):
+    _fields_ = [("tot_kib", c_int64), ("max_kib", c_int64), ("booted", c_bool)]
+
+
+class sqz_domain_info(Structure):
+    _fields_ = [
+        ("domid", c_int32),
+        ("dying", c_bool),
+        ("shutdown", c_bool),
+        ("paused", c_bool),
+        ("hvm", c_bool),
+        ("tot_pages", c_uint64),
+        ("max_pages", c_uint64),
+        ("outstanding_pages", c_uint64),
+        ("shared_pages", c_uint64),
+    ]
+
+
+RESERVATION_ID_SIZE = 37
+
 _p = POINTER
 _opaque = c_void_p  # sqz_options *, sqz_squeezer *, sqz_sim *
 
@@ -243,6 +284,48 @@ PROTOTYPES = {
     ),
     "sqz_sim_balance_memory": (sqz_status, [_opaque, _opaque]),
     "sqz_sim_is_host_memory_unbalanced": (sqz_status, [_opaque, _opaque, _p(c_bool)]),
+    "sqz_fake_host_new": (sqz_status, [_p(sqz_fake_config), _p(_opaque)]),
+    "sqz_fake_host_create": (sqz_status, [c_char_p, _p(sqz_fake_config), _p(_opaque)]),
+    "sqz_fake_host_open": (sqz_status, [c_char_p, _p(_opaque)]),
+    "sqz_fake_host_free": (None, [_opaque]),
+    "sqz_fake_host_create_domain": (
+        sqz_status,
+        [_opaque, _p(sqz_fake_guest), c_size_t, _p(c_int32)],
+    ),
+    "sqz_fake_host_build_domain": (sqz_status, [_opaque, c_int32, c_int64]),
+    "sqz_fake_host_unpause": (sqz_status, [_opaque, c_int32]),
+    "sqz_fake_host_destroy_domain": (sqz_status, [_opaque, c_int32]),
+    "sqz_fake_host_advance": (sqz_status, [_opaque, c_double]),
+    "sqz_fake_host_domain": (sqz_status, [_opaque, c_int32, _p(sqz_fake_domain)]),
+    "sqz_fake_host_free_mem": (sqz_status, [_opaque, _p(c_int64)]),
+    # The platform table is for C callers; Python tests use the fake host.
+    "sqz_domain_list_add": (sqz_status, [c_void_p, _p(sqz_domain_info), c_size_t]),
+    "sqz_strings_add": (sqz_status, [c_void_p, c_char_p]),
+    "sqz_service_config_new": (sqz_status, [_p(_opaque)]),
+    "sqz_service_config_free": (None, [_opaque]),
+    "sqz_service_config_set_slush": (sqz_status, [_opaque, c_int64]),
+    "sqz_service_config_set_lock_path": (sqz_status, [_opaque, c_char_p]),
+    "sqz_service_config_set_boot_time_record_path": (sqz_status, [_opaque, c_char_p]),
+    "sqz_service_config_set_options": (sqz_status, [_opaque, _opaque]),
+    "sqz_service_config_set_balance_interval": (sqz_status, [_opaque, c_double]),
+    "sqz_service_start_balancer": (sqz_status, [_opaque]),
+    "sqz_service_stop_balancer": (sqz_status, [_opaque]),
+    "sqz_service_new_fake": (sqz_status, [_opaque, _opaque, _p(_opaque)]),
+    "sqz_service_new_platform": (sqz_status, [c_void_p, _opaque, _p(_opaque)]),
+    "sqz_service_free": (None, [_opaque]),
+    "sqz_login": (sqz_status, [_opaque, c_char_p]),
+    "sqz_reserve_memory": (sqz_status, [_opaque, c_char_p, c_int64, c_char_p]),
+    "sqz_reserve_memory_range": (
+        sqz_status,
+        [_opaque, c_char_p, c_int64, c_int64, c_char_p, _p(c_int64)],
+    ),
+    "sqz_transfer_reservation_to_domain": (sqz_status, [_opaque, c_char_p, c_char_p, c_int32]),
+    "sqz_delete_reservation": (sqz_status, [_opaque, c_char_p, c_char_p]),
+    "sqz_query_reservation_of_domain": (sqz_status, [_opaque, c_char_p, c_int32, c_char_p]),
+    "sqz_service_balance_memory": (sqz_status, [_opaque]),
+    "sqz_get_host_reserved_memory": (sqz_status, [_opaque, _p(c_int64)]),
+    "sqz_get_host_initial_free_memory": (sqz_status, [_opaque, _p(c_int64)]),
+    "sqz_get_diagnostics": (sqz_status, [_opaque, c_char_p, c_size_t, _p(c_size_t)]),
     "sqz_version": (c_char_p, []),
     "sqz_version_number": (c_uint32, []),
 }
