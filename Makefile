@@ -24,3 +24,11 @@ lint:
 
 test-rust:
 	$(CARGO) test
+
+## Builds libsqueeze and runs the OCaml binding's tests (ocaml/, a dune project).
+.PHONY: test-ocaml
+test: test-ocaml
+SQUEEZE_LIB_DIR ?= $(CURDIR)/target/debug
+test-ocaml: deps
+	$(CARGO) build
+	cd ocaml && SQUEEZE_LIB_DIR=$(SQUEEZE_LIB_DIR) SQUEEZE_INCLUDE_DIR=$(CURDIR)/include dune test --root . --force

@@ -8,6 +8,9 @@ APT_NEEDS=(
   "cc gcc"
   "make make"
   "pkg-config pkg-config"
+  "ocamlopt ocaml-nox"
+  "dune ocaml-dune"
+  "ocamlfind ocaml-findlib"
 )
 
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
