@@ -325,3 +325,10 @@ pub fn is_host_memory_unbalanced(io: &mut dyn Io, options: &Options) -> Result<b
         _ => false,
     })
 }
+
+/// The maxmem the driver loop sets for each domain of `host` after `iteration` (squeezed's
+/// rule, see [`Squeezer::change_host_free_memory`]), for callers that run iterations from
+/// their own event loop.
+pub fn maxmem_after(host: &Host, iteration: &crate::squeezer::Iteration) -> Vec<(DomId, Kib)> {
+    maxmem_plan(host, &iteration.verdict, &iteration.declared_inactive)
+}

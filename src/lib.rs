@@ -38,6 +38,7 @@
 pub mod backend;
 pub mod driver;
 pub mod error;
+pub mod ffi;
 pub mod model;
 pub mod monitor;
 pub mod policy;

@@ -1,0 +1,158 @@
+//! Handles that refuse overlapping use instead of locking.
+//!
+//! A handle is marked busy while a call uses it. A second use while it is busy (a callback
+//! re-entering the library with the same handle, or two threads sharing one) is refused with
+//! `SQZ_ERR_INVALID_ARGUMENT`; nothing ever waits, so nothing can deadlock, and no lock is held
+//! while a callback runs. Freeing a busy handle (from inside one of its own callbacks) is
+//! deferred until the call that is using it returns.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::error::{invalid, Failure};
+
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+const BUSY_FREE_PENDING: u8 = 2;
+
+/// A heap value shared with C through a raw pointer.
+pub struct Handle<T> {
+    state: AtomicU8,
+    value: UnsafeCell<T>,
+}
+
+/// Marks the handle idle again when a call ends, normally or by a panic, and performs a free
+/// that was requested meanwhile.
+struct Release<T> {
+    ptr: *mut Handle<T>,
+}
+
+impl<T> Drop for Release<T> {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from `Handle::into_raw` and is busy, so nobody freed it yet.
+        let handle = unsafe { &*self.ptr };
+        if handle
+            .state
+            .compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // SAFETY: the free was deferred to us; no reference into the handle remains.
+            drop(unsafe { Box::from_raw(self.ptr) });
+        }
+    }
+}
+
+impl<T> Handle<T> {
+    /// Moves `value` to the heap and returns the pointer handed to C.
+    pub fn into_raw(value: T) -> *mut Handle<T> {
+        Box::into_raw(Box::new(Handle {
+            state: AtomicU8::new(IDLE),
+            value: UnsafeCell::new(value),
+        }))
+    }
+
+    /// Runs `f` with exclusive access to the value behind `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or came from [`Handle::into_raw`] and has not been freed.
+    pub unsafe fn with<R>(
+        ptr: *mut Handle<T>,
+        what: &str,
+        f: impl FnOnce(&mut T) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
+        // SAFETY: NULL is checked; otherwise the caller promises a live handle.
+        let handle = unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))?;
+        if handle
+            .state
+            .compare_exchange(IDLE, BUSY, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(invalid(format!(
+                "{what} is already in use (called from one of its own callbacks, or from two \
+                 threads at once)"
+            )));
+        }
+        let _release = Release { ptr };
+        // SAFETY: the BUSY flag gives this call the only access to the value until release.
+        f(unsafe { &mut *handle.value.get() })
+    }
+
+    /// Frees the handle now, or when the call using it returns.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or came from [`Handle::into_raw`] and has not been freed.
+    pub unsafe fn free(ptr: *mut Handle<T>) {
+        // SAFETY: NULL is checked; otherwise the caller promises a live handle.
+        let Some(handle) = (unsafe { ptr.as_ref() }) else {
+            return;
+        };
+        match handle.state.compare_exchange(
+            IDLE,
+            BUSY_FREE_PENDING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: idle, so no call holds a reference; we own it from here.
+            Ok(_) => drop(unsafe { Box::from_raw(ptr) }),
+            Err(_) => {
+                // Busy: the running call frees it on return. A second free while pending is
+                // harmless.
+                let _ = handle.state.compare_exchange(
+                    BUSY,
+                    BUSY_FREE_PENDING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_handle_refuses_a_second_use_instead_of_waiting() {
+        let h = Handle::into_raw(5);
+        // SAFETY: h is live until the free below.
+        let r = unsafe {
+            Handle::with(h, "thing", |v| {
+                *v += 1;
+                let inner = Handle::with(h, "thing", |_| Ok(()));
+                assert!(
+                    matches!(inner, Err(Failure::Core(crate::Error::InvalidArgument(ref m))) if m.contains("already in use"))
+                );
+                Ok(*v)
+            })
+        };
+        assert_eq!(r, Ok(6));
+        // SAFETY: h is live and idle again.
+        let again = unsafe { Handle::with(h, "thing", |v| Ok(*v)) };
+        assert_eq!(again, Ok(6));
+        // SAFETY: h is live.
+        unsafe { Handle::free(h) };
+    }
+
+    #[test]
+    fn freeing_a_handle_from_inside_its_own_call_is_deferred() {
+        let h = Handle::into_raw(vec![1, 2, 3]);
+        // SAFETY: h is live; the free inside is deferred until `with` returns.
+        let len = unsafe {
+            Handle::with(h, "thing", |v| {
+                Handle::free(h);
+                Ok(v.len())
+            })
+        };
+        assert_eq!(len, Ok(3));
+    }
+
+    #[test]
+    fn null_is_refused_and_freeing_null_does_nothing() {
+        // SAFETY: NULL is allowed in both.
+        unsafe {
+            assert!(Handle::<u8>::with(std::ptr::null_mut(), "s", |_| Ok(())).is_err());
+            Handle::<u8>::free(std::ptr::null_mut());
+        }
+    }
+}

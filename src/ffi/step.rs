@@ -1,0 +1,247 @@
+//! One squeezer iteration at a time, for callers that drive everything from their own event
+//! loop (libxl): host snapshot in, verdict, targets and maxmems out. The caller applies the
+//! targets and maxmems, waits about a second (`SQZ_ITERATION_WAIT_SECONDS`), and steps again.
+
+use std::ffi::c_void;
+
+use crate::model::{kib, Host};
+use crate::squeezer::Verdict;
+
+use super::error::{invalid, sqz_status, Failure};
+use super::guard;
+use super::handle::Handle;
+use super::io::{read_domain, sqz_domain, sqz_success_fn, success_closure};
+use super::ops::{squeezer_handle, sqz_squeezer};
+
+/// What an iteration decided (`sqz_step_result.verdict`).
+pub type sqz_verdict = i32;
+/// Targets are reached and stable and the success condition holds: the operation is done.
+pub const SQZ_VERDICT_SUCCESS: sqz_verdict = 0;
+/// Targets are reached and stable but the success condition does not hold. The blamed domids
+/// (stuck domains that could balloon) are the ones that refused to cooperate; none (or only
+/// domain 0) means the memory cannot be freed at all.
+pub const SQZ_VERDICT_FAILED: sqz_verdict = 1;
+/// Set the returned targets, then step again after about a second.
+pub const SQZ_VERDICT_ADJUST_TARGETS: sqz_verdict = 2;
+
+/// How long squeezed's loop waits between iterations, in seconds.
+pub const SQZ_ITERATION_WAIT_SECONDS: f64 = 1.0;
+
+/// A balloon target to set.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct sqz_action {
+    /// The domain.
+    pub domid: i32,
+    /// Its new balloon target, in KiB.
+    pub new_target_kib: i64,
+}
+
+/// A maxmem to set.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct sqz_maxmem {
+    /// The domain.
+    pub domid: i32,
+    /// Its new maxmem, in KiB.
+    pub maxmem_kib: i64,
+}
+
+/// Caller-owned buffers for `sqz_squeezer_step`. The caller sets `struct_size` and the three
+/// buffers with their capacities (a buffer may be NULL with capacity 0); the call sets
+/// `verdict` and the three `*_len` counts.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct sqz_step_result {
+    /// `sizeof(sqz_step_result)` as the caller knows it.
+    pub struct_size: u32,
+    /// Out: one of `SQZ_VERDICT_*`.
+    pub verdict: sqz_verdict,
+    /// Targets to set (only with `SQZ_VERDICT_ADJUST_TARGETS`), in the order squeezed sets them.
+    pub actions: *mut sqz_action,
+    /// Capacity of `actions`, in entries.
+    pub actions_cap: usize,
+    /// Out: number of targets.
+    pub actions_len: usize,
+    /// maxmem to set for every domain of the snapshot, whatever the verdict (squeezed sets
+    /// these before acting on the verdict).
+    pub maxmem: *mut sqz_maxmem,
+    /// Capacity of `maxmem`, in entries.
+    pub maxmem_cap: usize,
+    /// Out: number of maxmem settings (the number of domains).
+    pub maxmem_len: usize,
+    /// Domains blamed for a failure (only with `SQZ_VERDICT_FAILED`), descending.
+    pub blamed_domids: *mut i32,
+    /// Capacity of `blamed_domids`, in entries.
+    pub blamed_cap: usize,
+    /// Out: number of blamed domains.
+    pub blamed_len: usize,
+}
+
+const STEP_RESULT_SIZE_V1: usize = std::mem::size_of::<sqz_step_result>();
+
+/// Copies `items` to a caller buffer already known to be large enough.
+///
+/// # Safety
+/// `out` has room for `items.len()` entries when `items` is not empty.
+unsafe fn copy_out<T: Copy>(items: &[T], out: *mut T) {
+    if !items.is_empty() {
+        // SAFETY: the caller checked the capacity, and buffers with capacity are not NULL.
+        unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), out, items.len()) };
+    }
+}
+
+/// Runs one iteration of the squeezer `s` on a host snapshot: `n_domains` domains of
+/// `domain_size` bytes each (`sizeof(sqz_domain)`) and `free_mem_kib` free, aiming for
+/// `host_target_kib` free, at time `now` (seconds; finite, not negative, never below the
+/// previous step's). `ok(ok_ctx, free)` judges success; NULL means "at least `host_target_kib`
+/// free". Results go to the caller's buffers in `*result`.
+///
+/// Errors: `s` or `result` NULL, `domains` NULL with `n_domains` > 0, a size smaller than the
+/// first published layout, a duplicate or negative domid, or a bad `now` →
+/// `SQZ_ERR_INVALID_ARGUMENT`; a bad memory value → `SQZ_ERR_INVALID_MEMORY_VALUE`; a buffer
+/// too small → `SQZ_ERR_BUFFER_TOO_SMALL` with the three `*_len` set to what is needed and the
+/// squeezer unchanged (so the same step can be retried with larger buffers).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn sqz_squeezer_step(
+    s: *mut sqz_squeezer,
+    domains: *const sqz_domain,
+    n_domains: usize,
+    domain_size: usize,
+    free_mem_kib: i64,
+    host_target_kib: i64,
+    now: f64,
+    ok: sqz_success_fn,
+    ok_ctx: *mut c_void,
+    result: *mut sqz_step_result,
+) -> sqz_status {
+    guard::status(|| {
+        if result.is_null() {
+            return Err(invalid("result is NULL"));
+        }
+        if (result as usize) % std::mem::align_of::<sqz_step_result>() != 0 {
+            return Err(invalid("result is not aligned for sqz_step_result"));
+        }
+        // SAFETY: not NULL and aligned; struct_size is the first field.
+        let size = unsafe { std::ptr::addr_of!((*result).struct_size).read() } as usize;
+        if size < STEP_RESULT_SIZE_V1 {
+            return Err(invalid(format!(
+                "result->struct_size {size} is smaller than sizeof(sqz_step_result) = \
+                 {STEP_RESULT_SIZE_V1}"
+            )));
+        }
+        // SAFETY: the caller's struct holds at least the first published layout.
+        let mut r = unsafe { result.read() };
+        if domains.is_null() && n_domains > 0 {
+            return Err(invalid("domains is NULL"));
+        }
+        let list = (0..n_domains)
+            // SAFETY: the caller promises n_domains elements of domain_size bytes.
+            .map(|i| unsafe { read_domain(domains, i, domain_size) })
+            .collect::<Result<Vec<_>, _>>()?;
+        let host = Host::new(list, free_mem_kib)?;
+        kib::check_size("host target free memory", host_target_kib)?;
+        if !now.is_finite() || now < 0.0 {
+            return Err(invalid(format!(
+                "now must be finite and not negative, not {now}"
+            )));
+        }
+        let mut success = success_closure(ok, ok_ctx, host_target_kib);
+
+        let step = |st: &mut super::ops::SqueezerState| {
+            if let Some(last) = st.last_step_now {
+                if now < last {
+                    return Err(invalid(format!(
+                        "now went backwards (from {last} to {now})"
+                    )));
+                }
+            }
+            // Work on a copy so that a buffer too small leaves the squeezer as it was.
+            let mut next = st.squeezer.clone();
+            let it = next.one_iteration(&host, host_target_kib, &mut success, now)?;
+            let maxmem: Vec<sqz_maxmem> = crate::driver::maxmem_after(&host, &it)
+                .into_iter()
+                .map(|(domid, maxmem_kib)| sqz_maxmem { domid, maxmem_kib })
+                .collect();
+            let (verdict, actions, blamed) = match &it.verdict {
+                Verdict::Success => (SQZ_VERDICT_SUCCESS, Vec::new(), Vec::new()),
+                Verdict::Failed(d) => (SQZ_VERDICT_FAILED, Vec::new(), d.clone()),
+                Verdict::AdjustTargets(a) => (
+                    SQZ_VERDICT_ADJUST_TARGETS,
+                    a.iter()
+                        .map(|a| sqz_action {
+                            domid: a.domid,
+                            new_target_kib: a.new_target_kib,
+                        })
+                        .collect(),
+                    Vec::new(),
+                ),
+            };
+            r.verdict = verdict;
+            r.actions_len = actions.len();
+            r.maxmem_len = maxmem.len();
+            r.blamed_len = blamed.len();
+            let fits = |len: usize, cap: usize, null: bool| len == 0 || (len <= cap && !null);
+            let all_fit = fits(actions.len(), r.actions_cap, r.actions.is_null())
+                && fits(maxmem.len(), r.maxmem_cap, r.maxmem.is_null())
+                && fits(blamed.len(), r.blamed_cap, r.blamed_domids.is_null());
+            // SAFETY: `result` was checked above; only the output fields change.
+            unsafe {
+                (*result).verdict = r.verdict;
+                (*result).actions_len = r.actions_len;
+                (*result).maxmem_len = r.maxmem_len;
+                (*result).blamed_len = r.blamed_len;
+            }
+            if !all_fit {
+                return Err(Failure::BufferTooSmall(format!(
+                    "step needs {} action(s), {} maxmem(s), {} blamed domid(s); capacities \
+                         are {}, {}, {}",
+                    r.actions_len,
+                    r.maxmem_len,
+                    r.blamed_len,
+                    r.actions_cap,
+                    r.maxmem_cap,
+                    r.blamed_cap
+                )));
+            }
+            // SAFETY: each buffer was checked to hold its entries.
+            unsafe {
+                copy_out(&actions, r.actions);
+                copy_out(&maxmem, r.maxmem);
+                copy_out(&blamed, r.blamed_domids);
+            }
+            st.squeezer = next;
+            st.last_step_now = Some(now);
+            Ok(())
+        };
+        // SAFETY: the caller passes NULL or a live squeezer.
+        unsafe { Handle::with(squeezer_handle(s), "squeezer", step) }
+    })
+}
+
+/// Tells the squeezer `s` that a new operation starts at `now` (seconds): balloon drivers that
+/// are not stuck get a fresh no-progress clock, so time spent idle between operations does not
+/// count against them. The driver functions do this themselves; event-loop callers call it
+/// before the first `sqz_squeezer_step` of each operation. Errors: `s` NULL or busy, or `now`
+/// not finite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_squeezer_begin_operation(
+    s: *mut sqz_squeezer,
+    now: f64,
+) -> sqz_status {
+    guard::status(|| {
+        if !now.is_finite() || now < 0.0 {
+            return Err(invalid(format!(
+                "now must be finite and not negative, not {now}"
+            )));
+        }
+        // SAFETY: the caller passes NULL or a live squeezer.
+        unsafe {
+            Handle::with(squeezer_handle(s), "squeezer", |st| {
+                st.squeezer.begin_call(now);
+                Ok(())
+            })
+        }
+    })
+}
