@@ -43,7 +43,23 @@ let write file flags =
   output_string oc " )\n" ;
   close_out oc
 
-let () =
+(* cargo builds libsqueeze.so, whose SONAME is libsqueeze.so.<major>; programs linked against
+   it look for that name at run time, which only an installed library provides. Tests link
+   the name next to themselves (their run path includes $ORIGIN) to the library we built. *)
+let link_runtime_name name =
+  let lib_dir = dir_from_env "SQUEEZE_LIB_DIR" ~default:(Filename.concat "target" "debug") in
+  let installed = Filename.concat lib_dir name in
+  let built = Filename.concat lib_dir "libsqueeze.so" in
+  let target = if Sys.file_exists installed then installed else built in
+  if not (Sys.file_exists target) then (
+    Printf.eprintf "discover: no %s or libsqueeze.so in %s; build it with cargo build\n" name
+      lib_dir ;
+    exit 1
+  ) ;
+  if Sys.file_exists name then Sys.remove name ;
+  Unix.symlink target name
+
+let flags () =
   let include_dir = dir_from_env "SQUEEZE_INCLUDE_DIR" ~default:"include" in
   let lib_dir = dir_from_env "SQUEEZE_LIB_DIR" ~default:(Filename.concat "target" "debug") in
   if not (Sys.file_exists (Filename.concat include_dir "squeeze.h")) then (
@@ -56,3 +72,11 @@ let () =
   (* The rpath lets test executables run from the build tree without LD_LIBRARY_PATH. *)
   write "c_library_flags.sexp"
     ["-L" ^ lib_dir; "-Wl,-rpath," ^ lib_dir; "-lsqueeze"]
+
+let () =
+  match Array.to_list Sys.argv with
+  | [_] -> flags ()
+  | [_; "link"; name] -> link_runtime_name name
+  | _ ->
+      prerr_endline "usage: discover [link NAME]" ;
+      exit 2

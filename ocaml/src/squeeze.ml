@@ -206,24 +206,40 @@ let fistpoint_bits fistpoints =
             (match f with DisableTwoPhaseTargetSets -> 0 | DisableInaccuracyCompensation -> 1))
     0 fistpoints
 
-(* The first exception a closure raised during one call, with the backtrace from where it was
-   raised. The stubs also catch it (and stop the library with a backend error); this record
-   only lets us re-raise it with its original backtrace rather than one starting in C. *)
-type trap = {mutable caught: (exn * Printexc.raw_backtrace) option}
+let callback_observer : (bool -> unit) ref = ref ignore
 
-let guard trap f x =
-  try f x
-  with e ->
-    let bt = Printexc.get_raw_backtrace () in
-    (match trap.caught with None -> trap.caught <- Some (e, bt) | Some _ -> ()) ;
-    Printexc.raise_with_backtrace e bt
+(* What C calls: the caller's closure between the two observer calls. Nothing here allocates
+   outside the closure itself, so the observer brackets all the OCaml code that runs during a
+   callback. The stubs catch a closure's exception and raise it again once the library has
+   returned; the runtime keeps extending the backtrace of an exception raised again
+   unchanged, so the caller still sees where it was first raised (whatever the observer does
+   in between, hence the explicit backtrace here). *)
+let guard f x =
+  !callback_observer true ;
+  match f x with
+  | r ->
+      !callback_observer false ;
+      r
+  | exception e ->
+      let bt = Printexc.get_raw_backtrace () in
+      !callback_observer false ;
+      Printexc.raise_with_backtrace e bt
 
-let guard2 trap f x y = guard trap (fun () -> f x y) ()
+let guard2 f x y =
+  !callback_observer true ;
+  match f x y with
+  | r ->
+      !callback_observer false ;
+      r
+  | exception e ->
+      let bt = Printexc.get_raw_backtrace () in
+      !callback_observer false ;
+      Printexc.raise_with_backtrace e bt
 
 (* C domids are int32_t. *)
 let domid_fits_c d = Int32.to_int (Int32.of_int d.domid) = d.domid
 
-let raw_io ?(fistpoints = []) trap io success =
+let raw_io ?(fistpoints = []) io success =
   let snapshot () =
     let _, host = io.make_host () in
     let domains = Array.of_list (DomainSet.elements host.domains) in
@@ -234,34 +250,29 @@ let raw_io ?(fistpoints = []) trap io success =
       domains ;
     (host.free_mem_kib, domains)
   in
+  let execute domid kib = io.execute_action {action_domid= domid; new_target_kib= kib} in
+  (* Closures of the exact arity C applies them with, so applying them allocates nothing. *)
   {
-    raw_make_host= guard trap snapshot
-  ; raw_set_maxmem= guard2 trap io.domain_setmaxmem
-  ; raw_execute_action=
-      guard2 trap (fun domid kib ->
-          io.execute_action {action_domid= domid; new_target_kib= kib})
-  ; raw_wait= guard trap io.wait
-  ; raw_now= guard trap io.gettimeofday
-  ; raw_success= guard trap success
+    raw_make_host= (fun () -> guard snapshot ())
+  ; raw_set_maxmem= (fun domid kib -> guard2 io.domain_setmaxmem domid kib)
+  ; raw_execute_action= (fun domid kib -> guard2 execute domid kib)
+  ; raw_wait= (fun s -> guard io.wait s)
+  ; raw_now= (fun () -> guard io.gettimeofday ())
+  ; raw_success= (fun free -> guard success free)
   ; raw_target_host_free_mem_kib= io.target_host_free_mem_kib
   ; raw_free_memory_tolerance_kib= io.free_memory_tolerance_kib
   ; raw_fistpoints= fistpoint_bits fistpoints
   }
 
-(* Runs one stub call and turns its outcome into a value or this module's exceptions. *)
+(* Runs one stub call and turns its outcome into a value or this module's exceptions. An
+   exception raised by a closure of [io] comes straight out of the stub. *)
 let call ?fistpoints io success stub =
-  let trap = {caught= None} in
-  let raw = raw_io ?fistpoints trap io success in
-  match stub raw with
+  match stub (raw_io ?fistpoints io success) with
   | Done v -> v
   | Not_enough_memory (required, free) ->
       raise (Cannot_free_this_much_memory (required, free))
   | Refused_by domids -> raise (Domains_refused_to_cooperate (Array.to_list domids))
   | Error_status (kind, msg) -> raise (Squeeze_error (kind, msg))
-  | exception e -> (
-      match trap.caught with
-      | Some (e', bt) when e' == e -> Printexc.raise_with_backtrace e bt
-      | _ -> Printexc.raise_with_backtrace e (Printexc.get_raw_backtrace ()))
 
 let is_balanced ?fistpoints:_ io x =
   Int64.sub x io.target_host_free_mem_kib < io.free_memory_tolerance_kib

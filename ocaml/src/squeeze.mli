@@ -174,3 +174,12 @@ val balance_memory : ?fistpoints:fistpoint list -> io -> unit
 
 val is_host_memory_unbalanced : ?fistpoints:fistpoint list -> io -> bool
 (** Whether a balancing pass would change any domain's target now. *)
+
+(** {1 Tracing} *)
+
+val callback_observer : (bool -> unit) ref
+(** Called with [true] when the library hands control to a closure of [io] (or the success
+    condition) and with [false] when the closure returns or raises, on the calling thread. All
+    OCaml code that runs during a call to the functions above runs between such a pair, so
+    this tells time spent in the caller's closures from time spent in the library. Default:
+    [ignore]. *)

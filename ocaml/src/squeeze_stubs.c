@@ -118,10 +118,9 @@ static int32_t make_host_locked(struct call *c, sqz_host_builder *b) {
     CAMLreturnT(int32_t, 1);
   }
   snapshot = r;
-  if (sqz_host_builder_set_free_mem(b, Int64_val(Field(snapshot, 0))) != SQZ_OK) {
-    note_failure(c, "make_host: host free memory rejected: %s", sqz_last_error_message());
+  /* A refused builder call is in the library's own error message already. */
+  if (sqz_host_builder_set_free_mem(b, Int64_val(Field(snapshot, 0))) != SQZ_OK)
     CAMLreturnT(int32_t, 1);
-  }
   domains = Field(snapshot, 1);
   n = Wosize_val(domains);
   for (i = 0; i < n; i++) {
@@ -142,11 +141,8 @@ static int32_t make_host_locked(struct call *c, sqz_host_builder *b) {
     sd.memory_actual_kib = Int64_val(Field(d, DOMAIN_ACTUAL));
     sd.memory_max_kib = Int64_val(Field(d, DOMAIN_MAXMEM));
     sd.inaccuracy_kib = Int64_val(Field(d, DOMAIN_INACCURACY));
-    if (sqz_host_builder_add_domain(b, &sd, sizeof sd) != SQZ_OK) {
-      note_failure(c, "make_host: domain %d rejected: %s", (int)sd.domid,
-                   sqz_last_error_message());
+    if (sqz_host_builder_add_domain(b, &sd, sizeof sd) != SQZ_OK)
       CAMLreturnT(int32_t, 1);
-    }
   }
   CAMLreturnT(int32_t, 0);
 }

@@ -146,6 +146,20 @@ let domid_beyond_32_bits_is_refused () =
   | () -> Check.fail "expected Invalid_argument"
   | exception Invalid_argument _ -> ()
 
+let a_negative_size_in_the_snapshot_is_refused () =
+  let bad = domain_make 7 true 1000L 3000L 3000L (-3000L) 3000L 0L in
+  let host = make_host ~free_mem_kib:0L ~domains:(DomainSet.singleton bad) in
+  let io = {(Sim.io ~target_host_free_mem_kib:1000L (one_guest ())) with make_host= (fun () -> ("", host))} in
+  match change_host_free_memory io 1000L (fun _ -> true) with
+  | () -> Check.fail "expected Squeeze_error"
+  | exception Squeeze_error (Backend_failure, msg) ->
+      let has sub =
+        let n = String.length sub in
+        let rec go i = i + n <= String.length msg && (String.sub msg i n = sub || go (i + 1)) in
+        go 0
+      in
+      Check.is_true ~what:("the message names the domain: " ^ msg) (has "domain 7")
+
 let tib = Int64.shift_left 1L 30 (* in KiB *)
 
 let sizes_above_4_tib_pass_intact () =
@@ -258,6 +272,7 @@ let () =
     ; ("a clock going backwards is a backend failure", clock_going_backwards_is_a_backend_failure)
     ; ("a clock returning NaN is a backend failure", clock_returning_nan_is_a_backend_failure)
     ; ("a domid beyond 32 bits is Invalid_argument", domid_beyond_32_bits_is_refused)
+    ; ("a negative size in a snapshot is a backend failure naming the domain", a_negative_size_in_the_snapshot_is_refused)
     ; ("sizes above 4 TiB (2^32 KiB) pass through intact", sizes_above_4_tib_pass_intact)
     ; ("a host is unbalanced until balance_memory hands memory out", unbalanced_until_balanced)
     ; ("has_hit_target, min_freeable, is_balanced, operators", helpers)

@@ -1,11 +1,10 @@
 (* The runtime lock is released while the library works: another OCaml thread runs while one
-   thread is inside a long change_host_free_memory, between two of its callbacks. *)
+   thread is inside change_host_free_memory, between two of its callbacks. *)
 
 open Squeeze
 
 (* Xen's domid space holds about 32 000 domains; a host that full keeps the library busy
-   between callbacks (building and checking the snapshot, one round of the policy) long
-   enough for another thread to be scheduled. *)
+   between callbacks (building and checking each snapshot, one round of the policy). *)
 let guests = 30_000
 
 let second_thread_runs_between_callbacks () =
@@ -14,32 +13,35 @@ let second_thread_runs_between_callbacks () =
       (List.init guests (fun i -> domain_make (i + 1) true 1000L 1000L 1000L 1000L 1000L 0L))
   in
   let host = make_host ~domains ~free_mem_kib:1000L in
-  (* [entered] counts callbacks begun, [inside] those not yet finished. Both change only in
-     OCaml code of the calling thread, so another thread that holds the runtime lock sees
-     them stable. *)
-  let entered = Atomic.make 0 and inside = Atomic.make 0 in
-  let counted f x =
-    Atomic.incr entered ;
-    Atomic.incr inside ;
-    Fun.protect ~finally:(fun () -> Atomic.decr inside) (fun () -> f x)
-  in
   let t = ref 0. in
   let io =
     {
       verbose= false
-    ; make_host= counted (fun () -> ("", host))
-    ; domain_setmaxmem= (fun d k -> counted (fun () -> ignore (d, k)) ())
-    ; execute_action= counted ignore
-    ; wait= counted (fun s -> t := !t +. s)
-    ; gettimeofday= counted (fun () -> !t)
+    ; make_host= (fun () -> ("", host))
+    ; domain_setmaxmem= (fun _ _ -> ())
+    ; execute_action= ignore
+    ; wait= (fun s -> t := !t +. s)
+    ; gettimeofday= (fun () -> !t)
     ; target_host_free_mem_kib= 1000L
     ; free_memory_tolerance_kib= 0L
     }
   in
+  (* [entered] counts callbacks begun, [inside] those not yet finished. The observer brackets
+     every piece of OCaml code the calling thread runs during the call, so while [inside] is 0
+     between the first and the last callback, that thread is in C or in the library. Both
+     counters change only in the calling thread's OCaml code, so another thread that holds
+     the runtime lock sees them stable. *)
+  let entered = Atomic.make 0 and inside = Atomic.make 0 in
+  (callback_observer :=
+     fun starting ->
+       if starting then (
+         Atomic.incr entered ;
+         Atomic.incr inside
+       ) else Atomic.decr inside) ;
   (* The second thread notes the callback count whenever it finds the caller outside every
      callback. A count strictly between 0 and the final total means it ran while the caller
-     was between two callbacks, that is inside the library, which is only possible if the
-     stubs released the runtime lock. *)
+     was inside the library: without the runtime lock released there, the second thread could
+     only have run when the caller paused in OCaml code, that is inside a callback. *)
   let stop = Atomic.make false and spins = Atomic.make 0 in
   let seen = ref [] in
   let watcher =
@@ -59,7 +61,9 @@ let second_thread_runs_between_callbacks () =
   done ;
   (* Required = the slush: the library always takes a fresh look, and with every range empty
      and 1000 KiB free it succeeds after one round: two snapshots and one maxmem per guest. *)
-  change_host_free_memory io 1000L (fun free -> free >= 1000L) ;
+  Fun.protect
+    ~finally:(fun () -> callback_observer := ignore)
+    (fun () -> change_host_free_memory io 1000L (fun free -> free >= 1000L)) ;
   let total = Atomic.get entered in
   Atomic.set stop true ;
   Thread.join watcher ;
