@@ -45,8 +45,10 @@ let write file flags =
 
 (* cargo builds libsqueeze.so, whose SONAME is libsqueeze.so.<major>; programs linked against
    it look for that name at run time, which only an installed library provides. Tests link
-   the name next to themselves (their run path includes $ORIGIN) to the library we built. *)
-let link_runtime_name name =
+   the name next to themselves to the library we built, and put their own folder in their
+   run path (written out as link flags: the linker command goes through a shell, so $ORIGIN
+   would need quoting that differs between platforms). *)
+let link_runtime_name name flags_file =
   let lib_dir = dir_from_env "SQUEEZE_LIB_DIR" ~default:(Filename.concat "target" "debug") in
   let installed = Filename.concat lib_dir name in
   let built = Filename.concat lib_dir "libsqueeze.so" in
@@ -57,7 +59,8 @@ let link_runtime_name name =
     exit 1
   ) ;
   if Sys.file_exists name then Sys.remove name ;
-  Unix.symlink target name
+  Unix.symlink target name ;
+  write flags_file ["-ccopt"; "-Wl,-rpath," ^ Sys.getcwd ()]
 
 let flags () =
   let include_dir = dir_from_env "SQUEEZE_INCLUDE_DIR" ~default:"include" in
@@ -76,7 +79,7 @@ let flags () =
 let () =
   match Array.to_list Sys.argv with
   | [_] -> flags ()
-  | [_; "link"; name] -> link_runtime_name name
+  | [_; "link"; name; flags_file] -> link_runtime_name name flags_file
   | _ ->
-      prerr_endline "usage: discover [link NAME]" ;
+      prerr_endline "usage: discover [link NAME LINK_FLAGS_FILE]" ;
       exit 2
