@@ -2,6 +2,7 @@
 CARGO ?= cargo
 
 .PHONY: all build demo deps test lint test-rust
+.PHONY: header install test-c test-python bench-ffi
 
 all: build
 
@@ -16,7 +17,7 @@ demo: deps
 	$(CARGO) run --release --quiet --example demo
 
 ## Runs every test suite (installs missing system packages first when run as root).
-test: deps lint test-rust
+test: deps lint test-rust test-c test-python
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -25,10 +26,71 @@ lint:
 test-rust:
 	$(CARGO) test
 
+## The C ABI: header, install, C client and Python binding tests.
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+# Which cargo build `install` ships: release (default) or debug.
+PROFILE ?= release
+CC ?= cc
+CXX ?= c++
+PYTHON ?= python3
+VALGRIND ?= valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+MAJOR := $(firstword $(subst ., ,$(VERSION)))
+C_STAGE := $(CURDIR)/target/c-stage
+C_CFLAGS := -std=c11 -O1 -g -Wall -Wextra -Werror
+
+## Regenerates include/squeeze.h from src/ffi (the test suite fails when it is stale).
+header:
+	SQUEEZE_BLESS=1 $(CARGO) test --quiet --test ffi_surface the_checked_in_header
+
+## Installs the shared and static library (with SONAME links), the header and squeeze.pc.
+install:
+	$(CARGO) build --lib $(if $(filter release,$(PROFILE)),--release,)
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)
+	install -m 755 target/$(PROFILE)/libsqueeze.so $(DESTDIR)$(LIBDIR)/libsqueeze.so.$(VERSION)
+	ln -sf libsqueeze.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libsqueeze.so.$(MAJOR)
+	ln -sf libsqueeze.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libsqueeze.so
+	install -m 644 target/$(PROFILE)/libsqueeze.a $(DESTDIR)$(LIBDIR)/libsqueeze.a
+	install -m 644 include/squeeze.h $(DESTDIR)$(INCLUDEDIR)/squeeze.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' squeeze.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/squeeze.pc
+
+## Builds the C client against an installed copy (found through pkg-config, loaded through its
+## SONAME) and runs it under valgrind.
+test-c:
+	rm -rf $(C_STAGE)
+	$(MAKE) --no-print-directory install PROFILE=debug PREFIX=$(C_STAGE)
+	$(CC) $(C_CFLAGS) -Itests/c tests/c/test_client.c -o $(C_STAGE)/test_client \
+	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) -lm \
+	    -Wl,-rpath,$(C_STAGE)/lib
+	$(VALGRIND) $(C_STAGE)/test_client
+	sed -n '/^```c$$/,/^```$$/p' docs/c-api.md | sed '1d;$$d' > $(C_STAGE)/guide_example.c
+	$(CC) $(C_CFLAGS) $(C_STAGE)/guide_example.c -o $(C_STAGE)/guide_example \
+	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) \
+	    -Wl,-rpath,$(C_STAGE)/lib
+	$(VALGRIND) $(C_STAGE)/guide_example
+	$(CXX) -std=c++11 -Wall -Wextra -Werror -pedantic tests/c/cplusplus.cc -o $(C_STAGE)/cplusplus \
+	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) \
+	    -Wl,-rpath,$(C_STAGE)/lib
+	$(C_STAGE)/cplusplus
+
+## Runs the Python binding's tests against the debug build.
+test-python:
+	$(CARGO) build --lib
+	SQUEEZE_LIB=$(CURDIR)/target/debug/libsqueeze.so PYTHONPATH=$(CURDIR)/bindings/python \
+	    $(PYTHON) -m pytest -q tests/python
+
+## Measures the cost of a call through the C ABI from C and from Python (release build).
+bench-ffi:
+	$(CARGO) build --lib --release
+	scripts/bench-ffi.sh
+
 ## Builds libsqueeze and runs the OCaml binding's tests (ocaml/, a dune project).
 .PHONY: test-ocaml
 test: test-ocaml
 SQUEEZE_LIB_DIR ?= $(CURDIR)/target/debug
 test-ocaml: deps
-	$(CARGO) build
+	$(CARGO) build --lib
 	cd ocaml && SQUEEZE_LIB_DIR=$(SQUEEZE_LIB_DIR) SQUEEZE_INCLUDE_DIR=$(CURDIR)/include dune test --root . --force

@@ -728,7 +728,7 @@ sqz_status sqz_sim_guest(struct sqz_sim *s,
  * Stores in `*out` what the algorithm has asked of the simulated host so far. Errors: a NULL
  * pointer → `SQZ_ERR_INVALID_ARGUMENT`.
  */
-sqz_status sqz_sim_counters(struct sqz_sim *s, struct sqz_sim_counters *out);
+sqz_status sqz_sim_get_counters(struct sqz_sim *s, struct sqz_sim_counters *out);
 
 /**
  * Stores in `*out` how many safety rules the algorithm has broken on this host (a guest

@@ -6,8 +6,12 @@ set -euo pipefail
 # Debian packages, one per line: "<command or file that proves it is installed> <package>".
 APT_NEEDS=(
   "cc gcc"
+  "c++ g++"
   "make make"
   "pkg-config pkg-config"
+  "valgrind valgrind"
+  "nm binutils"
+  "python3 python3"
   "ocamlopt ocaml-nox"
   "dune ocaml-dune"
   "ocamlfind ocaml-findlib"
@@ -15,6 +19,7 @@ APT_NEEDS=(
 
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
 PIP_NEEDS=(
+  "pytest pytest"
 )
 
 missing=()

@@ -13,10 +13,15 @@ use super::error::{clear_last_error, set_last_error, sqz_status, Failure, SQZ_OK
 /// panic into a status code with the last error recorded.
 pub(crate) fn status(f: impl FnOnce() -> Result<(), Failure>) -> sqz_status {
     clear_last_error();
-    // Handles are guarded against use after a panic by their own busy flags, so observing
-    // half-updated state through AssertUnwindSafe cannot happen.
+    // A handle in use when a panic unwinds is poisoned (see `handle`), so half-updated state
+    // is never observed afterwards; asserting unwind safety is therefore sound.
     match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => SQZ_OK,
+        Ok(Ok(())) => {
+            // Callbacks may have called into the library and failed; that is not this call's
+            // error.
+            clear_last_error();
+            SQZ_OK
+        }
         Ok(Err(failure)) => set_last_error(&failure),
         Err(panic) => set_last_error(&Failure::Internal(panic_message(&*panic))),
     }

@@ -4,7 +4,9 @@
 //! re-entering the library with the same handle, or two threads sharing one) is refused with
 //! `SQZ_ERR_INVALID_ARGUMENT`; nothing ever waits, so nothing can deadlock, and no lock is held
 //! while a callback runs. Freeing a busy handle (from inside one of its own callbacks) is
-//! deferred until the call that is using it returns.
+//! deferred until the call that is using it returns. A panic while a handle is in use (a bug)
+//! poisons it: its contents may be half-updated, so later uses are refused with
+//! `SQZ_ERR_INTERNAL` and only freeing it remains possible.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -14,6 +16,7 @@ use super::error::{invalid, Failure};
 const IDLE: u8 = 0;
 const BUSY: u8 = 1;
 const BUSY_FREE_PENDING: u8 = 2;
+const POISONED: u8 = 3;
 
 /// A heap value shared with C through a raw pointer.
 pub struct Handle<T> {
@@ -31,9 +34,14 @@ impl<T> Drop for Release<T> {
     fn drop(&mut self) {
         // SAFETY: `ptr` came from `Handle::into_raw` and is busy, so nobody freed it yet.
         let handle = unsafe { &*self.ptr };
+        let after = if std::thread::panicking() {
+            POISONED
+        } else {
+            IDLE
+        };
         if handle
             .state
-            .compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(BUSY, after, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             // SAFETY: the free was deferred to us; no reference into the handle remains.
@@ -62,11 +70,16 @@ impl<T> Handle<T> {
     ) -> Result<R, Failure> {
         // SAFETY: NULL is checked; otherwise the caller promises a live handle.
         let handle = unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))?;
-        if handle
-            .state
-            .compare_exchange(IDLE, BUSY, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
+        if let Err(state) =
+            handle
+                .state
+                .compare_exchange(IDLE, BUSY, Ordering::AcqRel, Ordering::Acquire)
         {
+            if state == POISONED {
+                return Err(Failure::Internal(format!(
+                    "{what} was left inconsistent by an earlier internal error; free it"
+                )));
+            }
             return Err(invalid(format!(
                 "{what} is already in use (called from one of its own callbacks, or from two \
                  threads at once)"
@@ -145,6 +158,26 @@ mod tests {
             })
         };
         assert_eq!(len, Ok(3));
+    }
+
+    #[test]
+    fn a_panic_while_in_use_poisons_the_handle_until_it_is_freed() {
+        let h = Handle::into_raw(vec![1u8]);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: h is live.
+            let _ = unsafe {
+                Handle::with(h, "thing", |v: &mut Vec<u8>| -> Result<(), Failure> {
+                    v.push(2);
+                    panic!("half-way through an update");
+                })
+            };
+        }));
+        assert!(caught.is_err());
+        // SAFETY: h is live (poisoned, not freed).
+        let later = unsafe { Handle::with(h, "thing", |v| Ok(v.len())) };
+        assert!(matches!(later, Err(Failure::Internal(ref m)) if m.contains("inconsistent")));
+        // SAFETY: h is live; freeing a poisoned handle releases it.
+        unsafe { Handle::free(h) };
     }
 
     #[test]

@@ -362,7 +362,7 @@ pub unsafe extern "C" fn sqz_sim_guest(
 /// Stores in `*out` what the algorithm has asked of the simulated host so far. Errors: a NULL
 /// pointer → `SQZ_ERR_INVALID_ARGUMENT`.
 #[no_mangle]
-pub unsafe extern "C" fn sqz_sim_counters(
+pub unsafe extern "C" fn sqz_sim_get_counters(
     s: *mut sqz_sim,
     out: *mut sqz_sim_counters,
 ) -> sqz_status {

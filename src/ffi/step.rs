@@ -136,6 +136,15 @@ pub unsafe extern "C" fn sqz_squeezer_step(
         if domains.is_null() && n_domains > 0 {
             return Err(invalid("domains is NULL"));
         }
+        super::io::check_domain_size(domain_size)?;
+        if n_domains
+            .checked_mul(domain_size)
+            .map_or(true, |bytes| bytes > isize::MAX as usize)
+        {
+            return Err(invalid(format!(
+                "{n_domains} domains of {domain_size} bytes cannot be an array"
+            )));
+        }
         let list = (0..n_domains)
             // SAFETY: the caller promises n_domains elements of domain_size bytes.
             .map(|i| unsafe { read_domain(domains, i, domain_size) })

@@ -1,0 +1,720 @@
+"""Python bindings for squeeze, host memory balancing for Xen (squeezed as a library).
+
+A thin ctypes layer over the C ABI (include/squeeze.h). Failures raise :class:`SqueezeError`
+subclasses carrying the structured details (``required_kib``/``free_kib`` for
+:class:`CannotFreeThisMuchMemory`, ``domids`` for :class:`DomainsRefusedToCooperate`). An
+exception raised by Python code inside a callback ends the call cleanly and is re-raised as
+:class:`CallbackError`, with the original as ``__cause__``.
+
+All memory sizes are KiB (Python ints, passed as int64: values outside int64 are refused rather
+than wrapped).
+"""
+
+import ctypes
+import math
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from . import _native
+from ._native import lib
+
+__all__ = [
+    "Behaviour",
+    "BackendError",
+    "BufferTooSmall",
+    "CallbackError",
+    "CannotFreeThisMuchMemory",
+    "Domain",
+    "DomainsRefusedToCooperate",
+    "InternalError",
+    "InvalidArgument",
+    "InvalidMemoryValue",
+    "Io",
+    "Options",
+    "SqueezeError",
+    "Simulator",
+    "Squeezer",
+    "StepResult",
+    "Unsupported",
+    "balance_memory",
+    "change_host_free_memory",
+    "free_memory_range",
+    "is_host_memory_unbalanced",
+    "version",
+    "version_number",
+]
+
+OK = 0
+FIST_DISABLE_TWO_PHASE_TARGET_SETS = 1
+FIST_DISABLE_INACCURACY_COMPENSATION = 2
+VERDICT_SUCCESS, VERDICT_FAILED, VERDICT_ADJUST_TARGETS = 0, 1, 2
+ITERATION_WAIT_SECONDS = 1.0
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class SqueezeError(Exception):
+    """A failed call: ``status`` is the C status code, ``message`` the library's message."""
+
+    status = -1
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class InvalidArgument(SqueezeError, ValueError):
+    """SQZ_ERR_INVALID_ARGUMENT: a malformed argument (NULL, duplicate domid, bad time...)."""
+
+    status = 1
+
+
+class InvalidMemoryValue(SqueezeError, ValueError):
+    """SQZ_ERR_INVALID_MEMORY_VALUE: a negative or absurd size, or min > max."""
+
+    status = 2
+
+
+class CannotFreeThisMuchMemory(SqueezeError):
+    """SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY, with ``required_kib`` and ``free_kib``."""
+
+    status = 3
+
+    def __init__(self, message: str, required_kib: int, free_kib: int):
+        super().__init__(message)
+        self.required_kib = required_kib
+        self.free_kib = free_kib
+
+
+class DomainsRefusedToCooperate(SqueezeError):
+    """SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE, with the ``domids`` that did not balloon."""
+
+    status = 4
+
+    def __init__(self, message: str, domids: List[int]):
+        super().__init__(message)
+        self.domids = domids
+
+
+class BackendError(SqueezeError):
+    """SQZ_ERR_BACKEND: the platform (a callback, the simulated host) failed."""
+
+    status = 7
+
+
+class CallbackError(BackendError):
+    """A Python callback raised; the original exception is ``__cause__``."""
+
+
+class Unsupported(SqueezeError):
+    """SQZ_ERR_UNSUPPORTED."""
+
+    status = 8
+
+
+class BufferTooSmall(SqueezeError):
+    """SQZ_ERR_BUFFER_TOO_SMALL (the binding sizes buffers itself, so this is a bug)."""
+
+    status = 9
+
+
+class InternalError(SqueezeError):
+    """SQZ_ERR_INTERNAL: a bug inside squeeze."""
+
+    status = 10
+
+
+_BY_STATUS = {
+    cls.status: cls
+    for cls in (InvalidArgument, InvalidMemoryValue, BackendError, Unsupported, BufferTooSmall,
+                InternalError)
+}
+
+
+def _last_error() -> SqueezeError:
+    status = lib.sqz_last_error_status()
+    message = (lib.sqz_last_error_message() or b"").decode("utf-8", "replace")
+    if status == CannotFreeThisMuchMemory.status:
+        required, free = ctypes.c_int64(), ctypes.c_int64()
+        lib.sqz_last_error_cannot_free(ctypes.byref(required), ctypes.byref(free))
+        return CannotFreeThisMuchMemory(message, required.value, free.value)
+    if status == DomainsRefusedToCooperate.status:
+        n = lib.sqz_last_error_domids(None, 0)
+        buf = (ctypes.c_int32 * max(n, 1))()
+        lib.sqz_last_error_domids(buf, n)
+        return DomainsRefusedToCooperate(message, list(buf[:n]))
+    cls = _BY_STATUS.get(status, SqueezeError)
+    return cls(message, status)
+
+
+def _check(status: int) -> None:
+    if status != OK:
+        raise _last_error()
+
+
+def _kib(name: str, value) -> int:
+    """An int64 KiB value; ctypes would silently wrap anything wider."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (KiB), not {type(value).__name__}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidMemoryValue(f"{name} = {value} KiB does not fit in 64 bits")
+    return value
+
+
+def _domid(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"domid must be an int, not {type(value).__name__}")
+    if not -(2**31) <= value < 2**31:
+        raise InvalidArgument(f"domid {value} does not fit in 32 bits")
+    return value
+
+
+def _seconds(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    return float(value)
+
+
+def version() -> str:
+    """The library's version, "MAJOR.MINOR.PATCH"."""
+    return lib.sqz_version().decode()
+
+
+def version_number() -> int:
+    """The library's version packed as (MAJOR << 16) | (MINOR << 8) | PATCH."""
+    return lib.sqz_version_number()
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+@dataclass
+class Domain:
+    """One domain as the balancer sees it; sizes in KiB."""
+
+    domid: int
+    can_balloon: bool
+    dynamic_min_kib: int
+    target_kib: int
+    dynamic_max_kib: int
+    memory_actual_kib: int
+    memory_max_kib: int
+    inaccuracy_kib: int = 4
+
+    _SIZES = (
+        "dynamic_min_kib",
+        "target_kib",
+        "dynamic_max_kib",
+        "memory_actual_kib",
+        "memory_max_kib",
+        "inaccuracy_kib",
+    )
+
+    def _to_c(self) -> _native.sqz_domain:
+        sizes = (
+            self.dynamic_min_kib,
+            self.target_kib,
+            self.dynamic_max_kib,
+            self.memory_actual_kib,
+            self.memory_max_kib,
+            self.inaccuracy_kib,
+        )
+        # The common case in one pass; the slow path names the offending field.
+        if not all(type(v) is int and _INT64_MIN <= v <= _INT64_MAX for v in sizes):
+            sizes = tuple(_kib(name, getattr(self, name)) for name in self._SIZES)
+        return _native.sqz_domain(_domid(self.domid), bool(self.can_balloon), *sizes)
+
+    @classmethod
+    def _from_c(cls, d: _native.sqz_domain) -> "Domain":
+        return cls(
+            d.domid,
+            bool(d.can_balloon),
+            d.dynamic_min_kib,
+            d.target_kib,
+            d.dynamic_max_kib,
+            d.memory_actual_kib,
+            d.memory_max_kib,
+            d.inaccuracy_kib,
+        )
+
+
+@dataclass
+class Options:
+    """Squeezer options: ``fistpoints`` (FIST_* flags) and ``stuck_after_seconds``."""
+
+    fistpoints: int = 0
+    stuck_after_seconds: float = 5.0
+
+
+class _OptionsHandle:
+    """A sqz_options for the duration of one call (the library copies it)."""
+
+    def __init__(self, options: Optional[Options]):
+        self.options = options
+        self.ptr = ctypes.c_void_p()
+
+    def __enter__(self):
+        if self.options is None:
+            return None
+        _check(lib.sqz_options_new(ctypes.byref(self.ptr)))
+        try:
+            fist = self.options.fistpoints
+            if isinstance(fist, bool) or not isinstance(fist, int) or not 0 <= fist < 2**32:
+                raise InvalidArgument(f"fistpoints must be a 32-bit flag set, not {fist!r}")
+            _check(lib.sqz_options_set_fistpoints(self.ptr, fist))
+            stuck = _seconds("stuck_after_seconds", self.options.stuck_after_seconds)
+            _check(lib.sqz_options_set_stuck_after(self.ptr, stuck))
+        except BaseException:
+            lib.sqz_options_free(self.ptr)
+            raise
+        return self.ptr
+
+    def __exit__(self, *exc):
+        if self.options is not None:
+            lib.sqz_options_free(self.ptr)
+
+
+# --- the platform -------------------------------------------------------------------------
+
+
+class Io:
+    """A platform written in Python: subclass and implement the five methods.
+
+    ``make_host`` returns ``(domains, free_mem_kib)``. Any exception raised by a method ends
+    the library call, which then raises :class:`CallbackError` from it.
+    """
+
+    target_host_free_mem_kib: int = 0
+    free_memory_tolerance_kib: int = 0
+
+    def make_host(self) -> Tuple[Sequence[Domain], int]:
+        raise NotImplementedError
+
+    def set_maxmem(self, domid: int, kib: int) -> None:
+        raise NotImplementedError
+
+    def execute_action(self, domid: int, new_target_kib: int) -> None:
+        raise NotImplementedError
+
+    def wait(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+
+class _Callbacks:
+    """C callbacks over a Python Io (and success function), alive for one library call.
+
+    The first exception raised by Python code is kept; every later callback then fails at
+    once, so the library unwinds without running more Python, and the exception is re-raised
+    when the call returns.
+    """
+
+    def __init__(self, io: Optional[Io], success: Optional[Callable[[int], bool]]):
+        self.error: Optional[BaseException] = None
+        self.io = io
+        self.success_py = success
+        self.success = _native.SUCCESS_FN(self._success) if success else _native.SUCCESS_FN()
+        self.struct = None
+        if io is not None:
+            self.struct = _native.sqz_io(
+                ctypes.sizeof(_native.sqz_io),
+                None,
+                _native.MAKE_HOST_FN(self._make_host),
+                _native.DOMAIN_FN(self._set_maxmem),
+                _native.DOMAIN_FN(self._execute_action),
+                _native.WAIT_FN(self._wait),
+                _native.NOW_FN(self._now),
+                _kib("target_host_free_mem_kib", io.target_host_free_mem_kib),
+                _kib("free_memory_tolerance_kib", io.free_memory_tolerance_kib),
+            )
+
+    def _guard(self, failed, f, *args):
+        if self.error is not None:
+            return failed
+        try:
+            return f(*args)
+        except BaseException as e:  # noqa: BLE001 - nothing may unwind into C
+            self.error = e
+            return failed
+
+    def _make_host(self, _ctx, builder):
+        def run():
+            domains, free = self.io.make_host()
+            for d in domains:
+                c = d._to_c()
+                _check(lib.sqz_host_builder_add_domain(builder, ctypes.byref(c), ctypes.sizeof(c)))
+            _check(lib.sqz_host_builder_set_free_mem(builder, _kib("free_mem_kib", free)))
+            return 0
+
+        return self._guard(-1, run)
+
+    def _set_maxmem(self, _ctx, domid, kib):
+        return self._guard(-1, lambda: (self.io.set_maxmem(domid, kib), 0)[1])
+
+    def _execute_action(self, _ctx, domid, target):
+        return self._guard(-1, lambda: (self.io.execute_action(domid, target), 0)[1])
+
+    def _wait(self, _ctx, seconds):
+        self._guard(None, self.io.wait, seconds)
+
+    def _now(self, _ctx):
+        return self._guard(math.nan, lambda: float(self.io.now()))
+
+    def _success(self, _ctx, free):
+        return self._guard(False, lambda: bool(self.success_py(free)))
+
+    def io_ptr(self):
+        return ctypes.byref(self.struct)
+
+    def finish(self, status: int) -> None:
+        """Raises the kept Python exception, else the library's error, if any."""
+        if isinstance(self.error, (KeyboardInterrupt, SystemExit)):
+            raise self.error
+        if self.error is not None:
+            message = (lib.sqz_last_error_message() or b"").decode("utf-8", "replace")
+            err = CallbackError(
+                f"a Python callback raised {type(self.error).__name__}: {self.error}"
+                + (f" ({message})" if message else ""),
+                BackendError.status,
+            )
+            raise err from self.error
+        _check(status)
+
+
+def _call(io, success, fn_io, fn_sim):
+    """Runs fn_io(io_ptr, success_fn) for a Python Io or fn_sim(sim, success_fn) for a
+    Simulator, with the callbacks alive for the call."""
+    if isinstance(io, Simulator):
+        cb = _Callbacks(None, success)
+        status = fn_sim(io._ptr(), cb.success)
+    elif isinstance(io, Io):
+        cb = _Callbacks(io, success)
+        status = fn_io(cb.io_ptr(), cb.success)
+    else:
+        raise TypeError(f"io must be a squeeze.Io or a squeeze.Simulator, not {type(io).__name__}")
+    cb.finish(status)
+
+
+def change_host_free_memory(io, required_kib: int, success=None, options: Optional[Options] = None):
+    """Balloons domains until ``success(free_kib)`` holds (default: at least
+    ``required_kib`` free), on a fresh squeezer, like squeezed's function of that name."""
+    required = _kib("required_kib", required_kib)
+    with _OptionsHandle(options) as o:
+        _call(
+            io,
+            success,
+            lambda p, s: lib.sqz_change_host_free_memory(p, o, required, s, None),
+            lambda sim, s: lib.sqz_sim_change_host_free_memory(sim, o, required, s, None),
+        )
+
+
+def free_memory_range(io, min_kib: int, max_kib: int, options: Optional[Options] = None) -> int:
+    """Frees memory for a domain of ``min_kib..max_kib`` and returns how much it may have."""
+    lo, hi = _kib("min_kib", min_kib), _kib("max_kib", max_kib)
+    out = ctypes.c_int64()
+    with _OptionsHandle(options) as o:
+        _call(
+            io,
+            None,
+            lambda p, _s: lib.sqz_free_memory_range(p, o, lo, hi, ctypes.byref(out)),
+            lambda sim, _s: lib.sqz_sim_free_memory_range(sim, o, lo, hi, ctypes.byref(out)),
+        )
+    return out.value
+
+
+def balance_memory(io, options: Optional[Options] = None) -> None:
+    """Hands free memory back to the domains until only the slush is free."""
+    with _OptionsHandle(options) as o:
+        _call(
+            io,
+            None,
+            lambda p, _s: lib.sqz_balance_memory(p, o),
+            lambda sim, _s: lib.sqz_sim_balance_memory(sim, o),
+        )
+
+
+def is_host_memory_unbalanced(io, options: Optional[Options] = None) -> bool:
+    """Whether a balancing pass would change any domain's target now."""
+    out = ctypes.c_bool()
+    with _OptionsHandle(options) as o:
+        _call(
+            io,
+            None,
+            lambda p, _s: lib.sqz_is_host_memory_unbalanced(p, o, ctypes.byref(out)),
+            lambda sim, _s: lib.sqz_sim_is_host_memory_unbalanced(sim, o, ctypes.byref(out)),
+        )
+    return bool(out.value)
+
+
+# --- the persistent squeezer --------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    """What one iteration decided: ``verdict`` (VERDICT_*), targets to set as
+    ``[(domid, target_kib)]``, maxmem for every domain as ``[(domid, maxmem_kib)]``, and the
+    domains blamed for a failure."""
+
+    verdict: int
+    actions: List[Tuple[int, int]] = field(default_factory=list)
+    maxmem: List[Tuple[int, int]] = field(default_factory=list)
+    blamed_domids: List[int] = field(default_factory=list)
+
+
+class _Handle:
+    _free = None
+
+    def __init__(self):
+        self._handle = ctypes.c_void_p()
+
+    def _ptr(self):
+        if not self._handle:
+            raise InvalidArgument(f"this {type(self).__name__} is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Releases the native object now (also done when garbage-collected)."""
+        if self._handle:
+            type(self)._free(self._handle)
+            self._handle = ctypes.c_void_p()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+class Squeezer(_Handle):
+    """A squeezer that remembers stuck balloon drivers between calls."""
+
+    _free = staticmethod(lib.sqz_squeezer_free)
+
+    def __init__(self, options: Optional[Options] = None):
+        super().__init__()
+        with _OptionsHandle(options) as o:
+            _check(lib.sqz_squeezer_new(o, ctypes.byref(self._handle)))
+
+    def change_host_free_memory(self, io, required_kib: int, success=None) -> None:
+        required = _kib("required_kib", required_kib)
+        with _SimIo(io) as (pyio, view):
+            cb = _Callbacks(pyio, success)
+            p = cb.io_ptr() if pyio else ctypes.byref(view)
+            cb.finish(lib.sqz_squeezer_change_host_free_memory(self._ptr(), p, required, cb.success, None))
+
+    def free_memory_range(self, io, min_kib: int, max_kib: int) -> int:
+        lo, hi = _kib("min_kib", min_kib), _kib("max_kib", max_kib)
+        out = ctypes.c_int64()
+        with _SimIo(io) as (pyio, view):
+            cb = _Callbacks(pyio, None)
+            p = cb.io_ptr() if pyio else ctypes.byref(view)
+            cb.finish(lib.sqz_squeezer_free_memory_range(self._ptr(), p, lo, hi, ctypes.byref(out)))
+        return out.value
+
+    def balance_memory(self, io) -> None:
+        with _SimIo(io) as (pyio, view):
+            cb = _Callbacks(pyio, None)
+            p = cb.io_ptr() if pyio else ctypes.byref(view)
+            cb.finish(lib.sqz_squeezer_balance_memory(self._ptr(), p))
+
+    def begin_operation(self, now: float) -> None:
+        """Starts a new operation at ``now`` for :meth:`step` callers."""
+        _check(lib.sqz_squeezer_begin_operation(self._ptr(), _seconds("now", now)))
+
+    def step(
+        self,
+        domains: Sequence[Domain],
+        free_mem_kib: int,
+        host_target_kib: int,
+        now: float,
+        success: Optional[Callable[[int], bool]] = None,
+    ) -> StepResult:
+        """One iteration on a host snapshot, for callers with their own event loop."""
+        n = len(domains)
+        arr = (_native.sqz_domain * max(n, 1))(*(d._to_c() for d in domains))
+        actions = (_native.sqz_action * max(n, 1))()
+        maxmem = (_native.sqz_maxmem * max(n, 1))()
+        blamed = (ctypes.c_int32 * max(n, 1))()
+        r = _native.sqz_step_result(
+            ctypes.sizeof(_native.sqz_step_result), 0, actions, n, 0, maxmem, n, 0, blamed, n, 0
+        )
+        cb = _Callbacks(None, success)
+        status = lib.sqz_squeezer_step(
+            self._ptr(),
+            arr,
+            n,
+            ctypes.sizeof(_native.sqz_domain),
+            _kib("free_mem_kib", free_mem_kib),
+            _kib("host_target_kib", host_target_kib),
+            _seconds("now", now),
+            cb.success,
+            None,
+            ctypes.byref(r),
+        )
+        cb.finish(status)
+        return StepResult(
+            r.verdict,
+            [(a.domid, a.new_target_kib) for a in actions[: r.actions_len]],
+            [(m.domid, m.maxmem_kib) for m in maxmem[: r.maxmem_len]],
+            list(blamed[: r.blamed_len]),
+        )
+
+
+class _SimIo:
+    """Either a Python Io (callbacks) or a Simulator's own sqz_io view."""
+
+    def __init__(self, io):
+        if not isinstance(io, (Io, Simulator)):
+            raise TypeError(f"io must be a squeeze.Io or a squeeze.Simulator, not {type(io).__name__}")
+        self.io = io
+
+    def __enter__(self):
+        if isinstance(self.io, Simulator):
+            view = _native.sqz_io()
+            _check(lib.sqz_sim_io(self.io._ptr(), ctypes.byref(view), ctypes.sizeof(view)))
+            return None, view
+        return self.io, None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --- the simulated host -------------------------------------------------------------------
+
+
+@dataclass
+class Behaviour:
+    """A simulated balloon driver. Use the constructors below."""
+
+    kind: int
+    rate_kib_per_s: int = 0
+    limit_kib: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def ideal(cls, rate_kib_per_s: int) -> "Behaviour":
+        return cls(0, rate_kib_per_s)
+
+    @classmethod
+    def hidden_floor(cls, rate_kib_per_s: int, floor_kib: int) -> "Behaviour":
+        return cls(1, rate_kib_per_s, floor_kib)
+
+    @classmethod
+    def hidden_ceiling(cls, rate_kib_per_s: int, ceiling_kib: int) -> "Behaviour":
+        return cls(2, rate_kib_per_s, ceiling_kib)
+
+    @classmethod
+    def stuck(cls) -> "Behaviour":
+        return cls(3)
+
+    @classmethod
+    def intermittently_stuck(cls, rate_kib_per_s: int, period_s: float) -> "Behaviour":
+        return cls(4, rate_kib_per_s, 0, period_s)
+
+    @classmethod
+    def sluggish(cls, rate_kib_per_s: int, delay_s: float) -> "Behaviour":
+        return cls(5, rate_kib_per_s, 0, delay_s)
+
+    @classmethod
+    def no_balloon_driver(cls) -> "Behaviour":
+        return cls(6)
+
+    def _to_c(self) -> _native.sqz_behaviour:
+        return _native.sqz_behaviour(
+            self.kind,
+            _kib("rate_kib_per_s", self.rate_kib_per_s),
+            _kib("limit_kib", self.limit_kib),
+            _seconds("seconds", self.seconds),
+        )
+
+
+class Simulator(_Handle):
+    """A deterministic simulated host. Pass it wherever an ``io`` is taken."""
+
+    _free = staticmethod(lib.sqz_sim_free)
+
+    def __init__(
+        self,
+        free_mem_kib: int = 0,
+        target_host_free_mem_kib: int = 0,
+        free_memory_tolerance_kib: int = 0,
+        fixed_tick_s: float = 0.0,
+        time_limit_s: float = 0.0,
+    ):
+        super().__init__()
+        config = _native.sqz_sim_config(
+            ctypes.sizeof(_native.sqz_sim_config),
+            _kib("free_mem_kib", free_mem_kib),
+            _kib("target_host_free_mem_kib", target_host_free_mem_kib),
+            _kib("free_memory_tolerance_kib", free_memory_tolerance_kib),
+            _seconds("fixed_tick_s", fixed_tick_s),
+            _seconds("time_limit_s", time_limit_s),
+        )
+        _check(lib.sqz_sim_new(ctypes.byref(config), ctypes.byref(self._handle)))
+
+    def add_guest(self, domain: Domain, behaviour: Behaviour) -> None:
+        d, b = domain._to_c(), behaviour._to_c()
+        _check(lib.sqz_sim_add_guest(self._ptr(), ctypes.byref(d), ctypes.sizeof(d), ctypes.byref(b)))
+
+    def remove_guest(self, domid: int) -> None:
+        _check(lib.sqz_sim_remove_guest(self._ptr(), _domid(domid)))
+
+    def adjust_free_mem(self, delta_kib: int) -> None:
+        _check(lib.sqz_sim_adjust_free_mem(self._ptr(), _kib("delta_kib", delta_kib)))
+
+    def advance(self, seconds: float) -> None:
+        _check(lib.sqz_sim_advance(self._ptr(), _seconds("seconds", seconds)))
+
+    @property
+    def free_mem_kib(self) -> int:
+        out = ctypes.c_int64()
+        _check(lib.sqz_sim_free_mem(self._ptr(), ctypes.byref(out)))
+        return out.value
+
+    @property
+    def time(self) -> float:
+        out = ctypes.c_double()
+        _check(lib.sqz_sim_time(self._ptr(), ctypes.byref(out)))
+        return out.value
+
+    def guest(self, domid: int) -> Domain:
+        out = _native.sqz_domain()
+        _check(lib.sqz_sim_guest(self._ptr(), _domid(domid), ctypes.byref(out), ctypes.sizeof(out)))
+        return Domain._from_c(out)
+
+    @property
+    def counters(self) -> dict:
+        c = _native.sqz_sim_counters()
+        _check(lib.sqz_sim_get_counters(self._ptr(), ctypes.byref(c)))
+        return {name: getattr(c, name) for name, _ in c._fields_}
+
+    @property
+    def violations(self) -> int:
+        out = ctypes.c_size_t()
+        _check(lib.sqz_sim_violations(self._ptr(), ctypes.byref(out)))
+        return out.value
+
+    def change_host_free_memory(self, required_kib: int, success=None, options=None) -> None:
+        change_host_free_memory(self, required_kib, success, options)
+
+    def free_memory_range(self, min_kib: int, max_kib: int, options=None) -> int:
+        return free_memory_range(self, min_kib, max_kib, options)
+
+    def balance_memory(self, options=None) -> None:
+        balance_memory(self, options)
+
+    def is_host_memory_unbalanced(self, options=None) -> bool:
+        return is_host_memory_unbalanced(self, options)

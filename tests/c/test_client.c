@@ -1,0 +1,562 @@
+/*
+ * The C client test: drives libsqueeze through include/squeeze.h exactly as a toolstack would,
+ * with the small simulated host of host.h behind sqz_io, and checks outcomes and every error
+ * path the header documents. Sizes are KiB; GiB is 1 << 20 KiB.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "host.h"
+#include "squeeze.h"
+
+#define MIB ((int64_t)1 << 10)
+#define GIB ((int64_t)1 << 20)
+#define TIB ((int64_t)1 << 30)
+
+static unsigned passed, failed;
+
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        if (cond) {                                                                            \
+            passed++;                                                                          \
+        } else {                                                                               \
+            failed++;                                                                          \
+            printf("FAIL %s:%d: %s (last error: %s)\n", __FILE__, __LINE__, #cond,           \
+                   sqz_last_error_message());                                                  \
+        }                                                                                      \
+    } while (0)
+
+#define CHECK_STATUS(call, want)                                                               \
+    do {                                                                                       \
+        sqz_status got_ = (call);                                                              \
+        if (got_ == (want)) {                                                                  \
+            passed++;                                                                          \
+        } else {                                                                               \
+            failed++;                                                                          \
+            printf("FAIL %s:%d: %s returned %s, wanted %s (%s)\n", __FILE__, __LINE__, #call, \
+                   sqz_status_name(got_), sqz_status_name(want), sqz_last_error_message());    \
+        }                                                                                      \
+    } while (0)
+
+static bool message_has(const char *needle) {
+    return strstr(sqz_last_error_message(), needle) != NULL;
+}
+
+/* Two guests of 2 GiB that may each shrink to 1 GiB, balloons moving 256 MiB/s, nothing free. */
+static void two_guest_host(struct host *h) {
+    host_init(h, 0, 0);
+    host_add(h, 1, GIB, 2 * GIB, 2 * GIB, 256 * MIB);
+    host_add(h, 2, GIB, 2 * GIB, 2 * GIB, 256 * MIB);
+}
+
+static void test_version(void) {
+    char want[32];
+    snprintf(want, sizeof want, "%d.%d.%d", SQZ_VERSION_MAJOR, SQZ_VERSION_MINOR,
+             SQZ_VERSION_PATCH);
+    CHECK(strcmp(sqz_version(), want) == 0);
+    CHECK(SQZ_VERSION_NUMBER ==
+          ((SQZ_VERSION_MAJOR << 16) | (SQZ_VERSION_MINOR << 8) | SQZ_VERSION_PATCH));
+    CHECK(sqz_version_number() == SQZ_VERSION_NUMBER);
+#if SQZ_VERSION_NUMBER < 0x000100
+#error "the packed version is usable in #if"
+#endif
+    CHECK(strcmp(sqz_status_name(SQZ_ERR_BACKEND), "SQZ_ERR_BACKEND") == 0);
+    CHECK(strcmp(sqz_status_name(77), "SQZ_ERR_UNKNOWN") == 0);
+}
+
+static void test_contract_values(void) {
+    /* The contract's numbers and layouts are fixed. */
+    CHECK(SQZ_OK == 0 && SQZ_ERR_INVALID_ARGUMENT == 1 && SQZ_ERR_INVALID_MEMORY_VALUE == 2);
+    CHECK(SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY == 3 && SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE == 4);
+    CHECK(SQZ_ERR_UNKNOWN_RESERVATION == 5 && SQZ_ERR_NO_RESERVATION == 6);
+    CHECK(SQZ_ERR_BACKEND == 7 && SQZ_ERR_UNSUPPORTED == 8 && SQZ_ERR_BUFFER_TOO_SMALL == 9);
+    CHECK(SQZ_ERR_INTERNAL == 10);
+    CHECK(SQZ_FIST_DISABLE_TWO_PHASE_TARGET_SETS == 1u);
+    CHECK(SQZ_FIST_DISABLE_INACCURACY_COMPENSATION == 2u);
+    CHECK(offsetof(sqz_domain, domid) == 0 && offsetof(sqz_domain, can_balloon) == 4);
+    CHECK(offsetof(sqz_domain, dynamic_min_kib) == 8 && offsetof(sqz_domain, inaccuracy_kib) == 48);
+    CHECK(offsetof(sqz_io, struct_size) == 0 && offsetof(sqz_io, ctx) == 8);
+    CHECK(offsetof(sqz_io, make_host) == 16 && offsetof(sqz_io, now) == 48);
+    CHECK(offsetof(sqz_io, target_host_free_mem_kib) == 56);
+    CHECK(offsetof(sqz_io, free_memory_tolerance_kib) == 64);
+}
+
+static void test_change_host_free_memory(void) {
+    struct host h;
+    two_guest_host(&h);
+    sqz_io io = host_io(&h);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB, NULL, NULL), SQZ_OK);
+    /* Each guest gives up about half of its 1 GiB range: 512 MiB each, 1 GiB in all. */
+    CHECK(h.free_kib >= GIB);
+    for (size_t i = 0; i < 2; i++) {
+        sqz_domain *d = &h.guests[i].d;
+        CHECK(d->target_kib >= d->dynamic_min_kib && d->target_kib <= d->dynamic_max_kib);
+        CHECK(llabs(d->target_kib - (GIB + GIB / 2)) <= 16);
+    }
+    CHECK(!h.allocated_beyond_free);
+    CHECK(strcmp(sqz_last_error_message(), "") == 0);
+    CHECK(sqz_last_error_status() == SQZ_OK);
+}
+
+static bool at_least_768_mib(void *ctx, int64_t free_kib) {
+    int *calls = ctx;
+    (*calls)++;
+    return free_kib >= 768 * MIB;
+}
+
+static void test_success_callback(void) {
+    struct host h;
+    two_guest_host(&h);
+    sqz_io io = host_io(&h);
+    int calls = 0;
+    /* Aiming at 1 GiB but content with 768 MiB. */
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB, at_least_768_mib, &calls), SQZ_OK);
+    CHECK(calls >= 1);
+    CHECK(h.free_kib >= 768 * MIB);
+}
+
+static void test_free_memory_range_and_balance(void) {
+    struct host h;
+    two_guest_host(&h);
+    sqz_io io = host_io(&h);
+    int64_t got = -1;
+    CHECK_STATUS(sqz_free_memory_range(&io, NULL, 512 * MIB, GIB, &got), SQZ_OK);
+    CHECK(got >= 512 * MIB && got <= GIB);
+    CHECK(h.free_kib >= got);
+
+    /* The new domain never came: balancing hands the memory back to the guests. */
+    io.free_memory_tolerance_kib = MIB;
+    bool unbalanced = false;
+    CHECK_STATUS(sqz_is_host_memory_unbalanced(&io, NULL, &unbalanced), SQZ_OK);
+    CHECK(unbalanced);
+    CHECK_STATUS(sqz_balance_memory(&io, NULL), SQZ_OK);
+    CHECK(h.free_kib < MIB + 16);
+    CHECK(h.guests[0].d.memory_actual_kib > 2 * GIB - MIB);
+    CHECK_STATUS(sqz_is_host_memory_unbalanced(&io, NULL, &unbalanced), SQZ_OK);
+    CHECK(!unbalanced);
+    CHECK(!h.allocated_beyond_free);
+}
+
+static void test_balance_ends_ok_when_nothing_more_can_be_balanced(void) {
+    /* 1 GiB free, but both guests already sit at their dynamic-max of 2 GiB: nobody can take
+       the memory. squeezed's balance_memory reports nothing, and neither do we. */
+    struct host h;
+    two_guest_host(&h);
+    h.free_kib = GIB;
+    sqz_io io = host_io(&h);
+    io.free_memory_tolerance_kib = MIB;
+    CHECK_STATUS(sqz_balance_memory(&io, NULL), SQZ_OK);
+    CHECK(h.free_kib == GIB);
+    /* Same with a stuck guest that should grow: balancing gives up on it quietly. */
+    two_guest_host(&h);
+    h.guests[0].d.memory_actual_kib = h.guests[0].d.target_kib = GIB;
+    h.guests[0].rate_kib_per_s = 0;
+    h.free_kib = GIB;
+    io = host_io(&h);
+    io.free_memory_tolerance_kib = MIB;
+    CHECK_STATUS(sqz_balance_memory(&io, NULL), SQZ_OK);
+    CHECK(h.guests[0].d.memory_actual_kib == GIB);
+}
+
+static void test_cannot_free(void) {
+    struct host h;
+    two_guest_host(&h);
+    sqz_io io = host_io(&h);
+    /* At dynamic-min both guests free 2 GiB less 16 KiB of inaccuracy: 3 GiB is too much. */
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, 3 * GIB, NULL, NULL),
+                 SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY);
+    int64_t required = 0, free_kib = 0;
+    for (int twice = 0; twice < 2; twice++) { /* the getters do not clear the record */
+        CHECK_STATUS(sqz_last_error_cannot_free(&required, &free_kib), SQZ_OK);
+        CHECK(required == 3 * GIB);
+        CHECK(free_kib >= 2 * GIB - 16 && free_kib < 3 * GIB);
+    }
+    CHECK(sqz_last_error_domids(NULL, 0) == 0);
+    CHECK(sqz_last_error_status() == SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY);
+    CHECK(message_has("cannot free"));
+}
+
+static void test_refused_to_cooperate(void) {
+    struct host h;
+    two_guest_host(&h);
+    h.guests[1].rate_kib_per_s = 0; /* domain 2's balloon driver is stuck */
+    sqz_io io = host_io(&h);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB + GIB / 2, NULL, NULL),
+                 SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE);
+    int32_t domids[4] = {-1, -1, -1, -1};
+    CHECK(sqz_last_error_domids(domids, 4) == 1);
+    CHECK(domids[0] == 2 && domids[1] == -1);
+    CHECK(sqz_last_error_domids(domids, 0) == 1);
+    /* Not a cannot-free error: asking for those details is refused and writes nothing. */
+    int64_t required = 99;
+    CHECK_STATUS(sqz_last_error_cannot_free(&required, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(required == 99);
+    /* It took at least the 5 s stuck-after time of simulated waiting to decide. */
+    CHECK(h.time >= 5.0);
+}
+
+static void test_options(void) {
+    sqz_options *o = NULL;
+    CHECK_STATUS(sqz_options_new(&o), SQZ_OK);
+    CHECK_STATUS(sqz_options_set_fistpoints(o, SQZ_FIST_DISABLE_TWO_PHASE_TARGET_SETS |
+                                                   SQZ_FIST_DISABLE_INACCURACY_COMPENSATION),
+                 SQZ_OK);
+    CHECK_STATUS(sqz_options_set_fistpoints(o, 4), SQZ_ERR_UNSUPPORTED);
+    CHECK_STATUS(sqz_options_set_fistpoints(NULL, 0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_options_set_stuck_after(o, NAN), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_options_set_stuck_after(o, -1.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_options_set_stuck_after(o, 2.0), SQZ_OK);
+    CHECK_STATUS(sqz_options_new(NULL), SQZ_ERR_INVALID_ARGUMENT);
+
+    /* A shorter stuck-after time blames the stuck guest sooner: before 5 s have passed. */
+    CHECK_STATUS(sqz_options_set_fistpoints(o, 0), SQZ_OK);
+    struct host h;
+    two_guest_host(&h);
+    h.guests[1].rate_kib_per_s = 0;
+    sqz_io io = host_io(&h);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, o, GIB + GIB / 2, NULL, NULL),
+                 SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE);
+    CHECK(h.time >= 2.0 && h.time < 5.0);
+    sqz_options_free(o);
+    sqz_options_free(NULL);
+}
+
+static void test_bad_arguments(void) {
+    struct host h;
+    two_guest_host(&h);
+    sqz_io io = host_io(&h);
+    int64_t got = 0;
+    bool flag;
+    CHECK_STATUS(sqz_change_host_free_memory(NULL, NULL, GIB, NULL, NULL),
+                 SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("io is NULL"));
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, -1, NULL, NULL),
+                 SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, INT64_MAX, NULL, NULL),
+                 SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_free_memory_range(&io, NULL, GIB, 512 * MIB, &got),
+                 SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK(message_has("above maximum"));
+    CHECK_STATUS(sqz_free_memory_range(&io, NULL, -5, GIB, &got), SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_free_memory_range(&io, NULL, 0, GIB, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_is_host_memory_unbalanced(&io, NULL, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_balance_memory(NULL, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(got == 0); /* nothing written on failure */
+
+    sqz_io small = io;
+    small.struct_size = sizeof(sqz_io) - 8;
+    CHECK_STATUS(sqz_is_host_memory_unbalanced(&small, NULL, &flag), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("struct_size"));
+    sqz_io no_wait = io;
+    no_wait.wait = NULL;
+    CHECK_STATUS(sqz_balance_memory(&no_wait, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("io->wait is NULL"));
+    sqz_io bad_slush = io;
+    bad_slush.target_host_free_mem_kib = -1;
+    CHECK_STATUS(sqz_balance_memory(&bad_slush, NULL), SQZ_ERR_INVALID_MEMORY_VALUE);
+    /* Nothing was touched by any of these. */
+    CHECK(h.actions == 0 && h.set_maxmem_calls == 0 && h.free_kib == 0);
+}
+
+static void test_callback_failures(void) {
+    struct host h;
+    sqz_io io;
+    int64_t got;
+
+    two_guest_host(&h);
+    h.fail_set_maxmem_domid = 2;
+    io = host_io(&h);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB, NULL, NULL), SQZ_ERR_BACKEND);
+    CHECK(message_has("set_maxmem") && message_has("domain 2") && message_has("returned -5"));
+
+    two_guest_host(&h);
+    h.fail_execute_action_domid = 1;
+    io = host_io(&h);
+    CHECK_STATUS(sqz_free_memory_range(&io, NULL, GIB / 2, GIB, &got), SQZ_ERR_BACKEND);
+    CHECK(message_has("execute_action") && message_has("domain 1"));
+
+    two_guest_host(&h);
+    h.fail_make_host = 12;
+    io = host_io(&h);
+    CHECK_STATUS(sqz_balance_memory(&io, NULL), SQZ_ERR_BACKEND);
+    CHECK(message_has("make_host") && message_has("returned 12"));
+
+    two_guest_host(&h);
+    h.skip_set_free_mem = true;
+    io = host_io(&h);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB, NULL, NULL), SQZ_ERR_BACKEND);
+    CHECK(message_has("sqz_host_builder_set_free_mem"));
+
+    two_guest_host(&h);
+    h.duplicate_domain = true;
+    io = host_io(&h);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB, NULL, NULL), SQZ_ERR_BACKEND);
+    CHECK(message_has("appears twice"));
+
+    two_guest_host(&h);
+    h.domain_size = sizeof(sqz_domain) - 8;
+    io = host_io(&h);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB, NULL, NULL), SQZ_ERR_BACKEND);
+    CHECK(message_has("domain_size"));
+
+    two_guest_host(&h);
+    h.guests[0].d.dynamic_min_kib = -1;
+    io = host_io(&h);
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB, NULL, NULL), SQZ_ERR_BACKEND);
+    CHECK(message_has("negative"));
+
+    const char *time_words[] = {"", "NaN", "-1", "backwards"};
+    for (int mode = 1; mode <= 3; mode++) {
+        two_guest_host(&h);
+        h.now_mode = mode;
+        io = host_io(&h);
+        CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, GIB, NULL, NULL), SQZ_ERR_BACKEND);
+        CHECK(message_has("now") && message_has(time_words[mode]));
+    }
+}
+
+static void test_builder_outside_make_host(void) {
+    struct host h;
+    two_guest_host(&h);
+    sqz_io io = host_io(&h);
+    bool flag;
+    CHECK_STATUS(sqz_is_host_memory_unbalanced(&io, NULL, &flag), SQZ_OK);
+    /* The builder the callback kept is dead now: the library refuses it without touching it. */
+    CHECK_STATUS(sqz_host_builder_add_domain(h.kept_builder, &h.guests[0].d, sizeof(sqz_domain)),
+                 SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("not live"));
+    CHECK_STATUS(sqz_host_builder_set_free_mem(h.kept_builder, 0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_host_builder_set_free_mem(NULL, 0), SQZ_ERR_INVALID_ARGUMENT);
+}
+
+static void test_persistent_squeezer_and_reentry(void) {
+    sqz_squeezer *s = NULL;
+    CHECK_STATUS(sqz_squeezer_new(NULL, &s), SQZ_OK);
+    CHECK_STATUS(sqz_squeezer_new(NULL, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    struct host h;
+    two_guest_host(&h);
+    sqz_io io = host_io(&h);
+    int64_t got = 0;
+    CHECK_STATUS(sqz_squeezer_free_memory_range(s, &io, 256 * MIB, 512 * MIB, &got), SQZ_OK);
+    CHECK(got >= 256 * MIB && got <= 512 * MIB);
+
+    /* Re-entering the same squeezer from a callback is refused, not deadlocked; the outer
+       call carries on. */
+    h.reenter_squeezer = s;
+    CHECK_STATUS(sqz_squeezer_change_host_free_memory(s, &io, GIB, NULL, NULL), SQZ_OK);
+    CHECK(h.reenter_status == SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(h.free_kib >= GIB);
+    /* The refusal inside the callback is not the outer call's error. */
+    CHECK(sqz_last_error_status() == SQZ_OK && strcmp(sqz_last_error_message(), "") == 0);
+
+    /* Freeing the squeezer from inside its own callback is deferred until the call returns. */
+    h.reenter_squeezer = s;
+    h.free_squeezer_inside = true;
+    CHECK_STATUS(sqz_squeezer_balance_memory(s, &io), SQZ_OK);
+    CHECK(h.reenter_status == SQZ_ERR_INVALID_ARGUMENT);
+    /* s is gone now; valgrind reports any use or leak. */
+
+    CHECK_STATUS(sqz_squeezer_balance_memory(NULL, &io), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_squeezer_free(NULL);
+}
+
+static void test_terabyte_values_pass_intact(void) {
+    /* Two guests of 8 TiB (2^33 KiB) that may shrink to 4 TiB; values far above 2^32 KiB. */
+    struct host h;
+    host_init(&h, 0, 64 * GIB);
+    host_add(&h, 1, 4 * TIB, 8 * TIB, 8 * TIB, TIB);
+    host_add(&h, 2, 4 * TIB, 8 * TIB, 8 * TIB, TIB);
+    sqz_io io = host_io(&h);
+    int64_t got = 0;
+    CHECK_STATUS(sqz_free_memory_range(&io, NULL, 2 * TIB, 4 * TIB, &got), SQZ_OK);
+    CHECK(got >= 2 * TIB && got <= 4 * TIB);
+    CHECK(h.free_kib >= got + 64 * GIB);
+    CHECK(h.guests[0].d.target_kib > 4 * TIB && h.guests[0].d.target_kib < 8 * TIB);
+    CHECK(!h.allocated_beyond_free);
+
+    /* 32 TiB cannot be freed: the amounts come back unchanged. */
+    CHECK_STATUS(sqz_change_host_free_memory(&io, NULL, 32 * TIB, NULL, NULL),
+                 SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY);
+    int64_t required = 0, free_kib = 0;
+    CHECK_STATUS(sqz_last_error_cannot_free(&required, &free_kib), SQZ_OK);
+    CHECK(required == 32 * TIB && required == INT64_C(34359738368));
+    CHECK(free_kib >= 8 * TIB - 16 && free_kib < 32 * TIB);
+}
+
+static void test_step(void) {
+    sqz_squeezer *s = NULL;
+    CHECK_STATUS(sqz_squeezer_new(NULL, &s), SQZ_OK);
+    /* Domain 1 at 3000 KiB must shrink toward 1000; domain 2 sits at its minimum and may grow.
+       Nothing is free and the goal is 0: the surplus 2000 (less 2 x 4 inaccuracy) is shared
+       over two ranges of 2000, so both targets are about 2000 -- freeing first. */
+    sqz_domain doms[2];
+    memset(doms, 0, sizeof doms);
+    doms[0] = (sqz_domain){1, true, 1000, 3000, 3000, 3000, 3000, 4};
+    doms[1] = (sqz_domain){2, true, 1000, 1000, 3000, 1000, 1000, 4};
+    sqz_action actions[1];
+    sqz_maxmem maxmem[2];
+    int32_t blamed[2];
+    sqz_step_result r;
+    memset(&r, 0, sizeof r);
+    r.struct_size = sizeof r;
+    r.actions = actions;
+    r.actions_cap = 0; /* too small on purpose */
+    r.maxmem = maxmem;
+    r.maxmem_cap = 2;
+    r.blamed_domids = blamed;
+    r.blamed_cap = 2;
+    CHECK_STATUS(sqz_squeezer_step(s, doms, 2, sizeof(sqz_domain), 0, 0, 0.0, NULL, NULL, &r),
+                 SQZ_ERR_BUFFER_TOO_SMALL);
+    CHECK(r.actions_len == 1 && r.maxmem_len == 2);
+    r.actions_cap = 1;
+    CHECK_STATUS(sqz_squeezer_step(s, doms, 2, sizeof(sqz_domain), 0, 0, 0.0, NULL, NULL, &r),
+                 SQZ_OK);
+    CHECK(r.verdict == SQZ_VERDICT_ADJUST_TARGETS);
+    CHECK(r.actions_len == 1 && actions[0].domid == 1);
+    CHECK(llabs(actions[0].new_target_kib - 2000) <= 8);
+    CHECK(r.maxmem_len == 2 && maxmem[0].domid == 1 && maxmem[0].maxmem_kib == actions[0].new_target_kib);
+    CHECK(maxmem[1].domid == 2 && maxmem[1].maxmem_kib == 1000);
+
+    /* Terabyte values through the step path. */
+    sqz_domain big = {7, true, 4 * TIB, 8 * TIB, 8 * TIB, 8 * TIB, 8 * TIB, 4};
+    CHECK_STATUS(sqz_squeezer_step(s, &big, 1, sizeof big, 0, 2 * TIB, 1.0, NULL, NULL, &r), SQZ_OK);
+    CHECK(r.verdict == SQZ_VERDICT_ADJUST_TARGETS && actions[0].new_target_kib == 6 * TIB - 8);
+
+    /* Bad input changes nothing. */
+    sqz_domain dup[2] = {doms[0], doms[0]};
+    CHECK_STATUS(sqz_squeezer_step(s, dup, 2, sizeof(sqz_domain), 0, 0, 1.0, NULL, NULL, &r),
+                 SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("twice"));
+    CHECK_STATUS(sqz_squeezer_step(s, doms, 2, sizeof(sqz_domain), 0, 0, 0.5, NULL, NULL, &r),
+                 SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("backwards"));
+    CHECK_STATUS(sqz_squeezer_step(s, doms, 2, sizeof(sqz_domain), 0, 0, NAN, NULL, NULL, &r),
+                 SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_squeezer_step(s, NULL, 2, sizeof(sqz_domain), 0, 0, 1.0, NULL, NULL, &r),
+                 SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_squeezer_step(s, doms, 2, 8, 0, 0, 1.0, NULL, NULL, &r),
+                 SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_squeezer_step(s, doms, 2, sizeof(sqz_domain), 0, -1, 1.0, NULL, NULL, &r),
+                 SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_squeezer_step(s, doms, 2, sizeof(sqz_domain), 0, 0, 1.0, NULL, NULL, NULL),
+                 SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_squeezer_begin_operation(s, 2.0), SQZ_OK);
+    CHECK_STATUS(sqz_squeezer_begin_operation(s, -2.0), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_squeezer_free(s);
+}
+
+static void test_simulator(void) {
+    sqz_sim_config c;
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    c.free_mem_kib = 0;
+    c.target_host_free_mem_kib = 0;
+    c.time_limit_s = 600.0;
+    sqz_sim *sim = NULL;
+    CHECK_STATUS(sqz_sim_new(&c, &sim), SQZ_OK);
+    sqz_behaviour ideal = {SQZ_BEHAVIOUR_IDEAL, 256 * MIB, 0, 0.0};
+    sqz_behaviour stuck = {SQZ_BEHAVIOUR_STUCK, 0, 0, 0.0};
+    sqz_domain d = {1, true, GIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4};
+    CHECK_STATUS(sqz_sim_add_guest(sim, &d, sizeof d, &ideal), SQZ_OK);
+    CHECK_STATUS(sqz_sim_add_guest(sim, &d, sizeof d, &ideal), SQZ_ERR_INVALID_ARGUMENT);
+    d.domid = 2;
+    CHECK_STATUS(sqz_sim_add_guest(sim, &d, sizeof d, &stuck), SQZ_OK);
+
+    /* The io view drives a persistent squeezer like any other platform. */
+    sqz_io io;
+    CHECK_STATUS(sqz_sim_io(sim, &io, sizeof io), SQZ_OK);
+    sqz_squeezer *s = NULL;
+    CHECK_STATUS(sqz_squeezer_new(NULL, &s), SQZ_OK);
+    CHECK_STATUS(sqz_squeezer_change_host_free_memory(s, &io, GIB / 2, NULL, NULL), SQZ_OK);
+    int64_t free_kib = 0;
+    CHECK_STATUS(sqz_sim_free_mem(sim, &free_kib), SQZ_OK);
+    CHECK(free_kib >= GIB / 2);
+    sqz_squeezer_free(s);
+
+    /* Domain 1 can free at most 1 GiB less 8 KiB; 1.5 GiB needs the stuck domain 2. */
+    CHECK_STATUS(sqz_sim_change_host_free_memory(sim, NULL, GIB + GIB / 2, NULL, NULL),
+                 SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE);
+    int32_t blamed = -1;
+    CHECK(sqz_last_error_domids(&blamed, 1) == 1 && blamed == 2);
+    sqz_domain g;
+    CHECK_STATUS(sqz_sim_guest(sim, 1, &g, sizeof g), SQZ_OK);
+    CHECK(g.memory_actual_kib <= GIB + 8);
+    CHECK_STATUS(sqz_sim_guest(sim, 9, &g, sizeof g), SQZ_ERR_INVALID_ARGUMENT);
+
+    CHECK_STATUS(sqz_sim_adjust_free_mem(sim, -256 * MIB), SQZ_OK);
+    CHECK_STATUS(sqz_sim_adjust_free_mem(sim, INT64_MAX), SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_sim_advance(sim, -1.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_sim_advance(sim, 1.0), SQZ_OK);
+    double t = 0;
+    CHECK_STATUS(sqz_sim_time(sim, &t), SQZ_OK);
+    CHECK(t > 1.0);
+    sqz_sim_counters counters;
+    CHECK_STATUS(sqz_sim_get_counters(sim, &counters), SQZ_OK);
+    CHECK(counters.waits > 0 && counters.actions > 0);
+    size_t violations = 99;
+    CHECK_STATUS(sqz_sim_violations(sim, &violations), SQZ_OK);
+    CHECK(violations == 0);
+    CHECK_STATUS(sqz_sim_remove_guest(sim, 2), SQZ_OK);
+    CHECK_STATUS(sqz_sim_remove_guest(sim, 2), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_sim_balance_memory(sim, NULL), SQZ_OK);
+    bool unbalanced = true;
+    CHECK_STATUS(sqz_sim_is_host_memory_unbalanced(sim, NULL, &unbalanced), SQZ_OK);
+    CHECK(!unbalanced);
+    int64_t got = 0;
+    CHECK_STATUS(sqz_sim_free_memory_range(sim, NULL, 100 * MIB, 200 * MIB, &got), SQZ_OK);
+    CHECK(got >= 100 * MIB && got <= 200 * MIB);
+
+    sqz_behaviour bad = {42, 0, 0, 0.0};
+    d.domid = 5;
+    CHECK_STATUS(sqz_sim_add_guest(sim, &d, sizeof d, &bad), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_sim_add_guest(sim, &d, sizeof d, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_sim_io(sim, &io, 16), SQZ_ERR_INVALID_ARGUMENT);
+    c.struct_size = 4;
+    sqz_sim *none = NULL;
+    CHECK_STATUS(sqz_sim_new(&c, &none), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(none == NULL);
+    sqz_sim_free(sim);
+    sqz_sim_free(NULL);
+}
+
+static void test_simulated_time_limit(void) {
+    /* A stuck guest and a stuck-after time longer than the time limit: the wait that crosses
+       the limit cannot report it, so the next now() does, naming it. */
+    sqz_sim_config c;
+    memset(&c, 0, sizeof c);
+    c.struct_size = sizeof c;
+    c.time_limit_s = 3.0;
+    sqz_sim *sim = NULL;
+    CHECK_STATUS(sqz_sim_new(&c, &sim), SQZ_OK);
+    sqz_behaviour stuck = {SQZ_BEHAVIOUR_STUCK, 0, 0, 0.0};
+    sqz_domain d = {1, true, GIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4};
+    CHECK_STATUS(sqz_sim_add_guest(sim, &d, sizeof d, &stuck), SQZ_OK);
+    CHECK_STATUS(sqz_sim_change_host_free_memory(sim, NULL, GIB / 2, NULL, NULL), SQZ_ERR_BACKEND);
+    CHECK(message_has("now") && message_has("time limit"));
+    sqz_sim_free(sim);
+}
+
+int main(void) {
+    test_version();
+    test_contract_values();
+    test_change_host_free_memory();
+    test_success_callback();
+    test_free_memory_range_and_balance();
+    test_balance_ends_ok_when_nothing_more_can_be_balanced();
+    test_cannot_free();
+    test_refused_to_cooperate();
+    test_options();
+    test_bad_arguments();
+    test_callback_failures();
+    test_builder_outside_make_host();
+    test_persistent_squeezer_and_reentry();
+    test_terabyte_values_pass_intact();
+    test_step();
+    test_simulator();
+    test_simulated_time_limit();
+    printf("c-client: %u passed, %u failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
