@@ -160,6 +160,24 @@ let a_negative_size_in_the_snapshot_is_refused () =
       in
       Check.is_true ~what:("the message names the domain: " ^ msg) (has "domain 7")
 
+let calls_from_inside_a_callback () =
+  (* While one host frees memory, its wait closure asks about a second host (1000 KiB free, a
+     guest that could grow): the nested call works, and so does the outer one. *)
+  let other =
+    Sim.create ~free_kib:1000L [(domain_make 2 true 1000L 1500L 3000L 1500L 1500L 4L, 100L, Sim.Ideal)]
+  in
+  let other_io = Sim.io ~target_host_free_mem_kib:0L ~free_memory_tolerance_kib:32L other in
+  let answers = ref [] in
+  let sim = one_guest () in
+  let io = Sim.io ~target_host_free_mem_kib:1000L sim in
+  let io =
+    {io with wait= (fun s -> answers := is_host_memory_unbalanced other_io :: !answers ; io.wait s)}
+  in
+  free_1000 (rig io) ;
+  Check.is_true ~what:"1000 KiB free" (sim.Sim.free_kib >= 1000L) ;
+  Check.is_true ~what:"the nested call ran" (!answers <> []) ;
+  Check.is_true ~what:"and always found the other host unbalanced" (List.for_all Fun.id !answers)
+
 let tib = Int64.shift_left 1L 30 (* in KiB *)
 
 let sizes_above_4_tib_pass_intact () =
@@ -273,6 +291,7 @@ let () =
     ; ("a clock returning NaN is a backend failure", clock_returning_nan_is_a_backend_failure)
     ; ("a domid beyond 32 bits is Invalid_argument", domid_beyond_32_bits_is_refused)
     ; ("a negative size in a snapshot is a backend failure naming the domain", a_negative_size_in_the_snapshot_is_refused)
+    ; ("calls into the library from inside a callback work", calls_from_inside_a_callback)
     ; ("sizes above 4 TiB (2^32 KiB) pass through intact", sizes_above_4_tib_pass_intact)
     ; ("a host is unbalanced until balance_memory hands memory out", unbalanced_until_balanced)
     ; ("has_hit_target, min_freeable, is_balanced, operators", helpers)
