@@ -75,7 +75,45 @@ let second_thread_runs_between_callbacks () =
          (Check.ints (List.rev !seen)) total)
     (between <> [])
 
+(* Two threads run different failing requests at the same time, twenty times each: each gets
+   its own error with its own details (the library keeps the last error per thread, and the
+   stubs read it on the thread that made the call). *)
+let concurrent_calls_keep_their_own_errors () =
+  let too_much () =
+    (* Both guests at dynamic-min free 500 + 500 KiB; 1500 is asked for. *)
+    let sim =
+      Sim.create ~free_kib:0L
+        [ (domain_make 0 true 1000L 1500L 2000L 1500L 1500L 0L, 100L, Sim.Ideal)
+        ; (domain_make 1 true 2000L 2500L 3000L 2500L 2500L 0L, 100L, Sim.Ideal) ]
+    in
+    match change_host_free_memory (Sim.io ~target_host_free_mem_kib:1500L sim) 1500L (fun f -> f >= 1500L) with
+    | () -> "success"
+    | exception Cannot_free_this_much_memory (r, f) -> Printf.sprintf "cannot free (%Ld, %Ld)" r f
+    | exception e -> Printexc.to_string e
+  in
+  let stuck () =
+    (* Guest 7 never moves; the 1000 KiB needs it. *)
+    let sim =
+      Sim.create ~free_kib:0L
+        [ (domain_make 3 true 1000L 1500L 2000L 1500L 1500L 0L, 100L, Sim.Ideal)
+        ; (domain_make 7 true 2000L 2500L 3000L 2500L 2500L 0L, 100L, Sim.Stuck) ]
+    in
+    match change_host_free_memory (Sim.io ~target_host_free_mem_kib:1000L sim) 1000L (fun f -> f >= 1000L) with
+    | () -> "success"
+    | exception Domains_refused_to_cooperate l -> "refused " ^ Check.ints l
+    | exception e -> Printexc.to_string e
+  in
+  let run f = List.init 20 (fun _ -> f ()) in
+  let results = ref [] in
+  let other = Thread.create (fun () -> results := run stuck) () in
+  let mine = run too_much in
+  Thread.join other ;
+  List.iter (Check.equal ~what:"first thread" Fun.id "cannot free (1500, 1000)") mine ;
+  Check.int ~what:"second thread's results" 20 (List.length !results) ;
+  List.iter (Check.equal ~what:"second thread" Fun.id "refused [7]") !results
+
 let () =
   Check.run "threads"
     [ ( "a second thread keeps running while change_host_free_memory is in the library"
-      , second_thread_runs_between_callbacks ) ]
+      , second_thread_runs_between_callbacks )
+    ; ("concurrent calls from two threads each get their own error", concurrent_calls_keep_their_own_errors) ]
