@@ -17,7 +17,8 @@ py=$(SQUEEZE_LIB="$PWD/$lib/libsqueeze.so" python3 benches/python/ffi_overhead.p
 echo "$c"
 echo "$py"
 
-C_RESULTS="$c" PY_RESULTS="$py" MACHINE="$(lscpu | head -n 15)" python3 - <<'PYEOF'
+C_RESULTS="$c" PY_RESULTS="$py" MACHINE="$(lscpu | head -n 15)" LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" \
+    python3 - <<'PYEOF'
 import datetime
 import os
 import re
@@ -30,7 +31,9 @@ c, py = parse(os.environ["C_RESULTS"]), parse(os.environ["PY_RESULTS"])
 date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 section = f"""## C ABI call overhead
 
-Measured {date} with `make bench-ffi` (release build; best of five runs, ns per call).
+Measured {date} with `make bench-ffi` (release build; best of five runs, ns per call;
+load average {os.environ['LOAD']} on this shared machine, so absolute times vary between
+runs; the ratios are the stable part).
 The trivial call is `sqz_version()`; the step is one `sqz_squeezer_step` on a balanced host of
 10 domains (copy in 10 `sqz_domain`, build the host, run the iteration on a copy of the
 squeezer, copy out 10 maxmem settings).

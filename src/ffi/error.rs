@@ -84,6 +84,9 @@ pub(crate) fn invalid(msg: impl Into<String>) -> Failure {
     Failure::Core(Error::InvalidArgument(msg.into()))
 }
 
+/// A static "" for getters that must never return NULL.
+const EMPTY: &[u8] = b"\0";
+
 /// The last failure recorded on this thread.
 #[derive(Debug, Default)]
 struct LastError {
@@ -99,7 +102,9 @@ thread_local! {
 
 /// Forgets this thread's last error.
 pub(crate) fn clear_last_error() {
-    LAST_ERROR.with(|l| *l.borrow_mut() = LastError::default());
+    // try_with: a call made while this thread's locals are being destroyed (from another
+    // library's thread-exit hook) must not panic outside the guard.
+    let _ = LAST_ERROR.try_with(|l| *l.borrow_mut() = LastError::default());
 }
 
 /// Records `failure` as this thread's last error and returns its status.
@@ -116,7 +121,7 @@ pub(crate) fn set_last_error(failure: &Failure) -> sqz_status {
         Failure::Core(Error::DomainsRefusedToCooperate { domids }) => (None, domids.clone()),
         _ => (None, Vec::new()),
     };
-    LAST_ERROR.with(|l| {
+    let _ = LAST_ERROR.try_with(|l| {
         *l.borrow_mut() = LastError {
             status,
             message,
@@ -144,7 +149,7 @@ pub(crate) fn last_error_text() -> Option<String> {
 /// keep it. Never NULL. Threading: each thread has its own last error.
 #[no_mangle]
 pub extern "C" fn sqz_last_error_message() -> *const c_char {
-    guard::value(std::ptr::null(), || {
+    guard::value(EMPTY.as_ptr().cast(), || {
         LAST_ERROR.with(|l| l.borrow().message.as_ptr())
     })
 }
@@ -211,7 +216,7 @@ pub unsafe extern "C" fn sqz_last_error_domids(out: *mut i32, cap: usize) -> usi
 /// "SQZ_ERR_UNKNOWN" for a value this version does not know. The string is static.
 #[no_mangle]
 pub extern "C" fn sqz_status_name(status: sqz_status) -> *const c_char {
-    guard::value(std::ptr::null(), || {
+    guard::value(b"SQZ_ERR_UNKNOWN\0".as_ptr().cast(), || {
         let name: &'static [u8] = match status {
             SQZ_OK => b"SQZ_OK\0",
             SQZ_ERR_INVALID_ARGUMENT => b"SQZ_ERR_INVALID_ARGUMENT\0",

@@ -18,10 +18,29 @@ const BUSY: u8 = 1;
 const BUSY_FREE_PENDING: u8 = 2;
 const POISONED: u8 = 3;
 
+/// What a handle holds, with a tag that tells handle kinds apart: a squeezer passed where a
+/// simulator is expected (or a handle already freed, while its memory is not yet reused) is
+/// refused instead of misread.
+pub trait Tagged {
+    /// A value unique to this kind of handle, never 0.
+    const TAG: u32;
+}
+
+/// The tag of a freed handle.
+const DEAD: u32 = 0;
+
 /// A heap value shared with C through a raw pointer.
+#[repr(C)]
 pub struct Handle<T> {
+    tag: std::sync::atomic::AtomicU32,
     state: AtomicU8,
     value: UnsafeCell<T>,
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.tag.store(DEAD, Ordering::Release);
+    }
 }
 
 /// Marks the handle idle again when a call ends, normally or by a panic, and performs a free
@@ -50,10 +69,11 @@ impl<T> Drop for Release<T> {
     }
 }
 
-impl<T> Handle<T> {
+impl<T: Tagged> Handle<T> {
     /// Moves `value` to the heap and returns the pointer handed to C.
     pub fn into_raw(value: T) -> *mut Handle<T> {
         Box::into_raw(Box::new(Handle {
+            tag: std::sync::atomic::AtomicU32::new(T::TAG),
             state: AtomicU8::new(IDLE),
             value: UnsafeCell::new(value),
         }))
@@ -70,6 +90,11 @@ impl<T> Handle<T> {
     ) -> Result<R, Failure> {
         // SAFETY: NULL is checked; otherwise the caller promises a live handle.
         let handle = unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))?;
+        if handle.tag.load(Ordering::Acquire) != T::TAG {
+            return Err(invalid(format!(
+                "{what} is not a live {what} handle (freed, or another kind of handle)"
+            )));
+        }
         if let Err(state) =
             handle
                 .state
@@ -99,6 +124,10 @@ impl<T> Handle<T> {
         let Some(handle) = (unsafe { ptr.as_ref() }) else {
             return;
         };
+        if handle.tag.load(Ordering::Acquire) != T::TAG {
+            // Not ours to free (another kind of handle, or already freed).
+            return;
+        }
         match handle.state.compare_exchange(
             IDLE,
             BUSY_FREE_PENDING,
@@ -125,9 +154,38 @@ impl<T> Handle<T> {
 mod tests {
     use super::*;
 
+    impl Tagged for i32 {
+        const TAG: u32 = 0x7e57_0001;
+    }
+    impl Tagged for Vec<i32> {
+        const TAG: u32 = 0x7e57_0002;
+    }
+    impl Tagged for Vec<u8> {
+        const TAG: u32 = 0x7e57_0003;
+    }
+    impl Tagged for u8 {
+        const TAG: u32 = 0x7e57_0004;
+    }
+
+    #[test]
+    fn a_handle_of_another_kind_is_refused_and_not_freed() {
+        let h = Handle::into_raw(5i32);
+        let wrong = h.cast::<Handle<u8>>();
+        // SAFETY: h is live; reading through the wrong type stops at the common header.
+        unsafe {
+            let r = Handle::with(wrong, "sim", |_| Ok(()));
+            assert!(
+                matches!(r, Err(Failure::Core(crate::Error::InvalidArgument(ref m))) if m.contains("another kind"))
+            );
+            Handle::free(wrong);
+            assert_eq!(Handle::with(h, "squeezer", |v| Ok(*v)), Ok(5));
+            Handle::free(h);
+        }
+    }
+
     #[test]
     fn a_busy_handle_refuses_a_second_use_instead_of_waiting() {
-        let h = Handle::into_raw(5);
+        let h = Handle::into_raw(5i32);
         // SAFETY: h is live until the free below.
         let r = unsafe {
             Handle::with(h, "thing", |v| {

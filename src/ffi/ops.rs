@@ -25,6 +25,10 @@ pub(crate) struct SqueezerState {
     pub(crate) last_step_now: Option<f64>,
 }
 
+impl super::handle::Tagged for SqueezerState {
+    const TAG: u32 = u32::from_be_bytes(*b"SQZs");
+}
+
 pub(crate) fn squeezer_handle(s: *mut sqz_squeezer) -> *mut Handle<SqueezerState> {
     s.cast()
 }

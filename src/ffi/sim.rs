@@ -103,6 +103,10 @@ pub(crate) struct SimState {
     pending: Option<String>,
 }
 
+impl super::handle::Tagged for SimState {
+    const TAG: u32 = u32::from_be_bytes(*b"SQZm");
+}
+
 fn handle(s: *mut sqz_sim) -> *mut Handle<SimState> {
     s.cast()
 }

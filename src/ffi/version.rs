@@ -14,12 +14,13 @@ pub const SQZ_VERSION_PATCH: u32 = 0;
 pub const SQZ_VERSION_NUMBER: u32 =
     (SQZ_VERSION_MAJOR << 16) | (SQZ_VERSION_MINOR << 8) | SQZ_VERSION_PATCH;
 
+/// The crate version, NUL-terminated for C.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+
 /// The library's version as "MAJOR.MINOR.PATCH". The string is static; never NULL.
 #[no_mangle]
 pub extern "C" fn sqz_version() -> *const c_char {
-    guard::value(std::ptr::null(), || {
-        concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
-    })
+    guard::value(VERSION.as_ptr().cast(), || VERSION.as_ptr().cast())
 }
 
 /// The library's version packed as `SQZ_VERSION_NUMBER` is: compare it with the macro to

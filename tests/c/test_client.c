@@ -514,6 +514,11 @@ static void test_simulator(void) {
     CHECK_STATUS(sqz_sim_add_guest(sim, &d, sizeof d, &bad), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_sim_add_guest(sim, &d, sizeof d, NULL), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_sim_io(sim, &io, 16), SQZ_ERR_INVALID_ARGUMENT);
+    /* A simulator passed where a squeezer belongs is recognised, not misread. */
+    CHECK_STATUS(sqz_squeezer_balance_memory((sqz_squeezer *)(void *)sim, &io),
+                 SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("another kind"));
+    sqz_squeezer_free((sqz_squeezer *)(void *)sim); /* refused quietly: not a squeezer */
     c.struct_size = 4;
     sqz_sim *none = NULL;
     CHECK_STATUS(sqz_sim_new(&c, &none), SQZ_ERR_INVALID_ARGUMENT);

@@ -175,3 +175,40 @@ def test_the_binding_declares_every_function_of_the_header():
 def test_version_matches_the_packed_number():
     major, minor, patch = map(int, sq.version().split("."))
     assert sq.version_number() == (major << 16) | (minor << 8) | patch
+
+
+def test_a_second_thread_is_refused_while_a_callback_runs_and_nothing_deadlocks():
+    import threading
+
+    s = sq.Squeezer()
+    inside = threading.Event()
+    release = threading.Event()
+    results = {}
+
+    class Blocking(PyHost):
+        def wait(self, seconds):
+            if not inside.is_set():
+                inside.set()
+                # Bounded: the test fails rather than hangs if the other thread never answers.
+                assert release.wait(timeout=30)
+            super().wait(seconds)
+
+    def first():
+        h = Blocking()
+        s.change_host_free_memory(h, GIB)
+        results["first"] = h.free
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(timeout=30)
+    # Thread A sits inside a callback of s. The library holds no lock there, so this thread
+    # gets an immediate refusal for s, and a different squeezer works normally.
+    with pytest.raises(sq.InvalidArgument, match="already in use"):
+        s.balance_memory(PyHost())
+    other = PyHost()
+    sq.Squeezer().change_host_free_memory(other, GIB)
+    assert other.free >= GIB
+    release.set()
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert results["first"] >= GIB
