@@ -11,6 +11,7 @@
 //! - [`squeezer`]: one iteration (classification, two phases, the decision).
 //! - [`driver`]: the loop over a platform ([`driver::Io`]): change, free and balance memory.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
+//! - [`ffi`]: the C ABI of `include/squeeze.h` (conversions, status codes, panic guards).
 //!
 //! ```
 //! use squeeze::backend::sim::{Behaviour, SimConfig, Simulator};

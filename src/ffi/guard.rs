@@ -2,7 +2,7 @@
 //! unwinds into C (which would abort the caller's process, or worse).
 //!
 //! A test (`tests/ffi_surface.rs`) parses `src/ffi` and fails when an `extern "C"` function's
-//! body is anything other than a single call to [`status`] or [`value`].
+//! body is anything other than a single call to `status` or `value`.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -10,7 +10,7 @@
 //!   out-parameters; details of the last failure on the calling thread are read with
 //!   [`sqz_last_error_message`] and friends;
 //! - handles are created by `*_new` and released by `*_free`, and freeing NULL does nothing;
-//! - every exported function runs inside [`guard::status`] or [`guard::value`], which turn a
+//! - every exported function runs inside `guard::status` or `guard::value`, which turn a
 //!   panic into [`SQZ_ERR_INTERNAL`];
 //! - callbacks run on the calling thread only, and no lock is held while they run.
 
@@ -20,8 +20,8 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod error;
-pub mod guard;
-pub mod handle;
+pub(crate) mod guard;
+pub(crate) mod handle;
 pub mod io;
 pub mod ops;
 pub mod options;
