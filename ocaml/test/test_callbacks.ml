@@ -160,6 +160,17 @@ let a_negative_size_in_the_snapshot_is_refused () =
       in
       Check.is_true ~what:("the message names the domain: " ^ msg) (has "domain 7")
 
+let free_memory_range_sizes_the_new_domain () =
+  (* One guest at 3000 KiB (dynamic range 1000..3000), nothing free, no slush, and a new
+     domain of 500..1000 KiB. Were it running, the surplus of 2000 KiB over ranges 2000 + 500
+     gives γ = 0.8, so it would get 500 + 0.8 x 500 = 900 KiB. Those 900 KiB are freed (the
+     guest goes to 3000 - 900 = 2100) and the new domain may have all of them. *)
+  let sim = one_guest () in
+  let got = free_memory_range (Sim.io ~target_host_free_mem_kib:0L sim) 500L 1000L in
+  Check.int64 ~what:"size for the new domain" 900L got ;
+  Check.int64 ~what:"guest target" 2100L (Sim.domain sim 1).target_kib ;
+  Check.int64 ~what:"host free" 900L sim.Sim.free_kib
+
 let calls_from_inside_a_callback () =
   (* While one host frees memory, its wait closure asks about a second host (1000 KiB free, a
      guest that could grow): the nested call works, and so does the outer one. *)
@@ -291,6 +302,7 @@ let () =
     ; ("a clock returning NaN is a backend failure", clock_returning_nan_is_a_backend_failure)
     ; ("a domid beyond 32 bits is Invalid_argument", domid_beyond_32_bits_is_refused)
     ; ("a negative size in a snapshot is a backend failure naming the domain", a_negative_size_in_the_snapshot_is_refused)
+    ; ("free_memory_range gives a new domain its proportional share", free_memory_range_sizes_the_new_domain)
     ; ("calls into the library from inside a callback work", calls_from_inside_a_callback)
     ; ("sizes above 4 TiB (2^32 KiB) pass through intact", sizes_above_4_tib_pass_intact)
     ; ("a host is unbalanced until balance_memory hands memory out", unbalanced_until_balanced)
