@@ -119,3 +119,17 @@ test-python:
 bench-ffi:
 	$(CARGO) build --lib --release
 	scripts/bench-ffi.sh
+
+## Builds libsqueeze and runs the OCaml binding's tests (ocaml/, a dune project).
+.PHONY: test-ocaml
+test: test-ocaml
+SQUEEZE_LIB_DIR ?= $(CURDIR)/target/debug
+test-ocaml: deps
+	$(CARGO) build --lib
+	cd ocaml && SQUEEZE_LIB_DIR=$(SQUEEZE_LIB_DIR) SQUEEZE_INCLUDE_DIR=$(CURDIR)/include dune test --root . --force
+
+## Measures the cost of calls through the OCaml binding (release build).
+.PHONY: bench-ocaml
+bench-ocaml: deps
+	$(CARGO) build --lib --release
+	cd ocaml && SQUEEZE_LIB_DIR=$(CURDIR)/target/release SQUEEZE_INCLUDE_DIR=$(CURDIR)/include dune build --root . @bench/bench --force

@@ -16,6 +16,9 @@ APT_NEEDS=(
   "valgrind valgrind"
   "nm binutils"
   "python3 python3"
+  "ocamlopt ocaml-nox"
+  "dune ocaml-dune"
+  "ocamlfind ocaml-findlib"
 )
 
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
