@@ -1,0 +1,128 @@
+(** squeezed's memory service ([Memory_interface] in xapi-idl) as a library, over libsqueeze's
+    [sqz_service_*] calls.
+
+    The calls have squeezed's names and arguments, and fail with {!MemoryError} carrying
+    squeezed's [errors], so a toolstack written against squeezed's client maps one to one.
+    Where squeezed's calls take a [debug_info] they take the service here; the rest of the
+    arguments are squeezed's, in its order. Sizes are KiB unless said otherwise. Calls release the OCaml runtime lock while
+    libsqueeze works (ballooning may take seconds), so other threads keep running. *)
+
+(** squeezed's [Memory_interface.errors], constructor for constructor. *)
+type errors =
+  | Cannot_free_this_much_memory of (int64 * int64)
+      (** [(required, free)]: even with every domain at its dynamic-min, [required] KiB cannot
+          be freed; [free] KiB are free. Both net of the host-reserved memory, as squeezed. *)
+  | Domains_refused_to_cooperate of int list
+      (** These domains did not reach their balloon targets in time. *)
+  | Unknown_reservation of string
+      (** The session holds no reservation with this id (the id given). *)
+  | No_reservation  (** [query_reservation_of_domain]: the domain holds none. *)
+  | Invalid_memory_value of int64
+      (** A size that is negative, above 2^50 KiB, or a range whose min is above its max (the
+          min is reported then). *)
+  | Internal_error of string
+      (** Anything squeezed has no constructor for: a bad session name, a domain that does not
+          exist, a failure of the host's platform. The text names the library's status
+          ([SQZ_ERR_...]) and its message. *)
+  | Unknown_error  (** Kept for squeezed compatibility; never raised. *)
+
+exception MemoryError of errors
+(** squeezed's [Memory_interface.MemoryError]. *)
+
+(** A fake host for tests: a simulated hypervisor and store in this process, whose guests run
+    ideal balloon drivers. Time is simulated; the service's waits advance it. *)
+module Fake_host : sig
+  type t
+
+  val create :
+    ?boot_delay_s:float -> total_kib:int64 -> xen_kib:int64 -> dom0_kib:int64 -> unit -> t
+  (** A host of [total_kib], of which Xen keeps [xen_kib] and domain 0 holds [dom0_kib];
+      guests start ballooning [boot_delay_s] (default 0) after being unpaused. Raises
+      [Invalid_argument] for bad sizes. *)
+
+  val create_domain :
+    t ->
+    ?offset_kib:int64 ->
+    ?rate_kib_per_s:int64 ->
+    target_kib:int64 ->
+    dynamic_min_kib:int64 ->
+    dynamic_max_kib:int64 ->
+    unit ->
+    int
+  (** Creates a paused domain with no memory yet, writing its balloon range to the store as a
+      toolstack does, and returns its domid. [offset_kib] (default 0) is memory it holds
+      beyond its target; [rate_kib_per_s] (default 1 GiB/s) its balloon speed. *)
+
+  val build_domain : t -> int -> int64 -> unit
+  (** [build_domain h domid kib] allocates [kib] to the domain, as the domain builder does.
+      Raises [Failure] beyond its maxmem or the host's free memory. *)
+
+  val unpause : t -> int -> unit
+  (** Starts the domain: its balloon driver comes up after the boot delay. *)
+
+  val advance : t -> float -> unit
+  (** Lets this many seconds of simulated time pass. *)
+
+  (** A domain as the hypervisor reports it. *)
+  type domain = {
+    tot_kib: int64;  (** memory it has allocated *)
+    max_kib: int64;  (** its allocation limit (maxmem) *)
+    booted: bool;  (** its balloon driver is up *)
+  }
+
+  val domain : t -> int -> domain
+  (** Raises [Invalid_argument] for an unknown domid. *)
+
+  val free_mem_kib : t -> int64
+  (** The host's free memory as the hypervisor reports it. *)
+end
+
+type service
+(** A memory service over one host. Released when no longer reachable. *)
+
+val create_fake :
+  ?host_reserved_kib:int64 ->
+  ?lock_path:string ->
+  ?boot_time_record_path:string ->
+  Fake_host.t ->
+  service
+(** A service over a fake host. [host_reserved_kib] is the memory kept free for Xen (default
+    72 MiB); [lock_path] (default [/run/squeeze/host.lock]) is the host-wide lock file and
+    [boot_time_record_path] (default [/run/squeeze/boot_time_memory]) where free memory at
+    boot is recorded. *)
+
+val login : service -> string -> string
+(** [login s service_name] starts a session and returns its id (the name itself, as
+    squeezed). Reservations that service made earlier and never transferred are dropped. *)
+
+val reserve_memory : service -> string -> int64 -> string
+(** [reserve_memory s session kib] frees [kib] (ballooning domains down if needed), sets it
+    aside and returns the reservation id. *)
+
+val reserve_memory_range : service -> string -> int64 -> int64 -> string * int64
+(** [reserve_memory_range s session min max] reserves what the policy gives a new domain with
+    that range (at least [min]) and returns the id and the amount. *)
+
+val delete_reservation : service -> string -> string -> unit
+(** [delete_reservation s session id] releases a reservation, transferred or not. *)
+
+val transfer_reservation_to_domain : service -> string -> string -> int -> unit
+(** [transfer_reservation_to_domain s session id domid] hands the reservation to an existing
+    domain: it becomes its initial reservation and its maxmem. *)
+
+val query_reservation_of_domain : service -> string -> int -> string
+(** The id of the reservation transferred to the domain; [No_reservation] if none. *)
+
+val balance_memory : service -> unit
+(** Hands free memory above the host-reserved amount back to the
+    domains. *)
+
+val get_host_reserved_memory : service -> int64
+(** The memory kept free for Xen, in KiB. *)
+
+val get_host_initial_free_memory : service -> int64
+(** Host free memory at boot, in {b bytes}, as squeezed reports it (the C API answers in KiB;
+    this multiplies by 1024). *)
+
+val get_diagnostics : service -> string
+(** A JSON document: the host as the balancer sees it, the reservations, the settings. *)

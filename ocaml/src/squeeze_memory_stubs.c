@@ -1,0 +1,491 @@
+/* squeeze: OCaml stubs for the memory service (Squeeze_memory) over the C API in squeeze.h.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Each call copies its arguments out of the OCaml heap (strings may move while the runtime
+ * lock is released), releases the runtime lock, calls libsqueeze, copies the library's
+ * last-error details into C memory while still on the same thread, takes the lock back and
+ * builds a reply: [Done v] or [Failed (status, message, required, free, domids)]. The OCaml
+ * side turns a failure into squeezed's exception. These calls take no OCaml callbacks, so no
+ * OCaml code runs while the lock is released.
+ *
+ * Services and fake hosts are custom blocks whose finaliser releases the library handle. A
+ * stub keeps its custom block registered as a root for the whole call, so the finaliser can
+ * never run while the handle is in use.
+ */
+
+#define CAML_NAME_SPACE
+#include <caml/alloc.h>
+#include <caml/custom.h>
+#include <caml/fail.h>
+#include <caml/memory.h>
+#include <caml/mlvalues.h>
+#include <caml/signals.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <squeeze.h>
+
+/* Tags of Squeeze_memory's reply type. */
+enum { REPLY_DONE, REPLY_FAILED };
+
+/* --- Handles -------------------------------------------------------------------------------- */
+
+#define Service_val(v) (*((sqz_service **)Data_custom_val(v)))
+#define Fake_val(v) (*((sqz_fake_host **)Data_custom_val(v)))
+
+static void service_finalize(value v) {
+  sqz_service_free(Service_val(v));
+  Service_val(v) = NULL;
+}
+
+static void fake_finalize(value v) {
+  sqz_fake_host_free(Fake_val(v));
+  Fake_val(v) = NULL;
+}
+
+static struct custom_operations service_ops = {
+    "org.squeeze.service",      service_finalize,         custom_compare_default,
+    custom_hash_default,        custom_serialize_default, custom_deserialize_default,
+    custom_compare_ext_default, custom_fixed_length_default};
+
+static struct custom_operations fake_ops = {
+    "org.squeeze.fake_host",    fake_finalize,            custom_compare_default,
+    custom_hash_default,        custom_serialize_default, custom_deserialize_default,
+    custom_compare_ext_default, custom_fixed_length_default};
+
+static value wrap(struct custom_operations *ops, void *p) {
+  value v = caml_alloc_custom(ops, sizeof p, 0, 1);
+  *((void **)Data_custom_val(v)) = p;
+  return v;
+}
+
+/* --- Outcomes ------------------------------------------------------------------------------ */
+
+/* A failed call's details, copied out of the library before anything else can replace them. */
+struct outcome {
+  sqz_status status;
+  char *message; /* malloc'ed, may be NULL */
+  int64_t required_kib, free_kib;
+  int32_t *domids; /* malloc'ed, n_domids entries */
+  size_t n_domids;
+};
+
+/* Runs without the runtime lock: touches no OCaml value. */
+static void collect(struct outcome *o, sqz_status status) {
+  memset(o, 0, sizeof *o);
+  o->status = status;
+  if (status == SQZ_OK)
+    return;
+  {
+    const char *msg = sqz_last_error_message();
+    o->message = strdup(msg ? msg : "");
+  }
+  if (status == SQZ_ERR_CANNOT_FREE_THIS_MUCH_MEMORY &&
+      sqz_last_error_cannot_free(&o->required_kib, &o->free_kib) != SQZ_OK) {
+    o->required_kib = -1;
+    o->free_kib = -1;
+  }
+  if (status == SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE) {
+    size_t n = sqz_last_error_domids(NULL, 0);
+    if (n > 0) {
+      o->domids = malloc(n * sizeof *o->domids);
+      n = o->domids ? sqz_last_error_domids(o->domids, n) : 0;
+    }
+    o->n_domids = n;
+  }
+}
+
+/* Builds the reply for [o] with the lock held, [payload] being the result when it succeeded,
+   and releases [o]'s memory. */
+static value reply_of(struct outcome *o, value payload) {
+  CAMLparam1(payload);
+  CAMLlocal5(reply, msg, req, fr, ids);
+  size_t i;
+  if (o->status == SQZ_OK) {
+    reply = caml_alloc(1, REPLY_DONE);
+    Store_field(reply, 0, payload);
+  } else {
+    msg = caml_copy_string(o->message ? o->message : "out of memory while reporting an error");
+    req = caml_copy_int64(o->required_kib);
+    fr = caml_copy_int64(o->free_kib);
+    ids = caml_alloc(o->n_domids, 0);
+    for (i = 0; i < o->n_domids; i++)
+      Store_field(ids, i, Val_int(o->domids[i]));
+    reply = caml_alloc(5, REPLY_FAILED);
+    Store_field(reply, 0, Val_int(o->status));
+    Store_field(reply, 1, msg);
+    Store_field(reply, 2, req);
+    Store_field(reply, 3, fr);
+    Store_field(reply, 4, ids);
+  }
+  free(o->message);
+  free(o->domids);
+  o->message = NULL;
+  o->domids = NULL;
+  CAMLreturn(reply);
+}
+
+/* A failure found before the library is called (an argument C cannot carry). */
+static value refuse(const char *message) {
+  struct outcome o;
+  memset(&o, 0, sizeof o);
+  o.status = SQZ_ERR_INVALID_ARGUMENT;
+  o.message = strdup(message);
+  return reply_of(&o, Val_unit);
+}
+
+/* A copy of an OCaml string for use without the lock, or NULL if it holds a NUL byte. */
+static char *c_string(value s) {
+  if (!caml_string_is_c_safe(s))
+    return NULL;
+  return caml_stat_strdup(String_val(s));
+}
+
+/* --- Fake host ----------------------------------------------------------------------------- */
+
+CAMLprim value sqz_ml_fake_new(value v_total, value v_xen, value v_dom0, value v_delay) {
+  CAMLparam4(v_total, v_xen, v_dom0, v_delay);
+  CAMLlocal1(handle);
+  sqz_fake_config cfg;
+  sqz_fake_host *f = NULL;
+  struct outcome o;
+  sqz_status st;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.struct_size = sizeof cfg;
+  cfg.total_kib = Int64_val(v_total);
+  cfg.xen_kib = Int64_val(v_xen);
+  cfg.dom0_kib = Int64_val(v_dom0);
+  cfg.boot_delay_s = Double_val(v_delay);
+  caml_enter_blocking_section();
+  st = sqz_fake_host_new(&cfg, &f);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  handle = Val_unit;
+  if (st == SQZ_OK)
+    handle = wrap(&fake_ops, f);
+  CAMLreturn(reply_of(&o, handle));
+}
+
+CAMLprim value sqz_ml_fake_create_domain(value v_fake, value v_target, value v_min,
+                                         value v_max, value v_offset, value v_rate) {
+  CAMLparam5(v_fake, v_target, v_min, v_max, v_offset);
+  CAMLxparam1(v_rate);
+  sqz_fake_guest g;
+  sqz_fake_host *f = Fake_val(v_fake);
+  int32_t domid = -1;
+  struct outcome o;
+  sqz_status st;
+  memset(&g, 0, sizeof g);
+  g.struct_size = sizeof g;
+  g.target_kib = Int64_val(v_target);
+  g.dynamic_min_kib = Int64_val(v_min);
+  g.dynamic_max_kib = Int64_val(v_max);
+  g.offset_kib = Int64_val(v_offset);
+  g.behaviour.kind = SQZ_BEHAVIOUR_IDEAL;
+  g.behaviour.rate_kib_per_s = Int64_val(v_rate);
+  caml_enter_blocking_section();
+  st = sqz_fake_host_create_domain(f, &g, sizeof g, &domid);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  CAMLreturn(reply_of(&o, Val_int(domid)));
+}
+
+CAMLprim value sqz_ml_fake_create_domain_bc(value *argv, int argn) {
+  (void)argn;
+  return sqz_ml_fake_create_domain(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5]);
+}
+
+enum fake_op { FAKE_BUILD, FAKE_UNPAUSE, FAKE_ADVANCE, FAKE_FREE_MEM };
+
+static value fake_call(value v_fake, enum fake_op op, int32_t domid, int64_t kib,
+                       double seconds) {
+  CAMLparam1(v_fake);
+  CAMLlocal1(payload);
+  sqz_fake_host *f = Fake_val(v_fake);
+  int64_t out = 0;
+  struct outcome o;
+  sqz_status st = SQZ_OK;
+  caml_enter_blocking_section();
+  switch (op) {
+  case FAKE_BUILD:
+    st = sqz_fake_host_build_domain(f, domid, kib);
+    break;
+  case FAKE_UNPAUSE:
+    st = sqz_fake_host_unpause(f, domid);
+    break;
+  case FAKE_ADVANCE:
+    st = sqz_fake_host_advance(f, seconds);
+    break;
+  case FAKE_FREE_MEM:
+    st = sqz_fake_host_free_mem(f, &out);
+    break;
+  }
+  collect(&o, st);
+  caml_leave_blocking_section();
+  payload = op == FAKE_FREE_MEM ? caml_copy_int64(out) : Val_unit;
+  CAMLreturn(reply_of(&o, payload));
+}
+
+/* Domids are checked to fit in 32 bits on the OCaml side. */
+CAMLprim value sqz_ml_fake_build(value v_fake, value v_domid, value v_kib) {
+  CAMLparam3(v_fake, v_domid, v_kib);
+  CAMLreturn(fake_call(v_fake, FAKE_BUILD, (int32_t)Long_val(v_domid), Int64_val(v_kib), 0));
+}
+
+CAMLprim value sqz_ml_fake_unpause(value v_fake, value v_domid) {
+  CAMLparam2(v_fake, v_domid);
+  CAMLreturn(fake_call(v_fake, FAKE_UNPAUSE, (int32_t)Long_val(v_domid), 0, 0));
+}
+
+CAMLprim value sqz_ml_fake_advance(value v_fake, value v_seconds) {
+  CAMLparam2(v_fake, v_seconds);
+  CAMLreturn(fake_call(v_fake, FAKE_ADVANCE, 0, 0, Double_val(v_seconds)));
+}
+
+CAMLprim value sqz_ml_fake_free_mem(value v_fake) {
+  CAMLparam1(v_fake);
+  CAMLreturn(fake_call(v_fake, FAKE_FREE_MEM, 0, 0, 0));
+}
+
+/* Replies {tot_kib; max_kib; booted} (Squeeze_memory.Fake_host.domain). */
+CAMLprim value sqz_ml_fake_domain(value v_fake, value v_domid) {
+  CAMLparam2(v_fake, v_domid);
+  CAMLlocal3(rec, tot, max);
+  sqz_fake_host *f = Fake_val(v_fake);
+  int32_t domid = (int32_t)Long_val(v_domid);
+  sqz_fake_domain d;
+  struct outcome o;
+  sqz_status st;
+  memset(&d, 0, sizeof d);
+  caml_enter_blocking_section();
+  st = sqz_fake_host_domain(f, domid, &d);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  tot = caml_copy_int64(d.tot_kib);
+  max = caml_copy_int64(d.max_kib);
+  rec = caml_alloc_tuple(3);
+  Store_field(rec, 0, tot);
+  Store_field(rec, 1, max);
+  Store_field(rec, 2, Val_bool(d.booted));
+  CAMLreturn(reply_of(&o, rec));
+}
+
+/* --- Service ------------------------------------------------------------------------------- */
+
+/* [slush] is an int64 option, the paths string options. */
+CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock,
+                                       value v_record) {
+  CAMLparam4(v_fake, v_slush, v_lock, v_record);
+  CAMLlocal1(handle);
+  sqz_fake_host *f = Fake_val(v_fake);
+  sqz_service_config *cfg = NULL;
+  sqz_service *s = NULL;
+  char *lock = NULL, *record = NULL;
+  int has_slush = Is_block(v_slush);
+  int64_t slush = has_slush ? Int64_val(Field(v_slush, 0)) : 0;
+  struct outcome o;
+  sqz_status st;
+  if (Is_block(v_lock) && (lock = c_string(Field(v_lock, 0))) == NULL)
+    CAMLreturn(refuse("lock path contains a NUL byte"));
+  if (Is_block(v_record) && (record = c_string(Field(v_record, 0))) == NULL) {
+    caml_stat_free(lock);
+    CAMLreturn(refuse("boot-time record path contains a NUL byte"));
+  }
+  caml_enter_blocking_section();
+  st = sqz_service_config_new(&cfg);
+  if (st == SQZ_OK && has_slush)
+    st = sqz_service_config_set_slush(cfg, slush);
+  if (st == SQZ_OK && lock)
+    st = sqz_service_config_set_lock_path(cfg, lock);
+  if (st == SQZ_OK && record)
+    st = sqz_service_config_set_boot_time_record_path(cfg, record);
+  if (st == SQZ_OK)
+    st = sqz_service_new_fake(f, cfg, &s);
+  collect(&o, st);
+  sqz_service_config_free(cfg);
+  caml_leave_blocking_section();
+  caml_stat_free(lock);
+  caml_stat_free(record);
+  handle = Val_unit;
+  if (st == SQZ_OK)
+    handle = wrap(&service_ops, s);
+  CAMLreturn(reply_of(&o, handle));
+}
+
+CAMLprim value sqz_ml_login(value v_s, value v_name) {
+  CAMLparam2(v_s, v_name);
+  sqz_service *s = Service_val(v_s);
+  char *name = c_string(v_name);
+  struct outcome o;
+  sqz_status st;
+  if (name == NULL)
+    CAMLreturn(refuse("service name contains a NUL byte"));
+  caml_enter_blocking_section();
+  st = sqz_login(s, name);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  caml_stat_free(name);
+  CAMLreturn(reply_of(&o, Val_unit));
+}
+
+/* reserve_memory when [v_max] is None, reserve_memory_range otherwise; replies (id, kib). */
+CAMLprim value sqz_ml_reserve(value v_s, value v_session, value v_min, value v_max) {
+  CAMLparam4(v_s, v_session, v_min, v_max);
+  CAMLlocal3(id, kib, pair);
+  sqz_service *s = Service_val(v_s);
+  char *session = c_string(v_session);
+  char buf[SQZ_RESERVATION_ID_SIZE];
+  int64_t min = Int64_val(v_min);
+  int ranged = Is_block(v_max);
+  int64_t max = ranged ? Int64_val(Field(v_max, 0)) : 0;
+  int64_t reserved = min;
+  struct outcome o;
+  sqz_status st;
+  if (session == NULL)
+    CAMLreturn(refuse("session contains a NUL byte"));
+  memset(buf, 0, sizeof buf);
+  caml_enter_blocking_section();
+  if (ranged)
+    st = sqz_reserve_memory_range(s, session, min, max, buf, &reserved);
+  else
+    st = sqz_reserve_memory(s, session, min, buf);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  caml_stat_free(session);
+  buf[sizeof buf - 1] = '\0';
+  id = caml_copy_string(buf);
+  kib = caml_copy_int64(reserved);
+  pair = caml_alloc_tuple(2);
+  Store_field(pair, 0, id);
+  Store_field(pair, 1, kib);
+  CAMLreturn(reply_of(&o, pair));
+}
+
+/* transfer when [v_domid] is Some, delete otherwise. */
+CAMLprim value sqz_ml_reservation(value v_s, value v_session, value v_id, value v_domid) {
+  CAMLparam4(v_s, v_session, v_id, v_domid);
+  sqz_service *s = Service_val(v_s);
+  char *session = c_string(v_session);
+  char *id = c_string(v_id);
+  int transfer = Is_block(v_domid);
+  int32_t domid = transfer ? (int32_t)Long_val(Field(v_domid, 0)) : 0;
+  struct outcome o;
+  sqz_status st;
+  if (session == NULL || id == NULL) {
+    caml_stat_free(session);
+    caml_stat_free(id);
+    CAMLreturn(refuse("session or reservation id contains a NUL byte"));
+  }
+  caml_enter_blocking_section();
+  if (transfer)
+    st = sqz_transfer_reservation_to_domain(s, session, id, domid);
+  else
+    st = sqz_delete_reservation(s, session, id);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  caml_stat_free(session);
+  caml_stat_free(id);
+  CAMLreturn(reply_of(&o, Val_unit));
+}
+
+CAMLprim value sqz_ml_query_reservation(value v_s, value v_session, value v_domid) {
+  CAMLparam3(v_s, v_session, v_domid);
+  CAMLlocal1(id);
+  sqz_service *s = Service_val(v_s);
+  char *session = c_string(v_session);
+  int32_t domid = (int32_t)Long_val(v_domid);
+  char buf[SQZ_RESERVATION_ID_SIZE];
+  struct outcome o;
+  sqz_status st;
+  if (session == NULL)
+    CAMLreturn(refuse("session contains a NUL byte"));
+  memset(buf, 0, sizeof buf);
+  caml_enter_blocking_section();
+  st = sqz_query_reservation_of_domain(s, session, domid, buf);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  caml_stat_free(session);
+  buf[sizeof buf - 1] = '\0';
+  id = caml_copy_string(buf);
+  CAMLreturn(reply_of(&o, id));
+}
+
+enum host_op { HOST_BALANCE, HOST_RESERVED, HOST_INITIAL_FREE };
+
+static value host_call(value v_s, enum host_op op) {
+  CAMLparam1(v_s);
+  CAMLlocal1(payload);
+  sqz_service *s = Service_val(v_s);
+  int64_t out = 0;
+  struct outcome o;
+  sqz_status st = SQZ_OK;
+  caml_enter_blocking_section();
+  switch (op) {
+  case HOST_BALANCE:
+    st = sqz_service_balance_memory(s);
+    break;
+  case HOST_RESERVED:
+    st = sqz_get_host_reserved_memory(s, &out);
+    break;
+  case HOST_INITIAL_FREE:
+    st = sqz_get_host_initial_free_memory(s, &out);
+    break;
+  }
+  collect(&o, st);
+  caml_leave_blocking_section();
+  payload = op == HOST_BALANCE ? Val_unit : caml_copy_int64(out);
+  CAMLreturn(reply_of(&o, payload));
+}
+
+CAMLprim value sqz_ml_service_balance_memory(value v_s) {
+  CAMLparam1(v_s);
+  CAMLreturn(host_call(v_s, HOST_BALANCE));
+}
+
+CAMLprim value sqz_ml_get_host_reserved_memory(value v_s) {
+  CAMLparam1(v_s);
+  CAMLreturn(host_call(v_s, HOST_RESERVED));
+}
+
+CAMLprim value sqz_ml_get_host_initial_free_memory(value v_s) {
+  CAMLparam1(v_s);
+  CAMLreturn(host_call(v_s, HOST_INITIAL_FREE));
+}
+
+CAMLprim value sqz_ml_get_diagnostics(value v_s) {
+  CAMLparam1(v_s);
+  CAMLlocal1(text);
+  sqz_service *s = Service_val(v_s);
+  char *buf = NULL;
+  size_t cap = 0, size = 0;
+  struct outcome o;
+  sqz_status st;
+  int tries;
+  caml_enter_blocking_section();
+  /* Ask the size, then fetch; the document may grow in between, so ask again a few times. */
+  st = sqz_get_diagnostics(s, NULL, 0, &size);
+  for (tries = 0; tries < 8 && (st == SQZ_OK || st == SQZ_ERR_BUFFER_TOO_SMALL); tries++) {
+    char *bigger;
+    cap = size + 4096;
+    bigger = realloc(buf, cap);
+    if (bigger == NULL) {
+      st = SQZ_ERR_INTERNAL;
+      break;
+    }
+    buf = bigger;
+    st = sqz_get_diagnostics(s, buf, cap, &size);
+    if (st == SQZ_OK)
+      break;
+  }
+  collect(&o, st);
+  if (st == SQZ_ERR_INTERNAL && buf == NULL) {
+    free(o.message);
+    o.message = strdup("out of memory for the diagnostics");
+  }
+  caml_leave_blocking_section();
+  text = caml_copy_string(st == SQZ_OK && buf ? buf : "");
+  free(buf);
+  CAMLreturn(reply_of(&o, text));
+}
