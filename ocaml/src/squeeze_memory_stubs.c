@@ -6,7 +6,10 @@
  * last-error details into C memory while still on the same thread, takes the lock back and
  * builds a reply: [Done v] or [Failed (status, message, required, free, domids)]. The OCaml
  * side turns a failure into squeezed's exception. These calls take no OCaml callbacks, so no
- * OCaml code runs while the lock is released.
+ * OCaml code runs while the lock is released. The lock is released with
+ * caml_enter_blocking_section_no_pending, which runs no OCaml signal handler (one may raise):
+ * nothing can then unwind past the C strings a stub has allocated. Pending signals are
+ * handled at the next OCaml poll point.
  *
  * Services and fake hosts are custom blocks whose finaliser releases the library handle. A
  * stub keeps its custom block registered as a root for the whole call, so the finaliser can
@@ -158,7 +161,7 @@ CAMLprim value sqz_ml_fake_new(value v_total, value v_xen, value v_dom0, value v
   cfg.xen_kib = Int64_val(v_xen);
   cfg.dom0_kib = Int64_val(v_dom0);
   cfg.boot_delay_s = Double_val(v_delay);
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   st = sqz_fake_host_new(&cfg, &f);
   collect(&o, st);
   caml_leave_blocking_section();
@@ -185,7 +188,7 @@ CAMLprim value sqz_ml_fake_create_domain(value v_fake, value v_target, value v_m
   g.offset_kib = Int64_val(v_offset);
   g.behaviour.kind = SQZ_BEHAVIOUR_IDEAL;
   g.behaviour.rate_kib_per_s = Int64_val(v_rate);
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   st = sqz_fake_host_create_domain(f, &g, sizeof g, &domid);
   collect(&o, st);
   caml_leave_blocking_section();
@@ -207,7 +210,7 @@ static value fake_call(value v_fake, enum fake_op op, int32_t domid, int64_t kib
   int64_t out = 0;
   struct outcome o;
   sqz_status st = SQZ_OK;
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   switch (op) {
   case FAKE_BUILD:
     st = sqz_fake_host_build_domain(f, domid, kib);
@@ -259,7 +262,7 @@ CAMLprim value sqz_ml_fake_domain(value v_fake, value v_domid) {
   struct outcome o;
   sqz_status st;
   memset(&d, 0, sizeof d);
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   st = sqz_fake_host_domain(f, domid, &d);
   collect(&o, st);
   caml_leave_blocking_section();
@@ -293,7 +296,7 @@ CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock
     caml_stat_free(lock);
     CAMLreturn(refuse("boot-time record path contains a NUL byte"));
   }
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   st = sqz_service_config_new(&cfg);
   if (st == SQZ_OK && has_slush)
     st = sqz_service_config_set_slush(cfg, slush);
@@ -322,7 +325,7 @@ CAMLprim value sqz_ml_login(value v_s, value v_name) {
   sqz_status st;
   if (name == NULL)
     CAMLreturn(refuse("service name contains a NUL byte"));
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   st = sqz_login(s, name);
   collect(&o, st);
   caml_leave_blocking_section();
@@ -346,7 +349,7 @@ CAMLprim value sqz_ml_reserve(value v_s, value v_session, value v_min, value v_m
   if (session == NULL)
     CAMLreturn(refuse("session contains a NUL byte"));
   memset(buf, 0, sizeof buf);
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   if (ranged)
     st = sqz_reserve_memory_range(s, session, min, max, buf, &reserved);
   else
@@ -378,7 +381,7 @@ CAMLprim value sqz_ml_reservation(value v_s, value v_session, value v_id, value 
     caml_stat_free(id);
     CAMLreturn(refuse("session or reservation id contains a NUL byte"));
   }
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   if (transfer)
     st = sqz_transfer_reservation_to_domain(s, session, id, domid);
   else
@@ -402,7 +405,7 @@ CAMLprim value sqz_ml_query_reservation(value v_s, value v_session, value v_domi
   if (session == NULL)
     CAMLreturn(refuse("session contains a NUL byte"));
   memset(buf, 0, sizeof buf);
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   st = sqz_query_reservation_of_domain(s, session, domid, buf);
   collect(&o, st);
   caml_leave_blocking_section();
@@ -421,7 +424,7 @@ static value host_call(value v_s, enum host_op op) {
   int64_t out = 0;
   struct outcome o;
   sqz_status st = SQZ_OK;
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   switch (op) {
   case HOST_BALANCE:
     st = sqz_service_balance_memory(s);
@@ -463,7 +466,7 @@ CAMLprim value sqz_ml_get_diagnostics(value v_s) {
   struct outcome o;
   sqz_status st;
   int tries;
-  caml_enter_blocking_section();
+  caml_enter_blocking_section_no_pending();
   /* Ask the size, then fetch; the document may grow in between, so ask again a few times. */
   st = sqz_get_diagnostics(s, NULL, 0, &size);
   for (tries = 0; tries < 8 && (st == SQZ_OK || st == SQZ_ERR_BUFFER_TOO_SMALL); tries++) {
