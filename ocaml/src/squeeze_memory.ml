@@ -82,7 +82,8 @@ module Fake_host = struct
 
   external stub_new : int64 -> int64 -> int64 -> float -> t reply = "sqz_ml_fake_new"
 
-  external stub_create_domain : t -> int64 -> int64 -> int64 -> int64 -> int64 -> int reply
+  external stub_create_domain :
+    t -> int64 -> int64 -> int64 -> int64 -> int64 -> bool -> int reply
     = "sqz_ml_fake_create_domain_bc" "sqz_ml_fake_create_domain"
 
   external stub_build : t -> int -> int64 -> unit reply = "sqz_ml_fake_build"
@@ -100,10 +101,11 @@ module Fake_host = struct
   let create ?(boot_delay_s = 0.) ~total_kib ~xen_kib ~dom0_kib () =
     get_fake "create" (stub_new total_kib xen_kib dom0_kib boot_delay_s)
 
-  let create_domain t ?(offset_kib = 0L) ?(rate_kib_per_s = 1_048_576L) ~target_kib
-      ~dynamic_min_kib ~dynamic_max_kib () =
+  let create_domain t ?(offset_kib = 0L) ?(rate_kib_per_s = 1_048_576L) ?(stuck = false)
+      ~target_kib ~dynamic_min_kib ~dynamic_max_kib () =
     get_fake "create_domain"
-      (stub_create_domain t target_kib dynamic_min_kib dynamic_max_kib offset_kib rate_kib_per_s)
+      (stub_create_domain t target_kib dynamic_min_kib dynamic_max_kib offset_kib rate_kib_per_s
+         stuck)
 
   let build_domain t domid kib =
     check_domid "Fake_host.build_domain" domid ;

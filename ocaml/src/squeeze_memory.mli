@@ -44,6 +44,7 @@ module Fake_host : sig
     t ->
     ?offset_kib:int64 ->
     ?rate_kib_per_s:int64 ->
+    ?stuck:bool ->
     target_kib:int64 ->
     dynamic_min_kib:int64 ->
     dynamic_max_kib:int64 ->
@@ -51,7 +52,8 @@ module Fake_host : sig
     int
   (** Creates a paused domain with no memory yet, writing its balloon range to the store as a
       toolstack does, and returns its domid. [offset_kib] (default 0) is memory it holds
-      beyond its target; [rate_kib_per_s] (default 1 GiB/s) its balloon speed. *)
+      beyond its target; [rate_kib_per_s] (default 1 GiB/s) its balloon speed; with [stuck]
+      (default false) its balloon driver comes up but never moves. *)
 
   val build_domain : t -> int -> int64 -> unit
   (** [build_domain h domid kib] allocates [kib] to the domain, as the domain builder does.

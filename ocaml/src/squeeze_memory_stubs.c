@@ -171,10 +171,12 @@ CAMLprim value sqz_ml_fake_new(value v_total, value v_xen, value v_dom0, value v
   CAMLreturn(reply_of(&o, handle));
 }
 
+/* [v_stuck]: the balloon driver never moves (to test Domains_refused_to_cooperate). */
 CAMLprim value sqz_ml_fake_create_domain(value v_fake, value v_target, value v_min,
-                                         value v_max, value v_offset, value v_rate) {
+                                         value v_max, value v_offset, value v_rate,
+                                         value v_stuck) {
   CAMLparam5(v_fake, v_target, v_min, v_max, v_offset);
-  CAMLxparam1(v_rate);
+  CAMLxparam2(v_rate, v_stuck);
   sqz_fake_guest g;
   sqz_fake_host *f = Fake_val(v_fake);
   int32_t domid = -1;
@@ -186,7 +188,7 @@ CAMLprim value sqz_ml_fake_create_domain(value v_fake, value v_target, value v_m
   g.dynamic_min_kib = Int64_val(v_min);
   g.dynamic_max_kib = Int64_val(v_max);
   g.offset_kib = Int64_val(v_offset);
-  g.behaviour.kind = SQZ_BEHAVIOUR_IDEAL;
+  g.behaviour.kind = Bool_val(v_stuck) ? SQZ_BEHAVIOUR_STUCK : SQZ_BEHAVIOUR_IDEAL;
   g.behaviour.rate_kib_per_s = Int64_val(v_rate);
   caml_enter_blocking_section_no_pending();
   st = sqz_fake_host_create_domain(f, &g, sizeof g, &domid);
@@ -197,7 +199,8 @@ CAMLprim value sqz_ml_fake_create_domain(value v_fake, value v_target, value v_m
 
 CAMLprim value sqz_ml_fake_create_domain_bc(value *argv, int argn) {
   (void)argn;
-  return sqz_ml_fake_create_domain(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5]);
+  return sqz_ml_fake_create_domain(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5],
+                                   argv[6]);
 }
 
 enum fake_op { FAKE_BUILD, FAKE_UNPAUSE, FAKE_ADVANCE, FAKE_FREE_MEM };

@@ -114,6 +114,25 @@ let failure_flow () =
       transfer_reservation_to_domain s session id 77) ;
   delete_reservation s session id
 
+let stuck_guest () =
+  let host, s = setup () in
+  (* A 4 GiB guest that could shrink to 1 GiB but whose balloon never moves: 2.75 GiB free. *)
+  let stuck =
+    Fake_host.create_domain host ~stuck:true ~target_kib:(4L * gib) ~dynamic_min_kib:gib
+      ~dynamic_max_kib:(4L * gib) ()
+  in
+  Fake_host.build_domain host stuck (4L * gib) ;
+  Fake_host.unpause host stuck ;
+  Fake_host.advance host 2.0 ;
+  let session = login s "xenopsd" in
+  (* 4 GiB would fit with the guest at its dynamic-min, but it does not give any up. *)
+  memory_error ~what:"reserve 4 GiB" (Domains_refused_to_cooperate [stuck]) (fun () ->
+      reserve_memory s session (4L * gib)) ;
+  Check.int64 ~what:"the stuck guest kept its memory" (4L * gib)
+    (Fake_host.domain host stuck).Fake_host.tot_kib ;
+  (* Nothing was kept by the failure: what is free net of the slush can still be had. *)
+  ignore (reserve_memory s session ((2L * gib) + (768L * mib) - slush))
+
 let bad_input () =
   let _host, s = setup () in
   let session = login s "xl" in
@@ -154,5 +173,6 @@ let () =
     [
       ("xenopsd flow: login, reserve a range, transfer, query, delete", xenopsd_flow)
     ; ("asking for more than the host has is Cannot_free_this_much_memory", failure_flow)
+    ; ("a stuck guest is Domains_refused_to_cooperate naming it", stuck_guest)
     ; ("bad input gets squeezed's errors and reserves nothing", bad_input)
     ]
