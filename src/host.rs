@@ -426,10 +426,9 @@ impl HostModel {
 
         // Let the scrubber finish so targets are not moved just because it is slow.
         let started = clock.now();
-        let mut phys = hv.physinfo()?;
-        while phys.scrub_pages >= 1024 && clock.now() - started < self.config.scrub_wait_s {
+        while hv.physinfo()?.scrub_pages >= 1024 && clock.now() - started < self.config.scrub_wait_s
+        {
             clock.sleep(0.25);
-            phys = hv.physinfo()?;
         }
 
         let infos = hv.domains()?;
@@ -523,11 +522,14 @@ impl HostModel {
                     Err(e) => warn!("cannot cancel the claim of domain {domid}: {e}"),
                 }
             }
-            if !just_booted_with_claim.is_empty() {
-                phys = hv.physinfo()?;
-            }
         }
 
+        // Host free memory is read only now, after every domain's allocation and keys. Domain
+        // builders do not take the host lock, so memory can move from free to a domain at any
+        // moment of this look: read in this order, such memory is counted twice (still owed by
+        // the domain and no longer free), which is safe. Read the other way round it would be
+        // counted as free and as no longer owed, and could be promised to someone else.
+        let phys = hv.physinfo()?;
         let reserved = reservations::unbacked_kib(&ledger, &alive)?;
         let page_kib = |p: u64| pages::to_kib(p);
         let xen_free = page_kib(phys.free_pages)?;

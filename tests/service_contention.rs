@@ -2,13 +2,23 @@
 //! build and delete against one fake host. The fake referees every single change to the host
 //! (guests + unbacked reservations + what unbooted domains are owed + slush <= host memory),
 //! and the test also samples the books from outside while the workers run.
+//!
+//! The toolstack builds domains without the host lock, so a domain's memory may move from
+//! "free" to "allocated" in the middle of the service's look at the host; a deterministic test
+//! below puts that allocation between every pair of hypervisor calls one balancing pass makes.
 
 mod common;
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use common::*;
+use parking_lot::Mutex;
 use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
+use squeeze::platform::{DomainInfo, Hypervisor, PhysInfo, Platform};
+use squeeze::service::Service;
+use squeeze::{DomId, Kib};
 
 const BIN: &str = env!("CARGO_BIN_EXE_squeeze-fake");
 const PROCESSES: usize = 2;
@@ -107,4 +117,130 @@ fn processes_and_threads_never_promise_the_same_memory_twice() {
     let b = books(&snap);
     assert_eq!((b.reserved, b.unallocated), (0, 0));
     assert_eq!(fake.snapshot().unwrap().domains.len(), 3);
+}
+
+/// The fake's hypervisor, with a domain builder that runs just before the `at`-th hypervisor
+/// call the service makes (counting from 0), as a concurrent `xl create` would.
+struct BuilderRacingTheLook {
+    fake: FakeHost,
+    calls: AtomicUsize,
+    at: usize,
+    build: Mutex<Option<(DomId, Kib)>>,
+}
+
+impl BuilderRacingTheLook {
+    fn step(&self) -> squeeze::Result<()> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == self.at {
+            if let Some((domid, kib)) = self.build.lock().take() {
+                self.fake.build_domain(domid, kib)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Hypervisor for BuilderRacingTheLook {
+    fn domains(&self) -> squeeze::Result<Vec<DomainInfo>> {
+        self.step()?;
+        self.fake.domains()
+    }
+    fn domain(&self, domid: DomId) -> squeeze::Result<Option<DomainInfo>> {
+        self.step()?;
+        Hypervisor::domain(&self.fake, domid)
+    }
+    fn physinfo(&self) -> squeeze::Result<PhysInfo> {
+        self.step()?;
+        self.fake.physinfo()
+    }
+    fn shadow_allocation_mib(&self, domid: DomId) -> squeeze::Result<u64> {
+        self.step()?;
+        self.fake.shadow_allocation_mib(domid)
+    }
+    fn set_maxmem_kib(&self, domid: DomId, kib: Kib) -> squeeze::Result<()> {
+        self.step()?;
+        self.fake.set_maxmem_kib(domid, kib)
+    }
+    fn claim_pages(&self, domid: DomId, pages: u64) -> squeeze::Result<()> {
+        self.step()?;
+        self.fake.claim_pages(domid, pages)
+    }
+}
+
+/// A balanced 4 GiB host (1 GiB domain 0) with a guest of 512 MiB..1.5 GiB and a 1.5 GiB
+/// domain that has its reservation but is not built yet; a service whose hypervisor builds
+/// that domain just before its `at`-th call. Returns the service, the racing hypervisor, the
+/// fake, the guest and the directory holding the lock file.
+fn balanced_host_with_a_domain_about_to_be_built(
+    at: usize,
+) -> (
+    Service,
+    Arc<BuilderRacingTheLook>,
+    FakeHost,
+    DomId,
+    tempfile::TempDir,
+) {
+    let (dir, fake, setup_service) = setup(small_host());
+    let guest = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, 1536 * MIB));
+    // 1.5 GiB free; reserving 1.5 GiB + the 72 MiB slush shrinks the guest to 1464 MiB.
+    let id = setup_service.reserve_memory("xl-1", 1536 * MIB).unwrap();
+    let domid = fake.create_domain(GuestSpec::fixed(1536 * MIB)).unwrap();
+    setup_service
+        .transfer_reservation_to_domain("xl-1", &id, domid)
+        .unwrap();
+    let free = books(&fake.snapshot().unwrap()).free();
+    assert!((SLUSH..SLUSH + 512).contains(&free), "{free} KiB free");
+
+    let hv = Arc::new(BuilderRacingTheLook {
+        fake: fake.clone(),
+        calls: AtomicUsize::new(0),
+        at,
+        build: Mutex::new(Some((domid, 1536 * MIB))),
+    });
+    let platform = Platform {
+        hypervisor: hv.clone(),
+        ..fake.platform()
+    };
+    let service = Service::new(platform, config(dir.path())).unwrap();
+    (service, hv, fake, guest, dir)
+}
+
+#[test]
+fn a_domain_built_while_the_host_is_looked_at_is_never_taken_for_free_memory() {
+    // How many hypervisor calls one balancing pass makes when nothing races it.
+    let (service, hv, fake, guest, _dir) =
+        balanced_host_with_a_domain_about_to_be_built(usize::MAX);
+    let settled = fake.domain(guest).unwrap().unwrap().tot_kib();
+    service.balance_memory().unwrap();
+    let calls = hv.calls.load(Ordering::SeqCst);
+    assert!(calls >= 2, "a pass reads the hypervisor more than once");
+
+    for at in 0..calls {
+        let (service, hv, fake, guest, _dir) = balanced_host_with_a_domain_about_to_be_built(at);
+        service.balance_memory().unwrap();
+        assert!(
+            hv.build.lock().is_none(),
+            "the domain was built during the pass"
+        );
+        // Only the slush was free all along: had a look taken the 1.5 GiB being built for
+        // free memory, the guest would have been grown into the new domain's memory.
+        let s = fake.snapshot().unwrap();
+        assert!(
+            s.violations.is_empty(),
+            "domain built before call {at} of {calls}: {:?}",
+            s.violations
+        );
+        // The guest never grew; a look that counted the new domain's memory twice (safe) may
+        // have squeezed it for a moment, and the pass balanced it back to within the 512 KiB
+        // tolerance above the slush.
+        let tot = fake.domain(guest).unwrap().unwrap().tot_kib();
+        assert!(
+            tot <= settled,
+            "build before call {at}: guest grew to {tot} KiB"
+        );
+        let free = books(&s).free();
+        assert!(
+            (SLUSH..SLUSH + 512).contains(&free),
+            "build before call {at}: {free} KiB free after balancing"
+        );
+    }
 }
