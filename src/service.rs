@@ -20,6 +20,8 @@ use std::time::Duration;
 use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex};
 
+use crate::adaptive::{AdaptiveOptions, Cooperation};
+use crate::balancer::Policy;
 use crate::driver;
 use crate::error::{Error, Result};
 use crate::host::{HostConfig, HostModel, HostView};
@@ -55,6 +57,11 @@ pub struct ServiceConfig {
     pub boot_time_interval_s: f64,
     /// Seconds between two checks of the background balancer.
     pub balance_interval_s: f64,
+    /// Which algorithm decides: squeezed's (a fresh squeezer per call, as squeezed runs it)
+    /// or the adaptive one (one instance per service, learning across calls).
+    pub policy: Policy,
+    /// The adaptive algorithm's settings (used with [`Policy::Adaptive`]).
+    pub adaptive: AdaptiveOptions,
 }
 
 impl Default for ServiceConfig {
@@ -67,6 +74,8 @@ impl Default for ServiceConfig {
             boot_time_samples: 3,
             boot_time_interval_s: 1.0,
             balance_interval_s: DEFAULT_BALANCE_INTERVAL_S,
+            policy: Policy::Classic,
+            adaptive: AdaptiveOptions::default(),
         }
     }
 }
@@ -115,6 +124,8 @@ struct Inner {
     config: ServiceConfig,
     layout: Layout,
     balancer: Mutex<Option<Balancer>>,
+    /// The adaptive algorithm's state, kept across calls (None with the classic policy).
+    learner: Mutex<Option<crate::balancer::Balancer>>,
     fault_hook: Mutex<Option<FaultHook>>,
     balancing_passes: std::sync::atomic::AtomicU64,
 }
@@ -185,12 +196,23 @@ impl Service {
         config.validate()?;
         let layout = config.host.layout.clone();
         let model = HostModel::new(platform, config.host.clone())?;
+        // The adaptive algorithm keeps its state for the life of the service; checking it here
+        // also refuses bad adaptive settings up front.
+        let learner = match config.policy {
+            Policy::Classic => None,
+            Policy::Adaptive => Some(crate::balancer::Balancer::new(
+                Policy::Adaptive,
+                &config.options,
+                config.adaptive,
+            )?),
+        };
         Ok(Service {
             inner: Arc::new(Inner {
                 model: Mutex::new(model),
                 config,
                 layout,
                 balancer: Mutex::new(None),
+                learner: Mutex::new(learner),
                 fault_hook: Mutex::new(None),
                 balancing_passes: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -248,18 +270,43 @@ impl Service {
         Ok(service_name.to_string())
     }
 
+    /// Runs `f` with the algorithm that decides: a fresh classic squeezer for every call, as
+    /// squeezed does, or the service's one adaptive instance. Called under the host lock, the
+    /// only place the adaptive instance is locked.
+    fn decide<T>(&self, f: impl FnOnce(&mut crate::balancer::Balancer) -> Result<T>) -> Result<T> {
+        let c = &self.inner.config;
+        let mut learner = self.inner.learner.lock();
+        match learner.as_mut() {
+            Some(b) => f(b),
+            None => f(&mut crate::balancer::Balancer::new(
+                c.policy, &c.options, c.adaptive,
+            )?),
+        }
+    }
+
+    /// How `domid`'s balloon driver has been cooperating, as the adaptive algorithm has seen it
+    /// (None with the classic policy, which forgets between calls, or for a domain not seen).
+    pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {
+        self.inner
+            .learner
+            .lock()
+            .as_ref()
+            .and_then(|b| b.cooperation(domid))
+    }
+
     /// Frees `kib` KiB (ballooning domains down if needed) and sets it aside under a new
     /// reservation id.
     pub fn reserve_memory(&self, session: &str, kib: Kib) -> Result<String> {
         reservations::check_session(session)?;
         kib::check_size("reservation size", kib)?;
         let id = reservations::new_id();
-        let opts = self.inner.config.options;
         let slush = self.inner.config.host.slush_kib;
         self.with_host(|model| {
             let required = kib::add(kib, slush, "memory to free")?;
-            driver::change_host_free_memory(model, &opts, required, &mut |free| free >= required)
-                .map_err(|e| net_of_slush(e, slush))?;
+            self.decide(|b| {
+                b.change_host_free_memory(model, required, &mut |free| free >= required)
+            })
+            .map_err(|e| net_of_slush(e, slush))?;
             self.fault_point("reserve:freed");
             model.platform().store.transaction(&mut |t| {
                 reservations::add(t, &self.inner.layout, session, &id, kib)
@@ -289,10 +336,10 @@ impl Service {
             )));
         }
         let id = reservations::new_id();
-        let opts = self.inner.config.options;
         let slush = self.inner.config.host.slush_kib;
         let amount = self.with_host(|model| {
-            let amount = driver::free_memory_range(model, &opts, min_kib, max_kib)
+            let amount = self
+                .decide(|b| b.free_memory_range(model, min_kib, max_kib))
                 .map_err(|e| net_of_slush(e, slush))?;
             self.fault_point("reserve:freed");
             model.platform().store.transaction(&mut |t| {
@@ -377,8 +424,7 @@ impl Service {
 
     /// Hands free memory above the slush back to the domains.
     pub fn balance_memory(&self) -> Result<()> {
-        let opts = self.inner.config.options;
-        self.with_host(|model| driver::balance_memory(model, &opts))?;
+        self.with_host(|model| self.decide(|b| b.balance_memory(model)))?;
         self.inner.balancing_passes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -389,7 +435,7 @@ impl Service {
         let opts = self.inner.config.options;
         let balanced = self.with_host(|model| {
             if driver::is_host_memory_unbalanced(model, &opts)? {
-                driver::balance_memory(model, &opts)?;
+                self.decide(|b| b.balance_memory(model))?;
                 Ok(true)
             } else {
                 Ok(false)

@@ -481,3 +481,45 @@ fn a_guest_with_an_agent_but_no_balloon_driver_is_calibrated_and_left_alone() {
         Some(GIB.to_string())
     );
 }
+
+#[test]
+fn on_the_adaptive_policy_a_trickling_guest_does_not_hold_up_a_reservation() {
+    use squeeze::backend::fake::FakeHost;
+    use squeeze::service::Service;
+    use squeeze::Policy;
+    // A 4 GiB host with 1 GiB in domain 0, a guest of 512 MiB..1464 MiB at its top and one of
+    // 512 MiB..1.5 GiB at its top: only the 72 MiB slush is free. Guest 2 frees one 4 KiB page every 5 s, so squeezed's algorithm would wait on it
+    // forever (each page counts as progress); guest 1 alone can give the 512 MiB asked for.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(small_host()).unwrap();
+    let cfg = squeeze::service::ServiceConfig {
+        policy: Policy::Adaptive,
+        ..config(dir.path())
+    };
+    let service = Service::new(fake.platform(), cfg).unwrap();
+    let fast = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, 3 * GIB / 2 - SLUSH));
+    let trickler = booted_guest(
+        &fake,
+        GuestSpec {
+            behaviour: Behaviour::Trickle {
+                chunk_kib: 4,
+                period_s: 5.0,
+            },
+            ..GuestSpec::ballooning(512 * MIB, 3 * GIB / 2)
+        },
+    );
+    service.login("xenopsd").unwrap();
+    let t0 = fake.snapshot().unwrap().time;
+    let id = service.reserve_memory("xenopsd", 512 * MIB).unwrap();
+    let took = fake.snapshot().unwrap().time - t0;
+    assert!(took < 30.0, "took {took} s");
+    assert!(service
+        .cooperation(trickler)
+        .is_some_and(|c| c.score_s > 0.0));
+    assert!(service
+        .cooperation(fast)
+        .is_some_and(|c| c.concern.is_none()));
+    let snap = fake.snapshot().unwrap();
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
+    service.delete_reservation("xenopsd", &id).unwrap();
+}

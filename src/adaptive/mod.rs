@@ -409,10 +409,11 @@ impl Adaptive {
             let shares = plan::shares(&contributors, t_star);
             let mut wrote = false;
             for (d, share) in who.iter().zip(shares) {
-                // A driver may stop up to its inaccuracy short of a target, so ask for that much
-                // more; the capacity held back twice the inaccuracy, so this stays in range.
+                // A driver may stop up to its inaccuracy short of a target, and a real host
+                // rounds to whole pages on top, so ask for twice that much more; the capacity
+                // held back twice the inaccuracy, so this stays in range.
                 let ask = if share > 0 {
-                    share + d.inaccuracy_kib
+                    share + 2 * d.inaccuracy_kib
                 } else {
                     0
                 };

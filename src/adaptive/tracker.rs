@@ -238,7 +238,9 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge) {
             }
         };
         let toward = toward.max(0);
-        let remaining = (distance - d.inaccuracy_kib).max(0);
+        // A driver within twice its inaccuracy of the goal has nothing left to do: it may stop
+        // its inaccuracy short, and a real host rounds to whole pages on top.
+        let remaining = (distance - 2 * d.inaccuracy_kib).max(0);
         let sample = toward as f64 / dt;
         let still_asked = direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) == Some(dir);
         let rate = match dir {
