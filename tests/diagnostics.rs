@@ -96,7 +96,7 @@ fn the_document_of_a_busy_host_validates_against_the_schema_under_both_policies(
             .find(|x| x["domid"] == a)
             .unwrap();
         let target = da["target_kib"].as_i64().unwrap();
-        assert!(target <= GIB - 184 * MIB && target >= 512 * MIB, "{target}");
+        assert!((512 * MIB..=GIB - 184 * MIB).contains(&target), "{target}");
         assert_eq!(da["dynamic_min_kib"], 512 * MIB);
         assert_eq!(da["dynamic_max_kib"], GIB);
         assert_eq!(da["last_target_change"]["from_kib"], GIB);
