@@ -229,3 +229,41 @@ fn every_field_of_the_schema_is_described_in_the_guide() {
         "not described in docs/diagnostics.md: {missing:?}"
     );
 }
+
+#[test]
+fn a_background_pass_that_hands_memory_back_is_the_last_decision() {
+    let v = validator();
+    let (_dir, _fake, service, a, _b) = busy_host(Policy::Classic);
+    // Guest A gives memory for 1200 MiB, which is then deleted: the host is unbalanced.
+    let id = service.reserve_memory("xenopsd", 1200 * MIB).unwrap();
+    service.delete_reservation("xenopsd", &id).unwrap();
+    let before = doc(&service);
+    let lowered = before["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["domid"] == a)
+        .unwrap()["target_kib"]
+        .as_i64()
+        .unwrap();
+    assert!(lowered < GIB, "{lowered}");
+    let writes_before = before["counters"]["target_writes"].as_u64().unwrap();
+
+    assert!(service.balance_if_unbalanced().unwrap());
+    let d = doc(&service);
+    assert!(v.is_valid(&d), "{:?}", errors(&v, &d));
+    assert_eq!(d["last_decision"]["operation"], "background_balance");
+    assert_eq!(d["last_decision"]["outcome"], "done");
+    assert!(d["last_decision"]["session"].is_null());
+    let da = d["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["domid"] == a)
+        .unwrap();
+    assert_eq!(da["last_target_change"]["reason"], "rebalance");
+    assert_eq!(da["last_target_change"]["from_kib"], lowered);
+    assert!(da["target_kib"].as_i64().unwrap() > lowered);
+    assert!(d["counters"]["target_writes"].as_u64().unwrap() > writes_before);
+    assert_eq!(d["balancer"]["passes"], 1);
+}
