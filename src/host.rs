@@ -25,6 +25,9 @@
 //! - A domain that has not been at its target for 20 s gets `memory/uncooperative`.
 //! - Domain 0 is left alone unless managed; dying and shut-down domains are not balanced.
 //! - Transferred reservations whose domain has died are released.
+//! - Unlike squeezed, it does not read every domain's keys at every look: it keeps them and
+//!   reads again only those a store watch reports changed (see `KeyCache`), falling back to
+//!   reading everything when the store cannot watch.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 

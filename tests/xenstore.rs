@@ -433,6 +433,15 @@ impl Store for Unwatched {
     fn read(&self, path: &str) -> squeeze::Result<Option<String>> {
         Store::read(&*self.0, path)
     }
+    fn write(&self, path: &str, value: &str) -> squeeze::Result<()> {
+        Store::write(&*self.0, path, value)
+    }
+    fn rm(&self, path: &str) -> squeeze::Result<()> {
+        Store::rm(&*self.0, path)
+    }
+    fn directory(&self, path: &str) -> squeeze::Result<Vec<String>> {
+        Store::directory(&*self.0, path)
+    }
     fn requests(&self) -> Option<u64> {
         Store::requests(&*self.0)
     }
