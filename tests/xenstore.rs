@@ -525,6 +525,69 @@ fn a_balance_round_costs_the_same_store_requests_for_every_guest() {
     assert_eq!(polled[1] - polled[0], 20);
     assert_eq!(polled[2] - polled[0], 10 * 20);
     assert_eq!(polled[3] - polled[0], 100 * 20);
+
+    // Same daemon, same /local/domain: run after the measurements, not beside them.
+    a_dynamic_min_written_by_xenstore_write_is_seen_by_the_next_look();
+}
+
+/// The host model over xenstored learns of another client's write through its watch, in the
+/// look right after the write, and reads only that domain again.
+fn a_dynamic_min_written_by_xenstore_write_is_seen_by_the_next_look() {
+    use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
+    use squeeze::host::{HostConfig, HostModel};
+    use squeeze::platform::Platform;
+    use std::sync::Arc;
+
+    let fake = FakeHost::in_memory(FakeConfig::default()).unwrap();
+    let xs = Arc::new(store());
+    xs.rm("/local/domain").unwrap();
+    for _ in 0..2 {
+        let domid = fake.create_domain(GuestSpec::fixed(256 << 10)).unwrap();
+        let d = format!("/local/domain/{domid}");
+        for (key, value) in [
+            ("memory/target", "262144"),
+            ("memory/dynamic-min", "131072"),
+            ("memory/dynamic-max", "262144"),
+            ("memory/memory-offset", "0"),
+            ("control/feature-balloon", "1"),
+        ] {
+            xs.write(&format!("{d}/{key}"), value).unwrap();
+        }
+    }
+    let fp = fake.platform();
+    let platform = Platform {
+        hypervisor: fp.hypervisor,
+        store: xs.clone(),
+        clock: fp.clock,
+    };
+    let config = HostConfig {
+        layout: squeeze::reservations::Layout::new("/t16/squeezed").unwrap(),
+        ..HostConfig::default()
+    };
+    let mut model = HostModel::new(platform, config).unwrap();
+    let dynamic_min = |v: &squeeze::host::HostView, domid| {
+        v.domains
+            .iter()
+            .find(|d| d.domid == domid)
+            .and_then(|d| d.domain)
+            .map(|d| d.dynamic_min_kib)
+    };
+    let v = model.view().unwrap();
+    assert!(model.watching());
+    assert_eq!(dynamic_min(&v, 1), Some(131072));
+    let v = model.view().unwrap();
+    assert_eq!(dynamic_min(&v, 1), Some(131072));
+
+    tool(
+        "xenstore-write",
+        &["/local/domain/1/memory/dynamic-min", "65536"],
+    );
+    let before = xs.requests();
+    let v = model.view().unwrap();
+    assert_eq!(dynamic_min(&v, 1), Some(65536));
+    assert_eq!(dynamic_min(&v, 2), Some(131072));
+    // A quiet look (5) and domain 1's directory node and nine keys.
+    assert_eq!(xs.requests() - before, 5 + 10);
 }
 
 #[test]
