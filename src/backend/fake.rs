@@ -1003,7 +1003,8 @@ impl Store for FakeHost {
 /// once when a path is added.
 struct FakeWatch {
     host: FakeHost,
-    paths: Vec<String>,
+    /// Each watched path, with the change it was added after.
+    paths: Vec<(String, u64)>,
     seen: u64,
 }
 
@@ -1039,13 +1040,16 @@ impl Watch for FakeWatch {
             let mut paths: Vec<String> = Vec::new();
             if lost {
                 // Changes were forgotten: everything watched may have changed.
-                paths.extend(self.paths.iter().cloned());
+                paths.extend(self.paths.iter().map(|(p, _)| p.clone()));
             }
             for (seq, changed) in &s.changes {
                 if *seq <= self.seen {
                     continue;
                 }
-                for w in &self.paths {
+                for (w, added) in &self.paths {
+                    if *seq <= *added {
+                        continue;
+                    }
                     if let Some(p) = fires(w, changed) {
                         if !paths.contains(&p) {
                             paths.push(p);
@@ -1064,8 +1068,9 @@ impl Watch for FakeWatch {
             check_path(path)?;
         }
         self.host.count(1);
-        if !self.paths.iter().any(|p| p == path) {
-            self.paths.push(path.to_string());
+        if !self.paths.iter().any(|(p, _)| p == path) {
+            let now = self.host.with(false, |s| Ok(s.change_seq))?;
+            self.paths.push((path.to_string(), now));
         }
         Ok(())
     }
@@ -1073,7 +1078,7 @@ impl Watch for FakeWatch {
     fn remove(&mut self, path: &str) -> Result<()> {
         self.host.count(1);
         let before = self.paths.len();
-        self.paths.retain(|p| p != path);
+        self.paths.retain(|(p, _)| p != path);
         if self.paths.len() == before {
             return Err(Error::InvalidArgument(format!("{path} is not watched")));
         }
@@ -1213,6 +1218,36 @@ mod tests {
         Store::write(&h, "/local/domain/2/memory/target", "5").unwrap();
         assert_eq!(w.poll().unwrap(), vec!["/local/domain/1/memory/target"]);
         assert!(w.poll().unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_watch_follows_added_paths_and_domains_coming_and_going() {
+        let h = host();
+        let before = h.requests().unwrap();
+        let mut w = h.watch(INTRODUCE_DOMAIN).unwrap();
+        w.add(RELEASE_DOMAIN).unwrap();
+        let d = h.create_domain(GuestSpec::fixed(1024)).unwrap();
+        w.add(&format!("/local/domain/{d}/memory")).unwrap();
+        assert_eq!(w.poll().unwrap(), vec![INTRODUCE_DOMAIN]);
+        Store::write(&h, &format!("/local/domain/{d}/memory/target"), "512").unwrap();
+        Store::write(&h, &format!("/local/domain/{d}/data/other"), "1").unwrap();
+        assert_eq!(
+            w.poll().unwrap(),
+            vec![format!("/local/domain/{d}/memory/target")]
+        );
+        h.destroy_domain(d).unwrap();
+        // The directory's removal fires the watch under it, reported with the watched path.
+        assert_eq!(
+            w.poll().unwrap(),
+            vec![
+                format!("/local/domain/{d}/memory"),
+                RELEASE_DOMAIN.to_string()
+            ]
+        );
+        w.remove(&format!("/local/domain/{d}/memory")).unwrap();
+        assert!(w.remove("/local/domain/99").is_err());
+        // watch, 2 adds, 3 polls, 2 single writes, 2 removes.
+        assert_eq!(h.requests().unwrap() - before, 1 + 2 + 3 + 2 + 2);
     }
 
     #[test]
