@@ -1335,6 +1335,15 @@ sqz_status sqz_service_new_platform(const struct sqz_platform *platform,
                                     struct sqz_service **out);
 
 /**
+ * Creates a service over this host's Xen (libxenctrl and xenstored) with settings `config`
+ * (NULL: defaults) and stores it in `*out`. Errors: `out` NULL → `SQZ_ERR_INVALID_ARGUMENT`;
+ * a library built without Xen support (cargo feature `xen`) → `SQZ_ERR_UNSUPPORTED`; no
+ * hypervisor (no `/dev/xen/privcmd`), or libxenctrl or xenstored refusing → `SQZ_ERR_BACKEND`
+ * with their reason. Fails at once on a machine without Xen; never waits for one.
+ */
+sqz_status sqz_service_new_xen(const struct sqz_service_config *config, struct sqz_service **out);
+
+/**
  * Releases a service. NULL is a no-op. Calls running on other threads finish first (they hold
  * their own reference); the platform's `ctx` is not used once they have.
  */

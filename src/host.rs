@@ -25,15 +25,20 @@
 //! - A domain that has not been at its target for 20 s gets `memory/uncooperative`.
 //! - Domain 0 is left alone unless managed; dying and shut-down domains are not balanced.
 //! - Transferred reservations whose domain has died are released.
+//! - Unlike squeezed, it does not read every domain's keys at every look: it keeps them and
+//!   reads again only those a store watch reports changed (see `KeyCache`), falling back to
+//!   reading everything when the store cannot watch.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use log::{debug, info, warn};
 
 use crate::driver::Io;
 use crate::error::{Error, Result};
 use crate::model::{kib, Action, DomId, Domain, Host, Kib, DEFAULT_INACCURACY_KIB, MAX_KIB};
-use crate::platform::{pages, DomainInfo, Platform, StoreOps};
+use crate::platform::{
+    pages, DomainInfo, Platform, Store, StoreOps, Watch, INTRODUCE_DOMAIN, RELEASE_DOMAIN,
+};
 use crate::reservations::{self, InvalidEntry, Layout, Reservation};
 
 /// squeezed's slush: Xen's low-memory emergency pool (64 MiB) plus 8 MiB for the "ordinary"
@@ -288,7 +293,7 @@ pub struct HostView {
 }
 
 /// Keys read for one domain, in one transaction.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Keys {
     exists: bool,
     domain_type: Option<String>,
@@ -322,6 +327,136 @@ fn read_keys(t: &mut dyn StoreOps, domid: DomId) -> Result<Keys> {
     })
 }
 
+/// What the host model watches of each domain: every key [`read_keys`] reads is at or under
+/// one of these.
+const WATCHED_KEYS: [&str; 4] = [
+    "domain-type",
+    "memory",
+    "control/feature-balloon",
+    "data/updated",
+];
+
+/// Which cached keys a watch event makes stale.
+#[derive(Debug, PartialEq, Eq)]
+enum Stale {
+    /// One domain's.
+    Domain(DomId),
+    /// Every domain's.
+    All,
+    /// None the host model reads.
+    Nothing,
+}
+
+fn stale_by(event: &str) -> Stale {
+    if event.starts_with('@') {
+        // A domain came or went. Its id may be reused by the next one, so nothing cached is
+        // trusted across the change, whatever order the toolstack wrote and removed keys in:
+        // a full read costs no more than polling does every look.
+        return Stale::All;
+    }
+    if matches!(event, "/" | "/local" | "/local/domain") {
+        return Stale::All;
+    }
+    event
+        .strip_prefix("/local/domain/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|id| id.parse::<DomId>().ok())
+        .map_or(Stale::Nothing, Stale::Domain)
+}
+
+/// The per-domain keys of the last looks, kept up to date through one store watch instead of
+/// being read again at every look (squeezed reads them all, every time).
+///
+/// A domain's keys are read when it is first seen and again only after the watch reported a
+/// change under one of its [`WATCHED_KEYS`]; the watch is polled before every look, so a key
+/// written before a look starts is read by it. When the store offers no such watch, or the
+/// watch fails, every look reads every domain, as before: the cache only ever saves reads.
+#[derive(Default)]
+struct KeyCache {
+    watch: Option<Box<dyn Watch>>,
+    /// The store cannot watch: never try again.
+    unavailable: bool,
+    /// Domains whose keys are watched.
+    watched: HashSet<DomId>,
+    /// Keys of watched domains, as last read, valid until an event says otherwise.
+    keys: HashMap<DomId, Keys>,
+}
+
+impl KeyCache {
+    /// Brings the watch up to date with `domains` (the domains about to be looked at) and
+    /// drops what its events say changed. Afterwards, the domains without keys in the cache
+    /// are the ones to read.
+    fn refresh(&mut self, store: &dyn Store, domains: &[DomainInfo]) {
+        if self.unavailable {
+            return;
+        }
+        if let Err(e) = self.try_refresh(store, domains) {
+            self.watch = None;
+            self.watched.clear();
+            self.keys.clear();
+            if matches!(e, Error::Unsupported(_)) {
+                self.unavailable = true;
+                debug!("store watches unavailable ({e}): every look reads every domain's keys");
+            } else {
+                debug!(
+                    "store watch failed ({e}): this look reads every domain's keys; \
+                     watching again at the next"
+                );
+            }
+        }
+    }
+
+    fn try_refresh(&mut self, store: &dyn Store, domains: &[DomainInfo]) -> Result<()> {
+        if self.watch.is_none() {
+            let mut w = store.watch(INTRODUCE_DOMAIN)?;
+            w.add(RELEASE_DOMAIN)?;
+            self.watch = Some(w);
+            self.watched.clear();
+            self.keys.clear();
+        }
+        let Some(w) = self.watch.as_mut() else {
+            return Ok(());
+        };
+        let wanted: HashSet<DomId> = domains.iter().map(|d| d.domid).collect();
+        let gone: Vec<DomId> = self.watched.difference(&wanted).copied().collect();
+        for domid in gone {
+            self.watched.remove(&domid);
+            self.keys.remove(&domid);
+            for key in WATCHED_KEYS {
+                w.remove(&domain_path(domid, key))?;
+            }
+        }
+        for &domid in &wanted {
+            // Watched before its keys are read, so no change can fall between the two.
+            if !self.watched.contains(&domid) {
+                for key in WATCHED_KEYS {
+                    w.add(&domain_path(domid, key))?;
+                }
+                self.watched.insert(domid);
+            }
+        }
+        for event in w.poll()? {
+            match stale_by(&event) {
+                Stale::Domain(domid) => {
+                    self.keys.remove(&domid);
+                }
+                Stale::All => self.keys.clear(),
+                Stale::Nothing => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps keys just read, when a watch will say when they change.
+    fn keep(&mut self, domid: DomId, keys: &Keys) {
+        // A domain without a store directory is being created: read it again next time
+        // rather than rely on events for a directory that does not exist yet.
+        if self.watch.is_some() && self.watched.contains(&domid) && keys.exists {
+            self.keys.insert(domid, keys.clone());
+        }
+    }
+}
+
 fn parse_kib(what: &str, v: &str) -> std::result::Result<Kib, String> {
     v.trim()
         .parse::<Kib>()
@@ -340,6 +475,8 @@ pub struct HostModel {
     quiet: HashMap<DomId, Quiet>,
     drifts_total: u64,
     recent_drifts: VecDeque<OffsetDrift>,
+    /// Domain keys between looks.
+    cache: KeyCache,
 }
 
 /// Per-domain facts the actions need.
@@ -391,6 +528,7 @@ impl HostModel {
             quiet: HashMap::new(),
             drifts_total: 0,
             recent_drifts: VecDeque::new(),
+            cache: KeyCache::default(),
         })
     }
 
@@ -407,6 +545,13 @@ impl HostModel {
     /// The last look taken by [`view`](HostModel::view), if any.
     pub fn last_view(&self) -> Option<&HostView> {
         self.last_view.as_ref()
+    }
+
+    /// Whether domain keys are kept between looks and refreshed through a store watch (`false`
+    /// before the first look, and when the store cannot watch or its watch failed: then every
+    /// look reads every domain's keys).
+    pub fn watching(&self) -> bool {
+        self.cache.watch.is_some()
     }
 
     fn alive(info: &[DomainInfo]) -> impl Fn(DomId) -> bool + '_ {
@@ -440,8 +585,14 @@ impl HostModel {
             .filter(|d| !d.dying && !d.shutdown)
             .collect();
 
-        // Release reservations of dead domains, then read the ledger and every domain's keys
-        // in one transaction, for a consistent picture.
+        // Release reservations of dead domains, then read the ledger and the keys of every
+        // domain the cache cannot vouch for in one transaction, for a consistent picture.
+        self.cache.refresh(&*store, &candidates);
+        let to_read: Vec<DomId> = candidates
+            .iter()
+            .map(|d| d.domid)
+            .filter(|domid| !self.cache.keys.contains_key(domid))
+            .collect();
         let layout = self.config.layout.clone();
         let mut keys: BTreeMap<DomId, Keys> = BTreeMap::new();
         let mut ledger = (Vec::new(), Vec::new());
@@ -450,11 +601,19 @@ impl HostModel {
             released = reservations::release_dead(t, &layout, &alive)?;
             ledger = reservations::list(t, &layout)?;
             keys.clear();
-            for d in &candidates {
-                keys.insert(d.domid, read_keys(t, d.domid)?);
+            for &domid in &to_read {
+                keys.insert(domid, read_keys(t, domid)?);
             }
             Ok(())
         })?;
+        for (&domid, k) in &keys {
+            self.cache.keep(domid, k);
+        }
+        for d in &candidates {
+            if let Some(k) = self.cache.keys.get(&d.domid) {
+                keys.entry(d.domid).or_insert_with(|| k.clone());
+            }
+        }
         for r in &released {
             info!(
                 "released reservation {} ({} KiB) of session {}: domain {:?} is gone",

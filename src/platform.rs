@@ -164,7 +164,20 @@ pub trait Store: Send + Sync {
     fn exists(&self, path: &str) -> Result<bool> {
         Ok(self.read(path)?.is_some())
     }
+
+    /// Requests sent to the store so far by this process through this store and its watches,
+    /// counted as xenstored counts them (a transaction is a start, its operations and an end),
+    /// or `None` when the store does not count.
+    fn requests(&self) -> Option<u64> {
+        None
+    }
 }
+
+/// The special watch path xenstored fires when a domain is introduced to it.
+pub const INTRODUCE_DOMAIN: &str = "@introduceDomain";
+
+/// The special watch path xenstored fires when a domain has shut down, died or been released.
+pub const RELEASE_DOMAIN: &str = "@releaseDomain";
 
 /// A watch on a subtree of a [`Store`], polled by its owner.
 pub trait Watch: Send {
@@ -172,6 +185,22 @@ pub trait Watch: Send {
     /// was set). When the store lost track of individual changes it reports the watched path
     /// itself, meaning "something under here changed".
     fn poll(&mut self) -> Result<Vec<String>>;
+
+    /// Also watches `path` (and its subtree, or one of the special paths [`INTRODUCE_DOMAIN`]
+    /// and [`RELEASE_DOMAIN`]) through this watch. A store whose watches cannot grow says
+    /// [`crate::Error::Unsupported`], and its users fall back to reading what they need.
+    fn add(&mut self, path: &str) -> Result<()> {
+        Err(crate::Error::Unsupported(format!(
+            "this store cannot add {path} to an existing watch"
+        )))
+    }
+
+    /// Stops watching `path`, added with [`add`](Watch::add).
+    fn remove(&mut self, path: &str) -> Result<()> {
+        Err(crate::Error::Unsupported(format!(
+            "this store cannot remove {path} from a watch"
+        )))
+    }
 }
 
 /// Time, as the service sees it.
@@ -213,6 +242,13 @@ pub struct Platform {
     pub store: std::sync::Arc<dyn Store>,
     /// The clock.
     pub clock: std::sync::Arc<dyn Clock>,
+}
+
+impl Platform {
+    /// Requests sent to the store so far (see [`Store::requests`]), when the store counts them.
+    pub fn store_requests(&self) -> Option<u64> {
+        self.store.requests()
+    }
 }
 
 impl std::fmt::Debug for Platform {

@@ -589,3 +589,21 @@ fn the_background_balancer_gives_an_idle_host_s_memory_back_to_a_guest_below_its
         sqz_fake_host_free(host);
     }
 }
+
+#[cfg(not(feature = "xen"))]
+#[test]
+fn a_library_built_without_xen_says_so_when_asked_for_a_xen_service() {
+    let mut svc: *mut sqz_service = std::ptr::null_mut();
+    // SAFETY: a NULL config (defaults) and a valid out-pointer.
+    let st = unsafe { sqz_service_new_xen(std::ptr::null(), &mut svc) };
+    assert_eq!(st, SQZ_ERR_UNSUPPORTED);
+    assert!(svc.is_null());
+    assert!(
+        last_message().contains("built without Xen support"),
+        "{}",
+        last_message()
+    );
+    // SAFETY: NULL out-pointer is refused before anything else.
+    let st = unsafe { sqz_service_new_xen(std::ptr::null(), std::ptr::null_mut()) };
+    assert_eq!(st, SQZ_ERR_INVALID_ARGUMENT);
+}

@@ -59,3 +59,24 @@ fn connecting_to_a_xenstored_that_is_not_there_names_the_socket() {
         other => panic!("expected a Backend error, got {other:?}"),
     }
 }
+
+#[test]
+fn the_c_service_over_xen_without_xen_is_a_backend_error_naming_privcmd() {
+    use squeeze::ffi::*;
+    use std::ffi::CStr;
+    if std::path::Path::new(PRIVCMD).exists() {
+        // A Xen host: whether this opens depends on the privileges the test runs with.
+        return;
+    }
+    let mut svc: *mut sqz_service = std::ptr::null_mut();
+    // SAFETY: a NULL config (defaults) and a valid out-pointer.
+    let st = unsafe { sqz_service_new_xen(std::ptr::null(), &mut svc) };
+    assert_eq!(st, SQZ_ERR_BACKEND);
+    assert!(svc.is_null());
+    // SAFETY: the message is a C string owned by the library, valid until the next call.
+    let msg = unsafe { CStr::from_ptr(sqz_last_error_message()) }.to_string_lossy();
+    assert!(
+        msg.contains("no Xen hypervisor: /dev/xen/privcmd not available"),
+        "{msg}"
+    );
+}

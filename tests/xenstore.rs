@@ -416,16 +416,53 @@ fn reservations_made_by_the_service_are_in_xenstored_where_the_tools_see_them() 
     assert_eq!(tool_opt("xenstore-read", &path), None);
 }
 
+/// xenstored without watches: what the host model sees from a store that cannot watch, where
+/// it reads every domain's keys at every look (as it did before it watched).
+struct Unwatched(std::sync::Arc<XenStore>);
+
+impl Store for Unwatched {
+    fn transaction(
+        &self,
+        body: &mut dyn FnMut(&mut dyn squeeze::platform::StoreOps) -> squeeze::Result<()>,
+    ) -> squeeze::Result<()> {
+        self.0.transaction(body)
+    }
+    fn watch(&self, _: &str) -> squeeze::Result<Box<dyn squeeze::platform::Watch>> {
+        Err(Error::Unsupported("no watches here".into()))
+    }
+    fn read(&self, path: &str) -> squeeze::Result<Option<String>> {
+        Store::read(&*self.0, path)
+    }
+    fn write(&self, path: &str, value: &str) -> squeeze::Result<()> {
+        Store::write(&*self.0, path, value)
+    }
+    fn rm(&self, path: &str) -> squeeze::Result<()> {
+        Store::rm(&*self.0, path)
+    }
+    fn directory(&self, path: &str) -> squeeze::Result<Vec<String>> {
+        Store::directory(&*self.0, path)
+    }
+    fn requests(&self) -> Option<u64> {
+        Store::requests(&*self.0)
+    }
+}
+
 /// Store requests one `balance_memory` costs on a host whose `n` guests all sit at their
-/// fixed size (nothing to move), the ledger under `root`.
-fn requests_per_balance(n: usize, root: &str) -> u64 {
+/// fixed size (nothing to move), the ledger under `root`, with the host model watching the
+/// store or not.
+fn requests_per_balance(n: usize, root: &str, watches: bool) -> u64 {
     use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
     use squeeze::platform::Platform;
     use squeeze::service::{Service, ServiceConfig};
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
-    let fake = FakeHost::in_memory(FakeConfig::default()).unwrap();
+    // Room for 100 guests of 256 MiB.
+    let fake = FakeHost::in_memory(FakeConfig {
+        total_kib: 64 << 20,
+        ..FakeConfig::default()
+    })
+    .unwrap();
     let xs = Arc::new(store());
     xs.rm("/local/domain").unwrap();
     for _ in 0..n {
@@ -444,7 +481,11 @@ fn requests_per_balance(n: usize, root: &str) -> u64 {
     let fp = fake.platform();
     let platform = Platform {
         hypervisor: fp.hypervisor,
-        store: xs.clone(),
+        store: if watches {
+            xs.clone()
+        } else {
+            Arc::new(Unwatched(xs.clone()))
+        },
         clock: fp.clock,
     };
     let mut config = ServiceConfig {
@@ -453,26 +494,161 @@ fn requests_per_balance(n: usize, root: &str) -> u64 {
         ..ServiceConfig::default()
     };
     config.host.layout = squeeze::reservations::Layout::new(root).unwrap();
-    let service = Service::new(platform, config).unwrap();
-    // The first round calibrates offsets (writes); measure a steady-state round.
+    let service = Service::new(platform.clone(), config).unwrap();
+    // The first rounds calibrate offsets (writes, whose events the second one reads back);
+    // measure a steady-state round.
     service.balance_memory().unwrap();
-    let before = xs.requests();
     service.balance_memory().unwrap();
-    xs.requests() - before
+    let before = platform.store_requests().unwrap();
+    service.balance_memory().unwrap();
+    platform.store_requests().unwrap() - before
 }
 
 #[test]
 fn a_balance_round_costs_the_same_store_requests_for_every_guest() {
     // One test owns /local/domain in the shared daemon, so the sizes run one after another.
-    let r0 = requests_per_balance(0, "/t16/squeezed");
-    let r1 = requests_per_balance(1, "/t16/squeezed");
-    let r4 = requests_per_balance(4, "/t16/squeezed");
-    let r16 = requests_per_balance(16, "/t16/squeezed");
-    eprintln!("store requests per balance round: 0 guests {r0}, 1 {r1}, 4 {r4}, 16 {r16}");
-    let per_guest = r1 - r0;
-    assert!(per_guest > 0);
-    assert_eq!(r4 - r0, 4 * per_guest);
-    assert_eq!(r16 - r0, 16 * per_guest);
+    let mut watched = Vec::new();
+    let mut polled = Vec::new();
+    for n in [0, 1, 10, 100] {
+        watched.push(requests_per_balance(n, "/t16/squeezed", true));
+        polled.push(requests_per_balance(n, "/t16/squeezed", false));
+    }
+    eprintln!("store requests per steady balance round for 0, 1, 10, 100 guests:");
+    eprintln!("  watching the store: {watched:?}");
+    eprintln!("  reading every domain at every look: {polled:?}");
+    // A round looks at the host twice; with nothing changed, a look is one request to sync
+    // the watch and one transaction over the empty ledger (start, two listings of its
+    // directory, end): 2 * (1 + 4) = 10, whatever the number of guests.
+    assert!(watched.iter().all(|&r| r == watched[0]), "{watched:?}");
+    assert!(watched[0] <= 10, "{watched:?}");
+    // Without watches a look reads ten keys of every guest: 2 * 10 more requests per guest.
+    assert_eq!(polled[1] - polled[0], 20);
+    assert_eq!(polled[2] - polled[0], 10 * 20);
+    assert_eq!(polled[3] - polled[0], 100 * 20);
+
+    // Same daemon, same /local/domain: run after the measurements, not beside them.
+    a_dynamic_min_written_by_xenstore_write_is_seen_by_the_next_look();
+}
+
+/// The host model over xenstored learns of another client's write through its watch, in the
+/// look right after the write, and reads only that domain again.
+fn a_dynamic_min_written_by_xenstore_write_is_seen_by_the_next_look() {
+    use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
+    use squeeze::host::{HostConfig, HostModel};
+    use squeeze::platform::Platform;
+    use std::sync::Arc;
+
+    let fake = FakeHost::in_memory(FakeConfig::default()).unwrap();
+    let xs = Arc::new(store());
+    xs.rm("/local/domain").unwrap();
+    for _ in 0..2 {
+        let domid = fake.create_domain(GuestSpec::fixed(256 << 10)).unwrap();
+        let d = format!("/local/domain/{domid}");
+        for (key, value) in [
+            ("memory/target", "262144"),
+            ("memory/dynamic-min", "131072"),
+            ("memory/dynamic-max", "262144"),
+            ("memory/memory-offset", "0"),
+            ("control/feature-balloon", "1"),
+        ] {
+            xs.write(&format!("{d}/{key}"), value).unwrap();
+        }
+    }
+    let fp = fake.platform();
+    let platform = Platform {
+        hypervisor: fp.hypervisor,
+        store: xs.clone(),
+        clock: fp.clock,
+    };
+    let config = HostConfig {
+        layout: squeeze::reservations::Layout::new("/t16/squeezed").unwrap(),
+        ..HostConfig::default()
+    };
+    let mut model = HostModel::new(platform, config).unwrap();
+    let dynamic_min = |v: &squeeze::host::HostView, domid| {
+        v.domains
+            .iter()
+            .find(|d| d.domid == domid)
+            .and_then(|d| d.domain)
+            .map(|d| d.dynamic_min_kib)
+    };
+    let v = model.view().unwrap();
+    assert!(model.watching());
+    assert_eq!(dynamic_min(&v, 1), Some(131072));
+    let v = model.view().unwrap();
+    assert_eq!(dynamic_min(&v, 1), Some(131072));
+
+    tool(
+        "xenstore-write",
+        &["/local/domain/1/memory/dynamic-min", "65536"],
+    );
+    let before = xs.requests();
+    let v = model.view().unwrap();
+    assert_eq!(dynamic_min(&v, 1), Some(65536));
+    assert_eq!(dynamic_min(&v, 2), Some(131072));
+    // A quiet look (5) and domain 1's directory node and nine keys.
+    assert_eq!(xs.requests() - before, 5 + 10);
+}
+
+#[test]
+fn one_watch_follows_many_paths_and_a_poll_reports_every_write_finished_before_it() {
+    let s = store();
+    s.write("/t18/local/domain/3/memory/target", "0").unwrap();
+    s.write("/t18/local/domain/3/data/meminfo_free", "0")
+        .unwrap();
+    let mut w = s.watch("@introduceDomain").unwrap();
+    w.add("@releaseDomain").unwrap();
+    w.add("/t18/local/domain/3/memory").unwrap();
+    w.add("/t18/local/domain/3/data/updated").unwrap();
+    assert_eq!(daemon().watches_on("/t18/local/domain/3/memory"), 1);
+    // xenstored fires each new watch once.
+    let first = w.poll().unwrap();
+    for p in [
+        "@introduceDomain",
+        "@releaseDomain",
+        "/t18/local/domain/3/memory",
+        "/t18/local/domain/3/data/updated",
+    ] {
+        assert!(first.iter().any(|e| e == p), "{p} in {first:?}");
+    }
+    // Another client's write, finished before the poll starts, is in that very poll: the
+    // host model relies on it to never look at a stale key. No retries, no sleeps.
+    for target in 1..=20 {
+        let t = (target * 1024).to_string();
+        tool("xenstore-write", &["/t18/local/domain/3/memory/target", &t]);
+        let events = w.poll().unwrap();
+        assert_eq!(
+            events,
+            ["/t18/local/domain/3/memory/target"],
+            "write {target}"
+        );
+    }
+    // Writes beside the watched keys are not reported.
+    tool(
+        "xenstore-write",
+        &["/t18/local/domain/3/data/meminfo_free", "1"],
+    );
+    assert!(w.poll().unwrap().is_empty());
+    // Domains coming and going.
+    daemon().introduce_domain();
+    assert_eq!(w.poll().unwrap(), ["@introduceDomain"]);
+    daemon().release_domain();
+    assert_eq!(w.poll().unwrap(), ["@releaseDomain"]);
+    // A path no longer watched is no longer reported, and is gone from xenstored.
+    w.remove("/t18/local/domain/3/memory").unwrap();
+    assert_eq!(daemon().watches_on("/t18/local/domain/3/memory"), 0);
+    tool(
+        "xenstore-write",
+        &["/t18/local/domain/3/memory/target", "1"],
+    );
+    assert!(w.poll().unwrap().is_empty());
+    // Removing the domain's directory fires the watches under it.
+    tool("xenstore-rm", &["/t18/local/domain/3"]);
+    assert!(w
+        .poll()
+        .unwrap()
+        .iter()
+        .any(|e| e.starts_with("/t18/local/domain/3")));
 }
 
 #[test]

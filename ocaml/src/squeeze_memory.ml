@@ -131,6 +131,9 @@ external stub_service_new_fake :
   Fake_host.t -> int64 option -> string option -> string option -> service reply
   = "sqz_ml_service_new_fake"
 
+external stub_service_new_xen : int64 option -> string option -> string option -> service reply
+  = "sqz_ml_service_new_xen"
+
 external stub_login : service -> string -> unit reply = "sqz_ml_login"
 
 external stub_reserve : service -> string -> int64 -> int64 option -> (string * int64) reply
@@ -151,6 +154,9 @@ external stub_diagnostics : service -> string reply = "sqz_ml_get_diagnostics"
 
 let create_fake ?host_reserved_kib ?lock_path ?boot_time_record_path host =
   get (stub_service_new_fake host host_reserved_kib lock_path boot_time_record_path)
+
+let open_xen ?host_reserved_kib ?lock_path ?boot_time_record_path () =
+  get (stub_service_new_xen host_reserved_kib lock_path boot_time_record_path)
 
 let login s service_name =
   get (stub_login s service_name) ;

@@ -93,6 +93,13 @@ val create_fake :
     [boot_time_record_path] (default [/run/squeeze/boot_time_memory]) where free memory at
     boot is recorded. *)
 
+val open_xen :
+  ?host_reserved_kib:int64 -> ?lock_path:string -> ?boot_time_record_path:string -> unit -> service
+(** A service over this host's Xen (libxenctrl and xenstored), with the settings of
+    {!create_fake}. Raises [MemoryError (Internal_error _)] naming [SQZ_ERR_UNSUPPORTED] when
+    libsqueeze was built without Xen support (cargo feature [xen]), or [SQZ_ERR_BACKEND] with
+    the reason when there is no usable Xen here (no hypervisor, no xenstored). *)
+
 val login : service -> string -> string
 (** [login s service_name] starts a session and returns its id (the name itself, as
     squeezed). Reservations that service made earlier and never transferred are dropped. *)

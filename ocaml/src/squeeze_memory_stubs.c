@@ -280,12 +280,26 @@ CAMLprim value sqz_ml_fake_domain(value v_fake, value v_domid) {
 
 /* --- Service ------------------------------------------------------------------------------- */
 
-/* [slush] is an int64 option, the paths string options. */
-CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock,
-                                       value v_record) {
+/* A config with the given settings; called without the runtime lock. */
+static sqz_status new_config(int has_slush, int64_t slush, const char *lock, const char *record,
+                             sqz_service_config **cfg) {
+  sqz_status st = sqz_service_config_new(cfg);
+  if (st == SQZ_OK && has_slush)
+    st = sqz_service_config_set_slush(*cfg, slush);
+  if (st == SQZ_OK && lock)
+    st = sqz_service_config_set_lock_path(*cfg, lock);
+  if (st == SQZ_OK && record)
+    st = sqz_service_config_set_boot_time_record_path(*cfg, record);
+  return st;
+}
+
+/* A service over the fake host [v_fake] or, when it is None, over this host's Xen. [slush] is
+   an int64 option, the paths string options. */
+static value new_service(value v_fake, value v_slush, value v_lock, value v_record) {
   CAMLparam4(v_fake, v_slush, v_lock, v_record);
   CAMLlocal1(handle);
-  sqz_fake_host *f = Fake_val(v_fake);
+  int over_fake = Is_block(v_fake);
+  sqz_fake_host *f = over_fake ? Fake_val(Field(v_fake, 0)) : NULL;
   sqz_service_config *cfg = NULL;
   sqz_service *s = NULL;
   char *lock = NULL, *record = NULL;
@@ -300,15 +314,9 @@ CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock
     CAMLreturn(refuse("boot-time record path contains a NUL byte"));
   }
   caml_enter_blocking_section_no_pending();
-  st = sqz_service_config_new(&cfg);
-  if (st == SQZ_OK && has_slush)
-    st = sqz_service_config_set_slush(cfg, slush);
-  if (st == SQZ_OK && lock)
-    st = sqz_service_config_set_lock_path(cfg, lock);
-  if (st == SQZ_OK && record)
-    st = sqz_service_config_set_boot_time_record_path(cfg, record);
+  st = new_config(has_slush, slush, lock, record, &cfg);
   if (st == SQZ_OK)
-    st = sqz_service_new_fake(f, cfg, &s);
+    st = over_fake ? sqz_service_new_fake(f, cfg, &s) : sqz_service_new_xen(cfg, &s);
   collect(&o, st);
   sqz_service_config_free(cfg);
   caml_leave_blocking_section();
@@ -318,6 +326,19 @@ CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock
   if (st == SQZ_OK)
     handle = wrap(&service_ops, s);
   CAMLreturn(reply_of(&o, handle));
+}
+
+CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock,
+                                       value v_record) {
+  CAMLparam4(v_fake, v_slush, v_lock, v_record);
+  CAMLlocal1(some);
+  some = caml_alloc_small(1, 0);
+  Field(some, 0) = v_fake;
+  CAMLreturn(new_service(some, v_slush, v_lock, v_record));
+}
+
+CAMLprim value sqz_ml_service_new_xen(value v_slush, value v_lock, value v_record) {
+  return new_service(Val_none, v_slush, v_lock, v_record);
 }
 
 CAMLprim value sqz_ml_login(value v_s, value v_name) {

@@ -168,6 +168,27 @@ let bad_input () =
   (* After all that, the whole free memory can still be reserved. *)
   ignore (reserve_memory s session (free_at_start - slush))
 
+(* On this machine without Xen: the default libsqueeze has no Xen support and says so; one
+   built with it finds no hypervisor and says that. Either way an error at once. *)
+let xen_without_xen () =
+  if Sys.file_exists "/dev/xen/privcmd" then ()
+  else
+    let has s sub =
+      let n = String.length sub in
+      let rec at i =
+        Stdlib.(i + n <= String.length s) && (String.sub s i n = sub || at (Stdlib.( + ) i 1))
+      in
+      at 0
+    in
+    match open_xen ~lock_path:(Filename.temp_file "squeeze-test" ".lock") () with
+    | _ -> Check.fail "a service over Xen opened on a machine without Xen"
+    | exception MemoryError (Internal_error msg)
+      when (has msg "SQZ_ERR_UNSUPPORTED" && has msg "built without Xen support")
+           || (has msg "SQZ_ERR_BACKEND"
+              && has msg "no Xen hypervisor: /dev/xen/privcmd not available") ->
+        ()
+    | exception e -> Check.fail "open_xen: unexpected %s" (Printexc.to_string e)
+
 let () =
   Check.run "memory"
     [
@@ -175,4 +196,5 @@ let () =
     ; ("asking for more than the host has is Cannot_free_this_much_memory", failure_flow)
     ; ("a stuck guest is Domains_refused_to_cooperate naming it", stuck_guest)
     ; ("bad input gets squeezed's errors and reserves nothing", bad_input)
+    ; ("a service over Xen without Xen is a clear error", xen_without_xen)
     ]

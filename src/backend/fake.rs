@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -30,6 +31,7 @@ use crate::lockfile;
 use crate::model::{DomId, Kib};
 use crate::platform::{
     pages, Clock, DomainInfo, Hypervisor, PhysInfo, Platform, Store, StoreOps, Watch,
+    INTRODUCE_DOMAIN, RELEASE_DOMAIN,
 };
 
 /// How many store changes the fake remembers for watches.
@@ -196,6 +198,8 @@ enum Backing {
 #[derive(Clone)]
 pub struct FakeHost {
     backing: Arc<Backing>,
+    /// Store requests this process sent, counted as xenstored would count them.
+    requests: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for FakeHost {
@@ -267,6 +271,7 @@ impl FakeHost {
     pub fn in_memory(config: FakeConfig) -> Result<Self> {
         Ok(FakeHost {
             backing: Arc::new(Backing::Memory(Mutex::new(State::new(config)?))),
+            requests: Arc::default(),
         })
     }
 
@@ -278,6 +283,7 @@ impl FakeHost {
             .map_err(|e| Error::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let host = FakeHost {
             backing: Arc::new(Backing::Dir(dir.to_path_buf())),
+            requests: Arc::default(),
         };
         let state = State::new(config)?;
         let _lock = lockfile::lock(&dir.join("lock"), false)?;
@@ -292,6 +298,7 @@ impl FakeHost {
         }
         Ok(FakeHost {
             backing: Arc::new(Backing::Dir(dir.to_path_buf())),
+            requests: Arc::default(),
         })
     }
 
@@ -394,6 +401,8 @@ impl FakeHost {
                 &format!("{dir}/memory/dynamic-max"),
                 &spec.dynamic_max_kib.to_string(),
             )?;
+            // The toolstack introduces the new domain to xenstored.
+            s.changed(INTRODUCE_DOMAIN);
             Ok(domid)
         })
     }
@@ -523,6 +532,7 @@ impl FakeHost {
     pub fn shutdown_domain(&self, domid: DomId) -> Result<()> {
         self.with(true, |s| {
             s.guest_mut(domid)?.info.shutdown = true;
+            s.changed(RELEASE_DOMAIN);
             Ok(())
         })
     }
@@ -538,6 +548,7 @@ impl FakeHost {
             let g = s.domains.remove(&domid).ok_or_else(|| no_domain(domid))?;
             s.free_pages += g.info.tot_pages + pages::from_kib(g.shadow_mib as Kib * 1024)?;
             s.rm(&format!("/local/domain/{domid}"))?;
+            s.changed(RELEASE_DOMAIN);
             Ok(())
         })
     }
@@ -911,54 +922,167 @@ impl StoreOps for State {
     }
 }
 
+/// Counts the operations of a transaction body, each one request to xenstored.
+struct Counted<'a> {
+    ops: &'a mut dyn StoreOps,
+    n: u64,
+}
+
+impl StoreOps for Counted<'_> {
+    fn read(&mut self, path: &str) -> Result<Option<String>> {
+        self.n += 1;
+        self.ops.read(path)
+    }
+    fn write(&mut self, path: &str, value: &str) -> Result<()> {
+        self.n += 1;
+        self.ops.write(path, value)
+    }
+    fn rm(&mut self, path: &str) -> Result<()> {
+        self.n += 1;
+        self.ops.rm(path)
+    }
+    fn directory(&mut self, path: &str) -> Result<Vec<String>> {
+        self.n += 1;
+        self.ops.directory(path)
+    }
+}
+
+impl FakeHost {
+    fn count(&self, n: u64) {
+        self.requests.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 impl Store for FakeHost {
     fn transaction(&self, body: &mut dyn FnMut(&mut dyn StoreOps) -> Result<()>) -> Result<()> {
         // The whole host is locked for the transaction, so it never conflicts; a failing body
         // leaves the state as it was, and a read-only body does not rewrite the state file.
-        self.with(Mode::WriteIfStoreChanged, |s| body(s))
+        self.with(Mode::WriteIfStoreChanged, |s| {
+            let mut c = Counted { ops: s, n: 0 };
+            let out = body(&mut c);
+            // Start and end, as xenstored sees a transaction.
+            self.count(c.n + 2);
+            out
+        })
     }
 
     fn watch(&self, path: &str) -> Result<Box<dyn Watch>> {
-        check_path(path)?;
-        let seq = self.with(false, |s| Ok(s.change_seq))?;
-        Ok(Box::new(FakeWatch {
+        let mut w = FakeWatch {
             host: self.clone(),
-            path: path.to_string(),
-            seen: seq,
-        }))
+            paths: Vec::new(),
+            seen: self.with(false, |s| Ok(s.change_seq))?,
+        };
+        w.add(path)?;
+        Ok(Box::new(w))
+    }
+
+    // Single operations are one request each, as with xenstored outside a transaction.
+    fn read(&self, path: &str) -> Result<Option<String>> {
+        self.count(1);
+        self.with(false, |s| s.read(path))
+    }
+    fn write(&self, path: &str, value: &str) -> Result<()> {
+        self.count(1);
+        self.with(Mode::WriteIfStoreChanged, |s| s.write(path, value))
+    }
+    fn rm(&self, path: &str) -> Result<()> {
+        self.count(1);
+        self.with(Mode::WriteIfStoreChanged, |s| s.rm(path))
+    }
+    fn directory(&self, path: &str) -> Result<Vec<String>> {
+        self.count(1);
+        self.with(false, |s| s.directory(path))
+    }
+
+    fn requests(&self) -> Option<u64> {
+        Some(self.requests.load(Ordering::Relaxed))
     }
 }
 
+/// A watch on any number of paths of the fake's store. Unlike xenstored, it does not fire
+/// once when a path is added.
 struct FakeWatch {
     host: FakeHost,
-    path: String,
+    /// Each watched path, with the change it was added after.
+    paths: Vec<(String, u64)>,
     seen: u64,
+}
+
+/// Whether a change at `changed` fires a watch on `watched`, and with which path: a change at
+/// or under the watched path reports itself; the removal of an ancestor reports the watched
+/// path (the fake does not record whether the change was a removal, so a write to an ancestor
+/// fires too: spurious events are allowed). Special paths fire only their own watches.
+fn fires(watched: &str, changed: &str) -> Option<String> {
+    let under = |p: &str, top: &str| {
+        top == "/" || p == top || p.strip_prefix(top).is_some_and(|r| r.starts_with('/'))
+    };
+    if watched.starts_with('@') || changed.starts_with('@') {
+        return (watched == changed).then(|| changed.to_string());
+    }
+    if under(changed, watched) {
+        Some(changed.to_string())
+    } else if under(watched, changed) {
+        Some(watched.to_string())
+    } else {
+        None
+    }
 }
 
 impl Watch for FakeWatch {
     fn poll(&mut self) -> Result<Vec<String>> {
+        // One request, as the xenstored watch's sync read.
+        self.host.count(1);
         let (paths, seq) = self.host.with(false, |s| {
             let lost = s
                 .changes
                 .front()
                 .is_some_and(|&(first, _)| first > self.seen + 1);
-            let prefix = format!("{}/", self.path);
-            let mut paths: Vec<String> = s
-                .changes
-                .iter()
-                .filter(|(seq, p)| {
-                    *seq > self.seen
-                        && (self.path == "/" || *p == self.path || p.starts_with(&prefix))
-                })
-                .map(|(_, p)| p.clone())
-                .collect();
-            if lost && !paths.contains(&self.path) {
-                paths.insert(0, self.path.clone());
+            let mut paths: Vec<String> = Vec::new();
+            if lost {
+                // Changes were forgotten: everything watched may have changed.
+                paths.extend(self.paths.iter().map(|(p, _)| p.clone()));
+            }
+            for (seq, changed) in &s.changes {
+                if *seq <= self.seen {
+                    continue;
+                }
+                for (w, added) in &self.paths {
+                    if *seq <= *added {
+                        continue;
+                    }
+                    if let Some(p) = fires(w, changed) {
+                        if !paths.contains(&p) {
+                            paths.push(p);
+                        }
+                    }
+                }
             }
             Ok((paths, s.change_seq))
         })?;
         self.seen = seq;
         Ok(paths)
+    }
+
+    fn add(&mut self, path: &str) -> Result<()> {
+        if path != INTRODUCE_DOMAIN && path != RELEASE_DOMAIN {
+            check_path(path)?;
+        }
+        self.host.count(1);
+        if !self.paths.iter().any(|(p, _)| p == path) {
+            let now = self.host.with(false, |s| Ok(s.change_seq))?;
+            self.paths.push((path.to_string(), now));
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, path: &str) -> Result<()> {
+        self.host.count(1);
+        let before = self.paths.len();
+        self.paths.retain(|(p, _)| p != path);
+        if self.paths.len() == before {
+            return Err(Error::InvalidArgument(format!("{path} is not watched")));
+        }
+        Ok(())
     }
 }
 
@@ -1094,6 +1218,36 @@ mod tests {
         Store::write(&h, "/local/domain/2/memory/target", "5").unwrap();
         assert_eq!(w.poll().unwrap(), vec!["/local/domain/1/memory/target"]);
         assert!(w.poll().unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_watch_follows_added_paths_and_domains_coming_and_going() {
+        let h = host();
+        let before = h.requests().unwrap();
+        let mut w = h.watch(INTRODUCE_DOMAIN).unwrap();
+        w.add(RELEASE_DOMAIN).unwrap();
+        let d = h.create_domain(GuestSpec::fixed(1024)).unwrap();
+        w.add(&format!("/local/domain/{d}/memory")).unwrap();
+        assert_eq!(w.poll().unwrap(), vec![INTRODUCE_DOMAIN]);
+        Store::write(&h, &format!("/local/domain/{d}/memory/target"), "512").unwrap();
+        Store::write(&h, &format!("/local/domain/{d}/data/other"), "1").unwrap();
+        assert_eq!(
+            w.poll().unwrap(),
+            vec![format!("/local/domain/{d}/memory/target")]
+        );
+        h.destroy_domain(d).unwrap();
+        // The directory's removal fires the watch under it, reported with the watched path.
+        assert_eq!(
+            w.poll().unwrap(),
+            vec![
+                format!("/local/domain/{d}/memory"),
+                RELEASE_DOMAIN.to_string()
+            ]
+        );
+        w.remove(&format!("/local/domain/{d}/memory")).unwrap();
+        assert!(w.remove("/local/domain/99").is_err());
+        // watch, 2 adds, 3 polls, 2 single writes, 2 removes.
+        assert_eq!(h.requests().unwrap() - before, 1 + 2 + 3 + 2 + 2);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `sqz_service`: the memory service (sessions and reservations, squeezed's `Memory_interface`)
 //! over a platform: the fake host (`sqz_fake_host`, for tests and demos), or the caller's own
-//! platform as a table of callbacks (`sqz_platform`). A constructor over Xen itself will sit
-//! next to these two (`sqz_service_new_xen`) when the Xen platform is built in.
+//! platform as a table of callbacks (`sqz_platform`), or this host's Xen (`sqz_service_new_xen`,
+//! when the library is built with the `xen` feature).
 
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -1230,6 +1230,40 @@ pub unsafe extern "C" fn sqz_service_new_platform(
         };
         new_service(platform, config, out)
     })
+}
+
+/// Creates a service over this host's Xen (libxenctrl and xenstored) with settings `config`
+/// (NULL: defaults) and stores it in `*out`. Errors: `out` NULL → `SQZ_ERR_INVALID_ARGUMENT`;
+/// a library built without Xen support (cargo feature `xen`) → `SQZ_ERR_UNSUPPORTED`; no
+/// hypervisor (no `/dev/xen/privcmd`), or libxenctrl or xenstored refusing → `SQZ_ERR_BACKEND`
+/// with their reason. Fails at once on a machine without Xen; never waits for one.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_service_new_xen(
+    config: *const sqz_service_config,
+    out: *mut *mut sqz_service,
+) -> sqz_status {
+    guard::status(|| {
+        need_out(out, "out")?;
+        new_service(xen_platform()?, config, out)
+    })
+}
+
+/// This host's Xen platform. A library built with Xen support that finds no Xen here is a
+/// backend failure, so callers can tell it from a library that cannot use Xen at all.
+#[cfg(feature = "xen")]
+fn xen_platform() -> Result<Platform, Failure> {
+    crate::backend::xen::platform().map_err(|e| match e {
+        Error::Unsupported(why) => Error::Backend(why).into(),
+        e => e.into(),
+    })
+}
+
+#[cfg(not(feature = "xen"))]
+fn xen_platform() -> Result<Platform, Failure> {
+    Err(Error::Unsupported(
+        "this libsqueeze was built without Xen support (cargo feature `xen`)".into(),
+    )
+    .into())
 }
 
 /// Releases a service. NULL is a no-op. Calls running on other threads finish first (they hold

@@ -1045,6 +1045,23 @@ static void test_service_bad_input(void) {
     sqz_fake_host_free(f);
 }
 
+/* A service over Xen, on this machine without Xen: the default library is built without Xen
+ * support and says so; a library built with it finds no hypervisor and says that. Either way a
+ * clear error at once, and no service. */
+static void test_service_over_xen_without_xen(void) {
+    sqz_service *s = NULL;
+    sqz_status st = sqz_service_new_xen(NULL, &s);
+    if (st == SQZ_ERR_UNSUPPORTED) {
+        CHECK(message_has("built without Xen support"));
+    } else {
+        CHECK_STATUS(st, SQZ_ERR_BACKEND);
+        CHECK(message_has("no Xen hypervisor: /dev/xen/privcmd not available"));
+    }
+    CHECK(s == NULL);
+    CHECK_STATUS(sqz_service_new_xen(NULL, NULL), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_service_free(s);
+}
+
 int main(void) {
     test_version();
     test_contract_values();
@@ -1075,6 +1092,7 @@ int main(void) {
     test_service_failures();
     test_service_progress_and_cancel();
     test_service_bad_input();
+    test_service_over_xen_without_xen();
     char cleanup[160];
     snprintf(cleanup, sizeof cleanup, "rm -rf '%s'", svc_dir);
     if (system(cleanup) != 0) {

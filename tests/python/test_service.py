@@ -217,3 +217,19 @@ def test_threads_of_one_process_share_a_service_without_double_spending(service)
     assert errors == []
     # The same 13 reservations of 512 MiB as with two processes, shared among four threads.
     assert len(ids) == 13 and len(set(ids)) == 13
+
+
+def test_a_service_over_xen_on_a_machine_without_xen_is_a_clear_error(tmp_path):
+    # The default libsqueeze has no Xen support and says so; one built with it finds no
+    # hypervisor here and says that instead. No service either way, and no hang.
+    if Path("/dev/xen/privcmd").exists():
+        pytest.skip("this machine runs Xen")
+    with pytest.raises((squeeze.Unsupported, squeeze.BackendError)) as e:
+        squeeze.Service.open_xen(lock_path=tmp_path / "host.lock")
+    if isinstance(e.value, squeeze.Unsupported):
+        assert "built without Xen support" in str(e.value)
+    else:
+        assert "no Xen hypervisor: /dev/xen/privcmd not available" in str(e.value)
+    # Bad settings are refused before Xen is even looked for.
+    with pytest.raises(squeeze.InvalidMemoryValue):
+        squeeze.Service.open_xen(slush_kib=-1)

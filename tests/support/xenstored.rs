@@ -113,6 +113,28 @@ impl Xenstored {
         st.watches.iter().filter(|w| w.path == path).count()
     }
 
+    /// Fires `@introduceDomain`, as xenstored does when the toolstack introduces a domain.
+    pub fn introduce_domain(&self) {
+        self.fire_special("@introduceDomain");
+    }
+
+    /// Fires `@releaseDomain`, as xenstored does when a domain shuts down, dies or is released.
+    pub fn release_domain(&self) {
+        self.fire_special("@releaseDomain");
+    }
+
+    fn fire_special(&self, path: &str) {
+        let events: Vec<Event> = {
+            let st = self.state.lock().unwrap();
+            st.watches
+                .iter()
+                .filter(|w| w.path == path)
+                .map(|w| (w.out.clone(), path.to_string(), w.token.clone()))
+                .collect()
+        };
+        send_events(events);
+    }
+
     /// Requests served so far, over all connections.
     pub fn requests(&self) -> u64 {
         self.state.lock().unwrap().requests
@@ -144,22 +166,29 @@ fn serve(conn: u64, stream: UnixStream, state: Arc<Mutex<State>>) {
                 Err(errno) => (XS_ERROR, format!("{errno}\0").into_bytes(), Vec::new()),
             }
         };
+        // Events go out before the reply, as xenstored queues them while it handles the
+        // request: once a writer has its answer, every watcher has its event on the way, and
+        // a watcher's own later request is answered after that event.
+        send_events(events);
         if send(&out, rty, req_id, tx_id, &reply).is_err() {
             break;
-        }
-        for (target, path, token) in events {
-            let _ = send(
-                &target,
-                XS_WATCH_EVENT,
-                0,
-                0,
-                format!("{path}\0{token}\0").as_bytes(),
-            );
         }
     }
     let mut st = state.lock().unwrap();
     st.watches.retain(|w| w.conn != conn);
     st.txns.retain(|_, t| t.conn != conn);
+}
+
+fn send_events(events: Vec<Event>) {
+    for (target, path, token) in events {
+        let _ = send(
+            &target,
+            XS_WATCH_EVENT,
+            0,
+            0,
+            format!("{path}\0{token}\0").as_bytes(),
+        );
+    }
 }
 
 fn send(
@@ -291,7 +320,12 @@ fn handle(
             Ok((ok(), events))
         }
         XS_WATCH | XS_UNWATCH => {
-            let path = valid_path(args.first().ok_or("EINVAL")?)?;
+            let path = args.first().ok_or("EINVAL")?;
+            let path = if path == "@introduceDomain" || path == "@releaseDomain" {
+                path.clone()
+            } else {
+                valid_path(path)?
+            };
             let token = args.get(1).ok_or("EINVAL")?.clone();
             if ty == XS_UNWATCH {
                 let before = st.watches.len();
@@ -416,6 +450,9 @@ fn fire(st: &State, changed: &[String]) -> Vec<Event> {
     let mut events = Vec::new();
     for p in changed {
         for w in &st.watches {
+            if w.path.starts_with('@') {
+                continue;
+            }
             if is_under(p, &w.path) || is_under(&w.path, p) {
                 events.push((w.out.clone(), p.clone(), w.token.clone()));
             }

@@ -1018,9 +1018,42 @@ class _ReserveCall:
         _check(status)
 
 
+class _ServiceConfig:
+    """An ``sqz_service_config`` with the given settings (``None``: the default), for the
+    duration of a ``with`` block."""
+
+    def __init__(self, lock_path, slush_kib, boot_time_record_path, options, balance_interval_s):
+        self._cfg = ctypes.c_void_p()
+        _check(lib.sqz_service_config_new(ctypes.byref(self._cfg)))
+        cfg = self._cfg
+        try:
+            if lock_path is not None:
+                _check(lib.sqz_service_config_set_lock_path(cfg, _text("lock_path", str(lock_path))))
+            if slush_kib is not None:
+                _check(lib.sqz_service_config_set_slush(cfg, _kib("slush_kib", slush_kib)))
+            if boot_time_record_path is not None:
+                p = _text("boot_time_record_path", str(boot_time_record_path))
+                _check(lib.sqz_service_config_set_boot_time_record_path(cfg, p))
+            if balance_interval_s is not None:
+                s = _seconds("balance_interval_s", balance_interval_s)
+                _check(lib.sqz_service_config_set_balance_interval(cfg, s))
+            with _OptionsHandle(options) as o:
+                _check(lib.sqz_service_config_set_options(cfg, o))
+        except BaseException:
+            lib.sqz_service_config_free(cfg)
+            raise
+
+    def __enter__(self):
+        return self._cfg
+
+    def __exit__(self, *exc):
+        lib.sqz_service_config_free(self._cfg)
+        return False
+
+
 class Service(_Handle):
     """The memory service (sessions and reservations, squeezed's ``Memory_interface``) over a
-    :class:`FakeHost`. Every process sharing a host must use the same ``lock_path``. Use as a
+    :class:`FakeHost`, or over this host's Xen with :meth:`open_xen`. Every process sharing a host must use the same ``lock_path``. Use as a
     context manager, or call :meth:`close`. Thread-safe."""
 
     _free = staticmethod(lib.sqz_service_free)
@@ -1037,24 +1070,28 @@ class Service(_Handle):
         super().__init__()
         if not isinstance(fake, FakeHost):
             raise TypeError(f"fake must be a squeeze.FakeHost, not {type(fake).__name__}")
-        cfg = ctypes.c_void_p()
-        _check(lib.sqz_service_config_new(ctypes.byref(cfg)))
-        try:
-            if lock_path is not None:
-                _check(lib.sqz_service_config_set_lock_path(cfg, _text("lock_path", str(lock_path))))
-            if slush_kib is not None:
-                _check(lib.sqz_service_config_set_slush(cfg, _kib("slush_kib", slush_kib)))
-            if boot_time_record_path is not None:
-                p = _text("boot_time_record_path", str(boot_time_record_path))
-                _check(lib.sqz_service_config_set_boot_time_record_path(cfg, p))
-            if balance_interval_s is not None:
-                s = _seconds("balance_interval_s", balance_interval_s)
-                _check(lib.sqz_service_config_set_balance_interval(cfg, s))
-            with _OptionsHandle(options) as o:
-                _check(lib.sqz_service_config_set_options(cfg, o))
+        settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s)
+        with _ServiceConfig(*settings) as cfg:
             _check(lib.sqz_service_new_fake(fake._ptr(), cfg, ctypes.byref(self._handle)))
-        finally:
-            lib.sqz_service_config_free(cfg)
+
+    @classmethod
+    def open_xen(
+        cls,
+        lock_path: Optional[str] = None,
+        slush_kib: Optional[int] = None,
+        boot_time_record_path: Optional[str] = None,
+        options: Optional[Options] = None,
+        balance_interval_s: Optional[float] = None,
+    ) -> "Service":
+        """The service over this host's Xen (libxenctrl and xenstored). Raises
+        :class:`Unsupported` when libsqueeze was built without Xen support (cargo feature
+        ``xen``), :class:`BackendError` with the reason when there is no usable Xen here."""
+        self = cls.__new__(cls)
+        _Handle.__init__(self)
+        settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s)
+        with _ServiceConfig(*settings) as cfg:
+            _check(lib.sqz_service_new_xen(cfg, ctypes.byref(self._handle)))
+        return self
 
     def login(self, service_name: str) -> str:
         """Starts a session; returns its id (the name). Drops the service's untransferred

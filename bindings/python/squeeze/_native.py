@@ -333,6 +333,7 @@ PROTOTYPES = {
     "sqz_service_stop_balancer": (sqz_status, [_opaque]),
     "sqz_service_new_fake": (sqz_status, [_opaque, _opaque, _p(_opaque)]),
     "sqz_service_new_platform": (sqz_status, [c_void_p, _opaque, _p(_opaque)]),
+    "sqz_service_new_xen": (sqz_status, [_opaque, _p(_opaque)]),
     "sqz_service_free": (None, [_opaque]),
     "sqz_login": (sqz_status, [_opaque, c_char_p]),
     "sqz_reserve_memory": (sqz_status, [_opaque, c_char_p, c_int64, c_char_p]),

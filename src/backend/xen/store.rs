@@ -23,7 +23,7 @@ impl XenStore {
         })
     }
 
-    /// Requests sent to xenstored so far through this store (not counting its watches).
+    /// Requests sent to xenstored so far through this store and its watches.
     pub fn requests(&self) -> u64 {
         self.xs.requests()
     }
@@ -53,12 +53,16 @@ impl Store for XenStore {
 
     fn watch(&self, path: &str) -> Result<Box<dyn Watch>> {
         // A connection of its own, so that its events are exactly this watch's.
-        let xs = XsHandle::open()?;
+        let xs = self.xs.open_sharing_count()?;
         xs.watch(path, WATCH_TOKEN)?;
         Ok(Box::new(XenWatch {
             xs,
-            path: path.to_owned(),
+            paths: vec![path.to_owned()],
         }))
+    }
+
+    fn requests(&self) -> Option<u64> {
+        Some(self.xs.requests())
     }
 
     // Single reads and writes go straight to xenstored: one request each instead of the three
@@ -77,26 +81,47 @@ impl Store for XenStore {
     }
 }
 
-/// A watch on a xenstore subtree, on its own connection.
+/// A watch on xenstore subtrees (and special paths), on a connection of its own.
 ///
-/// Right after it is set, xenstored reports the watched path itself once, which the first
-/// poll passes on ("something under here may have changed").
+/// Right after a path is watched, xenstored reports it once, which the next poll passes on
+/// ("something under here may have changed").
 #[derive(Debug)]
 pub struct XenWatch {
     xs: XsHandle,
-    path: String,
+    paths: Vec<String>,
 }
 
 impl Watch for XenWatch {
     fn poll(&mut self) -> Result<Vec<String>> {
+        // A round trip on the watch's connection first: xenstored queues a change's events
+        // before it answers the writer, so once this reply is in, every event of a write that
+        // finished before the poll has been received and is reported now, not next time.
+        self.xs.read("/")?;
         self.xs.pending_events(0)
+    }
+
+    fn add(&mut self, path: &str) -> Result<()> {
+        if self.paths.iter().any(|p| p == path) {
+            return Ok(());
+        }
+        self.xs.watch(path, WATCH_TOKEN)?;
+        self.paths.push(path.to_owned());
+        Ok(())
+    }
+
+    fn remove(&mut self, path: &str) -> Result<()> {
+        self.xs.unwatch(path, WATCH_TOKEN)?;
+        self.paths.retain(|p| p != path);
+        Ok(())
     }
 }
 
 impl Drop for XenWatch {
     fn drop(&mut self) {
-        // Closing the connection drops the watch in xenstored anyway; unwatching first is
+        // Closing the connection drops the watches in xenstored anyway; unwatching first is
         // only tidiness, so a failure is not worth reporting.
-        let _ = self.xs.unwatch(&self.path, WATCH_TOKEN);
+        for p in &self.paths {
+            let _ = self.xs.unwatch(p, WATCH_TOKEN);
+        }
     }
 }

@@ -10,6 +10,7 @@
 use std::ffi::{c_char, c_uint, c_ulong, c_void, CStr, CString};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -65,6 +66,15 @@ extern "C" {
     fn free(p: *mut c_void);
 }
 
+/// A watch path: an absolute path, or one of xenstored's special paths for domains coming
+/// and going.
+fn c_watch_path(path: &str) -> Result<CString> {
+    if path == crate::platform::INTRODUCE_DOMAIN || path == crate::platform::RELEASE_DOMAIN {
+        return Ok(CString::new(path).expect("no NUL in a constant"));
+    }
+    c_path(path)
+}
+
 /// A path checked for what xenstored would refuse anyway, converted for C.
 fn c_path(path: &str) -> Result<CString> {
     if !path.starts_with('/') {
@@ -108,8 +118,9 @@ pub enum Commit {
 /// between threads.
 pub struct XsHandle {
     h: NonNull<XsHandleRaw>,
-    // Requests sent to xenstored over this handle, for measuring how much a caller reads.
-    requests: AtomicU64,
+    // Requests sent to xenstored over this handle (and the handles sharing its count), for
+    // measuring how much a caller reads.
+    requests: Arc<AtomicU64>,
 }
 
 // SAFETY: libxenstore protects each handle with its own mutexes (requests, replies and the
@@ -134,13 +145,20 @@ impl Drop for XsHandle {
 impl XsHandle {
     /// Connects to xenstored (see the module documentation for where it is looked for).
     pub fn open() -> Result<Self> {
+        Self::open_counting(Arc::default())
+    }
+
+    /// Another connection to xenstored whose requests count toward this handle's
+    /// [`requests`](XsHandle::requests) (for watches on connections of their own).
+    pub fn open_sharing_count(&self) -> Result<Self> {
+        Self::open_counting(self.requests.clone())
+    }
+
+    fn open_counting(requests: Arc<AtomicU64>) -> Result<Self> {
         // SAFETY: 0 asks for a read-write connection, socket first, then the xenbus device.
         let h = unsafe { xs_open(0) };
         NonNull::new(h)
-            .map(|h| XsHandle {
-                h,
-                requests: AtomicU64::new(0),
-            })
+            .map(|h| XsHandle { h, requests })
             .ok_or_else(|| {
                 let err = std::io::Error::last_os_error();
                 let socket = std::env::var("XENSTORED_PATH")
@@ -158,7 +176,8 @@ impl XsHandle {
     }
 
     /// How many requests (reads, writes, listings, removals, transaction starts and ends,
-    /// watch changes) were sent over this connection.
+    /// watch changes) were sent over this connection and those opened with
+    /// [`open_sharing_count`](XsHandle::open_sharing_count).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
@@ -290,7 +309,7 @@ impl XsHandle {
     /// [`XsHandle::pending_events`]. xenstored fires one event for `path` as soon as the watch
     /// is set.
     pub fn watch(&self, path: &str, token: &str) -> Result<()> {
-        let p = c_path(path)?;
+        let p = c_watch_path(path)?;
         let tok = CString::new(token)
             .map_err(|_| Error::InvalidArgument("watch token contains a NUL byte".into()))?;
         // SAFETY: both are C strings.
@@ -303,7 +322,7 @@ impl XsHandle {
 
     /// Removes a watch set with [`XsHandle::watch`].
     pub fn unwatch(&self, path: &str, token: &str) -> Result<()> {
-        let p = c_path(path)?;
+        let p = c_watch_path(path)?;
         let tok = CString::new(token)
             .map_err(|_| Error::InvalidArgument("watch token contains a NUL byte".into()))?;
         // SAFETY: both are C strings.
