@@ -309,6 +309,10 @@ pub struct Counters {
     pub reservations_failed: u64,
     /// Reservations the caller cancelled.
     pub reservations_cancelled: u64,
+    /// Requests this process has sent to the store through the service's store (xenstored
+    /// counts a transaction as its start, its operations and its end), looks for the
+    /// diagnostics included; `None` when the store does not count them.
+    pub store_requests: Option<u64>,
 }
 
 /// Re-estimated memory offsets.

@@ -626,8 +626,9 @@ impl Service {
     /// offset and (under the adaptive policy) measured rate and cooperation, the last decision
     /// and this service's counters. Read under the host lock, so it is one consistent look.
     pub fn diagnostics(&self) -> Result<Diagnostics> {
-        let (view, learnt) = self.with_host(|model| {
+        let (view, learnt, store_requests) = self.with_host(|model| {
             let view = model.view()?;
+            let store_requests = model.platform().store_requests();
             let learner = self.inner.learner.lock();
             let learnt: Vec<_> = view
                 .domains
@@ -638,7 +639,7 @@ impl Service {
                     Some((c, b.track(d.domid).cloned()))
                 })
                 .collect();
-            Ok((view, learnt))
+            Ok((view, learnt, store_requests))
         })?;
         let cfg = &self.inner.config;
         let recorder = self.inner.recorder.lock();
@@ -741,7 +742,10 @@ impl Service {
                 .collect(),
             domains,
             last_decision: recorder.last_decision.clone(),
-            counters: recorder.counters,
+            counters: diagnostics::Counters {
+                store_requests,
+                ..recorder.counters
+            },
             offset_drifts: diagnostics::OffsetDrifts {
                 total: view.offset_drifts_total,
                 recent: view

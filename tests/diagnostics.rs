@@ -118,6 +118,8 @@ fn the_document_of_a_busy_host_validates_against_the_schema_under_both_policies(
         assert!(c["target_writes"].as_u64().unwrap() >= 1);
         assert!(c["waits"].as_u64().unwrap() >= 1);
         assert!(c["iterations"].as_u64().unwrap() > c["waits"].as_u64().unwrap());
+        // The fake host counts store requests: the guests' keys, the ledger, the targets.
+        assert!(c["store_requests"].as_u64().unwrap() > 0);
 
         // The fixed guest is never asked to move.
         let db = d["domains"]
