@@ -138,6 +138,14 @@
 #define SQZ_VERSION_NUMBER (((SQZ_VERSION_MAJOR << 16) | (SQZ_VERSION_MINOR << 8)) | SQZ_VERSION_PATCH)
 
 /**
+ * A cancel handle: `sqz_cancel_request` on it, from any thread, stops every reservation that
+ * was given it. Opaque; created by `sqz_cancel_new`, released by `sqz_cancel_free` (a
+ * reservation using it keeps what it needs, so it may be freed while one runs). Once
+ * requested it stays requested: use a fresh handle for the next reservation.
+ */
+typedef struct sqz_cancel sqz_cancel;
+
+/**
  * The domain list under construction, handed to `sqz_platform.list_domains`. Opaque, valid
  * only during that callback, on its thread.
  */
@@ -332,6 +340,61 @@ typedef struct sqz_cooperation {
      */
     int32_t concern;
 } sqz_cooperation;
+
+/**
+ * How far a reservation that waits for ballooning has got. Valid only during the callback.
+ */
+typedef struct sqz_progress {
+    /**
+     * How much host free memory has grown since the call started, in KiB.
+     */
+    int64_t freed_kib;
+    /**
+     * How much it had to grow when the call started, in KiB (the amount asked for, the slush
+     * included, minus what was already free).
+     */
+    int64_t needed_kib;
+    /**
+     * Seconds since the call started, on the platform's clock.
+     */
+    double elapsed_s;
+    /**
+     * Seconds still to wait at the speed seen so far; negative while unknown (nothing freed
+     * yet).
+     */
+    double eta_s;
+} sqz_progress;
+
+/**
+ * Receives a progress report before each wait for the balloon drivers, on the thread that
+ * called the reservation, with the host lock held (so it must not call the service; such a
+ * call fails with `SQZ_ERR_INVALID_ARGUMENT`). Returns 0 to go on; any other value stops the
+ * reservation, which then fails with `SQZ_ERR_CANCELLED`.
+ */
+typedef int32_t (*sqz_progress_fn)(void *ctx, const struct sqz_progress *progress);
+
+/**
+ * Extras of `sqz_reserve_memory_with` and `sqz_reserve_memory_range_with`. Zero-initialise
+ * it and set `struct_size`: NULL members mean "none".
+ */
+typedef struct sqz_reserve_options {
+    /**
+     * `sizeof(sqz_reserve_options)` as the caller knows it.
+     */
+    uint32_t struct_size;
+    /**
+     * Called before each wait for the balloon drivers, or NULL.
+     */
+    sqz_progress_fn progress;
+    /**
+     * Passed to `progress`.
+     */
+    void *ctx;
+    /**
+     * Stops the reservation when requested, or NULL.
+     */
+    struct sqz_cancel *cancel;
+} sqz_reserve_options;
 
 /**
  * The shape of a fake host. All sizes in KiB.
@@ -778,6 +841,12 @@ typedef struct sqz_step_result {
 #define SQZ_ERR_INTERNAL 10
 
 /**
+ * The caller stopped the call before it finished: through `sqz_cancel_request`, or a
+ * progress callback returning non-zero. Nothing was reserved.
+ */
+#define SQZ_ERR_CANCELLED 11
+
+/**
  * Moves toward its target at `rate_kib_per_s`, stopping within its inaccuracy.
  */
 #define SQZ_BEHAVIOUR_IDEAL 0
@@ -1056,6 +1125,50 @@ sqz_status sqz_options_set_policy(struct sqz_options *o, int32_t policy);
  * finite positive number → `SQZ_ERR_INVALID_ARGUMENT`, options unchanged.
  */
 sqz_status sqz_options_set_deadline(struct sqz_options *o, double seconds);
+
+/**
+ * Creates a cancel handle and stores it in `*out`. Errors: `out` NULL →
+ * `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_cancel_new(struct sqz_cancel **out);
+
+/**
+ * Asks every reservation given `c` to stop: a waiting one returns `SQZ_ERR_CANCELLED` within
+ * about a tenth of a second (or one step of simulated time), having reserved nothing. Safe to
+ * call from any thread, any number of times, and from a progress callback. Errors: `c` NULL
+ * or not a cancel handle → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_cancel_request(struct sqz_cancel *c);
+
+/**
+ * Releases a cancel handle. NULL is a no-op.
+ */
+void sqz_cancel_free(struct sqz_cancel *c);
+
+/**
+ * `sqz_reserve_memory` with a progress callback and a cancel handle (`options` NULL: neither).
+ * Errors as `sqz_reserve_memory`, plus: `options->struct_size` too small or `options->cancel`
+ * not a cancel handle → `SQZ_ERR_INVALID_ARGUMENT`; cancelled, or the callback returned
+ * non-zero → `SQZ_ERR_CANCELLED`. Nothing is reserved on failure.
+ */
+sqz_status sqz_reserve_memory_with(struct sqz_service *s,
+                                   const char *session,
+                                   int64_t kib,
+                                   const struct sqz_reserve_options *options,
+                                   char *reservation_id_out);
+
+/**
+ * `sqz_reserve_memory_range` with a progress callback and a cancel handle (`options` NULL:
+ * neither); progress is measured toward the policy's size for the new domain. Errors as
+ * `sqz_reserve_memory_range` and `sqz_reserve_memory_with`.
+ */
+sqz_status sqz_reserve_memory_range_with(struct sqz_service *s,
+                                         const char *session,
+                                         int64_t min_kib,
+                                         int64_t max_kib,
+                                         const struct sqz_reserve_options *options,
+                                         char *reservation_id_out,
+                                         int64_t *reserved_kib_out);
 
 /**
  * Creates a fake host living in this process only and stores it in `*out`. Errors: a NULL

@@ -24,6 +24,7 @@ APT_NEEDS=(
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
 PIP_NEEDS=(
   "pytest pytest"
+  "jsonschema jsonschema"
 )
 
 missing=()

@@ -108,6 +108,14 @@ impl Balancer {
         }
     }
 
+    /// What the adaptive policy has learnt about `domid` (None under the classic policy).
+    pub fn track(&self, domid: DomId) -> Option<&crate::adaptive::tracker::Track> {
+        match &self.engine {
+            Engine::Adaptive(a) => a.track(domid),
+            Engine::Classic(_) => None,
+        }
+    }
+
     /// The classic squeezer, when that is the policy (for callers that run single iterations).
     pub fn classic(&mut self) -> Option<&mut Squeezer> {
         match &mut self.engine {

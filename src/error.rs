@@ -39,6 +39,10 @@ pub enum Error {
     /// The domain holds no reservation (squeezed's `No_reservation`).
     #[error("domain {0} holds no reservation")]
     NoReservation(DomId),
+    /// The caller stopped the call (through a cancel token, or a progress callback asking to
+    /// stop) before it finished; nothing was reserved.
+    #[error("cancelled by the caller")]
+    Cancelled,
 }
 
 /// Shorthand for results carrying the library's [`Error`].

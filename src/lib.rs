@@ -45,6 +45,7 @@
 pub mod adaptive;
 pub mod backend;
 pub mod balancer;
+pub mod diagnostics;
 pub mod driver;
 pub mod error;
 pub mod ffi;
@@ -54,6 +55,7 @@ pub mod model;
 pub mod monitor;
 pub mod platform;
 pub mod policy;
+pub mod progress;
 pub mod reservations;
 pub mod service;
 pub mod squeezer;

@@ -22,12 +22,14 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::adaptive::{AdaptiveOptions, Cooperation};
 use crate::balancer::Policy;
-use crate::driver;
+use crate::diagnostics::{self, Diagnostics, Operation, Recorder};
+use crate::driver::{self, Io};
 use crate::error::{Error, Result};
 use crate::host::{HostConfig, HostModel, HostView};
 use crate::lockfile;
 use crate::model::{kib, DomId, Kib};
 use crate::platform::{pages, Platform};
+use crate::progress::{CancelToken, ProgressFn, ReserveOptions, Watched};
 use crate::reservations::{self, Layout};
 use crate::squeezer::Options;
 
@@ -128,6 +130,8 @@ struct Inner {
     learner: Mutex<Option<crate::balancer::Balancer>>,
     fault_hook: Mutex<Option<FaultHook>>,
     balancing_passes: std::sync::atomic::AtomicU64,
+    /// Counters and the last decision, for the diagnostics.
+    recorder: Mutex<Recorder>,
 }
 
 /// The memory service over one host. Cheap to clone; clones share everything.
@@ -215,6 +219,7 @@ impl Service {
                 learner: Mutex::new(learner),
                 fault_hook: Mutex::new(None),
                 balancing_passes: std::sync::atomic::AtomicU64::new(0),
+                recorder: Mutex::new(Recorder::default()),
             }),
         })
     }
@@ -294,18 +299,67 @@ impl Service {
             .and_then(|b| b.cooperation(domid))
     }
 
+    /// Runs `f` as [`decide`](Service::decide) does, on the host model seen through
+    /// [`Watched`] (which reports progress toward `watch`'s amount and honours its cancel
+    /// token), and records the operation for the diagnostics.
+    fn decide_watched<T>(
+        &self,
+        model: &mut HostModel,
+        operation: Operation,
+        reason: String,
+        session: Option<&str>,
+        watch: Option<(Kib, Option<&mut ProgressFn<'_>>, Option<CancelToken>)>,
+        f: impl FnOnce(&mut crate::balancer::Balancer, &mut dyn Io) -> Result<T>,
+    ) -> Result<T> {
+        let started = model.platform().clock.now();
+        let mut io = Watched::new(model);
+        if let Some((required, progress, cancel)) = watch {
+            io = io.watch(required, progress, cancel);
+        }
+        let result = self.decide(|b| f(b, &mut io));
+        let (looks, waits, writes) = (io.looks, io.waits, std::mem::take(&mut io.writes));
+        drop(io);
+        let finished = model.platform().clock.now();
+        self.inner.recorder.lock().record(
+            operation, reason, session, started, finished, &result, looks, waits, &writes,
+        );
+        result
+    }
+
     /// Frees `kib` KiB (ballooning domains down if needed) and sets it aside under a new
     /// reservation id.
     pub fn reserve_memory(&self, session: &str, kib: Kib) -> Result<String> {
+        self.reserve_memory_with(session, kib, ReserveOptions::default())
+    }
+
+    /// [`reserve_memory`](Service::reserve_memory) with a progress callback and a cancel token
+    /// (see [`ReserveOptions`]). A cancelled call returns [`Error::Cancelled`] and leaves the
+    /// ledger as it was.
+    pub fn reserve_memory_with(
+        &self,
+        session: &str,
+        kib: Kib,
+        mut options: ReserveOptions<'_>,
+    ) -> Result<String> {
         reservations::check_session(session)?;
         kib::check_size("reservation size", kib)?;
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
         self.with_host(|model| {
             let required = kib::add(kib, slush, "memory to free")?;
-            self.decide(|b| {
-                b.change_host_free_memory(model, required, &mut |free| free >= required)
-            })
+            let watch = (
+                required,
+                options.progress.as_deref_mut(),
+                options.cancel.clone(),
+            );
+            self.decide_watched(
+                model,
+                Operation::ReserveMemory,
+                format!("reserve {kib} KiB for session {session}"),
+                Some(session),
+                Some(watch),
+                |b, io| b.change_host_free_memory(io, required, &mut |free| free >= required),
+            )
             .map_err(|e| net_of_slush(e, slush))?;
             self.fault_point("reserve:freed");
             model.platform().store.transaction(&mut |t| {
@@ -327,6 +381,20 @@ impl Service {
         min_kib: Kib,
         max_kib: Kib,
     ) -> Result<(String, Kib)> {
+        self.reserve_memory_range_with(session, min_kib, max_kib, ReserveOptions::default())
+    }
+
+    /// [`reserve_memory_range`](Service::reserve_memory_range) with a progress callback and a
+    /// cancel token (see [`ReserveOptions`]); progress is measured toward the policy's size for
+    /// the new domain. A cancelled call returns [`Error::Cancelled`] and leaves the ledger as it
+    /// was.
+    pub fn reserve_memory_range_with(
+        &self,
+        session: &str,
+        min_kib: Kib,
+        max_kib: Kib,
+        mut options: ReserveOptions<'_>,
+    ) -> Result<(String, Kib)> {
         reservations::check_session(session)?;
         kib::check_size("minimum", min_kib)?;
         kib::check_size("maximum", max_kib)?;
@@ -338,8 +406,22 @@ impl Service {
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
         let amount = self.with_host(|model| {
+            // Progress needs the amount the policy aims for, which costs a look at the host.
+            let watch = if options.progress.is_some() {
+                driver::range_request(model, min_kib, max_kib)?.required
+            } else {
+                0
+            };
+            let watch = (watch, options.progress.as_deref_mut(), options.cancel.clone());
             let amount = self
-                .decide(|b| b.free_memory_range(model, min_kib, max_kib))
+                .decide_watched(
+                    model,
+                    Operation::ReserveMemoryRange,
+                    format!("reserve {min_kib}..={max_kib} KiB for session {session}"),
+                    Some(session),
+                    Some(watch),
+                    |b, io| b.free_memory_range(io, min_kib, max_kib),
+                )
                 .map_err(|e| net_of_slush(e, slush))?;
             self.fault_point("reserve:freed");
             model.platform().store.transaction(&mut |t| {
@@ -424,7 +506,16 @@ impl Service {
 
     /// Hands free memory above the slush back to the domains.
     pub fn balance_memory(&self) -> Result<()> {
-        self.with_host(|model| self.decide(|b| b.balance_memory(model)))?;
+        self.with_host(|model| {
+            self.decide_watched(
+                model,
+                Operation::BalanceMemory,
+                "hand free memory above the slush back to the domains".into(),
+                None,
+                None,
+                |b, io| b.balance_memory(io),
+            )
+        })?;
         self.inner.balancing_passes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -435,7 +526,14 @@ impl Service {
         let opts = self.inner.config.options;
         let balanced = self.with_host(|model| {
             if driver::is_host_memory_unbalanced(model, &opts)? {
-                self.decide(|b| b.balance_memory(model))?;
+                self.decide_watched(
+                    model,
+                    Operation::BackgroundBalance,
+                    "a periodic check found memory to hand back to the domains".into(),
+                    None,
+                    None,
+                    |b, io| b.balance_memory(io),
+                )?;
                 Ok(true)
             } else {
                 Ok(false)
@@ -523,32 +621,167 @@ impl Service {
         self.with_host(|model| model.view())
     }
 
-    /// A JSON document describing the host (Xen's figures, every domain as the balancer sees
-    /// it, uncooperative flags), the reservation ledger and the service's settings.
-    pub fn get_diagnostics(&self) -> Result<String> {
-        let view = self.host_view()?;
+    /// The diagnostics document (see [`crate::diagnostics`] and `docs/diagnostics.md`): host
+    /// free memory and slush, the ledger by session, every domain's range, target, actual,
+    /// offset and (under the adaptive policy) measured rate and cooperation, the last decision
+    /// and this service's counters. Read under the host lock, so it is one consistent look.
+    pub fn diagnostics(&self) -> Result<Diagnostics> {
+        let (view, learnt, store_requests) = self.with_host(|model| {
+            let view = model.view()?;
+            let store_requests = model.platform().store_requests();
+            let learner = self.inner.learner.lock();
+            let learnt: Vec<_> = view
+                .domains
+                .iter()
+                .map(|d| {
+                    let b = learner.as_ref()?;
+                    let c = b.cooperation(d.domid)?;
+                    Some((c, b.track(d.domid).cloned()))
+                })
+                .collect();
+            Ok((view, learnt, store_requests))
+        })?;
         let cfg = &self.inner.config;
-        let doc = serde_json::json!({
-            "settings": {
-                "slush_kib": cfg.host.slush_kib,
-                "free_memory_tolerance_kib": cfg.host.free_memory_tolerance_kib,
-                "manage_domain_zero": cfg.host.manage_domain_zero,
-                "uncooperative_after_s": cfg.host.uncooperative_after_s,
-                "offset_drift": cfg.host.offset_drift,
-                "drift_window_looks": cfg.host.drift_window_looks,
-                "drift_window_s": cfg.host.drift_window_s,
-                "claim_transferred_reservations": cfg.host.claim_transferred_reservations,
-                "lock_path": cfg.lock_path.display().to_string(),
-                "state_dir": self.inner.layout.state_dir(),
-                "balance_interval_s": cfg.balance_interval_s,
+        let recorder = self.inner.recorder.lock();
+        let mut sessions: Vec<diagnostics::SessionReservations> = Vec::new();
+        for r in &view.reservations {
+            let entry = diagnostics::ReservationEntry {
+                id: r.id.clone(),
+                kib: r.kib,
+                domid: r.in_transfer,
+            };
+            match sessions.iter_mut().find(|s| s.session == r.session) {
+                Some(s) => {
+                    s.total_kib = s.total_kib.saturating_add(r.kib);
+                    s.reservations.push(entry);
+                }
+                None => sessions.push(diagnostics::SessionReservations {
+                    session: r.session.clone(),
+                    total_kib: r.kib,
+                    reservations: vec![entry],
+                }),
+            }
+        }
+        let domains = view
+            .domains
+            .iter()
+            .zip(learnt)
+            .map(|(d, learnt)| {
+                let m = d.domain.as_ref();
+                let (cooperation, rate) = match learnt {
+                    Some((c, track)) => (
+                        Some(diagnostics::CooperationState {
+                            score_s: c.score_s,
+                            state: if c.uncooperative {
+                                diagnostics::CooperationFlag::Uncooperative
+                            } else {
+                                diagnostics::CooperationFlag::Cooperative
+                            },
+                            concern: c.concern.map(Into::into),
+                            floor_kib: track.as_ref().and_then(|t| t.floor).map(|l| l.at_kib),
+                            ceiling_kib: track.as_ref().and_then(|t| t.ceiling).map(|l| l.at_kib),
+                        }),
+                        track.map(|t| diagnostics::Rate {
+                            down_kib_per_s: t.rate_down,
+                            up_kib_per_s: t.rate_up,
+                        }),
+                    ),
+                    None => (None, None),
+                };
+                diagnostics::DomainDiagnostics {
+                    domid: d.domid,
+                    domain_type: d.domain_type,
+                    booted: d.booted,
+                    can_balloon: d.can_balloon,
+                    skipped: d.skipped.clone(),
+                    dynamic_min_kib: m.map(|m| m.dynamic_min_kib),
+                    target_kib: m.map(|m| m.target_kib),
+                    actual_kib: m.map(|m| m.memory_actual_kib),
+                    dynamic_max_kib: m.map(|m| m.dynamic_max_kib),
+                    maxmem_kib: m.map(|m| m.memory_max_kib),
+                    inaccuracy_kib: m.map(|m| m.inaccuracy_kib),
+                    offset_kib: d.offset_kib,
+                    initial_reservation_kib: d.initial_reservation_kib,
+                    unallocated_reservation_kib: d.unallocated_reservation_kib,
+                    shared_kib: d.shared_kib,
+                    uncooperative_flag: d.uncooperative,
+                    drift_suspect: d.drift_suspect,
+                    rate,
+                    cooperation,
+                    last_target_change: recorder.last_change.get(&d.domid).cloned(),
+                }
+            })
+            .collect();
+        Ok(Diagnostics {
+            schema_version: diagnostics::SCHEMA_VERSION,
+            time_s: view.time,
+            policy: match cfg.policy {
+                Policy::Classic => "classic",
+                Policy::Adaptive => "adaptive",
+            }
+            .to_string(),
+            host: diagnostics::HostMemory {
+                total_kib: view.total_kib,
+                free_kib: view.free_kib,
+                slush_kib: cfg.host.slush_kib,
+                xen_free_kib: view.xen_free_kib,
+                scrub_kib: view.scrub_kib,
+                outstanding_claims_kib: view.outstanding_kib,
+                shared_kib: view.shared_kib,
+                reserved_kib: view.reserved_kib,
+                unallocated_initial_kib: view.unallocated_initial_kib,
             },
-            "balancer": {
-                "running": self.balancer_running(),
-                "passes": self.inner.balancing_passes.load(Ordering::Relaxed),
+            sessions,
+            invalid_ledger_entries: view
+                .invalid_entries
+                .iter()
+                .map(|e| diagnostics::InvalidLedgerEntry {
+                    path: e.path.clone(),
+                    why: e.why.clone(),
+                })
+                .collect(),
+            domains,
+            last_decision: recorder.last_decision.clone(),
+            counters: diagnostics::Counters {
+                store_requests,
+                ..recorder.counters
             },
-            "host": view,
-        });
-        serde_json::to_string_pretty(&doc)
+            offset_drifts: diagnostics::OffsetDrifts {
+                total: view.offset_drifts_total,
+                recent: view
+                    .recent_offset_drifts
+                    .iter()
+                    .map(|o| diagnostics::OffsetDriftEntry {
+                        domid: o.domid,
+                        time_s: o.time,
+                        old_offset_kib: o.old_offset_kib,
+                        new_offset_kib: o.new_offset_kib,
+                    })
+                    .collect(),
+            },
+            balancer: diagnostics::BackgroundBalancer {
+                running: self.balancer_running(),
+                interval_s: cfg.balance_interval_s,
+                passes: self.inner.balancing_passes.load(Ordering::Relaxed),
+            },
+            settings: diagnostics::Settings {
+                slush_kib: cfg.host.slush_kib,
+                free_memory_tolerance_kib: cfg.host.free_memory_tolerance_kib,
+                manage_domain_zero: cfg.host.manage_domain_zero,
+                uncooperative_after_s: cfg.host.uncooperative_after_s,
+                offset_drift: cfg.host.offset_drift,
+                drift_window_looks: cfg.host.drift_window_looks,
+                drift_window_s: cfg.host.drift_window_s,
+                claim_transferred_reservations: cfg.host.claim_transferred_reservations,
+                lock_path: cfg.lock_path.display().to_string(),
+                state_dir: self.inner.layout.state_dir().to_string(),
+            },
+        })
+    }
+
+    /// [`diagnostics`](Service::diagnostics) as pretty-printed JSON.
+    pub fn get_diagnostics(&self) -> Result<String> {
+        serde_json::to_string_pretty(&self.diagnostics()?)
             .map_err(|e| Error::Backend(format!("cannot encode diagnostics: {e}")))
     }
 

@@ -207,7 +207,7 @@ fn garbage_in_the_store_is_reported_not_trusted() {
         .unwrap();
     assert!(service.balance_memory().is_ok());
     let doc: serde_json::Value = serde_json::from_str(&service.get_diagnostics().unwrap()).unwrap();
-    assert_eq!(doc["host"]["invalid_entries"].as_array().unwrap().len(), 3);
+    assert_eq!(doc["invalid_ledger_entries"].as_array().unwrap().len(), 3);
 }
 
 #[test]

@@ -297,8 +297,8 @@ fn drift_corrections_reach_the_diagnostics() {
     let g = guest(&fake);
     drift_and_watch(&fake, &service, g, 4 * MIB);
     let doc: serde_json::Value = serde_json::from_str(&service.get_diagnostics().unwrap()).unwrap();
-    assert_eq!(doc["host"]["offset_drifts_total"], 1);
-    let e = &doc["host"]["recent_offset_drifts"][0];
+    assert_eq!(doc["offset_drifts"]["total"], 1);
+    let e = &doc["offset_drifts"]["recent"][0];
     assert_eq!(e["domid"], g);
     assert_eq!(e["old_offset_kib"], MIB);
     assert_eq!(e["new_offset_kib"], 5 * MIB);

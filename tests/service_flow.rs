@@ -354,10 +354,11 @@ fn diagnostics_describe_domains_and_ledger() {
     let doc: serde_json::Value = serde_json::from_str(&service.get_diagnostics().unwrap()).unwrap();
     assert_eq!(doc["settings"]["slush_kib"], SLUSH);
     assert_eq!(doc["host"]["reserved_kib"], 100 * MIB);
-    assert_eq!(doc["host"]["reservations"][0]["id"], id.as_str());
-    let d = &doc["host"]["domains"][0];
+    assert_eq!(doc["sessions"][0]["reservations"][0]["id"], id.as_str());
+    assert_eq!(doc["sessions"][0]["session"], "xenopsd");
+    let d = &doc["domains"][0];
     assert_eq!(d["domid"], g);
-    assert_eq!(d["domain"]["dynamic_min_kib"], 512 * MIB);
+    assert_eq!(d["dynamic_min_kib"], 512 * MIB);
     let _ = fake;
 }
 

@@ -5,12 +5,14 @@
 //! `--fake DIR`, on a fake host directory shared with the library's `squeeze-fake` tool.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use squeeze::backend::fake::FakeHost;
 use squeeze::host::HostView;
 use squeeze::platform::Platform;
+use squeeze::progress::ReserveOptions;
 use squeeze::service::{Service, ServiceConfig};
 use squeeze::{DomId, Error, Kib};
 
@@ -33,7 +35,7 @@ pub enum AdminCommand {
     Status {
         #[command(flatten)]
         host: HostArgs,
-        /// Print the host model's view as JSON instead of a table.
+        /// Print the diagnostics document (docs/diagnostics.md) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -41,6 +43,10 @@ pub enum AdminCommand {
     Reserve {
         #[command(flatten)]
         host: HostArgs,
+        /// No progress bar while waiting for ballooning (it is also hidden when stdout or
+        /// stderr is not a terminal).
+        #[arg(long, short)]
+        quiet: bool,
         /// The session (service name) the reservation belongs to.
         session: String,
         /// Size in KiB.
@@ -185,21 +191,40 @@ fn run_service(cmd: &AdminCommand) -> Result<String, Error> {
     match cmd {
         AdminCommand::Status { host, json } => {
             let service = open(host)?;
-            let view = service.host_view()?;
             if *json {
-                serde_json::to_string_pretty(&view)
-                    .map(|s| s + "\n")
-                    .map_err(|e| Error::Backend(format!("cannot encode the status: {e}")))
-            } else {
-                let mut out = Vec::new();
-                status_table(&view, service.get_host_reserved_memory(), &mut out)
-                    .map_err(|e| Error::Backend(e.to_string()))?;
-                Ok(String::from_utf8_lossy(&out).into_owned())
+                return service.get_diagnostics().map(|s| s + "\n");
             }
+            let view = service.host_view()?;
+            let mut out = Vec::new();
+            status_table(&view, service.get_host_reserved_memory(), &mut out)
+                .map_err(|e| Error::Backend(e.to_string()))?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
         }
-        AdminCommand::Reserve { host, session, kib } => open(host)?
-            .reserve_memory(session, *kib)
-            .map(|id| format!("{id}\n")),
+        AdminCommand::Reserve {
+            host,
+            quiet,
+            session,
+            kib,
+        } => {
+            let service = open(host)?;
+            let bar = crate::progress_bar(
+                0,
+                *quiet,
+                "freeing memory [{bar:40}] {bytes}/{total_bytes} {msg}",
+            );
+            let options = ReserveOptions::default().with_progress(|p| {
+                bar.set_length((p.needed_kib.max(0) as u64) * 1024);
+                bar.set_position((p.freed_kib.max(0) as u64) * 1024);
+                bar.set_message(match p.eta_s {
+                    Some(s) => format!("about {s:.0} s left"),
+                    None => "waiting for balloon drivers".to_string(),
+                });
+                ControlFlow::Continue(())
+            });
+            let r = service.reserve_memory_with(session, *kib, options);
+            bar.finish_and_clear();
+            r.map(|id| format!("{id}\n"))
+        }
         AdminCommand::Transfer {
             host,
             session,

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use squeeze::{Kib, Policy};
 
-use scenario::{run, trace_csv, Run, Scenario};
+use scenario::{run_observed, trace_csv, Run, Scenario};
 
 #[derive(Parser)]
 #[command(name = "squeeze", version, about = "Xen host memory balancing")]
@@ -42,6 +42,9 @@ enum Command {
         /// Write a plot of the run(s) as SVG here.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// No progress bar (it is also hidden when stdout or stderr is not a terminal).
+        #[arg(long, short)]
+        quiet: bool,
     },
     #[command(flatten)]
     Admin(admin::AdminCommand),
@@ -87,11 +90,29 @@ fn summary(scenario: &Scenario, r: &Run) {
     }
 }
 
+/// A progress bar on stderr, or a hidden one when `quiet` or when the output is not a terminal
+/// (a pipe, a file, CI logs).
+pub(crate) fn progress_bar(len: u64, quiet: bool, template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let shown = !quiet && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let target = if shown {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), target);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
 fn simulate(
     path: &PathBuf,
     policy: PolicyArg,
     csv: Option<&PathBuf>,
     svg: Option<&PathBuf>,
+    quiet: bool,
 ) -> Result<(), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -106,7 +127,22 @@ fn simulate(
     };
     let mut runs = Vec::new();
     for p in policies {
-        let r = run(&scenario, p).map_err(|e| format!("simulation failed: {e}"))?;
+        // Simulated time in tenths of a second, so short scenarios still move the bar.
+        let bar = progress_bar(
+            (scenario.end_s() * 10.0).ceil() as u64,
+            quiet,
+            "{prefix:>8} [{bar:40}] {msg}",
+        );
+        bar.set_prefix(match p {
+            Policy::Classic => "classic",
+            Policy::Adaptive => "adaptive",
+        });
+        let r = run_observed(&scenario, p, &mut |t| {
+            bar.set_position((t * 10.0) as u64);
+            bar.set_message(format!("{t:.0} of {:.0} s simulated", scenario.end_s()));
+        });
+        bar.finish_and_clear();
+        let r = r.map_err(|e| format!("simulation failed: {e}"))?;
         summary(&scenario, &r);
         runs.push(r);
     }
@@ -143,7 +179,8 @@ fn main() -> ExitCode {
             policy,
             csv,
             svg,
-        } => simulate(scenario, *policy, csv.as_ref(), svg.as_ref()),
+            quiet,
+        } => simulate(scenario, *policy, csv.as_ref(), svg.as_ref(), *quiet),
         Command::Admin(cmd) => admin::run(cmd).map(|out| {
             // A closed stdout (`squeeze status | head`) is not worth a panic.
             let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());

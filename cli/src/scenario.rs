@@ -367,7 +367,18 @@ fn mib(kib: Kib) -> String {
 }
 
 /// Runs `scenario` with `policy`.
+#[cfg(test)]
 pub fn run(scenario: &Scenario, policy: Policy) -> Result<Run, Error> {
+    run_observed(scenario, policy, &mut |_| {})
+}
+
+/// [`run`], calling `progress` with the simulated time after each event and balancing tick
+/// (the run ends at [`Scenario::end_s`]).
+pub fn run_observed(
+    scenario: &Scenario,
+    policy: Policy,
+    progress: &mut dyn FnMut(f64),
+) -> Result<Run, Error> {
     let slush = scenario.host.slush_mib * MIB;
     let mut sim = Simulator::new(SimConfig {
         free_mem_kib: scenario.host.free_mib * MIB,
@@ -415,6 +426,7 @@ pub fn run(scenario: &Scenario, policy: Policy) -> Result<Run, Error> {
         else {
             break;
         };
+        progress(sim.time());
         if at > sim.time() {
             let dt = at - sim.time();
             sim.advance(dt)?;

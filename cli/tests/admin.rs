@@ -96,8 +96,9 @@ fn a_stale_reservation_left_by_a_client_is_seen_and_removed_by_hand() {
 
     let json: serde_json::Value =
         serde_json::from_str(&squeeze(dir.path(), &["status", "--json"])).unwrap();
-    assert_eq!(json["reserved_kib"], 2_097_152);
-    assert_eq!(json["reservations"][0]["id"], id.as_str());
+    assert_eq!(json["host"]["reserved_kib"], 2_097_152);
+    assert_eq!(json["sessions"][0]["session"], "xenopsd");
+    assert_eq!(json["sessions"][0]["reservations"][0]["id"], id.as_str());
 
     assert_eq!(squeeze(dir.path(), &["delete", "xenopsd", &id]), "");
     let status = squeeze(dir.path(), &["status"]);
@@ -124,7 +125,7 @@ fn a_reservation_transferred_to_a_new_domain_shows_against_that_domain() {
     squeeze(dir.path(), &["transfer", "xl", &id, &domid.to_string()]);
     let status = squeeze(dir.path(), &["status", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(json["reservations"][0]["in_transfer"], domid);
+    assert_eq!(json["sessions"][0]["reservations"][0]["domid"], domid);
     let dom = json["domains"]
         .as_array()
         .unwrap()
@@ -187,4 +188,48 @@ fn without_xen_the_tool_says_so_and_exits_1() {
             "squeeze: unsupported: no Xen hypervisor: /dev/xen/privcmd not available\n"
         );
     }
+}
+
+#[test]
+fn status_json_is_the_diagnostics_document_and_validates_against_its_schema() {
+    let dir = fake_host();
+    let fake = FakeHost::open(dir.path()).unwrap();
+    let guest = fake
+        .create_domain(GuestSpec::ballooning(512 << 10, 2 << 20))
+        .unwrap();
+    fake.build_domain(guest, 2 << 20).unwrap();
+    fake.unpause(guest).unwrap();
+    fake.advance(2.0).unwrap();
+    // 15104 MiB free less the guest's 2 GiB: 13056 MiB. 13 GiB (13312 MiB) plus the 72 MiB
+    // slush is 328 MiB more than that, so the guest (512 MiB..2 GiB) balloons down.
+    squeeze(dir.path(), &["reserve", "--quiet", "xenopsd", "13631488"]);
+    let text = squeeze(dir.path(), &["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/diagnostics.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{text}");
+    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["host"]["reserved_kib"], 13_631_488);
+    // The same document the library gives a client of the same host (counters aside: they
+    // are each process's own).
+    let mine: serde_json::Value =
+        serde_json::from_str(&client(dir.path()).get_diagnostics().unwrap()).unwrap();
+    for key in ["host", "sessions", "settings", "policy", "schema_version"] {
+        assert_eq!(doc[key], mine[key], "{key}");
+    }
+    let g = doc["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domid"] == guest)
+        .unwrap();
+    assert!(g["target_kib"].as_i64().unwrap() < 2 << 20, "{g}");
 }

@@ -134,4 +134,7 @@ val get_host_initial_free_memory : service -> int64
     this multiplies by 1024). *)
 
 val get_diagnostics : service -> string
-(** A JSON document: the host as the balancer sees it, the reservations, the settings. *)
+(** The diagnostics JSON document (versioned; its fields are described in
+    docs/diagnostics.md and its schema is docs/diagnostics.schema.json): host free memory and
+    slush, the reservations by session, every domain's range, target, actual and offset, the
+    last decision, counters and settings. *)

@@ -47,6 +47,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Unsupported(_) => "Unsupported",
         Error::UnknownReservation(_) => "UnknownReservation",
         Error::NoReservation(_) => "NoReservation",
+        Error::Cancelled => "Cancelled",
     }
 }
 

@@ -34,6 +34,9 @@ pub const SQZ_ERR_UNSUPPORTED: sqz_status = 8;
 pub const SQZ_ERR_BUFFER_TOO_SMALL: sqz_status = 9;
 /// A bug inside squeeze (a caught panic). The message says where.
 pub const SQZ_ERR_INTERNAL: sqz_status = 10;
+/// The caller stopped the call before it finished: through `sqz_cancel_request`, or a
+/// progress callback returning non-zero. Nothing was reserved.
+pub const SQZ_ERR_CANCELLED: sqz_status = 11;
 
 /// Why a C call failed: a library error, or one of the two failures only the C layer has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,7 @@ impl Failure {
                 Error::Unsupported(_) => SQZ_ERR_UNSUPPORTED,
                 Error::UnknownReservation(_) => SQZ_ERR_UNKNOWN_RESERVATION,
                 Error::NoReservation(_) => SQZ_ERR_NO_RESERVATION,
+                Error::Cancelled => SQZ_ERR_CANCELLED,
             },
             Failure::BufferTooSmall(_) => SQZ_ERR_BUFFER_TOO_SMALL,
             Failure::Internal(_) => SQZ_ERR_INTERNAL,
@@ -231,6 +235,7 @@ pub extern "C" fn sqz_status_name(status: sqz_status) -> *const c_char {
             SQZ_ERR_UNSUPPORTED => c"SQZ_ERR_UNSUPPORTED",
             SQZ_ERR_BUFFER_TOO_SMALL => c"SQZ_ERR_BUFFER_TOO_SMALL",
             SQZ_ERR_INTERNAL => c"SQZ_ERR_INTERNAL",
+            SQZ_ERR_CANCELLED => c"SQZ_ERR_CANCELLED",
             _ => c"SQZ_ERR_UNKNOWN",
         };
         name.as_ptr()

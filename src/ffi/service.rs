@@ -40,7 +40,7 @@ const MAX_TRANSACTION_ATTEMPTS: u32 = 100;
 ///
 /// # Safety
 /// `p` is NULL or points to a NUL-terminated string.
-unsafe fn str_arg<'a>(p: *const c_char, name: &str) -> Result<&'a str, Failure> {
+pub(crate) unsafe fn str_arg<'a>(p: *const c_char, name: &str) -> Result<&'a str, Failure> {
     if p.is_null() {
         return Err(invalid(format!("{name} is NULL")));
     }
@@ -54,7 +54,7 @@ unsafe fn str_arg<'a>(p: *const c_char, name: &str) -> Result<&'a str, Failure> 
 ///
 /// # Safety
 /// `out` is NULL or has room for `SQZ_RESERVATION_ID_SIZE` bytes.
-unsafe fn write_id(out: *mut c_char, id: &str) -> Result<(), Failure> {
+pub(crate) unsafe fn write_id(out: *mut c_char, id: &str) -> Result<(), Failure> {
     need_out(out, "reservation_id_out")?;
     let bytes = id.as_bytes();
     if bytes.len() + 1 > SQZ_RESERVATION_ID_SIZE {
@@ -675,10 +675,10 @@ unsafe impl Send for CPlatform {}
 unsafe impl Sync for CPlatform {}
 
 /// Marks this thread as inside a platform callback while it lives.
-struct InCallback;
+pub(crate) struct InCallback;
 
 impl InCallback {
-    fn enter() -> Self {
+    pub(crate) fn enter() -> Self {
         IN_PLATFORM_CALLBACK.with(|c| c.set(c.get() + 1));
         InCallback
     }
@@ -1166,11 +1166,11 @@ fn service_handle(s: *mut sqz_service) -> *mut Handle<ServiceState> {
 ///
 /// # Safety
 /// `s` is NULL or a live service.
-unsafe fn service(s: *mut sqz_service) -> Result<Service, Failure> {
+pub(crate) unsafe fn service(s: *mut sqz_service) -> Result<Service, Failure> {
     if IN_PLATFORM_CALLBACK.with(|c| c.get()) > 0 {
         return Err(invalid(
-            "the service cannot be called from inside one of its platform callbacks (the host \
-             lock is held while they run)",
+            "the service cannot be called from inside one of its platform or progress callbacks \
+             (the host lock is held while they run)",
         ));
     }
     // SAFETY: forwarded from the caller.

@@ -749,6 +749,115 @@ static void test_service_xenopsd_flow(void) {
     sqz_fake_host_free(f);
 }
 
+/* Progress and cancellation: a guest of 1..4 GiB at 4 GiB whose balloon gives 64 MiB/s, 2.75 GiB
+ * free: reserving 3.5 GiB (+ the 64 MiB slush) needs 832 MiB from it, about 13 s of waits. */
+struct progress_log {
+    int reports;
+    int stop_at;             /* return non-zero at this report (0: never) */
+    sqz_cancel *cancel_at_3; /* request this cancel at the third report (NULL: none) */
+    sqz_service *svc;        /* call the service from the callback (must be refused) */
+    sqz_status reentry;
+    int64_t needed_kib, last_freed_kib;
+    double last_eta_s;
+};
+
+static int32_t on_progress(void *ctx, const sqz_progress *p) {
+    struct progress_log *l = ctx;
+    l->reports++;
+    l->needed_kib = p->needed_kib;
+    l->last_freed_kib = p->freed_kib;
+    l->last_eta_s = p->eta_s;
+    if (l->svc != NULL) {
+        l->reentry = sqz_service_balance_memory(l->svc);
+        l->svc = NULL;
+    }
+    if (l->cancel_at_3 != NULL && l->reports == 3)
+        sqz_cancel_request(l->cancel_at_3);
+    return l->stop_at != 0 && l->reports >= l->stop_at;
+}
+
+static void test_service_progress_and_cancel(void) {
+    sqz_fake_host *f = fake_8g();
+    sqz_service_config *cfg = service_config();
+    CHECK_STATUS(sqz_service_config_set_slush(cfg, 64 * MIB), SQZ_OK);
+    sqz_service *svc = NULL;
+    CHECK_STATUS(sqz_service_new_fake(f, cfg, &svc), SQZ_OK);
+    sqz_service_config_free(cfg);
+    sqz_fake_guest g = guest_spec(GIB, 4 * GIB);
+    g.behaviour.rate_kib_per_s = 64 * MIB;
+    int32_t d = -1;
+    CHECK_STATUS(sqz_fake_host_create_domain(f, &g, sizeof g, &d), SQZ_OK);
+    CHECK_STATUS(sqz_fake_host_build_domain(f, d, 4 * GIB), SQZ_OK);
+    CHECK_STATUS(sqz_fake_host_unpause(f, d), SQZ_OK);
+    CHECK_STATUS(sqz_fake_host_advance(f, 2.0), SQZ_OK);
+    int64_t free_before = 0;
+    CHECK_STATUS(sqz_fake_host_free_mem(f, &free_before), SQZ_OK);
+    CHECK(free_before == 2 * GIB + 768 * MIB);
+
+    char id[SQZ_RESERVATION_ID_SIZE];
+    sqz_cancel *cancel = NULL;
+    CHECK_STATUS(sqz_cancel_new(&cancel), SQZ_OK);
+    struct progress_log log;
+    memset(&log, 0, sizeof log);
+    log.cancel_at_3 = cancel;
+    log.svc = svc;
+    sqz_reserve_options o;
+    memset(&o, 0, sizeof o);
+    o.struct_size = sizeof o;
+    o.progress = on_progress;
+    o.ctx = &log;
+    o.cancel = cancel;
+    /* Cancelled at the third report: nothing reserved, and the re-entry was refused. */
+    CHECK_STATUS(sqz_reserve_memory_with(svc, "xenopsd", 3 * GIB + 512 * MIB, &o, id),
+                 SQZ_ERR_CANCELLED);
+    CHECK(log.reports == 3);
+    CHECK(log.needed_kib == 832 * MIB);
+    CHECK(log.last_freed_kib > 0 && log.last_freed_kib < 832 * MIB);
+    CHECK(log.last_eta_s > 0.0);
+    CHECK(log.reentry == SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(strcmp(sqz_status_name(SQZ_ERR_CANCELLED), "SQZ_ERR_CANCELLED") == 0);
+    size_t need = 0;
+    sqz_get_diagnostics(svc, NULL, 0, &need);
+    char *doc = malloc(need);
+    CHECK_STATUS(sqz_get_diagnostics(svc, doc, need, &need), SQZ_OK);
+    CHECK(strstr(doc, "\"reservations_cancelled\": 1") != NULL);
+    CHECK(strstr(doc, "\"sessions\": []") != NULL);
+    CHECK(strstr(doc, "\"outcome\": \"cancelled\"") != NULL);
+    free(doc);
+    /* The handle stays cancelled: the next call with it stops at once. */
+    int64_t got = 0;
+    CHECK_STATUS(sqz_reserve_memory_range_with(svc, "xenopsd", GIB, GIB, &o, id, &got),
+                 SQZ_ERR_CANCELLED);
+    sqz_cancel_free(cancel);
+
+    /* A callback returning non-zero stops the reservation too. */
+    memset(&log, 0, sizeof log);
+    log.stop_at = 2;
+    o.cancel = NULL;
+    CHECK_STATUS(sqz_reserve_memory_with(svc, "xenopsd", 3 * GIB + 512 * MIB, &o, id),
+                 SQZ_ERR_CANCELLED);
+    CHECK(log.reports == 2);
+
+    /* Left alone, it reserves. */
+    memset(&log, 0, sizeof log);
+    CHECK_STATUS(sqz_reserve_memory_range_with(svc, "xenopsd", 3 * GIB + 512 * MIB,
+                                               3 * GIB + 512 * MIB, &o, id, &got),
+                 SQZ_OK);
+    CHECK(got == 3 * GIB + 512 * MIB);
+    CHECK(log.reports > 3);
+    CHECK_STATUS(sqz_reserve_memory_with(svc, "xenopsd", MIB, NULL, id), SQZ_OK);
+
+    /* Bad options. */
+    o.struct_size = 4;
+    CHECK_STATUS(sqz_reserve_memory_with(svc, "xenopsd", MIB, &o, id), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_cancel_new(NULL), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_cancel_request(NULL), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_cancel_free(NULL);
+
+    sqz_service_free(svc);
+    sqz_fake_host_free(f);
+}
+
 static void test_service_failures(void) {
     sqz_fake_host *f = fake_8g();
     sqz_service_config *cfg = service_config();
@@ -981,6 +1090,7 @@ int main(void) {
     snprintf(svc_dir, sizeof svc_dir, "%s", tmpl);
     test_service_xenopsd_flow();
     test_service_failures();
+    test_service_progress_and_cancel();
     test_service_bad_input();
     test_service_over_xen_without_xen();
     char cleanup[160];

@@ -24,6 +24,8 @@ __all__ = [
     "BackendError",
     "BufferTooSmall",
     "CallbackError",
+    "CancelToken",
+    "Cancelled",
     "CannotFreeThisMuchMemory",
     "Cooperation",
     "Domain",
@@ -40,6 +42,7 @@ __all__ = [
     "Options",
     "POLICY_ADAPTIVE",
     "POLICY_CLASSIC",
+    "Progress",
     "SqueezeError",
     "Simulator",
     "Squeezer",
@@ -139,10 +142,17 @@ class InternalError(SqueezeError):
     status = 10
 
 
+class Cancelled(SqueezeError):
+    """SQZ_ERR_CANCELLED: the caller stopped a reservation (a :class:`CancelToken`, or a
+    progress callback returning ``False``); nothing was reserved."""
+
+    status = 11
+
+
 _BY_STATUS = {
     cls.status: cls
     for cls in (InvalidArgument, InvalidMemoryValue, BackendError, Unsupported, BufferTooSmall,
-                InternalError)
+                InternalError, Cancelled)
 }
 # UnknownReservation and NoReservation are raised by the Service methods, which know the id or
 # domid the error is about.
@@ -942,6 +952,72 @@ class FakeHost(_Handle):
         return out.value
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a reservation that waits for ballooning has got: host free memory grown by
+    ``freed_kib`` of the ``needed_kib`` it had to grow, after ``elapsed_s`` seconds; ``eta_s`` is
+    the estimated time left at the speed seen so far (``None`` until something was freed)."""
+
+    freed_kib: int
+    needed_kib: int
+    elapsed_s: float
+    eta_s: Optional[float]
+
+
+class CancelToken(_Handle):
+    """Cancels the reservations it is given, from any thread: :meth:`cancel` makes a waiting
+    :meth:`Service.reserve_memory` raise :class:`Cancelled` promptly, having reserved nothing.
+    Once cancelled it stays cancelled."""
+
+    _free = staticmethod(lib.sqz_cancel_free)
+
+    def __init__(self):
+        super().__init__()
+        _check(lib.sqz_cancel_new(ctypes.byref(self._handle)))
+
+    def cancel(self) -> None:
+        """Asks every reservation using this token to stop."""
+        _check(lib.sqz_cancel_request(self._ptr()))
+
+
+class _ReserveCall:
+    """The C options for one reservation, and the Python exception its callback raised."""
+
+    def __init__(self, progress, cancel):
+        self.error = None
+        self._progress = progress
+        self.c_options = None
+        if progress is None and cancel is None:
+            return
+        if cancel is not None and not isinstance(cancel, CancelToken):
+            raise TypeError(f"cancel must be a squeeze.CancelToken, not {type(cancel).__name__}")
+        self._callback = _native.PROGRESS_FN(self._on_progress) if progress else _native.PROGRESS_FN()
+        self.c_options = _native.sqz_reserve_options(
+            ctypes.sizeof(_native.sqz_reserve_options),
+            self._callback,
+            None,
+            cancel._ptr() if cancel is not None else None,
+        )
+
+    def _on_progress(self, _ctx, p):
+        try:
+            r = p.contents
+            eta = r.eta_s if r.eta_s >= 0 else None
+            keep_going = self._progress(Progress(r.freed_kib, r.needed_kib, r.elapsed_s, eta))
+            return 0 if keep_going is None or keep_going else 1
+        except BaseException as e:  # noqa: BLE001 - re-raised once the library returns
+            self.error = e
+            return 1
+
+    def options(self):
+        return ctypes.byref(self.c_options) if self.c_options is not None else None
+
+    def check(self, status: int) -> None:
+        if self.error is not None:
+            raise CallbackError("the progress callback raised", BackendError.status) from self.error
+        _check(status)
+
+
 class _ServiceConfig:
     """An ``sqz_service_config`` with the given settings (``None``: the default), for the
     duration of a ``with`` block."""
@@ -1023,27 +1099,51 @@ class Service(_Handle):
         _check(lib.sqz_login(self._ptr(), _text("service_name", service_name)))
         return service_name
 
-    def reserve_memory(self, session: str, kib: int) -> str:
-        """Frees ``kib`` KiB and sets it aside; returns the reservation id."""
+    def reserve_memory(
+        self,
+        session: str,
+        kib: int,
+        progress: Optional[Callable[[Progress], Optional[bool]]] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> str:
+        """Frees ``kib`` KiB and sets it aside; returns the reservation id.
+
+        ``progress`` is called with a :class:`Progress` before each wait for the balloon
+        drivers (on this thread); returning ``False`` stops the reservation. ``cancel`` lets
+        another thread stop it. A stopped reservation raises :class:`Cancelled`; an exception
+        raised by ``progress`` stops it too and is re-raised as :class:`CallbackError`."""
         buf = ctypes.create_string_buffer(_native.RESERVATION_ID_SIZE)
-        _check(lib.sqz_reserve_memory(self._ptr(), _text("session", session), _kib("kib", kib), buf))
+        s, k = _text("session", session), _kib("kib", kib)
+        call = _ReserveCall(progress, cancel)
+        if call.c_options is None:
+            status = lib.sqz_reserve_memory(self._ptr(), s, k, buf)
+        else:
+            status = lib.sqz_reserve_memory_with(self._ptr(), s, k, call.options(), buf)
+        call.check(status)
         return buf.value.decode()
 
-    def reserve_memory_range(self, session: str, min_kib: int, max_kib: int) -> Tuple[str, int]:
+    def reserve_memory_range(
+        self,
+        session: str,
+        min_kib: int,
+        max_kib: int,
+        progress: Optional[Callable[[Progress], Optional[bool]]] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Tuple[str, int]:
         """Frees what the policy gives a domain of ``min_kib..=max_kib``; returns the
-        reservation id and the amount."""
+        reservation id and the amount. ``progress`` and ``cancel`` as for
+        :meth:`reserve_memory`."""
         buf = ctypes.create_string_buffer(_native.RESERVATION_ID_SIZE)
         got = ctypes.c_int64()
-        _check(
-            lib.sqz_reserve_memory_range(
-                self._ptr(),
-                _text("session", session),
-                _kib("min_kib", min_kib),
-                _kib("max_kib", max_kib),
-                buf,
-                ctypes.byref(got),
+        s, lo, hi = _text("session", session), _kib("min_kib", min_kib), _kib("max_kib", max_kib)
+        call = _ReserveCall(progress, cancel)
+        if call.c_options is None:
+            status = lib.sqz_reserve_memory_range(self._ptr(), s, lo, hi, buf, ctypes.byref(got))
+        else:
+            status = lib.sqz_reserve_memory_range_with(
+                self._ptr(), s, lo, hi, call.options(), buf, ctypes.byref(got)
             )
-        )
+        call.check(status)
         return buf.value.decode(), got.value
 
     def transfer_reservation_to_domain(self, session: str, reservation_id: str, domid: int) -> None:

@@ -86,6 +86,27 @@ SUCCESS_FN = CFUNCTYPE(c_bool, c_void_p, c_int64)
 LOG_FN = CFUNCTYPE(None, c_void_p, c_int32, c_char_p, c_char_p)
 
 
+class sqz_progress(Structure):
+    _fields_ = [
+        ("freed_kib", c_int64),
+        ("needed_kib", c_int64),
+        ("elapsed_s", c_double),
+        ("eta_s", c_double),
+    ]
+
+
+PROGRESS_FN = CFUNCTYPE(c_int32, c_void_p, POINTER(sqz_progress))
+
+
+class sqz_reserve_options(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("progress", PROGRESS_FN),
+        ("ctx", c_void_p),
+        ("cancel", c_void_p),
+    ]
+
+
 class sqz_io(Structure):
     _fields_ = [
         ("struct_size", c_uint32),
@@ -327,6 +348,17 @@ PROTOTYPES = {
     "sqz_get_host_reserved_memory": (sqz_status, [_opaque, _p(c_int64)]),
     "sqz_get_host_initial_free_memory": (sqz_status, [_opaque, _p(c_int64)]),
     "sqz_get_diagnostics": (sqz_status, [_opaque, c_char_p, c_size_t, _p(c_size_t)]),
+    "sqz_cancel_new": (sqz_status, [_p(_opaque)]),
+    "sqz_cancel_request": (sqz_status, [_opaque]),
+    "sqz_cancel_free": (None, [_opaque]),
+    "sqz_reserve_memory_with": (
+        sqz_status,
+        [_opaque, c_char_p, c_int64, _p(sqz_reserve_options), c_char_p],
+    ),
+    "sqz_reserve_memory_range_with": (
+        sqz_status,
+        [_opaque, c_char_p, c_int64, c_int64, _p(sqz_reserve_options), c_char_p, _p(c_int64)],
+    ),
     "sqz_version": (c_char_p, []),
     "sqz_version_number": (c_uint32, []),
 }

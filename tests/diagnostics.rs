@@ -1,0 +1,271 @@
+//! The diagnostics document against its published schema (docs/diagnostics.schema.json), on a
+//! fake host with guests and reservations, under both policies.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use squeeze::backend::fake::{FakeHost, GuestSpec};
+use squeeze::service::{Service, ServiceConfig};
+use squeeze::Policy;
+
+fn schema() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/diagnostics.schema.json"
+    ))
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn validator() -> jsonschema::Validator {
+    let schema = schema();
+    assert!(
+        jsonschema::meta::is_valid(&schema),
+        "the schema file is itself a valid JSON Schema"
+    );
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+fn errors(v: &jsonschema::Validator, doc: &Value) -> Vec<String> {
+    v.iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+/// A 4 GiB host (3 GiB free): guest A balloons over 512 MiB..1 GiB (at 1 GiB), guest B is
+/// fixed at 512 MiB, so 1.5 GiB is free. xenopsd holds 256 + 64 MiB, xl-42 holds 128 MiB.
+fn busy_host(policy: Policy) -> (tempfile::TempDir, FakeHost, Service, i32, i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(small_host()).unwrap();
+    let service = Service::new(
+        fake.platform(),
+        ServiceConfig {
+            policy,
+            ..config(dir.path())
+        },
+    )
+    .unwrap();
+    let a = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, GIB));
+    let b = booted_guest(&fake, GuestSpec::fixed(512 * MIB));
+    service.reserve_memory("xenopsd", 256 * MIB).unwrap();
+    service.reserve_memory("xenopsd", 64 * MIB).unwrap();
+    service.reserve_memory("xl-42", 128 * MIB).unwrap();
+    (dir, fake, service, a, b)
+}
+
+fn doc(service: &Service) -> Value {
+    serde_json::from_str(&service.get_diagnostics().unwrap()).unwrap()
+}
+
+#[test]
+fn the_document_of_a_busy_host_validates_against_the_schema_under_both_policies() {
+    let v = validator();
+    for policy in [Policy::Classic, Policy::Adaptive] {
+        let (_dir, _fake, service, a, b) = busy_host(policy);
+        // 1088 MiB free after 448 MiB of reservations; 1200 MiB more needs the 72 MiB slush
+        // on top, so guest A must give at least 184 MiB.
+        service.reserve_memory("xenopsd", 1200 * MIB).unwrap();
+        let d = doc(&service);
+        assert_eq!(errors(&v, &d), Vec::<String>::new(), "{policy:?}: {d:#}");
+        assert_eq!(d["schema_version"], 1);
+        assert_eq!(
+            d["policy"],
+            if policy == Policy::Classic {
+                "classic"
+            } else {
+                "adaptive"
+            }
+        );
+        assert_eq!(d["host"]["slush_kib"], SLUSH);
+        assert_eq!(d["host"]["reserved_kib"], (256 + 64 + 128 + 1200) * MIB);
+
+        // Reservations grouped by session, with their totals.
+        let sessions = d["sessions"].as_array().unwrap();
+        let xenopsd = sessions.iter().find(|s| s["session"] == "xenopsd").unwrap();
+        assert_eq!(xenopsd["total_kib"], (256 + 64 + 1200) * MIB);
+        assert_eq!(xenopsd["reservations"].as_array().unwrap().len(), 3);
+        let xl = sessions.iter().find(|s| s["session"] == "xl-42").unwrap();
+        assert_eq!(xl["total_kib"], 128 * MIB);
+
+        // Guest A was ballooned down for the last reservation, and the document says so.
+        let da = d["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["domid"] == a)
+            .unwrap();
+        let target = da["target_kib"].as_i64().unwrap();
+        assert!((512 * MIB..=GIB - 184 * MIB).contains(&target), "{target}");
+        assert_eq!(da["dynamic_min_kib"], 512 * MIB);
+        assert_eq!(da["dynamic_max_kib"], GIB);
+        assert_eq!(da["last_target_change"]["from_kib"], GIB);
+        assert_eq!(da["last_target_change"]["to_kib"], target);
+        assert_eq!(da["last_target_change"]["reason"], "reserve");
+        let decision = &d["last_decision"];
+        assert_eq!(decision["operation"], "reserve_memory");
+        assert_eq!(decision["outcome"], "done");
+        assert_eq!(decision["session"], "xenopsd");
+        assert!(decision["target_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["domid"] == a && c["to_kib"] == target));
+        // Four reservations, none failed; at least one target written and one wait.
+        let c = &d["counters"];
+        assert_eq!(c["reservations_made"], 4);
+        assert_eq!(c["reservations_failed"], 0);
+        assert!(c["target_writes"].as_u64().unwrap() >= 1);
+        assert!(c["waits"].as_u64().unwrap() >= 1);
+        assert!(c["iterations"].as_u64().unwrap() > c["waits"].as_u64().unwrap());
+        // The fake host counts store requests: the guests' keys, the ledger, the targets.
+        assert!(c["store_requests"].as_u64().unwrap() > 0);
+
+        // The fixed guest is never asked to move.
+        let db = d["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["domid"] == b)
+            .unwrap();
+        assert_eq!(db["target_kib"], 512 * MIB);
+        assert!(db["last_target_change"].is_null());
+
+        // Cooperation and measured speed come from the adaptive policy only.
+        match policy {
+            Policy::Classic => {
+                assert!(da["cooperation"].is_null() && da["rate"].is_null());
+            }
+            Policy::Adaptive => {
+                assert_eq!(da["cooperation"]["state"], "cooperative");
+                // The fake guest balloons at 100 MiB/s.
+                let rate = da["rate"]["down_kib_per_s"].as_f64().unwrap();
+                assert!(rate > 0.0 && rate <= 100.0 * 1024.0, "{rate}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_document_missing_a_field_or_with_an_unknown_one_does_not_validate() {
+    let v = validator();
+    let (_dir, _fake, service, _a, _b) = busy_host(Policy::Adaptive);
+    service.balance_memory().unwrap();
+    let good = doc(&service);
+    assert!(v.is_valid(&good), "{:?}", errors(&v, &good));
+
+    let removals: &[&[&str]] = &[
+        &["schema_version"],
+        &["host", "free_kib"],
+        &["host", "slush_kib"],
+        &["sessions"],
+        &["domains", "0", "target_kib"],
+        &["domains", "0", "cooperation"],
+        &["domains", "0", "offset_kib"],
+        &["last_decision", "reason"],
+        &["counters", "target_writes"],
+        &["counters", "iterations"],
+    ];
+    for path in removals {
+        let mut d = good.clone();
+        let (last, parents) = path.split_last().unwrap();
+        let mut node = &mut d;
+        for p in parents {
+            node = match p.parse::<usize>() {
+                Ok(i) => &mut node[i],
+                Err(_) => &mut node[*p],
+            };
+        }
+        assert!(
+            node.as_object_mut().unwrap().remove(*last).is_some(),
+            "{path:?} is in the document"
+        );
+        assert!(!v.is_valid(&d), "the document without {path:?} validates");
+    }
+
+    let mut d = good.clone();
+    d["schema_version"] = 2.into();
+    assert!(!v.is_valid(&d), "another schema version validates");
+    let mut d = good.clone();
+    d["counters"]["store_reads"] = 1.into();
+    assert!(!v.is_valid(&d), "an undocumented field validates");
+}
+
+#[test]
+fn every_field_of_the_schema_is_described_in_the_guide() {
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/diagnostics.md"))
+            .unwrap();
+    fn walk(node: &Value, path: &str, out: &mut Vec<String>) {
+        if let Some(props) = node.get("properties").and_then(Value::as_object) {
+            for (k, sub) in props {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                out.push(p.clone());
+                walk(sub, &p, out);
+            }
+        }
+        for key in ["items"] {
+            if let Some(sub) = node.get(key) {
+                walk(sub, &format!("{path}[]"), out);
+            }
+        }
+        if let Some(alts) = node.get("anyOf").and_then(Value::as_array) {
+            for a in alts {
+                walk(a, path, out);
+            }
+        }
+    }
+    let mut fields = Vec::new();
+    walk(&schema(), "", &mut fields);
+    assert!(fields.len() > 50, "{fields:?}");
+    let missing: Vec<_> = fields
+        .iter()
+        .filter(|f| !guide.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not described in docs/diagnostics.md: {missing:?}"
+    );
+}
+
+#[test]
+fn a_background_pass_that_hands_memory_back_is_the_last_decision() {
+    let v = validator();
+    let (_dir, _fake, service, a, _b) = busy_host(Policy::Classic);
+    // Guest A gives memory for 1200 MiB, which is then deleted: the host is unbalanced.
+    let id = service.reserve_memory("xenopsd", 1200 * MIB).unwrap();
+    service.delete_reservation("xenopsd", &id).unwrap();
+    let before = doc(&service);
+    let lowered = before["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["domid"] == a)
+        .unwrap()["target_kib"]
+        .as_i64()
+        .unwrap();
+    assert!(lowered < GIB, "{lowered}");
+    let writes_before = before["counters"]["target_writes"].as_u64().unwrap();
+
+    assert!(service.balance_if_unbalanced().unwrap());
+    let d = doc(&service);
+    assert!(v.is_valid(&d), "{:?}", errors(&v, &d));
+    assert_eq!(d["last_decision"]["operation"], "background_balance");
+    assert_eq!(d["last_decision"]["outcome"], "done");
+    assert!(d["last_decision"]["session"].is_null());
+    let da = d["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["domid"] == a)
+        .unwrap();
+    assert_eq!(da["last_target_change"]["reason"], "rebalance");
+    assert_eq!(da["last_target_change"]["from_kib"], lowered);
+    assert!(da["target_kib"].as_i64().unwrap() > lowered);
+    assert!(d["counters"]["target_writes"].as_u64().unwrap() > writes_before);
+    assert_eq!(d["balancer"]["passes"], 1);
+}
