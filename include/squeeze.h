@@ -902,6 +902,17 @@ sqz_status sqz_host_builder_add_domain(struct sqz_host_builder *b,
                                        size_t domain_size);
 
 /**
+ * Sets the weight of a domain already added to the snapshot in the proportional policy: its
+ * share of the memory handed out is proportional to weight × dynamic range, within that range.
+ * A domain whose weight is not set weighs 1; when all weights are equal the policy is
+ * squeezed's to the KiB. Errors: `b` NULL or not live, a domid not added yet, or a weight
+ * that is not a number between 0.001 and 1000 (zero, negative, NaN, infinite, absurd) →
+ * `SQZ_ERR_INVALID_ARGUMENT`. A failed builder call makes the whole operation end with
+ * `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_host_builder_set_weight(struct sqz_host_builder *b, int32_t domid, double weight);
+
+/**
  * Sends the library's log records at `max_level` and above (`SQZ_LOG_ERROR` .. `SQZ_LOG_TRACE`)
  * to `cb(ctx, level, target, message)`, replacing any earlier callback; `cb` NULL or
  * `SQZ_LOG_OFF` stops delivery. Until this is called the library logs nothing anywhere.

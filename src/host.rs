@@ -23,6 +23,9 @@
 //!   the target when raising and after it when lowering; a ballooning domain whose maxmem is
 //!   above its target has it lowered.
 //! - A domain that has not been at its target for 20 s gets `memory/uncooperative`.
+//! - A booted domain's `memory/weight` (a number between 0.001 and 1000; 1 when absent) is its
+//!   weight in the proportional policy. A weight that is not such a number is ignored (the
+//!   domain weighs 1) and reported in the domain's view (`weight_error`).
 //! - Domain 0 is left alone unless managed; dying and shut-down domains are not balanced.
 //! - Transferred reservations whose domain has died are released.
 
@@ -228,6 +231,8 @@ pub struct DomainView {
     pub domain: Option<Domain>,
     /// Why the domain is not balanced, when it is not.
     pub skipped: Option<String>,
+    /// Why its `memory/weight` was ignored, when it was.
+    pub weight_error: Option<String>,
 }
 
 fn serialize_domain<S: serde::Serializer>(
@@ -244,6 +249,7 @@ fn serialize_domain<S: serde::Serializer>(
             "memory_actual_kib": d.memory_actual_kib,
             "memory_max_kib": d.memory_max_kib,
             "inaccuracy_kib": d.inaccuracy_kib,
+            "weight": d.weight.get(),
         })
     })
     .serialize(s)
@@ -300,6 +306,7 @@ struct Keys {
     initial_reservation: Option<String>,
     memory_offset: Option<String>,
     uncooperative: bool,
+    weight: Option<String>,
 }
 
 fn domain_path(domid: DomId, key: &str) -> String {
@@ -319,6 +326,7 @@ fn read_keys(t: &mut dyn StoreOps, domid: DomId) -> Result<Keys> {
         initial_reservation: t.read(&k("memory/initial-reservation"))?,
         memory_offset: t.read(&k("memory/memory-offset"))?,
         uncooperative: t.exists(&k("memory/uncooperative"))?,
+        weight: t.read(&k("memory/weight"))?,
     })
 }
 
@@ -604,6 +612,7 @@ impl HostModel {
             drift_suspect: false,
             domain: None,
             skipped: None,
+            weight_error: None,
         };
         let skip = |mut view: DomainView, why: String| {
             debug!("not balancing domain {domid}: {why}");
@@ -725,6 +734,20 @@ impl HostModel {
         if let Err(e) = d.validate() {
             return skip(view, e.to_string());
         }
+        let d = match k.weight.as_deref().map(|w| {
+            w.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("memory/weight {w:?} is not a number"))
+                .and_then(|v| d.with_weight(v).map_err(|e| e.to_string()))
+        }) {
+            None => d,
+            Some(Ok(weighted)) => weighted,
+            Some(Err(why)) => {
+                debug!("domain {domid}: ignoring its weight: {why}");
+                view.weight_error = Some(why);
+                d
+            }
+        };
         view.domain = Some(d);
         Ok((view, 0, calibrated))
     }
