@@ -1352,6 +1352,25 @@ sqz_status sqz_get_host_initial_free_memory(struct sqz_service *s, int64_t *out)
 sqz_status sqz_get_diagnostics(struct sqz_service *s, char *buf, size_t cap, size_t *size_out);
 
 /**
+ * Sets which algorithm the service decides with: `SQZ_POLICY_CLASSIC` (squeezed's, a fresh
+ * squeezer per call, the default) or `SQZ_POLICY_ADAPTIVE` (one adaptive squeezer for the
+ * service's life, learning balloon rates and limits; its non-cooperation score sets
+ * `memory/uncooperative`). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a value this
+ * library does not know → `SQZ_ERR_UNSUPPORTED`, unchanged.
+ */
+sqz_status sqz_service_config_set_policy(struct sqz_service_config *c, int32_t policy);
+
+/**
+ * Stores in `*out` how `domid`'s balloon driver has been cooperating, as the service's
+ * adaptive squeezer has seen it. Errors: `s` or `out` NULL, a service with the classic policy
+ * (which forgets between calls), or a domain the squeezer has not seen →
+ * `SQZ_ERR_INVALID_ARGUMENT`, `*out` unchanged.
+ */
+sqz_status sqz_service_cooperation(struct sqz_service *s,
+                                   int32_t domid,
+                                   struct sqz_cooperation *out);
+
+/**
  * Creates a simulated host from `*config` and stores it in `*out`; the caller releases it with
  * `sqz_sim_free`. Errors: `config` or `out` NULL, a `struct_size` too small, a negative or
  * non-finite tick or time limit → `SQZ_ERR_INVALID_ARGUMENT`; a bad memory value →

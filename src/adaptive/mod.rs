@@ -250,6 +250,12 @@ impl Adaptive {
         }
         self.tracker.observe(&host, now, &self.options.judge());
         self.learn_limits(io, &host, now)?;
+        let reports: Vec<(DomId, Cooperation)> = host
+            .domains()
+            .iter()
+            .filter_map(|d| self.cooperation(d.domid).map(|c| (d.domid, c)))
+            .collect();
+        io.report_cooperation(&reports)?;
         Ok((host, now))
     }
 

@@ -944,8 +944,10 @@ class FakeHost(_Handle):
 
 class Service(_Handle):
     """The memory service (sessions and reservations, squeezed's ``Memory_interface``) over a
-    :class:`FakeHost`. Every process sharing a host must use the same ``lock_path``. Use as a
-    context manager, or call :meth:`close`. Thread-safe."""
+    :class:`FakeHost`. Every process sharing a host must use the same ``lock_path``.
+    ``policy`` is POLICY_CLASSIC (squeezed's algorithm, the default) or POLICY_ADAPTIVE (one
+    adaptive squeezer for the service's life; see :meth:`cooperation`). Use as a context
+    manager, or call :meth:`close`. Thread-safe."""
 
     _free = staticmethod(lib.sqz_service_free)
 
@@ -957,8 +959,13 @@ class Service(_Handle):
         boot_time_record_path: Optional[str] = None,
         options: Optional[Options] = None,
         balance_interval_s: Optional[float] = None,
+        policy: Optional[int] = None,
     ):
         super().__init__()
+        if policy is not None and (
+            isinstance(policy, bool) or not isinstance(policy, int) or not -2**31 <= policy < 2**31
+        ):
+            raise InvalidArgument(f"policy must be POLICY_CLASSIC or POLICY_ADAPTIVE, not {policy!r}")
         if not isinstance(fake, FakeHost):
             raise TypeError(f"fake must be a squeeze.FakeHost, not {type(fake).__name__}")
         cfg = ctypes.c_void_p()
@@ -976,6 +983,8 @@ class Service(_Handle):
                 _check(lib.sqz_service_config_set_balance_interval(cfg, s))
             with _OptionsHandle(options) as o:
                 _check(lib.sqz_service_config_set_options(cfg, o))
+            if policy is not None:
+                _check(lib.sqz_service_config_set_policy(cfg, policy))
             _check(lib.sqz_service_new_fake(fake._ptr(), cfg, ctypes.byref(self._handle)))
         finally:
             lib.sqz_service_config_free(cfg)
@@ -985,6 +994,13 @@ class Service(_Handle):
         reservations, as squeezed does."""
         _check(lib.sqz_login(self._ptr(), _text("service_name", service_name)))
         return service_name
+
+    def cooperation(self, domid: int) -> Cooperation:
+        """How ``domid``'s balloon driver has been cooperating, as the service's adaptive
+        squeezer has seen it (POLICY_ADAPTIVE only: the classic policy keeps no scores)."""
+        out = _native.sqz_cooperation()
+        _check(lib.sqz_service_cooperation(self._ptr(), _domid(domid), ctypes.byref(out)))
+        return Cooperation(out.score_s, bool(out.uncooperative), CONCERNS.get(out.concern))
 
     def reserve_memory(self, session: str, kib: int) -> str:
         """Frees ``kib`` KiB and sets it aside; returns the reservation id."""
