@@ -237,20 +237,10 @@ fn memory_weight_in_the_store_splits_the_surplus_1_to_3_with_either_policy() {
         let (_dir, fake, service, [light, heavy]) =
             weighted_fake_host(policy, [Some("1"), Some("3")]);
         service.balance_memory().unwrap();
-        // 1976 MiB split 1:3: 494 MiB and 1482 MiB above the 512 MiB minimum. Classic then
-        // holds back 16 KiB for the drivers' inaccuracy (2 × 4 KiB per guest), also split 1:3;
-        // adaptive does not rewrite a target for a change inside its deadband.
-        let held_back = if policy == Policy::Classic { 4 } else { 0 };
-        assert_eq!(
-            store_target(&fake, light),
-            1006 * MIB - held_back,
-            "{policy:?}"
-        );
-        assert_eq!(
-            store_target(&fake, heavy),
-            1994 * MIB - 3 * held_back,
-            "{policy:?}"
-        );
+        // 1976 MiB split 1:3: 494 MiB and 1482 MiB above the 512 MiB minimum, less the 16 KiB
+        // held back for the drivers' inaccuracy (2 × 4 KiB per guest), also split 1:3.
+        assert_eq!(store_target(&fake, light), 1006 * MIB - 4, "{policy:?}");
+        assert_eq!(store_target(&fake, heavy), 1994 * MIB - 12, "{policy:?}");
         let view = service.host_view().unwrap();
         let heavy_view = view.domains.iter().find(|v| v.domid == heavy).unwrap();
         assert_eq!(heavy_view.domain.unwrap().weight.get(), 3.0);
