@@ -280,10 +280,10 @@ CAMLprim value sqz_ml_fake_domain(value v_fake, value v_domid) {
 
 /* --- Service ------------------------------------------------------------------------------- */
 
-/* [slush] is an int64 option, the paths string options. */
+/* [slush] is an int64 option, the paths string options, [adaptive] a bool. */
 CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock,
-                                       value v_record) {
-  CAMLparam4(v_fake, v_slush, v_lock, v_record);
+                                       value v_record, value v_adaptive) {
+  CAMLparam5(v_fake, v_slush, v_lock, v_record, v_adaptive);
   CAMLlocal1(handle);
   sqz_fake_host *f = Fake_val(v_fake);
   sqz_service_config *cfg = NULL;
@@ -291,6 +291,7 @@ CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock
   char *lock = NULL, *record = NULL;
   int has_slush = Is_block(v_slush);
   int64_t slush = has_slush ? Int64_val(Field(v_slush, 0)) : 0;
+  int32_t policy = Bool_val(v_adaptive) ? SQZ_POLICY_ADAPTIVE : SQZ_POLICY_CLASSIC;
   struct outcome o;
   sqz_status st;
   if (Is_block(v_lock) && (lock = c_string(Field(v_lock, 0))) == NULL)
@@ -307,6 +308,8 @@ CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock
     st = sqz_service_config_set_lock_path(cfg, lock);
   if (st == SQZ_OK && record)
     st = sqz_service_config_set_boot_time_record_path(cfg, record);
+  if (st == SQZ_OK)
+    st = sqz_service_config_set_policy(cfg, policy);
   if (st == SQZ_OK)
     st = sqz_service_new_fake(f, cfg, &s);
   collect(&o, st);
@@ -494,4 +497,27 @@ CAMLprim value sqz_ml_get_diagnostics(value v_s) {
   text = caml_copy_string(st == SQZ_OK && buf ? buf : "");
   free(buf);
   CAMLreturn(reply_of(&o, text));
+}
+
+/* Replies (score, uncooperative, concern) for a domain, as the service's adaptive squeezer has
+   seen it. */
+CAMLprim value sqz_ml_service_cooperation(value v_s, value v_domid) {
+  CAMLparam2(v_s, v_domid);
+  CAMLlocal2(score, triple);
+  sqz_service *s = Service_val(v_s);
+  int32_t domid = (int32_t)Long_val(v_domid);
+  sqz_cooperation c;
+  struct outcome o;
+  sqz_status st;
+  memset(&c, 0, sizeof c);
+  caml_enter_blocking_section_no_pending();
+  st = sqz_service_cooperation(s, domid, &c);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  score = caml_copy_double(c.score_s);
+  triple = caml_alloc_tuple(3);
+  Store_field(triple, 0, score);
+  Store_field(triple, 1, Val_bool(c.uncooperative));
+  Store_field(triple, 2, Val_int(c.concern));
+  CAMLreturn(reply_of(&o, triple));
 }
