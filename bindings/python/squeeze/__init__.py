@@ -207,7 +207,9 @@ def version_number() -> int:
 
 @dataclass
 class Domain:
-    """One domain as the balancer sees it; sizes in KiB."""
+    """One domain as the balancer sees it; sizes in KiB. ``weight`` (None: 1) is its weight
+    in the proportional policy, a number between 0.001 and 1000: its share of the memory
+    handed out is proportional to weight x dynamic range."""
 
     domid: int
     can_balloon: bool
@@ -217,6 +219,7 @@ class Domain:
     memory_actual_kib: int
     memory_max_kib: int
     inaccuracy_kib: int = 4
+    weight: Optional[float] = None
 
     _SIZES = (
         "dynamic_min_kib",
@@ -226,6 +229,12 @@ class Domain:
         "memory_max_kib",
         "inaccuracy_kib",
     )
+
+    def _unweighted(self, where: str) -> "Domain":
+        # Only a platform's snapshot (make_host) carries weights through the C API.
+        if self.weight is not None:
+            raise Unsupported(f"domain {self.domid}: {where} takes no weights (set one in make_host)")
+        return self
 
     def _to_c(self) -> _native.sqz_domain:
         sizes = (
@@ -388,6 +397,11 @@ class _Callbacks:
             for d in domains:
                 c = d._to_c()
                 _check(lib.sqz_host_builder_add_domain(builder, ctypes.byref(c), ctypes.sizeof(c)))
+                if d.weight is not None:
+                    w = d.weight
+                    if isinstance(w, bool) or not isinstance(w, (int, float)):
+                        raise InvalidArgument(f"domain {d.domid}: weight must be a number, not {w!r}")
+                    _check(lib.sqz_host_builder_set_weight(builder, c.domid, float(w)))
             _check(lib.sqz_host_builder_set_free_mem(builder, _kib("free_mem_kib", free)))
             return 0
 
@@ -588,7 +602,7 @@ class Squeezer(_Handle):
     ) -> StepResult:
         """One iteration on a host snapshot, for callers with their own event loop."""
         n = len(domains)
-        arr = (_native.sqz_domain * max(n, 1))(*(d._to_c() for d in domains))
+        arr = (_native.sqz_domain * max(n, 1))(*(d._unweighted("step")._to_c() for d in domains))
         actions = (_native.sqz_action * max(n, 1))()
         maxmem = (_native.sqz_maxmem * max(n, 1))()
         blamed = (ctypes.c_int32 * max(n, 1))()
@@ -714,7 +728,7 @@ class Simulator(_Handle):
         _check(lib.sqz_sim_new(ctypes.byref(config), ctypes.byref(self._handle)))
 
     def add_guest(self, domain: Domain, behaviour: Behaviour) -> None:
-        d, b = domain._to_c(), behaviour._to_c()
+        d, b = domain._unweighted("the simulator")._to_c(), behaviour._to_c()
         _check(lib.sqz_sim_add_guest(self._ptr(), ctypes.byref(d), ctypes.sizeof(d), ctypes.byref(b)))
 
     def remove_guest(self, domid: int) -> None:
