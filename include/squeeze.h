@@ -971,6 +971,17 @@ sqz_status sqz_host_builder_add_domain(struct sqz_host_builder *b,
                                        size_t domain_size);
 
 /**
+ * Sets the weight of a domain already added to the snapshot in the proportional policy: its
+ * share of the memory handed out is proportional to weight × dynamic range, within that range.
+ * A domain whose weight is not set weighs 1; when all weights are equal the policy is
+ * squeezed's to the KiB. Errors: `b` NULL or not live, a domid not added yet, or a weight
+ * that is not a number between 0.001 and 1000 (zero, negative, NaN, infinite, absurd) →
+ * `SQZ_ERR_INVALID_ARGUMENT`. A failed builder call makes the whole operation end with
+ * `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_host_builder_set_weight(struct sqz_host_builder *b, int32_t domid, double weight);
+
+/**
  * Sends the library's log records at `max_level` and above (`SQZ_LOG_ERROR` .. `SQZ_LOG_TRACE`)
  * to `cb(ctx, level, target, message)`, replacing any earlier callback; `cb` NULL or
  * `SQZ_LOG_OFF` stops delivery. Until this is called the library logs nothing anywhere.
@@ -1461,6 +1472,25 @@ sqz_status sqz_get_host_initial_free_memory(struct sqz_service *s, int64_t *out)
  * `cap` above 0 → `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
  */
 sqz_status sqz_get_diagnostics(struct sqz_service *s, char *buf, size_t cap, size_t *size_out);
+
+/**
+ * Sets which algorithm the service decides with: `SQZ_POLICY_CLASSIC` (squeezed's, a fresh
+ * squeezer per call, the default) or `SQZ_POLICY_ADAPTIVE` (one adaptive squeezer for the
+ * service's life, learning balloon rates and limits; its non-cooperation score sets
+ * `memory/uncooperative`). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a value this
+ * library does not know → `SQZ_ERR_UNSUPPORTED`, unchanged.
+ */
+sqz_status sqz_service_config_set_policy(struct sqz_service_config *c, int32_t policy);
+
+/**
+ * Stores in `*out` how `domid`'s balloon driver has been cooperating, as the service's
+ * adaptive squeezer has seen it. Errors: `s` or `out` NULL, a service with the classic policy
+ * (which forgets between calls), or a domain the squeezer has not seen →
+ * `SQZ_ERR_INVALID_ARGUMENT`, `*out` unchanged.
+ */
+sqz_status sqz_service_cooperation(struct sqz_service *s,
+                                   int32_t domid,
+                                   struct sqz_cooperation *out);
 
 /**
  * Creates a simulated host from `*config` and stores it in `*out`; the caller releases it with

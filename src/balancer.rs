@@ -87,6 +87,17 @@ impl Balancer {
         }
     }
 
+    /// Takes one look at the host and learns from it without asking anything of the domains
+    /// (see [`Adaptive::watch`]): what a background monitor calls between requests, so that
+    /// cooperation scores keep leaking away. The classic policy learns nothing between calls,
+    /// so this does nothing with it.
+    pub fn watch(&mut self, io: &mut dyn Io) -> Result<()> {
+        match &mut self.engine {
+            Engine::Classic(_) => Ok(()),
+            Engine::Adaptive(a) => a.watch(io),
+        }
+    }
+
     /// How `domid`'s balloon driver has been cooperating. The classic policy knows only
     /// squeezed's stuck/active distinction, reported as a score of 0 or the stuck threshold.
     pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {

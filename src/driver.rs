@@ -39,6 +39,16 @@ pub trait Io {
     fn target_host_free_mem_kib(&self) -> Kib;
     /// How close to the slush counts as balanced, in KiB.
     fn free_memory_tolerance_kib(&self) -> Kib;
+    /// Hears how every domain of the last snapshot has been cooperating, as a squeezer that
+    /// judges it (the adaptive one) sees it after each look; a platform that publishes the
+    /// judgement (the host model's `memory/uncooperative`) overrides this. By default nothing
+    /// is done.
+    fn report_cooperation(
+        &mut self,
+        _reports: &[(DomId, crate::adaptive::Cooperation)],
+    ) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Guards a platform's clock: rejects NaN, infinite, negative and backward-moving times.

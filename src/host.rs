@@ -22,7 +22,14 @@
 //! - maxmem follows the target (`target + offset`, plus 1 MiB for HVM-like domains), set before
 //!   the target when raising and after it when lowering; a ballooning domain whose maxmem is
 //!   above its target has it lowered.
-//! - A domain that has not been at its target for 20 s gets `memory/uncooperative`.
+//! - A domain that has not been at its target for 20 s gets `memory/uncooperative` (squeezed's
+//!   rule). When a squeezer judges cooperation itself (the adaptive one, see
+//!   [`HostModel::set_cooperation_judged_by_squeezer`]), the flag follows its judgement instead:
+//!   set when its non-cooperation score crosses the flagging threshold, removed when the score
+//!   falls back under the clearing one.
+//! - A booted domain's `memory/weight` (a number between 0.001 and 1000; 1 when absent) is its
+//!   weight in the proportional policy. A weight that is not such a number is ignored (the
+//!   domain weighs 1) and reported in the domain's view (`weight_error`).
 //! - Domain 0 is left alone unless managed; dying and shut-down domains are not balanced.
 //! - Transferred reservations whose domain has died are released.
 //! - Unlike squeezed, it does not read every domain's keys at every look: it keeps them and
@@ -33,6 +40,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use log::{debug, info, warn};
 
+use crate::adaptive::Cooperation;
 use crate::driver::Io;
 use crate::error::{Error, Result};
 use crate::model::{kib, Action, DomId, Domain, Host, Kib, DEFAULT_INACCURACY_KIB, MAX_KIB};
@@ -233,6 +241,8 @@ pub struct DomainView {
     pub domain: Option<Domain>,
     /// Why the domain is not balanced, when it is not.
     pub skipped: Option<String>,
+    /// Why its `memory/weight` was ignored, when it was.
+    pub weight_error: Option<String>,
 }
 
 fn serialize_domain<S: serde::Serializer>(
@@ -249,6 +259,7 @@ fn serialize_domain<S: serde::Serializer>(
             "memory_actual_kib": d.memory_actual_kib,
             "memory_max_kib": d.memory_max_kib,
             "inaccuracy_kib": d.inaccuracy_kib,
+            "weight": d.weight.get(),
         })
     })
     .serialize(s)
@@ -305,6 +316,7 @@ struct Keys {
     initial_reservation: Option<String>,
     memory_offset: Option<String>,
     uncooperative: bool,
+    weight: Option<String>,
 }
 
 fn domain_path(domid: DomId, key: &str) -> String {
@@ -324,6 +336,7 @@ fn read_keys(t: &mut dyn StoreOps, domid: DomId) -> Result<Keys> {
         initial_reservation: t.read(&k("memory/initial-reservation"))?,
         memory_offset: t.read(&k("memory/memory-offset"))?,
         uncooperative: t.exists(&k("memory/uncooperative"))?,
+        weight: t.read(&k("memory/weight"))?,
     })
 }
 
@@ -477,6 +490,10 @@ pub struct HostModel {
     recent_drifts: VecDeque<OffsetDrift>,
     /// Domain keys between looks.
     cache: KeyCache,
+    /// `memory/uncooperative` follows what the squeezer reports, not the 20 s rule.
+    judged_by_squeezer: bool,
+    /// The squeezer's latest judgement per domain.
+    judged: HashMap<DomId, bool>,
 }
 
 /// Per-domain facts the actions need.
@@ -529,7 +546,18 @@ impl HostModel {
             drifts_total: 0,
             recent_drifts: VecDeque::new(),
             cache: KeyCache::default(),
+            judged_by_squeezer: false,
+            judged: HashMap::new(),
         })
+    }
+
+    /// With `on`, `memory/uncooperative` follows the judgement the squeezer reports through
+    /// [`Io::report_cooperation`] (flag and hysteresis are the squeezer's) instead of
+    /// squeezed's rule of 20 s away from target. A domain not judged yet keeps its flag as it
+    /// is.
+    pub fn set_cooperation_judged_by_squeezer(&mut self, on: bool) {
+        self.judged_by_squeezer = on;
+        self.judged.clear();
     }
 
     /// The settings.
@@ -763,6 +791,7 @@ impl HostModel {
             drift_suspect: false,
             domain: None,
             skipped: None,
+            weight_error: None,
         };
         let skip = |mut view: DomainView, why: String| {
             debug!("not balancing domain {domid}: {why}");
@@ -884,6 +913,20 @@ impl HostModel {
         if let Err(e) = d.validate() {
             return skip(view, e.to_string());
         }
+        let d = match k.weight.as_deref().map(|w| {
+            w.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("memory/weight {w:?} is not a number"))
+                .and_then(|v| d.with_weight(v).map_err(|e| e.to_string()))
+        }) {
+            None => d,
+            Some(Ok(weighted)) => weighted,
+            Some(Err(why)) => {
+                debug!("domain {domid}: ignoring its weight: {why}");
+                view.weight_error = Some(why);
+                d
+            }
+        };
         view.domain = Some(d);
         Ok((view, 0, calibrated))
     }
@@ -976,28 +1019,40 @@ impl HostModel {
                 *entry = now;
             }
         }
+        self.judged.retain(|domid, _| host.domain(*domid).is_some());
         let mut changes: Vec<(DomId, bool)> = Vec::new();
         for v in views.iter_mut() {
-            if let Some(&last) = self.last_cooperative.get(&v.domid) {
-                let flag = now - last > self.config.uncooperative_after_s;
-                if flag != v.uncooperative {
-                    changes.push((v.domid, flag));
-                    v.uncooperative = flag;
-                }
+            let flag = if self.judged_by_squeezer {
+                self.judged.get(&v.domid).copied()
+            } else {
+                self.last_cooperative
+                    .get(&v.domid)
+                    .map(|&last| now - last > self.config.uncooperative_after_s)
+            };
+            if let Some(flag) = flag.filter(|&f| f != v.uncooperative) {
+                changes.push((v.domid, flag));
+                v.uncooperative = flag;
             }
         }
         if changes.is_empty() {
             return Ok(());
         }
-        for &(domid, flag) in &changes {
-            if flag {
-                warn!("domain {domid} has not reached its balloon target for {} s: flagging it uncooperative", self.config.uncooperative_after_s);
-            } else {
-                info!("domain {domid} is cooperating again");
+        if !self.judged_by_squeezer {
+            for &(domid, flag) in &changes {
+                if flag {
+                    warn!("domain {domid} has not reached its balloon target for {} s: flagging it uncooperative", self.config.uncooperative_after_s);
+                } else {
+                    info!("domain {domid} is cooperating again");
+                }
             }
         }
+        self.write_flags(&changes)
+    }
+
+    /// Sets or removes `memory/uncooperative` of each domain listed.
+    fn write_flags(&mut self, changes: &[(DomId, bool)]) -> Result<()> {
         self.platform.store.transaction(&mut |t| {
-            for &(domid, flag) in &changes {
+            for &(domid, flag) in changes {
                 if !t.exists(&format!("/local/domain/{domid}"))? {
                     continue;
                 }
@@ -1184,5 +1239,43 @@ impl Io for HostModel {
 
     fn free_memory_tolerance_kib(&self) -> Kib {
         self.config.free_memory_tolerance_kib
+    }
+
+    fn report_cooperation(&mut self, reports: &[(DomId, Cooperation)]) -> Result<()> {
+        if !self.judged_by_squeezer {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        for &(domid, c) in reports {
+            self.judged.insert(domid, c.uncooperative);
+            let Some(v) = self
+                .last_view
+                .as_mut()
+                .and_then(|view| view.domains.iter_mut().find(|v| v.domid == domid))
+            else {
+                continue;
+            };
+            if v.uncooperative != c.uncooperative {
+                v.uncooperative = c.uncooperative;
+                changes.push((domid, c.uncooperative));
+                let why = c.concern.map(|c| format!(" ({c:?})")).unwrap_or_default();
+                if c.uncooperative {
+                    warn!(
+                        "domain {domid}: its balloon driver left {:.1} s of asked-for work undone{why}: flagging it uncooperative",
+                        c.score_s
+                    );
+                } else {
+                    info!(
+                        "domain {domid} is cooperating again (score {:.1} s)",
+                        c.score_s
+                    );
+                }
+            }
+        }
+        if changes.is_empty() {
+            Ok(())
+        } else {
+            self.write_flags(&changes)
+        }
     }
 }

@@ -22,9 +22,68 @@ pub const MAX_KIB: Kib = 1 << 50;
 /// has hit it.
 pub const DEFAULT_INACCURACY_KIB: Kib = 4;
 
+/// The smallest per-domain weight accepted.
+pub const MIN_WEIGHT: f64 = 1e-3;
+
+/// The largest per-domain weight accepted: weights further apart than a million to one are a
+/// mistake, not a policy.
+pub const MAX_WEIGHT: f64 = 1e3;
+
+/// A domain's weight in the proportional policy: its share of the surplus is proportional to
+/// its weight times its dynamic range. Every domain weighs 1 unless told otherwise, and when all
+/// weights are equal the policy is exactly squeezed's.
+///
+/// Always a finite number in `MIN_WEIGHT..=MAX_WEIGHT` (so it compares and hashes by value).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Weight(f64);
+
+impl Weight {
+    /// The weight every domain has unless told otherwise.
+    pub const ONE: Weight = Weight(1.0);
+
+    /// Accepts a weight in `MIN_WEIGHT..=MAX_WEIGHT`; zero, negative, NaN, infinite and
+    /// absurd weights are refused.
+    pub fn new(value: f64) -> Result<Self, Error> {
+        if value.is_finite() && (MIN_WEIGHT..=MAX_WEIGHT).contains(&value) {
+            Ok(Weight(value))
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "weight {value} is not a number between {MIN_WEIGHT} and {MAX_WEIGHT}"
+            )))
+        }
+    }
+
+    /// The weight as a number.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl Default for Weight {
+    fn default() -> Self {
+        Weight::ONE
+    }
+}
+
+// A Weight is never NaN, so equality by value is an equivalence and agrees with the bits.
+impl Eq for Weight {}
+
+impl std::hash::Hash for Weight {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
+}
+
+impl std::fmt::Display for Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// One domain as the balancer sees it.
 ///
-/// The field order and meaning follow squeezed's `Squeeze.domain`.
+/// The field order and meaning follow squeezed's `Squeeze.domain`, with an optional weight
+/// appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Domain {
     /// Xen domain id.
@@ -43,6 +102,9 @@ pub struct Domain {
     pub memory_max_kib: Kib,
     /// How far `memory_actual_kib` may be from the target and still count as "hit".
     pub inaccuracy_kib: Kib,
+    /// Its weight in the proportional policy (1 unless set with
+    /// [`with_weight`](Domain::with_weight)).
+    pub weight: Weight,
 }
 
 impl Domain {
@@ -67,7 +129,20 @@ impl Domain {
             memory_actual_kib,
             memory_max_kib,
             inaccuracy_kib,
+            weight: Weight::ONE,
         }
+    }
+
+    /// The same domain with weight `weight` in the proportional policy; a weight outside
+    /// `MIN_WEIGHT..=MAX_WEIGHT` (or not a number) is refused.
+    pub fn with_weight(self, weight: f64) -> Result<Self, Error> {
+        let weight = Weight::new(weight).map_err(|e| match e {
+            Error::InvalidArgument(m) => {
+                Error::InvalidArgument(format!("domain {}: {m}", self.domid))
+            }
+            other => other,
+        })?;
+        Ok(Domain { weight, ..self })
     }
 
     /// Checks that every size is in `0..=MAX_KIB` and the domid is not negative.
@@ -299,5 +374,28 @@ mod tests {
             Err(Error::InvalidMemoryValue(_))
         ));
         assert!(kib::sum([i64::MAX, 1], "test").is_err());
+    }
+
+    #[test]
+    fn bad_weights_are_refused_with_the_domain_named() {
+        let d = Domain::new(5, true, 1, 1, 1, 1, 1, 0);
+        assert_eq!(d.weight, Weight::ONE);
+        assert_eq!(d.with_weight(3.0).unwrap().weight.get(), 3.0);
+        for bad in [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e9,
+            1e-9,
+        ] {
+            match d.with_weight(bad) {
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(m.contains("domain 5") && m.contains("weight"), "{m}")
+                }
+                other => panic!("weight {bad} accepted: {other:?}"),
+            }
+        }
     }
 }

@@ -3,6 +3,12 @@
 //! The proportional policy is squeezed's: work out the surplus (host free memory plus what every
 //! domain could free by going to dynamic-min, less the host's own free-memory goal), then give
 //! every domain the same fraction γ of its dynamic range.
+//!
+//! Domains may carry weights ([`crate::model::Weight`]). When all weights are equal (the
+//! default: all 1) the computation above is used unchanged, so results are squeezed's to the
+//! KiB. Otherwise the surplus is shared in proportion to weight × range: a domain gets the
+//! fraction min(1, λ·weight) of its range, with the level λ chosen so the fractions add up to
+//! the surplus (a domain that reaches its dynamic-max leaves the rest to the others).
 
 use crate::error::Result;
 use crate::model::{kib, Domain, Kib};
@@ -14,8 +20,12 @@ pub struct Allocation {
     pub surplus_kib: Kib,
     /// Sum of the domains' dynamic ranges, in KiB.
     pub total_range_kib: Kib,
-    /// The fraction of its range each domain gets, in `[0, 1]`.
+    /// The fraction of its range each domain gets, in `[0, 1]`; with unequal weights, the
+    /// fraction of the total range handed out (each domain's own fraction then depends on its
+    /// weight: see [`target_for`](Allocation::target_for)).
     pub gamma: f64,
+    /// With unequal weights, the level λ: a domain gets min(1, λ·weight) of its range.
+    level: Option<f64>,
 }
 
 impl Allocation {
@@ -38,14 +48,53 @@ impl Allocation {
             surplus_kib,
             total_range_kib,
             gamma,
+            level: None,
         }
+    }
+
+    /// Splits `surplus_kib` over `domains` in proportion to weight × range, each capped at its
+    /// own range.
+    pub fn weighted(surplus_kib: Kib, domains: &[Domain]) -> Result<Self> {
+        let total_range = kib::sum(domains.iter().map(Domain::range_kib), "total range")?;
+        let mut a = Allocation::new(surplus_kib, total_range);
+        // Water filling: the heaviest domains reach their dynamic-max first. With the level λ,
+        // unsaturated domain i gets λ·w_i·range_i; solve for λ over those not yet saturated.
+        let mut open: Vec<(f64, f64)> = domains
+            .iter()
+            .filter(|d| d.range_kib() > 0)
+            .map(|d| (d.weight.get(), d.range_kib() as f64))
+            .collect();
+        open.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut remaining = surplus_kib.max(0) as f64;
+        let mut weighed: f64 = open.iter().map(|(w, r)| w * r).sum();
+        let mut level = 0.0;
+        for &(w, r) in &open {
+            level = if weighed > 0.0 {
+                remaining / weighed
+            } else {
+                0.0
+            };
+            if level * w < 1.0 {
+                break;
+            }
+            // This domain gets its whole range; the others share what is left.
+            remaining -= r;
+            weighed -= w * r;
+            level = 1.0 / w;
+        }
+        a.level = Some(level.max(0.0));
+        Ok(a)
     }
 
     /// The target this allocation gives `domain`: dynamic-min plus γ of its range, rounded
     /// toward zero exactly as squeezed's `Int64.of_float` does.
     pub fn target_for(&self, domain: &Domain) -> Kib {
         // range ≤ MAX_KIB < 2^53, so the conversion to f64 is exact and the product fits.
-        domain.dynamic_min_kib + (self.gamma * domain.range_kib() as f64) as Kib
+        let fraction = match self.level {
+            None => self.gamma,
+            Some(level) => (level * domain.weight.get()).clamp(0.0, 1.0),
+        };
+        domain.dynamic_min_kib + (fraction * domain.range_kib() as f64) as Kib
     }
 
     /// Memory left unallocated because every domain is already at dynamic-max (for logs).
@@ -87,8 +136,15 @@ where
 {
     let max_free = maximum_possible_free_kib(domains.clone(), free_mem_kib, compensate)?;
     let surplus = kib::sub(max_free, host_target_kib, "surplus memory")?.max(0);
-    let total_range = kib::sum(domains.into_iter().map(Domain::range_kib), "total range")?;
-    Ok(Allocation::new(surplus, total_range))
+    let mut weights = domains.clone().into_iter().map(|d| d.weight);
+    let first = weights.next();
+    if weights.all(|w| Some(w) == first) {
+        let total_range = kib::sum(domains.into_iter().map(Domain::range_kib), "total range")?;
+        Ok(Allocation::new(surplus, total_range))
+    } else {
+        let ds: Vec<Domain> = domains.into_iter().copied().collect();
+        Allocation::weighted(surplus, &ds)
+    }
 }
 
 #[cfg(test)]
@@ -126,6 +182,48 @@ mod tests {
         let none = proportional(&ds, 0, 0, true).unwrap();
         assert_eq!(none.gamma, 0.0);
         assert!(proportional(&[], 0, 0, true).unwrap().gamma.is_finite());
+    }
+
+    #[test]
+    fn weights_1_and_3_split_the_surplus_1_to_3_within_the_ranges() {
+        // Two guests of range 2 GiB (1..3 GiB) at their mins, 1 GiB free, goal 0: the surplus
+        // of 1 GiB goes 256 MiB to the guest of weight 1 and 768 MiB to the one of weight 3.
+        let gib = 1 << 20;
+        let light = dom(1, gib, 3 * gib, gib).with_weight(1.0).unwrap();
+        let heavy = dom(2, gib, 3 * gib, gib).with_weight(3.0).unwrap();
+        let ds = [light, heavy];
+        let a = proportional(&ds, gib, 0, true).unwrap();
+        assert_eq!(a.target_for(&light), gib + 256 * 1024);
+        assert_eq!(a.target_for(&heavy), gib + 768 * 1024);
+        // 3 GiB of surplus: the heavy guest would get 2.25 GiB, more than its range; it stops
+        // at dynamic-max (3 GiB) and the light one gets the remaining 1 GiB.
+        let a = proportional(&ds, 3 * gib, 0, true).unwrap();
+        assert_eq!(a.target_for(&heavy), 3 * gib);
+        assert_eq!(a.target_for(&light), 2 * gib);
+        // More than both ranges: both at dynamic-max.
+        let a = proportional(&ds, 5 * gib, 0, true).unwrap();
+        assert_eq!(
+            (a.target_for(&light), a.target_for(&heavy)),
+            (3 * gib, 3 * gib)
+        );
+        // Nothing to share: both at dynamic-min.
+        let a = proportional(&ds, 0, 0, true).unwrap();
+        assert_eq!((a.target_for(&light), a.target_for(&heavy)), (gib, gib));
+    }
+
+    #[test]
+    fn equal_weights_give_exactly_the_unweighted_targets() {
+        // Ranges 1000, 1000, 1000 and γ = 1/3: rounding toward zero shows any difference.
+        let plain = [dom(1, 0, 1000, 0), dom(2, 0, 2000, 0), dom(3, 7, 1007, 7)];
+        let same = plain.map(|d| d.with_weight(2.5).unwrap());
+        for free in [0, 1, 999, 1000, 1001, 2345, 3999, 4000, 10_000] {
+            let a = proportional(&plain, free, 0, true).unwrap();
+            let b = proportional(&same, free, 0, true).unwrap();
+            assert_eq!(a, b);
+            for (p, s) in plain.iter().zip(&same) {
+                assert_eq!(a.target_for(p), b.target_for(s), "free {free}");
+            }
+        }
     }
 
     #[test]

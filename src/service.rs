@@ -199,7 +199,9 @@ impl Service {
     pub fn new(platform: Platform, config: ServiceConfig) -> Result<Self> {
         config.validate()?;
         let layout = config.host.layout.clone();
-        let model = HostModel::new(platform, config.host.clone())?;
+        let mut model = HostModel::new(platform, config.host.clone())?;
+        // The adaptive algorithm's score, with its hysteresis, sets memory/uncooperative.
+        model.set_cooperation_judged_by_squeezer(config.policy == Policy::Adaptive);
         // The adaptive algorithm keeps its state for the life of the service; checking it here
         // also refuses bad adaptive settings up front.
         let learner = match config.policy {
@@ -536,6 +538,8 @@ impl Service {
                 )?;
                 Ok(true)
             } else {
+                // Keep watching: scores leak away and flags clear while the host is quiet.
+                self.decide(|b| b.watch(model))?;
                 Ok(false)
             }
         })?;

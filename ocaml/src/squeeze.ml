@@ -288,3 +288,66 @@ let balance_memory ?fistpoints io =
 
 let is_host_memory_unbalanced ?fistpoints io =
   call ?fistpoints io (is_balanced io) stub_is_host_memory_unbalanced
+
+module Squeezer = struct
+  type policy = Classic | Adaptive
+
+  type concern = Too_slow | Not_moving | Stalled_and_resumed
+
+  type cooperation = {score_s: float; uncooperative: bool; concern: concern option}
+
+  type handle
+
+  type t = {handle: handle; policy: policy}
+
+  external stub_new : bool -> handle reply = "sqz_ml_squeezer_new"
+
+  external stub_change_host_free_memory : handle -> raw_io -> int64 -> unit reply
+    = "sqz_ml_squeezer_change_host_free_memory"
+
+  external stub_free_memory_range : handle -> raw_io -> int64 -> int64 -> int64 reply
+    = "sqz_ml_squeezer_free_memory_range"
+
+  external stub_balance_memory : handle -> raw_io -> unit reply
+    = "sqz_ml_squeezer_balance_memory"
+
+  external stub_cooperation : handle -> int -> (float * bool * int) reply
+    = "sqz_ml_squeezer_cooperation"
+
+  let create ?(policy = Classic) () =
+    let handle =
+      match stub_new (policy = Adaptive) with
+      | Done h -> h
+      | Error_status (kind, msg) -> raise (Squeeze_error (kind, msg))
+      | Not_enough_memory _ | Refused_by _ -> assert false
+    in
+    {handle; policy}
+
+  let policy t = t.policy
+
+  let change_host_free_memory t io required_kib success =
+    call io success (fun raw -> stub_change_host_free_memory t.handle raw required_kib)
+
+  let free_memory_range t io min_kib max_kib =
+    call io (fun _ -> true) (fun raw -> stub_free_memory_range t.handle raw min_kib max_kib)
+
+  let balance_memory t io = call io (is_balanced io) (fun raw -> stub_balance_memory t.handle raw)
+
+  let cooperation t domid =
+    if Int32.to_int (Int32.of_int domid) <> domid then
+      invalid_arg (Printf.sprintf "Squeeze.Squeezer.cooperation: domid %d is out of range" domid) ;
+    match stub_cooperation t.handle domid with
+    | Done (score_s, uncooperative, concern) ->
+        (* SQZ_CONCERN_* values. *)
+        let concern =
+          match concern with
+          | 1 -> Some Too_slow
+          | 2 -> Some Not_moving
+          | 3 -> Some Stalled_and_resumed
+          | _ -> None
+        in
+        Some {score_s; uncooperative; concern}
+    | Error_status (Invalid_argument_error, _) -> None
+    | Error_status (kind, msg) -> raise (Squeeze_error (kind, msg))
+    | Not_enough_memory _ | Refused_by _ -> None
+end

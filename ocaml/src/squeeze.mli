@@ -175,6 +175,55 @@ val balance_memory : ?fistpoints:fistpoint list -> io -> unit
 val is_host_memory_unbalanced : ?fistpoints:fistpoint list -> io -> bool
 (** Whether a balancing pass would change any domain's target now. *)
 
+(** {1 A squeezer kept across calls}
+
+    The functions above are squeezed's: a fresh classic squeezer per call. A {!Squeezer.t}
+    keeps its state between calls and decides with the policy chosen at creation; with
+    [Adaptive] it learns each guest's balloon speed and limits, gives every call a deadline and
+    scores how each balloon driver cooperates. *)
+module Squeezer : sig
+  (** Which algorithm decides. *)
+  type policy =
+    | Classic  (** squeezed's, decision for decision (remembering stuck domains) *)
+    | Adaptive  (** rate-aware, remembers limits, flags non-cooperation, never oscillates *)
+
+  (** What most recently counted against a balloon driver. *)
+  type concern =
+    | Too_slow  (** it moves, but slower than the minimum acceptable rate *)
+    | Not_moving  (** it does not move at all while it has work to do *)
+    | Stalled_and_resumed  (** it stopped as if at a limit, then moved past it *)
+
+  (** How a domain's balloon driver has been cooperating. *)
+  type cooperation = {
+      score_s: float  (** seconds of asked-for work not done, leaking away over time *)
+    ; uncooperative: bool  (** flagged (set at 10 s, cleared at 3 s with [Adaptive]) *)
+    ; concern: concern option
+  }
+
+  type t
+  (** A squeezer and what it has learnt. Released when no longer reachable. One call at a
+      time: a call while another runs on the same squeezer raises [Squeeze_error]. *)
+
+  val create : ?policy:policy -> unit -> t
+  (** A squeezer with no history; [policy] defaults to [Classic]. *)
+
+  val policy : t -> policy
+
+  val change_host_free_memory : t -> io -> int64 -> (int64 -> bool) -> unit
+  (** As {!Squeeze.change_host_free_memory}, with this squeezer. *)
+
+  val free_memory_range : t -> io -> int64 -> int64 -> int64
+  (** As {!Squeeze.free_memory_range}, with this squeezer. *)
+
+  val balance_memory : t -> io -> unit
+  (** As {!Squeeze.balance_memory}, with this squeezer, but failures are raised. *)
+
+  val cooperation : t -> int -> cooperation option
+  (** How the domain's balloon driver has been cooperating, as this squeezer has seen it;
+      [None] for a domain it has not seen. The classic policy reports its stuck threshold as
+      the score of a stuck domain and 0 otherwise. *)
+end
+
 (** {1 Tracing} *)
 
 val callback_observer : (bool -> unit) ref

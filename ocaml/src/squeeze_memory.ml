@@ -128,11 +128,21 @@ end
 type service
 
 external stub_service_new_fake :
-  Fake_host.t -> int64 option -> string option -> string option -> service reply
+  Fake_host.t -> int64 option -> string option -> string option -> bool -> service reply
   = "sqz_ml_service_new_fake"
 
-external stub_service_new_xen : int64 option -> string option -> string option -> service reply
+external stub_service_new_xen :
+  int64 option -> string option -> string option -> bool -> service reply
   = "sqz_ml_service_new_xen"
+
+type policy = Classic | Adaptive
+
+type concern = Too_slow | Not_moving | Stalled_and_resumed
+
+type cooperation = {score_s: float; uncooperative: bool; concern: concern option}
+
+external stub_cooperation : service -> int -> (float * bool * int) reply
+  = "sqz_ml_service_cooperation"
 
 external stub_login : service -> string -> unit reply = "sqz_ml_login"
 
@@ -152,11 +162,28 @@ external stub_initial_free : service -> int64 reply = "sqz_ml_get_host_initial_f
 
 external stub_diagnostics : service -> string reply = "sqz_ml_get_diagnostics"
 
-let create_fake ?host_reserved_kib ?lock_path ?boot_time_record_path host =
-  get (stub_service_new_fake host host_reserved_kib lock_path boot_time_record_path)
+let create_fake ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Classic) host =
+  get
+    (stub_service_new_fake host host_reserved_kib lock_path boot_time_record_path
+       (policy = Adaptive))
 
-let open_xen ?host_reserved_kib ?lock_path ?boot_time_record_path () =
-  get (stub_service_new_xen host_reserved_kib lock_path boot_time_record_path)
+let cooperation s domid =
+  check_domid "cooperation" domid ;
+  let score_s, uncooperative, concern = get (stub_cooperation s domid) in
+  (* SQZ_CONCERN_* values. *)
+  let concern =
+    match concern with
+    | 1 -> Some Too_slow
+    | 2 -> Some Not_moving
+    | 3 -> Some Stalled_and_resumed
+    | _ -> None
+  in
+  {score_s; uncooperative; concern}
+
+let open_xen ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Classic) () =
+  get
+    (stub_service_new_xen host_reserved_kib lock_path boot_time_record_path
+       (policy = Adaptive))
 
 let login s service_name =
   get (stub_login s service_name) ;

@@ -82,19 +82,50 @@ end
 type service
 (** A memory service over one host. Released when no longer reachable. *)
 
+(** Which algorithm a service decides with. *)
+type policy =
+  | Classic  (** squeezed's, decision for decision (a fresh squeezer per call) *)
+  | Adaptive
+      (** one adaptive squeezer for the service's life: measured balloon rates, remembered
+          limits, deadlines, and a non-cooperation score that sets [memory/uncooperative] *)
+
 val create_fake :
   ?host_reserved_kib:int64 ->
   ?lock_path:string ->
   ?boot_time_record_path:string ->
+  ?policy:policy ->
   Fake_host.t ->
   service
 (** A service over a fake host. [host_reserved_kib] is the memory kept free for Xen (default
     72 MiB); [lock_path] (default [/run/squeeze/host.lock]) is the host-wide lock file and
     [boot_time_record_path] (default [/run/squeeze/boot_time_memory]) where free memory at
-    boot is recorded. *)
+    boot is recorded; [policy] defaults to [Classic]. *)
+
+(** What most recently counted against a balloon driver. *)
+type concern =
+  | Too_slow  (** it moves, but slower than the minimum acceptable rate *)
+  | Not_moving  (** it does not move at all while it has work to do *)
+  | Stalled_and_resumed  (** it stopped as if at a limit, then moved past it *)
+
+(** How a domain's balloon driver has been cooperating. *)
+type cooperation = {
+    score_s: float  (** seconds of asked-for work not done, leaking away over time *)
+  ; uncooperative: bool  (** flagged (set at 10 s, cleared at 3 s) *)
+  ; concern: concern option
+}
+
+val cooperation : service -> int -> cooperation
+(** How the domain's balloon driver has been cooperating, as the service's adaptive squeezer
+    has seen it. Raises [MemoryError (Internal_error _)] with the [Classic] policy (it keeps no
+    scores) or for a domain the service has not seen. *)
 
 val open_xen :
-  ?host_reserved_kib:int64 -> ?lock_path:string -> ?boot_time_record_path:string -> unit -> service
+     ?host_reserved_kib:int64
+  -> ?lock_path:string
+  -> ?boot_time_record_path:string
+  -> ?policy:policy
+  -> unit
+  -> service
 (** A service over this host's Xen (libxenctrl and xenstored), with the settings of
     {!create_fake}. Raises [MemoryError (Internal_error _)] naming [SQZ_ERR_UNSUPPORTED] when
     libsqueeze was built without Xen support (cargo feature [xen]), or [SQZ_ERR_BACKEND] with

@@ -282,7 +282,7 @@ CAMLprim value sqz_ml_fake_domain(value v_fake, value v_domid) {
 
 /* A config with the given settings; called without the runtime lock. */
 static sqz_status new_config(int has_slush, int64_t slush, const char *lock, const char *record,
-                             sqz_service_config **cfg) {
+                             int32_t policy, sqz_service_config **cfg) {
   sqz_status st = sqz_service_config_new(cfg);
   if (st == SQZ_OK && has_slush)
     st = sqz_service_config_set_slush(*cfg, slush);
@@ -290,13 +290,16 @@ static sqz_status new_config(int has_slush, int64_t slush, const char *lock, con
     st = sqz_service_config_set_lock_path(*cfg, lock);
   if (st == SQZ_OK && record)
     st = sqz_service_config_set_boot_time_record_path(*cfg, record);
+  if (st == SQZ_OK)
+    st = sqz_service_config_set_policy(*cfg, policy);
   return st;
 }
 
 /* A service over the fake host [v_fake] or, when it is None, over this host's Xen. [slush] is
-   an int64 option, the paths string options. */
-static value new_service(value v_fake, value v_slush, value v_lock, value v_record) {
-  CAMLparam4(v_fake, v_slush, v_lock, v_record);
+   an int64 option, the paths string options, [adaptive] a bool. */
+static value new_service(value v_fake, value v_slush, value v_lock, value v_record,
+                         value v_adaptive) {
+  CAMLparam5(v_fake, v_slush, v_lock, v_record, v_adaptive);
   CAMLlocal1(handle);
   int over_fake = Is_block(v_fake);
   sqz_fake_host *f = over_fake ? Fake_val(Field(v_fake, 0)) : NULL;
@@ -305,6 +308,7 @@ static value new_service(value v_fake, value v_slush, value v_lock, value v_reco
   char *lock = NULL, *record = NULL;
   int has_slush = Is_block(v_slush);
   int64_t slush = has_slush ? Int64_val(Field(v_slush, 0)) : 0;
+  int32_t policy = Bool_val(v_adaptive) ? SQZ_POLICY_ADAPTIVE : SQZ_POLICY_CLASSIC;
   struct outcome o;
   sqz_status st;
   if (Is_block(v_lock) && (lock = c_string(Field(v_lock, 0))) == NULL)
@@ -314,7 +318,7 @@ static value new_service(value v_fake, value v_slush, value v_lock, value v_reco
     CAMLreturn(refuse("boot-time record path contains a NUL byte"));
   }
   caml_enter_blocking_section_no_pending();
-  st = new_config(has_slush, slush, lock, record, &cfg);
+  st = new_config(has_slush, slush, lock, record, policy, &cfg);
   if (st == SQZ_OK)
     st = over_fake ? sqz_service_new_fake(f, cfg, &s) : sqz_service_new_xen(cfg, &s);
   collect(&o, st);
@@ -329,16 +333,17 @@ static value new_service(value v_fake, value v_slush, value v_lock, value v_reco
 }
 
 CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock,
-                                       value v_record) {
-  CAMLparam4(v_fake, v_slush, v_lock, v_record);
+                                       value v_record, value v_adaptive) {
+  CAMLparam5(v_fake, v_slush, v_lock, v_record, v_adaptive);
   CAMLlocal1(some);
   some = caml_alloc_small(1, 0);
   Field(some, 0) = v_fake;
-  CAMLreturn(new_service(some, v_slush, v_lock, v_record));
+  CAMLreturn(new_service(some, v_slush, v_lock, v_record, v_adaptive));
 }
 
-CAMLprim value sqz_ml_service_new_xen(value v_slush, value v_lock, value v_record) {
-  return new_service(Val_none, v_slush, v_lock, v_record);
+CAMLprim value sqz_ml_service_new_xen(value v_slush, value v_lock, value v_record,
+                                      value v_adaptive) {
+  return new_service(Val_none, v_slush, v_lock, v_record, v_adaptive);
 }
 
 CAMLprim value sqz_ml_login(value v_s, value v_name) {
@@ -515,4 +520,27 @@ CAMLprim value sqz_ml_get_diagnostics(value v_s) {
   text = caml_copy_string(st == SQZ_OK && buf ? buf : "");
   free(buf);
   CAMLreturn(reply_of(&o, text));
+}
+
+/* Replies (score, uncooperative, concern) for a domain, as the service's adaptive squeezer has
+   seen it. */
+CAMLprim value sqz_ml_service_cooperation(value v_s, value v_domid) {
+  CAMLparam2(v_s, v_domid);
+  CAMLlocal2(score, triple);
+  sqz_service *s = Service_val(v_s);
+  int32_t domid = (int32_t)Long_val(v_domid);
+  sqz_cooperation c;
+  struct outcome o;
+  sqz_status st;
+  memset(&c, 0, sizeof c);
+  caml_enter_blocking_section_no_pending();
+  st = sqz_service_cooperation(s, domid, &c);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  score = caml_copy_double(c.score_s);
+  triple = caml_alloc_tuple(3);
+  Store_field(triple, 0, score);
+  Store_field(triple, 1, Val_bool(c.uncooperative));
+  Store_field(triple, 2, Val_int(c.concern));
+  CAMLreturn(reply_of(&o, triple));
 }

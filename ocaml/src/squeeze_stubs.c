@@ -21,6 +21,7 @@
 #define CAML_NAME_SPACE
 #include <caml/alloc.h>
 #include <caml/callback.h>
+#include <caml/custom.h>
 #include <caml/fail.h>
 #include <caml/memory.h>
 #include <caml/mlvalues.h>
@@ -389,7 +390,8 @@ static value failure_reply(const struct outcome *o) {
 
 enum op { OP_CHANGE_HOST_FREE_MEMORY, OP_FREE_MEMORY_RANGE, OP_BALANCE_MEMORY, OP_IS_UNBALANCED };
 
-static value run(value v_raw, enum op op, int64_t a, int64_t b) {
+/* [sq] is NULL for squeezed's stateless calls (classic), or a squeezer kept across calls. */
+static value run(value v_raw, sqz_squeezer *sq, enum op op, int64_t a, int64_t b) {
   CAMLparam1(v_raw);
   CAMLlocal3(exn, payload, reply);
   struct call c;
@@ -436,13 +438,15 @@ static value run(value v_raw, enum op op, int64_t a, int64_t b) {
   caml_enter_blocking_section_no_pending();
   switch (op) {
   case OP_CHANGE_HOST_FREE_MEMORY:
-    status = sqz_change_host_free_memory(&io, opts, a, cb_success, &c);
+    status = sq ? sqz_squeezer_change_host_free_memory(sq, &io, a, cb_success, &c)
+                : sqz_change_host_free_memory(&io, opts, a, cb_success, &c);
     break;
   case OP_FREE_MEMORY_RANGE:
-    status = sqz_free_memory_range(&io, opts, a, b, &reserved_kib);
+    status = sq ? sqz_squeezer_free_memory_range(sq, &io, a, b, &reserved_kib)
+                : sqz_free_memory_range(&io, opts, a, b, &reserved_kib);
     break;
   case OP_BALANCE_MEMORY:
-    status = sqz_balance_memory(&io, opts);
+    status = sq ? sqz_squeezer_balance_memory(sq, &io) : sqz_balance_memory(&io, opts);
     break;
   case OP_IS_UNBALANCED:
     status = sqz_is_host_memory_unbalanced(&io, opts, &unbalanced);
@@ -483,22 +487,22 @@ static value run(value v_raw, enum op op, int64_t a, int64_t b) {
 
 CAMLprim value sqz_ml_change_host_free_memory(value v_raw, value v_required) {
   CAMLparam2(v_raw, v_required);
-  CAMLreturn(run(v_raw, OP_CHANGE_HOST_FREE_MEMORY, Int64_val(v_required), 0));
+  CAMLreturn(run(v_raw, NULL, OP_CHANGE_HOST_FREE_MEMORY, Int64_val(v_required), 0));
 }
 
 CAMLprim value sqz_ml_free_memory_range(value v_raw, value v_min, value v_max) {
   CAMLparam3(v_raw, v_min, v_max);
-  CAMLreturn(run(v_raw, OP_FREE_MEMORY_RANGE, Int64_val(v_min), Int64_val(v_max)));
+  CAMLreturn(run(v_raw, NULL, OP_FREE_MEMORY_RANGE, Int64_val(v_min), Int64_val(v_max)));
 }
 
 CAMLprim value sqz_ml_balance_memory(value v_raw) {
   CAMLparam1(v_raw);
-  CAMLreturn(run(v_raw, OP_BALANCE_MEMORY, 0, 0));
+  CAMLreturn(run(v_raw, NULL, OP_BALANCE_MEMORY, 0, 0));
 }
 
 CAMLprim value sqz_ml_is_host_memory_unbalanced(value v_raw) {
   CAMLparam1(v_raw);
-  CAMLreturn(run(v_raw, OP_IS_UNBALANCED, 0, 0));
+  CAMLreturn(run(v_raw, NULL, OP_IS_UNBALANCED, 0, 0));
 }
 
 /* The SQZ_FIST_* bit of Squeeze.fistpoint number [index] (declaration order), 0 if unknown. */
@@ -511,4 +515,88 @@ CAMLprim value sqz_ml_fistpoint_bit(value v_index) {
   default:
     return Val_long(0);
   }
+}
+
+/* --- Squeezers kept across calls (the adaptive policy learns between them) ----------------- */
+
+#define Squeezer_val(v) (*((sqz_squeezer **)Data_custom_val(v)))
+
+static void squeezer_finalize(value v) {
+  sqz_squeezer_free(Squeezer_val(v));
+  Squeezer_val(v) = NULL;
+}
+
+static struct custom_operations squeezer_ops = {
+    "org.squeeze.squeezer",     squeezer_finalize,        custom_compare_default,
+    custom_hash_default,        custom_serialize_default, custom_deserialize_default,
+    custom_compare_ext_default, custom_fixed_length_default};
+
+/* [Done squeezer] or the library's error. */
+CAMLprim value sqz_ml_squeezer_new(value v_adaptive) {
+  CAMLparam1(v_adaptive);
+  CAMLlocal2(handle, reply);
+  sqz_options *opts = NULL;
+  sqz_squeezer *sq = NULL;
+  struct outcome o;
+  sqz_status status = sqz_options_new(&opts);
+  if (status == SQZ_OK)
+    status = sqz_options_set_policy(opts, Bool_val(v_adaptive) ? SQZ_POLICY_ADAPTIVE
+                                                               : SQZ_POLICY_CLASSIC);
+  if (status == SQZ_OK)
+    status = sqz_squeezer_new(opts, &sq);
+  sqz_options_free(opts);
+  if (status != SQZ_OK) {
+    outcome_collect(&o, status, NULL);
+    reply = failure_reply(&o);
+    outcome_free(&o);
+    CAMLreturn(reply);
+  }
+  handle = caml_alloc_custom(&squeezer_ops, sizeof sq, 0, 1);
+  Squeezer_val(handle) = sq;
+  reply = caml_alloc(1, REPLY_DONE);
+  Store_field(reply, 0, handle);
+  CAMLreturn(reply);
+}
+
+CAMLprim value sqz_ml_squeezer_change_host_free_memory(value v_sq, value v_raw,
+                                                       value v_required) {
+  CAMLparam3(v_sq, v_raw, v_required);
+  CAMLreturn(run(v_raw, Squeezer_val(v_sq), OP_CHANGE_HOST_FREE_MEMORY, Int64_val(v_required), 0));
+}
+
+CAMLprim value sqz_ml_squeezer_free_memory_range(value v_sq, value v_raw, value v_min,
+                                                 value v_max) {
+  CAMLparam4(v_sq, v_raw, v_min, v_max);
+  CAMLreturn(
+      run(v_raw, Squeezer_val(v_sq), OP_FREE_MEMORY_RANGE, Int64_val(v_min), Int64_val(v_max)));
+}
+
+CAMLprim value sqz_ml_squeezer_balance_memory(value v_sq, value v_raw) {
+  CAMLparam2(v_sq, v_raw);
+  CAMLreturn(run(v_raw, Squeezer_val(v_sq), OP_BALANCE_MEMORY, 0, 0));
+}
+
+/* [Done (score, uncooperative, concern)] or the library's error. */
+CAMLprim value sqz_ml_squeezer_cooperation(value v_sq, value v_domid) {
+  CAMLparam2(v_sq, v_domid);
+  CAMLlocal3(score, triple, reply);
+  sqz_cooperation c;
+  struct outcome o;
+  sqz_status status;
+  memset(&c, 0, sizeof c);
+  status = sqz_squeezer_cooperation(Squeezer_val(v_sq), (int32_t)Long_val(v_domid), &c);
+  if (status != SQZ_OK) {
+    outcome_collect(&o, status, NULL);
+    reply = failure_reply(&o);
+    outcome_free(&o);
+    CAMLreturn(reply);
+  }
+  score = caml_copy_double(c.score_s);
+  triple = caml_alloc_tuple(3);
+  Store_field(triple, 0, score);
+  Store_field(triple, 1, Val_bool(c.uncooperative));
+  Store_field(triple, 2, Val_int(c.concern));
+  reply = caml_alloc(1, REPLY_DONE);
+  Store_field(reply, 0, triple);
+  CAMLreturn(reply);
 }

@@ -133,6 +133,43 @@ let stuck_guest () =
   (* Nothing was kept by the failure: what is free net of the slush can still be had. *)
   ignore (reserve_memory s session ((2L * gib) + (768L * mib) - slush))
 
+let adaptive_policy () =
+  let host, classic = setup () in
+  let lock_path = Filename.temp_file "squeeze-test" ".lock" in
+  let boot_time_record_path = Filename.temp_file "squeeze-test" ".boot" in
+  let s = create_fake ~lock_path ~boot_time_record_path ~policy:Adaptive host in
+  (* A stuck 4 GiB guest (1..4 GiB) and a 100 MiB/s 2 GiB one (1..2 GiB): 0.75 GiB free. *)
+  let stuck =
+    Fake_host.create_domain host ~stuck:true ~target_kib:(4L * gib) ~dynamic_min_kib:gib
+      ~dynamic_max_kib:(4L * gib) ()
+  in
+  let fast =
+    Fake_host.create_domain host ~rate_kib_per_s:(100L * mib) ~target_kib:(2L * gib)
+      ~dynamic_min_kib:gib ~dynamic_max_kib:(2L * gib) ()
+  in
+  List.iter
+    (fun (d, kib) ->
+      Fake_host.build_domain host d kib ;
+      Fake_host.unpause host d)
+    [(stuck, 4L * gib); (fast, 2L * gib)] ;
+  Fake_host.advance host 2.0 ;
+  let session = login s "xenopsd" in
+  (* 2 GiB needs 1.25 GiB and the slush freed; the fast guest has only 1 GiB to give. *)
+  memory_error ~what:"reserve 2 GiB" (Domains_refused_to_cooperate [stuck]) (fun () ->
+      reserve_memory s session (2L * gib)) ;
+  let c = cooperation s stuck in
+  Check.is_true ~what:(Printf.sprintf "the stuck guest's score %.2f s is above 0" c.score_s)
+    (c.score_s > 0.0) ;
+  Check.is_true ~what:"the stuck guest is not moving" (c.concern = Some Not_moving) ;
+  Check.is_true ~what:"nothing against the fast guest" ((cooperation s fast).concern = None) ;
+  (* What the fast guest can cover alone is served. *)
+  ignore (reserve_memory s session (512L * mib)) ;
+  (* The classic service keeps no scores. *)
+  internal_error ~what:"classic cooperation" ~status:"SQZ_ERR_INVALID_ARGUMENT" (fun () ->
+      cooperation classic stuck) ;
+  internal_error ~what:"unknown domain" ~status:"SQZ_ERR_INVALID_ARGUMENT" (fun () ->
+      cooperation s 4242)
+
 let bad_input () =
   let _host, s = setup () in
   let session = login s "xl" in
@@ -197,4 +234,5 @@ let () =
     ; ("a stuck guest is Domains_refused_to_cooperate naming it", stuck_guest)
     ; ("bad input gets squeezed's errors and reserves nothing", bad_input)
     ; ("a service over Xen without Xen is a clear error", xen_without_xen)
+    ; ("the adaptive policy names a stuck guest and scores it", adaptive_policy)
     ]

@@ -250,6 +250,12 @@ impl Adaptive {
         }
         self.tracker.observe(&host, now, &self.options.judge());
         self.learn_limits(io, &host, now)?;
+        let reports: Vec<(DomId, Cooperation)> = host
+            .domains()
+            .iter()
+            .filter_map(|d| self.cooperation(d.domid).map(|c| (d.domid, c)))
+            .collect();
+        io.report_cooperation(&reports)?;
         Ok((host, now))
     }
 
@@ -311,16 +317,22 @@ impl Adaptive {
                 Some(Direction::Up) if t.ceiling.is_none() && t.lagging(now, grace) => {
                     // A standing growth request would hold memory nobody can use: take it back,
                     // leaving a probe's worth so the squeezer notices if the limit lifts.
+                    // Never above the target it replaces: a withdrawal must not become a
+                    // larger request (a driver just short of its target would be asked for
+                    // more, and in a freeing round that is memory promised twice).
                     let retract = (actual + probe)
                         .min(d.dynamic_max_kib)
-                        .min(d.memory_max_kib.max(actual));
+                        .min(d.memory_max_kib.max(actual))
+                        .min(d.target_kib);
                     debug!(
                         "domain {}: balloon driver stopped at {actual} KiB, below its target {} \
                          KiB; target now {retract} KiB",
                         d.domid, t.target_kib
                     );
                     t.ceiling = limit;
-                    self.write(io, d, retract, now, "cannot grow: request withdrawn")?;
+                    if retract < d.target_kib {
+                        self.write(io, d, retract, now, "cannot grow: request withdrawn")?;
+                    }
                 }
                 _ => {}
             }
@@ -497,9 +509,24 @@ impl Adaptive {
                     (e, is_limited)
                 })
                 .collect();
+            // A limited domain's standing request (the probe) is memory it may still take if
+            // its limit lifts: it is not free to hand to the others.
+            let probes = kib::sum(
+                limited.iter().filter(|(_, l)| *l).map(|(e, _)| {
+                    let d = host.domain(e.domid).expect("from this host");
+                    // The target in force: a limit found in this look may have withdrawn the
+                    // one the snapshot shows.
+                    let target = self
+                        .tracker
+                        .get(e.domid)
+                        .map_or(d.target_kib, |t| t.target_kib);
+                    ((target + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
+                }),
+                "standing requests",
+            )?;
             let allocation = policy::proportional(
                 limited.iter().map(|(e, _)| e),
-                host.free_mem_kib,
+                kib::sub(host.free_mem_kib, probes, "free memory")?,
                 goal_kib,
                 true,
             )?;
@@ -542,8 +569,15 @@ impl Adaptive {
                     // A limited driver keeps its lower target (a standing request that can
                     // only free memory) unless it is really to be given more than it has.
                     Direction::Up => {
-                        wants(l, i) == Some(Direction::Up)
-                            && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib)
+                        let grows = wants(l, i) == Some(Direction::Up)
+                            && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib);
+                        // A growth request above the domain's share is cut back to it, however
+                        // small the cut: the policy counts the memory the domain has not taken
+                        // yet as free and hands it to the others in this same round.
+                        let cut = !is_limited
+                            && i < e.target_kib
+                            && e.target_kib > e.memory_actual_kib + e.inaccuracy_kib;
+                        grows || cut
                     }
                 };
                 if !write || self.dwell_blocks(e, i, now) {
@@ -553,9 +587,20 @@ impl Adaptive {
                 self.write(io, d, i, now, "rebalance")?;
                 wrote = true;
             }
-            let settled = limited
-                .iter()
-                .all(|(e, is_limited)| *is_limited || e.has_hit_target());
+            // A driver within twice its inaccuracy of its target has nothing left to do (as
+            // the tracker judges it: it may stop that short on a real host, which rounds to
+            // whole pages), and one that has not moved for the grace period changes nothing
+            // by being waited for.
+            let grace = self.options.grace_s;
+            let settled = limited.iter().all(|(e, is_limited)| {
+                *is_limited
+                    || (e.memory_actual_kib - e.target_kib).abs() <= 2 * e.inaccuracy_kib
+                    || self
+                        .tracker
+                        .get(e.domid)
+                        .and_then(|t| t.stalled_since)
+                        .is_some_and(|s| now - s >= grace)
+            });
             if !wrote && settled {
                 if !success(host.free_mem_kib) {
                     debug!(

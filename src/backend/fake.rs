@@ -465,6 +465,29 @@ impl FakeHost {
         })
     }
 
+    /// Changes how a guest's balloon driver behaves from now on (a driver that recovers, or
+    /// one that starts misbehaving). A driver cannot come or go this way:
+    /// [`Behaviour::NoBalloonDriver`] is refused.
+    pub fn set_behaviour(&self, domid: DomId, behaviour: Behaviour) -> Result<()> {
+        if behaviour == Behaviour::NoBalloonDriver {
+            return Err(Error::InvalidArgument(
+                "a balloon driver cannot be removed from a running guest".into(),
+            ));
+        }
+        self.with(true, |s| {
+            let now = s.time;
+            let g = s.guest_mut(domid)?;
+            if g.spec.behaviour == Behaviour::NoBalloonDriver {
+                return Err(Error::InvalidArgument(format!(
+                    "domain {domid} has no balloon driver"
+                )));
+            }
+            g.spec.behaviour = behaviour;
+            g.last_update = now;
+            Ok(())
+        })
+    }
+
     /// Memory sharing found `count` of a domain's pages identical to pages elsewhere: they
     /// leave its allocation (`tot_pages`), count in its `shared_pages`, and their frames return
     /// to the host's free memory, on loan: [`unshare_pages`](FakeHost::unshare_pages) takes
@@ -840,8 +863,20 @@ impl State {
                 );
                 delta = free_kib;
             }
-            // Whole pages only, rounding toward zero.
-            let delta_pages = delta / pages::PAGE_KIB;
+            // Whole pages only, rounding toward zero, except for the step that reaches the
+            // target: a driver finishing works in whole pages and ends on the page of its
+            // target, not up to a page plus its inaccuracy away (which a target that is not a
+            // whole number of pages would otherwise leave it, never counted as arrived).
+            let finishing = (actual + delta - target).abs() <= 4;
+            let delta_pages = if finishing && delta < 0 {
+                delta
+                    .div_euclid(pages::PAGE_KIB)
+                    .max(-(tot / pages::PAGE_KIB))
+            } else if finishing && delta > 0 {
+                (delta + pages::PAGE_KIB - 1) / pages::PAGE_KIB
+            } else {
+                delta / pages::PAGE_KIB
+            };
             let g = self.guest_mut(domid)?;
             g.info.tot_pages = (g.info.tot_pages as i64 + delta_pages) as u64;
             self.free_pages = (self.free_pages as i64 - delta_pages) as u64;

@@ -228,6 +228,39 @@ pub unsafe extern "C" fn sqz_host_builder_add_domain(
     })
 }
 
+/// Sets the weight of a domain already added to the snapshot in the proportional policy: its
+/// share of the memory handed out is proportional to weight × dynamic range, within that range.
+/// A domain whose weight is not set weighs 1; when all weights are equal the policy is
+/// squeezed's to the KiB. Errors: `b` NULL or not live, a domid not added yet, or a weight
+/// that is not a number between 0.001 and 1000 (zero, negative, NaN, infinite, absurd) →
+/// `SQZ_ERR_INVALID_ARGUMENT`. A failed builder call makes the whole operation end with
+/// `SQZ_ERR_BACKEND`.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_host_builder_set_weight(
+    b: *mut sqz_host_builder,
+    domid: i32,
+    weight: f64,
+) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: with_builder dereferences only live builders.
+        unsafe {
+            with_builder(b, "sqz_host_builder_set_weight", |b| {
+                let d = b
+                    .domains
+                    .iter_mut()
+                    .find(|d| d.domid == domid)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "domain {domid} has not been added to this snapshot"
+                        ))
+                    })?;
+                *d = d.with_weight(weight)?;
+                Ok(())
+            })
+        }
+    })
+}
+
 /// Asks the caller whether the host's free memory (KiB) is enough; `ctx` is the `ok_ctx` given
 /// with it. Called on the calling thread, only while the call it was passed to runs.
 pub type sqz_success_fn =

@@ -264,6 +264,22 @@ pub struct sqz_cooperation {
     pub concern: i32,
 }
 
+impl From<crate::adaptive::Cooperation> for sqz_cooperation {
+    fn from(c: crate::adaptive::Cooperation) -> Self {
+        let concern = match c.concern {
+            None => SQZ_CONCERN_NONE,
+            Some(Concern::TooSlow) => SQZ_CONCERN_TOO_SLOW,
+            Some(Concern::NotMoving) => SQZ_CONCERN_NOT_MOVING,
+            Some(Concern::StalledAndResumed) => SQZ_CONCERN_STALLED_AND_RESUMED,
+        };
+        sqz_cooperation {
+            score_s: c.score_s,
+            uncooperative: c.uncooperative,
+            concern,
+        }
+    }
+}
+
 /// `sqz_cooperation.concern`: nothing.
 pub const SQZ_CONCERN_NONE: i32 = 0;
 /// `sqz_cooperation.concern`: the driver moves, but slower than the minimum acceptable rate.
@@ -292,17 +308,7 @@ pub unsafe extern "C" fn sqz_squeezer_cooperation(
                     .ok_or_else(|| invalid(format!("the squeezer has not seen domain {domid}")))
             })
         }?;
-        let concern = match c.concern {
-            None => SQZ_CONCERN_NONE,
-            Some(Concern::TooSlow) => SQZ_CONCERN_TOO_SLOW,
-            Some(Concern::NotMoving) => SQZ_CONCERN_NOT_MOVING,
-            Some(Concern::StalledAndResumed) => SQZ_CONCERN_STALLED_AND_RESUMED,
-        };
-        let value = sqz_cooperation {
-            score_s: c.score_s,
-            uncooperative: c.uncooperative,
-            concern,
-        };
+        let value = sqz_cooperation::from(c);
         // SAFETY: checked non-NULL above; the caller owns the struct.
         unsafe { write_out(out, "out", value) }
     })

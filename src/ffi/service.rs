@@ -1516,3 +1516,55 @@ pub unsafe extern "C" fn sqz_get_diagnostics(
         Ok(())
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// The policy of a service
+
+/// Sets which algorithm the service decides with: `SQZ_POLICY_CLASSIC` (squeezed's, a fresh
+/// squeezer per call, the default) or `SQZ_POLICY_ADAPTIVE` (one adaptive squeezer for the
+/// service's life, learning balloon rates and limits; its non-cooperation score sets
+/// `memory/uncooperative`). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a value this
+/// library does not know → `SQZ_ERR_UNSUPPORTED`, unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_service_config_set_policy(
+    c: *mut sqz_service_config,
+    policy: i32,
+) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live config.
+        let c = unsafe { config_mut(c) }?;
+        c.policy = match policy {
+            super::options::SQZ_POLICY_CLASSIC => crate::Policy::Classic,
+            super::options::SQZ_POLICY_ADAPTIVE => crate::Policy::Adaptive,
+            other => return Err(Error::Unsupported(format!("unknown policy {other}")).into()),
+        };
+        Ok(())
+    })
+}
+
+/// Stores in `*out` how `domid`'s balloon driver has been cooperating, as the service's
+/// adaptive squeezer has seen it. Errors: `s` or `out` NULL, a service with the classic policy
+/// (which forgets between calls), or a domain the squeezer has not seen →
+/// `SQZ_ERR_INVALID_ARGUMENT`, `*out` unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_service_cooperation(
+    s: *mut sqz_service,
+    domid: i32,
+    out: *mut super::ops::sqz_cooperation,
+) -> sqz_status {
+    guard::status(|| {
+        need_out(out, "out")?;
+        // SAFETY: the caller passes NULL or a live service.
+        let service = unsafe { service(s) }?;
+        if service.config().policy != crate::Policy::Adaptive {
+            return Err(invalid(
+                "the service uses the classic policy, which keeps no cooperation scores",
+            ));
+        }
+        let c = service
+            .cooperation(domid)
+            .ok_or_else(|| invalid(format!("the service has not seen domain {domid}")))?;
+        // SAFETY: checked non-NULL above; the caller owns the struct.
+        unsafe { write_out(out, "out", super::ops::sqz_cooperation::from(c)) }
+    })
+}

@@ -901,6 +901,62 @@ static void test_service_failures(void) {
     sqz_service_free(svc);
 }
 
+/* The adaptive policy through the service: beside a 100 MiB/s guest, one that frees a page
+ * every 5 s is named at once when a request needs it, and has a cooperation score. */
+static void test_service_adaptive_policy(void) {
+    sqz_fake_host *f = fake_8g();
+    sqz_service_config *cfg = service_config();
+    CHECK_STATUS(sqz_service_config_set_policy(cfg, 7), SQZ_ERR_UNSUPPORTED);
+    CHECK_STATUS(sqz_service_config_set_policy(NULL, SQZ_POLICY_ADAPTIVE), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_config_set_policy(cfg, SQZ_POLICY_ADAPTIVE), SQZ_OK);
+    sqz_service *svc = NULL;
+    CHECK_STATUS(sqz_service_new_fake(f, cfg, &svc), SQZ_OK);
+    sqz_service_config_free(cfg);
+
+    /* Two guests of 1..2 GiB at 2 GiB: 2.75 GiB free. */
+    int32_t d[2] = {-1, -1};
+    for (int i = 0; i < 2; i++) {
+        sqz_fake_guest g = guest_spec(GIB, 2 * GIB);
+        if (i == 0) {
+            g.behaviour.kind = SQZ_BEHAVIOUR_TRICKLE;
+            g.behaviour.limit_kib = 4;
+            g.behaviour.seconds = 5.0;
+        } else {
+            g.behaviour.rate_kib_per_s = 100 * MIB;
+        }
+        CHECK_STATUS(sqz_fake_host_create_domain(f, &g, sizeof g, &d[i]), SQZ_OK);
+        CHECK_STATUS(sqz_fake_host_build_domain(f, d[i], 2 * GIB), SQZ_OK);
+        CHECK_STATUS(sqz_fake_host_unpause(f, d[i]), SQZ_OK);
+    }
+    CHECK_STATUS(sqz_fake_host_advance(f, 2.0), SQZ_OK);
+
+    /* 4 GiB needs 1.25 GiB + the slush freed; the fast guest has only 1 GiB to give. */
+    char id[SQZ_RESERVATION_ID_SIZE];
+    CHECK_STATUS(sqz_reserve_memory(svc, "xl", 4 * GIB, id), SQZ_ERR_DOMAINS_REFUSED_TO_COOPERATE);
+    int32_t named[4] = {-1, -1, -1, -1};
+    CHECK(sqz_last_error_domids(named, 4) == 1 && named[0] == d[0]);
+    sqz_cooperation c;
+    memset(&c, 0, sizeof c);
+    CHECK_STATUS(sqz_service_cooperation(svc, d[0], &c), SQZ_OK);
+    CHECK(c.score_s > 0.0 && c.concern != SQZ_CONCERN_NONE);
+    CHECK_STATUS(sqz_service_cooperation(svc, d[1], &c), SQZ_OK);
+    CHECK(c.concern == SQZ_CONCERN_NONE && !c.uncooperative);
+    CHECK_STATUS(sqz_service_cooperation(svc, 99, &c), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_service_cooperation(svc, d[0], NULL), SQZ_ERR_INVALID_ARGUMENT);
+    /* 3 GiB the fast guest covers alone. */
+    CHECK_STATUS(sqz_reserve_memory(svc, "xl", 3 * GIB, id), SQZ_OK);
+    sqz_service_free(svc);
+
+    /* A classic service keeps no scores. */
+    cfg = service_config();
+    CHECK_STATUS(sqz_service_new_fake(f, cfg, &svc), SQZ_OK);
+    sqz_service_config_free(cfg);
+    CHECK_STATUS(sqz_service_cooperation(svc, d[1], &c), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("classic"));
+    sqz_service_free(svc);
+    sqz_fake_host_free(f);
+}
+
 static void test_service_bad_input(void) {
     sqz_fake_host *f = fake_8g();
     sqz_service_config *cfg = service_config();
@@ -1093,6 +1149,7 @@ int main(void) {
     test_service_progress_and_cancel();
     test_service_bad_input();
     test_service_over_xen_without_xen();
+    test_service_adaptive_policy();
     char cleanup[160];
     snprintf(cleanup, sizeof cleanup, "rm -rf '%s'", svc_dir);
     if (system(cleanup) != 0) {

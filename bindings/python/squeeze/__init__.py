@@ -217,7 +217,9 @@ def version_number() -> int:
 
 @dataclass
 class Domain:
-    """One domain as the balancer sees it; sizes in KiB."""
+    """One domain as the balancer sees it; sizes in KiB. ``weight`` (None: 1) is its weight
+    in the proportional policy, a number between 0.001 and 1000: its share of the memory
+    handed out is proportional to weight x dynamic range."""
 
     domid: int
     can_balloon: bool
@@ -227,6 +229,7 @@ class Domain:
     memory_actual_kib: int
     memory_max_kib: int
     inaccuracy_kib: int = 4
+    weight: Optional[float] = None
 
     _SIZES = (
         "dynamic_min_kib",
@@ -236,6 +239,12 @@ class Domain:
         "memory_max_kib",
         "inaccuracy_kib",
     )
+
+    def _unweighted(self, where: str) -> "Domain":
+        # Only a platform's snapshot (make_host) carries weights through the C API.
+        if self.weight is not None:
+            raise Unsupported(f"domain {self.domid}: {where} takes no weights (set one in make_host)")
+        return self
 
     def _to_c(self) -> _native.sqz_domain:
         sizes = (
@@ -398,6 +407,11 @@ class _Callbacks:
             for d in domains:
                 c = d._to_c()
                 _check(lib.sqz_host_builder_add_domain(builder, ctypes.byref(c), ctypes.sizeof(c)))
+                if d.weight is not None:
+                    w = d.weight
+                    if isinstance(w, bool) or not isinstance(w, (int, float)):
+                        raise InvalidArgument(f"domain {d.domid}: weight must be a number, not {w!r}")
+                    _check(lib.sqz_host_builder_set_weight(builder, c.domid, float(w)))
             _check(lib.sqz_host_builder_set_free_mem(builder, _kib("free_mem_kib", free)))
             return 0
 
@@ -598,7 +612,7 @@ class Squeezer(_Handle):
     ) -> StepResult:
         """One iteration on a host snapshot, for callers with their own event loop."""
         n = len(domains)
-        arr = (_native.sqz_domain * max(n, 1))(*(d._to_c() for d in domains))
+        arr = (_native.sqz_domain * max(n, 1))(*(d._unweighted("step")._to_c() for d in domains))
         actions = (_native.sqz_action * max(n, 1))()
         maxmem = (_native.sqz_maxmem * max(n, 1))()
         blamed = (ctypes.c_int32 * max(n, 1))()
@@ -724,7 +738,7 @@ class Simulator(_Handle):
         _check(lib.sqz_sim_new(ctypes.byref(config), ctypes.byref(self._handle)))
 
     def add_guest(self, domain: Domain, behaviour: Behaviour) -> None:
-        d, b = domain._to_c(), behaviour._to_c()
+        d, b = domain._unweighted("the simulator")._to_c(), behaviour._to_c()
         _check(lib.sqz_sim_add_guest(self._ptr(), ctypes.byref(d), ctypes.sizeof(d), ctypes.byref(b)))
 
     def remove_guest(self, domid: int) -> None:
@@ -1053,8 +1067,10 @@ class _ServiceConfig:
 
 class Service(_Handle):
     """The memory service (sessions and reservations, squeezed's ``Memory_interface``) over a
-    :class:`FakeHost`, or over this host's Xen with :meth:`open_xen`. Every process sharing a host must use the same ``lock_path``. Use as a
-    context manager, or call :meth:`close`. Thread-safe."""
+    :class:`FakeHost`, or over this host's Xen with :meth:`open_xen`. Every process sharing a
+    host must use the same ``lock_path``. ``policy`` is POLICY_CLASSIC (squeezed's algorithm, the
+    default) or POLICY_ADAPTIVE (one adaptive squeezer for the service's life; see
+    :meth:`cooperation`). Use as a context manager, or call :meth:`close`. Thread-safe."""
 
     _free = staticmethod(lib.sqz_service_free)
 
@@ -1066,12 +1082,19 @@ class Service(_Handle):
         boot_time_record_path: Optional[str] = None,
         options: Optional[Options] = None,
         balance_interval_s: Optional[float] = None,
+        policy: Optional[int] = None,
     ):
         super().__init__()
+        if policy is not None and (
+            isinstance(policy, bool) or not isinstance(policy, int) or not -2**31 <= policy < 2**31
+        ):
+            raise InvalidArgument(f"policy must be POLICY_CLASSIC or POLICY_ADAPTIVE, not {policy!r}")
         if not isinstance(fake, FakeHost):
             raise TypeError(f"fake must be a squeeze.FakeHost, not {type(fake).__name__}")
         settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s)
         with _ServiceConfig(*settings) as cfg:
+            if policy is not None:
+                _check(lib.sqz_service_config_set_policy(cfg, policy))
             _check(lib.sqz_service_new_fake(fake._ptr(), cfg, ctypes.byref(self._handle)))
 
     @classmethod
@@ -1082,6 +1105,7 @@ class Service(_Handle):
         boot_time_record_path: Optional[str] = None,
         options: Optional[Options] = None,
         balance_interval_s: Optional[float] = None,
+        policy: Optional[int] = None,
     ) -> "Service":
         """The service over this host's Xen (libxenctrl and xenstored). Raises
         :class:`Unsupported` when libsqueeze was built without Xen support (cargo feature
@@ -1090,6 +1114,8 @@ class Service(_Handle):
         _Handle.__init__(self)
         settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s)
         with _ServiceConfig(*settings) as cfg:
+            if policy is not None:
+                _check(lib.sqz_service_config_set_policy(cfg, policy))
             _check(lib.sqz_service_new_xen(cfg, ctypes.byref(self._handle)))
         return self
 
@@ -1098,6 +1124,13 @@ class Service(_Handle):
         reservations, as squeezed does."""
         _check(lib.sqz_login(self._ptr(), _text("service_name", service_name)))
         return service_name
+
+    def cooperation(self, domid: int) -> Cooperation:
+        """How ``domid``'s balloon driver has been cooperating, as the service's adaptive
+        squeezer has seen it (POLICY_ADAPTIVE only: the classic policy keeps no scores)."""
+        out = _native.sqz_cooperation()
+        _check(lib.sqz_service_cooperation(self._ptr(), _domid(domid), ctypes.byref(out)))
+        return Cooperation(out.score_s, bool(out.uncooperative), CONCERNS.get(out.concern))
 
     def reserve_memory(
         self,

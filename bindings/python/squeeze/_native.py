@@ -235,6 +235,7 @@ PROTOTYPES = {
         sqz_status,
         [_p(sqz_host_builder), _p(sqz_domain), c_size_t],
     ),
+    "sqz_host_builder_set_weight": (sqz_status, [_p(sqz_host_builder), c_int32, c_double]),
     "sqz_change_host_free_memory": (
         sqz_status,
         [_p(sqz_io), _opaque, c_int64, SUCCESS_FN, c_void_p],
@@ -328,6 +329,8 @@ PROTOTYPES = {
     "sqz_service_config_set_lock_path": (sqz_status, [_opaque, c_char_p]),
     "sqz_service_config_set_boot_time_record_path": (sqz_status, [_opaque, c_char_p]),
     "sqz_service_config_set_options": (sqz_status, [_opaque, _opaque]),
+    "sqz_service_config_set_policy": (sqz_status, [_opaque, c_int32]),
+    "sqz_service_cooperation": (sqz_status, [_opaque, c_int32, _p(sqz_cooperation)]),
     "sqz_service_config_set_balance_interval": (sqz_status, [_opaque, c_double]),
     "sqz_service_start_balancer": (sqz_status, [_opaque]),
     "sqz_service_stop_balancer": (sqz_status, [_opaque]),

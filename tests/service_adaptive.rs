@@ -1,0 +1,124 @@
+//! The memory service with the adaptive policy on the fake host: its non-cooperation score,
+//! not squeezed's 20 s rule, sets and clears `memory/uncooperative`.
+
+mod common;
+
+use common::{booted_guest, config, GIB, MIB, SLUSH};
+use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
+use squeeze::backend::sim::Behaviour;
+use squeeze::service::{Service, ServiceConfig};
+use squeeze::{DomId, Policy};
+
+/// A 5 GiB host (domain 0 holds 1 GiB) with three guests of 512 MiB..1 GiB at 1 GiB: one that
+/// frees a 4 KiB page every 5 s, an honest 1 MiB/s one and a 100 MiB/s one. 1 GiB is free.
+fn trickler_host(policy: Policy) -> (tempfile::TempDir, FakeHost, Service, [DomId; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(FakeConfig {
+        total_kib: 5 * GIB,
+        xen_kib: 0,
+        dom0_kib: GIB,
+        boot_delay_s: 1.0,
+        referee_slush_kib: Some(SLUSH),
+    })
+    .unwrap();
+    let service = Service::new(
+        fake.platform(),
+        ServiceConfig {
+            policy,
+            ..config(dir.path())
+        },
+    )
+    .unwrap();
+    let guest = |behaviour| GuestSpec {
+        behaviour,
+        ..GuestSpec::ballooning(512 * MIB, GIB)
+    };
+    let domids = [
+        booted_guest(
+            &fake,
+            guest(Behaviour::Trickle {
+                chunk_kib: 4,
+                period_s: 5.0,
+            }),
+        ),
+        booted_guest(
+            &fake,
+            guest(Behaviour::Ideal {
+                rate_kib_per_s: MIB,
+            }),
+        ),
+        booted_guest(
+            &fake,
+            guest(Behaviour::Ideal {
+                rate_kib_per_s: 100 * MIB,
+            }),
+        ),
+    ];
+    (dir, fake, service, domids)
+}
+
+fn flagged(fake: &FakeHost, domid: DomId) -> bool {
+    fake.snapshot()
+        .unwrap()
+        .read(&format!("/local/domain/{domid}/memory/uncooperative"))
+        .is_some()
+}
+
+/// What the background balancer does, once a second for `seconds`: returns when each domain
+/// was first seen flagged in the store and whether it was flagged at the end.
+fn run(
+    fake: &FakeHost,
+    service: &Service,
+    domids: &[DomId],
+    seconds: u32,
+) -> Vec<(Option<f64>, bool)> {
+    let start = fake.snapshot().unwrap().time;
+    let mut first = vec![None; domids.len()];
+    for _ in 0..seconds {
+        fake.advance(1.0).unwrap();
+        service.balance_if_unbalanced().unwrap();
+        let now = fake.snapshot().unwrap().time;
+        for (f, &d) in first.iter_mut().zip(domids) {
+            if f.is_none() && flagged(fake, d) {
+                *f = Some(now - start);
+            }
+        }
+    }
+    first
+        .into_iter()
+        .zip(domids)
+        .map(|(f, &d)| (f, flagged(fake, d)))
+        .collect()
+}
+
+#[test]
+fn the_adaptive_score_flags_a_trickler_in_the_store_never_an_honest_slow_guest_and_clears_on_recovery(
+) {
+    let (_dir, fake, service, [trickler, slow, fast]) = trickler_host(Policy::Adaptive);
+    let session = service.login("xenopsd").unwrap();
+    // 1200 MiB with 1 GiB free: 248 MiB must be freed, which the fast guest covers alone.
+    service.reserve_memory(&session, 1200 * MIB).unwrap();
+    // The background balancer then runs for three minutes, asking the guests for memory
+    // back and forth as the slow guest catches up; the trickler never does its part.
+    let seen = run(&fake, &service, &[trickler, slow, fast], 180);
+    assert!(seen[0].0.is_some() && seen[0].1, "trickler: {:?}", seen[0]);
+    assert_eq!(seen[1], (None, false), "the honest 1 MiB/s guest");
+    assert_eq!(seen[2], (None, false), "the fast guest");
+    let c = service.cooperation(trickler).unwrap();
+    assert!(c.uncooperative && c.score_s >= 10.0, "{c:?}");
+
+    // The trickler's driver recovers (100 MiB/s): it does the work it was asked for, its
+    // score leaks away (60 s time constant, cleared under 3 s) and the flag goes.
+    fake.set_behaviour(
+        trickler,
+        Behaviour::Ideal {
+            rate_kib_per_s: 100 * MIB,
+        },
+    )
+    .unwrap();
+    let seen = run(&fake, &service, &[trickler, slow], 180);
+    assert!(!seen[0].1, "still flagged after recovering");
+    assert_eq!(seen[1], (None, false));
+    assert!(!service.cooperation(trickler).unwrap().uncooperative);
+    assert!(fake.snapshot().unwrap().violations.is_empty());
+}
