@@ -627,7 +627,7 @@ fn paused_guest_inner(s: &Service, g1: DomId, g2: DomId, slush: Kib) -> Result<S
         }
     };
     Ok(format!(
-        "reserved {} in {took:.1} s: {g1} {m1} -> {a1} MiB, paused {g2} {m2} -> {a2} MiB, flagged uncooperative after {flagged_after:.0} s; {named}",
+        "reserved {} in {took:.1} s: domain {g1} {m1} -> {a1} MiB, paused domain {g2} {m2} -> {a2} MiB, flagged uncooperative after {flagged_after:.0} s; {named}",
         mib(kib)
     ))
 }

@@ -23,7 +23,7 @@ xl list
 
 stamp "running the checks"
 SQUEEZE_REAL_XEN=1 RUST_BACKTRACE=1 \
-  SQUEEZE_GUEST_KERNEL=/srv/xen-test/vmlinuz SQUEEZE_GUEST_RAMDISK=/srv/xen-test/guest-initrd.gz \
+  SQUEEZE_GUEST_KERNEL=$T/guest-vmlinux SQUEEZE_GUEST_RAMDISK=$T/guest-initrd.gz \
   "$T/xen_real"
 rc=$?
 stamp "checks exited with $rc"
