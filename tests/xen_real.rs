@@ -304,7 +304,7 @@ fn wait_for_balloon_driver(domid: DomId) -> Result<f64, String> {
         || (xl_mem_mib(domid).ok()? >= before - 1).then_some(()),
     )?;
     println!(
-        "    domain {domid}: balloon driver live ({before} -> {moved} -> {before} MiB), {:.1} s after build",
+        "    domain {domid}: balloon driver live ({before} -> {moved} -> {before} MiB), seen in {:.1} s",
         start.elapsed().as_secs_f64()
     );
     Ok(start.elapsed().as_secs_f64())
