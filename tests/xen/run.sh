@@ -12,7 +12,8 @@
 # more. On failure the tail of the Xen/dom0 console is printed.
 #
 # Environment: SQUEEZE_SKIP_XEN=1 skips it all; XEN_TEST_DIR (cache, default target/xen-test);
-# XEN_TEST_TIMEOUT (seconds for one boot, default 900); XEN_TEST_SMP (default 2).
+# XEN_TEST_TIMEOUT (seconds for one boot, default 900); XEN_TEST_STALL (seconds without console
+# output after which a boot counts as livelocked, default 300); XEN_TEST_SMP (default 2).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +21,7 @@ top=$(cd "$here/../.." && pwd)
 export XEN_TEST_DIR=${XEN_TEST_DIR:-$top/target/xen-test}
 OUT=$XEN_TEST_DIR
 TIMEOUT=${XEN_TEST_TIMEOUT:-900}
+STALL=${XEN_TEST_STALL:-300}
 SMP=${XEN_TEST_SMP:-2}
 CARGO=${CARGO:-cargo}
 
@@ -67,7 +69,20 @@ boot() {
     -initrd "$OUT/vmlinuz root=/dev/vda ro console=hvc0 init=/sbin/xentest-init,$OUT/initrd.img" \
     -drive "file=$OUT/dom0.img,if=virtio,format=raw,snapshot=on" \
     -drive "file=$OUT/test.img,if=virtio,format=raw" \
-    -display none -monitor none -serial "file:$console" -nic none -no-reboot
+    -display none -monitor none -serial "file:$console" -nic none -no-reboot &
+  local qemu=$! size last=-1 quiet=0
+  # A livelocked emulator prints nothing more; the checks print at least every few minutes.
+  while kill -0 "$qemu" 2>/dev/null; do
+    sleep 5
+    size=$(stat -c %s "$console" 2>/dev/null || echo 0)
+    if [[ $size == "$last" ]]; then quiet=$((quiet + 5)); else quiet=0; last=$size; fi
+    if ((quiet >= STALL)); then
+      log "no console output for ${STALL}s: stopping QEMU"
+      kill "$qemu" 2>/dev/null || true
+      break
+    fi
+  done
+  wait "$qemu"
 }
 
 result=""
@@ -75,12 +90,15 @@ for attempt in 1 2; do
   console=$OUT/console-$attempt.log
   log "step 3/4: booting Xen + dom0 under QEMU (attempt $attempt, timeout ${TIMEOUT}s, console in $console)"
   bstart=$(date +%s)
+  # Nothing from an earlier boot may be taken for this one's result (debugfs leaves the
+  # output file alone when the disk has no transcript).
+  rm -f "$console" "$OUT/transcript.txt"
   set +e
   boot "$console"
   qrc=$?
   set -e
   log "QEMU exited with $qrc after $(( $(date +%s) - bstart )) s"
-  debugfs -R "dump /transcript.txt $OUT/transcript.txt" "$OUT/test.img" >/dev/null 2>&1 || rm -f "$OUT/transcript.txt"
+  debugfs -R "dump /transcript.txt $OUT/transcript.txt" "$OUT/test.img" >/dev/null 2>&1 || true
   if [[ -s $OUT/transcript.txt ]] && result=$(grep -a '^RESULT:' "$OUT/transcript.txt"); then
     break
   fi
@@ -92,6 +110,10 @@ done
 
 log "step 4/4: results"
 if [[ -z $result ]]; then
+  if [[ -s $OUT/transcript.txt ]]; then
+    log "dom0 transcript tail (the checks did not finish):"
+    tail -n 40 "$OUT/transcript.txt" | sed 's/^/    | /'
+  fi
   die "no boot produced a result"
 fi
 grep -a -E '^(CHECK|RESULT)' "$OUT/transcript.txt" | sed 's/^/    /'
