@@ -30,8 +30,16 @@ done
 
 # The Xen version dom0 must run: the one the test program is built against.
 host_xen=$(dpkg-query -W -f '${Version}' libxen-dev 2>/dev/null) || die "libxen-dev is not installed"
-kernel_pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n 1)
-[[ -n $kernel_pkg ]] || die "cannot tell which kernel linux-image-amd64 is (apt-get update?)"
+kernel_of_the_day() {
+  apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n 1
+}
+kernel_pkg=$(kernel_of_the_day)
+if [[ -z $kernel_pkg ]]; then
+  # A fresh machine may have no package lists yet.
+  apt-get update -qq
+  kernel_pkg=$(kernel_of_the_day)
+fi
+[[ -n $kernel_pkg ]] || die "cannot tell which kernel linux-image-amd64 is"
 kernel_ver=$(apt-cache policy "$kernel_pkg" | sed -n 's/^ *Candidate: //p')
 key="xen=$host_xen kernel=$kernel_pkg/$kernel_ver script=$(cat "$0" "$here/dom0-init" | sha256sum | cut -c1-16)"
 
