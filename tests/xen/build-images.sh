@@ -23,7 +23,7 @@ OUT=$(cd "$OUT" && pwd)
 log() { printf '[%(%H:%M:%S)T] build-images: %s\n' -1 "$*"; }
 die() { log "ERROR: $*"; exit 1; }
 
-[[ $(id -u) -eq 0 ]] || die "needs root (debootstrap and chroot)"
+[[ $(id -u) -eq 0 ]] || die "needs root (debootstrap and chroot); SQUEEZE_SKIP_XEN=1 skips the real-Xen test"
 for tool in debootstrap mkfs.ext4 apt-cache; do
   command -v "$tool" >/dev/null || die "$tool is missing (scripts/install-deps.sh xen installs it)"
 done
