@@ -21,6 +21,18 @@ APT_NEEDS=(
   "ocamlfind ocaml-findlib"
 )
 
+# `install-deps.sh xen`: also what the real-Xen test (`make test-xen`) needs on this machine to
+# build its images and boot Xen under QEMU (Xen and the kernels go into its own image folder).
+if [[ ${1:-} == xen ]]; then
+  APT_NEEDS+=(
+    "qemu-system-x86_64 qemu-system-x86"
+    "debootstrap debootstrap"
+    "mkfs.ext4 e2fsprogs"
+    "debugfs e2fsprogs"
+    "timeout coreutils"
+  )
+fi
+
 # Python packages for the ctypes binding's test suite: "<module> <pip package>".
 PIP_NEEDS=(
   "pytest pytest"
