@@ -133,6 +133,10 @@ pub struct DomainDiagnostics {
     pub maxmem_kib: Option<Kib>,
     /// How far from its target its balloon driver may settle, in KiB.
     pub inaccuracy_kib: Option<Kib>,
+    /// Its weight in the proportional policy (null when the balancer leaves it alone).
+    pub weight: Option<f64>,
+    /// Why its `memory/weight` was ignored, when it was.
+    pub weight_error: Option<String>,
     /// Its calibrated memory offset, in KiB (0 before boot).
     pub offset_kib: Kib,
     /// Its initial reservation, in KiB, when it has one.

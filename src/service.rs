@@ -704,6 +704,8 @@ impl Service {
                     dynamic_max_kib: m.map(|m| m.dynamic_max_kib),
                     maxmem_kib: m.map(|m| m.memory_max_kib),
                     inaccuracy_kib: m.map(|m| m.inaccuracy_kib),
+                    weight: m.map(|m| m.weight.get()),
+                    weight_error: d.weight_error.clone(),
                     offset_kib: d.offset_kib,
                     initial_reservation_kib: d.initial_reservation_kib,
                     unallocated_reservation_kib: d.unallocated_reservation_kib,
