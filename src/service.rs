@@ -59,8 +59,10 @@ pub struct ServiceConfig {
     pub boot_time_interval_s: f64,
     /// Seconds between two checks of the background balancer.
     pub balance_interval_s: f64,
-    /// Which algorithm decides: squeezed's (a fresh squeezer per call, as squeezed runs it)
-    /// or the adaptive one (one instance per service, learning across calls).
+    /// Which algorithm decides: the adaptive one (one instance per service, learning across
+    /// calls; the default) or squeezed's ([`Policy::Classic`]: a fresh squeezer per call, as
+    /// squeezed runs it). Only the service defaults to adaptive: a [`crate::Balancer`] and the
+    /// squeezer's [`Options`] still default to classic.
     pub policy: Policy,
     /// The adaptive algorithm's settings (used with [`Policy::Adaptive`]).
     pub adaptive: AdaptiveOptions,
@@ -76,7 +78,7 @@ impl Default for ServiceConfig {
             boot_time_samples: 3,
             boot_time_interval_s: 1.0,
             balance_interval_s: DEFAULT_BALANCE_INTERVAL_S,
-            policy: Policy::Classic,
+            policy: Policy::Adaptive,
             adaptive: AdaptiveOptions::default(),
         }
     }
