@@ -5,7 +5,9 @@
 //! `flock` on a host-wide lock file for the processes of the host, so xenopsd and any number of
 //! short-lived `xl` processes can use the library at once and never promise the same free
 //! memory twice. Each such call reads the host afresh under the locks; nothing is cached between
-//! calls except which domains have been cooperative (for the `memory/uncooperative` flag).
+//! calls except which domains have been cooperative (for the `memory/uncooperative` flag) and,
+//! with the adaptive policy (the default; see [`ServiceConfig::policy`]), what the adaptive
+//! squeezer has learnt about each guest.
 //!
 //! Sessions are service names (squeezed's convention: one instance of a named service at a
 //! time); reservations are kept in the store (see [`crate::reservations`]), so a process that
