@@ -1281,7 +1281,8 @@ sqz_status sqz_strings_add(struct sqz_strings *s, const char *value);
 
 /**
  * Creates a settings object with the defaults (slush 72 MiB, lock file
- * `/run/squeeze/host.lock`, boot-time record `/run/squeeze/boot_time_memory`) and stores it in
+ * `/run/squeeze/host.lock`, boot-time record `/run/squeeze/boot_time_memory`, the adaptive
+ * policy; `sqz_service_config_set_policy` picks the classic one) and stores it in
  * `*out`. Errors: `out` NULL → `SQZ_ERR_INVALID_ARGUMENT`.
  */
 sqz_status sqz_service_config_new(struct sqz_service_config **out);
@@ -1474,10 +1475,10 @@ sqz_status sqz_get_host_initial_free_memory(struct sqz_service *s, int64_t *out)
 sqz_status sqz_get_diagnostics(struct sqz_service *s, char *buf, size_t cap, size_t *size_out);
 
 /**
- * Sets which algorithm the service decides with: `SQZ_POLICY_CLASSIC` (squeezed's, a fresh
- * squeezer per call, the default) or `SQZ_POLICY_ADAPTIVE` (one adaptive squeezer for the
- * service's life, learning balloon rates and limits; its non-cooperation score sets
- * `memory/uncooperative`). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a value this
+ * Sets which algorithm the service decides with: `SQZ_POLICY_ADAPTIVE` (the default: one
+ * adaptive squeezer for the service's life, learning balloon rates and limits; its
+ * non-cooperation score sets `memory/uncooperative`) or `SQZ_POLICY_CLASSIC` (squeezed's, a
+ * fresh squeezer per call). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a value this
  * library does not know → `SQZ_ERR_UNSUPPORTED`, unchanged.
  */
 sqz_status sqz_service_config_set_policy(struct sqz_service_config *c, int32_t policy);

@@ -11,7 +11,8 @@ use crate::error::Result;
 use crate::model::{DomId, Kib};
 use crate::squeezer::{Options, Squeezer};
 
-/// Which algorithm decides.
+/// Which algorithm decides. `Policy::default()` is classic, so a [`Balancer`] stays squeezed's
+/// unless asked; the memory service ([`crate::service::ServiceConfig`]) defaults to adaptive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Policy {
     /// squeezed's algorithm, decision for decision.

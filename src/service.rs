@@ -5,7 +5,9 @@
 //! `flock` on a host-wide lock file for the processes of the host, so xenopsd and any number of
 //! short-lived `xl` processes can use the library at once and never promise the same free
 //! memory twice. Each such call reads the host afresh under the locks; nothing is cached between
-//! calls except which domains have been cooperative (for the `memory/uncooperative` flag).
+//! calls except which domains have been cooperative (for the `memory/uncooperative` flag) and,
+//! with the adaptive policy (the default; see [`ServiceConfig::policy`]), what the adaptive
+//! squeezer has learnt about each guest.
 //!
 //! Sessions are service names (squeezed's convention: one instance of a named service at a
 //! time); reservations are kept in the store (see [`crate::reservations`]), so a process that
@@ -59,8 +61,10 @@ pub struct ServiceConfig {
     pub boot_time_interval_s: f64,
     /// Seconds between two checks of the background balancer.
     pub balance_interval_s: f64,
-    /// Which algorithm decides: squeezed's (a fresh squeezer per call, as squeezed runs it)
-    /// or the adaptive one (one instance per service, learning across calls).
+    /// Which algorithm decides: the adaptive one (one instance per service, learning across
+    /// calls; the default) or squeezed's ([`Policy::Classic`]: a fresh squeezer per call, as
+    /// squeezed runs it). Only the service defaults to adaptive: a [`crate::Balancer`] and the
+    /// squeezer's [`Options`] still default to classic.
     pub policy: Policy,
     /// The adaptive algorithm's settings (used with [`Policy::Adaptive`]).
     pub adaptive: AdaptiveOptions,
@@ -76,7 +80,7 @@ impl Default for ServiceConfig {
             boot_time_samples: 3,
             boot_time_interval_s: 1.0,
             balance_interval_s: DEFAULT_BALANCE_INTERVAL_S,
-            policy: Policy::Classic,
+            policy: Policy::Adaptive,
             adaptive: AdaptiveOptions::default(),
         }
     }

@@ -122,3 +122,37 @@ fn the_adaptive_score_flags_a_trickler_in_the_store_never_an_honest_slow_guest_a
     assert!(!service.cooperation(trickler).unwrap().uncooperative);
     assert!(fake.snapshot().unwrap().violations.is_empty());
 }
+
+#[test]
+fn a_service_with_the_default_settings_runs_adaptive_and_classic_must_be_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(common::small_host()).unwrap();
+    // The default settings, only moved off the system paths.
+    let service = Service::new(fake.platform(), config(dir.path())).unwrap();
+    assert_eq!(service.config().policy, Policy::Adaptive);
+    assert_eq!(ServiceConfig::default().policy, Policy::Adaptive);
+    // A 512 MiB..1 GiB guest at 1 GiB; 2 GiB are free. A reservation of 2.25 GiB makes the
+    // squeezer ask the guest for 256 MiB back, so the adaptive squeezer has a score for it.
+    let guest = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, GIB));
+    let session = service.login("xenopsd").unwrap();
+    service
+        .reserve_memory(&session, 2 * GIB + 256 * MIB)
+        .unwrap();
+    let c = service
+        .cooperation(guest)
+        .expect("the default policy keeps scores");
+    assert!(!c.uncooperative, "{c:?}");
+    assert!(service.get_diagnostics().unwrap().contains("\"adaptive\""));
+
+    // Classic, named, keeps no scores: a fresh squeezer per call, as squeezed runs it.
+    let classic = Service::new(
+        fake.platform(),
+        ServiceConfig {
+            policy: Policy::Classic,
+            ..config(dir.path())
+        },
+    )
+    .unwrap();
+    classic.balance_memory().unwrap();
+    assert!(classic.cooperation(guest).is_none());
+}

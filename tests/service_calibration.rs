@@ -17,7 +17,7 @@ const LOOK_S: f64 = 5.0;
 /// A service over `fake` whose host model corrects drift (or, with `drift` false, calibrates
 /// once as squeezed does). The default window: 3 looks spanning 10 s.
 fn service(fake: &FakeHost, dir: &std::path::Path, drift: bool) -> Service {
-    let mut cfg = config(dir);
+    let mut cfg = classic_config(dir);
     cfg.host = HostConfig {
         offset_drift: drift,
         ..cfg.host
@@ -278,7 +278,7 @@ fn a_drift_window_of_fewer_than_two_looks_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeHost::in_memory(small_host()).unwrap();
     for (looks, secs) in [(1, 10.0), (0, 10.0), (3, -1.0), (3, f64::NAN)] {
-        let mut cfg = config(dir.path());
+        let mut cfg = classic_config(dir.path());
         cfg.host.drift_window_looks = looks;
         cfg.host.drift_window_s = secs;
         let e = Service::new(fake.platform(), cfg).unwrap_err();
@@ -311,7 +311,7 @@ fn a_drifted_domain_is_not_flagged_even_when_the_window_outlasts_the_flag_delay(
     let fake = FakeHost::in_memory(small_host()).unwrap();
     // A 30 s window (7 looks of 5 s): longer than the 20 s after which a domain away from its
     // target is flagged.
-    let mut cfg = config(dir.path());
+    let mut cfg = classic_config(dir.path());
     cfg.host.drift_window_looks = 7;
     cfg.host.drift_window_s = 30.0;
     let service = Service::new(fake.platform(), cfg).unwrap();

@@ -23,7 +23,7 @@ fn outstanding_kib(fake: &FakeHost, domid: DomId) -> Kib {
 
 #[test]
 fn claims_and_shared_pages_are_counted_exactly_and_never_handed_out_twice() {
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     // 3 GiB free; a 512 MiB..1 GiB guest at 1 GiB leaves 2 GiB.
     let a = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, GIB));
     // Another toolstack's domain claims 256 MiB before building it.
@@ -112,7 +112,7 @@ fn without_counting_sharing_the_same_host_would_be_overcommitted() {
 }
 
 fn claiming_service(fake: &FakeHost, dir: &std::path::Path, claim: bool) -> Service {
-    let mut cfg = config(dir);
+    let mut cfg = classic_config(dir);
     cfg.host.claim_transferred_reservations = claim;
     Service::new(fake.platform(), cfg).unwrap()
 }

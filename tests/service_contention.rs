@@ -179,7 +179,7 @@ fn balanced_host_with_a_domain_about_to_be_built(
     DomId,
     tempfile::TempDir,
 ) {
-    let (dir, fake, setup_service) = setup(small_host());
+    let (dir, fake, setup_service) = setup_classic(small_host());
     let guest = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, 1536 * MIB));
     // 1.5 GiB free; reserving 1.5 GiB + the 72 MiB slush shrinks the guest to 1464 MiB.
     let id = setup_service.reserve_memory("xl-1", 1536 * MIB).unwrap();
@@ -200,7 +200,7 @@ fn balanced_host_with_a_domain_about_to_be_built(
         hypervisor: hv.clone(),
         ..fake.platform()
     };
-    let service = Service::new(platform, config(dir.path())).unwrap();
+    let service = Service::new(platform, classic_config(dir.path())).unwrap();
     (service, hv, fake, guest, dir)
 }
 

@@ -15,7 +15,7 @@ fn host_with_one_guest() -> (
     squeeze::service::Service,
     i32,
 ) {
-    let (dir, fake, service) = setup(small_host());
+    let (dir, fake, service) = setup_classic(small_host());
     let g = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, 2 * GIB));
     assert_eq!(fake.snapshot().unwrap().free_kib, GIB);
     (dir, fake, service, g)
@@ -103,7 +103,7 @@ fn xenopsd_starts_a_vm_and_the_reservation_follows_it() {
 
 #[test]
 fn xl_reserves_an_exact_size_and_a_dead_domain_releases_it() {
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     let session = service
         .login(&format!("xl-{}", std::process::id()))
         .unwrap();
@@ -126,7 +126,7 @@ fn xl_reserves_an_exact_size_and_a_dead_domain_releases_it() {
 
 #[test]
 fn login_drops_only_the_reservations_never_transferred() {
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     let s = service.login("xenopsd").unwrap();
     let a = service.reserve_memory(&s, 100 * MIB).unwrap();
     let b = service.reserve_memory(&s, 200 * MIB).unwrap();
@@ -187,7 +187,7 @@ fn asking_for_more_than_the_host_can_free_fails_and_reserves_nothing() {
 
 #[test]
 fn a_stuck_guest_is_blamed_and_flagged_uncooperative() {
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     let stuck = booted_guest(
         &fake,
         GuestSpec {
@@ -227,7 +227,7 @@ fn a_stuck_guest_is_blamed_and_flagged_uncooperative() {
 
 #[test]
 fn a_domain_not_yet_booted_holds_its_whole_initial_reservation() {
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     let s = service.login("xenopsd").unwrap();
     let id = service.reserve_memory(&s, GIB).unwrap();
     let domid = fake.create_domain(GuestSpec::fixed(GIB)).unwrap();
@@ -247,7 +247,7 @@ fn a_domain_not_yet_booted_holds_its_whole_initial_reservation() {
 
 #[test]
 fn an_hvm_domain_counts_its_shadow_memory_before_boot_and_maxmem_includes_xens_extra() {
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     let s = service.login("xenopsd").unwrap();
     let id = service.reserve_memory(&s, GIB).unwrap();
     let spec = GuestSpec {
@@ -283,11 +283,13 @@ fn state_survives_the_service_and_a_new_one_sees_every_reservation() {
     let fake =
         squeeze::backend::fake::FakeHost::create(&dir.path().join("host"), small_host()).unwrap();
     let id = {
-        let service = squeeze::service::Service::new(fake.platform(), config(dir.path())).unwrap();
+        let service =
+            squeeze::service::Service::new(fake.platform(), classic_config(dir.path())).unwrap();
         service.reserve_memory("xenopsd", 700 * MIB).unwrap()
     };
     let fake2 = squeeze::backend::fake::FakeHost::open(&dir.path().join("host")).unwrap();
-    let service = squeeze::service::Service::new(fake2.platform(), config(dir.path())).unwrap();
+    let service =
+        squeeze::service::Service::new(fake2.platform(), classic_config(dir.path())).unwrap();
     let v = service.host_view().unwrap();
     assert_eq!(v.reserved_kib, 700 * MIB);
     assert_eq!(v.free_kib, 3 * GIB - 700 * MIB);
@@ -296,7 +298,7 @@ fn state_survives_the_service_and_a_new_one_sees_every_reservation() {
 
 #[test]
 fn the_background_balancer_hands_back_freed_memory_and_stops() {
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     let cfg = squeeze::service::ServiceConfig {
         balance_interval_s: 0.01,
         ..service.config().clone()
@@ -335,7 +337,7 @@ fn the_background_balancer_hands_back_freed_memory_and_stops() {
 
 #[test]
 fn boot_time_free_memory_is_recorded_once() {
-    let (dir, fake, service) = setup(small_host());
+    let (dir, fake, service) = setup_classic(small_host());
     // Free 3 GiB + domain 0's 1 GiB.
     assert_eq!(service.get_host_initial_free_memory().unwrap(), 4 * GIB);
     assert_eq!(
@@ -366,14 +368,15 @@ fn diagnostics_describe_domains_and_ledger() {
 fn domain_zero_is_balanced_only_when_managed() {
     let dir = tempfile::tempdir().unwrap();
     let fake = squeeze::backend::fake::FakeHost::in_memory(small_host()).unwrap();
-    let service = squeeze::service::Service::new(fake.platform(), config(dir.path())).unwrap();
+    let service =
+        squeeze::service::Service::new(fake.platform(), classic_config(dir.path())).unwrap();
     assert!(service
         .host_view()
         .unwrap()
         .domains
         .iter()
         .all(|d| d.domid != 0));
-    let mut cfg = config(dir.path());
+    let mut cfg = classic_config(dir.path());
     cfg.host.manage_domain_zero = true;
     let mut model = squeeze::host::HostModel::new(fake.platform(), cfg.host.clone()).unwrap();
     model.configure_domain_zero(512 * MIB, None).unwrap();
@@ -404,7 +407,7 @@ fn domain_zero_is_balanced_only_when_managed() {
 #[test]
 fn outstanding_claims_are_not_free_and_not_counted_twice() {
     use squeeze::platform::Hypervisor;
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     // A domain created by someone else claims 256 MiB: that memory is not free.
     let other = fake.create_domain(GuestSpec::fixed(256 * MIB)).unwrap();
     fake.claim_pages(other, (256 * MIB / 4) as u64).unwrap();
@@ -424,7 +427,7 @@ fn outstanding_claims_are_not_free_and_not_counted_twice() {
 
 #[test]
 fn the_uncooperative_flag_goes_once_the_domain_reaches_its_target() {
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     let g = booted_guest(
         &fake,
         GuestSpec {
@@ -456,7 +459,7 @@ fn the_uncooperative_flag_goes_once_the_domain_reaches_its_target() {
 
 #[test]
 fn a_guest_with_an_agent_but_no_balloon_driver_is_calibrated_and_left_alone() {
-    let (_dir, fake, service) = setup(small_host());
+    let (_dir, fake, service) = setup_classic(small_host());
     let g = booted_guest(
         &fake,
         GuestSpec {
@@ -495,7 +498,7 @@ fn on_the_adaptive_policy_a_trickling_guest_does_not_hold_up_a_reservation() {
     let fake = FakeHost::in_memory(small_host()).unwrap();
     let cfg = squeeze::service::ServiceConfig {
         policy: Policy::Adaptive,
-        ..config(dir.path())
+        ..classic_config(dir.path())
     };
     let service = Service::new(fake.platform(), cfg).unwrap();
     let fast = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, 3 * GIB / 2 - SLUSH));

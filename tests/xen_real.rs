@@ -323,7 +323,11 @@ fn make_balloonable(domid: DomId) -> Result<(), String> {
 
 fn open_service() -> Result<Service, String> {
     let platform = squeeze::backend::xen::platform().map_err(|e| e.to_string())?;
-    let mut config = ServiceConfig::default();
+    // What was proven on a real host is squeezed's algorithm; the service's default is adaptive.
+    let mut config = ServiceConfig {
+        policy: squeeze::Policy::Classic,
+        ..ServiceConfig::default()
+    };
     // Balloon drivers are slower under emulation: allow twice squeezed's 5 s without progress.
     config.options.stuck_after_seconds = 10.0;
     Service::new(platform, config).map_err(|e| e.to_string())

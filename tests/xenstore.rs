@@ -488,9 +488,11 @@ fn requests_per_balance(n: usize, root: &str, watches: bool) -> u64 {
         },
         clock: fp.clock,
     };
+    // squeezed's round (two looks at the host), named: the service's default is adaptive.
     let mut config = ServiceConfig {
         lock_path: dir.path().join("lock"),
         boot_time_record_path: dir.path().join("boot"),
+        policy: squeeze::Policy::Classic,
         ..ServiceConfig::default()
     };
     config.host.layout = squeeze::reservations::Layout::new(root).unwrap();

@@ -162,7 +162,7 @@ external stub_initial_free : service -> int64 reply = "sqz_ml_get_host_initial_f
 
 external stub_diagnostics : service -> string reply = "sqz_ml_get_diagnostics"
 
-let create_fake ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Classic) host =
+let create_fake ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Adaptive) host =
   get
     (stub_service_new_fake host host_reserved_kib lock_path boot_time_record_path
        (policy = Adaptive))
@@ -180,7 +180,7 @@ let cooperation s domid =
   in
   {score_s; uncooperative; concern}
 
-let open_xen ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Classic) () =
+let open_xen ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Adaptive) () =
   get
     (stub_service_new_xen host_reserved_kib lock_path boot_time_record_path
        (policy = Adaptive))

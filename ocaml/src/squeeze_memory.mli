@@ -87,7 +87,8 @@ type policy =
   | Classic  (** squeezed's, decision for decision (a fresh squeezer per call) *)
   | Adaptive
       (** one adaptive squeezer for the service's life: measured balloon rates, remembered
-          limits, deadlines, and a non-cooperation score that sets [memory/uncooperative] *)
+          limits, deadlines, and a non-cooperation score that sets [memory/uncooperative];
+          the default of {!create_fake} and {!open_xen} *)
 
 val create_fake :
   ?host_reserved_kib:int64 ->
@@ -99,7 +100,8 @@ val create_fake :
 (** A service over a fake host. [host_reserved_kib] is the memory kept free for Xen (default
     72 MiB); [lock_path] (default [/run/squeeze/host.lock]) is the host-wide lock file and
     [boot_time_record_path] (default [/run/squeeze/boot_time_memory]) where free memory at
-    boot is recorded; [policy] defaults to [Classic]. *)
+    boot is recorded; [policy] defaults to [Adaptive] (pass [~policy:Classic] for squeezed's
+    algorithm). *)
 
 (** What most recently counted against a balloon driver. *)
 type concern =

@@ -39,7 +39,8 @@ let host_with_guest () =
   let host = Fake_host.create ~total_kib:(8L * gib) ~xen_kib:(256L * mib) ~dom0_kib:gib () in
   let lock_path = Filename.temp_file "squeeze-log" ".lock" in
   let boot_time_record_path = Filename.temp_file "squeeze-log" ".boot" in
-  let s = create_fake ~lock_path ~boot_time_record_path host in
+  (* squeezed's policy, named: these records are its driver's (the default is adaptive). *)
+  let s = create_fake ~lock_path ~boot_time_record_path ~policy:Classic host in
   let d =
     Fake_host.create_domain host ~target_kib:(4L * gib) ~dynamic_min_kib:gib
       ~dynamic_max_kib:(4L * gib) ()

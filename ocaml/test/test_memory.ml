@@ -18,14 +18,15 @@ let slush = 72L * mib (* the service's default host-reserved memory *)
 
 let free_at_start = (6L * gib) + (768L * mib)
 
-(* A fresh host and a service over it, with its lock and boot-time record in fresh files. *)
-let setup () =
+(* A fresh host and a service over it, with its lock and boot-time record in fresh files. The
+   tests of squeezed's behaviour name its policy: the service's default is the adaptive one. *)
+let setup ?(policy = Classic) () =
   let host = Fake_host.create ~total_kib:(8L * gib) ~xen_kib:(256L * mib) ~dom0_kib:gib () in
   let lock_path = Filename.temp_file "squeeze-test" ".lock" in
   let boot_time_record_path = Filename.temp_file "squeeze-test" ".boot" in
   (* No record yet: the service writes one on first use. *)
   Sys.remove boot_time_record_path ;
-  (host, create_fake ~lock_path ~boot_time_record_path host)
+  (host, create_fake ~lock_path ~boot_time_record_path ~policy host)
 
 let memory_error ~what expected f =
   match f () with
@@ -137,7 +138,8 @@ let adaptive_policy () =
   let host, classic = setup () in
   let lock_path = Filename.temp_file "squeeze-test" ".lock" in
   let boot_time_record_path = Filename.temp_file "squeeze-test" ".boot" in
-  let s = create_fake ~lock_path ~boot_time_record_path ~policy:Adaptive host in
+  (* No policy named: the service's default is the adaptive one. *)
+  let s = create_fake ~lock_path ~boot_time_record_path host in
   (* A stuck 4 GiB guest (1..4 GiB) and a 100 MiB/s 2 GiB one (1..2 GiB): 0.75 GiB free. *)
   let stuck =
     Fake_host.create_domain host ~stuck:true ~target_kib:(4L * gib) ~dynamic_min_kib:gib

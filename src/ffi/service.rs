@@ -1023,7 +1023,8 @@ unsafe fn config_mut<'a>(c: *mut sqz_service_config) -> Result<&'a mut ServiceCo
 }
 
 /// Creates a settings object with the defaults (slush 72 MiB, lock file
-/// `/run/squeeze/host.lock`, boot-time record `/run/squeeze/boot_time_memory`) and stores it in
+/// `/run/squeeze/host.lock`, boot-time record `/run/squeeze/boot_time_memory`, the adaptive
+/// policy; `sqz_service_config_set_policy` picks the classic one) and stores it in
 /// `*out`. Errors: `out` NULL → `SQZ_ERR_INVALID_ARGUMENT`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_service_config_new(out: *mut *mut sqz_service_config) -> sqz_status {
@@ -1520,10 +1521,10 @@ pub unsafe extern "C" fn sqz_get_diagnostics(
 // ---------------------------------------------------------------------------------------------
 // The policy of a service
 
-/// Sets which algorithm the service decides with: `SQZ_POLICY_CLASSIC` (squeezed's, a fresh
-/// squeezer per call, the default) or `SQZ_POLICY_ADAPTIVE` (one adaptive squeezer for the
-/// service's life, learning balloon rates and limits; its non-cooperation score sets
-/// `memory/uncooperative`). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a value this
+/// Sets which algorithm the service decides with: `SQZ_POLICY_ADAPTIVE` (the default: one
+/// adaptive squeezer for the service's life, learning balloon rates and limits; its
+/// non-cooperation score sets `memory/uncooperative`) or `SQZ_POLICY_CLASSIC` (squeezed's, a
+/// fresh squeezer per call). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a value this
 /// library does not know → `SQZ_ERR_UNSUPPORTED`, unchanged.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_service_config_set_policy(

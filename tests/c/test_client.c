@@ -947,12 +947,28 @@ static void test_service_adaptive_policy(void) {
     CHECK_STATUS(sqz_reserve_memory(svc, "xl", 3 * GIB, id), SQZ_OK);
     sqz_service_free(svc);
 
-    /* A classic service keeps no scores. */
+    /* A classic service, asked for by name, keeps no scores. */
     cfg = service_config();
+    CHECK_STATUS(sqz_service_config_set_policy(cfg, SQZ_POLICY_CLASSIC), SQZ_OK);
     CHECK_STATUS(sqz_service_new_fake(f, cfg, &svc), SQZ_OK);
     sqz_service_config_free(cfg);
     CHECK_STATUS(sqz_service_cooperation(svc, d[1], &c), SQZ_ERR_INVALID_ARGUMENT);
     CHECK(message_has("classic"));
+    sqz_service_free(svc);
+
+    /* With the default settings the service is adaptive: it only has not seen the guest yet. */
+    cfg = service_config();
+    CHECK_STATUS(sqz_service_new_fake(f, cfg, &svc), SQZ_OK);
+    sqz_service_config_free(cfg);
+    CHECK_STATUS(sqz_service_cooperation(svc, d[1], &c), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("not seen") && !message_has("classic"));
+    size_t need = 0;
+    CHECK_STATUS(sqz_get_diagnostics(svc, NULL, 0, &need), SQZ_ERR_BUFFER_TOO_SMALL);
+    char *doc = malloc(need);
+    CHECK(doc != NULL);
+    CHECK_STATUS(sqz_get_diagnostics(svc, doc, need, &need), SQZ_OK);
+    CHECK(strstr(doc, "\"policy\": \"adaptive\"") != NULL);
+    free(doc);
     sqz_service_free(svc);
     sqz_fake_host_free(f);
 }

@@ -34,7 +34,25 @@ pub fn config(dir: &Path) -> ServiceConfig {
     }
 }
 
-/// A fake host in memory and a service over it, with its lock file in a fresh directory.
+/// [`config`] with squeezed's policy named: for tests of squeezed's behaviour, which the
+/// service no longer runs by default.
+pub fn classic_config(dir: &Path) -> ServiceConfig {
+    ServiceConfig {
+        policy: squeeze::Policy::Classic,
+        ..config(dir)
+    }
+}
+
+/// [`setup`] with squeezed's policy (see [`classic_config`]).
+pub fn setup_classic(cfg: FakeConfig) -> (tempfile::TempDir, FakeHost, Service) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(cfg).unwrap();
+    let service = Service::new(fake.platform(), classic_config(dir.path())).unwrap();
+    (dir, fake, service)
+}
+
+/// A fake host in memory and a service over it with the default (adaptive) policy, with its
+/// lock file in a fresh directory.
 pub fn setup(cfg: FakeConfig) -> (tempfile::TempDir, FakeHost, Service) {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeHost::in_memory(cfg).unwrap();

@@ -27,13 +27,15 @@ def service(host, tmp_path, **kw):
     )
 
 
-def test_adaptive_service_names_a_trickler_the_request_needs_and_scores_it(tmp_path):
+# The service is adaptive unless told otherwise: the default must behave as the named policy.
+@pytest.mark.parametrize("policy", [{"policy": squeeze.POLICY_ADAPTIVE}, {}], ids=["named", "default"])
+def test_adaptive_service_names_a_trickler_the_request_needs_and_scores_it(tmp_path, policy):
     # 8 GiB host, Xen 256 MiB, domain 0 1 GiB, two 2 GiB guests: 2.75 GiB free. 4 GiB needs
     # 1.25 GiB (+ 72 MiB slush) freed; the fast guest can give 1 GiB, so the trickler must help.
     with squeeze.FakeHost(total_kib=8 * GIB, xen_kib=256 * MIB, dom0_kib=GIB) as host:
         trickler = booted(host, squeeze.Behaviour.trickle(4, 5.0))
         fast = booted(host, squeeze.Behaviour.ideal(100 * MIB))
-        with service(host, tmp_path, policy=squeeze.POLICY_ADAPTIVE) as s:
+        with service(host, tmp_path, **policy) as s:
             session = s.login("xenopsd")
             with pytest.raises(squeeze.DomainsRefusedToCooperate) as e:
                 s.reserve_memory(session, 4 * GIB)
@@ -54,8 +56,9 @@ def test_classic_service_keeps_no_score_and_bad_policies_are_refused(tmp_path):
             s.balance_memory()
             with pytest.raises(squeeze.InvalidArgument, match="classic"):
                 s.cooperation(d)
+        # The default (adaptive) service keeps scores, but has not seen this guest yet.
         with service(host, tmp_path) as s:
-            with pytest.raises(squeeze.InvalidArgument):
+            with pytest.raises(squeeze.InvalidArgument, match="not seen"):
                 s.cooperation(d)
         for bad in (2, -1):
             with pytest.raises(squeeze.SqueezeError, match="unknown policy"):

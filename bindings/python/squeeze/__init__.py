@@ -1068,9 +1068,9 @@ class _ServiceConfig:
 class Service(_Handle):
     """The memory service (sessions and reservations, squeezed's ``Memory_interface``) over a
     :class:`FakeHost`, or over this host's Xen with :meth:`open_xen`. Every process sharing a
-    host must use the same ``lock_path``. ``policy`` is POLICY_CLASSIC (squeezed's algorithm, the
-    default) or POLICY_ADAPTIVE (one adaptive squeezer for the service's life; see
-    :meth:`cooperation`). Use as a context manager, or call :meth:`close`. Thread-safe."""
+    host must use the same ``lock_path``. ``policy`` is POLICY_ADAPTIVE (the default: one adaptive
+    squeezer for the service's life; see :meth:`cooperation`) or POLICY_CLASSIC (squeezed's
+    algorithm, a fresh squeezer per call). Use as a context manager, or call :meth:`close`. Thread-safe."""
 
     _free = staticmethod(lib.sqz_service_free)
 
