@@ -7,10 +7,14 @@
 //! sluggish, trickling, no driver). Case counts are kept small: each case runs minutes of
 //! simulated time through one long-lived [`Adaptive`].
 
+#[path = "support/recorder.rs"]
+mod recorder;
+
 use proptest::prelude::*;
+use recorder::{acceptable, frees, Recorder, Round};
 use squeeze::adaptive::{Adaptive, AdaptiveOptions};
 use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
-use squeeze::{Action, DomId, Domain, Error, Host, Io, Kib};
+use squeeze::{DomId, Domain, Io, Kib};
 
 const MIB: Kib = 1024;
 
@@ -203,68 +207,6 @@ impl Case {
     }
 }
 
-/// What the squeezer saw and asked for between two host snapshots.
-struct Round {
-    host: Host,
-    actions: Vec<Action>,
-}
-
-struct Recorder {
-    sim: Simulator,
-    rounds: Vec<Round>,
-}
-
-impl Io for Recorder {
-    fn make_host(&mut self) -> squeeze::Result<Host> {
-        let host = self.sim.make_host()?;
-        self.rounds.push(Round {
-            host: host.clone(),
-            actions: Vec::new(),
-        });
-        Ok(host)
-    }
-    fn set_maxmem(&mut self, domid: DomId, kib: Kib) -> squeeze::Result<()> {
-        self.sim.set_maxmem(domid, kib)
-    }
-    fn execute_action(&mut self, action: Action) -> squeeze::Result<()> {
-        self.rounds
-            .last_mut()
-            .expect("an action follows a snapshot")
-            .actions
-            .push(action);
-        self.sim.execute_action(action)
-    }
-    fn wait(&mut self, seconds: f64) -> squeeze::Result<()> {
-        self.sim.wait(seconds)
-    }
-    fn now(&mut self) -> squeeze::Result<f64> {
-        self.sim.now()
-    }
-    fn target_host_free_mem_kib(&self) -> Kib {
-        self.sim.target_host_free_mem_kib()
-    }
-    fn free_memory_tolerance_kib(&self) -> Kib {
-        self.sim.free_memory_tolerance_kib()
-    }
-}
-
-/// The outcomes a request may have on a random host; anything else (above all a simulator
-/// safety violation, reported as a backend error) fails the property.
-fn acceptable<T>(r: squeeze::Result<T>) -> Result<Option<T>, TestCaseError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(Error::CannotFreeThisMuchMemory { .. } | Error::DomainsRefusedToCooperate { .. }) => {
-            Ok(None)
-        }
-        Err(e) => Err(TestCaseError::fail(format!("{e}"))),
-    }
-}
-
-/// A target below what the guest holds by more than its inaccuracy frees memory.
-fn frees(d: &Domain, new_target_kib: Kib) -> bool {
-    new_target_kib < d.memory_actual_kib - d.inaccuracy_kib
-}
-
 /// Targets inside the dynamic range, set only on guests with a balloon driver; and two-phase
 /// safety: a round that sets a freeing target gives no guest more memory to take (every other
 /// target it sets is no higher than the one it replaces).
@@ -316,7 +258,7 @@ proptest! {
         free_frac in 0.0..0.5f64,
         range in (0..=4096 as Kib, 0..=4096 as Kib),
     ) {
-        let mut io = Recorder { sim: c.simulator(), rounds: Vec::new() };
+        let mut io = Recorder::new(c.simulator());
         let mut a = Adaptive::new(AdaptiveOptions::default()).unwrap();
         let held: Kib = io.sim.make_host().unwrap().domains().iter().map(|d| d.memory_actual_kib).sum();
         let required = io.sim.free_mem_kib() + 1 + (held as f64 * free_frac) as Kib;
@@ -350,7 +292,7 @@ proptest! {
     /// as it makes progress: that is not a static input.)
     #[test]
     fn with_static_inputs_adaptive_balancing_stops_writing(c in case(settling_kind().boxed(), false)) {
-        let mut io = Recorder { sim: c.simulator(), rounds: Vec::new() };
+        let mut io = Recorder::new(c.simulator());
         let mut a = Adaptive::new(AdaptiveOptions::default()).unwrap();
         let changes_at = |io: &Recorder| io.sim.counters().target_changes;
         let mut quiet_since = None;

@@ -9,11 +9,15 @@
 //! whole run takes at most a few hundred simulated seconds; the clock follows the driver's 1 s
 //! waits.
 
+#[path = "support/recorder.rs"]
+mod recorder;
+
 use proptest::prelude::*;
+use recorder::{acceptable, frees, Recorder, Round};
 use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
 use squeeze::{
-    balance_memory, free_memory_range, Action, DomId, Domain, Error, Fistpoints, Host, Io, Kib,
-    Options, Phase, Squeezer, Verdict,
+    balance_memory, free_memory_range, DomId, Domain, Fistpoints, Io, Kib, Options, Phase,
+    Squeezer, Verdict,
 };
 
 const MIB: Kib = 1024;
@@ -240,71 +244,6 @@ impl Case {
     }
 }
 
-/// What the driver saw and asked for between two host snapshots.
-#[derive(Debug)]
-struct Round {
-    host: Host,
-    actions: Vec<Action>,
-}
-
-/// The simulator, with a record of every round the driver ran on it.
-struct Recorder {
-    sim: Simulator,
-    rounds: Vec<Round>,
-}
-
-impl Io for Recorder {
-    fn make_host(&mut self) -> squeeze::Result<Host> {
-        let host = self.sim.make_host()?;
-        self.rounds.push(Round {
-            host: host.clone(),
-            actions: Vec::new(),
-        });
-        Ok(host)
-    }
-    fn set_maxmem(&mut self, domid: DomId, kib: Kib) -> squeeze::Result<()> {
-        self.sim.set_maxmem(domid, kib)
-    }
-    fn execute_action(&mut self, action: Action) -> squeeze::Result<()> {
-        self.rounds
-            .last_mut()
-            .expect("an action follows a snapshot")
-            .actions
-            .push(action);
-        self.sim.execute_action(action)
-    }
-    fn wait(&mut self, seconds: f64) -> squeeze::Result<()> {
-        self.sim.wait(seconds)
-    }
-    fn now(&mut self) -> squeeze::Result<f64> {
-        self.sim.now()
-    }
-    fn target_host_free_mem_kib(&self) -> Kib {
-        self.sim.target_host_free_mem_kib()
-    }
-    fn free_memory_tolerance_kib(&self) -> Kib {
-        self.sim.free_memory_tolerance_kib()
-    }
-}
-
-/// Outcomes a request may legitimately have on a random host; anything else (above all a
-/// simulator safety violation, reported as a backend error) fails the property.
-fn acceptable<T>(r: squeeze::Result<T>) -> Result<Option<T>, TestCaseError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(Error::CannotFreeThisMuchMemory { .. } | Error::DomainsRefusedToCooperate { .. }) => {
-            Ok(None)
-        }
-        Err(e) => Err(TestCaseError::fail(format!("{e}"))),
-    }
-}
-
-/// A new target frees memory when it lies below actual by more than the inaccuracy (the
-/// squeezer's own test for a freeing target).
-fn frees(d: &Domain, new_target_kib: Kib) -> bool {
-    new_target_kib < d.memory_actual_kib - d.inaccuracy_kib
-}
-
 /// Round-by-round checks shared by the driver-level properties.
 fn check_rounds(rounds: &[Round]) -> Result<(), TestCaseError> {
     for (i, r) in rounds.iter().enumerate() {
@@ -373,10 +312,7 @@ fn free_reserve_and_rebalance(
     free_frac: f64,
     range: (Kib, Kib),
 ) -> Result<(), TestCaseError> {
-    let mut io = Recorder {
-        sim: c.simulator(),
-        rounds: Vec::new(),
-    };
+    let mut io = Recorder::new(c.simulator());
     let domids: Vec<DomId> = io
         .sim
         .make_host()
@@ -494,7 +430,7 @@ proptest! {
     #[test]
     fn balancing_ideal_guests_converges_within_the_bound_and_then_stays_put(c in ideal_host()) {
         let opts = Options::default();
-        let mut io = Recorder { sim: c.simulator(), rounds: Vec::new() };
+        let mut io = Recorder::new(c.simulator());
         let longest = c.guests().iter().map(|g| g.domain.range_kib()).max().unwrap();
         let slowest = c.guests().iter().map(|g| match g.behaviour {
             Behaviour::Ideal { rate_kib_per_s } => rate_kib_per_s,
