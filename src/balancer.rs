@@ -99,6 +99,14 @@ impl Balancer {
         }
     }
 
+    /// Tells the balancer that an input outside the host snapshot changed (see
+    /// [`Adaptive::outside_change`]); the classic policy keeps nothing to revise.
+    pub fn outside_change(&mut self) {
+        if let Engine::Adaptive(a) = &mut self.engine {
+            a.outside_change();
+        }
+    }
+
     /// How `domid`'s balloon driver has been cooperating. The classic policy knows only
     /// squeezed's stuck/active distinction, reported as a score of 0 or the stuck threshold.
     pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {

@@ -269,6 +269,9 @@ impl Service {
                 dropped = reservations::drop_untransferred(t, layout, service_name)?;
                 Ok(())
             })?;
+            if !dropped.is_empty() {
+                self.note_outside_change();
+            }
             Ok(dropped)
         })?;
         for r in &dropped {
@@ -279,6 +282,15 @@ impl Service {
         }
         self.fault_point("login:done");
         Ok(service_name.to_string())
+    }
+
+    /// Memory given back by the ledger (a reservation deleted or dropped) is an outside input
+    /// the adaptive squeezer cannot see in a host snapshot: without this, growing a guest it
+    /// had just shrunk would wait for the dwell time. Called under the host lock.
+    fn note_outside_change(&self) {
+        if let Some(b) = self.inner.learner.lock().as_mut() {
+            b.outside_change();
+        }
     }
 
     /// Runs `f` with the algorithm that decides: a fresh classic squeezer for every call, as
@@ -491,7 +503,9 @@ impl Service {
             model
                 .platform()
                 .store
-                .transaction(&mut |t| reservations::remove(t, layout, session, &id))
+                .transaction(&mut |t| reservations::remove(t, layout, session, &id))?;
+            self.note_outside_change();
+            Ok(())
         })?;
         debug!("deleted reservation {id} of session {session}");
         self.fault_point("delete:done");

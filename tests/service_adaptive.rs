@@ -7,7 +7,7 @@ use common::{booted_guest, config, GIB, MIB, SLUSH};
 use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
 use squeeze::backend::sim::Behaviour;
 use squeeze::service::{Service, ServiceConfig};
-use squeeze::{DomId, Policy};
+use squeeze::{DomId, Kib, Policy};
 
 /// A 5 GiB host (domain 0 holds 1 GiB) with three guests of 512 MiB..1 GiB at 1 GiB: one that
 /// frees a 4 KiB page every 5 s, an honest 1 MiB/s one and a 100 MiB/s one. 1 GiB is free.
@@ -155,4 +155,58 @@ fn a_service_with_the_default_settings_runs_adaptive_and_classic_must_be_asked_f
     .unwrap();
     classic.balance_memory().unwrap();
     assert!(classic.cooperation(guest).is_none());
+}
+
+fn target_of(fake: &FakeHost, domid: DomId) -> Kib {
+    fake.snapshot()
+        .unwrap()
+        .read(&format!("/local/domain/{domid}/memory/target"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Seen on a real Xen host: a reservation shrank two guests, was deleted, and one
+/// `balance_memory` left them small, because growing a guest just shrunk looked like a reversal
+/// inside the dwell time. A deleted reservation is an outside input: the next balance gives the
+/// memory back at once.
+#[test]
+fn a_deleted_reservation_gives_the_guests_their_memory_back_at_the_next_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 GiB host, domain 0 holds 1 GiB, two 512 MiB..1 GiB guests at 1 GiB: 2 GiB free.
+    let fake = FakeHost::in_memory(FakeConfig {
+        total_kib: 5 * GIB,
+        xen_kib: 0,
+        dom0_kib: GIB,
+        boot_delay_s: 1.0,
+        referee_slush_kib: Some(SLUSH),
+    })
+    .unwrap();
+    let service = Service::new(fake.platform(), config(dir.path())).unwrap();
+    assert_eq!(service.config().policy, Policy::Adaptive);
+    let guest = GuestSpec {
+        behaviour: Behaviour::Ideal {
+            rate_kib_per_s: 100 * MIB,
+        },
+        ..GuestSpec::ballooning(512 * MIB, GIB)
+    };
+    let g = [booted_guest(&fake, guest), booted_guest(&fake, guest)];
+    let session = service.login("toolstack").unwrap();
+    service.balance_memory().unwrap();
+    // 2 GiB free less the slush, plus 512 MiB the guests must give: 256 MiB each.
+    let id = service
+        .reserve_memory(&session, 2 * GIB - SLUSH + 512 * MIB)
+        .unwrap();
+    for d in g {
+        assert!(target_of(&fake, d) <= GIB - 256 * MIB + 4, "{d}");
+    }
+    service.delete_reservation(&session, &id).unwrap();
+    service.balance_memory().unwrap();
+    for d in g {
+        assert_eq!(
+            target_of(&fake, d),
+            GIB,
+            "domain {d} was not given its memory back"
+        );
+    }
 }

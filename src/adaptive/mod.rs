@@ -16,7 +16,7 @@
 //!   does not ask the same guest again and again and swing memory between the others. Targets are
 //!   only written when they move by more than a deadband, and a domain's target does not reverse
 //!   direction within a dwell time unless an outside input (the set of domains, their ranges, a
-//!   new reservation) changed. A limited domain keeps a small standing request (a passive probe)
+//!   new reservation, one deleted) changed. A limited domain keeps a small standing request (a passive probe)
 //!   so that when the limit lifts the squeezer notices and forgets it.
 //!
 //! The invariants of the classic squeezer hold: targets stay inside each domain's dynamic
@@ -222,6 +222,13 @@ impl Adaptive {
         self.change_host_free_memory(io, required, &mut |free| free >= enough)?;
         let host = io.make_host()?;
         Ok((guaranteed_free(&host) - slush).min(max_kib).max(min_kib))
+    }
+
+    /// Tells the squeezer that an input it cannot see in a host snapshot changed (a
+    /// reservation deleted or dropped gives memory back to the host): its next decisions may
+    /// reverse earlier ones without waiting for the dwell time.
+    pub fn outside_change(&mut self) {
+        self.epoch += 1;
     }
 
     /// Hands free memory above the slush to the domains, in proportion to their (learnt)
