@@ -406,11 +406,15 @@ fn run_with(t: &mut Run, policy: squeeze::Policy) -> Result<(), String> {
             transfer_delete_balance(&s, g1, g2, &id, kib),
         );
     }
-    t.check(
-        &name("paused_guest_is_uncooperative_others_serve"),
-        paused_guest(&s, g1, g2, slush),
-    );
     if policy == squeeze::Policy::Classic {
+        // Under the adaptive policy the paused guest's request is withdrawn once the other
+        // guest has served the reservation, so it has no work left to be judged on and is
+        // not flagged within this check's minute (docs/xen-real.md); the check is written
+        // for squeezed's 20 s rule.
+        t.check(
+            &name("paused_guest_is_uncooperative_others_serve"),
+            paused_guest(&s, g1, g2, slush),
+        );
         // The ledger is the same whatever the policy: one crash is enough.
         t.check("reservation_survives_killed_holder", crash_safety(&s));
     }
