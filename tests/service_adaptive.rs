@@ -9,18 +9,23 @@ use squeeze::backend::sim::Behaviour;
 use squeeze::service::{Service, ServiceConfig};
 use squeeze::{DomId, Kib, Policy};
 
-/// A 5 GiB host (domain 0 holds 1 GiB) with three guests of 512 MiB..1 GiB at 1 GiB: one that
-/// frees a 4 KiB page every 5 s, an honest 1 MiB/s one and a 100 MiB/s one. 1 GiB is free.
-fn trickler_host(policy: Policy) -> (tempfile::TempDir, FakeHost, Service, [DomId; 3]) {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeHost::in_memory(FakeConfig {
+/// A 5 GiB fake host; domain 0 holds 1 GiB.
+fn five_gib_host() -> FakeHost {
+    FakeHost::in_memory(FakeConfig {
         total_kib: 5 * GIB,
         xen_kib: 0,
         dom0_kib: GIB,
         boot_delay_s: 1.0,
         referee_slush_kib: Some(SLUSH),
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// A 5 GiB host (domain 0 holds 1 GiB) with three guests of 512 MiB..1 GiB at 1 GiB: one that
+/// frees a 4 KiB page every 5 s, an honest 1 MiB/s one and a 100 MiB/s one. 1 GiB is free.
+fn trickler_host(policy: Policy) -> (tempfile::TempDir, FakeHost, Service, [DomId; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = five_gib_host();
     let service = Service::new(
         fake.platform(),
         ServiceConfig {
@@ -174,14 +179,7 @@ fn target_of(fake: &FakeHost, domid: DomId) -> Kib {
 fn a_deleted_reservation_gives_the_guests_their_memory_back_at_the_next_balance() {
     let dir = tempfile::tempdir().unwrap();
     // 5 GiB host, domain 0 holds 1 GiB, two 512 MiB..1 GiB guests at 1 GiB: 2 GiB free.
-    let fake = FakeHost::in_memory(FakeConfig {
-        total_kib: 5 * GIB,
-        xen_kib: 0,
-        dom0_kib: GIB,
-        boot_delay_s: 1.0,
-        referee_slush_kib: Some(SLUSH),
-    })
-    .unwrap();
+    let fake = five_gib_host();
     let service = Service::new(fake.platform(), config(dir.path())).unwrap();
     assert_eq!(service.config().policy, Policy::Adaptive);
     let guest = GuestSpec {
