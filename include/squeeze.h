@@ -101,16 +101,16 @@
 #define SQZ_FIST_DISABLE_INACCURACY_COMPENSATION 2
 
 /**
- * Bytes of the buffer a reservation id is written to: 36 characters of UUID text and a NUL.
- */
-#define SQZ_RESERVATION_ID_SIZE 37
-
-/**
  * What a platform callback returns from `transaction_end` when the transaction conflicted with
  * another writer and must be run again (xenstore's `EAGAIN`). Any other non-zero value from a
  * platform callback is a failure.
  */
 #define SQZ_PLATFORM_AGAIN 11
+
+/**
+ * Bytes of the buffer a reservation id is written to: 36 characters of UUID text and a NUL.
+ */
+#define SQZ_RESERVATION_ID_SIZE 37
 
 /**
  * How long squeezed's loop waits between iterations, in seconds.
@@ -218,6 +218,108 @@ typedef struct sqz_strings sqz_strings;
  * listed here may be added later; treat any unknown non-zero value as an error.
  */
 typedef int32_t sqz_status;
+
+/**
+ * The shape of a fake host. All sizes in KiB.
+ */
+typedef struct sqz_fake_config {
+    /**
+     * `sizeof(sqz_fake_config)` as the caller knows it.
+     */
+    uint32_t struct_size;
+    /**
+     * All memory of the host.
+     */
+    int64_t total_kib;
+    /**
+     * Memory Xen itself keeps, never free.
+     */
+    int64_t xen_kib;
+    /**
+     * Memory domain 0 holds (it has no balloon driver in the fake).
+     */
+    int64_t dom0_kib;
+    /**
+     * Seconds between unpausing a guest and its balloon driver starting.
+     */
+    double boot_delay_s;
+} sqz_fake_config;
+
+/**
+ * How a simulated balloon driver behaves (`sqz_behaviour.kind`).
+ */
+typedef int32_t sqz_behaviour_kind;
+
+/**
+ * A simulated balloon driver: `kind` plus the parameters it uses (others are ignored).
+ */
+typedef struct sqz_behaviour {
+    /**
+     * One of `SQZ_BEHAVIOUR_*`.
+     */
+    sqz_behaviour_kind kind;
+    /**
+     * Balloon speed in KiB per second (ideal, hidden floor/ceiling, intermittent, sluggish).
+     */
+    int64_t rate_kib_per_s;
+    /**
+     * The hidden floor or ceiling, or the trickle's step, in KiB.
+     */
+    int64_t limit_kib;
+    /**
+     * The working/stalled period (intermittent, above 0), the reaction delay (sluggish) or
+     * the time between steps (trickle, above 0).
+     */
+    double seconds;
+} sqz_behaviour;
+
+/**
+ * A guest to create on a fake host. All sizes in KiB.
+ */
+typedef struct sqz_fake_guest {
+    /**
+     * `sizeof(sqz_fake_guest)` as the caller knows it.
+     */
+    uint32_t struct_size;
+    /**
+     * `memory/target` written at creation.
+     */
+    int64_t target_kib;
+    /**
+     * `memory/dynamic-min`.
+     */
+    int64_t dynamic_min_kib;
+    /**
+     * `memory/dynamic-max`.
+     */
+    int64_t dynamic_max_kib;
+    /**
+     * Memory the guest holds beyond its target once settled (firmware, video RAM).
+     */
+    int64_t offset_kib;
+    /**
+     * How its balloon driver behaves once booted.
+     */
+    struct sqz_behaviour behaviour;
+} sqz_fake_guest;
+
+/**
+ * One domain of a fake host as the hypervisor reports it.
+ */
+typedef struct sqz_fake_domain {
+    /**
+     * Memory the domain has allocated, in KiB.
+     */
+    int64_t tot_kib;
+    /**
+     * Its allocation limit (maxmem), in KiB.
+     */
+    int64_t max_kib;
+    /**
+     * Whether it has booted (advertised its balloon driver).
+     */
+    bool booted;
+} sqz_fake_domain;
 
 /**
  * One domain as the caller reports it. The field order is fixed; new fields are appended, and
@@ -342,6 +444,48 @@ typedef struct sqz_cooperation {
 } sqz_cooperation;
 
 /**
+ * One domain as the caller's hypervisor reports it (`xc_domain_getinfolist`). Pages are 4 KiB.
+ */
+typedef struct sqz_domain_info {
+    /**
+     * Domain id.
+     */
+    int32_t domid;
+    /**
+     * The domain is being destroyed.
+     */
+    bool dying;
+    /**
+     * The domain has shut down.
+     */
+    bool shutdown;
+    /**
+     * The domain is paused.
+     */
+    bool paused;
+    /**
+     * The domain is hardware-virtualised (its shadow allocation counts as memory).
+     */
+    bool hvm;
+    /**
+     * Pages allocated.
+     */
+    uint64_t tot_pages;
+    /**
+     * The allocation limit, in pages.
+     */
+    uint64_t max_pages;
+    /**
+     * Pages claimed and not yet allocated.
+     */
+    uint64_t outstanding_pages;
+    /**
+     * Pages shared with other domains.
+     */
+    uint64_t shared_pages;
+} sqz_domain_info;
+
+/**
  * How far a reservation that waits for ballooning has got. Valid only during the callback.
  */
 typedef struct sqz_progress {
@@ -395,150 +539,6 @@ typedef struct sqz_reserve_options {
      */
     struct sqz_cancel *cancel;
 } sqz_reserve_options;
-
-/**
- * The shape of a fake host. All sizes in KiB.
- */
-typedef struct sqz_fake_config {
-    /**
-     * `sizeof(sqz_fake_config)` as the caller knows it.
-     */
-    uint32_t struct_size;
-    /**
-     * All memory of the host.
-     */
-    int64_t total_kib;
-    /**
-     * Memory Xen itself keeps, never free.
-     */
-    int64_t xen_kib;
-    /**
-     * Memory domain 0 holds (it has no balloon driver in the fake).
-     */
-    int64_t dom0_kib;
-    /**
-     * Seconds between unpausing a guest and its balloon driver starting.
-     */
-    double boot_delay_s;
-} sqz_fake_config;
-
-/**
- * How a simulated balloon driver behaves (`sqz_behaviour.kind`).
- */
-typedef int32_t sqz_behaviour_kind;
-
-/**
- * A simulated balloon driver: `kind` plus the parameters it uses (others are ignored).
- */
-typedef struct sqz_behaviour {
-    /**
-     * One of `SQZ_BEHAVIOUR_*`.
-     */
-    sqz_behaviour_kind kind;
-    /**
-     * Balloon speed in KiB per second (ideal, hidden floor/ceiling, intermittent, sluggish).
-     */
-    int64_t rate_kib_per_s;
-    /**
-     * The hidden floor or ceiling, or the trickle's step, in KiB.
-     */
-    int64_t limit_kib;
-    /**
-     * The working/stalled period (intermittent, above 0), the reaction delay (sluggish) or
-     * the time between steps (trickle, above 0).
-     */
-    double seconds;
-} sqz_behaviour;
-
-/**
- * A guest to create on a fake host. All sizes in KiB.
- */
-typedef struct sqz_fake_guest {
-    /**
-     * `sizeof(sqz_fake_guest)` as the caller knows it.
-     */
-    uint32_t struct_size;
-    /**
-     * `memory/target` written at creation.
-     */
-    int64_t target_kib;
-    /**
-     * `memory/dynamic-min`.
-     */
-    int64_t dynamic_min_kib;
-    /**
-     * `memory/dynamic-max`.
-     */
-    int64_t dynamic_max_kib;
-    /**
-     * Memory the guest holds beyond its target once settled (firmware, video RAM).
-     */
-    int64_t offset_kib;
-    /**
-     * How its balloon driver behaves once booted.
-     */
-    struct sqz_behaviour behaviour;
-} sqz_fake_guest;
-
-/**
- * One domain of a fake host as the hypervisor reports it.
- */
-typedef struct sqz_fake_domain {
-    /**
-     * Memory the domain has allocated, in KiB.
-     */
-    int64_t tot_kib;
-    /**
-     * Its allocation limit (maxmem), in KiB.
-     */
-    int64_t max_kib;
-    /**
-     * Whether it has booted (advertised its balloon driver).
-     */
-    bool booted;
-} sqz_fake_domain;
-
-/**
- * One domain as the caller's hypervisor reports it (`xc_domain_getinfolist`). Pages are 4 KiB.
- */
-typedef struct sqz_domain_info {
-    /**
-     * Domain id.
-     */
-    int32_t domid;
-    /**
-     * The domain is being destroyed.
-     */
-    bool dying;
-    /**
-     * The domain has shut down.
-     */
-    bool shutdown;
-    /**
-     * The domain is paused.
-     */
-    bool paused;
-    /**
-     * The domain is hardware-virtualised (its shadow allocation counts as memory).
-     */
-    bool hvm;
-    /**
-     * Pages allocated.
-     */
-    uint64_t tot_pages;
-    /**
-     * The allocation limit, in pages.
-     */
-    uint64_t max_pages;
-    /**
-     * Pages claimed and not yet allocated.
-     */
-    uint64_t outstanding_pages;
-    /**
-     * Pages shared with other domains.
-     */
-    uint64_t shared_pages;
-} sqz_domain_info;
 
 /**
  * Host-wide memory figures (`xc_physinfo`), in 4 KiB pages.
@@ -950,6 +950,87 @@ size_t sqz_last_error_domids(int32_t *out, size_t cap);
 const char *sqz_status_name(sqz_status status);
 
 /**
+ * Creates a fake host living in this process only and stores it in `*out`. Errors: a NULL
+ * pointer, a `struct_size` too small or a bad boot delay → `SQZ_ERR_INVALID_ARGUMENT`; a
+ * negative or absurd size, or more memory for Xen and domain 0 than the host has →
+ * `SQZ_ERR_INVALID_MEMORY_VALUE`.
+ */
+sqz_status sqz_fake_host_new(const struct sqz_fake_config *config, struct sqz_fake_host **out);
+
+/**
+ * Creates (or resets) a fake host in directory `dir` (created if missing), which other
+ * processes can open with `sqz_fake_host_open`, and stores it in `*out`. Errors as
+ * `sqz_fake_host_new`, plus `dir` NULL or not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`, and a
+ * directory that cannot be written → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_create(const char *dir,
+                                const struct sqz_fake_config *config,
+                                struct sqz_fake_host **out);
+
+/**
+ * Opens the fake host another process created in `dir` and stores it in `*out`. Errors: a
+ * NULL pointer or `dir` not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`; no fake host there →
+ * `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_open(const char *dir, struct sqz_fake_host **out);
+
+/**
+ * Releases a fake host handle. NULL is a no-op. Services created over it keep the host alive.
+ */
+void sqz_fake_host_free(struct sqz_fake_host *f);
+
+/**
+ * Creates a paused PV domain with no memory yet and writes what a toolstack writes for it
+ * (`memory/{target,dynamic-min,dynamic-max}`); stores its domid in `*domid_out`. Its maxmem
+ * starts at dynamic-max plus its offset. Errors: a NULL pointer, `guest_size` too small or a
+ * bad behaviour → `SQZ_ERR_INVALID_ARGUMENT`; a negative or absurd size →
+ * `SQZ_ERR_INVALID_MEMORY_VALUE`.
+ */
+sqz_status sqz_fake_host_create_domain(struct sqz_fake_host *f,
+                                       const struct sqz_fake_guest *guest,
+                                       size_t guest_size,
+                                       int32_t *domid_out);
+
+/**
+ * Builds domain `domid`: allocates `kib` KiB to it, as the domain builder does. Errors: `f`
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`; a bad size → `SQZ_ERR_INVALID_MEMORY_VALUE`; an unknown
+ * domid, or beyond its maxmem or the host's free memory → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_build_domain(struct sqz_fake_host *f, int32_t domid, int64_t kib);
+
+/**
+ * Unpauses domain `domid`: it boots after the configured delay of simulated time. Errors: `f`
+ * NULL → `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_unpause(struct sqz_fake_host *f, int32_t domid);
+
+/**
+ * Destroys domain `domid`: its memory returns to the host. Errors: `f` NULL or domain 0 →
+ * `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_destroy_domain(struct sqz_fake_host *f, int32_t domid);
+
+/**
+ * Lets `seconds` of simulated time pass, moving every guest. Errors: `f` NULL, `seconds` NaN,
+ * infinite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_fake_host_advance(struct sqz_fake_host *f, double seconds);
+
+/**
+ * Stores what the hypervisor reports of domain `domid` in `*out`. Errors: a NULL pointer or
+ * an unknown domid → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_fake_host_domain(struct sqz_fake_host *f,
+                                int32_t domid,
+                                struct sqz_fake_domain *out);
+
+/**
+ * Stores the host's free memory in KiB in `*out`. Errors: a NULL pointer →
+ * `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_fake_host_free_mem(struct sqz_fake_host *f, int64_t *out);
+
+/**
  * Sets the host's free memory in KiB, net of reservations (may be negative when more has been
  * promised than is free, down to -2^50). Must be called once in every `make_host`.
  * Errors: `b` NULL or not live → `SQZ_ERR_INVALID_ARGUMENT`; a value beyond ±2^50 →
@@ -1138,6 +1219,23 @@ sqz_status sqz_options_set_policy(struct sqz_options *o, int32_t policy);
 sqz_status sqz_options_set_deadline(struct sqz_options *o, double seconds);
 
 /**
+ * Adds one domain to the list (`*d` is copied; `info_size` is `sizeof(sqz_domain_info)`).
+ * Errors: a NULL pointer, a list not live, `info_size` too small, a negative or repeated domid
+ * → `SQZ_ERR_INVALID_ARGUMENT`; a failed call makes the service's operation fail with
+ * `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_domain_list_add(struct sqz_domain_list *l,
+                               const struct sqz_domain_info *d,
+                               size_t info_size);
+
+/**
+ * Adds a string (NUL-terminated UTF-8, copied) to the list. Errors: a NULL pointer, a list not
+ * live, or text that is not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`; a failed call makes the
+ * service's operation fail with `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_strings_add(struct sqz_strings *s, const char *value);
+
+/**
  * Creates a cancel handle and stores it in `*out`. Errors: `out` NULL →
  * `SQZ_ERR_INVALID_ARGUMENT`.
  */
@@ -1180,152 +1278,6 @@ sqz_status sqz_reserve_memory_range_with(struct sqz_service *s,
                                          const struct sqz_reserve_options *options,
                                          char *reservation_id_out,
                                          int64_t *reserved_kib_out);
-
-/**
- * Creates a fake host living in this process only and stores it in `*out`. Errors: a NULL
- * pointer, a `struct_size` too small or a bad boot delay → `SQZ_ERR_INVALID_ARGUMENT`; a
- * negative or absurd size, or more memory for Xen and domain 0 than the host has →
- * `SQZ_ERR_INVALID_MEMORY_VALUE`.
- */
-sqz_status sqz_fake_host_new(const struct sqz_fake_config *config, struct sqz_fake_host **out);
-
-/**
- * Creates (or resets) a fake host in directory `dir` (created if missing), which other
- * processes can open with `sqz_fake_host_open`, and stores it in `*out`. Errors as
- * `sqz_fake_host_new`, plus `dir` NULL or not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`, and a
- * directory that cannot be written → `SQZ_ERR_BACKEND`.
- */
-sqz_status sqz_fake_host_create(const char *dir,
-                                const struct sqz_fake_config *config,
-                                struct sqz_fake_host **out);
-
-/**
- * Opens the fake host another process created in `dir` and stores it in `*out`. Errors: a
- * NULL pointer or `dir` not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`; no fake host there →
- * `SQZ_ERR_BACKEND`.
- */
-sqz_status sqz_fake_host_open(const char *dir, struct sqz_fake_host **out);
-
-/**
- * Releases a fake host handle. NULL is a no-op. Services created over it keep the host alive.
- */
-void sqz_fake_host_free(struct sqz_fake_host *f);
-
-/**
- * Creates a paused PV domain with no memory yet and writes what a toolstack writes for it
- * (`memory/{target,dynamic-min,dynamic-max}`); stores its domid in `*domid_out`. Its maxmem
- * starts at dynamic-max plus its offset. Errors: a NULL pointer, `guest_size` too small or a
- * bad behaviour → `SQZ_ERR_INVALID_ARGUMENT`; a negative or absurd size →
- * `SQZ_ERR_INVALID_MEMORY_VALUE`.
- */
-sqz_status sqz_fake_host_create_domain(struct sqz_fake_host *f,
-                                       const struct sqz_fake_guest *guest,
-                                       size_t guest_size,
-                                       int32_t *domid_out);
-
-/**
- * Builds domain `domid`: allocates `kib` KiB to it, as the domain builder does. Errors: `f`
- * NULL → `SQZ_ERR_INVALID_ARGUMENT`; a bad size → `SQZ_ERR_INVALID_MEMORY_VALUE`; an unknown
- * domid, or beyond its maxmem or the host's free memory → `SQZ_ERR_BACKEND`.
- */
-sqz_status sqz_fake_host_build_domain(struct sqz_fake_host *f, int32_t domid, int64_t kib);
-
-/**
- * Unpauses domain `domid`: it boots after the configured delay of simulated time. Errors: `f`
- * NULL → `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
- */
-sqz_status sqz_fake_host_unpause(struct sqz_fake_host *f, int32_t domid);
-
-/**
- * Destroys domain `domid`: its memory returns to the host. Errors: `f` NULL or domain 0 →
- * `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
- */
-sqz_status sqz_fake_host_destroy_domain(struct sqz_fake_host *f, int32_t domid);
-
-/**
- * Lets `seconds` of simulated time pass, moving every guest. Errors: `f` NULL, `seconds` NaN,
- * infinite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
- */
-sqz_status sqz_fake_host_advance(struct sqz_fake_host *f, double seconds);
-
-/**
- * Stores what the hypervisor reports of domain `domid` in `*out`. Errors: a NULL pointer or
- * an unknown domid → `SQZ_ERR_INVALID_ARGUMENT`.
- */
-sqz_status sqz_fake_host_domain(struct sqz_fake_host *f,
-                                int32_t domid,
-                                struct sqz_fake_domain *out);
-
-/**
- * Stores the host's free memory in KiB in `*out`. Errors: a NULL pointer →
- * `SQZ_ERR_INVALID_ARGUMENT`.
- */
-sqz_status sqz_fake_host_free_mem(struct sqz_fake_host *f, int64_t *out);
-
-/**
- * Adds one domain to the list (`*d` is copied; `info_size` is `sizeof(sqz_domain_info)`).
- * Errors: a NULL pointer, a list not live, `info_size` too small, a negative or repeated domid
- * → `SQZ_ERR_INVALID_ARGUMENT`; a failed call makes the service's operation fail with
- * `SQZ_ERR_BACKEND`.
- */
-sqz_status sqz_domain_list_add(struct sqz_domain_list *l,
-                               const struct sqz_domain_info *d,
-                               size_t info_size);
-
-/**
- * Adds a string (NUL-terminated UTF-8, copied) to the list. Errors: a NULL pointer, a list not
- * live, or text that is not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`; a failed call makes the
- * service's operation fail with `SQZ_ERR_BACKEND`.
- */
-sqz_status sqz_strings_add(struct sqz_strings *s, const char *value);
-
-/**
- * Creates a settings object with the defaults (slush 72 MiB, lock file
- * `/run/squeeze/host.lock`, boot-time record `/run/squeeze/boot_time_memory`, the adaptive
- * policy; `sqz_service_config_set_policy` picks the classic one) and stores it in
- * `*out`. Errors: `out` NULL → `SQZ_ERR_INVALID_ARGUMENT`.
- */
-sqz_status sqz_service_config_new(struct sqz_service_config **out);
-
-/**
- * Releases a settings object. NULL is a no-op.
- */
-void sqz_service_config_free(struct sqz_service_config *c);
-
-/**
- * Sets the memory kept free for Xen when the host is balanced, in KiB (squeezed's
- * host-reserved memory). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; negative or above
- * 2^50 → `SQZ_ERR_INVALID_MEMORY_VALUE`, unchanged.
- */
-sqz_status sqz_service_config_set_slush(struct sqz_service_config *c, int64_t slush_kib);
-
-/**
- * Sets the host-wide lock file every process using the host takes (`path` is copied). Every
- * process sharing a host must use the same path. Errors: a NULL pointer, `path` empty or not
- * UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`.
- */
-sqz_status sqz_service_config_set_lock_path(struct sqz_service_config *c, const char *path);
-
-/**
- * Sets the file recording host free memory at boot (`path` is copied). Errors: a NULL
- * pointer, `path` empty or not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`.
- */
-sqz_status sqz_service_config_set_boot_time_record_path(struct sqz_service_config *c,
-                                                        const char *path);
-
-/**
- * Sets the seconds between two checks of the background balancer (default 10). Errors: `c`
- * NULL, or `seconds` not above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`,
- * unchanged.
- */
-sqz_status sqz_service_config_set_balance_interval(struct sqz_service_config *c, double seconds);
-
-/**
- * Sets the squeezer's options (copied; NULL restores the defaults). Errors: `c` NULL →
- * `SQZ_ERR_INVALID_ARGUMENT`.
- */
-sqz_status sqz_service_config_set_options(struct sqz_service_config *c,
-                                          const struct sqz_options *opts);
 
 /**
  * Creates a service over the fake host `f` with settings `config` (NULL: defaults) and stores
@@ -1475,15 +1427,6 @@ sqz_status sqz_get_host_initial_free_memory(struct sqz_service *s, int64_t *out)
 sqz_status sqz_get_diagnostics(struct sqz_service *s, char *buf, size_t cap, size_t *size_out);
 
 /**
- * Sets which algorithm the service decides with: `SQZ_POLICY_ADAPTIVE` (the default: one
- * adaptive squeezer for the service's life, learning balloon rates and limits; its
- * non-cooperation score sets `memory/uncooperative`) or `SQZ_POLICY_CLASSIC` (squeezed's, a
- * fresh squeezer per call). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a value this
- * library does not know → `SQZ_ERR_UNSUPPORTED`, unchanged.
- */
-sqz_status sqz_service_config_set_policy(struct sqz_service_config *c, int32_t policy);
-
-/**
  * Stores in `*out` how `domid`'s balloon driver has been cooperating, as the service's
  * adaptive squeezer has seen it. Errors: `s` or `out` NULL, a service with the classic policy
  * (which forgets between calls), or a domain the squeezer has not seen →
@@ -1492,6 +1435,63 @@ sqz_status sqz_service_config_set_policy(struct sqz_service_config *c, int32_t p
 sqz_status sqz_service_cooperation(struct sqz_service *s,
                                    int32_t domid,
                                    struct sqz_cooperation *out);
+
+/**
+ * Creates a settings object with the defaults (slush 72 MiB, lock file
+ * `/run/squeeze/host.lock`, boot-time record `/run/squeeze/boot_time_memory`, the adaptive
+ * policy; `sqz_service_config_set_policy` picks the classic one) and stores it in
+ * `*out`. Errors: `out` NULL → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_config_new(struct sqz_service_config **out);
+
+/**
+ * Releases a settings object. NULL is a no-op.
+ */
+void sqz_service_config_free(struct sqz_service_config *c);
+
+/**
+ * Sets the memory kept free for Xen when the host is balanced, in KiB (squeezed's
+ * host-reserved memory). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; negative or above
+ * 2^50 → `SQZ_ERR_INVALID_MEMORY_VALUE`, unchanged.
+ */
+sqz_status sqz_service_config_set_slush(struct sqz_service_config *c, int64_t slush_kib);
+
+/**
+ * Sets the host-wide lock file every process using the host takes (`path` is copied). Every
+ * process sharing a host must use the same path. Errors: a NULL pointer, `path` empty or not
+ * UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_config_set_lock_path(struct sqz_service_config *c, const char *path);
+
+/**
+ * Sets the file recording host free memory at boot (`path` is copied). Errors: a NULL
+ * pointer, `path` empty or not UTF-8 → `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_config_set_boot_time_record_path(struct sqz_service_config *c,
+                                                        const char *path);
+
+/**
+ * Sets the seconds between two checks of the background balancer (default 10). Errors: `c`
+ * NULL, or `seconds` not above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`,
+ * unchanged.
+ */
+sqz_status sqz_service_config_set_balance_interval(struct sqz_service_config *c, double seconds);
+
+/**
+ * Sets the squeezer's options (copied; NULL restores the defaults). Errors: `c` NULL →
+ * `SQZ_ERR_INVALID_ARGUMENT`.
+ */
+sqz_status sqz_service_config_set_options(struct sqz_service_config *c,
+                                          const struct sqz_options *opts);
+
+/**
+ * Sets which algorithm the service decides with: `SQZ_POLICY_ADAPTIVE` (the default: one
+ * adaptive squeezer for the service's life, learning balloon rates and limits; its
+ * non-cooperation score sets `memory/uncooperative`) or `SQZ_POLICY_CLASSIC` (squeezed's, a
+ * fresh squeezer per call). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a value this
+ * library does not know → `SQZ_ERR_UNSUPPORTED`, unchanged.
+ */
+sqz_status sqz_service_config_set_policy(struct sqz_service_config *c, int32_t policy);
 
 /**
  * Creates a simulated host from `*config` and stores it in `*out`; the caller releases it with

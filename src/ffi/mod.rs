@@ -20,25 +20,31 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod error;
+pub mod fake_host;
 pub(crate) mod guard;
 pub(crate) mod handle;
 pub mod io;
 pub mod log;
 pub mod ops;
 pub mod options;
+pub mod platform;
 pub mod progress;
 pub mod service;
+pub mod service_config;
 pub mod sim;
 pub mod step;
 pub mod version;
 
 pub use error::*;
+pub use fake_host::*;
 pub use io::*;
 pub use log::*;
 pub use ops::*;
 pub use options::*;
+pub use platform::*;
 pub use progress::*;
 pub use service::*;
+pub use service_config::*;
 pub use sim::*;
 pub use step::*;
 pub use version::*;

@@ -9,7 +9,8 @@ use crate::progress::{CancelToken, Progress, ReserveOptions};
 use super::error::{invalid, sqz_status, Failure};
 use super::guard;
 use super::ops::{need_out, write_out};
-use super::service::{service, sqz_service, str_arg, write_id, InCallback};
+use super::platform::InCallback;
+use super::service::{service, sqz_service, str_arg, write_id};
 
 /// A cancel handle: `sqz_cancel_request` on it, from any thread, stops every reservation that
 /// was given it. Opaque; created by `sqz_cancel_new`, released by `sqz_cancel_free` (a
