@@ -199,7 +199,10 @@ fn check_domid(domid: DomId) -> Result<()> {
 }
 
 impl Service {
-    /// Opens the service over `platform`. Nothing is read or written until the first call.
+    /// Opens the service over `platform`. Host free memory at boot is recorded now when no
+    /// earlier service of this boot recorded it (see
+    /// [`record_boot_time_host_free_memory`](Service::record_boot_time_host_free_memory));
+    /// nothing else is read or written until the first call.
     pub fn new(platform: Platform, config: ServiceConfig) -> Result<Self> {
         config.validate()?;
         let layout = config.host.layout.clone();
@@ -216,7 +219,7 @@ impl Service {
                 config.adaptive,
             )?),
         };
-        Ok(Service {
+        let service = Service {
             inner: Arc::new(Inner {
                 model: Mutex::new(model),
                 config,
@@ -227,7 +230,14 @@ impl Service {
                 balancing_passes: std::sync::atomic::AtomicU64::new(0),
                 recorder: Mutex::new(Recorder::default()),
             }),
-        })
+        };
+        // squeezed records it as it starts, before the toolstack starts any guest: asked later,
+        // the answer must not depend on what ran meanwhile. A failure is not fatal (squeezed
+        // logs it too); the first get_host_initial_free_memory tries again.
+        if let Err(e) = service.record_boot_time_host_free_memory() {
+            warn!("cannot record host free memory at boot: {e}");
+        }
+        Ok(service)
     }
 
     /// The settings.
@@ -573,8 +583,8 @@ impl Service {
     }
 
     /// Host free memory at boot, in KiB (squeezed reports bytes: multiply by 1024), as recorded
-    /// by [`record_boot_time_host_free_memory`](Service::record_boot_time_host_free_memory); it
-    /// is recorded now when it has not been.
+    /// by [`record_boot_time_host_free_memory`](Service::record_boot_time_host_free_memory) when
+    /// the first service of this boot was opened (now, if that failed).
     pub fn get_host_initial_free_memory(&self) -> Result<Kib> {
         let path = &self.inner.config.boot_time_record_path;
         match std::fs::read_to_string(path) {

@@ -350,6 +350,15 @@ fn boot_time_free_memory_is_recorded_once() {
 }
 
 #[test]
+fn boot_time_free_memory_is_recorded_when_the_service_opens() {
+    let (_dir, fake, service) = setup_classic(small_host());
+    // A 1 GiB guest starts before anyone asks: the answer is still the host's at boot, free
+    // 3 GiB + domain 0's 1 GiB, as squeezed records it when it starts.
+    booted_guest(&fake, GuestSpec::fixed(GIB));
+    assert_eq!(service.get_host_initial_free_memory().unwrap(), 4 * GIB);
+}
+
+#[test]
 fn diagnostics_describe_domains_and_ledger() {
     let (_dir, fake, service, g) = host_with_one_guest();
     let id = service.reserve_memory("xenopsd", 100 * MIB).unwrap();
