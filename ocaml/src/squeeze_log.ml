@@ -30,6 +30,8 @@ external stub_wait : unit -> unit = "sqz_ml_log_wait"
 
 external stub_dropped : unit -> int = "sqz_ml_log_dropped"
 
+external stub_write : int -> string -> string -> unit = "sqz_ml_log_write"
+
 let lock = Mutex.create ()
 
 let logger : (level -> string -> string -> unit) option ref = ref None
@@ -84,3 +86,5 @@ let flush () =
       ()
 
 let dropped = stub_dropped
+
+let write level target message = stub_write (int_of_level level) target message

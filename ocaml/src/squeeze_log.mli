@@ -35,3 +35,8 @@ val flush : unit -> unit
 val dropped : unit -> int
 (** Records dropped because the logger fell more than 65536 records behind (or memory ran
     out). *)
+
+val write : level -> string -> string -> unit
+(** [write level target message] hands a record written by OCaml code (the bindings' own, such
+    as [Memory_client]'s) to the logger, in order with the library's, when [level] is
+    delivered; without a logger it is dropped. *)

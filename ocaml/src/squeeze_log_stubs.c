@@ -79,9 +79,31 @@ static void on_record(void *ctx, int32_t level, const char *target, const char *
   free_record(r); /* only when dropped */
 }
 
+/* The level installed (0: none), for records written from OCaml. */
+static int32_t installed_level;
+
 /* install : int -> int (the sqz_status); level 0 stops delivery. */
 CAMLprim value sqz_ml_log_install(value v_level) {
-  return Val_int(sqz_set_log_callback(on_record, NULL, Int_val(v_level)));
+  sqz_status st = sqz_set_log_callback(on_record, NULL, Int_val(v_level));
+  if (st == SQZ_OK) {
+    pthread_mutex_lock(&mu);
+    installed_level = Int_val(v_level);
+    pthread_mutex_unlock(&mu);
+  }
+  return Val_int(st);
+}
+
+/* write : int -> string -> string -> unit: queues a record written by OCaml code, behind the
+ * library's, when its level is delivered. */
+CAMLprim value sqz_ml_log_write(value v_level, value v_target, value v_message) {
+  int32_t level = Int_val(v_level);
+  int wanted;
+  pthread_mutex_lock(&mu);
+  wanted = installed_level > 0 && level <= installed_level;
+  pthread_mutex_unlock(&mu);
+  if (wanted)
+    on_record(NULL, level, String_val(v_target), String_val(v_message));
+  return Val_unit;
 }
 
 /* take : unit -> (int * string * string) list * int
