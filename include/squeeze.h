@@ -113,6 +113,16 @@
 #define SQZ_RESERVATION_ID_SIZE 37
 
 /**
+ * `sqz_service_config_set_domain_zero`: domain 0 is never ballooned (the default).
+ */
+#define SQZ_DOMAIN_ZERO_FIXED 0
+
+/**
+ * `sqz_service_config_set_domain_zero`: domain 0 is ballooned between two sizes.
+ */
+#define SQZ_DOMAIN_ZERO_BALLOON 1
+
+/**
  * How long squeezed's loop waits between iterations, in seconds.
  */
 #define SQZ_ITERATION_WAIT_SECONDS 1.0
@@ -1492,6 +1502,31 @@ sqz_status sqz_service_config_set_options(struct sqz_service_config *c,
  * library does not know → `SQZ_ERR_UNSUPPORTED`, unchanged.
  */
 sqz_status sqz_service_config_set_policy(struct sqz_service_config *c, int32_t policy);
+
+/**
+ * Sets how domain 0's memory is managed: `SQZ_DOMAIN_ZERO_FIXED` (the default, as squeezed's:
+ * left out of the balancing, the sizes are ignored) or `SQZ_DOMAIN_ZERO_BALLOON` (balanced
+ * like a guest between `dynamic_min_kib` and `dynamic_max_kib`, written to the store when the
+ * service opens; `dynamic_max_kib` 0 means what domain 0 holds when the first service of this
+ * boot opens, squeezed's `auto`). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a size
+ * negative or above 2^50, or the minimum above the maximum → `SQZ_ERR_INVALID_MEMORY_VALUE`;
+ * an unknown `policy` → `SQZ_ERR_UNSUPPORTED`; unchanged on error.
+ */
+sqz_status sqz_service_config_set_domain_zero(struct sqz_service_config *c,
+                                              int32_t policy,
+                                              int64_t dynamic_min_kib,
+                                              int64_t dynamic_max_kib);
+
+/**
+ * Stores how domain 0's memory is managed, as xapi asks at start-up (`get_domain_zero_policy`;
+ * KiB, squeezed answers bytes): `SQZ_DOMAIN_ZERO_FIXED` with what domain 0 holds in both
+ * sizes, or `SQZ_DOMAIN_ZERO_BALLOON` with its range. Errors: a NULL pointer →
+ * `SQZ_ERR_INVALID_ARGUMENT`; the hypervisor or store cannot be read → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_get_domain_zero_policy(struct sqz_service *s,
+                                      int32_t *policy_out,
+                                      int64_t *dynamic_min_kib_out,
+                                      int64_t *dynamic_max_kib_out);
 
 /**
  * Creates a simulated host from `*config` and stores it in `*out`; the caller releases it with

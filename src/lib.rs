@@ -46,6 +46,7 @@ pub mod adaptive;
 pub mod backend;
 pub mod balancer;
 pub mod diagnostics;
+pub mod domain_zero;
 pub mod driver;
 pub mod error;
 pub mod ffi;

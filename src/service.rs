@@ -25,6 +25,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::adaptive::{AdaptiveOptions, Cooperation};
 use crate::balancer::Policy;
 use crate::diagnostics::{self, Diagnostics, Operation, Recorder};
+use crate::domain_zero::{self, DomainZeroAnswer, DomainZeroPolicy};
 use crate::driver::{self, Io};
 use crate::error::{Error, Result};
 use crate::host::{HostConfig, HostModel, HostView};
@@ -68,6 +69,8 @@ pub struct ServiceConfig {
     pub policy: Policy,
     /// The adaptive algorithm's settings (used with [`Policy::Adaptive`]).
     pub adaptive: AdaptiveOptions,
+    /// How domain 0's memory is managed (default: fixed, as squeezed's default).
+    pub domain_zero: DomainZeroPolicy,
 }
 
 impl Default for ServiceConfig {
@@ -82,6 +85,7 @@ impl Default for ServiceConfig {
             balance_interval_s: DEFAULT_BALANCE_INTERVAL_S,
             policy: Policy::Adaptive,
             adaptive: AdaptiveOptions::default(),
+            domain_zero: DomainZeroPolicy::Fixed,
         }
     }
 }
@@ -90,6 +94,7 @@ impl ServiceConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         self.host.validate()?;
+        self.domain_zero.validate()?;
         if self.boot_time_samples == 0 {
             return Err(Error::InvalidArgument(
                 "boot_time_samples must be at least 1".into(),
@@ -203,8 +208,11 @@ impl Service {
     /// earlier service of this boot recorded it (see
     /// [`record_boot_time_host_free_memory`](Service::record_boot_time_host_free_memory));
     /// nothing else is read or written until the first call.
-    pub fn new(platform: Platform, config: ServiceConfig) -> Result<Self> {
+    pub fn new(platform: Platform, mut config: ServiceConfig) -> Result<Self> {
         config.validate()?;
+        if matches!(config.domain_zero, DomainZeroPolicy::Balloon { .. }) {
+            config.host.manage_domain_zero = true;
+        }
         let layout = config.host.layout.clone();
         let mut model = HostModel::new(platform, config.host.clone())?;
         // The adaptive algorithm's score, with its hysteresis, sets memory/uncooperative.
@@ -236,6 +244,11 @@ impl Service {
         // logs it too); the first get_host_initial_free_memory tries again.
         if let Err(e) = service.record_boot_time_host_free_memory() {
             warn!("cannot record host free memory at boot: {e}");
+        }
+        // squeezed writes a ballooned domain 0's range as it starts, after the record.
+        let policy = service.inner.config.domain_zero;
+        if policy != DomainZeroPolicy::Fixed {
+            service.with_host(|model| domain_zero::configure(model, policy))?;
         }
         Ok(service)
     }
@@ -575,6 +588,13 @@ impl Service {
             self.inner.balancing_passes.fetch_add(1, Ordering::Relaxed);
         }
         Ok(balanced)
+    }
+
+    /// How domain 0's memory is managed, as xapi asks at start-up: its size when fixed, its
+    /// range when ballooned (KiB; squeezed answers bytes).
+    pub fn get_domain_zero_policy(&self) -> Result<DomainZeroAnswer> {
+        let model = self.inner.model.lock();
+        domain_zero::answer(&model, self.inner.config.domain_zero)
     }
 
     /// The memory the host keeps for Xen (the slush), in KiB.

@@ -127,15 +127,31 @@ end
 
 type service
 
+(* (adaptive, SQZ_DOMAIN_ZERO_* policy, domain 0's dynamic-min, its dynamic-max or 0). *)
+type choice = bool * int * int64 * int64
+
 external stub_service_new_fake :
-  Fake_host.t -> int64 option -> string option -> string option -> bool -> service reply
+  Fake_host.t -> int64 option -> string option -> string option -> choice -> service reply
   = "sqz_ml_service_new_fake"
 
 external stub_service_new_xen :
-  int64 option -> string option -> string option -> bool -> service reply
+  int64 option -> string option -> string option -> choice -> service reply
   = "sqz_ml_service_new_xen"
 
 type policy = Classic | Adaptive
+
+type domain_zero = Fixed | Balloon of int64 * int64 option
+
+type domain_zero_size = Fixed_size of int64 | Auto_balloon of int64 * int64
+
+let choice policy domain_zero : choice =
+  let adaptive = policy = Adaptive in
+  match domain_zero with
+  | Fixed -> (adaptive, 0, 0L, 0L)
+  | Balloon (min, max) -> (adaptive, 1, min, Option.value max ~default:0L)
+
+external stub_domain_zero : service -> (int * int64 * int64) reply
+  = "sqz_ml_get_domain_zero_policy"
 
 type concern = Too_slow | Not_moving | Stalled_and_resumed
 
@@ -162,10 +178,21 @@ external stub_initial_free : service -> int64 reply = "sqz_ml_get_host_initial_f
 
 external stub_diagnostics : service -> string reply = "sqz_ml_get_diagnostics"
 
-let create_fake ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Adaptive) host =
-  get
+(* The size an Invalid_memory_value names for a domain 0 range: one out of range, else the
+   min of a reversed range. *)
+let dom0_bad_value = function
+  | Fixed -> 0L
+  | Balloon (min, max) ->
+      let out_of_range v = v < 0L || v > Int64.shift_left 1L 50 in
+      ( match max with
+      | Some m when out_of_range m && not (out_of_range min) -> m
+      | _ -> min )
+
+let create_fake ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Adaptive)
+    ?(domain_zero = Fixed) host =
+  get ~bad_value:(dom0_bad_value domain_zero)
     (stub_service_new_fake host host_reserved_kib lock_path boot_time_record_path
-       (policy = Adaptive))
+       (choice policy domain_zero))
 
 let cooperation s domid =
   check_domid "cooperation" domid ;
@@ -180,10 +207,16 @@ let cooperation s domid =
   in
   {score_s; uncooperative; concern}
 
-let open_xen ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Adaptive) () =
-  get
+let open_xen ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Adaptive)
+    ?(domain_zero = Fixed) () =
+  get ~bad_value:(dom0_bad_value domain_zero)
     (stub_service_new_xen host_reserved_kib lock_path boot_time_record_path
-       (policy = Adaptive))
+       (choice policy domain_zero))
+
+let get_domain_zero_policy s =
+  match get (stub_domain_zero s) with
+  | 1, min, max -> Auto_balloon (min, max)
+  | _, size, _ -> Fixed_size size
 
 let login s service_name =
   get (stub_login s service_name) ;

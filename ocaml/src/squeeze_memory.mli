@@ -90,18 +90,28 @@ type policy =
           limits, deadlines, and a non-cooperation score that sets [memory/uncooperative];
           the default of {!create_fake} and {!open_xen} *)
 
+(** How domain 0's memory is managed (KiB). *)
+type domain_zero =
+  | Fixed  (** never ballooned: left out of the balancing (the default, as squeezed's) *)
+  | Balloon of int64 * int64 option
+      (** balanced like a guest between [(dynamic_min, dynamic_max)]; [None] for the maximum
+          is what domain 0 holds when the first service of this boot opens (squeezed's
+          [auto]). The range is written to the store when the service opens. *)
+
 val create_fake :
   ?host_reserved_kib:int64 ->
   ?lock_path:string ->
   ?boot_time_record_path:string ->
   ?policy:policy ->
+  ?domain_zero:domain_zero ->
   Fake_host.t ->
   service
 (** A service over a fake host. [host_reserved_kib] is the memory kept free for Xen (default
     72 MiB); [lock_path] (default [/run/squeeze/host.lock]) is the host-wide lock file and
     [boot_time_record_path] (default [/run/squeeze/boot_time_memory]) where free memory at
-    boot is recorded; [policy] defaults to [Adaptive] (pass [~policy:Classic] for squeezed's
-    algorithm). *)
+    boot is recorded, now if no service of this boot recorded it; [policy] defaults to
+    [Adaptive] (pass [~policy:Classic] for squeezed's algorithm); [domain_zero] to [Fixed]. A
+    domain 0 range that is upside down or out of [0..2^50] is [Invalid_memory_value]. *)
 
 (** What most recently counted against a balloon driver. *)
 type concern =
@@ -126,6 +136,7 @@ val open_xen :
   -> ?lock_path:string
   -> ?boot_time_record_path:string
   -> ?policy:policy
+  -> ?domain_zero:domain_zero
   -> unit
   -> service
 (** A service over this host's Xen (libxenctrl and xenstored), with the settings of
@@ -162,9 +173,19 @@ val balance_memory : service -> unit
 val get_host_reserved_memory : service -> int64
 (** The memory kept free for Xen, in KiB. *)
 
+(** Domain 0's policy as xapi reads it (KiB; squeezed answers bytes). *)
+type domain_zero_size =
+  | Fixed_size of int64  (** not ballooned; holds this much now *)
+  | Auto_balloon of int64 * int64  (** ballooned between these sizes *)
+
+val get_domain_zero_policy : service -> domain_zero_size
+(** How domain 0's memory is managed: a fixed domain 0's size is what it holds now; a
+    ballooned one's maximum is the one written to the store when the first service of this
+    boot opened (or the one given). *)
+
 val get_host_initial_free_memory : service -> int64
 (** Host free memory at boot, in {b bytes}, as squeezed reports it (the C API answers in KiB;
-    this multiplies by 1024). *)
+    this multiplies by 1024): recorded when the first service of this boot opened. *)
 
 val get_diagnostics : service -> string
 (** The diagnostics JSON document (versioned; its fields are described in

@@ -282,7 +282,8 @@ CAMLprim value sqz_ml_fake_domain(value v_fake, value v_domid) {
 
 /* A config with the given settings; called without the runtime lock. */
 static sqz_status new_config(int has_slush, int64_t slush, const char *lock, const char *record,
-                             int32_t policy, sqz_service_config **cfg) {
+                             int32_t policy, int32_t dom0, int64_t dom0_min, int64_t dom0_max,
+                             sqz_service_config **cfg) {
   sqz_status st = sqz_service_config_new(cfg);
   if (st == SQZ_OK && has_slush)
     st = sqz_service_config_set_slush(*cfg, slush);
@@ -292,14 +293,18 @@ static sqz_status new_config(int has_slush, int64_t slush, const char *lock, con
     st = sqz_service_config_set_boot_time_record_path(*cfg, record);
   if (st == SQZ_OK)
     st = sqz_service_config_set_policy(*cfg, policy);
+  if (st == SQZ_OK)
+    st = sqz_service_config_set_domain_zero(*cfg, dom0, dom0_min, dom0_max);
   return st;
 }
 
 /* A service over the fake host [v_fake] or, when it is None, over this host's Xen. [slush] is
-   an int64 option, the paths string options, [adaptive] a bool. */
+   an int64 option, the paths string options, [v_choice] (adaptive, domain 0's
+   SQZ_DOMAIN_ZERO_* policy, its dynamic-min, its dynamic-max or 0) : bool * int * int64 *
+   int64. */
 static value new_service(value v_fake, value v_slush, value v_lock, value v_record,
-                         value v_adaptive) {
-  CAMLparam5(v_fake, v_slush, v_lock, v_record, v_adaptive);
+                         value v_choice) {
+  CAMLparam5(v_fake, v_slush, v_lock, v_record, v_choice);
   CAMLlocal1(handle);
   int over_fake = Is_block(v_fake);
   sqz_fake_host *f = over_fake ? Fake_val(Field(v_fake, 0)) : NULL;
@@ -308,7 +313,10 @@ static value new_service(value v_fake, value v_slush, value v_lock, value v_reco
   char *lock = NULL, *record = NULL;
   int has_slush = Is_block(v_slush);
   int64_t slush = has_slush ? Int64_val(Field(v_slush, 0)) : 0;
-  int32_t policy = Bool_val(v_adaptive) ? SQZ_POLICY_ADAPTIVE : SQZ_POLICY_CLASSIC;
+  int32_t policy = Bool_val(Field(v_choice, 0)) ? SQZ_POLICY_ADAPTIVE : SQZ_POLICY_CLASSIC;
+  int32_t dom0 = (int32_t)Int_val(Field(v_choice, 1));
+  int64_t dom0_min = Int64_val(Field(v_choice, 2));
+  int64_t dom0_max = Int64_val(Field(v_choice, 3));
   struct outcome o;
   sqz_status st;
   if (Is_block(v_lock) && (lock = c_string(Field(v_lock, 0))) == NULL)
@@ -318,7 +326,7 @@ static value new_service(value v_fake, value v_slush, value v_lock, value v_reco
     CAMLreturn(refuse("boot-time record path contains a NUL byte"));
   }
   caml_enter_blocking_section_no_pending();
-  st = new_config(has_slush, slush, lock, record, policy, &cfg);
+  st = new_config(has_slush, slush, lock, record, policy, dom0, dom0_min, dom0_max, &cfg);
   if (st == SQZ_OK)
     st = over_fake ? sqz_service_new_fake(f, cfg, &s) : sqz_service_new_xen(cfg, &s);
   collect(&o, st);
@@ -333,17 +341,39 @@ static value new_service(value v_fake, value v_slush, value v_lock, value v_reco
 }
 
 CAMLprim value sqz_ml_service_new_fake(value v_fake, value v_slush, value v_lock,
-                                       value v_record, value v_adaptive) {
-  CAMLparam5(v_fake, v_slush, v_lock, v_record, v_adaptive);
+                                       value v_record, value v_choice) {
+  CAMLparam5(v_fake, v_slush, v_lock, v_record, v_choice);
   CAMLlocal1(some);
   some = caml_alloc_small(1, 0);
   Field(some, 0) = v_fake;
-  CAMLreturn(new_service(some, v_slush, v_lock, v_record, v_adaptive));
+  CAMLreturn(new_service(some, v_slush, v_lock, v_record, v_choice));
 }
 
 CAMLprim value sqz_ml_service_new_xen(value v_slush, value v_lock, value v_record,
-                                      value v_adaptive) {
-  return new_service(Val_none, v_slush, v_lock, v_record, v_adaptive);
+                                      value v_choice) {
+  return new_service(Val_none, v_slush, v_lock, v_record, v_choice);
+}
+
+/* Replies (SQZ_DOMAIN_ZERO_* policy, dynamic-min, dynamic-max), KiB. */
+CAMLprim value sqz_ml_get_domain_zero_policy(value v_s) {
+  CAMLparam1(v_s);
+  CAMLlocal3(lo, hi, triple);
+  sqz_service *s = Service_val(v_s);
+  int32_t policy = 0;
+  int64_t min = 0, max = 0;
+  struct outcome o;
+  sqz_status st;
+  caml_enter_blocking_section_no_pending();
+  st = sqz_get_domain_zero_policy(s, &policy, &min, &max);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  lo = caml_copy_int64(min);
+  hi = caml_copy_int64(max);
+  triple = caml_alloc_tuple(3);
+  Store_field(triple, 0, Val_int(policy));
+  Store_field(triple, 1, lo);
+  Store_field(triple, 2, hi);
+  CAMLreturn(reply_of(&o, triple));
 }
 
 CAMLprim value sqz_ml_login(value v_s, value v_name) {

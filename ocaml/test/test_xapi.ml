@@ -14,7 +14,7 @@ let ( - ) = Int64.sub
 
 let ( * ) = Int64.mul
 
-let fresh_host () =
+let fresh_host ?domain_zero () =
   let host =
     Squeeze_memory.Fake_host.create ~total_kib:(8L * gib) ~xen_kib:(256L * mib) ~dom0_kib:gib ()
   in
@@ -23,7 +23,7 @@ let fresh_host () =
   Sys.remove boot_time_record_path ;
   let s =
     Squeeze_memory.create_fake ~lock_path ~boot_time_record_path ~policy:Squeeze_memory.Classic
-      host
+      ?domain_zero host
   in
   Memory_client.use s ; host
 
@@ -115,10 +115,31 @@ let balance_memory_does_not_raise () =
         (String.length msg > 30 && String.sub msg 0 30 = "after-destroy: balance_memory ")
   | l -> Check.fail "expected one record, got %d" (List.length l)
 
+let domain_zero_policy_in_bytes () =
+  let _host = fresh_host () in
+  let pp = function
+    | Fixed_size b -> Printf.sprintf "Fixed_size %Ld" b
+    | Auto_balloon (a, b) -> Printf.sprintf "Auto_balloon (%Ld, %Ld)" a b
+  in
+  (* Domain 0 holds 1 GiB: 1073741824 bytes. *)
+  Check.equal ~what:"default" pp (Fixed_size 1_073_741_824L)
+    (Memory_client.Client.get_domain_zero_policy "create_misc") ;
+  let _host = fresh_host ~domain_zero:(Squeeze_memory.Balloon (512L * mib, None)) () in
+  Check.equal ~what:"ballooned, maximum what it holds" pp
+    (Auto_balloon (536_870_912L, 1_073_741_824L))
+    (Memory_client.Client.get_domain_zero_policy "create_misc") ;
+  let _host = fresh_host ~domain_zero:(Squeeze_memory.Balloon (512L * mib, Some (2L * gib))) () in
+  Check.equal ~what:"ballooned up to 2 GiB" pp
+    (Auto_balloon (536_870_912L, 2_147_483_648L))
+    (Memory_client.Client.get_domain_zero_policy "create_misc") ;
+  memory_error ~what:"min above max" (Invalid_memory_value (2L * gib)) (fun () ->
+      fresh_host ~domain_zero:(Squeeze_memory.Balloon (2L * gib, Some gib)) ())
+
 let () =
   Check.run "xapi"
     [
-      ("initial free memory is the host's at boot, in bytes", initial_free_memory_is_the_hosts_at_boot)
+      ("domain 0's policy is answered in bytes, as squeezed", domain_zero_policy_in_bytes)
+    ; ("initial free memory is the host's at boot, in bytes", initial_free_memory_is_the_hosts_at_boot)
     ; ("deleting an unknown or deleted reservation is not an error", deleting_twice_or_unknown_is_not_an_error)
     ; ("a bad domid is a MemoryError", bad_domids_are_memory_errors)
     ; ("failures are xapi-idl's MemoryError constructors", errors_are_squeezed_constructors)

@@ -63,4 +63,10 @@ module Client = struct
 
   let get_host_initial_free_memory _dbg =
     Squeeze_memory.get_host_initial_free_memory (service ())
+
+  let get_domain_zero_policy _dbg =
+    let bytes kib = Int64.mul 1024L kib in
+    match Squeeze_memory.get_domain_zero_policy (service ()) with
+    | Squeeze_memory.Fixed_size kib -> Fixed_size (bytes kib)
+    | Squeeze_memory.Auto_balloon (min, max) -> Auto_balloon (bytes min, bytes max)
 end

@@ -61,4 +61,8 @@ module Client : sig
   val get_host_initial_free_memory : debug_info -> int64
   (** Host free memory when the first service of this boot was opened, in {b bytes} as squeezed
       answers it. *)
+
+  val get_domain_zero_policy : debug_info -> domain_zero_policy
+  (** How domain 0's memory is managed, in {b bytes} as squeezed answers it: [Fixed_size] what
+      it holds, or [Auto_balloon (min, max)] (see {!Squeeze_memory.domain_zero}). *)
 end

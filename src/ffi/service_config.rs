@@ -3,6 +3,7 @@
 use std::ffi::c_char;
 use std::path::PathBuf;
 
+use crate::domain_zero::{DomainZeroAnswer, DomainZeroPolicy};
 use crate::model::kib;
 use crate::service::ServiceConfig;
 use crate::Error;
@@ -172,5 +173,76 @@ pub unsafe extern "C" fn sqz_service_config_set_policy(
             other => return Err(Error::Unsupported(format!("unknown policy {other}")).into()),
         };
         Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Domain 0
+
+/// `sqz_service_config_set_domain_zero`: domain 0 is never ballooned (the default).
+pub const SQZ_DOMAIN_ZERO_FIXED: i32 = 0;
+/// `sqz_service_config_set_domain_zero`: domain 0 is ballooned between two sizes.
+pub const SQZ_DOMAIN_ZERO_BALLOON: i32 = 1;
+
+/// Sets how domain 0's memory is managed: `SQZ_DOMAIN_ZERO_FIXED` (the default, as squeezed's:
+/// left out of the balancing, the sizes are ignored) or `SQZ_DOMAIN_ZERO_BALLOON` (balanced
+/// like a guest between `dynamic_min_kib` and `dynamic_max_kib`, written to the store when the
+/// service opens; `dynamic_max_kib` 0 means what domain 0 holds when the first service of this
+/// boot opens, squeezed's `auto`). Errors: `c` NULL → `SQZ_ERR_INVALID_ARGUMENT`; a size
+/// negative or above 2^50, or the minimum above the maximum → `SQZ_ERR_INVALID_MEMORY_VALUE`;
+/// an unknown `policy` → `SQZ_ERR_UNSUPPORTED`; unchanged on error.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_service_config_set_domain_zero(
+    c: *mut sqz_service_config,
+    policy: i32,
+    dynamic_min_kib: i64,
+    dynamic_max_kib: i64,
+) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live config.
+        let c = unsafe { config_mut(c) }?;
+        let p = match policy {
+            SQZ_DOMAIN_ZERO_FIXED => DomainZeroPolicy::Fixed,
+            SQZ_DOMAIN_ZERO_BALLOON => DomainZeroPolicy::Balloon {
+                dynamic_min_kib,
+                dynamic_max_kib: (dynamic_max_kib != 0).then_some(dynamic_max_kib),
+            },
+            other => {
+                return Err(Error::Unsupported(format!("unknown domain 0 policy {other}")).into())
+            }
+        };
+        p.validate()?;
+        c.domain_zero = p;
+        Ok(())
+    })
+}
+
+/// Stores how domain 0's memory is managed, as xapi asks at start-up (`get_domain_zero_policy`;
+/// KiB, squeezed answers bytes): `SQZ_DOMAIN_ZERO_FIXED` with what domain 0 holds in both
+/// sizes, or `SQZ_DOMAIN_ZERO_BALLOON` with its range. Errors: a NULL pointer →
+/// `SQZ_ERR_INVALID_ARGUMENT`; the hypervisor or store cannot be read → `SQZ_ERR_BACKEND`.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_get_domain_zero_policy(
+    s: *mut super::service::sqz_service,
+    policy_out: *mut i32,
+    dynamic_min_kib_out: *mut i64,
+    dynamic_max_kib_out: *mut i64,
+) -> sqz_status {
+    guard::status(|| {
+        need_out(policy_out, "policy_out")?;
+        need_out(dynamic_min_kib_out, "dynamic_min_kib_out")?;
+        need_out(dynamic_max_kib_out, "dynamic_max_kib_out")?;
+        // SAFETY: the caller passes NULL or a live service.
+        let answer = unsafe { super::service::service(s) }?.get_domain_zero_policy()?;
+        let (p, min, max) = match answer {
+            DomainZeroAnswer::FixedSize(k) => (SQZ_DOMAIN_ZERO_FIXED, k, k),
+            DomainZeroAnswer::AutoBalloon(min, max) => (SQZ_DOMAIN_ZERO_BALLOON, min, max),
+        };
+        // SAFETY: all three checked non-NULL above.
+        unsafe {
+            write_out(policy_out, "policy_out", p)?;
+            write_out(dynamic_min_kib_out, "dynamic_min_kib_out", min)?;
+            write_out(dynamic_max_kib_out, "dynamic_max_kib_out", max)
+        }
     })
 }

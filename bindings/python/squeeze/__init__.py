@@ -28,7 +28,10 @@ __all__ = [
     "Cancelled",
     "CannotFreeThisMuchMemory",
     "Cooperation",
+    "DOMAIN_ZERO_BALLOON",
+    "DOMAIN_ZERO_FIXED",
     "Domain",
+    "DomainZero",
     "DomainsRefusedToCooperate",
     "FakeDomain",
     "FakeHost",
@@ -278,6 +281,25 @@ POLICY_CLASSIC = 0
 """squeezed's algorithm, decision for decision (the default)."""
 POLICY_ADAPTIVE = 1
 """The adaptive squeezer: measured balloon rates, remembered limits, cooperation scores."""
+
+DOMAIN_ZERO_FIXED = 0
+"""Domain 0 is never ballooned (the service's default, as squeezed's)."""
+DOMAIN_ZERO_BALLOON = 1
+"""Domain 0 is ballooned like a guest between two sizes."""
+
+
+@dataclass(frozen=True)
+class DomainZero:
+    """How the service manages domain 0's memory (KiB): ``policy`` is DOMAIN_ZERO_FIXED or
+    DOMAIN_ZERO_BALLOON. Given to :class:`Service`, a ballooned domain 0's ``dynamic_max_kib``
+    0 means what it holds when the first service of this boot opens (squeezed's ``auto``);
+    answered by :meth:`Service.get_domain_zero_policy`, a fixed domain 0 has what it holds
+    in both sizes."""
+
+    policy: int
+    dynamic_min_kib: int = 0
+    dynamic_max_kib: int = 0
+
 
 CONCERNS = {0: None, 1: "too slow", 2: "not moving", 3: "stalled and resumed"}
 """What :meth:`Squeezer.cooperation` may report as a domain's concern."""
@@ -1036,7 +1058,10 @@ class _ServiceConfig:
     """An ``sqz_service_config`` with the given settings (``None``: the default), for the
     duration of a ``with`` block."""
 
-    def __init__(self, lock_path, slush_kib, boot_time_record_path, options, balance_interval_s):
+    def __init__(
+        self, lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
+        domain_zero=None,
+    ):
         self._cfg = ctypes.c_void_p()
         _check(lib.sqz_service_config_new(ctypes.byref(self._cfg)))
         cfg = self._cfg
@@ -1053,6 +1078,15 @@ class _ServiceConfig:
                 _check(lib.sqz_service_config_set_balance_interval(cfg, s))
             with _OptionsHandle(options) as o:
                 _check(lib.sqz_service_config_set_options(cfg, o))
+            if domain_zero is not None:
+                if not isinstance(domain_zero, DomainZero):
+                    raise TypeError("domain_zero must be a squeeze.DomainZero")
+                _check(lib.sqz_service_config_set_domain_zero(
+                    cfg,
+                    domain_zero.policy,
+                    _kib("dynamic_min_kib", domain_zero.dynamic_min_kib),
+                    _kib("dynamic_max_kib", domain_zero.dynamic_max_kib),
+                ))
         except BaseException:
             lib.sqz_service_config_free(cfg)
             raise
@@ -1070,7 +1104,8 @@ class Service(_Handle):
     :class:`FakeHost`, or over this host's Xen with :meth:`open_xen`. Every process sharing a
     host must use the same ``lock_path``. ``policy`` is POLICY_ADAPTIVE (the default: one adaptive
     squeezer for the service's life; see :meth:`cooperation`) or POLICY_CLASSIC (squeezed's
-    algorithm, a fresh squeezer per call). Use as a context manager, or call :meth:`close`. Thread-safe."""
+    algorithm, a fresh squeezer per call). ``domain_zero`` (a :class:`DomainZero`; default fixed)
+    says whether domain 0 is ballooned. Use as a context manager, or call :meth:`close`. Thread-safe."""
 
     _free = staticmethod(lib.sqz_service_free)
 
@@ -1083,6 +1118,7 @@ class Service(_Handle):
         options: Optional[Options] = None,
         balance_interval_s: Optional[float] = None,
         policy: Optional[int] = None,
+        domain_zero: Optional[DomainZero] = None,
     ):
         super().__init__()
         if policy is not None and (
@@ -1091,7 +1127,8 @@ class Service(_Handle):
             raise InvalidArgument(f"policy must be POLICY_CLASSIC or POLICY_ADAPTIVE, not {policy!r}")
         if not isinstance(fake, FakeHost):
             raise TypeError(f"fake must be a squeeze.FakeHost, not {type(fake).__name__}")
-        settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s)
+        settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
+                    domain_zero)
         with _ServiceConfig(*settings) as cfg:
             if policy is not None:
                 _check(lib.sqz_service_config_set_policy(cfg, policy))
@@ -1106,13 +1143,15 @@ class Service(_Handle):
         options: Optional[Options] = None,
         balance_interval_s: Optional[float] = None,
         policy: Optional[int] = None,
+        domain_zero: Optional[DomainZero] = None,
     ) -> "Service":
         """The service over this host's Xen (libxenctrl and xenstored). Raises
         :class:`Unsupported` when libsqueeze was built without Xen support (cargo feature
         ``xen``), :class:`BackendError` with the reason when there is no usable Xen here."""
         self = cls.__new__(cls)
         _Handle.__init__(self)
-        settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s)
+        settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
+                    domain_zero)
         with _ServiceConfig(*settings) as cfg:
             if policy is not None:
                 _check(lib.sqz_service_config_set_policy(cfg, policy))
@@ -1217,6 +1256,14 @@ class Service(_Handle):
         out = ctypes.c_int64()
         _check(lib.sqz_get_host_reserved_memory(self._ptr(), ctypes.byref(out)))
         return out.value
+
+    def get_domain_zero_policy(self) -> DomainZero:
+        """How domain 0's memory is managed, as xapi asks at start-up (KiB; squeezed answers
+        bytes)."""
+        p, lo, hi = ctypes.c_int32(), ctypes.c_int64(), ctypes.c_int64()
+        _check(lib.sqz_get_domain_zero_policy(
+            self._ptr(), ctypes.byref(p), ctypes.byref(lo), ctypes.byref(hi)))
+        return DomainZero(p.value, lo.value, hi.value)
 
     def get_host_initial_free_memory(self) -> int:
         """Host free memory at boot, in KiB."""

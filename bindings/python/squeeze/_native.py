@@ -330,6 +330,8 @@ PROTOTYPES = {
     "sqz_service_config_set_boot_time_record_path": (sqz_status, [_opaque, c_char_p]),
     "sqz_service_config_set_options": (sqz_status, [_opaque, _opaque]),
     "sqz_service_config_set_policy": (sqz_status, [_opaque, c_int32]),
+    "sqz_service_config_set_domain_zero": (sqz_status, [_opaque, c_int32, c_int64, c_int64]),
+    "sqz_get_domain_zero_policy": (sqz_status, [_opaque, _p(c_int32), _p(c_int64), _p(c_int64)]),
     "sqz_service_cooperation": (sqz_status, [_opaque, c_int32, _p(sqz_cooperation)]),
     "sqz_service_config_set_balance_interval": (sqz_status, [_opaque, c_double]),
     "sqz_service_start_balancer": (sqz_status, [_opaque]),
