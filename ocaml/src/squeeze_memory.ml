@@ -127,8 +127,9 @@ end
 
 type service
 
-(* (adaptive, SQZ_DOMAIN_ZERO_* policy, domain 0's dynamic-min, its dynamic-max or 0). *)
-type choice = bool * int * int64 * int64
+(* (adaptive, SQZ_DOMAIN_ZERO_* policy, domain 0's dynamic-min, its dynamic-max or 0, the
+   balance interval or 0). *)
+type choice = bool * int * int64 * int64 * float
 
 external stub_service_new_fake :
   Fake_host.t -> int64 option -> string option -> string option -> choice -> service reply
@@ -144,11 +145,18 @@ type domain_zero = Fixed | Balloon of int64 * int64 option
 
 type domain_zero_size = Fixed_size of int64 | Auto_balloon of int64 * int64
 
-let choice policy domain_zero : choice =
+let choice policy domain_zero balance_interval_s : choice =
   let adaptive = policy = Adaptive in
+  let interval =
+    match balance_interval_s with
+    | Some s when not (s > 0. && s <= 86_400.) ->
+        invalid_arg (Printf.sprintf "Squeeze_memory: balance interval %g s is not in (0, 86400]" s)
+    | Some s -> s
+    | None -> 0.
+  in
   match domain_zero with
-  | Fixed -> (adaptive, 0, 0L, 0L)
-  | Balloon (min, max) -> (adaptive, 1, min, Option.value max ~default:0L)
+  | Fixed -> (adaptive, 0, 0L, 0L, interval)
+  | Balloon (min, max) -> (adaptive, 1, min, Option.value max ~default:0L, interval)
 
 external stub_domain_zero : service -> (int * int64 * int64) reply
   = "sqz_ml_get_domain_zero_policy"
@@ -189,10 +197,10 @@ let dom0_bad_value = function
       | _ -> min )
 
 let create_fake ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Adaptive)
-    ?(domain_zero = Fixed) host =
+    ?(domain_zero = Fixed) ?balance_interval_s host =
+  let choice = choice policy domain_zero balance_interval_s in
   get ~bad_value:(dom0_bad_value domain_zero)
-    (stub_service_new_fake host host_reserved_kib lock_path boot_time_record_path
-       (choice policy domain_zero))
+    (stub_service_new_fake host host_reserved_kib lock_path boot_time_record_path choice)
 
 let cooperation s domid =
   check_domid "cooperation" domid ;
@@ -208,10 +216,10 @@ let cooperation s domid =
   {score_s; uncooperative; concern}
 
 let open_xen ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Adaptive)
-    ?(domain_zero = Fixed) () =
+    ?(domain_zero = Fixed) ?balance_interval_s () =
+  let choice = choice policy domain_zero balance_interval_s in
   get ~bad_value:(dom0_bad_value domain_zero)
-    (stub_service_new_xen host_reserved_kib lock_path boot_time_record_path
-       (choice policy domain_zero))
+    (stub_service_new_xen host_reserved_kib lock_path boot_time_record_path choice)
 
 let get_domain_zero_policy s =
   match get (stub_domain_zero s) with
@@ -255,3 +263,52 @@ let get_host_reserved_memory s = get (stub_reserved s)
 let get_host_initial_free_memory s = Int64.mul 1024L (get (stub_initial_free s))
 
 let get_diagnostics s = get (stub_diagnostics s)
+
+external stub_start_balancer : service -> unit reply = "sqz_ml_start_balancer"
+
+external stub_stop_balancer : service -> unit reply = "sqz_ml_stop_balancer"
+
+let start_balancer s = get (stub_start_balancer s)
+
+let stop_balancer s = get (stub_stop_balancer s)
+
+exception Cancelled
+
+type progress = {freed_kib: int64; needed_kib: int64; elapsed_s: float; eta_s: float option}
+
+module Cancel = struct
+  type t
+
+  external stub_new : unit -> t reply = "sqz_ml_cancel_new"
+
+  external request : t -> unit = "sqz_ml_cancel_request"
+
+  let create () = get (stub_new ())
+end
+
+external stub_reserve_with :
+     service
+  -> string
+  -> int64
+  -> int64 option
+  -> ((int64 * int64 * float * float -> unit) option * Cancel.t option)
+  -> (string * int64) reply = "sqz_ml_reserve_with"
+
+let reserve_with s ?progress ?cancel ~bad_value session min max =
+  let progress =
+    Option.map
+      (fun f (freed_kib, needed_kib, elapsed_s, eta) ->
+        f {freed_kib; needed_kib; elapsed_s; eta_s= (if eta < 0. then None else Some eta)})
+      progress
+  in
+  match stub_reserve_with s session min max (progress, cancel) with
+  | Failed (11, _, _, _, _) -> raise Cancelled
+  | reply -> get ~bad_value reply
+
+let reserve_memory_with s ?progress ?cancel session kib =
+  fst (reserve_with s ?progress ?cancel ~bad_value:kib session kib None)
+
+let reserve_memory_range_with s ?progress ?cancel session min max =
+  let out_of_range v = v < 0L || v > Int64.shift_left 1L 50 in
+  let bad_value = if out_of_range min then min else if out_of_range max then max else min in
+  reserve_with s ?progress ?cancel ~bad_value session min (Some max)

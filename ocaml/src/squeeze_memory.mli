@@ -104,14 +104,16 @@ val create_fake :
   ?boot_time_record_path:string ->
   ?policy:policy ->
   ?domain_zero:domain_zero ->
+  ?balance_interval_s:float ->
   Fake_host.t ->
   service
 (** A service over a fake host. [host_reserved_kib] is the memory kept free for Xen (default
     72 MiB); [lock_path] (default [/run/squeeze/host.lock]) is the host-wide lock file and
     [boot_time_record_path] (default [/run/squeeze/boot_time_memory]) where free memory at
     boot is recorded, now if no service of this boot recorded it; [policy] defaults to
-    [Adaptive] (pass [~policy:Classic] for squeezed's algorithm); [domain_zero] to [Fixed]. A
-    domain 0 range that is upside down or out of [0..2^50] is [Invalid_memory_value]. *)
+    [Adaptive] (pass [~policy:Classic] for squeezed's algorithm); [domain_zero] to [Fixed];
+    [balance_interval_s] (default 10, squeezed's) is the background balancer's period (see
+    {!start_balancer}; [Invalid_argument] outside (0, 86400]). A domain 0 range that is upside down or out of [0..2^50] is [Invalid_memory_value]. *)
 
 (** What most recently counted against a balloon driver. *)
 type concern =
@@ -137,6 +139,7 @@ val open_xen :
   -> ?boot_time_record_path:string
   -> ?policy:policy
   -> ?domain_zero:domain_zero
+  -> ?balance_interval_s:float
   -> unit
   -> service
 (** A service over this host's Xen (libxenctrl and xenstored), with the settings of
@@ -192,3 +195,55 @@ val get_diagnostics : service -> string
     docs/diagnostics.md and its schema is docs/diagnostics.schema.json): host free memory and
     slush, the reservations by session, every domain's range, target, actual and offset, the
     last decision, counters and settings. *)
+
+(** {1 The background balancer} *)
+
+val start_balancer : service -> unit
+(** Starts squeezed's balance thread for this service: every [balance_interval_s] seconds (real
+    time) it balances the host if a pass would change a target. The thread belongs to the
+    library (it runs no OCaml code); starting it twice is harmless. *)
+
+val stop_balancer : service -> unit
+(** Stops it and waits for a pass under way to end (the runtime lock is released meanwhile);
+    harmless when it does not run. A service that is collected stops its balancer too. *)
+
+(** {1 Progress and cancellation of a reservation} *)
+
+(** Where a reservation stands, reported before each wait for the balloon drivers. *)
+type progress = {
+    freed_kib: int64  (** host free memory gained since the call started *)
+  ; needed_kib: int64  (** what it had to gain (the amount asked, the slush included, minus what was free) *)
+  ; elapsed_s: float  (** seconds since the call started, on the host's clock *)
+  ; eta_s: float option  (** seconds still to wait at the speed seen so far; [None] until something was freed *)
+}
+
+(** A way to stop reservations from another thread. *)
+module Cancel : sig
+  type t
+  (** Released when no longer reachable. *)
+
+  val create : unit -> t
+
+  val request : t -> unit
+  (** Stops every reservation given this handle, under way or to come, at its next wait. *)
+end
+
+exception Cancelled
+(** A reservation was stopped by {!Cancel.request}; nothing was reserved. *)
+
+val reserve_memory_with :
+  service -> ?progress:(progress -> unit) -> ?cancel:Cancel.t -> string -> int64 -> string
+(** {!reserve_memory} with a progress closure (called on the calling thread, with the host
+    lock held: it must not call the service) and a cancel handle. An exception raised by
+    [progress] stops the reservation and is re-raised; nothing is reserved then. *)
+
+val reserve_memory_range_with :
+     service
+  -> ?progress:(progress -> unit)
+  -> ?cancel:Cancel.t
+  -> string
+  -> int64
+  -> int64
+  -> string * int64
+(** {!reserve_memory_range} with progress and cancellation, as {!reserve_memory_with};
+    progress is measured toward what the policy gives the new domain. *)

@@ -5,7 +5,9 @@
  * lock is released), releases the runtime lock, calls libsqueeze, copies the library's
  * last-error details into C memory while still on the same thread, takes the lock back and
  * builds a reply: [Done v] or [Failed (status, message, required, free, domids)]. The OCaml
- * side turns a failure into squeezed's exception. These calls take no OCaml callbacks, so no
+ * side turns a failure into squeezed's exception. Only the progress closure of a reservation
+ * runs OCaml code during a call: its trampoline takes the lock back around it, and an exception
+ * it raises stops the reservation and is raised once the library has returned. Otherwise no
  * OCaml code runs while the lock is released. The lock is released with
  * caml_enter_blocking_section_no_pending, which runs no OCaml signal handler (one may raise):
  * nothing can then unwind past the C strings a stub has allocated. Pending signals are
@@ -18,6 +20,7 @@
 
 #define CAML_NAME_SPACE
 #include <caml/alloc.h>
+#include <caml/callback.h>
 #include <caml/custom.h>
 #include <caml/fail.h>
 #include <caml/memory.h>
@@ -300,8 +303,8 @@ static sqz_status new_config(int has_slush, int64_t slush, const char *lock, con
 
 /* A service over the fake host [v_fake] or, when it is None, over this host's Xen. [slush] is
    an int64 option, the paths string options, [v_choice] (adaptive, domain 0's
-   SQZ_DOMAIN_ZERO_* policy, its dynamic-min, its dynamic-max or 0) : bool * int * int64 *
-   int64. */
+   SQZ_DOMAIN_ZERO_* policy, its dynamic-min, its dynamic-max or 0, the balance interval or 0)
+   : bool * int * int64 * int64 * float. */
 static value new_service(value v_fake, value v_slush, value v_lock, value v_record,
                          value v_choice) {
   CAMLparam5(v_fake, v_slush, v_lock, v_record, v_choice);
@@ -317,6 +320,7 @@ static value new_service(value v_fake, value v_slush, value v_lock, value v_reco
   int32_t dom0 = (int32_t)Int_val(Field(v_choice, 1));
   int64_t dom0_min = Int64_val(Field(v_choice, 2));
   int64_t dom0_max = Int64_val(Field(v_choice, 3));
+  double interval = Double_val(Field(v_choice, 4));
   struct outcome o;
   sqz_status st;
   if (Is_block(v_lock) && (lock = c_string(Field(v_lock, 0))) == NULL)
@@ -327,6 +331,8 @@ static value new_service(value v_fake, value v_slush, value v_lock, value v_reco
   }
   caml_enter_blocking_section_no_pending();
   st = new_config(has_slush, slush, lock, record, policy, dom0, dom0_min, dom0_max, &cfg);
+  if (st == SQZ_OK && interval > 0)
+    st = sqz_service_config_set_balance_interval(cfg, interval);
   if (st == SQZ_OK)
     st = over_fake ? sqz_service_new_fake(f, cfg, &s) : sqz_service_new_xen(cfg, &s);
   collect(&o, st);
@@ -474,7 +480,13 @@ CAMLprim value sqz_ml_query_reservation(value v_s, value v_session, value v_domi
   CAMLreturn(reply_of(&o, id));
 }
 
-enum host_op { HOST_BALANCE, HOST_RESERVED, HOST_INITIAL_FREE };
+enum host_op {
+  HOST_BALANCE,
+  HOST_RESERVED,
+  HOST_INITIAL_FREE,
+  HOST_START_BALANCER,
+  HOST_STOP_BALANCER
+};
 
 static value host_call(value v_s, enum host_op op) {
   CAMLparam1(v_s);
@@ -494,10 +506,17 @@ static value host_call(value v_s, enum host_op op) {
   case HOST_INITIAL_FREE:
     st = sqz_get_host_initial_free_memory(s, &out);
     break;
+  case HOST_START_BALANCER:
+    st = sqz_service_start_balancer(s);
+    break;
+  case HOST_STOP_BALANCER:
+    /* Waits for the balancer's thread, which may be in the middle of a pass. */
+    st = sqz_service_stop_balancer(s);
+    break;
   }
   collect(&o, st);
   caml_leave_blocking_section();
-  payload = op == HOST_BALANCE ? Val_unit : caml_copy_int64(out);
+  payload = op == HOST_RESERVED || op == HOST_INITIAL_FREE ? caml_copy_int64(out) : Val_unit;
   CAMLreturn(reply_of(&o, payload));
 }
 
@@ -514,6 +533,147 @@ CAMLprim value sqz_ml_get_host_reserved_memory(value v_s) {
 CAMLprim value sqz_ml_get_host_initial_free_memory(value v_s) {
   CAMLparam1(v_s);
   CAMLreturn(host_call(v_s, HOST_INITIAL_FREE));
+}
+
+CAMLprim value sqz_ml_start_balancer(value v_s) {
+  CAMLparam1(v_s);
+  CAMLreturn(host_call(v_s, HOST_START_BALANCER));
+}
+
+CAMLprim value sqz_ml_stop_balancer(value v_s) {
+  CAMLparam1(v_s);
+  CAMLreturn(host_call(v_s, HOST_STOP_BALANCER));
+}
+
+/* --- Progress and cancellation ------------------------------------------------------------- */
+
+#define Cancel_val(v) (*((sqz_cancel **)Data_custom_val(v)))
+
+static void cancel_finalize(value v) {
+  sqz_cancel_free(Cancel_val(v));
+  Cancel_val(v) = NULL;
+}
+
+static struct custom_operations cancel_ops = {
+    "org.squeeze.cancel",       cancel_finalize,          custom_compare_default,
+    custom_hash_default,        custom_serialize_default, custom_deserialize_default,
+    custom_compare_ext_default, custom_fixed_length_default};
+
+CAMLprim value sqz_ml_cancel_new(value unit) {
+  CAMLparam1(unit);
+  CAMLlocal1(handle);
+  sqz_cancel *c = NULL;
+  struct outcome o;
+  sqz_status st = sqz_cancel_new(&c);
+  collect(&o, st);
+  handle = Val_unit;
+  if (st == SQZ_OK)
+    handle = wrap(&cancel_ops, c);
+  CAMLreturn(reply_of(&o, handle));
+}
+
+/* Only sets a flag: safe and quick with the runtime lock held. */
+CAMLprim value sqz_ml_cancel_request(value v_c) {
+  sqz_cancel_request(Cancel_val(v_c));
+  return Val_unit;
+}
+
+/* The OCaml side of a progress callback: the closure, and the exception it raised if any.
+   Both point at local roots of the stub's frame, live for the whole call. */
+struct watch {
+  value *closure;
+  value *exn;
+  int failed;
+};
+
+/* Runs with the runtime lock held: calls the closure with
+   (freed_kib, needed_kib, elapsed_s, eta_s). */
+static int32_t progress_locked(struct watch *w, const sqz_progress *p) {
+  CAMLparam0();
+  CAMLlocal5(freed, needed, elapsed, eta, args);
+  value r;
+  freed = caml_copy_int64(p->freed_kib);
+  needed = caml_copy_int64(p->needed_kib);
+  elapsed = caml_copy_double(p->elapsed_s);
+  eta = caml_copy_double(p->eta_s);
+  args = caml_alloc_tuple(4);
+  Store_field(args, 0, freed);
+  Store_field(args, 1, needed);
+  Store_field(args, 2, elapsed);
+  Store_field(args, 3, eta);
+  r = caml_callback_exn(*w->closure, args);
+  if (Is_exception_result(r)) {
+    *w->exn = Extract_exception(r);
+    w->failed = 1;
+    CAMLreturnT(int32_t, 1);
+  }
+  CAMLreturnT(int32_t, 0);
+}
+
+/* The sqz_progress_fn: called by the library on the reserving thread, lock released. */
+static int32_t on_progress(void *ctx, const sqz_progress *p) {
+  struct watch *w = ctx;
+  int32_t rc;
+  if (w->failed)
+    return 1;
+  caml_leave_blocking_section();
+  rc = progress_locked(w, p);
+  caml_enter_blocking_section_no_pending();
+  return rc;
+}
+
+/* reserve_memory_with (v_max None) or reserve_memory_range_with; [v_extras] is
+   (progress closure option, cancel option). Replies (id, kib); an exception raised by the
+   closure is re-raised here, once the library has returned. */
+CAMLprim value sqz_ml_reserve_with(value v_s, value v_session, value v_min, value v_max,
+                                   value v_extras) {
+  CAMLparam5(v_s, v_session, v_min, v_max, v_extras);
+  CAMLlocal5(closure, exn, id, kib, pair);
+  sqz_service *s = Service_val(v_s);
+  char *session = c_string(v_session);
+  char buf[SQZ_RESERVATION_ID_SIZE];
+  int64_t min = Int64_val(v_min);
+  int ranged = Is_block(v_max);
+  int64_t max = ranged ? Int64_val(Field(v_max, 0)) : 0;
+  int64_t reserved = min;
+  value v_progress = Field(v_extras, 0), v_cancel = Field(v_extras, 1);
+  struct watch w;
+  sqz_reserve_options opts;
+  struct outcome o;
+  sqz_status st;
+  if (session == NULL)
+    CAMLreturn(refuse("session contains a NUL byte"));
+  closure = Is_block(v_progress) ? Field(v_progress, 0) : Val_unit;
+  exn = Val_unit;
+  w.closure = &closure;
+  w.exn = &exn;
+  w.failed = 0;
+  memset(&opts, 0, sizeof opts);
+  opts.struct_size = sizeof opts;
+  opts.progress = Is_block(v_progress) ? on_progress : NULL;
+  opts.ctx = &w;
+  opts.cancel = Is_block(v_cancel) ? Cancel_val(Field(v_cancel, 0)) : NULL;
+  memset(buf, 0, sizeof buf);
+  caml_enter_blocking_section_no_pending();
+  if (ranged)
+    st = sqz_reserve_memory_range_with(s, session, min, max, &opts, buf, &reserved);
+  else
+    st = sqz_reserve_memory_with(s, session, min, &opts, buf);
+  collect(&o, st);
+  caml_leave_blocking_section();
+  caml_stat_free(session);
+  if (w.failed) {
+    free(o.message);
+    free(o.domids);
+    caml_raise(exn);
+  }
+  buf[sizeof buf - 1] = '\0';
+  id = caml_copy_string(buf);
+  kib = caml_copy_int64(reserved);
+  pair = caml_alloc_tuple(2);
+  Store_field(pair, 0, id);
+  Store_field(pair, 1, kib);
+  CAMLreturn(reply_of(&o, pair));
 }
 
 CAMLprim value sqz_ml_get_diagnostics(value v_s) {
