@@ -22,6 +22,7 @@ type domain = {
   ; memory_actual_kib: int64
   ; memory_max_kib: int64
   ; inaccuracy_kib: int64
+  ; weight: float
 }
 
 let domain_make domid can_balloon dynamic_min_kib target_kib dynamic_max_kib
@@ -35,6 +36,7 @@ let domain_make domid can_balloon dynamic_min_kib target_kib dynamic_max_kib
   ; memory_actual_kib
   ; memory_max_kib
   ; inaccuracy_kib
+  ; weight= 1.0
   }
 
 module DomainSet = Set.Make (struct

@@ -41,11 +41,17 @@ type domain = {
   ; memory_actual_kib: int64  (** memory the domain uses now *)
   ; memory_max_kib: int64  (** Xen's maxmem: the domain cannot allocate beyond it *)
   ; inaccuracy_kib: int64  (** how far from its target a balloon driver may settle *)
+  ; weight: float
+        (** Not in squeezed: the domain's weight in the policy. Memory handed out (or taken
+            back) is shared in proportion to weight x dynamic range, within each range; with
+            equal weights the policy is squeezed's to the KiB. 1 by default; from 0.001 to
+            1000, else the call fails with [Squeeze_error (Backend_failure, _)]. *)
 }
 
 val domain_make :
   int -> bool -> int64 -> int64 -> int64 -> int64 -> int64 -> int64 -> domain
-(** [domain_make domid can_balloon dynamic_min target dynamic_max actual maxmem inaccuracy]. *)
+(** [domain_make domid can_balloon dynamic_min target dynamic_max actual maxmem inaccuracy],
+    of weight 1 (set another with [{d with weight}]). *)
 
 (** Sets of domains, ordered (and made unique) by domid. *)
 module DomainSet : Set.S with type elt = domain

@@ -46,6 +46,7 @@ enum {
   DOMAIN_ACTUAL,
   DOMAIN_MAXMEM,
   DOMAIN_INACCURACY,
+  DOMAIN_WEIGHT,
 };
 
 /* Field positions of Squeeze.raw_io. */
@@ -143,6 +144,10 @@ static int32_t make_host_locked(struct call *c, sqz_host_builder *b) {
     sd.memory_max_kib = Int64_val(Field(d, DOMAIN_MAXMEM));
     sd.inaccuracy_kib = Int64_val(Field(d, DOMAIN_INACCURACY));
     if (sqz_host_builder_add_domain(b, &sd, sizeof sd) != SQZ_OK)
+      CAMLreturnT(int32_t, 1);
+    /* Weight 1 is the builder's default: set only the others (a bad one is refused there). */
+    if (Double_val(Field(d, DOMAIN_WEIGHT)) != 1.0 &&
+        sqz_host_builder_set_weight(b, sd.domid, Double_val(Field(d, DOMAIN_WEIGHT))) != SQZ_OK)
       CAMLreturnT(int32_t, 1);
   }
   CAMLreturnT(int32_t, 0);

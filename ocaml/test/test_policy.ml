@@ -58,9 +58,45 @@ let a_stuck_guest_is_scored () =
   Squeezer.change_host_free_memory s io gib (fun free -> free >= gib) ;
   Check.is_true ~what:"1 GiB free" (sim.Sim.free_kib >= gib)
 
+(* Two guests of 1..3 GiB at 1 GiB and 2 GiB free: balancing hands it out (all but the few
+   KiB of the balance tolerance) in proportion to weight x range. Equal weights: 1 GiB each
+   (squeezed's split); weights 1 and 3: 0.5 GiB and 1.5 GiB. Returns what each was given. *)
+let given policy w1 w2 =
+  let guest domid weight =
+    {(domain_make domid true gib gib (3L * gib) gib (3L * gib) 4L) with weight}
+  in
+  let sim =
+    Sim.create ~free_kib:(2L * gib)
+      [(guest 1 w1, 100L * mib, Sim.Ideal); (guest 2 w2, 100L * mib, Sim.Ideal)]
+  in
+  let io = Sim.io ~target_host_free_mem_kib:0L sim in
+  Squeezer.balance_memory (Squeezer.create ~policy ()) io ;
+  let given d = Int64.sub (Sim.domain sim d).target_kib gib in
+  (given 1, given 2)
+
+let weights_share_memory_out () =
+  let near ~what expected got =
+    Check.is_true
+      ~what:(Printf.sprintf "%s: %Ld KiB, expected %Ld within 16" what got expected)
+      (Int64.abs (Int64.sub got expected) <= 16L)
+  in
+  List.iter
+    (fun policy ->
+      let a, b = given policy 1.0 1.0 in
+      near ~what:"equal weights, first" gib a ;
+      near ~what:"equal weights, second" gib b ;
+      let a, b = given policy 1.0 3.0 in
+      near ~what:"weight 1" (512L * mib) a ;
+      near ~what:"weight 3" (1536L * mib) b)
+    [Squeezer.Classic; Squeezer.Adaptive] ;
+  match given Squeezer.Classic 1.0 0.0 with
+  | _ -> Check.fail "a weight of 0 was accepted"
+  | exception Squeeze_error (Backend_failure, _) -> ()
+
 let () =
   Check.run "policy"
     [
-      ("adaptive frees at the speed of both guests, classic at the slowest", freeing_follows_balloon_speed)
+      ("weights in the snapshot share memory out in proportion", weights_share_memory_out)
+    ; ("adaptive frees at the speed of both guests, classic at the slowest", freeing_follows_balloon_speed)
     ; ("the adaptive squeezer names and scores a stuck guest", a_stuck_guest_is_scored)
     ]
