@@ -93,6 +93,8 @@ module Fake_host = struct
 
   external stub_advance : t -> float -> unit reply = "sqz_ml_fake_advance"
 
+  external stub_destroy : t -> int -> unit reply = "sqz_ml_fake_destroy"
+
   external stub_free_mem : t -> int64 reply = "sqz_ml_fake_free_mem"
 
   type domain = {tot_kib: int64; max_kib: int64; booted: bool}
@@ -115,6 +117,10 @@ module Fake_host = struct
   let unpause t domid =
     check_domid "Fake_host.unpause" domid ;
     get_fake "unpause" (stub_unpause t domid)
+
+  let destroy_domain t domid =
+    check_domid "Fake_host.destroy_domain" domid ;
+    get_fake "destroy_domain" (stub_destroy t domid)
 
   let advance t seconds = get_fake "advance" (stub_advance t seconds)
 

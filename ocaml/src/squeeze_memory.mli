@@ -62,6 +62,10 @@ module Fake_host : sig
   val unpause : t -> int -> unit
   (** Starts the domain: its balloon driver comes up after the boot delay. *)
 
+  val destroy_domain : t -> int -> unit
+  (** Destroys a domain: its memory returns to the host and its store directory goes. Raises
+      [Invalid_argument] for domain 0, [Failure] for a domid that is not a domain. *)
+
   val advance : t -> float -> unit
   (** Lets this many seconds of simulated time pass. *)
 

@@ -206,7 +206,7 @@ CAMLprim value sqz_ml_fake_create_domain_bc(value *argv, int argn) {
                                    argv[6]);
 }
 
-enum fake_op { FAKE_BUILD, FAKE_UNPAUSE, FAKE_ADVANCE, FAKE_FREE_MEM };
+enum fake_op { FAKE_BUILD, FAKE_UNPAUSE, FAKE_DESTROY, FAKE_ADVANCE, FAKE_FREE_MEM };
 
 static value fake_call(value v_fake, enum fake_op op, int32_t domid, int64_t kib,
                        double seconds) {
@@ -223,6 +223,9 @@ static value fake_call(value v_fake, enum fake_op op, int32_t domid, int64_t kib
     break;
   case FAKE_UNPAUSE:
     st = sqz_fake_host_unpause(f, domid);
+    break;
+  case FAKE_DESTROY:
+    st = sqz_fake_host_destroy_domain(f, domid);
     break;
   case FAKE_ADVANCE:
     st = sqz_fake_host_advance(f, seconds);
@@ -246,6 +249,11 @@ CAMLprim value sqz_ml_fake_build(value v_fake, value v_domid, value v_kib) {
 CAMLprim value sqz_ml_fake_unpause(value v_fake, value v_domid) {
   CAMLparam2(v_fake, v_domid);
   CAMLreturn(fake_call(v_fake, FAKE_UNPAUSE, (int32_t)Long_val(v_domid), 0, 0));
+}
+
+CAMLprim value sqz_ml_fake_destroy(value v_fake, value v_domid) {
+  CAMLparam2(v_fake, v_domid);
+  CAMLreturn(fake_call(v_fake, FAKE_DESTROY, (int32_t)Long_val(v_domid), 0, 0));
 }
 
 CAMLprim value sqz_ml_fake_advance(value v_fake, value v_seconds) {
