@@ -21,6 +21,8 @@ let service () =
           s
       | None ->
           let s = Squeeze_memory.open_xen () in
+          (* squeezed balances every 10 s whoever calls it: so does the service opened here. *)
+          Squeeze_memory.start_balancer s ;
           current := Some s ;
           s)
 

@@ -8,7 +8,9 @@
 
     Which service answers: the one given to {!use}, else this host's Xen, opened on the first
     call that needs it (once per process, whichever thread gets there first; a failure to
-    open is raised to that call and the next call tries again). *)
+    open is raised to that call and the next call tries again) with {!Squeeze_memory.open_xen}'s
+    defaults (the adaptive policy, domain 0 fixed, [/run/squeeze/host.lock]) and its
+    background balancer started, as squeezed's runs. *)
 
 val use : Squeeze_memory.service -> unit
 (** [use s] makes every later call go to [s] (a service over a fake host in tests, or one
