@@ -115,6 +115,26 @@ let balance_memory_does_not_raise () =
         (String.length msg > 30 && String.sub msg 0 30 = "after-destroy: balance_memory ")
   | l -> Check.fail "expected one record, got %d" (List.length l)
 
+(* Runs first, before any Memory_client.use: on this machine without Xen the default service
+   cannot be opened, every call says why, and nothing is kept from the failed attempt. *)
+let without_xen_every_call_fails_clearly () =
+  if Sys.file_exists "/dev/xen/privcmd" then ()
+  else
+    List.iter
+      (fun (what, call) ->
+        match call () with
+        | () -> Check.fail "%s: answered without Xen" what
+        | exception MemoryError (Internal_error msg)
+          when String.length msg > 8 && String.sub msg 0 8 = "SQZ_ERR_" ->
+            ()
+        | exception e -> Check.fail "%s: %s" what (Printexc.to_string e))
+      [
+        ("login", fun () -> ignore (Memory_client.Client.login "test" "xenopsd"))
+      ; ("login again", fun () -> ignore (Memory_client.Client.login "test" "xenopsd"))
+      ; ("initial free memory", fun () ->
+            ignore (Memory_client.Client.get_host_initial_free_memory "dbsync"))
+      ]
+
 let domain_zero_policy_in_bytes () =
   let _host = fresh_host () in
   let pp = function
@@ -138,7 +158,8 @@ let domain_zero_policy_in_bytes () =
 let () =
   Check.run "xapi"
     [
-      ("domain 0's policy is answered in bytes, as squeezed", domain_zero_policy_in_bytes)
+      ("without Xen, every call fails with Internal_error", without_xen_every_call_fails_clearly)
+    ; ("domain 0's policy is answered in bytes, as squeezed", domain_zero_policy_in_bytes)
     ; ("initial free memory is the host's at boot, in bytes", initial_free_memory_is_the_hosts_at_boot)
     ; ("deleting an unknown or deleted reservation is not an error", deleting_twice_or_unknown_is_not_an_error)
     ; ("a bad domid is a MemoryError", bad_domids_are_memory_errors)
