@@ -216,9 +216,11 @@ val stop_balancer : service -> unit
 (** Where a reservation stands, reported before each wait for the balloon drivers. *)
 type progress = {
     freed_kib: int64  (** host free memory gained since the call started *)
-  ; needed_kib: int64  (** what it had to gain (the amount asked, the slush included, minus what was free) *)
+  ; needed_kib: int64
+        (** what it had to gain: the amount asked, the slush included, minus what was free *)
   ; elapsed_s: float  (** seconds since the call started, on the host's clock *)
-  ; eta_s: float option  (** seconds still to wait at the speed seen so far; [None] until something was freed *)
+  ; eta_s: float option
+        (** seconds still to wait at the speed seen so far; [None] until something was freed *)
 }
 
 (** A way to stop reservations from another thread. *)

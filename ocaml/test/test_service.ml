@@ -35,7 +35,9 @@ let guest host ?rate_kib_per_s ~min ~max kib =
 
 let contains s sub =
   let n = String.length sub in
-  let rec at i = Stdlib.(i + n <= String.length s) && (String.sub s i n = sub || at (Stdlib.( + ) i 1)) in
+  let rec at i =
+    Stdlib.(i + n <= String.length s) && (String.sub s i n = sub || at (Stdlib.( + ) i 1))
+  in
   at 0
 
 let the_balancer_hands_free_memory_back () =
@@ -53,9 +55,8 @@ let the_balancer_hands_free_memory_back () =
   done ;
   stop_balancer s ;
   stop_balancer s ;
-  Check.is_true
-    ~what:(Printf.sprintf "the guest grew to 4 GiB: %Ld KiB" (Fake_host.domain host d).Fake_host.tot_kib)
-    (grown ()) ;
+  let holds = (Fake_host.domain host d).Fake_host.tot_kib in
+  Check.is_true ~what:(Printf.sprintf "the guest grew to 4 GiB: %Ld KiB" holds) (grown ()) ;
   let diag = get_diagnostics s in
   Check.is_true ~what:"the diagnostics say it no longer runs"
     (contains diag "\"running\": false")
@@ -120,8 +121,11 @@ let an_exception_in_progress_stops_and_comes_out () =
 let () =
   Check.run "service"
     [
-      ("the background balancer hands free memory back, and stops", the_balancer_hands_free_memory_back)
-    ; ("progress is reported until the memory is free", progress_is_reported_until_the_memory_is_free)
+      ( "the background balancer hands free memory back, and stops"
+      , the_balancer_hands_free_memory_back )
+    ; ( "progress is reported until the memory is free"
+      , progress_is_reported_until_the_memory_is_free )
     ; ("cancelling stops a reservation and keeps nothing", cancelling_stops_a_reservation)
-    ; ("an exception in the progress closure stops the reservation and comes out", an_exception_in_progress_stops_and_comes_out)
+    ; ( "an exception in the progress closure stops the reservation and comes out"
+      , an_exception_in_progress_stops_and_comes_out )
     ]

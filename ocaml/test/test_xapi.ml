@@ -62,7 +62,8 @@ let deleting_twice_or_unknown_is_not_an_error () =
   Memory_client.Client.delete_reservation "test" session id ;
   Memory_client.Client.delete_reservation "test" session "6f1e8a3c-55d2-4c1e-9a8e-0d4b5f6a7b8c" ;
   (* The memory came back: all of the free memory but the slush can be reserved again. *)
-  ignore (Memory_client.Client.reserve_memory "test" session ((6L * gib) + (768L * mib) - (72L * mib)))
+  ignore
+    (Memory_client.Client.reserve_memory "test" session ((6L * gib) + (768L * mib) - (72L * mib)))
 
 let bad_domids_are_memory_errors () =
   let _host = fresh_host () in
@@ -160,8 +161,10 @@ let () =
     [
       ("without Xen, every call fails with Internal_error", without_xen_every_call_fails_clearly)
     ; ("domain 0's policy is answered in bytes, as squeezed", domain_zero_policy_in_bytes)
-    ; ("initial free memory is the host's at boot, in bytes", initial_free_memory_is_the_hosts_at_boot)
-    ; ("deleting an unknown or deleted reservation is not an error", deleting_twice_or_unknown_is_not_an_error)
+    ; ( "initial free memory is the host's at boot, in bytes"
+      , initial_free_memory_is_the_hosts_at_boot )
+    ; ( "deleting an unknown or deleted reservation is not an error"
+      , deleting_twice_or_unknown_is_not_an_error )
     ; ("a bad domid is a MemoryError", bad_domids_are_memory_errors)
     ; ("failures are xapi-idl's MemoryError constructors", errors_are_squeezed_constructors)
     ; ("balance_memory logs a failure and does not raise", balance_memory_does_not_raise)

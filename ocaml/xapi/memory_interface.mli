@@ -28,7 +28,8 @@ type errors = Squeeze_memory.errors =
       (** these domains did not reach their balloon targets in time *)
   | Unknown_reservation of reservation_id  (** no such reservation *)
   | No_reservation  (** [query_reservation_of_domain]: the domain holds none *)
-  | Invalid_memory_value of int64  (** a negative or absurd size, or a range whose min is above its max *)
+  | Invalid_memory_value of int64
+      (** a negative or absurd size, or a range whose min is above its max *)
   | Internal_error of string  (** anything else, with the library's status and message *)
   | Unknown_error  (** never raised *)
 
