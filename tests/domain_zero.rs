@@ -126,3 +126,68 @@ fn a_domain_zero_range_upside_down_is_refused() {
         );
     }
 }
+
+#[test]
+fn the_c_calls_check_their_arguments_and_answer_in_kib() {
+    use squeeze::ffi::*;
+    use std::ptr::null_mut;
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        |name: &str| std::ffi::CString::new(dir.path().join(name).to_str().unwrap()).unwrap();
+    // SAFETY: every pointer passed is NULL (to test the checks) or live for the call.
+    unsafe {
+        assert_eq!(
+            sqz_service_config_set_domain_zero(null_mut(), SQZ_DOMAIN_ZERO_FIXED, 0, 0),
+            SQZ_ERR_INVALID_ARGUMENT
+        );
+        let mut cfg = null_mut();
+        assert_eq!(sqz_service_config_new(&mut cfg), SQZ_OK);
+        assert_eq!(
+            sqz_service_config_set_domain_zero(cfg, 7, 0, 0),
+            SQZ_ERR_UNSUPPORTED
+        );
+        assert_eq!(
+            sqz_service_config_set_domain_zero(cfg, SQZ_DOMAIN_ZERO_BALLOON, 2 * GIB, GIB),
+            SQZ_ERR_INVALID_MEMORY_VALUE
+        );
+        assert_eq!(
+            sqz_service_config_set_domain_zero(cfg, SQZ_DOMAIN_ZERO_BALLOON, -1, 0),
+            SQZ_ERR_INVALID_MEMORY_VALUE
+        );
+        // 512 MiB up to what domain 0 holds (1 GiB).
+        assert_eq!(
+            sqz_service_config_set_domain_zero(cfg, SQZ_DOMAIN_ZERO_BALLOON, 512 * MIB, 0),
+            SQZ_OK
+        );
+        let (lock, record) = (path("host.lock"), path("boot"));
+        assert_eq!(sqz_service_config_set_lock_path(cfg, lock.as_ptr()), SQZ_OK);
+        assert_eq!(
+            sqz_service_config_set_boot_time_record_path(cfg, record.as_ptr()),
+            SQZ_OK
+        );
+        let fc = sqz_fake_config {
+            struct_size: std::mem::size_of::<sqz_fake_config>() as u32,
+            total_kib: 4 * GIB,
+            xen_kib: 0,
+            dom0_kib: GIB,
+            boot_delay_s: 0.0,
+        };
+        let mut fake = null_mut();
+        assert_eq!(sqz_fake_host_new(&fc, &mut fake), SQZ_OK);
+        let mut s = null_mut();
+        assert_eq!(sqz_service_new_fake(fake, cfg, &mut s), SQZ_OK);
+        let (mut p, mut lo, mut hi) = (-1, 0, 0);
+        assert_eq!(
+            sqz_get_domain_zero_policy(s, null_mut(), &mut lo, &mut hi),
+            SQZ_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            sqz_get_domain_zero_policy(s, &mut p, &mut lo, &mut hi),
+            SQZ_OK
+        );
+        assert_eq!((p, lo, hi), (SQZ_DOMAIN_ZERO_BALLOON, 512 * MIB, GIB));
+        sqz_service_free(s);
+        sqz_fake_host_free(fake);
+        sqz_service_config_free(cfg);
+    }
+}
