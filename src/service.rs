@@ -361,6 +361,8 @@ impl Service {
     ) -> Result<String> {
         reservations::check_session(session)?;
         kib::check_size("reservation size", kib)?;
+        // A domain is built in whole pages: reserve what building it will take.
+        let kib = pages::round_up_kib(kib);
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
         self.with_host(|model| {
@@ -421,6 +423,8 @@ impl Service {
                 "minimum {min_kib} KiB is above maximum {max_kib} KiB"
             )));
         }
+        // Whole pages, as the domain will be built.
+        let (min_kib, max_kib) = (pages::round_up_kib(min_kib), pages::round_up_kib(max_kib));
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
         let amount = self.with_host(|model| {
@@ -441,6 +445,9 @@ impl Service {
                     |b, io| b.free_memory_range(io, min_kib, max_kib),
                 )
                 .map_err(|e| net_of_slush(e, slush))?;
+            // Down to whole pages, never below the minimum (itself whole pages): no more than
+            // was freed.
+            let amount = pages::round_down_kib(amount).max(min_kib);
             self.fault_point("reserve:freed");
             model.platform().store.transaction(&mut |t| {
                 reservations::add(t, &self.inner.layout, session, &id, amount)
