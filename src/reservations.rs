@@ -216,6 +216,35 @@ pub fn remove(t: &mut dyn StoreOps, layout: &Layout, session: &str, id: &str) ->
     t.rm(&path)
 }
 
+/// Refuses a transfer after which the reservation would stop counting while its memory is
+/// still promised: only a domain being built, holding no reservation yet, may take one.
+fn check_transfer_target(t: &mut dyn StoreOps, id: &str, domid: DomId) -> Result<()> {
+    let refuse = |why: String| {
+        Err(Error::InvalidArgument(format!(
+            "cannot transfer reservation {id} to domain {domid}: {why}"
+        )))
+    };
+    if domid == 0 {
+        return refuse("domain 0 is not built from a reservation".into());
+    }
+    let dir = format!("/local/domain/{domid}");
+    if t.exists(&format!("{dir}/control/feature-balloon"))?
+        || t.exists(&format!("{dir}/data/updated"))?
+    {
+        return refuse(
+            "it has already booted and holds its memory; a reservation is for a domain being built"
+                .into(),
+        );
+    }
+    if let Some(other) = t.read(&reservation_id_path(domid))? {
+        return refuse(format!("it already holds reservation {}", other.trim()));
+    }
+    if t.exists(&initial_reservation_path(domid))? {
+        return refuse("it already has an initial reservation".into());
+    }
+    Ok(())
+}
+
 /// Marks a reservation as transferred to `domid` and gives the domain its initial reservation
 /// and reservation id, all in the caller's transaction, so no one can ever see the memory
 /// counted both by the ledger and by the domain.
@@ -227,12 +256,15 @@ pub fn transfer(
     domid: DomId,
 ) -> Result<Reservation> {
     let r = get(t, layout, session, id)?;
-    if let Some(other) = r.in_transfer {
-        if other != domid {
+    match r.in_transfer {
+        // Again to the same domain (a retry): nothing more to check, nothing changes.
+        Some(other) if other == domid => {}
+        Some(other) => {
             return Err(Error::InvalidArgument(format!(
                 "reservation {id} was already transferred to domain {other}"
-            )));
+            )))
         }
+        None => check_transfer_target(t, id, domid)?,
     }
     t.write(&initial_reservation_path(domid), &r.kib.to_string())?;
     t.write(&reservation_id_path(domid), id)?;

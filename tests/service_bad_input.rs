@@ -118,6 +118,42 @@ fn transfers_to_missing_or_other_domains_are_refused() {
     });
 }
 
+/// The error message of a refused call.
+fn refusal<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+    match r {
+        Err(Error::InvalidArgument(why)) => why,
+        other => panic!("expected an invalid argument, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_transfer_that_would_promise_memory_twice_is_refused_and_says_why() {
+    let (_d, fake, service) = setup(small_host());
+    let id = service.reserve_memory("s", MIB).unwrap();
+    let booted = booted_guest(&fake, GuestSpec::fixed(MIB));
+    let holder = fake.create_domain(GuestSpec::fixed(MIB)).unwrap();
+    let first = service.reserve_memory("s", MIB).unwrap();
+    service
+        .transfer_reservation_to_domain("s", &first, holder)
+        .unwrap();
+    unchanged(&fake, || {
+        // Domain 0 is not built from a reservation: the memory would be promised again.
+        let why = refusal(service.transfer_reservation_to_domain("s", &id, 0));
+        assert!(why.contains("domain 0"), "{why}");
+        // A booted guest already holds its memory: it is no longer counted by a reservation.
+        let why = refusal(service.transfer_reservation_to_domain("s", &id, booted));
+        assert!(why.contains("booted"), "{why}");
+        // A domain holds one reservation: a second would overwrite the first.
+        let why = refusal(service.transfer_reservation_to_domain("s", &id, holder));
+        assert!(why.contains(&first), "{why}");
+    });
+    // The reservation refused everywhere is still the session's, whole.
+    let fresh = fake.create_domain(GuestSpec::fixed(MIB)).unwrap();
+    service
+        .transfer_reservation_to_domain("s", &id, fresh)
+        .unwrap();
+}
+
 #[test]
 fn querying_a_domain_without_reservation_says_so() {
     let (_d, fake, service) = setup(small_host());
