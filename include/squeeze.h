@@ -1315,10 +1315,10 @@ void sqz_service_free(struct sqz_service *s);
 
 /**
  * Starts a session for the service named `service_name` (1 to 128 characters from
- * `A-Z a-z 0-9 . _ : @ + -`); the session id to pass to the other calls is the name itself,
- * as in squeezed. Reservations that service made before and never transferred are dropped: a
- * restarted client has forgotten their ids. Errors: a NULL pointer or an invalid name →
- * `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
+ * `A-Z a-z 0-9 - _ @`, what xenstored accepts); the session id to pass to the other calls is
+ * the name itself, as in squeezed. Reservations that service made before and never
+ * transferred are dropped: a restarted client has forgotten their ids. Errors: a NULL pointer
+ * or an invalid name → `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
  */
 sqz_status sqz_login(struct sqz_service *s, const char *service_name);
 

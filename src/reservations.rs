@@ -49,23 +49,25 @@ pub struct InvalidEntry {
     pub why: String,
 }
 
-/// Checks a session (service) name: 1 to 128 characters from `[A-Za-z0-9._:@+-]`, so it is
-/// one store path element and cannot climb out of the state directory.
+/// Checks a session (service) name: 1 to 128 characters from `[A-Za-z0-9_@-]`, exactly what
+/// xenstored accepts in a path element, so it is one store path element, cannot climb out of
+/// the state directory, and the store never refuses it after guests were already ballooned.
 pub fn check_session(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_SESSION_LEN
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:@+-".contains(&b));
+    let ok =
+        !name.is_empty() && name.len() <= MAX_SESSION_LEN && name.bytes().all(is_path_element_byte);
     if ok {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "invalid session name {name:?}: use 1 to {MAX_SESSION_LEN} characters from A-Z a-z 0-9 . _ : @ + -"
+            "invalid session name {name:?}: use 1 to {MAX_SESSION_LEN} characters from A-Z a-z 0-9 - _ @ \
+             (what xenstored accepts in a path element)"
         )))
     }
+}
+
+/// A byte xenstored accepts in a path element: `A-Z a-z 0-9 - _ @` (`/` separates elements).
+pub fn is_path_element_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_@".contains(&b)
 }
 
 /// Parses a reservation id: anything that is not a UUID cannot be one of ours.

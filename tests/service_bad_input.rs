@@ -59,6 +59,32 @@ fn bad_session_names_are_refused_everywhere() {
     }
 }
 
+/// Characters a real xenstored refuses in a path element (it accepts `A-Z a-z 0-9 - _ @`).
+const REFUSED_BY_XENSTORED: [&str; 5] = ["a+b", "a.b", "host:1", "x~", "caf\u{e9}"];
+
+#[test]
+fn a_session_name_xenstored_would_refuse_is_refused_before_any_guest_moves() {
+    let (_d, fake, service) = setup(small_host());
+    // 1 GiB free; a 1.5 GiB reservation needs the guest to give some back.
+    let g = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, 2 * GIB));
+    // Calibrated first, so the only store change left to make is the reservation's.
+    service.balance_memory().unwrap();
+    for s in REFUSED_BY_XENSTORED {
+        unchanged(&fake, || {
+            is_invalid_arg(service.reserve_memory(s, 3 * GIB / 2));
+            is_invalid_arg(service.reserve_memory_range(s, GIB, 3 * GIB / 2));
+            is_invalid_arg(service.login(s));
+        });
+        fake.advance(10.0).unwrap();
+        assert_eq!(fake.domain(g).unwrap().unwrap().tot_kib(), 2 * GIB, "{s}");
+    }
+    // Every character xenstored accepts in a path element works, end to end.
+    let name = "AZaz09-_@";
+    let id = service.reserve_memory(name, 3 * GIB / 2).unwrap();
+    let s = fake.snapshot().unwrap();
+    assert!(s.read(&format!("/squeezed/state/{name}/{id}")).is_some());
+}
+
 #[test]
 fn negative_absurd_and_inverted_sizes_are_invalid_memory_values() {
     let (_d, fake, service) = setup(small_host());

@@ -280,6 +280,16 @@ fn relative_and_nul_paths_are_refused_without_a_request() {
     assert_eq!(xs.read("/t11").unwrap(), None);
 }
 
+#[test]
+fn the_test_daemon_accepts_exactly_the_characters_xenstored_does() {
+    let xs = connect();
+    xs.write("/t19/AZaz09-_@", "1").unwrap();
+    for bad in ["/t19/a+b", "/t19/a.b", "/t19/host:1", "/t19/x~"] {
+        assert!(xs.write(bad, "1").is_err(), "{bad}");
+    }
+    assert_eq!(xs.directory("/t19").unwrap(), vec!["AZaz09-_@"]);
+}
+
 // The memory service's `Store` over xenstored.
 
 use squeeze::backend::xen::XenStore;

@@ -639,13 +639,15 @@ fn save(dir: &Path, state: &State) -> Result<()> {
     lockfile::write_atomically(&dir.join("state.json"), &bytes)
 }
 
+/// A path xenstored accepts: absolute, no empty element, no trailing `/`, within its length
+/// limit, and only the characters it allows (`A-Z a-z 0-9 - _ @`, and `/` between elements).
 fn check_path(path: &str) -> Result<()> {
     let ok = path.starts_with('/')
         && path.len() <= MAX_PATH_LEN
         && (path == "/" || (!path.ends_with('/') && !path.contains("//")))
         && path
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/_-@.:".contains(&b));
+            .all(|b| b == b'/' || crate::reservations::is_path_element_byte(b));
     if ok {
         Ok(())
     } else {
@@ -1232,6 +1234,21 @@ mod tests {
         assert!(s.write("relative", "x").is_err());
         assert!(s.write("/a//b", "x").is_err());
         assert!(s.write("/a", &"x".repeat(5000)).is_err());
+    }
+
+    #[test]
+    fn the_store_accepts_exactly_the_characters_xenstored_does() {
+        let h = host();
+        let s: &dyn Store = &h;
+        s.write("/ok/AZaz09-_@", "1").unwrap();
+        for bad in ["/a+b", "/a.b", "/host:1", "/x~", "/caf\u{e9}", "/a b"] {
+            assert!(
+                matches!(s.write(bad, "1"), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+            assert!(s.read(bad).is_err(), "{bad}");
+        }
+        assert_eq!(s.directory("/").unwrap(), vec!["local", "ok"]);
     }
 
     #[test]

@@ -196,10 +196,10 @@ pub unsafe extern "C" fn sqz_service_free(s: *mut sqz_service) {
 }
 
 /// Starts a session for the service named `service_name` (1 to 128 characters from
-/// `A-Z a-z 0-9 . _ : @ + -`); the session id to pass to the other calls is the name itself,
-/// as in squeezed. Reservations that service made before and never transferred are dropped: a
-/// restarted client has forgotten their ids. Errors: a NULL pointer or an invalid name →
-/// `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
+/// `A-Z a-z 0-9 - _ @`, what xenstored accepts); the session id to pass to the other calls is
+/// the name itself, as in squeezed. Reservations that service made before and never
+/// transferred are dropped: a restarted client has forgotten their ids. Errors: a NULL pointer
+/// or an invalid name → `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_login(s: *mut sqz_service, service_name: *const c_char) -> sqz_status {
     guard::status(|| {
