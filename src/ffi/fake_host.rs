@@ -279,7 +279,8 @@ pub unsafe extern "C" fn sqz_fake_host_destroy_domain(
 }
 
 /// Lets `seconds` of simulated time pass, moving every guest. Errors: `f` NULL, `seconds` NaN,
-/// infinite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
+/// infinite or negative, or taking the clock past 10^12 s → `SQZ_ERR_INVALID_ARGUMENT` (the
+/// clock is left as it was).
 #[no_mangle]
 pub unsafe extern "C" fn sqz_fake_host_advance(f: *mut sqz_fake_host, seconds: f64) -> sqz_status {
     guard::status(|| {
