@@ -1022,7 +1022,8 @@ sqz_status sqz_fake_host_destroy_domain(struct sqz_fake_host *f, int32_t domid);
 
 /**
  * Lets `seconds` of simulated time pass, moving every guest. Errors: `f` NULL, `seconds` NaN,
- * infinite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
+ * infinite or negative, or taking the clock past 10^12 s → `SQZ_ERR_INVALID_ARGUMENT` (the
+ * clock is left as it was).
  */
 sqz_status sqz_fake_host_advance(struct sqz_fake_host *f, double seconds);
 
@@ -1325,10 +1326,10 @@ void sqz_service_free(struct sqz_service *s);
 
 /**
  * Starts a session for the service named `service_name` (1 to 128 characters from
- * `A-Z a-z 0-9 . _ : @ + -`); the session id to pass to the other calls is the name itself,
- * as in squeezed. Reservations that service made before and never transferred are dropped: a
- * restarted client has forgotten their ids. Errors: a NULL pointer or an invalid name →
- * `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
+ * `A-Z a-z 0-9 - _ @`, what xenstored accepts); the session id to pass to the other calls is
+ * the name itself, as in squeezed. Reservations that service made before and never
+ * transferred are dropped: a restarted client has forgotten their ids. Errors: a NULL pointer
+ * or an invalid name → `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
  */
 sqz_status sqz_login(struct sqz_service *s, const char *service_name);
 
@@ -1361,11 +1362,12 @@ sqz_status sqz_reserve_memory_range(struct sqz_service *s,
                                     int64_t *reserved_kib_out);
 
 /**
- * Hands reservation `reservation_id` of `session` to domain `domid`, which must exist: it
- * becomes the domain's initial reservation and its maxmem. When the domain dies the
- * reservation is released. Errors: a NULL pointer, an invalid session, a negative domid or a
- * domain that does not exist → `SQZ_ERR_INVALID_ARGUMENT`; an id this session does not hold →
- * `SQZ_ERR_UNKNOWN_RESERVATION`.
+ * Hands reservation `reservation_id` of `session` to domain `domid`, which must exist and be
+ * being built: it becomes the domain's initial reservation and its maxmem. When the domain dies
+ * the reservation is released. Errors: a NULL pointer, an invalid session, a negative domid, a
+ * domain that does not exist, domain 0, a domain that has booted or one that already holds a
+ * reservation → `SQZ_ERR_INVALID_ARGUMENT` (the message says why); an id this session does not
+ * hold → `SQZ_ERR_UNKNOWN_RESERVATION`.
  */
 sqz_status sqz_transfer_reservation_to_domain(struct sqz_service *s,
                                               const char *session,

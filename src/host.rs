@@ -11,7 +11,9 @@
 //!   pages) minus that offset.
 //! - Unless [`HostConfig::offset_drift`] is off (squeezed's one-shot calibration), the offset is
 //!   re-estimated whenever a ballooning domain that had reached its target shows a constant gap
-//!   to that same, unchanged target over a quiet window: see [`OffsetDrift`].
+//!   to that same, unchanged target over a quiet window: see [`OffsetDrift`]. The offset measured
+//!   at boot is kept in `memory/memory-offset-at-boot` and bounds maxmem: a re-estimated offset
+//!   may lower what a domain is allowed, never raise it.
 //! - A domain that has not booted is counted at its initial reservation: the part not yet
 //!   allocated (net of its shadow allocation and its outstanding claim) is taken off host free
 //!   memory, and the domain is presented as fixed at its maxmem. A domain with no initial
@@ -19,7 +21,8 @@
 //! - Host free memory is Xen's free and to-be-scrubbed pages, minus outstanding claims, minus
 //!   shared pages (memory sharing only lends them: breaking a share takes a page again), minus
 //!   the ledger's unbacked reservations, minus the unallocated part of initial reservations.
-//! - maxmem follows the target (`target + offset`, plus 1 MiB for HVM-like domains), set before
+//! - maxmem follows the target (`target + offset`, the offset at most the one measured at boot,
+//!   plus 1 MiB for HVM-like domains), set before
 //!   the target when raising and after it when lowering; a ballooning domain whose maxmem is
 //!   above its target has it lowered.
 //! - A domain that has not been at its target for 20 s gets `memory/uncooperative` (squeezed's
@@ -152,7 +155,9 @@ impl HostConfig {
 /// set, the target has not changed since, and its allocation has been the same for
 /// [`HostConfig::drift_window_looks`] looks spanning [`HostConfig::drift_window_s`]. A domain
 /// still moving, or one that never reached a target it was given (stuck, or at a hidden
-/// floor), is never re-estimated.
+/// floor), is never re-estimated. A re-estimated offset changes how the domain is counted, but
+/// its maxmem never makes room for more than the offset measured at boot: a guest that fills up
+/// to maxmem would otherwise be read as drifting, given more, and grow without end.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OffsetDrift {
     /// The domain.
@@ -315,9 +320,14 @@ struct Keys {
     dynamic_max: Option<String>,
     initial_reservation: Option<String>,
     memory_offset: Option<String>,
+    memory_offset_at_boot: Option<String>,
     uncooperative: bool,
     weight: Option<String>,
 }
+
+/// Where the offset measured at boot is kept, once drift re-estimation has rewritten
+/// `memory/memory-offset`: what the domain's maxmem is bounded by for the rest of its life.
+const OFFSET_AT_BOOT: &str = "memory/memory-offset-at-boot";
 
 fn domain_path(domid: DomId, key: &str) -> String {
     format!("/local/domain/{domid}/{key}")
@@ -335,6 +345,7 @@ fn read_keys(t: &mut dyn StoreOps, domid: DomId) -> Result<Keys> {
         dynamic_max: t.read(&k("memory/dynamic-max"))?,
         initial_reservation: t.read(&k("memory/initial-reservation"))?,
         memory_offset: t.read(&k("memory/memory-offset"))?,
+        memory_offset_at_boot: t.read(&k(OFFSET_AT_BOOT))?,
         uncooperative: t.exists(&k("memory/uncooperative"))?,
         weight: t.read(&k("memory/weight"))?,
     })
@@ -501,27 +512,45 @@ pub struct HostModel {
 struct Known {
     xen_max_kib: Kib,
     domain_type: DomainType,
-    offset_kib: Kib,
+    /// The offset maxmem makes room for: the current one, but never more than the one measured
+    /// at boot, so a re-estimated offset can lower what the domain may hold, never raise it.
+    allowed_offset_kib: Kib,
     can_balloon: bool,
     target_kib: Option<Kib>,
 }
 
 impl Known {
-    fn new(info: &DomainInfo, k: &Keys, calibrated: Option<Kib>) -> Result<Self> {
+    /// `calibrated`: an offset just measured or re-estimated (not in `k` yet); `at_boot`: the
+    /// offset measured at boot when `k` does not hold it yet.
+    fn new(
+        info: &DomainInfo,
+        k: &Keys,
+        calibrated: Option<Kib>,
+        at_boot: Option<Kib>,
+    ) -> Result<Self> {
+        let offset = calibrated
+            .or_else(|| {
+                k.memory_offset
+                    .as_deref()
+                    .and_then(|o| o.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        let at_boot = at_boot.or_else(|| offset_at_boot(k)).unwrap_or(offset);
         Ok(Known {
             xen_max_kib: pages::to_kib(info.max_pages)?,
             domain_type: DomainType::parse(k.domain_type.as_deref(), info.hvm),
-            offset_kib: calibrated
-                .or_else(|| {
-                    k.memory_offset
-                        .as_deref()
-                        .and_then(|o| o.trim().parse().ok())
-                })
-                .unwrap_or(0),
+            allowed_offset_kib: offset.min(at_boot),
             can_balloon: k.feature_balloon,
             target_kib: k.target.as_deref().and_then(|t| t.trim().parse().ok()),
         })
     }
+}
+
+/// The offset recorded at boot, when there is a valid one.
+fn offset_at_boot(k: &Keys) -> Option<Kib> {
+    k.memory_offset_at_boot
+        .as_deref()
+        .and_then(|o| o.trim().parse().ok())
 }
 
 impl std::fmt::Debug for HostModel {
@@ -658,16 +687,24 @@ impl HostModel {
         let mut known = HashMap::new();
         let mut unallocated_total: Kib = 0;
         let mut shared_total: Kib = 0;
-        let mut offsets_to_write: Vec<(DomId, Kib)> = Vec::new();
+        // (domain, its offset, its offset at boot when that is not recorded yet)
+        let mut offsets_to_write: Vec<(DomId, Kib, Option<Kib>)> = Vec::new();
         let mut drifts = Vec::new();
         let mut just_booted_with_claim = Vec::new();
         self.quiet.retain(|domid, _| keys.contains_key(domid));
         for info in &candidates {
             let k = &keys[&info.domid];
             let (mut view, unallocated, mut calibrated) = self.domain_view(info, k)?;
+            // Just measured at boot: that is the offset at boot.
+            let mut at_boot = calibrated;
             if self.config.offset_drift && calibrated.is_none() {
                 if let Some(d) = self.track_quiet(&mut view, looked_at) {
                     calibrated = Some(d.new_offset_kib);
+                    // Booted before the offset at boot was recorded: the one being replaced
+                    // is the best record of it there is.
+                    if offset_at_boot(k).is_none() {
+                        at_boot = Some(d.old_offset_kib);
+                    }
                     drifts.push(d);
                 }
             } else if calibrated.is_some() {
@@ -676,9 +713,9 @@ impl HostModel {
             if view.booted && info.outstanding_pages > 0 {
                 just_booted_with_claim.push(info.domid);
             }
-            known.insert(info.domid, Known::new(info, k, calibrated)?);
+            known.insert(info.domid, Known::new(info, k, calibrated, at_boot)?);
             if let Some(offset) = calibrated {
-                offsets_to_write.push((info.domid, offset));
+                offsets_to_write.push((info.domid, offset, at_boot));
             }
             shared_total = kib::add(shared_total, view.shared_kib, "shared pages")?;
             unallocated_total = kib::add(unallocated_total, unallocated, "initial reservations")?;
@@ -687,13 +724,16 @@ impl HostModel {
 
         if !offsets_to_write.is_empty() {
             store.transaction(&mut |t| {
-                for &(domid, offset) in &offsets_to_write {
+                for &(domid, offset, at_boot) in &offsets_to_write {
                     // Never recreate the directory of a domain destroyed meanwhile.
                     if t.exists(&format!("/local/domain/{domid}"))? {
                         t.write(
                             &domain_path(domid, "memory/memory-offset"),
                             &offset.to_string(),
                         )?;
+                        if let Some(o) = at_boot {
+                            t.write(&domain_path(domid, OFFSET_AT_BOOT), &o.to_string())?;
+                        }
                     }
                 }
                 Ok(())
@@ -1091,19 +1131,20 @@ impl HostModel {
             keys = read_keys(t, domid)?;
             Ok(())
         })?;
-        let k = Known::new(&info, &keys, None)?;
+        let k = Known::new(&info, &keys, None, None)?;
         self.known.insert(domid, k);
         Ok(Some(k))
     }
 
-    /// Sets maxmem so the guest can hold `target_kib` plus its offset (and Xen's extra).
+    /// Sets maxmem so the guest can hold `target_kib` plus its offset (and Xen's extra), the
+    /// offset being at most the one measured at boot.
     fn set_maxmem_for_target(&mut self, domid: DomId, target_kib: Kib) -> Result<()> {
         let Some(k) = self.known(domid)? else {
             return Ok(());
         };
         let maxmem = kib::add(
             kib::add(k.domain_type.xen_max_offset_kib(), target_kib, "maxmem")?,
-            k.offset_kib,
+            k.allowed_offset_kib,
             "maxmem",
         )?
         .max(0);

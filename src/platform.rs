@@ -30,6 +30,16 @@ pub mod pages {
             })
     }
 
+    /// `kib` rounded up to whole pages: what a domain of `kib` KiB is built with.
+    pub fn round_up_kib(kib: Kib) -> Kib {
+        kib.div_euclid(PAGE_KIB) * PAGE_KIB + if kib % PAGE_KIB == 0 { 0 } else { PAGE_KIB }
+    }
+
+    /// `kib` rounded down to whole pages.
+    pub fn round_down_kib(kib: Kib) -> Kib {
+        kib.div_euclid(PAGE_KIB) * PAGE_KIB
+    }
+
     /// The pages needed to hold `kib` KiB, rounding up. Negative sizes are refused.
     pub fn from_kib(kib: Kib) -> Result<u64> {
         if kib < 0 {

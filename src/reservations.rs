@@ -49,23 +49,25 @@ pub struct InvalidEntry {
     pub why: String,
 }
 
-/// Checks a session (service) name: 1 to 128 characters from `[A-Za-z0-9._:@+-]`, so it is
-/// one store path element and cannot climb out of the state directory.
+/// Checks a session (service) name: 1 to 128 characters from `[A-Za-z0-9_@-]`, exactly what
+/// xenstored accepts in a path element, so it is one store path element, cannot climb out of
+/// the state directory, and the store never refuses it after guests were already ballooned.
 pub fn check_session(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_SESSION_LEN
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:@+-".contains(&b));
+    let ok =
+        !name.is_empty() && name.len() <= MAX_SESSION_LEN && name.bytes().all(is_path_element_byte);
     if ok {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "invalid session name {name:?}: use 1 to {MAX_SESSION_LEN} characters from A-Z a-z 0-9 . _ : @ + -"
+            "invalid session name {name:?}: use 1 to {MAX_SESSION_LEN} characters from A-Z a-z 0-9 - _ @ \
+             (what xenstored accepts in a path element)"
         )))
     }
+}
+
+/// A byte xenstored accepts in a path element: `A-Z a-z 0-9 - _ @` (`/` separates elements).
+pub fn is_path_element_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_@".contains(&b)
 }
 
 /// Parses a reservation id: anything that is not a UUID cannot be one of ours.
@@ -216,6 +218,35 @@ pub fn remove(t: &mut dyn StoreOps, layout: &Layout, session: &str, id: &str) ->
     t.rm(&path)
 }
 
+/// Refuses a transfer after which the reservation would stop counting while its memory is
+/// still promised: only a domain being built, holding no reservation yet, may take one.
+fn check_transfer_target(t: &mut dyn StoreOps, id: &str, domid: DomId) -> Result<()> {
+    let refuse = |why: String| {
+        Err(Error::InvalidArgument(format!(
+            "cannot transfer reservation {id} to domain {domid}: {why}"
+        )))
+    };
+    if domid == 0 {
+        return refuse("domain 0 is not built from a reservation".into());
+    }
+    let dir = format!("/local/domain/{domid}");
+    if t.exists(&format!("{dir}/control/feature-balloon"))?
+        || t.exists(&format!("{dir}/data/updated"))?
+    {
+        return refuse(
+            "it has already booted and holds its memory; a reservation is for a domain being built"
+                .into(),
+        );
+    }
+    if let Some(other) = t.read(&reservation_id_path(domid))? {
+        return refuse(format!("it already holds reservation {}", other.trim()));
+    }
+    if t.exists(&initial_reservation_path(domid))? {
+        return refuse("it already has an initial reservation".into());
+    }
+    Ok(())
+}
+
 /// Marks a reservation as transferred to `domid` and gives the domain its initial reservation
 /// and reservation id, all in the caller's transaction, so no one can ever see the memory
 /// counted both by the ledger and by the domain.
@@ -227,12 +258,15 @@ pub fn transfer(
     domid: DomId,
 ) -> Result<Reservation> {
     let r = get(t, layout, session, id)?;
-    if let Some(other) = r.in_transfer {
-        if other != domid {
+    match r.in_transfer {
+        // Again to the same domain (a retry): nothing more to check, nothing changes.
+        Some(other) if other == domid => {}
+        Some(other) => {
             return Err(Error::InvalidArgument(format!(
                 "reservation {id} was already transferred to domain {other}"
-            )));
+            )))
         }
+        None => check_transfer_target(t, id, domid)?,
     }
     t.write(&initial_reservation_path(domid), &r.kib.to_string())?;
     t.write(&reservation_id_path(domid), id)?;

@@ -158,6 +158,21 @@ impl std::fmt::Debug for Service {
 }
 
 /// Converts the squeezer's error to what squeezed reports: amounts net of the slush.
+/// A failure to free `rounded` KiB (a size rounded up to whole pages) reported, as squeezed
+/// does, in the size the caller asked for.
+fn as_asked(e: Error, rounded: Kib, asked: Kib) -> Error {
+    match e {
+        Error::CannotFreeThisMuchMemory {
+            required_kib,
+            free_kib,
+        } if required_kib == rounded => Error::CannotFreeThisMuchMemory {
+            required_kib: asked,
+            free_kib,
+        },
+        other => other,
+    }
+}
+
 fn net_of_slush(e: Error, slush: Kib) -> Error {
     match e {
         Error::CannotFreeThisMuchMemory {
@@ -384,6 +399,9 @@ impl Service {
     ) -> Result<String> {
         reservations::check_session(session)?;
         kib::check_size("reservation size", kib)?;
+        // A domain is built in whole pages: reserve what building it will take.
+        let asked = kib;
+        let kib = pages::round_up_kib(kib);
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
         self.with_host(|model| {
@@ -401,7 +419,7 @@ impl Service {
                 Some(watch),
                 |b, io| b.change_host_free_memory(io, required, &mut |free| free >= required),
             )
-            .map_err(|e| net_of_slush(e, slush))?;
+            .map_err(|e| as_asked(net_of_slush(e, slush), kib, asked))?;
             self.fault_point("reserve:freed");
             model.platform().store.transaction(&mut |t| {
                 reservations::add(t, &self.inner.layout, session, &id, kib)
@@ -444,6 +462,9 @@ impl Service {
                 "minimum {min_kib} KiB is above maximum {max_kib} KiB"
             )));
         }
+        // Whole pages, as the domain will be built.
+        let asked = (min_kib, max_kib);
+        let (min_kib, max_kib) = (pages::round_up_kib(min_kib), pages::round_up_kib(max_kib));
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
         let amount = self.with_host(|model| {
@@ -463,7 +484,17 @@ impl Service {
                     Some(watch),
                     |b, io| b.free_memory_range(io, min_kib, max_kib),
                 )
-                .map_err(|e| net_of_slush(e, slush))?;
+                .map_err(|e| match net_of_slush(e, slush) {
+                    e @ Error::CannotFreeThisMuchMemory { required_kib, .. }
+                        if required_kib == max_kib =>
+                    {
+                        as_asked(e, max_kib, asked.1)
+                    }
+                    e => as_asked(e, min_kib, asked.0),
+                })?;
+            // Down to whole pages, never below the minimum (itself whole pages): no more than
+            // was freed.
+            let amount = pages::round_down_kib(amount).max(min_kib);
             self.fault_point("reserve:freed");
             model.platform().store.transaction(&mut |t| {
                 reservations::add(t, &self.inner.layout, session, &id, amount)

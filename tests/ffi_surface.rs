@@ -6,7 +6,7 @@
 //!
 //! `SQUEEZE_BLESS=1 cargo test --test ffi_surface` rewrites the header after an intended change.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -165,6 +165,76 @@ fn every_extern_c_function_runs_inside_the_panic_guard() {
         "these extern \"C\" functions do not run their whole body through guard::status or \
          guard::value: {unguarded:?}"
     );
+}
+
+/// The V1 sizes frozen through `frozen_v1!` in `file`: struct name → size.
+fn frozen_v1_sizes(file: &syn::File) -> BTreeMap<String, u64> {
+    let mut sizes = BTreeMap::new();
+    for item in &file.items {
+        let syn::Item::Macro(m) = item else { continue };
+        if m.mac.path.segments.last().map(|s| s.ident.to_string()) != Some("frozen_v1".into()) {
+            continue;
+        }
+        let tokens = m.mac.tokens.to_string();
+        let tokens: Vec<&str> = tokens.split_whitespace().collect();
+        // `NAME = sqz_struct [size] { .. }`, after the doc attributes.
+        let joined = tokens.join(" ").replace("[ ", "[").replace(" ]", "]");
+        let tokens: Vec<&str> = joined.split_whitespace().collect();
+        for w in tokens.windows(4) {
+            if w[1] == "=" && w[2].starts_with("sqz_") && w[3].starts_with('[') {
+                let size = w[3].trim_start_matches('[').trim_end_matches(']');
+                sizes.insert(w[2].to_string(), size.parse().unwrap());
+            }
+        }
+    }
+    sizes
+}
+
+#[test]
+fn every_versioned_struct_has_its_v1_size_frozen_as_a_number() {
+    let mut versioned = BTreeSet::new();
+    let mut frozen = BTreeMap::new();
+    let mut computed = Vec::new();
+    for path in rust_files(&root().join("src/ffi")) {
+        let file = syn::parse_file(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for item in &file.items {
+            match item {
+                syn::Item::Struct(st) => {
+                    let has_size = st
+                        .fields
+                        .iter()
+                        .any(|f| f.ident.as_ref().is_some_and(|i| i == "struct_size"));
+                    if has_size {
+                        versioned.insert(st.ident.to_string());
+                    }
+                }
+                // A V1 size written as an expression (`size_of` the current struct) moves
+                // with the first appended field.
+                syn::Item::Const(c) if c.ident.to_string().ends_with("_SIZE_V1") => {
+                    computed.push(format!("{}: {}", path.display(), c.ident));
+                }
+                _ => {}
+            }
+        }
+        frozen.extend(frozen_v1_sizes(&file));
+    }
+    assert!(
+        versioned.len() >= 6,
+        "found only {versioned:?}: is the scan broken?"
+    );
+    assert!(
+        computed.is_empty(),
+        "V1 sizes not frozen through frozen_v1!: {computed:?}"
+    );
+    let missing: Vec<_> = versioned
+        .iter()
+        .filter(|s| !frozen.contains_key(*s))
+        .collect();
+    assert!(missing.is_empty(), "no frozen V1 size for {missing:?}");
+    // The element structs passed with a size argument are frozen too.
+    for s in ["sqz_domain", "sqz_domain_info"] {
+        assert!(frozen.contains_key(s), "{s} has no frozen V1 size");
+    }
 }
 
 #[test]

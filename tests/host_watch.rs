@@ -20,9 +20,9 @@ use squeeze::{DomId, Error, Result};
 const QUIET_LOOK: u64 = 1 + 4;
 
 /// Requests to read one domain's keys: its directory, domain-type, feature-balloon,
-/// data/updated and seven memory/ keys (target, dynamic-min, dynamic-max, initial-reservation,
-/// memory-offset, uncooperative, weight).
-const DOMAIN_KEYS: u64 = 11;
+/// data/updated and eight memory/ keys (target, dynamic-min, dynamic-max, initial-reservation,
+/// memory-offset, memory-offset-at-boot, uncooperative, weight).
+const DOMAIN_KEYS: u64 = 12;
 
 /// A host with room for 100 guests of 256 MiB.
 fn roomy_host() -> FakeConfig {

@@ -59,6 +59,32 @@ fn bad_session_names_are_refused_everywhere() {
     }
 }
 
+/// Characters a real xenstored refuses in a path element (it accepts `A-Z a-z 0-9 - _ @`).
+const REFUSED_BY_XENSTORED: [&str; 5] = ["a+b", "a.b", "host:1", "x~", "caf\u{e9}"];
+
+#[test]
+fn a_session_name_xenstored_would_refuse_is_refused_before_any_guest_moves() {
+    let (_d, fake, service) = setup(small_host());
+    // 1 GiB free; a 1.5 GiB reservation needs the guest to give some back.
+    let g = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, 2 * GIB));
+    // Calibrated first, so the only store change left to make is the reservation's.
+    service.balance_memory().unwrap();
+    for s in REFUSED_BY_XENSTORED {
+        unchanged(&fake, || {
+            is_invalid_arg(service.reserve_memory(s, 3 * GIB / 2));
+            is_invalid_arg(service.reserve_memory_range(s, GIB, 3 * GIB / 2));
+            is_invalid_arg(service.login(s));
+        });
+        fake.advance(10.0).unwrap();
+        assert_eq!(fake.domain(g).unwrap().unwrap().tot_kib(), 2 * GIB, "{s}");
+    }
+    // Every character xenstored accepts in a path element works, end to end.
+    let name = "AZaz09-_@";
+    let id = service.reserve_memory(name, 3 * GIB / 2).unwrap();
+    let s = fake.snapshot().unwrap();
+    assert!(s.read(&format!("/squeezed/state/{name}/{id}")).is_some());
+}
+
 #[test]
 fn negative_absurd_and_inverted_sizes_are_invalid_memory_values() {
     let (_d, fake, service) = setup(small_host());
@@ -116,6 +142,42 @@ fn transfers_to_missing_or_other_domains_are_refused() {
     unchanged(&fake, || {
         is_invalid_arg(service.transfer_reservation_to_domain("s", &id, c))
     });
+}
+
+/// The error message of a refused call.
+fn refusal<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+    match r {
+        Err(Error::InvalidArgument(why)) => why,
+        other => panic!("expected an invalid argument, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_transfer_that_would_promise_memory_twice_is_refused_and_says_why() {
+    let (_d, fake, service) = setup(small_host());
+    let id = service.reserve_memory("s", MIB).unwrap();
+    let booted = booted_guest(&fake, GuestSpec::fixed(MIB));
+    let holder = fake.create_domain(GuestSpec::fixed(MIB)).unwrap();
+    let first = service.reserve_memory("s", MIB).unwrap();
+    service
+        .transfer_reservation_to_domain("s", &first, holder)
+        .unwrap();
+    unchanged(&fake, || {
+        // Domain 0 is not built from a reservation: the memory would be promised again.
+        let why = refusal(service.transfer_reservation_to_domain("s", &id, 0));
+        assert!(why.contains("domain 0"), "{why}");
+        // A booted guest already holds its memory: it is no longer counted by a reservation.
+        let why = refusal(service.transfer_reservation_to_domain("s", &id, booted));
+        assert!(why.contains("booted"), "{why}");
+        // A domain holds one reservation: a second would overwrite the first.
+        let why = refusal(service.transfer_reservation_to_domain("s", &id, holder));
+        assert!(why.contains(&first), "{why}");
+    });
+    // The reservation refused everywhere is still the session's, whole.
+    let fresh = fake.create_domain(GuestSpec::fixed(MIB)).unwrap();
+    service
+        .transfer_reservation_to_domain("s", &id, fresh)
+        .unwrap();
 }
 
 #[test]

@@ -536,3 +536,66 @@ fn on_the_adaptive_policy_a_trickling_guest_does_not_hold_up_a_reservation() {
     assert!(snap.violations.is_empty(), "{:?}", snap.violations);
     service.delete_reservation("xenopsd", &id).unwrap();
 }
+
+/// A host whose free memory is the slush plus 1023 pages (4092 KiB), held by a fixed guest
+/// that cannot give anything back.
+fn host_with_1023_pages_to_spare() -> (
+    tempfile::TempDir,
+    squeeze::backend::fake::FakeHost,
+    squeeze::service::Service,
+) {
+    let (dir, fake, service) = setup_classic(small_host());
+    booted_guest(&fake, GuestSpec::fixed(3 * GIB - SLUSH - 4092));
+    assert_eq!(fake.snapshot().unwrap().free_kib, SLUSH + 4092);
+    (dir, fake, service)
+}
+
+#[test]
+fn reservations_are_whole_pages_so_building_them_never_eats_the_slush() {
+    let (_dir, fake, service) = host_with_1023_pages_to_spare();
+    // Each 1023 KiB reservation is built as 256 pages (1024 KiB): it is recorded as 1024 KiB,
+    // so three fit in the 4092 KiB to spare and the fourth (4096 KiB in all) does not.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = service.reserve_memory("xl", 1023).unwrap();
+        let s = fake.snapshot().unwrap();
+        assert_eq!(s.read(&format!("/squeezed/state/xl/{id}")), Some("1024"));
+        ids.push(id);
+    }
+    // Reported as squeezed does, in the size asked for: 1023 KiB, with 1020 KiB free.
+    assert!(matches!(
+        service.reserve_memory("xl", 1023),
+        Err(Error::CannotFreeThisMuchMemory {
+            required_kib: 1023,
+            free_kib: 1020
+        })
+    ));
+    for id in &ids {
+        let domid = fake.create_domain(GuestSpec::fixed(1023)).unwrap();
+        service
+            .transfer_reservation_to_domain("xl", id, domid)
+            .unwrap();
+        fake.build_domain(domid, 1023).unwrap();
+    }
+    let s = fake.snapshot().unwrap();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    assert_eq!(
+        s.free_kib,
+        SLUSH + 1020,
+        "one page short of a fourth 1023 KiB domain"
+    );
+}
+
+#[test]
+fn a_range_reservation_is_whole_pages_too() {
+    let (_dir, fake, service) = host_with_1023_pages_to_spare();
+    // 1..1023 KiB asked, with 4092 KiB to spare: the most, rounded up to a page.
+    let (id, amount) = service.reserve_memory_range("xl", 1, 1023).unwrap();
+    assert_eq!(amount, 1024);
+    let s = fake.snapshot().unwrap();
+    assert_eq!(s.read(&format!("/squeezed/state/xl/{id}")), Some("1024"));
+    // 1..4093 KiB asked with 3068 KiB (767 pages) left to spare: those, not a part page more.
+    let (_, amount) = service.reserve_memory_range("xl", 1, 4093).unwrap();
+    assert_eq!(amount, 3068);
+    assert!(fake.snapshot().unwrap().violations.is_empty());
+}

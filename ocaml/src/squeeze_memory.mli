@@ -168,7 +168,8 @@ val delete_reservation : service -> string -> string -> unit
 
 val transfer_reservation_to_domain : service -> string -> string -> int -> unit
 (** [transfer_reservation_to_domain s session id domid] hands the reservation to an existing
-    domain: it becomes its initial reservation and its maxmem. *)
+    domain being built: it becomes its initial reservation and its maxmem. Domain 0, a booted
+    guest and a domain that already holds a reservation are refused. *)
 
 val query_reservation_of_domain : service -> string -> int -> string
 (** The id of the reservation transferred to the domain; [No_reservation] if none. *)

@@ -43,6 +43,10 @@ const MAX_VALUE_LEN: usize = 4096;
 /// The longest path the store accepts (xenstore's limit).
 const MAX_PATH_LEN: usize = 3072;
 
+/// The latest simulated time, in seconds (some 30,000 years): beyond it a simulation has
+/// surely gone wrong, and much further the clock would stop being able to count seconds.
+pub const MAX_TIME_S: f64 = 1e12;
+
 /// The shape of a fake host.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FakeConfig {
@@ -577,6 +581,8 @@ impl FakeHost {
     }
 
     /// Lets `seconds` of simulated time pass, moving every guest.
+    /// Refused (the clock unchanged) when `seconds` is negative or not finite, or would take the
+    /// clock past [`MAX_TIME_S`].
     pub fn advance(&self, seconds: f64) -> Result<()> {
         if !seconds.is_finite() || seconds < 0.0 {
             return Err(Error::InvalidArgument(format!(
@@ -584,7 +590,13 @@ impl FakeHost {
             )));
         }
         self.with(true, |s| {
-            s.time += seconds;
+            let time = s.time + seconds;
+            if time > MAX_TIME_S {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot advance by {seconds} s: the clock would pass {MAX_TIME_S} s"
+                )));
+            }
+            s.time = time;
             s.update_guests()
         })
     }
@@ -633,19 +645,43 @@ fn load(dir: &Path) -> Result<State> {
         .map_err(|e| Error::Backend(format!("corrupt fake host state {}: {e}", path.display())))
 }
 
+/// Writes the state through a temporary copy renamed into place. Only ever called with the
+/// host's lock held exclusively, so one fixed temporary name is enough: a writer killed before
+/// its rename leaves that one file, which the next writer replaces. Temporary copies under any
+/// other name are leftovers of writers killed before that was so, removed here.
 fn save(dir: &Path, state: &State) -> Result<()> {
     let bytes = serde_json::to_vec(state)
         .map_err(|e| Error::Backend(format!("cannot encode fake host state: {e}")))?;
-    lockfile::write_atomically(&dir.join("state.json"), &bytes)
+    let path = dir.join("state.json");
+    let tmp = dir.join("state.json.tmp");
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        Error::Backend(format!("cannot {what} {}: {e}", p.display()))
+    };
+    std::fs::write(&tmp, &bytes).map_err(|e| io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("rename into place", &path, e))?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.tmp.")
+            {
+                // Best effort: a leftover that cannot be removed harms nothing.
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
 }
 
+/// A path xenstored accepts: absolute, no empty element, no trailing `/`, within its length
+/// limit, and only the characters it allows (`A-Z a-z 0-9 - _ @`, and `/` between elements).
 fn check_path(path: &str) -> Result<()> {
     let ok = path.starts_with('/')
         && path.len() <= MAX_PATH_LEN
         && (path == "/" || (!path.ends_with('/') && !path.contains("//")))
         && path
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/_-@.:".contains(&b));
+            .all(|b| b == b'/' || crate::reservations::is_path_element_byte(b));
     if ok {
         Ok(())
     } else {
@@ -1232,6 +1268,67 @@ mod tests {
         assert!(s.write("relative", "x").is_err());
         assert!(s.write("/a//b", "x").is_err());
         assert!(s.write("/a", &"x".repeat(5000)).is_err());
+    }
+
+    #[test]
+    fn time_cannot_be_pushed_to_infinity_or_beyond_any_simulation() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = FakeHost::create(dir.path(), FakeConfig::default()).unwrap();
+        h.advance(10.0).unwrap();
+        for bad in [f64::NAN, f64::INFINITY, -1.0, 1e308] {
+            assert!(
+                matches!(h.advance(bad), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+        // Each half of the limit alone is fine; together they are not.
+        h.advance(MAX_TIME_S / 2.0).unwrap();
+        assert!(matches!(
+            h.advance(MAX_TIME_S / 2.0),
+            Err(Error::InvalidArgument(_))
+        ));
+        // Still usable, from this process and a fresh one.
+        assert_eq!(h.now(), 10.0 + MAX_TIME_S / 2.0);
+        let again = FakeHost::open(dir.path()).unwrap();
+        again.advance(1.0).unwrap();
+        assert_eq!(again.now(), 11.0 + MAX_TIME_S / 2.0);
+    }
+
+    #[test]
+    fn temporary_state_files_of_killed_writers_do_not_pile_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = FakeHost::create(dir.path(), FakeConfig::default()).unwrap();
+        // What writers killed between writing their copy and renaming it leave behind.
+        for stale in [
+            "state.json.tmp",
+            "state.json.tmp.4242.0",
+            "state.json.tmp.77.3",
+        ] {
+            std::fs::write(dir.path().join(stale), b"{").unwrap();
+        }
+        h.advance(1.0).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["lock", "state.json"]);
+        assert_eq!(FakeHost::open(dir.path()).unwrap().now(), 1.0);
+    }
+
+    #[test]
+    fn the_store_accepts_exactly_the_characters_xenstored_does() {
+        let h = host();
+        let s: &dyn Store = &h;
+        s.write("/ok/AZaz09-_@", "1").unwrap();
+        for bad in ["/a+b", "/a.b", "/host:1", "/x~", "/caf\u{e9}", "/a b"] {
+            assert!(
+                matches!(s.write(bad, "1"), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+            assert!(s.read(bad).is_err(), "{bad}");
+        }
+        assert_eq!(s.directory("/").unwrap(), vec!["local", "ok"]);
     }
 
     #[test]

@@ -77,6 +77,17 @@ pub enum Behaviour {
         /// Seconds between steps.
         period_s: f64,
     },
+    /// Follows each new target honestly for `honest_for_s`, then aims `excess_kib` above it: a
+    /// driver (or device model) that takes everything Xen lets it have, up to that much more
+    /// than it was asked for, once it has been seen to comply. Only maxmem stops it.
+    Greedy {
+        /// Balloon speed in KiB per second.
+        rate_kib_per_s: Kib,
+        /// How far above its target it tries to be.
+        excess_kib: Kib,
+        /// Seconds after a target change during which it aims at the target itself.
+        honest_for_s: f64,
+    },
     /// No balloon driver: the guest never moves and the toolstack cannot set its target.
     NoBalloonDriver,
 }
@@ -183,6 +194,22 @@ impl Behaviour {
                 let ready_at = m.last_target_change + delay_s;
                 let useful = (m.now - ready_at.max(m.last_update)).max(0.0);
                 step(m, rate_kib_per_s, useful)
+            }
+            Behaviour::Greedy {
+                rate_kib_per_s,
+                excess_kib,
+                honest_for_s,
+            } => {
+                let elapsed = m.now - m.last_update;
+                if m.now < m.last_target_change + honest_for_s {
+                    return step(m, rate_kib_per_s, elapsed);
+                }
+                let wanted = Motion {
+                    target_kib: m.target_kib.saturating_add(excess_kib),
+                    inaccuracy_kib: 0,
+                    ..*m
+                };
+                step(&wanted, rate_kib_per_s, elapsed)
             }
         }
     }

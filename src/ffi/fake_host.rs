@@ -81,8 +81,19 @@ pub struct sqz_fake_domain {
     pub booted: bool,
 }
 
-const FAKE_CONFIG_SIZE_V1: usize = std::mem::size_of::<sqz_fake_config>();
-const FAKE_GUEST_SIZE_V1: usize = std::mem::size_of::<sqz_fake_guest>();
+crate::ffi::abi::frozen_v1!(
+    /// The size of the first published `sqz_fake_config`; smaller sizes are refused.
+    FAKE_CONFIG_SIZE_V1 = sqz_fake_config [40] {
+        struct_size @ 0, total_kib @ 8, xen_kib @ 16, dom0_kib @ 24, boot_delay_s @ 32,
+    }
+);
+crate::ffi::abi::frozen_v1!(
+    /// The size of the first published `sqz_fake_guest`; smaller sizes are refused.
+    FAKE_GUEST_SIZE_V1 = sqz_fake_guest [72] {
+        struct_size @ 0, target_kib @ 8, dynamic_min_kib @ 16, dynamic_max_kib @ 24,
+        offset_kib @ 32, behaviour @ 40,
+    }
+);
 
 fn fake_handle(f: *mut sqz_fake_host) -> *mut Handle<FakeState> {
     f.cast()
@@ -268,7 +279,8 @@ pub unsafe extern "C" fn sqz_fake_host_destroy_domain(
 }
 
 /// Lets `seconds` of simulated time pass, moving every guest. Errors: `f` NULL, `seconds` NaN,
-/// infinite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
+/// infinite or negative, or taking the clock past 10^12 s → `SQZ_ERR_INVALID_ARGUMENT` (the
+/// clock is left as it was).
 #[no_mangle]
 pub unsafe extern "C" fn sqz_fake_host_advance(f: *mut sqz_fake_host, seconds: f64) -> sqz_status {
     guard::status(|| {

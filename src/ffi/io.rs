@@ -55,10 +55,20 @@ struct RawDomain {
 const _: () = assert!(std::mem::size_of::<RawDomain>() == std::mem::size_of::<sqz_domain>());
 const _: () = assert!(std::mem::align_of::<RawDomain>() == std::mem::align_of::<sqz_domain>());
 
-/// The size of the first published `sqz_domain` layout; smaller sizes are refused.
-pub(crate) const DOMAIN_SIZE_V1: usize = std::mem::size_of::<sqz_domain>();
-/// The size of the first published `sqz_io` layout; smaller sizes are refused.
-pub(crate) const IO_SIZE_V1: usize = std::mem::size_of::<sqz_io>();
+crate::ffi::abi::frozen_v1!(
+    /// The size of the first published `sqz_domain` layout; smaller sizes are refused.
+    pub(crate) DOMAIN_SIZE_V1 = sqz_domain [56] {
+        domid @ 0, can_balloon @ 4, dynamic_min_kib @ 8, target_kib @ 16, dynamic_max_kib @ 24,
+        memory_actual_kib @ 32, memory_max_kib @ 40, inaccuracy_kib @ 48,
+    }
+);
+crate::ffi::abi::frozen_v1!(
+    /// The size of the first published `sqz_io` layout; smaller sizes are refused.
+    pub(crate) IO_SIZE_V1 = sqz_io [72] {
+        struct_size @ 0, ctx @ 8, make_host @ 16, set_maxmem @ 24, execute_action @ 32,
+        wait @ 40, now @ 48, target_host_free_mem_kib @ 56, free_memory_tolerance_kib @ 64,
+    }
+);
 
 impl From<Domain> for sqz_domain {
     fn from(d: Domain) -> Self {

@@ -19,6 +19,7 @@
 // generated header, which is where C callers read them.
 #![allow(clippy::missing_safety_doc)]
 
+pub(crate) mod abi;
 pub mod error;
 pub mod fake_host;
 pub(crate) mod guard;

@@ -58,7 +58,13 @@ struct RawDomainInfo {
 
 const _: () =
     assert!(std::mem::size_of::<RawDomainInfo>() == std::mem::size_of::<sqz_domain_info>());
-const DOMAIN_INFO_SIZE_V1: usize = std::mem::size_of::<sqz_domain_info>();
+crate::ffi::abi::frozen_v1!(
+    /// The size of the first published `sqz_domain_info`; smaller sizes are refused.
+    DOMAIN_INFO_SIZE_V1 = sqz_domain_info [40] {
+        domid @ 0, dying @ 4, shutdown @ 5, paused @ 6, hvm @ 7, tot_pages @ 8, max_pages @ 16,
+        outstanding_pages @ 24, shared_pages @ 32,
+    }
+);
 
 /// Host-wide memory figures (`xc_physinfo`), in 4 KiB pages.
 #[repr(C)]
@@ -285,7 +291,14 @@ pub struct sqz_platform {
     pub sleep: Option<unsafe extern "C" fn(ctx: *mut c_void, seconds: f64)>,
 }
 
-const PLATFORM_SIZE_V1: usize = std::mem::size_of::<sqz_platform>();
+crate::ffi::abi::frozen_v1!(
+    /// The size of the first published `sqz_platform`; smaller sizes are refused.
+    PLATFORM_SIZE_V1 = sqz_platform [120] {
+        struct_size @ 0, ctx @ 8, list_domains @ 16, physinfo @ 24, shadow_allocation_mib @ 32,
+        set_maxmem_kib @ 40, claim_pages @ 48, transaction_start @ 56, transaction_end @ 64,
+        read @ 72, write @ 80, rm @ 88, directory @ 96, now @ 104, sleep @ 112,
+    }
+);
 
 type ListFn = unsafe extern "C" fn(*mut c_void, *mut sqz_domain_list) -> i32;
 type PhysFn = unsafe extern "C" fn(*mut c_void, *mut sqz_physinfo) -> i32;

@@ -65,7 +65,12 @@ pub struct sqz_reserve_options {
     pub cancel: *mut sqz_cancel,
 }
 
-const RESERVE_OPTIONS_SIZE_V1: usize = std::mem::size_of::<sqz_reserve_options>();
+crate::ffi::abi::frozen_v1!(
+    /// The size of the first published `sqz_reserve_options`; smaller sizes are refused.
+    RESERVE_OPTIONS_SIZE_V1 = sqz_reserve_options [32] {
+        struct_size @ 0, progress @ 8, ctx @ 16, cancel @ 24,
+    }
+);
 
 /// Creates a cancel handle and stores it in `*out`. Errors: `out` NULL →
 /// `SQZ_ERR_INVALID_ARGUMENT`.

@@ -196,10 +196,10 @@ pub unsafe extern "C" fn sqz_service_free(s: *mut sqz_service) {
 }
 
 /// Starts a session for the service named `service_name` (1 to 128 characters from
-/// `A-Z a-z 0-9 . _ : @ + -`); the session id to pass to the other calls is the name itself,
-/// as in squeezed. Reservations that service made before and never transferred are dropped: a
-/// restarted client has forgotten their ids. Errors: a NULL pointer or an invalid name →
-/// `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
+/// `A-Z a-z 0-9 - _ @`, what xenstored accepts); the session id to pass to the other calls is
+/// the name itself, as in squeezed. Reservations that service made before and never
+/// transferred are dropped: a restarted client has forgotten their ids. Errors: a NULL pointer
+/// or an invalid name → `SQZ_ERR_INVALID_ARGUMENT`; a platform failure → `SQZ_ERR_BACKEND`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_login(s: *mut sqz_service, service_name: *const c_char) -> sqz_status {
     guard::status(|| {
@@ -262,11 +262,12 @@ pub unsafe extern "C" fn sqz_reserve_memory_range(
     })
 }
 
-/// Hands reservation `reservation_id` of `session` to domain `domid`, which must exist: it
-/// becomes the domain's initial reservation and its maxmem. When the domain dies the
-/// reservation is released. Errors: a NULL pointer, an invalid session, a negative domid or a
-/// domain that does not exist → `SQZ_ERR_INVALID_ARGUMENT`; an id this session does not hold →
-/// `SQZ_ERR_UNKNOWN_RESERVATION`.
+/// Hands reservation `reservation_id` of `session` to domain `domid`, which must exist and be
+/// being built: it becomes the domain's initial reservation and its maxmem. When the domain dies
+/// the reservation is released. Errors: a NULL pointer, an invalid session, a negative domid, a
+/// domain that does not exist, domain 0, a domain that has booted or one that already holds a
+/// reservation → `SQZ_ERR_INVALID_ARGUMENT` (the message says why); an id this session does not
+/// hold → `SQZ_ERR_UNKNOWN_RESERVATION`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_transfer_reservation_to_domain(
     s: *mut sqz_service,

@@ -137,6 +137,14 @@ fn seconds_arg(name: &str, s: f64) -> Result<f64, Failure> {
     }
 }
 
+crate::ffi::abi::frozen_v1!(
+    /// The size of the first published `sqz_sim_config`; smaller sizes are refused.
+    SIM_CONFIG_SIZE_V1 = sqz_sim_config [48] {
+        struct_size @ 0, free_mem_kib @ 8, target_host_free_mem_kib @ 16,
+        free_memory_tolerance_kib @ 24, fixed_tick_s @ 32, time_limit_s @ 40,
+    }
+);
+
 pub(crate) fn behaviour(b: &sqz_behaviour) -> Result<Behaviour, Failure> {
     let rate = || kib::check_size("rate_kib_per_s", b.rate_kib_per_s).map_err(Failure::from);
     let limit = || kib::check_size("limit_kib", b.limit_kib).map_err(Failure::from);
@@ -197,7 +205,7 @@ pub unsafe extern "C" fn sqz_sim_new(
         need_out(out, "out")?;
         // SAFETY: the caller passes NULL or a valid config.
         let c = unsafe { config.as_ref() }.ok_or_else(|| invalid("config is NULL"))?;
-        let min = std::mem::size_of::<sqz_sim_config>();
+        let min = SIM_CONFIG_SIZE_V1;
         if (c.struct_size as usize) < min {
             return Err(invalid(format!(
                 "config->struct_size {} is smaller than sizeof(sqz_sim_config) = {min}",

@@ -78,7 +78,14 @@ pub struct sqz_step_result {
     pub blamed_len: usize,
 }
 
-const STEP_RESULT_SIZE_V1: usize = std::mem::size_of::<sqz_step_result>();
+crate::ffi::abi::frozen_v1!(
+    /// The size of the first published `sqz_step_result`; smaller sizes are refused.
+    STEP_RESULT_SIZE_V1 = sqz_step_result [80] {
+        struct_size @ 0, verdict @ 4, actions @ 8, actions_cap @ 16, actions_len @ 24,
+        maxmem @ 32, maxmem_cap @ 40, maxmem_len @ 48, blamed_domids @ 56, blamed_cap @ 64,
+        blamed_len @ 72,
+    }
+);
 
 /// Copies `items` to a caller buffer already known to be large enough.
 ///

@@ -217,7 +217,9 @@ fn strings(payload: &[u8]) -> Vec<String> {
 }
 
 fn valid_path(p: &str) -> Result<String, &'static str> {
-    if !p.starts_with('/') || p.contains("//") {
+    // xenstored's characters: `A-Z a-z 0-9 - _ @` in an element, `/` between elements.
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-_@/".contains(&b);
+    if !p.starts_with('/') || p.contains("//") || !p.bytes().all(allowed) {
         return Err("EINVAL");
     }
     let p = p.trim_end_matches('/');

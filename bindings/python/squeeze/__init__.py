@@ -1219,7 +1219,8 @@ class Service(_Handle):
         return buf.value.decode(), got.value
 
     def transfer_reservation_to_domain(self, session: str, reservation_id: str, domid: int) -> None:
-        """Hands a reservation to a domain that now exists."""
+        """Hands a reservation to a domain that now exists and is being built (not domain 0, not
+        a booted guest, not one that already holds a reservation: those are refused)."""
         status = lib.sqz_transfer_reservation_to_domain(
             self._ptr(), _text("session", session), _text("reservation_id", reservation_id), _domid(domid)
         )
