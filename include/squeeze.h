@@ -1308,8 +1308,12 @@ sqz_status sqz_service_new_platform(const struct sqz_platform *platform,
 sqz_status sqz_service_new_xen(const struct sqz_service_config *config, struct sqz_service **out);
 
 /**
- * Releases a service. NULL is a no-op. Calls running on other threads finish first (they hold
- * their own reference); the platform's `ctx` is not used once they have.
+ * Releases a service. NULL is a no-op. The background balancer is stopped first and a pass
+ * it is in finishes before this returns, so the balancer makes no platform callback after
+ * it. Calls the caller is still making on other threads finish (they hold their own
+ * reference); the platform's `ctx` is not used once they have. Called from inside one of the
+ * service's own callbacks, it cannot wait for the call in progress (which waits for it): that
+ * call and a balancing pass in progress still finish with the same `ctx`.
  */
 void sqz_service_free(struct sqz_service *s);
 

@@ -856,8 +856,21 @@ impl Service {
         Ok(())
     }
 
-    /// Stops the background balancer and waits for its thread; stopping it when it does not
-    /// run is harmless.
+    /// Asks the background balancer to stop after the pass it may be in, without waiting for
+    /// it: for a caller that holds the host (a platform callback), which the balancer may be
+    /// waiting for.
+    pub fn request_balancer_stop(&self) {
+        if let Some(b) = self.inner.balancer.lock().take() {
+            let (m, c) = &*b.stop;
+            *m.lock() = true;
+            c.notify_all();
+        }
+    }
+
+    /// Stops the background balancer and waits for its thread, including a pass in progress:
+    /// once this returns, the balancer calls the platform no more. Stopping it when it does not
+    /// run is harmless. Called from the balancer's own thread (a platform callback during a
+    /// pass), it only asks the thread to stop after that pass: a thread cannot wait for itself.
     pub fn stop_balancer(&self) {
         let b = self.inner.balancer.lock().take();
         if let Some(b) = b {
@@ -866,7 +879,7 @@ impl Service {
                 *m.lock() = true;
                 c.notify_all();
             }
-            if b.thread.join().is_err() {
+            if b.thread.thread().id() != std::thread::current().id() && b.thread.join().is_err() {
                 warn!("the balancer thread panicked");
             }
         }

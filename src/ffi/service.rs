@@ -187,12 +187,30 @@ fn xen_platform() -> Result<Platform, Failure> {
     .into())
 }
 
-/// Releases a service. NULL is a no-op. Calls running on other threads finish first (they hold
-/// their own reference); the platform's `ctx` is not used once they have.
+/// Releases a service. NULL is a no-op. The background balancer is stopped first and a pass
+/// it is in finishes before this returns, so the balancer makes no platform callback after
+/// it. Calls the caller is still making on other threads finish (they hold their own
+/// reference); the platform's `ctx` is not used once they have. Called from inside one of the
+/// service's own callbacks, it cannot wait for the call in progress (which waits for it): that
+/// call and a balancing pass in progress still finish with the same `ctx`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_service_free(s: *mut sqz_service) {
-    // SAFETY: the caller passes NULL or a service it owns and gives up.
-    guard::value((), || unsafe { Handle::free(service_handle(s)) })
+    guard::value((), || {
+        // The balancer thread holds only a weak reference; during a pass it holds a strong one,
+        // so dropping the handle alone would let that pass go on calling the platform.
+        // SAFETY: the caller passes NULL or a service it owns and gives up.
+        let live =
+            unsafe { Handle::with(service_handle(s), "service", |st| Ok(st.service.clone())) };
+        if let Ok(svc) = live {
+            if in_platform_callback() {
+                svc.request_balancer_stop();
+            } else {
+                svc.stop_balancer();
+            }
+        }
+        // SAFETY: as above.
+        unsafe { Handle::free(service_handle(s)) }
+    })
 }
 
 /// Starts a session for the service named `service_name` (1 to 128 characters from
