@@ -3,7 +3,9 @@
 //! A handle is marked busy while a call uses it. A second use while it is busy (a callback
 //! re-entering the library with the same handle, or two threads sharing one) is refused with
 //! `SQZ_ERR_INVALID_ARGUMENT`; nothing ever waits, so nothing can deadlock, and no lock is held
-//! while a callback runs. Freeing a busy handle (from inside one of its own callbacks) is
+//! while a callback runs. Handles documented as shared between threads (the service, the fake
+//! host) are only busy while their shared value is cloned, so they wait for each other instead
+//! ([`Handle::with_shared`]). Freeing a busy handle (from inside one of its own callbacks) is
 //! deferred until the call that is using it returns. A panic while a handle is in use (a bug)
 //! poisons it: its contents may be half-updated, so later uses are refused with
 //! `SQZ_ERR_INTERNAL` and only freeing it remains possible.
@@ -115,6 +117,58 @@ impl<T: Tagged> Handle<T> {
         f(unsafe { &mut *handle.value.get() })
     }
 
+    /// Runs `f` with access to the value behind `ptr` for a handle many threads share (the
+    /// service, the fake host). Another thread using the handle at the same moment is waited
+    /// for, never refused: such a use is `f` itself, which must be short and must not call the
+    /// caller's code (it clones a shared value), so the wait lasts a clone and cannot deadlock.
+    /// Re-entrant use from a callback therefore never meets a busy handle; the objects refuse it
+    /// themselves where it would deadlock.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or came from [`Handle::into_raw`] and has not been freed.
+    pub unsafe fn with_shared<R>(
+        ptr: *mut Handle<T>,
+        what: &str,
+        f: impl FnOnce(&T) -> R,
+    ) -> Result<R, Failure> {
+        // SAFETY: NULL is checked; otherwise the caller promises a live handle.
+        let handle = unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))?;
+        let mut spins = 0u32;
+        loop {
+            if handle.tag.load(Ordering::Acquire) != T::TAG {
+                return Err(invalid(format!(
+                    "{what} is not a live {what} handle (freed, or another kind of handle)"
+                )));
+            }
+            match handle
+                .state
+                .compare_exchange(IDLE, BUSY, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(POISONED) => {
+                    return Err(Failure::Internal(format!(
+                        "{what} was left inconsistent by an earlier internal error; free it"
+                    )))
+                }
+                Err(BUSY_FREE_PENDING) => {
+                    return Err(invalid(format!("{what} is being freed")));
+                }
+                Err(_) => {
+                    // Another thread is cloning: a few spins, then let it run.
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+        let _release = Release { ptr };
+        // SAFETY: the BUSY flag gives this call the only access to the value until release.
+        Ok(f(unsafe { &*handle.value.get() }))
+    }
+
     /// Frees the handle now, or when the call using it returns.
     ///
     /// # Safety
@@ -202,6 +256,35 @@ mod tests {
         let again = unsafe { Handle::with(h, "thing", |v| Ok(*v)) };
         assert_eq!(again, Ok(6));
         // SAFETY: h is live.
+        unsafe { Handle::free(h) };
+    }
+
+    #[test]
+    fn a_shared_handle_busy_on_another_thread_is_waited_for_not_refused() {
+        use std::sync::mpsc;
+        let h = Handle::into_raw(5i32);
+        let addr = h as usize;
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            // SAFETY: h is live until the free below, after both threads are done.
+            unsafe {
+                Handle::with_shared(addr as *mut Handle<i32>, "thing", |v| {
+                    entered_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    *v
+                })
+            }
+        });
+        entered_rx.recv().unwrap();
+        let waiter = std::thread::spawn(move || {
+            // SAFETY: as above.
+            unsafe { Handle::with_shared(addr as *mut Handle<i32>, "thing", |v| *v + 1) }
+        });
+        go_tx.send(()).unwrap();
+        assert_eq!(holder.join().unwrap(), Ok(5));
+        assert_eq!(waiter.join().unwrap(), Ok(6));
+        // SAFETY: h is live and idle.
         unsafe { Handle::free(h) };
     }
 

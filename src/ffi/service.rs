@@ -95,7 +95,7 @@ pub(crate) unsafe fn service(s: *mut sqz_service) -> Result<Service, Failure> {
         ));
     }
     // SAFETY: forwarded from the caller.
-    unsafe { Handle::with(service_handle(s), "service", |st| Ok(st.service.clone())) }
+    unsafe { Handle::with_shared(service_handle(s), "service", |st| st.service.clone()) }
 }
 
 fn new_service(
@@ -200,7 +200,7 @@ pub unsafe extern "C" fn sqz_service_free(s: *mut sqz_service) {
         // so dropping the handle alone would let that pass go on calling the platform.
         // SAFETY: the caller passes NULL or a service it owns and gives up.
         let live =
-            unsafe { Handle::with(service_handle(s), "service", |st| Ok(st.service.clone())) };
+            unsafe { Handle::with_shared(service_handle(s), "service", |st| st.service.clone()) };
         if let Ok(svc) = live {
             if in_platform_callback() {
                 svc.request_balancer_stop();
