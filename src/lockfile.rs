@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rustix::fs::{flock, FlockOperation};
 
@@ -21,6 +22,48 @@ pub(crate) struct FileLock {
 /// Takes an exclusive (`shared == false`) or shared lock on `path`, creating the file and its
 /// directory when missing, and blocking until the lock is free.
 pub(crate) fn lock(path: &Path, shared: bool) -> Result<FileLock> {
+    let file = open(path)?;
+    let op = if shared {
+        FlockOperation::LockShared
+    } else {
+        FlockOperation::LockExclusive
+    };
+    loop {
+        match flock(&file, op) {
+            Ok(()) => return Ok(FileLock { _file: file }),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io_error("lock", path, e.into())),
+        }
+    }
+}
+
+/// Takes an exclusive lock on `path` as [`lock`] does, but while another holder keeps it asks
+/// `keep_waiting` every few milliseconds (at most [`MAX_POLL`]) whether to go on; its error
+/// ends the wait. `flock` cannot be interrupted otherwise, and a holder may be a hung process.
+pub(crate) fn lock_polling(
+    path: &Path,
+    keep_waiting: &mut dyn FnMut() -> Result<()>,
+) -> Result<FileLock> {
+    let file = open(path)?;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(FileLock { _file: file }),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                keep_waiting()?;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(MAX_POLL);
+            }
+            Err(e) => return Err(io_error("lock", path, e.into())),
+        }
+    }
+}
+
+/// The longest pause between two attempts of [`lock_polling`]: a cancel is seen within it.
+pub(crate) const MAX_POLL: Duration = Duration::from_millis(20);
+
+fn open(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir)
@@ -34,18 +77,7 @@ pub(crate) fn lock(path: &Path, shared: bool) -> Result<FileLock> {
         .truncate(false)
         .open(path)
         .map_err(|e| io_error("open", path, e))?;
-    let op = if shared {
-        FlockOperation::LockShared
-    } else {
-        FlockOperation::LockExclusive
-    };
-    loop {
-        match flock(&file, op) {
-            Ok(()) => return Ok(FileLock { _file: file }),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(io_error("lock", path, e.into())),
-        }
-    }
+    Ok(file)
 }
 
 /// Replaces the contents of `path` atomically: a reader, or a process started after a crash,

@@ -44,6 +44,10 @@ pub const DEFAULT_BOOT_TIME_RECORD_PATH: &str = "/run/squeeze/boot_time_memory";
 /// squeezed's balance check interval, in seconds.
 pub const DEFAULT_BALANCE_INTERVAL_S: f64 = 10.0;
 
+/// Seconds a call waits for the host lock by default: ten minutes, five times the adaptive
+/// policy's own limit on a reservation (120 s).
+pub const DEFAULT_LOCK_TIMEOUT_S: f64 = 600.0;
+
 /// Settings of a [`Service`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
@@ -61,6 +65,11 @@ pub struct ServiceConfig {
     pub boot_time_interval_s: f64,
     /// Seconds between two checks of the background balancer.
     pub balance_interval_s: f64,
+    /// Seconds (real time) a call waits for the host lock before it fails with
+    /// [`Error::Backend`] naming the lock file: a process that hangs while holding it must not
+    /// block every other caller forever. It must outlast the longest call another caller may
+    /// legitimately make while holding the lock (a reservation waits for ballooning under it).
+    pub lock_timeout_s: f64,
     /// Which algorithm decides: the adaptive one (one instance per service, learning across
     /// calls; the default) or squeezed's ([`Policy::Classic`]: a fresh squeezer per call, as
     /// squeezed runs it). Only the service defaults to adaptive: a [`crate::Balancer`] and the
@@ -80,6 +89,7 @@ impl Default for ServiceConfig {
             boot_time_samples: 3,
             boot_time_interval_s: 1.0,
             balance_interval_s: DEFAULT_BALANCE_INTERVAL_S,
+            lock_timeout_s: DEFAULT_LOCK_TIMEOUT_S,
             policy: Policy::Adaptive,
             adaptive: AdaptiveOptions::default(),
         }
@@ -97,6 +107,12 @@ impl ServiceConfig {
         }
         check_interval("boot_time_interval_s", self.boot_time_interval_s)?;
         check_interval("balance_interval_s", self.balance_interval_s)?;
+        check_interval("lock_timeout_s", self.lock_timeout_s)?;
+        if self.lock_timeout_s == 0.0 {
+            return Err(Error::InvalidArgument(
+                "lock_timeout_s must be above 0".into(),
+            ));
+        }
         if self.balance_interval_s == 0.0 {
             return Err(Error::InvalidArgument(
                 "balance_interval_s must be above 0".into(),
@@ -252,8 +268,42 @@ impl Service {
     /// Runs `f` with the host to itself: this process's threads and every other process that
     /// uses the same lock file wait.
     fn with_host<T>(&self, f: impl FnOnce(&mut HostModel) -> Result<T>) -> Result<T> {
-        let mut model = self.inner.model.lock();
-        let _flock = lockfile::lock(&self.inner.config.lock_path, false)?;
+        self.with_host_or_cancel(None, f)
+    }
+
+    /// [`with_host`](Service::with_host) for a call that may be cancelled: while it waits for
+    /// the host (this process's threads or another process holding the lock), `cancel` ends
+    /// the wait with [`Error::Cancelled`]. Either wait ends after `lock_timeout_s` of real
+    /// time with [`Error::Backend`]; the platform's clock is not used, as it may be simulated.
+    fn with_host_or_cancel<T>(
+        &self,
+        cancel: Option<&CancelToken>,
+        f: impl FnOnce(&mut HostModel) -> Result<T>,
+    ) -> Result<T> {
+        let cfg = &self.inner.config;
+        let started = std::time::Instant::now();
+        let limit = Duration::from_secs_f64(cfg.lock_timeout_s);
+        let mut keep_waiting = || {
+            if cancel.is_some_and(|c| c.is_cancelled()) {
+                return Err(Error::Cancelled);
+            }
+            if started.elapsed() >= limit {
+                return Err(Error::Backend(format!(
+                    "gave up waiting for the host lock {} after {} s (lock_timeout_s): another \
+                     caller held it all that time, or a process holding it has hung",
+                    cfg.lock_path.display(),
+                    cfg.lock_timeout_s
+                )));
+            }
+            Ok(())
+        };
+        let mut model = loop {
+            if let Some(m) = self.inner.model.try_lock_for(lockfile::MAX_POLL) {
+                break m;
+            }
+            keep_waiting()?;
+        };
+        let _flock = lockfile::lock_polling(&cfg.lock_path, &mut keep_waiting)?;
         f(&mut model)
     }
 
@@ -363,7 +413,8 @@ impl Service {
         kib::check_size("reservation size", kib)?;
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
-        self.with_host(|model| {
+        let cancel = options.cancel.clone();
+        self.with_host_or_cancel(cancel.as_ref(), |model| {
             let required = kib::add(kib, slush, "memory to free")?;
             let watch = (
                 required,
@@ -423,7 +474,8 @@ impl Service {
         }
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
-        let amount = self.with_host(|model| {
+        let cancel = options.cancel.clone();
+        let amount = self.with_host_or_cancel(cancel.as_ref(), |model| {
             // Progress needs the amount the policy aims for, which costs a look at the host.
             let watch = if options.progress.is_some() {
                 driver::range_request(model, min_kib, max_kib)?.required

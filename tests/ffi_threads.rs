@@ -97,3 +97,80 @@ fn eight_threads_sharing_one_service_and_one_fake_host_are_never_refused() {
         sqz_fake_host_free(shared.host);
     }
 }
+
+#[test]
+fn sqz_cancel_request_ends_a_reservation_waiting_for_a_lock_another_process_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = host_and_service(dir.path());
+    let session = CString::new("xenopsd").unwrap();
+    // SAFETY: live handle and C string.
+    assert_eq!(unsafe { sqz_login(shared.svc, session.as_ptr()) }, SQZ_OK);
+    // Another process's hold on the lock: its own open file, locked.
+    let held = std::fs::File::open(dir.path().join("host.lock")).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let mut cancel = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer.
+    assert_eq!(unsafe { sqz_cancel_new(&mut cancel) }, SQZ_OK);
+    let cancel_addr = cancel as usize;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let shared = shared;
+        let options = sqz_reserve_options {
+            struct_size: std::mem::size_of::<sqz_reserve_options>() as u32,
+            progress: None,
+            ctx: std::ptr::null_mut(),
+            cancel: cancel_addr as *mut sqz_cancel,
+        };
+        let session = CString::new("xenopsd").unwrap();
+        let mut id = [0 as std::ffi::c_char; SQZ_RESERVATION_ID_SIZE];
+        // SAFETY: live handles, locals.
+        let rc = unsafe {
+            sqz_reserve_memory_with(
+                shared.svc,
+                session.as_ptr(),
+                256 << 10,
+                &options,
+                id.as_mut_ptr(),
+            )
+        };
+        let _ = tx.send(rc);
+    });
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(200))
+        .is_err());
+    // SAFETY: live cancel handle.
+    assert_eq!(unsafe { sqz_cancel_request(cancel) }, SQZ_OK);
+    let rc = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the cancelled reservation still waits for the lock");
+    assert_eq!(rc, SQZ_ERR_CANCELLED);
+    drop(held);
+    // SAFETY: nothing uses them any more.
+    unsafe {
+        sqz_cancel_free(cancel);
+        sqz_service_free(shared.svc);
+        sqz_fake_host_free(shared.host);
+    }
+}
+
+#[test]
+fn a_lock_timeout_must_be_a_positive_interval() {
+    // SAFETY: a live config.
+    unsafe {
+        let mut cfg = std::ptr::null_mut();
+        assert_eq!(sqz_service_config_new(&mut cfg), SQZ_OK);
+        for bad in [0.0, -2.0, f64::NAN, f64::INFINITY, 86_401.0] {
+            assert_eq!(
+                sqz_service_config_set_lock_timeout(cfg, bad),
+                SQZ_ERR_INVALID_ARGUMENT,
+                "{bad}"
+            );
+        }
+        assert_eq!(sqz_service_config_set_lock_timeout(cfg, 30.0), SQZ_OK);
+        assert_eq!(
+            sqz_service_config_set_lock_timeout(std::ptr::null_mut(), 30.0),
+            SQZ_ERR_INVALID_ARGUMENT
+        );
+        sqz_service_config_free(cfg);
+    }
+}

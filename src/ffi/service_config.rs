@@ -114,6 +114,29 @@ pub unsafe extern "C" fn sqz_service_config_set_boot_time_record_path(
     })
 }
 
+/// Sets the seconds (real time) a call waits for the host lock before it fails with
+/// `SQZ_ERR_BACKEND` naming the lock file (default 600): a process that hangs holding the lock
+/// then blocks the others for at most this long. A reservation holds the lock while it waits
+/// for ballooning, so keep it above the longest reservation. Errors: `c` NULL, or `seconds` not
+/// above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`, unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_service_config_set_lock_timeout(
+    c: *mut sqz_service_config,
+    seconds: f64,
+) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live config.
+        let c = unsafe { config_mut(c) }?;
+        if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+            return Err(invalid(format!(
+                "the lock timeout must be above 0 and at most 86400 s, not {seconds}"
+            )));
+        }
+        c.lock_timeout_s = seconds;
+        Ok(())
+    })
+}
+
 /// Sets the seconds between two checks of the background balancer (default 10). Errors: `c`
 /// NULL, or `seconds` not above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`,
 /// unchanged.
