@@ -63,10 +63,18 @@ pub(crate) fn lock_polling(
 /// The longest pause between two attempts of [`lock_polling`]: a cancel is seen within it.
 pub(crate) const MAX_POLL: Duration = Duration::from_millis(20);
 
+/// Opens (creating when missing) a lock file that only this user can use. `flock` works on a
+/// read-only descriptor, so a lock file other users can open lets any of them hold the host
+/// lock: a directory created here is 0700, the file 0600, an existing file readable by others
+/// is narrowed to 0600, and a file owned by another user (or a symbolic link) is refused.
 fn open(path: &Path) -> Result<File> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir)
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .map_err(|e| io_error("create the directory of", path, e))?;
         }
     }
@@ -75,8 +83,24 @@ fn open(path: &Path) -> Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
         .map_err(|e| io_error("open", path, e))?;
+    let meta = file.metadata().map_err(|e| io_error("inspect", path, e))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(Error::Backend(format!(
+            "refusing to use the lock file {}: it belongs to user {}, not to this process's \
+             user {me}, who could then be kept from the host by its owner",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_error("make private", path, e))?;
+    }
     Ok(file)
 }
 

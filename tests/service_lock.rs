@@ -153,3 +153,78 @@ fn a_lock_timeout_that_is_not_a_positive_interval_is_refused() {
         );
     }
 }
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn service_with_lock(dir: &std::path::Path, lock: std::path::PathBuf) -> Service {
+    let fake = squeeze::backend::fake::FakeHost::in_memory(small_host()).unwrap();
+    let config = ServiceConfig {
+        lock_path: lock,
+        ..config(dir)
+    };
+    Service::new(fake.platform(), config).unwrap()
+}
+
+#[test]
+fn the_lock_file_and_the_directories_made_for_it_are_private_to_their_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("run/squeeze/host.lock");
+    let service = service_with_lock(dir.path(), lock.clone());
+    service.login("xenopsd").unwrap();
+    assert_eq!(mode(&dir.path().join("run")), 0o700);
+    assert_eq!(mode(&dir.path().join("run/squeeze")), 0o700);
+    assert_eq!(mode(&lock), 0o600);
+}
+
+#[test]
+fn a_lock_file_left_readable_by_everyone_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("host.lock");
+    std::fs::write(&lock, b"").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let service = service_with_lock(dir.path(), lock.clone());
+    service.login("xenopsd").unwrap();
+    assert_eq!(mode(&lock), 0o600);
+}
+
+#[test]
+fn a_lock_file_owned_by_another_user_is_refused() {
+    let me = rustix::process::geteuid().as_raw();
+    if me != 0 {
+        // Only root can give a file to another user; nothing to check as anyone else.
+        eprintln!("skipped: needs root to make a file owned by another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("host.lock");
+    std::fs::write(&lock, b"").unwrap();
+    // 65534: nobody.
+    std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).unwrap();
+    let service = service_with_lock(dir.path(), lock.clone());
+    match service.login("xenopsd") {
+        Err(Error::Backend(why)) => {
+            assert!(why.contains("belongs to user 65534"), "{why}");
+            assert!(why.contains(&lock.display().to_string()), "{why}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_lock_path_that_is_a_symbolic_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, b"").unwrap();
+    let lock = dir.path().join("host.lock");
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    let service = service_with_lock(dir.path(), lock);
+    assert!(matches!(
+        service.login("xenopsd"),
+        Err(Error::Backend(why)) if why.contains("host.lock")
+    ));
+}
