@@ -1070,7 +1070,10 @@ sqz_status sqz_host_builder_set_weight(struct sqz_host_builder *b, int32_t domid
  * The callback may run on any thread that runs library code (including a service's background
  * balancer), possibly on several at once, so `ctx` must be safe to use from them; records that
  * the callback itself causes by calling into the library are dropped. `ctx` must stay valid
- * until the callback is replaced or removed. Errors: `max_level` outside 0..=5 →
+ * until the callback is replaced or removed: this call returns only once every delivery to
+ * the earlier callback has returned, so the earlier `ctx` may then be freed (a callback that
+ * waits for the thread replacing it would therefore never return). Errors: `max_level`
+ * outside 0..=5, or a call from inside a log callback (it would wait for itself) →
  * `SQZ_ERR_INVALID_ARGUMENT`; another logger already installed in this library's copy of the
  * Rust log facade (only possible when the library is linked as a Rust crate into a program
  * that installed one) → `SQZ_ERR_UNSUPPORTED`.
