@@ -117,10 +117,11 @@ impl<T: Tagged> Handle<T> {
         f(unsafe { &mut *handle.value.get() })
     }
 
-    /// Runs `f` with access to the value behind `ptr` for a handle many threads share (the
-    /// service, the fake host). Another thread using the handle at the same moment is waited
-    /// for, never refused: such a use is `f` itself, which must be short and must not call the
-    /// caller's code (it clones a shared value), so the wait lasts a clone and cannot deadlock.
+    /// Runs `f` with access to the value behind `ptr` for a handle many threads may share (the
+    /// service, the fake host, settings, a cancel handle). Another thread using the handle at
+    /// the same moment is waited for, never refused: such a use is `f` itself, which must be
+    /// short and must not call the caller's code (it copies, clones or sets a value), so the
+    /// wait lasts that long and cannot deadlock.
     /// Re-entrant use from a callback therefore never meets a busy handle; the objects refuse it
     /// themselves where it would deadlock.
     ///
@@ -129,7 +130,7 @@ impl<T: Tagged> Handle<T> {
     pub unsafe fn with_shared<R>(
         ptr: *mut Handle<T>,
         what: &str,
-        f: impl FnOnce(&T) -> R,
+        f: impl FnOnce(&mut T) -> R,
     ) -> Result<R, Failure> {
         // SAFETY: NULL is checked; otherwise the caller promises a live handle.
         let handle = unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))?;
@@ -166,7 +167,7 @@ impl<T: Tagged> Handle<T> {
         }
         let _release = Release { ptr };
         // SAFETY: the BUSY flag gives this call the only access to the value until release.
-        Ok(f(unsafe { &*handle.value.get() }))
+        Ok(f(unsafe { &mut *handle.value.get() }))
     }
 
     /// Frees the handle now, or when the call using it returns.
@@ -182,15 +183,17 @@ impl<T: Tagged> Handle<T> {
             // Not ours to free (another kind of handle, or already freed).
             return;
         }
-        match handle.state.compare_exchange(
-            IDLE,
-            BUSY_FREE_PENDING,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            // SAFETY: idle, so no call holds a reference; we own it from here.
-            Ok(_) => drop(unsafe { Box::from_raw(ptr) }),
-            Err(_) => {
+        // A poisoned handle is as free of users as an idle one: release it too.
+        let unused = [IDLE, POISONED].into_iter().any(|from| {
+            handle
+                .state
+                .compare_exchange(from, BUSY_FREE_PENDING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        match unused {
+            // SAFETY: idle or poisoned, so no call holds a reference; we own it from here.
+            true => drop(unsafe { Box::from_raw(ptr) }),
+            false => {
                 // Busy: the running call frees it on return. A second free while pending is
                 // harmless.
                 let _ = handle.state.compare_exchange(
@@ -299,6 +302,30 @@ mod tests {
             })
         };
         assert_eq!(len, Ok(3));
+    }
+
+    impl Tagged for std::sync::Arc<u8> {
+        const TAG: u32 = 0x7e57_0005;
+    }
+
+    #[test]
+    fn freeing_a_poisoned_handle_releases_what_it_holds() {
+        let shared = std::sync::Arc::new(7u8);
+        let h = Handle::into_raw(shared.clone());
+        assert_eq!(std::sync::Arc::strong_count(&shared), 2);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: h is live.
+            let _ =
+                unsafe { Handle::with(h, "thing", |_| -> Result<(), Failure> { panic!("a bug") }) };
+        }));
+        assert!(caught.is_err());
+        // SAFETY: h is live (poisoned).
+        unsafe { Handle::free(h) };
+        assert_eq!(
+            std::sync::Arc::strong_count(&shared),
+            1,
+            "the poisoned handle's value was not dropped"
+        );
     }
 
     #[test]
