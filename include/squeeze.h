@@ -170,7 +170,9 @@ typedef struct sqz_host_builder sqz_host_builder;
  * Options for the squeezer (policy, fistpoints, stuck-after time, deadline). Opaque; created by
  * `sqz_options_new`, released by `sqz_options_free`. Wherever a `const sqz_options *` is taken,
  * NULL means the defaults. Functions that take options copy them, so an options object may be
- * changed or freed as soon as the call returns. Not safe to change from two threads at once.
+ * changed or freed as soon as the call returns. Threads using one options object at once
+ * wait for each other. Anything else passed as a `sqz_options *` (another kind of handle, a
+ * freed one) is refused with `SQZ_ERR_INVALID_ARGUMENT`.
  */
 typedef struct sqz_options sqz_options;
 
@@ -186,7 +188,10 @@ typedef struct sqz_service sqz_service;
  * Settings of a service (slush, lock file, where the boot-time free memory is recorded, the
  * squeezer's options). Opaque; created by `sqz_service_config_new`, released by
  * `sqz_service_config_free`. Wherever a `const sqz_service_config *` is taken, NULL means the
- * defaults; it is copied, so it may be changed or freed as soon as the call returns.
+ * defaults; it is copied, so it may be changed or freed as soon as the call returns. Threads
+ * using one settings object at once wait for each other. Anything else passed as a
+ * `sqz_service_config *` (another kind of handle, a freed one) is refused with
+ * `SQZ_ERR_INVALID_ARGUMENT`.
  */
 typedef struct sqz_service_config sqz_service_config;
 

@@ -17,7 +17,7 @@ use super::guard;
 use super::handle::{Handle, Tagged};
 use super::ops::{need_out, write_out};
 use super::platform::{in_platform_callback, sqz_platform, CPlatform};
-use super::service_config::sqz_service_config;
+use super::service_config::{config_or_default, sqz_service_config};
 
 /// Bytes of the buffer a reservation id is written to: 36 characters of UUID text and a NUL.
 pub const SQZ_RESERVATION_ID_SIZE: usize = 37;
@@ -104,9 +104,7 @@ fn new_service(
     out: *mut *mut sqz_service,
 ) -> Result<(), Failure> {
     // SAFETY: the callers pass NULL or a live config.
-    let config = unsafe { config.as_ref() }
-        .map(|c| c.config.clone())
-        .unwrap_or_default();
+    let config = unsafe { config_or_default(config) }?;
     let service = Service::new(platform, config)?;
     let h = Handle::into_raw(ServiceState { service });
     // SAFETY: the callers checked `out` is not NULL.
