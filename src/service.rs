@@ -877,31 +877,14 @@ impl Service {
         let interval = Duration::from_secs_f64(self.inner.config.balance_interval_s);
         // The thread holds a weak reference so a forgotten service is not kept alive by it.
         let weak = Arc::downgrade(&self.inner);
+        let me = Arc::as_ptr(&self.inner) as usize;
         let stop2 = stop.clone();
         let failed = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("squeeze-balancer".into())
-            .spawn(move || loop {
-                {
-                    let (m, c) = &*stop2;
-                    let mut stopped = m.lock();
-                    if !*stopped {
-                        c.wait_for(&mut stopped, interval);
-                    }
-                    if *stopped {
-                        return;
-                    }
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                let service = Service { inner };
-                match service.balance_if_unbalanced() {
-                    Ok(_) => failed.store(false, Ordering::Relaxed),
-                    // Log once per failure streak, not every interval.
-                    Err(e) if !failed.swap(true, Ordering::Relaxed) => {
-                        warn!("background balancing failed: {e}")
-                    }
-                    Err(_) => {}
-                }
+            .spawn(move || {
+                BALANCER_OF.with(|b| b.set(me));
+                balancer_loop(&stop2, interval, &weak, &failed)
             })
             .map_err(|e| Error::Backend(format!("cannot start the balancer thread: {e}")))?;
         *slot = Some(Balancer { stop, thread });
@@ -931,9 +914,53 @@ impl Service {
                 *m.lock() = true;
                 c.notify_all();
             }
-            if b.thread.thread().id() != std::thread::current().id() && b.thread.join().is_err() {
+            if !on_balancer_thread_of(Arc::as_ptr(&self.inner)) && b.thread.join().is_err() {
                 warn!("the balancer thread panicked");
             }
+        }
+    }
+}
+
+thread_local! {
+    // The service whose background balancer runs on this thread (the address of its shared
+    // state), or 0. Lets a stop tell its own balancer's thread apart without asking for the
+    // thread's handle, which allocates one for a C program's main thread that is never freed.
+    static BALANCER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread is the background balancer of the service whose state is at `inner`.
+fn on_balancer_thread_of(inner: *const Inner) -> bool {
+    BALANCER_OF.with(|b| b.get()) == inner as usize
+}
+
+/// The background balancer's thread: a check every `interval` until stopped or the service
+/// is gone.
+fn balancer_loop(
+    stop: &(Mutex<bool>, Condvar),
+    interval: Duration,
+    weak: &std::sync::Weak<Inner>,
+    failed: &AtomicBool,
+) {
+    loop {
+        {
+            let (m, c) = stop;
+            let mut stopped = m.lock();
+            if !*stopped {
+                c.wait_for(&mut stopped, interval);
+            }
+            if *stopped {
+                return;
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let service = Service { inner };
+        match service.balance_if_unbalanced() {
+            Ok(_) => failed.store(false, Ordering::Relaxed),
+            // Log once per failure streak, not every interval.
+            Err(e) if !failed.swap(true, Ordering::Relaxed) => {
+                warn!("background balancing failed: {e}")
+            }
+            Err(_) => {}
         }
     }
 }
@@ -946,7 +973,7 @@ impl Drop for Inner {
             c.notify_all();
             // The thread may be the one dropping us (it held the last reference); never join
             // oneself.
-            if b.thread.thread().id() != std::thread::current().id() {
+            if !on_balancer_thread_of(self) {
                 let _ = b.thread.join();
             }
         }
