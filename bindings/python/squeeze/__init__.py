@@ -1036,7 +1036,10 @@ class _ServiceConfig:
     """An ``sqz_service_config`` with the given settings (``None``: the default), for the
     duration of a ``with`` block."""
 
-    def __init__(self, lock_path, slush_kib, boot_time_record_path, options, balance_interval_s):
+    def __init__(
+        self, lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
+        lock_timeout_s=None,
+    ):
         self._cfg = ctypes.c_void_p()
         _check(lib.sqz_service_config_new(ctypes.byref(self._cfg)))
         cfg = self._cfg
@@ -1051,6 +1054,9 @@ class _ServiceConfig:
             if balance_interval_s is not None:
                 s = _seconds("balance_interval_s", balance_interval_s)
                 _check(lib.sqz_service_config_set_balance_interval(cfg, s))
+            if lock_timeout_s is not None:
+                s = _seconds("lock_timeout_s", lock_timeout_s)
+                _check(lib.sqz_service_config_set_lock_timeout(cfg, s))
             with _OptionsHandle(options) as o:
                 _check(lib.sqz_service_config_set_options(cfg, o))
         except BaseException:
@@ -1070,7 +1076,9 @@ class Service(_Handle):
     :class:`FakeHost`, or over this host's Xen with :meth:`open_xen`. Every process sharing a
     host must use the same ``lock_path``. ``policy`` is POLICY_ADAPTIVE (the default: one adaptive
     squeezer for the service's life; see :meth:`cooperation`) or POLICY_CLASSIC (squeezed's
-    algorithm, a fresh squeezer per call). Use as a context manager, or call :meth:`close`. Thread-safe."""
+    algorithm, a fresh squeezer per call). ``lock_timeout_s`` bounds the wait for the host lock
+    (default 600 s; then :class:`BackendError`). Use as a context manager, or call
+    :meth:`close`. Thread-safe."""
 
     _free = staticmethod(lib.sqz_service_free)
 
@@ -1083,6 +1091,7 @@ class Service(_Handle):
         options: Optional[Options] = None,
         balance_interval_s: Optional[float] = None,
         policy: Optional[int] = None,
+        lock_timeout_s: Optional[float] = None,
     ):
         super().__init__()
         if policy is not None and (
@@ -1092,7 +1101,7 @@ class Service(_Handle):
         if not isinstance(fake, FakeHost):
             raise TypeError(f"fake must be a squeeze.FakeHost, not {type(fake).__name__}")
         settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s)
-        with _ServiceConfig(*settings) as cfg:
+        with _ServiceConfig(*settings, lock_timeout_s=lock_timeout_s) as cfg:
             if policy is not None:
                 _check(lib.sqz_service_config_set_policy(cfg, policy))
             _check(lib.sqz_service_new_fake(fake._ptr(), cfg, ctypes.byref(self._handle)))
@@ -1106,6 +1115,7 @@ class Service(_Handle):
         options: Optional[Options] = None,
         balance_interval_s: Optional[float] = None,
         policy: Optional[int] = None,
+        lock_timeout_s: Optional[float] = None,
     ) -> "Service":
         """The service over this host's Xen (libxenctrl and xenstored). Raises
         :class:`Unsupported` when libsqueeze was built without Xen support (cargo feature
@@ -1113,7 +1123,7 @@ class Service(_Handle):
         self = cls.__new__(cls)
         _Handle.__init__(self)
         settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s)
-        with _ServiceConfig(*settings) as cfg:
+        with _ServiceConfig(*settings, lock_timeout_s=lock_timeout_s) as cfg:
             if policy is not None:
                 _check(lib.sqz_service_config_set_policy(cfg, policy))
             _check(lib.sqz_service_new_xen(cfg, ctypes.byref(self._handle)))
