@@ -143,6 +143,8 @@ struct Balancer {
 
 struct Inner {
     model: Mutex<HostModel>,
+    /// The platform's store, for reads that need no decision and so no lock.
+    store: Arc<dyn crate::platform::Store>,
     config: ServiceConfig,
     layout: Layout,
     balancer: Mutex<Option<Balancer>>,
@@ -219,6 +221,7 @@ impl Service {
     pub fn new(platform: Platform, config: ServiceConfig) -> Result<Self> {
         config.validate()?;
         let layout = config.host.layout.clone();
+        let store = platform.store.clone();
         let mut model = HostModel::new(platform, config.host.clone())?;
         // The adaptive algorithm's score, with its hysteresis, sets memory/uncooperative.
         model.set_cooperation_judged_by_squeezer(config.policy == Policy::Adaptive);
@@ -235,6 +238,7 @@ impl Service {
         Ok(Service {
             inner: Arc::new(Inner {
                 model: Mutex::new(model),
+                store,
                 config,
                 layout,
                 balancer: Mutex::new(None),
@@ -568,9 +572,9 @@ impl Service {
     pub fn query_reservation_of_domain(&self, session: &str, domid: DomId) -> Result<String> {
         reservations::check_session(session)?;
         check_domid(domid)?;
-        let model = self.inner.model.lock();
-        model
-            .platform()
+        // One read of one key: no decision, so it does not wait for the host lock, which a
+        // reservation holds while balloon drivers work.
+        self.inner
             .store
             .read(&reservations::reservation_id_path(domid))?
             .ok_or(Error::NoReservation(domid))

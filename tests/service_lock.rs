@@ -228,3 +228,49 @@ fn a_lock_path_that_is_a_symbolic_link_is_refused() {
         Err(Error::Backend(why)) if why.contains("host.lock")
     ));
 }
+
+#[test]
+fn a_query_does_not_wait_for_a_reservation_holding_the_host_lock() {
+    let (_dir, fake, service) = setup(small_host());
+    service.login("xenopsd").unwrap();
+    service.login("xl").unwrap();
+    // A reservation and a transfer to domain 1, done before.
+    let domid = fake
+        .create_domain(squeeze::backend::fake::GuestSpec::fixed(0))
+        .unwrap();
+    let id = service.reserve_memory("xenopsd", 64 * MIB).unwrap();
+    service
+        .transfer_reservation_to_domain("xenopsd", &id, domid)
+        .unwrap();
+    // Another reservation stops inside the host lock.
+    let inside = Arc::new(Barrier::new(2));
+    let leave = Arc::new(Barrier::new(2));
+    {
+        let (inside, leave) = (inside.clone(), leave.clone());
+        service.set_fault_hook(Some(Arc::new(move |point: &str| {
+            if point == "reserve:freed" {
+                inside.wait();
+                leave.wait();
+            }
+        })));
+    }
+    let holder = {
+        let service = service.clone();
+        std::thread::spawn(move || service.reserve_memory("xl", 128 * MIB))
+    };
+    inside.wait();
+    let (tx, rx) = mpsc::channel();
+    {
+        let service = service.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(service.query_reservation_of_domain("xenopsd", domid));
+        });
+    }
+    let answer = rx.recv_timeout(Duration::from_secs(10));
+    leave.wait();
+    assert_eq!(
+        answer.expect("the query waited for the reservation"),
+        Ok(id)
+    );
+    assert!(holder.join().unwrap().is_ok());
+}
