@@ -90,7 +90,7 @@ install:
 test-c:
 	rm -rf $(C_STAGE)
 	$(MAKE) --no-print-directory install PROFILE=debug PREFIX=$(C_STAGE)
-	$(CC) $(C_CFLAGS) -Itests/c tests/c/test_client.c -o $(C_STAGE)/test_client \
+	$(CC) $(C_CFLAGS) -pthread -Itests/c tests/c/test_client.c -o $(C_STAGE)/test_client \
 	    $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs squeeze) -lm \
 	    -Wl,-rpath,$(C_STAGE)/lib
 	$(VALGRIND) $(C_STAGE)/test_client

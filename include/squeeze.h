@@ -180,7 +180,9 @@ typedef struct sqz_host_builder sqz_host_builder;
  * Options for the squeezer (policy, fistpoints, stuck-after time, deadline). Opaque; created by
  * `sqz_options_new`, released by `sqz_options_free`. Wherever a `const sqz_options *` is taken,
  * NULL means the defaults. Functions that take options copy them, so an options object may be
- * changed or freed as soon as the call returns. Not safe to change from two threads at once.
+ * changed or freed as soon as the call returns. Threads using one options object at once
+ * wait for each other. Anything else passed as a `sqz_options *` (another kind of handle, a
+ * freed one) is refused with `SQZ_ERR_INVALID_ARGUMENT`.
  */
 typedef struct sqz_options sqz_options;
 
@@ -196,7 +198,10 @@ typedef struct sqz_service sqz_service;
  * Settings of a service (slush, lock file, where the boot-time free memory is recorded, the
  * squeezer's options). Opaque; created by `sqz_service_config_new`, released by
  * `sqz_service_config_free`. Wherever a `const sqz_service_config *` is taken, NULL means the
- * defaults; it is copied, so it may be changed or freed as soon as the call returns.
+ * defaults; it is copied, so it may be changed or freed as soon as the call returns. Threads
+ * using one settings object at once wait for each other. Anything else passed as a
+ * `sqz_service_config *` (another kind of handle, a freed one) is refused with
+ * `SQZ_ERR_INVALID_ARGUMENT`.
  */
 typedef struct sqz_service_config sqz_service_config;
 
@@ -1081,7 +1086,10 @@ sqz_status sqz_host_builder_set_weight(struct sqz_host_builder *b, int32_t domid
  * The callback may run on any thread that runs library code (including a service's background
  * balancer), possibly on several at once, so `ctx` must be safe to use from them; records that
  * the callback itself causes by calling into the library are dropped. `ctx` must stay valid
- * until the callback is replaced or removed. Errors: `max_level` outside 0..=5 →
+ * until the callback is replaced or removed: this call returns only once every delivery to
+ * the earlier callback has returned, so the earlier `ctx` may then be freed (a callback that
+ * waits for the thread replacing it would therefore never return). Errors: `max_level`
+ * outside 0..=5, or a call from inside a log callback (it would wait for itself) →
  * `SQZ_ERR_INVALID_ARGUMENT`; another logger already installed in this library's copy of the
  * Rust log facade (only possible when the library is linked as a Rust crate into a program
  * that installed one) → `SQZ_ERR_UNSUPPORTED`.
@@ -1319,8 +1327,12 @@ sqz_status sqz_service_new_platform(const struct sqz_platform *platform,
 sqz_status sqz_service_new_xen(const struct sqz_service_config *config, struct sqz_service **out);
 
 /**
- * Releases a service. NULL is a no-op. Calls running on other threads finish first (they hold
- * their own reference); the platform's `ctx` is not used once they have.
+ * Releases a service. NULL is a no-op. The background balancer is stopped first and a pass
+ * it is in finishes before this returns, so the balancer makes no platform callback after
+ * it. Calls the caller is still making on other threads finish (they hold their own
+ * reference); the platform's `ctx` is not used once they have. Called from inside one of the
+ * service's own callbacks, it cannot wait for the call in progress (which waits for it): that
+ * call and a balancing pass in progress still finish with the same `ctx`.
  */
 void sqz_service_free(struct sqz_service *s);
 
@@ -1481,6 +1493,15 @@ sqz_status sqz_service_config_set_lock_path(struct sqz_service_config *c, const 
  */
 sqz_status sqz_service_config_set_boot_time_record_path(struct sqz_service_config *c,
                                                         const char *path);
+
+/**
+ * Sets the seconds (real time) a call waits for the host lock before it fails with
+ * `SQZ_ERR_BACKEND` naming the lock file (default 600): a process that hangs holding the lock
+ * then blocks the others for at most this long. A reservation holds the lock while it waits
+ * for ballooning, so keep it above the longest reservation. Errors: `c` NULL, or `seconds` not
+ * above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`, unchanged.
+ */
+sqz_status sqz_service_config_set_lock_timeout(struct sqz_service_config *c, double seconds);
 
 /**
  * Sets the seconds between two checks of the background balancer (default 10). Errors: `c`

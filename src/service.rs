@@ -45,6 +45,10 @@ pub const DEFAULT_BOOT_TIME_RECORD_PATH: &str = "/run/squeeze/boot_time_memory";
 /// squeezed's balance check interval, in seconds.
 pub const DEFAULT_BALANCE_INTERVAL_S: f64 = 10.0;
 
+/// Seconds a call waits for the host lock by default: ten minutes, five times the adaptive
+/// policy's own limit on a reservation (120 s).
+pub const DEFAULT_LOCK_TIMEOUT_S: f64 = 600.0;
+
 /// Settings of a [`Service`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
@@ -62,6 +66,11 @@ pub struct ServiceConfig {
     pub boot_time_interval_s: f64,
     /// Seconds between two checks of the background balancer.
     pub balance_interval_s: f64,
+    /// Seconds (real time) a call waits for the host lock before it fails with
+    /// [`Error::Backend`] naming the lock file: a process that hangs while holding it must not
+    /// block every other caller forever. It must outlast the longest call another caller may
+    /// legitimately make while holding the lock (a reservation waits for ballooning under it).
+    pub lock_timeout_s: f64,
     /// Which algorithm decides: the adaptive one (one instance per service, learning across
     /// calls; the default) or squeezed's ([`Policy::Classic`]: a fresh squeezer per call, as
     /// squeezed runs it). Only the service defaults to adaptive: a [`crate::Balancer`] and the
@@ -83,6 +92,7 @@ impl Default for ServiceConfig {
             boot_time_samples: 3,
             boot_time_interval_s: 1.0,
             balance_interval_s: DEFAULT_BALANCE_INTERVAL_S,
+            lock_timeout_s: DEFAULT_LOCK_TIMEOUT_S,
             policy: Policy::Adaptive,
             adaptive: AdaptiveOptions::default(),
             domain_zero: DomainZeroPolicy::Fixed,
@@ -102,6 +112,12 @@ impl ServiceConfig {
         }
         check_interval("boot_time_interval_s", self.boot_time_interval_s)?;
         check_interval("balance_interval_s", self.balance_interval_s)?;
+        check_interval("lock_timeout_s", self.lock_timeout_s)?;
+        if self.lock_timeout_s == 0.0 {
+            return Err(Error::InvalidArgument(
+                "lock_timeout_s must be above 0".into(),
+            ));
+        }
         if self.balance_interval_s == 0.0 {
             return Err(Error::InvalidArgument(
                 "balance_interval_s must be above 0".into(),
@@ -132,6 +148,8 @@ struct Balancer {
 
 struct Inner {
     model: Mutex<HostModel>,
+    /// The platform's store, for reads that need no decision and so no lock.
+    store: Arc<dyn crate::platform::Store>,
     config: ServiceConfig,
     layout: Layout,
     balancer: Mutex<Option<Balancer>>,
@@ -229,6 +247,7 @@ impl Service {
             config.host.manage_domain_zero = true;
         }
         let layout = config.host.layout.clone();
+        let store = platform.store.clone();
         let mut model = HostModel::new(platform, config.host.clone())?;
         // The adaptive algorithm's score, with its hysteresis, sets memory/uncooperative.
         model.set_cooperation_judged_by_squeezer(config.policy == Policy::Adaptive);
@@ -245,6 +264,7 @@ impl Service {
         let service = Service {
             inner: Arc::new(Inner {
                 model: Mutex::new(model),
+                store,
                 config,
                 layout,
                 balancer: Mutex::new(None),
@@ -290,8 +310,42 @@ impl Service {
     /// Runs `f` with the host to itself: this process's threads and every other process that
     /// uses the same lock file wait.
     fn with_host<T>(&self, f: impl FnOnce(&mut HostModel) -> Result<T>) -> Result<T> {
-        let mut model = self.inner.model.lock();
-        let _flock = lockfile::lock(&self.inner.config.lock_path, false)?;
+        self.with_host_or_cancel(None, f)
+    }
+
+    /// [`with_host`](Service::with_host) for a call that may be cancelled: while it waits for
+    /// the host (this process's threads or another process holding the lock), `cancel` ends
+    /// the wait with [`Error::Cancelled`]. Either wait ends after `lock_timeout_s` of real
+    /// time with [`Error::Backend`]; the platform's clock is not used, as it may be simulated.
+    fn with_host_or_cancel<T>(
+        &self,
+        cancel: Option<&CancelToken>,
+        f: impl FnOnce(&mut HostModel) -> Result<T>,
+    ) -> Result<T> {
+        let cfg = &self.inner.config;
+        let started = std::time::Instant::now();
+        let limit = Duration::from_secs_f64(cfg.lock_timeout_s);
+        let mut keep_waiting = || {
+            if cancel.is_some_and(|c| c.is_cancelled()) {
+                return Err(Error::Cancelled);
+            }
+            if started.elapsed() >= limit {
+                return Err(Error::Backend(format!(
+                    "gave up waiting for the host lock {} after {} s (lock_timeout_s): another \
+                     caller held it all that time, or a process holding it has hung",
+                    cfg.lock_path.display(),
+                    cfg.lock_timeout_s
+                )));
+            }
+            Ok(())
+        };
+        let mut model = loop {
+            if let Some(m) = self.inner.model.try_lock_for(lockfile::MAX_POLL) {
+                break m;
+            }
+            keep_waiting()?;
+        };
+        let _flock = lockfile::lock_polling(&cfg.lock_path, &mut keep_waiting)?;
         f(&mut model)
     }
 
@@ -404,7 +458,8 @@ impl Service {
         let kib = pages::round_up_kib(kib);
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
-        self.with_host(|model| {
+        let cancel = options.cancel.clone();
+        self.with_host_or_cancel(cancel.as_ref(), |model| {
             let required = kib::add(kib, slush, "memory to free")?;
             let watch = (
                 required,
@@ -467,7 +522,8 @@ impl Service {
         let (min_kib, max_kib) = (pages::round_up_kib(min_kib), pages::round_up_kib(max_kib));
         let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
-        let amount = self.with_host(|model| {
+        let cancel = options.cancel.clone();
+        let amount = self.with_host_or_cancel(cancel.as_ref(), |model| {
             // Progress needs the amount the policy aims for, which costs a look at the host.
             let watch = if options.progress.is_some() {
                 driver::range_request(model, min_kib, max_kib)?.required
@@ -570,9 +626,9 @@ impl Service {
     pub fn query_reservation_of_domain(&self, session: &str, domid: DomId) -> Result<String> {
         reservations::check_session(session)?;
         check_domid(domid)?;
-        let model = self.inner.model.lock();
-        model
-            .platform()
+        // One read of one key: no decision, so it does not wait for the host lock, which a
+        // reservation holds while balloon drivers work.
+        self.inner
             .store
             .read(&reservations::reservation_id_path(domid))?
             .ok_or(Error::NoReservation(domid))
@@ -886,39 +942,35 @@ impl Service {
         let interval = Duration::from_secs_f64(self.inner.config.balance_interval_s);
         // The thread holds a weak reference so a forgotten service is not kept alive by it.
         let weak = Arc::downgrade(&self.inner);
+        let me = Arc::as_ptr(&self.inner) as usize;
         let stop2 = stop.clone();
         let failed = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("squeeze-balancer".into())
-            .spawn(move || loop {
-                {
-                    let (m, c) = &*stop2;
-                    let mut stopped = m.lock();
-                    if !*stopped {
-                        c.wait_for(&mut stopped, interval);
-                    }
-                    if *stopped {
-                        return;
-                    }
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                let service = Service { inner };
-                match service.balance_if_unbalanced() {
-                    Ok(_) => failed.store(false, Ordering::Relaxed),
-                    // Log once per failure streak, not every interval.
-                    Err(e) if !failed.swap(true, Ordering::Relaxed) => {
-                        warn!("background balancing failed: {e}")
-                    }
-                    Err(_) => {}
-                }
+            .spawn(move || {
+                BALANCER_OF.with(|b| b.set(me));
+                balancer_loop(&stop2, interval, &weak, &failed)
             })
             .map_err(|e| Error::Backend(format!("cannot start the balancer thread: {e}")))?;
         *slot = Some(Balancer { stop, thread });
         Ok(())
     }
 
-    /// Stops the background balancer and waits for its thread; stopping it when it does not
-    /// run is harmless.
+    /// Asks the background balancer to stop after the pass it may be in, without waiting for
+    /// it: for a caller that holds the host (a platform callback), which the balancer may be
+    /// waiting for.
+    pub fn request_balancer_stop(&self) {
+        if let Some(b) = self.inner.balancer.lock().take() {
+            let (m, c) = &*b.stop;
+            *m.lock() = true;
+            c.notify_all();
+        }
+    }
+
+    /// Stops the background balancer and waits for its thread, including a pass in progress:
+    /// once this returns, the balancer calls the platform no more. Stopping it when it does not
+    /// run is harmless. Called from the balancer's own thread (a platform callback during a
+    /// pass), it only asks the thread to stop after that pass: a thread cannot wait for itself.
     pub fn stop_balancer(&self) {
         let b = self.inner.balancer.lock().take();
         if let Some(b) = b {
@@ -927,9 +979,53 @@ impl Service {
                 *m.lock() = true;
                 c.notify_all();
             }
-            if b.thread.join().is_err() {
+            if !on_balancer_thread_of(Arc::as_ptr(&self.inner)) && b.thread.join().is_err() {
                 warn!("the balancer thread panicked");
             }
+        }
+    }
+}
+
+thread_local! {
+    // The service whose background balancer runs on this thread (the address of its shared
+    // state), or 0. Lets a stop tell its own balancer's thread apart without asking for the
+    // thread's handle, which allocates one for a C program's main thread that is never freed.
+    static BALANCER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread is the background balancer of the service whose state is at `inner`.
+fn on_balancer_thread_of(inner: *const Inner) -> bool {
+    BALANCER_OF.with(|b| b.get()) == inner as usize
+}
+
+/// The background balancer's thread: a check every `interval` until stopped or the service
+/// is gone.
+fn balancer_loop(
+    stop: &(Mutex<bool>, Condvar),
+    interval: Duration,
+    weak: &std::sync::Weak<Inner>,
+    failed: &AtomicBool,
+) {
+    loop {
+        {
+            let (m, c) = stop;
+            let mut stopped = m.lock();
+            if !*stopped {
+                c.wait_for(&mut stopped, interval);
+            }
+            if *stopped {
+                return;
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let service = Service { inner };
+        match service.balance_if_unbalanced() {
+            Ok(_) => failed.store(false, Ordering::Relaxed),
+            // Log once per failure streak, not every interval.
+            Err(e) if !failed.swap(true, Ordering::Relaxed) => {
+                warn!("background balancing failed: {e}")
+            }
+            Err(_) => {}
         }
     }
 }
@@ -942,7 +1038,7 @@ impl Drop for Inner {
             c.notify_all();
             // The thread may be the one dropping us (it held the last reference); never join
             // oneself.
-            if b.thread.thread().id() != std::thread::current().id() {
+            if !on_balancer_thread_of(self) {
                 let _ = b.thread.join();
             }
         }

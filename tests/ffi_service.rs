@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use squeeze::ffi::*;
 
@@ -25,13 +26,32 @@ struct TestHost {
     /// The service handle, for the re-entrancy test.
     service: *mut sqz_service,
     reentry_status: Option<sqz_status>,
+    /// Holds the first domain listing in a gate and counts callbacks after the free.
+    gate: Option<Arc<Gate>>,
+}
+
+/// Stops the first `list_domains` (the balancer's pass) until released, and counts every
+/// callback made once the test has seen `sqz_service_free` return.
+#[derive(Default)]
+struct Gate {
+    /// (a pass has entered the gate, the gate is open)
+    state: Mutex<(bool, bool)>,
+    changed: Condvar,
+    freed: AtomicBool,
+    calls_after_free: AtomicU32,
 }
 
 type Ctx = Mutex<TestHost>;
 
 unsafe fn host<'a>(ctx: *mut c_void) -> std::sync::MutexGuard<'a, TestHost> {
     // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
-    unsafe { &*(ctx as *const Ctx) }.lock().unwrap()
+    let h = unsafe { &*(ctx as *const Ctx) }.lock().unwrap();
+    if let Some(g) = &h.gate {
+        if g.freed.load(Ordering::SeqCst) {
+            g.calls_after_free.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    h
 }
 
 unsafe fn s(p: *const c_char) -> String {
@@ -40,6 +60,18 @@ unsafe fn s(p: *const c_char) -> String {
 }
 
 unsafe extern "C" fn list_domains(ctx: *mut c_void, out: *mut sqz_domain_list) -> i32 {
+    // SAFETY: as below.
+    let gate = unsafe { host(ctx) }.gate.clone();
+    if let Some(g) = gate {
+        let mut st = g.state.lock().unwrap();
+        if !st.0 {
+            st.0 = true;
+            g.changed.notify_all();
+            while !st.1 {
+                st = g.changed.wait(st).unwrap();
+            }
+        }
+    }
     // SAFETY: ctx (a live Mutex<TestHost>) and pointers come from the library for this call.
     let domains = unsafe { host(ctx) }.domains.clone();
     for d in &domains {
@@ -232,6 +264,7 @@ fn test_host() -> Box<Ctx> {
         fail_physinfo: false,
         service: std::ptr::null_mut(),
         reentry_status: None,
+        gate: None,
     }))
 }
 
@@ -597,6 +630,66 @@ fn the_background_balancer_gives_an_idle_host_s_memory_back_to_a_guest_below_its
         sqz_service_free(svc);
         sqz_fake_host_free(host);
     }
+}
+
+#[test]
+fn freeing_the_service_waits_for_the_background_balancer_s_pass_so_no_callback_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = CString::new(dir.path().join("host.lock").to_str().unwrap()).unwrap();
+    let ctx = test_host();
+    let gate = Arc::new(Gate::default());
+    // SAFETY: pointers are to locals, live handles or C strings outliving the call.
+    let svc = unsafe {
+        let mut cfg = std::ptr::null_mut();
+        assert_eq!(sqz_service_config_new(&mut cfg), SQZ_OK);
+        assert_eq!(sqz_service_config_set_lock_path(cfg, lock.as_ptr()), SQZ_OK);
+        assert_eq!(sqz_service_config_set_balance_interval(cfg, 0.01), SQZ_OK);
+        let t = table(&ctx);
+        let mut svc = std::ptr::null_mut();
+        assert_eq!(sqz_service_new_platform(&t, cfg, &mut svc), SQZ_OK);
+        sqz_service_config_free(cfg);
+        svc
+    };
+    ctx.lock().unwrap().gate = Some(gate.clone());
+    // SAFETY: svc is live.
+    assert_eq!(unsafe { sqz_service_start_balancer(svc) }, SQZ_OK);
+    // The balancer's first pass stops in the gate, inside a domain listing.
+    {
+        let mut st = gate.state.lock().unwrap();
+        while !st.0 {
+            st = gate.changed.wait(st).unwrap();
+        }
+    }
+    let svc_addr = svc as usize;
+    let freer_gate = gate.clone();
+    let freer = std::thread::spawn(move || {
+        // SAFETY: the service is live and given up here.
+        unsafe { sqz_service_free(svc_addr as *mut sqz_service) };
+        freer_gate.freed.store(true, Ordering::SeqCst);
+    });
+    // A free that does not wait for the pass returns at once; give it that chance (a correct
+    // free cannot return before the gate opens, so this waits the full second), then let the
+    // pass go on. It has more callbacks to make: at least the rest of this listing.
+    for _ in 0..100 {
+        if gate.freed.load(Ordering::SeqCst) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    {
+        let mut st = gate.state.lock().unwrap();
+        st.1 = true;
+        gate.changed.notify_all();
+    }
+    freer.join().unwrap();
+    assert!(gate.freed.load(Ordering::SeqCst));
+    // Anything still running would call within a few balance intervals (10 ms each).
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        gate.calls_after_free.load(Ordering::SeqCst),
+        0,
+        "platform callbacks made after sqz_service_free returned"
+    );
 }
 
 #[cfg(not(feature = "xen"))]

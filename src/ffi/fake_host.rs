@@ -105,7 +105,7 @@ fn fake_handle(f: *mut sqz_fake_host) -> *mut Handle<FakeState> {
 /// `f` is NULL or a live fake host.
 pub(crate) unsafe fn fake(f: *mut sqz_fake_host) -> Result<FakeHost, Failure> {
     // SAFETY: forwarded from the caller.
-    unsafe { Handle::with(fake_handle(f), "fake host", |s| Ok(s.host.clone())) }
+    unsafe { Handle::with_shared(fake_handle(f), "fake host", |s| s.host.clone()) }
 }
 
 /// # Safety

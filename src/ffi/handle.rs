@@ -3,7 +3,9 @@
 //! A handle is marked busy while a call uses it. A second use while it is busy (a callback
 //! re-entering the library with the same handle, or two threads sharing one) is refused with
 //! `SQZ_ERR_INVALID_ARGUMENT`; nothing ever waits, so nothing can deadlock, and no lock is held
-//! while a callback runs. Freeing a busy handle (from inside one of its own callbacks) is
+//! while a callback runs. Handles documented as shared between threads (the service, the fake
+//! host) are only busy while their shared value is cloned, so they wait for each other instead
+//! ([`Handle::with_shared`]). Freeing a busy handle (from inside one of its own callbacks) is
 //! deferred until the call that is using it returns. A panic while a handle is in use (a bug)
 //! poisons it: its contents may be half-updated, so later uses are refused with
 //! `SQZ_ERR_INTERNAL` and only freeing it remains possible.
@@ -115,6 +117,59 @@ impl<T: Tagged> Handle<T> {
         f(unsafe { &mut *handle.value.get() })
     }
 
+    /// Runs `f` with access to the value behind `ptr` for a handle many threads may share (the
+    /// service, the fake host, settings, a cancel handle). Another thread using the handle at
+    /// the same moment is waited for, never refused: such a use is `f` itself, which must be
+    /// short and must not call the caller's code (it copies, clones or sets a value), so the
+    /// wait lasts that long and cannot deadlock.
+    /// Re-entrant use from a callback therefore never meets a busy handle; the objects refuse it
+    /// themselves where it would deadlock.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or came from [`Handle::into_raw`] and has not been freed.
+    pub unsafe fn with_shared<R>(
+        ptr: *mut Handle<T>,
+        what: &str,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, Failure> {
+        // SAFETY: NULL is checked; otherwise the caller promises a live handle.
+        let handle = unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))?;
+        let mut spins = 0u32;
+        loop {
+            if handle.tag.load(Ordering::Acquire) != T::TAG {
+                return Err(invalid(format!(
+                    "{what} is not a live {what} handle (freed, or another kind of handle)"
+                )));
+            }
+            match handle
+                .state
+                .compare_exchange(IDLE, BUSY, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(POISONED) => {
+                    return Err(Failure::Internal(format!(
+                        "{what} was left inconsistent by an earlier internal error; free it"
+                    )))
+                }
+                Err(BUSY_FREE_PENDING) => {
+                    return Err(invalid(format!("{what} is being freed")));
+                }
+                Err(_) => {
+                    // Another thread is cloning: a few spins, then let it run.
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+        let _release = Release { ptr };
+        // SAFETY: the BUSY flag gives this call the only access to the value until release.
+        Ok(f(unsafe { &mut *handle.value.get() }))
+    }
+
     /// Frees the handle now, or when the call using it returns.
     ///
     /// # Safety
@@ -128,15 +183,17 @@ impl<T: Tagged> Handle<T> {
             // Not ours to free (another kind of handle, or already freed).
             return;
         }
-        match handle.state.compare_exchange(
-            IDLE,
-            BUSY_FREE_PENDING,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            // SAFETY: idle, so no call holds a reference; we own it from here.
-            Ok(_) => drop(unsafe { Box::from_raw(ptr) }),
-            Err(_) => {
+        // A poisoned handle is as free of users as an idle one: release it too.
+        let unused = [IDLE, POISONED].into_iter().any(|from| {
+            handle
+                .state
+                .compare_exchange(from, BUSY_FREE_PENDING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        match unused {
+            // SAFETY: idle or poisoned, so no call holds a reference; we own it from here.
+            true => drop(unsafe { Box::from_raw(ptr) }),
+            false => {
                 // Busy: the running call frees it on return. A second free while pending is
                 // harmless.
                 let _ = handle.state.compare_exchange(
@@ -206,6 +263,35 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_handle_busy_on_another_thread_is_waited_for_not_refused() {
+        use std::sync::mpsc;
+        let h = Handle::into_raw(5i32);
+        let addr = h as usize;
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            // SAFETY: h is live until the free below, after both threads are done.
+            unsafe {
+                Handle::with_shared(addr as *mut Handle<i32>, "thing", |v| {
+                    entered_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    *v
+                })
+            }
+        });
+        entered_rx.recv().unwrap();
+        let waiter = std::thread::spawn(move || {
+            // SAFETY: as above.
+            unsafe { Handle::with_shared(addr as *mut Handle<i32>, "thing", |v| *v + 1) }
+        });
+        go_tx.send(()).unwrap();
+        assert_eq!(holder.join().unwrap(), Ok(5));
+        assert_eq!(waiter.join().unwrap(), Ok(6));
+        // SAFETY: h is live and idle.
+        unsafe { Handle::free(h) };
+    }
+
+    #[test]
     fn freeing_a_handle_from_inside_its_own_call_is_deferred() {
         let h = Handle::into_raw(vec![1, 2, 3]);
         // SAFETY: h is live; the free inside is deferred until `with` returns.
@@ -216,6 +302,30 @@ mod tests {
             })
         };
         assert_eq!(len, Ok(3));
+    }
+
+    impl Tagged for std::sync::Arc<u8> {
+        const TAG: u32 = 0x7e57_0005;
+    }
+
+    #[test]
+    fn freeing_a_poisoned_handle_releases_what_it_holds() {
+        let shared = std::sync::Arc::new(7u8);
+        let h = Handle::into_raw(shared.clone());
+        assert_eq!(std::sync::Arc::strong_count(&shared), 2);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: h is live.
+            let _ =
+                unsafe { Handle::with(h, "thing", |_| -> Result<(), Failure> { panic!("a bug") }) };
+        }));
+        assert!(caught.is_err());
+        // SAFETY: h is live (poisoned).
+        unsafe { Handle::free(h) };
+        assert_eq!(
+            std::sync::Arc::strong_count(&shared),
+            1,
+            "the poisoned handle's value was not dropped"
+        );
     }
 
     #[test]

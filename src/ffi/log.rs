@@ -5,8 +5,10 @@
 //! inside this library's own copy of the facade.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CString};
-use std::sync::{Once, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, Once};
 
 use super::error::{invalid, sqz_status};
 use super::guard;
@@ -44,7 +46,26 @@ struct Sink {
     ctx: usize,
 }
 
-static SINK: RwLock<Option<Sink>> = RwLock::new(None);
+/// The callback in force and the deliveries in flight, by the generation of the callback they
+/// use. Replacing the callback starts a new generation and waits until no delivery of an
+/// older one is in flight, so the old `ctx` is not used once `sqz_set_log_callback` returns.
+/// Deliveries never wait for a replacement (they take the sink in force when they start), and
+/// no lock is held while the callback runs.
+struct Sinks {
+    sink: Option<Sink>,
+    generation: u64,
+    /// Deliveries in flight, per generation (entries at 0 are removed).
+    in_flight: BTreeMap<u64, usize>,
+}
+
+static SINKS: Mutex<Sinks> = Mutex::new(Sinks {
+    sink: None,
+    generation: 0,
+    in_flight: BTreeMap::new(),
+});
+static DELIVERED: Condvar = Condvar::new();
+/// Whether a sink is set: `enabled` is asked for every record and must stay cheap.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
 static LOGGER: CallbackLogger = CallbackLogger;
 
@@ -56,25 +77,50 @@ thread_local! {
 
 struct CallbackLogger;
 
-fn sink() -> Option<Sink> {
-    *SINK.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn sinks() -> MutexGuard<'static, Sinks> {
+    SINKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn c_text(s: &str) -> CString {
     CString::new(s.replace('\0', "\u{FFFD}")).expect("NULs were replaced")
 }
 
+/// Ends a delivery of generation `.0`, also when the callback unwinds.
+struct InFlight(u64);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = sinks();
+        if let Some(n) = s.in_flight.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                s.in_flight.remove(&self.0);
+            }
+        }
+        DELIVERED.notify_all();
+        DELIVERING.with(|d| d.set(false));
+    }
+}
+
 impl log::Log for CallbackLogger {
     fn enabled(&self, _: &log::Metadata) -> bool {
-        sink().is_some()
+        ACTIVE.load(Ordering::Relaxed)
     }
 
     fn log(&self, record: &log::Record) {
-        // The lock is released before the callback runs.
-        let Some(sink) = sink() else { return };
-        if DELIVERING.with(|d| d.replace(true)) {
+        if !ACTIVE.load(Ordering::Relaxed) || DELIVERING.with(|d| d.get()) {
             return;
         }
+        let (sink, _in_flight) = {
+            let mut s = sinks();
+            let Some(sink) = s.sink else { return };
+            let generation = s.generation;
+            *s.in_flight.entry(generation).or_insert(0) += 1;
+            DELIVERING.with(|d| d.set(true));
+            (sink, InFlight(generation))
+        };
         let level = match record.level() {
             log::Level::Error => SQZ_LOG_ERROR,
             log::Level::Warn => SQZ_LOG_WARN,
@@ -85,7 +131,8 @@ impl log::Log for CallbackLogger {
         let target = c_text(record.target());
         let message = c_text(&record.args().to_string());
         // SAFETY: the caller registered `f` with `ctx` and promised both stay valid until the
-        // callback is replaced or removed; the strings live until the call returns.
+        // callback is replaced or removed, which waits for this delivery (`_in_flight`); the
+        // strings live until the call returns.
         unsafe {
             (sink.f)(
                 sink.ctx as *mut c_void,
@@ -94,7 +141,6 @@ impl log::Log for CallbackLogger {
                 message.as_ptr(),
             )
         };
-        DELIVERING.with(|d| d.set(false));
     }
 
     fn flush(&self) {}
@@ -107,7 +153,10 @@ impl log::Log for CallbackLogger {
 /// The callback may run on any thread that runs library code (including a service's background
 /// balancer), possibly on several at once, so `ctx` must be safe to use from them; records that
 /// the callback itself causes by calling into the library are dropped. `ctx` must stay valid
-/// until the callback is replaced or removed. Errors: `max_level` outside 0..=5 →
+/// until the callback is replaced or removed: this call returns only once every delivery to
+/// the earlier callback has returned, so the earlier `ctx` may then be freed (a callback that
+/// waits for the thread replacing it would therefore never return). Errors: `max_level`
+/// outside 0..=5, or a call from inside a log callback (it would wait for itself) →
 /// `SQZ_ERR_INVALID_ARGUMENT`; another logger already installed in this library's copy of the
 /// Rust log facade (only possible when the library is linked as a Rust crate into a program
 /// that installed one) → `SQZ_ERR_UNSUPPORTED`.
@@ -135,18 +184,33 @@ pub unsafe extern "C" fn sqz_set_log_callback(
             )
             .into());
         }
+        if DELIVERING.with(|d| d.get()) {
+            // Waiting for the deliveries of the old callback would wait for this one.
+            return Err(invalid(
+                "the log callback cannot be replaced or removed from inside a log callback",
+            ));
+        }
         let sink = cb.map(|f| Sink {
             f,
             ctx: ctx as usize,
         });
-        *SINK
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = sink;
+        let mut s = sinks();
+        s.sink = sink;
+        s.generation += 1;
+        let current = s.generation;
+        ACTIVE.store(sink.is_some(), Ordering::Relaxed);
         log::set_max_level(if sink.is_some() {
             filter
         } else {
             log::LevelFilter::Off
         });
+        // Deliveries that started with an earlier callback end before the caller may free
+        // its `ctx`.
+        while s.in_flight.range(..current).next().is_some() {
+            s = DELIVERED
+                .wait(s)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
         Ok(())
     })
 }

@@ -79,7 +79,7 @@ pub unsafe extern "C" fn sqz_change_host_free_memory(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a valid sqz_io / options object.
-        let (mut io, settings) = unsafe { (CallbackIo::from_ptr(io)?, settings_or_default(opts)) };
+        let (mut io, settings) = unsafe { (CallbackIo::from_ptr(io)?, settings_or_default(opts)?) };
         let mut success = success_closure(ok, ok_ctx, required_kib);
         settings
             .balancer()?
@@ -106,7 +106,7 @@ pub unsafe extern "C" fn sqz_free_memory_range(
     guard::status(|| {
         need_out(reserved_kib_out, "reserved_kib_out")?;
         // SAFETY: the caller passes NULL or a valid sqz_io / options object.
-        let (mut io, settings) = unsafe { (CallbackIo::from_ptr(io)?, settings_or_default(opts)) };
+        let (mut io, settings) = unsafe { (CallbackIo::from_ptr(io)?, settings_or_default(opts)?) };
         let got = settings
             .balancer()?
             .free_memory_range(&mut io, min_kib, max_kib)?;
@@ -126,7 +126,7 @@ pub unsafe extern "C" fn sqz_balance_memory(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a valid sqz_io / options object.
-        let (mut io, settings) = unsafe { (CallbackIo::from_ptr(io)?, settings_or_default(opts)) };
+        let (mut io, settings) = unsafe { (CallbackIo::from_ptr(io)?, settings_or_default(opts)?) };
         settings.balancer()?.balance_memory(&mut io)?;
         Ok(())
     })
@@ -144,7 +144,7 @@ pub unsafe extern "C" fn sqz_is_host_memory_unbalanced(
     guard::status(|| {
         need_out(out, "out")?;
         // SAFETY: the caller passes NULL or a valid sqz_io / options object.
-        let (mut io, options) = unsafe { (CallbackIo::from_ptr(io)?, options_or_default(opts)) };
+        let (mut io, options) = unsafe { (CallbackIo::from_ptr(io)?, options_or_default(opts)?) };
         let unbalanced = crate::driver::is_host_memory_unbalanced(&mut io, &options)?;
         // SAFETY: checked non-NULL above; the caller owns the bool.
         unsafe { write_out(out, "out", unbalanced) }
@@ -162,7 +162,7 @@ pub unsafe extern "C" fn sqz_squeezer_new(
     guard::status(|| {
         need_out(out, "out")?;
         // SAFETY: the caller passes NULL or a live options object.
-        let balancer = unsafe { settings_or_default(opts) }.balancer()?;
+        let balancer = unsafe { settings_or_default(opts)? }.balancer()?;
         let h = Handle::into_raw(SqueezerState {
             balancer,
             last_step_now: None,

@@ -6,15 +6,28 @@ use crate::{Balancer, Error, Policy};
 
 use super::error::{invalid, sqz_status, Failure};
 use super::guard;
+use super::handle::{Handle, Tagged};
 
 /// Options for the squeezer (policy, fistpoints, stuck-after time, deadline). Opaque; created by
 /// `sqz_options_new`, released by `sqz_options_free`. Wherever a `const sqz_options *` is taken,
 /// NULL means the defaults. Functions that take options copy them, so an options object may be
-/// changed or freed as soon as the call returns. Not safe to change from two threads at once.
+/// changed or freed as soon as the call returns. Threads using one options object at once
+/// wait for each other. Anything else passed as a `sqz_options *` (another kind of handle, a
+/// freed one) is refused with `SQZ_ERR_INVALID_ARGUMENT`.
 pub struct sqz_options {
-    pub(crate) options: Options,
-    pub(crate) policy: Policy,
-    pub(crate) adaptive: AdaptiveOptions,
+    _opaque: [u8; 0],
+}
+
+struct OptionsState {
+    settings: Settings,
+}
+
+impl Tagged for OptionsState {
+    const TAG: u32 = u32::from_be_bytes(*b"SQZo");
+}
+
+fn handle(o: *const sqz_options) -> *mut Handle<OptionsState> {
+    o.cast_mut().cast()
 }
 
 /// `sqz_options_set_policy`: squeezed's algorithm, decision for decision (the default).
@@ -42,15 +55,12 @@ impl Settings {
 ///
 /// # Safety
 /// `opts` is NULL or a live options object.
-pub(crate) unsafe fn settings_or_default(opts: *const sqz_options) -> Settings {
+pub(crate) unsafe fn settings_or_default(opts: *const sqz_options) -> Result<Settings, Failure> {
+    if opts.is_null() {
+        return Ok(Settings::default());
+    }
     // SAFETY: the caller promises NULL or a live object.
-    unsafe { opts.as_ref() }
-        .map(|o| Settings {
-            options: o.options,
-            policy: o.policy,
-            adaptive: o.adaptive,
-        })
-        .unwrap_or_default()
+    unsafe { Handle::with_shared(handle(opts), "options", |o| o.settings) }
 }
 
 /// `sqz_options_set_fistpoints` flag: set freeing and allocating targets in the same round
@@ -67,20 +77,24 @@ const KNOWN_FISTPOINTS: u32 =
 ///
 /// # Safety
 /// `opts` is NULL or a live options object.
-pub(crate) unsafe fn options_or_default(opts: *const sqz_options) -> Options {
-    // SAFETY: the caller promises NULL or a live object.
-    unsafe { opts.as_ref() }
-        .map(|o| o.options)
-        .unwrap_or_default()
+pub(crate) unsafe fn options_or_default(opts: *const sqz_options) -> Result<Options, Failure> {
+    // SAFETY: forwarded from the caller.
+    Ok(unsafe { settings_or_default(opts) }?.options)
 }
 
 /// The options object behind `o`, or an error naming the NULL.
 ///
 /// # Safety
 /// `o` is NULL or a live options object.
-unsafe fn options_mut<'a>(o: *mut sqz_options) -> Result<&'a mut sqz_options, Failure> {
+unsafe fn update(
+    o: *mut sqz_options,
+    f: impl FnOnce(&mut Settings) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    if o.is_null() {
+        return Err(invalid("options is NULL"));
+    }
     // SAFETY: the caller promises NULL or a live object.
-    unsafe { o.as_mut() }.ok_or_else(|| invalid("options is NULL"))
+    unsafe { Handle::with_shared(handle(o), "options", |st| f(&mut st.settings)) }?
 }
 
 /// Creates an options object holding the defaults (no fistpoints, stuck after 5 s) and stores
@@ -92,13 +106,11 @@ pub unsafe extern "C" fn sqz_options_new(out: *mut *mut sqz_options) -> sqz_stat
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
-        let o = Box::into_raw(Box::new(sqz_options {
-            options: Options::default(),
-            policy: Policy::default(),
-            adaptive: AdaptiveOptions::default(),
-        }));
+        let o = Handle::into_raw(OptionsState {
+            settings: Settings::default(),
+        });
         // SAFETY: `out` is not NULL and points to a pointer the caller owns.
-        unsafe { *out = o };
+        unsafe { *out = o.cast::<sqz_options>() };
         Ok(())
     })
 }
@@ -106,12 +118,9 @@ pub unsafe extern "C" fn sqz_options_new(out: *mut *mut sqz_options) -> sqz_stat
 /// Releases an options object. NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_options_free(o: *mut sqz_options) {
-    guard::value((), || {
-        if !o.is_null() {
-            // SAFETY: `o` came from sqz_options_new and the caller gives it up.
-            drop(unsafe { Box::from_raw(o) });
-        }
-    })
+    // SAFETY: the caller passes NULL or an options object it gives up; another kind of
+    // handle is left alone.
+    guard::value((), || unsafe { Handle::free(handle(o)) })
 }
 
 /// Sets the fistpoints: a bitwise OR of `SQZ_FIST_*` flags, replacing earlier ones (0 turns
@@ -121,16 +130,24 @@ pub unsafe extern "C" fn sqz_options_free(o: *mut sqz_options) {
 pub unsafe extern "C" fn sqz_options_set_fistpoints(o: *mut sqz_options, flags: u32) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a live options object.
-        let o = unsafe { options_mut(o) }?;
-        let unknown = flags & !KNOWN_FISTPOINTS;
-        if unknown != 0 {
-            return Err(Error::Unsupported(format!("unknown fistpoint bits {unknown:#x}")).into());
+        unsafe {
+            update(o, |o| {
+                let unknown = flags & !KNOWN_FISTPOINTS;
+                if unknown != 0 {
+                    return Err(
+                        Error::Unsupported(format!("unknown fistpoint bits {unknown:#x}")).into(),
+                    );
+                }
+                o.options.fistpoints = Fistpoints {
+                    disable_two_phase_target_sets: flags & SQZ_FIST_DISABLE_TWO_PHASE_TARGET_SETS
+                        != 0,
+                    disable_inaccuracy_compensation: flags
+                        & SQZ_FIST_DISABLE_INACCURACY_COMPENSATION
+                        != 0,
+                };
+                Ok(())
+            })
         }
-        o.options.fistpoints = Fistpoints {
-            disable_two_phase_target_sets: flags & SQZ_FIST_DISABLE_TWO_PHASE_TARGET_SETS != 0,
-            disable_inaccuracy_compensation: flags & SQZ_FIST_DISABLE_INACCURACY_COMPENSATION != 0,
-        };
-        Ok(())
     })
 }
 
@@ -144,14 +161,17 @@ pub unsafe extern "C" fn sqz_options_set_stuck_after(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a live options object.
-        let o = unsafe { options_mut(o) }?;
-        if !seconds.is_finite() || seconds < 0.0 {
-            return Err(invalid(format!(
-                "stuck-after time must be a finite number of seconds, not {seconds}"
-            )));
+        unsafe {
+            update(o, |o| {
+                if !seconds.is_finite() || seconds < 0.0 {
+                    return Err(invalid(format!(
+                        "stuck-after time must be a finite number of seconds, not {seconds}"
+                    )));
+                }
+                o.options.stuck_after_seconds = seconds;
+                Ok(())
+            })
         }
-        o.options.stuck_after_seconds = seconds;
-        Ok(())
     })
 }
 
@@ -165,15 +185,18 @@ pub unsafe extern "C" fn sqz_options_set_stuck_after(
 pub unsafe extern "C" fn sqz_options_set_policy(o: *mut sqz_options, policy: i32) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a live options object.
-        let o = unsafe { options_mut(o) }?;
-        o.policy = match policy {
-            SQZ_POLICY_CLASSIC => Policy::Classic,
-            SQZ_POLICY_ADAPTIVE => Policy::Adaptive,
-            other => {
-                return Err(Error::Unsupported(format!("unknown policy {other}")).into());
-            }
-        };
-        Ok(())
+        unsafe {
+            update(o, |o| {
+                o.policy = match policy {
+                    SQZ_POLICY_CLASSIC => Policy::Classic,
+                    SQZ_POLICY_ADAPTIVE => Policy::Adaptive,
+                    other => {
+                        return Err(Error::Unsupported(format!("unknown policy {other}")).into());
+                    }
+                };
+                Ok(())
+            })
+        }
     })
 }
 
@@ -184,14 +207,17 @@ pub unsafe extern "C" fn sqz_options_set_policy(o: *mut sqz_options, policy: i32
 pub unsafe extern "C" fn sqz_options_set_deadline(o: *mut sqz_options, seconds: f64) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a live options object.
-        let o = unsafe { options_mut(o) }?;
-        if !seconds.is_finite() || seconds <= 0.0 {
-            return Err(invalid(format!(
-                "deadline must be a finite positive number of seconds, not {seconds}"
-            )));
+        unsafe {
+            update(o, |o| {
+                if !seconds.is_finite() || seconds <= 0.0 {
+                    return Err(invalid(format!(
+                        "deadline must be a finite positive number of seconds, not {seconds}"
+                    )));
+                }
+                o.adaptive.deadline_s = seconds;
+                Ok(())
+            })
         }
-        o.adaptive.deadline_s = seconds;
-        Ok(())
     })
 }
 
@@ -207,18 +233,19 @@ mod tests {
         unsafe {
             assert_eq!(sqz_options_new(&mut o), SQZ_OK);
             assert_eq!(sqz_options_set_fistpoints(o, 2), SQZ_OK);
-            assert!((*o).options.fistpoints.disable_inaccuracy_compensation);
-            assert!(!(*o).options.fistpoints.disable_two_phase_target_sets);
+            let fist = |o| options_or_default(o).unwrap().fistpoints;
+            assert!(fist(o).disable_inaccuracy_compensation);
+            assert!(!fist(o).disable_two_phase_target_sets);
             assert_eq!(sqz_options_set_fistpoints(o, 4 | 1), SQZ_ERR_UNSUPPORTED);
-            assert!(!(*o).options.fistpoints.disable_two_phase_target_sets);
+            assert!(!fist(o).disable_two_phase_target_sets);
             assert_eq!(
                 sqz_options_set_stuck_after(o, f64::NAN),
                 SQZ_ERR_INVALID_ARGUMENT
             );
             assert_eq!(sqz_options_set_stuck_after(o, 12.5), SQZ_OK);
-            assert_eq!(options_or_default(o).stuck_after_seconds, 12.5);
+            assert_eq!(options_or_default(o).unwrap().stuck_after_seconds, 12.5);
             sqz_options_free(o);
-            assert_eq!(options_or_default(std::ptr::null()), Options::default());
+            assert_eq!(options_or_default(std::ptr::null()), Ok(Options::default()));
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::progress::{CancelToken, Progress, ReserveOptions};
 
 use super::error::{invalid, sqz_status, Failure};
 use super::guard;
+use super::handle::{Handle, Tagged};
 use super::ops::{need_out, write_out};
 use super::platform::InCallback;
 use super::service::{service, sqz_service, str_arg, write_id};
@@ -20,12 +21,17 @@ pub struct sqz_cancel {
     _opaque: [u8; 0],
 }
 
-struct CancelBox {
-    tag: u32,
+struct CancelState {
     token: CancelToken,
 }
 
-const CANCEL_TAG: u32 = u32::from_be_bytes(*b"SQZc");
+impl Tagged for CancelState {
+    const TAG: u32 = u32::from_be_bytes(*b"SQZc");
+}
+
+fn cancel_handle(c: *mut sqz_cancel) -> *mut Handle<CancelState> {
+    c.cast()
+}
 
 /// How far a reservation that waits for ballooning has got. Valid only during the callback.
 #[repr(C)]
@@ -78,12 +84,11 @@ crate::ffi::abi::frozen_v1!(
 pub unsafe extern "C" fn sqz_cancel_new(out: *mut *mut sqz_cancel) -> sqz_status {
     guard::status(|| {
         need_out(out, "out")?;
-        let b = Box::into_raw(Box::new(CancelBox {
-            tag: CANCEL_TAG,
+        let h = Handle::into_raw(CancelState {
             token: CancelToken::new(),
-        }));
+        });
         // SAFETY: checked non-NULL above.
-        unsafe { write_out(out, "out", b.cast::<sqz_cancel>()) }
+        unsafe { write_out(out, "out", h.cast::<sqz_cancel>()) }
     })
 }
 
@@ -93,11 +98,7 @@ pub unsafe extern "C" fn sqz_cancel_new(out: *mut *mut sqz_cancel) -> sqz_status
 /// `c` is NULL or a live cancel handle.
 unsafe fn token(c: *mut sqz_cancel) -> Result<CancelToken, Failure> {
     // SAFETY: the caller passes NULL or a live handle.
-    let b = unsafe { c.cast::<CancelBox>().as_ref() }.ok_or_else(|| invalid("cancel is NULL"))?;
-    if b.tag != CANCEL_TAG {
-        return Err(invalid("cancel is not a live cancel handle"));
-    }
-    Ok(b.token.clone())
+    unsafe { Handle::with_shared(cancel_handle(c), "cancel", |st| st.token.clone()) }
 }
 
 /// Asks every reservation given `c` to stop: a waiting one returns `SQZ_ERR_CANCELLED` within
@@ -116,17 +117,8 @@ pub unsafe extern "C" fn sqz_cancel_request(c: *mut sqz_cancel) -> sqz_status {
 /// Releases a cancel handle. NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_cancel_free(c: *mut sqz_cancel) {
-    guard::value((), || {
-        let b = c.cast::<CancelBox>();
-        // SAFETY: the caller passes NULL or a live handle it gives up.
-        if let Some(r) = unsafe { b.as_mut() } {
-            if r.tag == CANCEL_TAG {
-                r.tag = 0;
-                // SAFETY: allocated by sqz_cancel_new, freed once (the tag is cleared).
-                drop(unsafe { Box::from_raw(b) });
-            }
-        }
-    })
+    // SAFETY: the caller passes NULL or a handle it gives up; another kind is left alone.
+    guard::value((), || unsafe { Handle::free(cancel_handle(c)) })
 }
 
 /// Runs `f` with the Rust options `opts` describes (NULL: none).

@@ -17,7 +17,7 @@ use super::guard;
 use super::handle::{Handle, Tagged};
 use super::ops::{need_out, write_out};
 use super::platform::{in_platform_callback, sqz_platform, CPlatform};
-use super::service_config::sqz_service_config;
+use super::service_config::{config_or_default, sqz_service_config};
 
 /// Bytes of the buffer a reservation id is written to: 36 characters of UUID text and a NUL.
 pub const SQZ_RESERVATION_ID_SIZE: usize = 37;
@@ -95,7 +95,7 @@ pub(crate) unsafe fn service(s: *mut sqz_service) -> Result<Service, Failure> {
         ));
     }
     // SAFETY: forwarded from the caller.
-    unsafe { Handle::with(service_handle(s), "service", |st| Ok(st.service.clone())) }
+    unsafe { Handle::with_shared(service_handle(s), "service", |st| st.service.clone()) }
 }
 
 fn new_service(
@@ -104,9 +104,7 @@ fn new_service(
     out: *mut *mut sqz_service,
 ) -> Result<(), Failure> {
     // SAFETY: the callers pass NULL or a live config.
-    let config = unsafe { config.as_ref() }
-        .map(|c| c.config.clone())
-        .unwrap_or_default();
+    let config = unsafe { config_or_default(config) }?;
     let service = Service::new(platform, config)?;
     let h = Handle::into_raw(ServiceState { service });
     // SAFETY: the callers checked `out` is not NULL.
@@ -187,12 +185,30 @@ fn xen_platform() -> Result<Platform, Failure> {
     .into())
 }
 
-/// Releases a service. NULL is a no-op. Calls running on other threads finish first (they hold
-/// their own reference); the platform's `ctx` is not used once they have.
+/// Releases a service. NULL is a no-op. The background balancer is stopped first and a pass
+/// it is in finishes before this returns, so the balancer makes no platform callback after
+/// it. Calls the caller is still making on other threads finish (they hold their own
+/// reference); the platform's `ctx` is not used once they have. Called from inside one of the
+/// service's own callbacks, it cannot wait for the call in progress (which waits for it): that
+/// call and a balancing pass in progress still finish with the same `ctx`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_service_free(s: *mut sqz_service) {
-    // SAFETY: the caller passes NULL or a service it owns and gives up.
-    guard::value((), || unsafe { Handle::free(service_handle(s)) })
+    guard::value((), || {
+        // The balancer thread holds only a weak reference; during a pass it holds a strong one,
+        // so dropping the handle alone would let that pass go on calling the platform.
+        // SAFETY: the caller passes NULL or a service it owns and gives up.
+        let live =
+            unsafe { Handle::with_shared(service_handle(s), "service", |st| st.service.clone()) };
+        if let Ok(svc) = live {
+            if in_platform_callback() {
+                svc.request_balancer_stop();
+            } else {
+                svc.stop_balancer();
+            }
+        }
+        // SAFETY: as above.
+        unsafe { Handle::free(service_handle(s)) }
+    })
 }
 
 /// Starts a session for the service named `service_name` (1 to 128 characters from

@@ -10,6 +10,7 @@ use crate::Error;
 
 use super::error::{invalid, sqz_status, Failure};
 use super::guard;
+use super::handle::{Handle, Tagged};
 use super::ops::{need_out, write_out};
 use super::options::sqz_options;
 use super::service::str_arg;
@@ -20,18 +21,53 @@ use super::service::str_arg;
 /// Settings of a service (slush, lock file, where the boot-time free memory is recorded, the
 /// squeezer's options). Opaque; created by `sqz_service_config_new`, released by
 /// `sqz_service_config_free`. Wherever a `const sqz_service_config *` is taken, NULL means the
-/// defaults; it is copied, so it may be changed or freed as soon as the call returns.
+/// defaults; it is copied, so it may be changed or freed as soon as the call returns. Threads
+/// using one settings object at once wait for each other. Anything else passed as a
+/// `sqz_service_config *` (another kind of handle, a freed one) is refused with
+/// `SQZ_ERR_INVALID_ARGUMENT`.
 pub struct sqz_service_config {
-    pub(crate) config: ServiceConfig,
+    _opaque: [u8; 0],
 }
 
+struct ConfigState {
+    config: ServiceConfig,
+}
+
+impl Tagged for ConfigState {
+    const TAG: u32 = u32::from_be_bytes(*b"SQZC");
+}
+
+fn handle(c: *const sqz_service_config) -> *mut Handle<ConfigState> {
+    c.cast_mut().cast()
+}
+
+/// The settings behind `c`, copied (NULL: the defaults).
+///
 /// # Safety
 /// `c` is NULL or a live config.
-unsafe fn config_mut<'a>(c: *mut sqz_service_config) -> Result<&'a mut ServiceConfig, Failure> {
+pub(crate) unsafe fn config_or_default(
+    c: *const sqz_service_config,
+) -> Result<ServiceConfig, Failure> {
+    if c.is_null() {
+        return Ok(ServiceConfig::default());
+    }
     // SAFETY: the caller promises NULL or a live config.
-    unsafe { c.as_mut() }
-        .map(|c| &mut c.config)
-        .ok_or_else(|| invalid("config is NULL"))
+    unsafe { Handle::with_shared(handle(c), "config", |st| st.config.clone()) }
+}
+
+/// Runs `f` on the settings behind `c`.
+///
+/// # Safety
+/// `c` is NULL or a live config.
+unsafe fn update(
+    c: *mut sqz_service_config,
+    f: impl FnOnce(&mut ServiceConfig) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    if c.is_null() {
+        return Err(invalid("config is NULL"));
+    }
+    // SAFETY: the caller promises NULL or a live config.
+    unsafe { Handle::with_shared(handle(c), "config", |st| f(&mut st.config)) }?
 }
 
 /// Creates a settings object with the defaults (slush 72 MiB, lock file
@@ -42,23 +78,20 @@ unsafe fn config_mut<'a>(c: *mut sqz_service_config) -> Result<&'a mut ServiceCo
 pub unsafe extern "C" fn sqz_service_config_new(out: *mut *mut sqz_service_config) -> sqz_status {
     guard::status(|| {
         need_out(out, "out")?;
-        let c = Box::into_raw(Box::new(sqz_service_config {
+        let c = Handle::into_raw(ConfigState {
             config: ServiceConfig::default(),
-        }));
+        });
         // SAFETY: checked non-NULL above.
-        unsafe { write_out(out, "out", c) }
+        unsafe { write_out(out, "out", c.cast::<sqz_service_config>()) }
     })
 }
 
 /// Releases a settings object. NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_service_config_free(c: *mut sqz_service_config) {
-    guard::value((), || {
-        if !c.is_null() {
-            // SAFETY: `c` came from sqz_service_config_new and the caller gives it up.
-            drop(unsafe { Box::from_raw(c) });
-        }
-    })
+    // SAFETY: the caller passes NULL or a config it gives up; another kind of handle is left
+    // alone.
+    guard::value((), || unsafe { Handle::free(handle(c)) })
 }
 
 /// Sets the memory kept free for Xen when the host is balanced, in KiB (squeezed's
@@ -71,10 +104,13 @@ pub unsafe extern "C" fn sqz_service_config_set_slush(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a live config.
-        let c = unsafe { config_mut(c) }?;
-        kib::check_size("slush", slush_kib)?;
-        c.host.slush_kib = slush_kib;
-        Ok(())
+        unsafe {
+            update(c, |c| {
+                kib::check_size("slush", slush_kib)?;
+                c.host.slush_kib = slush_kib;
+                Ok(())
+            })
+        }
     })
 }
 
@@ -87,13 +123,17 @@ pub unsafe extern "C" fn sqz_service_config_set_lock_path(
     path: *const c_char,
 ) -> sqz_status {
     guard::status(|| {
-        // SAFETY: the caller passes NULL or valid pointers.
-        let (c, path) = unsafe { (config_mut(c)?, str_arg(path, "path")?) };
-        if path.is_empty() {
-            return Err(invalid("path is empty"));
+        // SAFETY: the caller passes NULL or valid pointers and live objects.
+        unsafe {
+            update(c, |c| {
+                let path = str_arg(path, "path")?;
+                if path.is_empty() {
+                    return Err(invalid("path is empty"));
+                }
+                c.lock_path = PathBuf::from(path);
+                Ok(())
+            })
         }
-        c.lock_path = PathBuf::from(path);
-        Ok(())
     })
 }
 
@@ -105,13 +145,43 @@ pub unsafe extern "C" fn sqz_service_config_set_boot_time_record_path(
     path: *const c_char,
 ) -> sqz_status {
     guard::status(|| {
-        // SAFETY: the caller passes NULL or valid pointers.
-        let (c, path) = unsafe { (config_mut(c)?, str_arg(path, "path")?) };
-        if path.is_empty() {
-            return Err(invalid("path is empty"));
+        // SAFETY: the caller passes NULL or valid pointers and live objects.
+        unsafe {
+            update(c, |c| {
+                let path = str_arg(path, "path")?;
+                if path.is_empty() {
+                    return Err(invalid("path is empty"));
+                }
+                c.boot_time_record_path = PathBuf::from(path);
+                Ok(())
+            })
         }
-        c.boot_time_record_path = PathBuf::from(path);
-        Ok(())
+    })
+}
+
+/// Sets the seconds (real time) a call waits for the host lock before it fails with
+/// `SQZ_ERR_BACKEND` naming the lock file (default 600): a process that hangs holding the lock
+/// then blocks the others for at most this long. A reservation holds the lock while it waits
+/// for ballooning, so keep it above the longest reservation. Errors: `c` NULL, or `seconds` not
+/// above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`, unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_service_config_set_lock_timeout(
+    c: *mut sqz_service_config,
+    seconds: f64,
+) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live config.
+        unsafe {
+            update(c, |c| {
+                if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+                    return Err(invalid(format!(
+                        "the lock timeout must be above 0 and at most 86400 s, not {seconds}"
+                    )));
+                }
+                c.lock_timeout_s = seconds;
+                Ok(())
+            })
+        }
     })
 }
 
@@ -125,14 +195,17 @@ pub unsafe extern "C" fn sqz_service_config_set_balance_interval(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a live config.
-        let c = unsafe { config_mut(c) }?;
-        if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
-            return Err(invalid(format!(
-                "the balance interval must be above 0 and at most 86400 s, not {seconds}"
-            )));
+        unsafe {
+            update(c, |c| {
+                if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+                    return Err(invalid(format!(
+                        "the balance interval must be above 0 and at most 86400 s, not {seconds}"
+                    )));
+                }
+                c.balance_interval_s = seconds;
+                Ok(())
+            })
         }
-        c.balance_interval_s = seconds;
-        Ok(())
     })
 }
 
@@ -144,10 +217,14 @@ pub unsafe extern "C" fn sqz_service_config_set_options(
     opts: *const sqz_options,
 ) -> sqz_status {
     guard::status(|| {
-        // SAFETY: the caller passes NULL or live objects.
-        let (c, o) = unsafe { (config_mut(c)?, super::options::options_or_default(opts)) };
-        c.options = o;
-        Ok(())
+        // SAFETY: the caller passes NULL or valid pointers and live objects.
+        unsafe {
+            update(c, |c| {
+                let o = super::options::options_or_default(opts)?;
+                c.options = o;
+                Ok(())
+            })
+        }
     })
 }
 
@@ -166,13 +243,18 @@ pub unsafe extern "C" fn sqz_service_config_set_policy(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or a live config.
-        let c = unsafe { config_mut(c) }?;
-        c.policy = match policy {
-            super::options::SQZ_POLICY_CLASSIC => crate::Policy::Classic,
-            super::options::SQZ_POLICY_ADAPTIVE => crate::Policy::Adaptive,
-            other => return Err(Error::Unsupported(format!("unknown policy {other}")).into()),
-        };
-        Ok(())
+        unsafe {
+            update(c, |c| {
+                c.policy = match policy {
+                    super::options::SQZ_POLICY_CLASSIC => crate::Policy::Classic,
+                    super::options::SQZ_POLICY_ADAPTIVE => crate::Policy::Adaptive,
+                    other => {
+                        return Err(Error::Unsupported(format!("unknown policy {other}")).into())
+                    }
+                };
+                Ok(())
+            })
+        }
     })
 }
 
@@ -199,8 +281,6 @@ pub unsafe extern "C" fn sqz_service_config_set_domain_zero(
     dynamic_max_kib: i64,
 ) -> sqz_status {
     guard::status(|| {
-        // SAFETY: the caller passes NULL or a live config.
-        let c = unsafe { config_mut(c) }?;
         let p = match policy {
             SQZ_DOMAIN_ZERO_FIXED => DomainZeroPolicy::Fixed,
             SQZ_DOMAIN_ZERO_BALLOON => DomainZeroPolicy::Balloon {
@@ -211,9 +291,14 @@ pub unsafe extern "C" fn sqz_service_config_set_domain_zero(
                 return Err(Error::Unsupported(format!("unknown domain 0 policy {other}")).into())
             }
         };
-        p.validate()?;
-        c.domain_zero = p;
-        Ok(())
+        // SAFETY: the caller passes NULL or a live config.
+        unsafe {
+            update(c, |c| {
+                p.validate()?;
+                c.domain_zero = p;
+                Ok(())
+            })
+        }
     })
 }
 

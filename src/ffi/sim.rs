@@ -579,7 +579,7 @@ pub unsafe extern "C" fn sqz_sim_change_host_free_memory(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or live objects.
-        let (mut io, options) = unsafe { (driver_io(s)?, options_or_default(opts)) };
+        let (mut io, options) = unsafe { (driver_io(s)?, options_or_default(opts)?) };
         let mut success = success_closure(ok, ok_ctx, required_kib);
         crate::driver::change_host_free_memory(&mut io, &options, required_kib, &mut success)?;
         Ok(())
@@ -599,7 +599,7 @@ pub unsafe extern "C" fn sqz_sim_free_memory_range(
     guard::status(|| {
         need_out(reserved_kib_out, "reserved_kib_out")?;
         // SAFETY: the caller passes NULL or live objects.
-        let (mut io, options) = unsafe { (driver_io(s)?, options_or_default(opts)) };
+        let (mut io, options) = unsafe { (driver_io(s)?, options_or_default(opts)?) };
         let got = crate::driver::free_memory_range(&mut io, &options, min_kib, max_kib)?;
         // SAFETY: checked non-NULL above.
         unsafe { write_out(reserved_kib_out, "reserved_kib_out", got) }
@@ -615,7 +615,7 @@ pub unsafe extern "C" fn sqz_sim_balance_memory(
 ) -> sqz_status {
     guard::status(|| {
         // SAFETY: the caller passes NULL or live objects.
-        let (mut io, options) = unsafe { (driver_io(s)?, options_or_default(opts)) };
+        let (mut io, options) = unsafe { (driver_io(s)?, options_or_default(opts)?) };
         crate::driver::balance_memory(&mut io, &options)?;
         Ok(())
     })
@@ -632,7 +632,7 @@ pub unsafe extern "C" fn sqz_sim_is_host_memory_unbalanced(
     guard::status(|| {
         need_out(out, "out")?;
         // SAFETY: the caller passes NULL or live objects.
-        let (mut io, options) = unsafe { (driver_io(s)?, options_or_default(opts)) };
+        let (mut io, options) = unsafe { (driver_io(s)?, options_or_default(opts)?) };
         let v = crate::driver::is_host_memory_unbalanced(&mut io, &options)?;
         // SAFETY: checked non-NULL above.
         unsafe { write_out(out, "out", v) }

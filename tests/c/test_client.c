@@ -6,9 +6,11 @@
 #define _POSIX_C_SOURCE 200809L /* mkdtemp */
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "host.h"
 #include "squeeze.h"
@@ -1134,6 +1136,238 @@ static void test_service_over_xen_without_xen(void) {
     sqz_service_free(s);
 }
 
+/* ---- Many threads, and freeing while the background balancer works ---- */
+
+static void sleep_ms(long ms) {
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+/* A caller's platform with domain 0 alone and an empty store. Every callback reads and writes
+ * its ctx, so a callback made after the ctx was freed is an invalid access valgrind reports.
+ * The first domain listing waits until the test opens the gate. */
+struct gated_platform {
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    int entered, open;
+    long calls;
+};
+
+static void touch(void *ctx) {
+    struct gated_platform *g = ctx;
+    pthread_mutex_lock(&g->m);
+    g->calls++;
+    pthread_mutex_unlock(&g->m);
+}
+
+static int32_t gp_list_domains(void *ctx, struct sqz_domain_list *out) {
+    struct gated_platform *g = ctx;
+    pthread_mutex_lock(&g->m);
+    g->calls++;
+    if (!g->entered) {
+        g->entered = 1;
+        pthread_cond_broadcast(&g->c);
+        while (!g->open)
+            pthread_cond_wait(&g->c, &g->m);
+    }
+    pthread_mutex_unlock(&g->m);
+    touch(ctx);
+    sqz_domain_info d0;
+    memset(&d0, 0, sizeof d0);
+    d0.tot_pages = d0.max_pages = 1 << 18; /* 1 GiB */
+    return sqz_domain_list_add(out, &d0, sizeof d0) == SQZ_OK ? 0 : -1;
+}
+
+static int32_t gp_physinfo(void *ctx, struct sqz_physinfo *out) {
+    touch(ctx);
+    memset(out, 0, sizeof *out);
+    out->total_pages = 2 << 20;          /* 8 GiB */
+    out->free_pages = (6 * GIB) / 4;     /* 6 GiB free */
+    return 0;
+}
+
+static int32_t gp_set_maxmem(void *ctx, int32_t domid, int64_t kib) {
+    (void)domid;
+    (void)kib;
+    touch(ctx);
+    return 0;
+}
+
+static int32_t gp_tx_start(void *ctx, uint32_t *tx) {
+    touch(ctx);
+    *tx = 1;
+    return 0;
+}
+
+static int32_t gp_tx_end(void *ctx, uint32_t tx, bool abort_tx) {
+    (void)tx;
+    (void)abort_tx;
+    touch(ctx);
+    return 0;
+}
+
+static int32_t gp_read(void *ctx, uint32_t tx, const char *path, struct sqz_strings *out) {
+    (void)tx;
+    (void)path;
+    (void)out;
+    touch(ctx);
+    return 0;
+}
+
+static int32_t gp_write(void *ctx, uint32_t tx, const char *path, const char *value) {
+    (void)tx;
+    (void)path;
+    (void)value;
+    touch(ctx);
+    return 0;
+}
+
+static int32_t gp_rm(void *ctx, uint32_t tx, const char *path) {
+    (void)tx;
+    (void)path;
+    touch(ctx);
+    return 0;
+}
+
+static int32_t gp_directory(void *ctx, uint32_t tx, const char *path, struct sqz_strings *out) {
+    (void)tx;
+    (void)path;
+    (void)out;
+    touch(ctx);
+    return 0;
+}
+
+static double gp_now(void *ctx) {
+    touch(ctx);
+    return 100.0;
+}
+
+static void gp_sleep(void *ctx, double seconds) {
+    (void)seconds;
+    touch(ctx);
+}
+
+static void *free_service(void *svc) {
+    sqz_service_free(svc);
+    return NULL;
+}
+
+/* sqz_service_free returns only once the background balancer's pass is over: the caller may
+ * free the platform's ctx right after it (under valgrind, a later callback is an error). */
+static void test_service_free_waits_for_the_balancer(void) {
+    struct gated_platform *g = calloc(1, sizeof *g);
+    pthread_mutex_init(&g->m, NULL);
+    pthread_cond_init(&g->c, NULL);
+    sqz_platform p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.ctx = g;
+    p.list_domains = gp_list_domains;
+    p.physinfo = gp_physinfo;
+    p.set_maxmem_kib = gp_set_maxmem;
+    p.transaction_start = gp_tx_start;
+    p.transaction_end = gp_tx_end;
+    p.read = gp_read;
+    p.write = gp_write;
+    p.rm = gp_rm;
+    p.directory = gp_directory;
+    p.now = gp_now;
+    p.sleep = gp_sleep;
+    sqz_service_config *cfg = service_config();
+    CHECK_STATUS(sqz_service_config_set_balance_interval(cfg, 0.01), SQZ_OK);
+    sqz_service *svc = NULL;
+    CHECK_STATUS(sqz_service_new_platform(&p, cfg, &svc), SQZ_OK);
+    sqz_service_config_free(cfg);
+    CHECK_STATUS(sqz_service_start_balancer(svc), SQZ_OK);
+    /* The balancer's first pass stops inside a domain listing. */
+    pthread_mutex_lock(&g->m);
+    while (!g->entered)
+        pthread_cond_wait(&g->c, &g->m);
+    pthread_mutex_unlock(&g->m);
+    pthread_t freer;
+    pthread_create(&freer, NULL, free_service, svc);
+    /* Give a free that does not wait the time to return, then let the pass go on. */
+    sleep_ms(200);
+    pthread_mutex_lock(&g->m);
+    g->open = 1;
+    pthread_cond_broadcast(&g->c);
+    pthread_mutex_unlock(&g->m);
+    pthread_join(freer, NULL);
+    CHECK(g->calls >= 2);
+    pthread_cond_destroy(&g->c);
+    pthread_mutex_destroy(&g->m);
+    free(g);
+    /* A pass still running would now touch the freed ctx. */
+    sleep_ms(100);
+}
+
+struct shared_handles {
+    sqz_service *svc;
+    sqz_fake_host *host;
+    int refused;
+};
+
+static void *hammer(void *arg) {
+    struct shared_handles *s = arg;
+    int refused = 0;
+    for (int i = 0; i < 2000; i++) {
+        int64_t v = 0;
+        sqz_status st = (i % 2) ? sqz_get_host_reserved_memory(s->svc, &v)
+                                : sqz_fake_host_free_mem(s->host, &v);
+        if (st != SQZ_OK)
+            refused++;
+    }
+    return (void *)(intptr_t)refused;
+}
+
+/* One service and one fake host, documented thread-safe, shared by four threads: no call is
+ * refused as "already in use". */
+static void test_shared_handles_serve_every_thread(void) {
+    struct shared_handles s;
+    s.host = fake_8g();
+    sqz_service_config *cfg = service_config();
+    CHECK_STATUS(sqz_service_new_fake(s.host, cfg, &s.svc), SQZ_OK);
+    sqz_service_config_free(cfg);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, hammer, &s);
+    int refused = 0;
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        refused += (int)(intptr_t)r;
+    }
+    CHECK(refused == 0);
+    sqz_service_free(s.svc);
+    sqz_fake_host_free(s.host);
+}
+
+/* Every handle is checked for its kind: a squeezer passed as options is refused, not written
+ * into (valgrind reports an access past the squeezer's block), and a free of the wrong kind
+ * leaves it alone. */
+static void test_handles_of_the_wrong_kind(void) {
+    sqz_squeezer *sq = NULL;
+    CHECK_STATUS(sqz_squeezer_new(NULL, &sq), SQZ_OK);
+    sqz_options *as_options = (sqz_options *)(void *)sq;
+    CHECK_STATUS(sqz_options_set_deadline(as_options, 5.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("not a live options handle"));
+    sqz_squeezer *other = NULL;
+    CHECK_STATUS(sqz_squeezer_new(as_options, &other), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(other == NULL);
+    sqz_service_config *as_config = (sqz_service_config *)(void *)sq;
+    CHECK_STATUS(sqz_service_config_set_slush(as_config, 0), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_cancel *as_cancel = (sqz_cancel *)(void *)sq;
+    CHECK_STATUS(sqz_cancel_request(as_cancel), SQZ_ERR_INVALID_ARGUMENT);
+    sqz_options_free(as_options);
+    sqz_service_config_free(as_config);
+    sqz_cancel_free(as_cancel);
+    sqz_cooperation coop;
+    /* Still a live squeezer: it has simply not seen domain 3. */
+    CHECK_STATUS(sqz_squeezer_cooperation(sq, 3, &coop), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("not seen"));
+    sqz_squeezer_free(sq);
+}
+
 int main(void) {
     test_version();
     test_contract_values();
@@ -1166,6 +1400,9 @@ int main(void) {
     test_service_bad_input();
     test_service_over_xen_without_xen();
     test_service_adaptive_policy();
+    test_service_free_waits_for_the_balancer();
+    test_shared_handles_serve_every_thread();
+    test_handles_of_the_wrong_kind();
     char cleanup[160];
     snprintf(cleanup, sizeof cleanup, "rm -rf '%s'", svc_dir);
     if (system(cleanup) != 0) {

@@ -233,3 +233,29 @@ def test_a_service_over_xen_on_a_machine_without_xen_is_a_clear_error(tmp_path):
     # Bad settings are refused before Xen is even looked for.
     with pytest.raises(squeeze.InvalidMemoryValue):
         squeeze.Service.open_xen(slush_kib=-1)
+
+
+def test_a_lock_held_by_a_hung_process_ends_the_wait_after_lock_timeout_s(host, tmp_path):
+    # Another process takes the host lock and never lets go (until killed).
+    lock = tmp_path / "host.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl, sys, time
+            f = open({str(lock)!r}, "a")
+            fcntl.flock(f, fcntl.LOCK_EX)
+            print("held", flush=True)
+            time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(squeeze.InvalidArgument):
+            squeeze.Service(host, lock_path=lock, lock_timeout_s=0)
+        with squeeze.Service(host, lock_path=lock, lock_timeout_s=0.3) as s:
+            with pytest.raises(squeeze.BackendError, match="gave up waiting for the host lock"):
+                s.login("xenopsd")
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1060,7 +1060,7 @@ class _ServiceConfig:
 
     def __init__(
         self, lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
-        domain_zero=None,
+        domain_zero=None, lock_timeout_s=None,
     ):
         self._cfg = ctypes.c_void_p()
         _check(lib.sqz_service_config_new(ctypes.byref(self._cfg)))
@@ -1076,6 +1076,9 @@ class _ServiceConfig:
             if balance_interval_s is not None:
                 s = _seconds("balance_interval_s", balance_interval_s)
                 _check(lib.sqz_service_config_set_balance_interval(cfg, s))
+            if lock_timeout_s is not None:
+                s = _seconds("lock_timeout_s", lock_timeout_s)
+                _check(lib.sqz_service_config_set_lock_timeout(cfg, s))
             with _OptionsHandle(options) as o:
                 _check(lib.sqz_service_config_set_options(cfg, o))
             if domain_zero is not None:
@@ -1105,7 +1108,9 @@ class Service(_Handle):
     host must use the same ``lock_path``. ``policy`` is POLICY_ADAPTIVE (the default: one adaptive
     squeezer for the service's life; see :meth:`cooperation`) or POLICY_CLASSIC (squeezed's
     algorithm, a fresh squeezer per call). ``domain_zero`` (a :class:`DomainZero`; default fixed)
-    says whether domain 0 is ballooned. Use as a context manager, or call :meth:`close`. Thread-safe."""
+    says whether domain 0 is ballooned. ``lock_timeout_s`` bounds the wait for the host lock
+    (default 600 s; then :class:`BackendError`). Use as a context manager, or call
+    :meth:`close`. Thread-safe."""
 
     _free = staticmethod(lib.sqz_service_free)
 
@@ -1119,6 +1124,7 @@ class Service(_Handle):
         balance_interval_s: Optional[float] = None,
         policy: Optional[int] = None,
         domain_zero: Optional[DomainZero] = None,
+        lock_timeout_s: Optional[float] = None,
     ):
         super().__init__()
         if policy is not None and (
@@ -1129,7 +1135,7 @@ class Service(_Handle):
             raise TypeError(f"fake must be a squeeze.FakeHost, not {type(fake).__name__}")
         settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
                     domain_zero)
-        with _ServiceConfig(*settings) as cfg:
+        with _ServiceConfig(*settings, lock_timeout_s=lock_timeout_s) as cfg:
             if policy is not None:
                 _check(lib.sqz_service_config_set_policy(cfg, policy))
             _check(lib.sqz_service_new_fake(fake._ptr(), cfg, ctypes.byref(self._handle)))
@@ -1144,6 +1150,7 @@ class Service(_Handle):
         balance_interval_s: Optional[float] = None,
         policy: Optional[int] = None,
         domain_zero: Optional[DomainZero] = None,
+        lock_timeout_s: Optional[float] = None,
     ) -> "Service":
         """The service over this host's Xen (libxenctrl and xenstored). Raises
         :class:`Unsupported` when libsqueeze was built without Xen support (cargo feature
@@ -1152,7 +1159,7 @@ class Service(_Handle):
         _Handle.__init__(self)
         settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
                     domain_zero)
-        with _ServiceConfig(*settings) as cfg:
+        with _ServiceConfig(*settings, lock_timeout_s=lock_timeout_s) as cfg:
             if policy is not None:
                 _check(lib.sqz_service_config_set_policy(cfg, policy))
             _check(lib.sqz_service_new_xen(cfg, ctypes.byref(self._handle)))
