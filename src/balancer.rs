@@ -128,6 +128,18 @@ impl Balancer {
         }
     }
 
+    /// The policy's judgement of every domain it has seen, in domid order, for the caller to
+    /// publish after each operation however it ended (a domain named in
+    /// [`Error::DomainsRefusedToCooperate`](crate::Error::DomainsRefusedToCooperate) is judged
+    /// uncooperative). Empty under the classic policy, whose judgement is the host model's
+    /// 20 s rule.
+    pub fn judgements(&self) -> Vec<(DomId, Cooperation)> {
+        match &self.engine {
+            Engine::Adaptive(a) => a.judgements(),
+            Engine::Classic(_) => Vec::new(),
+        }
+    }
+
     /// What the adaptive policy has learnt about `domid` (None under the classic policy).
     pub fn track(&self, domid: DomId) -> Option<&crate::adaptive::tracker::Track> {
         match &self.engine {

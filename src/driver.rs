@@ -24,6 +24,11 @@ pub const ITERATION_WAIT_SECONDS: f64 = 1.0;
 ///
 /// A method that fails ends the operation with its error (normally [`Error::Backend`]); the
 /// driver never retries behind the caller's back.
+///
+/// Every method is required, so a wrapper (the service's progress watcher, a recorder) cannot
+/// silently drop one. What a squeezer judges about the domains does not travel through here:
+/// it is data the squeezer returns ([`crate::balancer::Balancer::judgements`]), which the
+/// caller hands to whatever publishes it.
 pub trait Io {
     /// A fresh snapshot of the host.
     fn make_host(&mut self) -> Result<Host>;
@@ -39,16 +44,6 @@ pub trait Io {
     fn target_host_free_mem_kib(&self) -> Kib;
     /// How close to the slush counts as balanced, in KiB.
     fn free_memory_tolerance_kib(&self) -> Kib;
-    /// Hears how every domain of the last snapshot has been cooperating, as a squeezer that
-    /// judges it (the adaptive one) sees it after each look; a platform that publishes the
-    /// judgement (the host model's `memory/uncooperative`) overrides this. By default nothing
-    /// is done.
-    fn report_cooperation(
-        &mut self,
-        _reports: &[(DomId, crate::adaptive::Cooperation)],
-    ) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// Guards a platform's clock: rejects NaN, infinite, negative and backward-moving times.

@@ -307,6 +307,24 @@ impl Service {
         }
     }
 
+    /// Hands the adaptive algorithm's judgement of every domain to the host model, whatever
+    /// `result` the operation ended with: a domain an error blames is flagged by the time the
+    /// error returns. A failure to publish is reported only when the operation itself succeeded.
+    fn publish_judgements<T>(&self, model: &mut HostModel, result: Result<T>) -> Result<T> {
+        let judgements = match self.inner.learner.lock().as_ref() {
+            Some(b) => b.judgements(),
+            None => return result,
+        };
+        match (model.publish_cooperation(&judgements), result) {
+            (Err(e), Ok(_)) => Err(e),
+            (Err(e), Err(first)) => {
+                warn!("cannot publish the balloon drivers' cooperation: {e}");
+                Err(first)
+            }
+            (Ok(()), r) => r,
+        }
+    }
+
     /// How `domid`'s balloon driver has been cooperating, as the adaptive algorithm has seen it
     /// (None with the classic policy, which forgets between calls, or for a domain not seen).
     pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {
@@ -337,6 +355,7 @@ impl Service {
         let result = self.decide(|b| f(b, &mut io));
         let (looks, waits, writes) = (io.looks, io.waits, std::mem::take(&mut io.writes));
         drop(io);
+        let result = self.publish_judgements(model, result);
         let finished = model.platform().clock.now();
         self.inner.recorder.lock().record(
             operation, reason, session, started, finished, &result, looks, waits, &writes,
@@ -557,7 +576,8 @@ impl Service {
                 Ok(true)
             } else {
                 // Keep watching: scores leak away and flags clear while the host is quiet.
-                self.decide(|b| b.watch(model))?;
+                let watched = self.decide(|b| b.watch(model));
+                self.publish_judgements(model, watched)?;
                 Ok(false)
             }
         })?;

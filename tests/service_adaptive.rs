@@ -208,3 +208,51 @@ fn a_deleted_reservation_gives_the_guests_their_memory_back_at_the_next_balance(
         );
     }
 }
+
+/// Seen on main: a reservation that needed a guest whose balloon driver never moves failed
+/// naming it, yet the store and the diagnostics still called it cooperative (score 5.8 s, under
+/// the 10 s flagging score), because the judgement never reached the host model. A domain the
+/// error blames is flagged by the time the error returns.
+#[test]
+fn a_stuck_guest_named_in_a_failed_reservation_is_flagged_uncooperative_when_the_error_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 GiB host, domain 0 holds 1 GiB, two 512 MiB..1 GiB guests at 1 GiB: 2 GiB free.
+    let fake = five_gib_host();
+    let service = Service::new(fake.platform(), config(dir.path())).unwrap();
+    assert_eq!(service.config().policy, Policy::Adaptive);
+    let spec = |behaviour| GuestSpec {
+        behaviour,
+        ..GuestSpec::ballooning(512 * MIB, GIB)
+    };
+    let stuck = booted_guest(&fake, spec(Behaviour::Stuck));
+    let fast = booted_guest(
+        &fake,
+        spec(Behaviour::Ideal {
+            rate_kib_per_s: 100 * MIB,
+        }),
+    );
+    let session = service.login("xenopsd").unwrap();
+    // 2 GiB + 768 MiB needs 768 MiB freed: the fast guest can give only 512 MiB.
+    let err = service
+        .reserve_memory(&session, 2 * GIB + 768 * MIB)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        squeeze::Error::DomainsRefusedToCooperate {
+            domids: vec![stuck]
+        }
+    );
+    assert!(flagged(&fake, stuck), "memory/uncooperative not written");
+    assert!(!flagged(&fake, fast));
+    let c = service.cooperation(stuck).unwrap();
+    assert!(c.uncooperative, "{c:?}");
+    let diag = service.diagnostics().unwrap();
+    let d = diag.domains.iter().find(|d| d.domid == stuck).unwrap();
+    assert!(d.uncooperative_flag);
+    assert_eq!(
+        d.cooperation.unwrap().state,
+        squeeze::diagnostics::CooperationFlag::Uncooperative
+    );
+    let f = diag.domains.iter().find(|d| d.domid == fast).unwrap();
+    assert!(!f.uncooperative_flag);
+}

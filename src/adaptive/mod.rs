@@ -165,11 +165,17 @@ impl Adaptive {
 
     /// How `domid`'s balloon driver has been cooperating, as far as this squeezer has seen.
     pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {
-        self.tracker.get(domid).map(|t| Cooperation {
-            score_s: t.score_s,
-            uncooperative: t.uncooperative,
-            concern: t.concern,
-        })
+        self.tracker.get(domid).map(cooperation_of)
+    }
+
+    /// The judgement of every domain seen in the last look, in domid order: what the caller
+    /// publishes (the host model's `memory/uncooperative`) after each operation, whatever way
+    /// it ended.
+    pub fn judgements(&self) -> Vec<(DomId, Cooperation)> {
+        self.tracker
+            .iter()
+            .map(|(domid, t)| (domid, cooperation_of(t)))
+            .collect()
     }
 
     /// Takes one look at the host and learns from it without asking anything of the domains
@@ -257,12 +263,6 @@ impl Adaptive {
         }
         self.tracker.observe(&host, now, &self.options.judge());
         self.learn_limits(io, &host, now)?;
-        let reports: Vec<(DomId, Cooperation)> = host
-            .domains()
-            .iter()
-            .filter_map(|d| self.cooperation(d.domid).map(|c| (d.domid, c)))
-            .collect();
-        io.report_cooperation(&reports)?;
         Ok((host, now))
     }
 
@@ -417,11 +417,11 @@ impl Adaptive {
             let need = required_kib - guaranteed;
             let reachable = kib::add(guaranteed, capacity, "reachable free memory")?;
             if reachable < required_kib && !success(reachable) {
-                return Err(self.blame(&host, now, required_kib));
+                return Err(self.named(self.blame(&host, now, required_kib)));
             }
             if now - start > self.options.deadline_s {
                 debug!("deadline of {} s passed", self.options.deadline_s);
-                return Err(self.blame_late(&host, now, required_kib));
+                return Err(self.named(self.blame_late(&host, now, required_kib)));
             }
 
             let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
@@ -464,7 +464,7 @@ impl Adaptive {
                 return if success(guaranteed) {
                     Ok(())
                 } else {
-                    Err(self.blame(&host, now, required_kib))
+                    Err(self.named(self.blame(&host, now, required_kib)))
                 };
             }
             io.wait(self.options.poll_s)?;
@@ -646,6 +646,20 @@ impl Adaptive {
             && now - t.last_write_time < self.options.dwell_s
     }
 
+    /// `e`, after flagging every domain it names: a guest blamed for a failed request is
+    /// uncooperative by the time the caller hears of it.
+    fn named(&mut self, e: Error) -> Error {
+        if let Error::DomainsRefusedToCooperate { domids } = &e {
+            let judge = self.options.judge();
+            for &domid in domids {
+                if let Some(t) = self.tracker.get_mut(domid) {
+                    t.blame(&judge);
+                }
+            }
+        }
+        e
+    }
+
     /// The error for a request that cannot be met: the domains whose limits stood in the way,
     /// or, when none did, the dynamic-mins.
     fn blame(&self, host: &Host, now: f64, required_kib: Kib) -> Error {
@@ -708,6 +722,14 @@ pub struct Cooperation {
     pub uncooperative: bool,
     /// What most recently counted against it.
     pub concern: Option<Concern>,
+}
+
+fn cooperation_of(t: &tracker::Track) -> Cooperation {
+    Cooperation {
+        score_s: t.score_s,
+        uncooperative: t.uncooperative,
+        concern: t.concern,
+    }
 }
 
 /// The smallest target change worth writing for `d`: the configured deadband, or 1/64 of a

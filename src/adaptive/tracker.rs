@@ -133,6 +133,21 @@ impl Track {
         self.short_since.is_some_and(|s| now - s >= grace_s)
     }
 
+    /// Flags the domain now: a request failed naming it as the guest that would not free
+    /// what it was asked. Its score is raised to the flagging score, so the flag clears by the
+    /// usual hysteresis once the driver does its work.
+    pub fn blame(&mut self, judge: &Judge) {
+        self.score_s = self.score_s.max(judge.flag_at_s);
+        self.uncooperative = true;
+        if self.concern.is_none() {
+            self.concern = Some(if self.moved_since_request {
+                Concern::TooSlow
+            } else {
+                Concern::NotMoving
+            });
+        }
+    }
+
     /// Whether the squeezer should not count on this driver to free memory.
     pub fn unreliable(&self, now: f64, grace_s: f64) -> bool {
         self.floor.is_some() || self.pinned.is_some() || self.lagging(now, grace_s)
@@ -164,6 +179,11 @@ impl Tracker {
     /// The observations for `domid`.
     pub fn get(&self, domid: DomId) -> Option<&Track> {
         self.per_domain.get(&domid)
+    }
+
+    /// Every domain's observations, in domid order.
+    pub fn iter(&self) -> impl Iterator<Item = (DomId, &Track)> {
+        self.per_domain.iter().map(|(&domid, t)| (domid, t))
     }
 
     /// Mutable observations for `domid`.
