@@ -1212,8 +1212,10 @@ sqz_status sqz_options_set_stuck_after(struct sqz_options *o, double seconds);
 sqz_status sqz_options_set_policy(struct sqz_options *o, int32_t policy);
 
 /**
- * Sets the longest an operation of the adaptive policy may take, in seconds (default 120);
- * the classic policy, like squeezed, has no deadline. Errors: `o` NULL, or `seconds` not a
+ * Gives every freeing request of the adaptive policy a deadline, in seconds: it fails once the
+ * deadline passes. By default there is none: a request lasts as long as the guests it counts
+ * on make progress (see `docs/adaptive.md`). The classic policy, like squeezed, has no
+ * deadline. Errors: `o` NULL, or `seconds` not a
  * finite positive number → `SQZ_ERR_INVALID_ARGUMENT`, options unchanged.
  */
 sqz_status sqz_options_set_deadline(struct sqz_options *o, double seconds);

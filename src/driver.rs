@@ -46,6 +46,53 @@ pub trait Io {
     fn free_memory_tolerance_kib(&self) -> Kib;
 }
 
+/// Rounds in a row in which nothing on the host moves (no balloon driver, no free memory)
+/// after which an operation gives up, whichever the policy. With a clock that advances, both
+/// end long before: squeezed's rule declares a domain stuck after 20 s (20 rounds of 1 s, or
+/// 200 of the 0.1 s tick of squeezed's simulator) and the adaptive stall rule gives up after
+/// 30 s. So this only ends an operation whose platform clock does not advance, which would
+/// otherwise wait forever.
+pub const MAX_ROUNDS_WITHOUT_MOVEMENT: u32 = 1000;
+
+/// Counts rounds in which nothing on the host moved (see [`MAX_ROUNDS_WITHOUT_MOVEMENT`]).
+#[derive(Debug, Default)]
+pub(crate) struct Stillness {
+    last: Option<Vec<(DomId, Kib)>>,
+    free_kib: Kib,
+    rounds: u32,
+    since: f64,
+}
+
+impl Stillness {
+    /// Records a look at `host` at `now`; fails once nothing has moved for
+    /// [`MAX_ROUNDS_WITHOUT_MOVEMENT`] rounds.
+    pub(crate) fn look(&mut self, host: &Host, now: f64) -> Result<()> {
+        let actuals: Vec<(DomId, Kib)> = host
+            .domains()
+            .iter()
+            .map(|d| (d.domid, d.memory_actual_kib))
+            .collect();
+        let still = self.last.as_ref() == Some(&actuals) && self.free_kib == host.free_mem_kib;
+        if still {
+            self.rounds += 1;
+        } else {
+            self.rounds = 0;
+            self.since = now;
+            self.last = Some(actuals);
+            self.free_kib = host.free_mem_kib;
+        }
+        if self.rounds >= MAX_ROUNDS_WITHOUT_MOVEMENT {
+            return Err(Error::Backend(format!(
+                "nothing on the host moved in {} rounds while the platform's clock went from \
+                 {} s to {now} s; giving up (a clock that does not advance cannot time out a \
+                 stuck balloon driver)",
+                self.rounds, self.since
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Guards a platform's clock: rejects NaN, infinite, negative and backward-moving times.
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
@@ -153,10 +200,12 @@ impl Squeezer {
         let start = clock.now(io)?;
         self.begin_call(start);
         let mut first = true;
+        let mut stillness = Stillness::default();
         loop {
             let now = if first { start } else { clock.now(io)? };
             first = false;
             let host = io.make_host()?;
+            stillness.look(&host, now)?;
             let it = self.one_iteration(&host, required_kib, success, now)?;
             for domid in &it.declared_inactive {
                 debug!("domain {domid} declared inactive");

@@ -63,6 +63,7 @@ pub mod squeezer;
 pub use balancer::{Balancer, Policy};
 pub use driver::{
     balance_memory, change_host_free_memory, free_memory_range, is_host_memory_unbalanced, Io,
+    MAX_ROUNDS_WITHOUT_MOVEMENT,
 };
 pub use error::{Error, Result};
 pub use model::{Action, DomId, Domain, Host, Kib};

@@ -7,11 +7,14 @@
 //!   is divided so that every domain finishes at about the same time
 //!   ([`plan::finish_time`]). squeezed divides by dynamic range, so the slowest driver sets the
 //!   pace.
-//! - **Progress judged by rate, and a deadline.** A driver moving slower than a minimum rate
-//!   while it has work to do is, after a grace period, taken to have shown a limit (a floor or a
-//!   ceiling). Its share goes to the others; if they cannot cover it the request fails at once
-//!   naming it. Every call also has a deadline. squeezed counts a driver that frees one page every
-//!   few seconds as making progress, and has no deadline, so such a request never ends.
+//! - **Progress judged by rate; deadlines on stalls, not on the clock.** A driver moving slower
+//!   than a minimum rate while it has work to do is, after a grace period, taken to have shown
+//!   a limit (a floor or a ceiling). Its share goes to the others; if they cannot cover it the
+//!   request fails at once naming it. A request whose guests keep making progress is waited
+//!   for however long their measured rates take; one whose freed memory reaches no new high
+//!   for a stall time fails, naming the guests it counted on that fell short. squeezed counts
+//!   a driver that frees one page every few seconds as making progress, so such a request never
+//!   ends. A caller may add a deadline of its own.
 //! - **No oscillation.** A limit, once shown, is remembered across calls, so periodic balancing
 //!   does not ask the same guest again and again and swing memory between the others. Targets are
 //!   only written when they move by more than a deadband, and a domain's target does not reverse
@@ -30,7 +33,7 @@ use std::hash::{Hash, Hasher};
 
 use log::{debug, info};
 
-use crate::driver::{is_balanced, range_request, settings, Clock, Io, RangeRequest};
+use crate::driver::{is_balanced, range_request, settings, Clock, Io, RangeRequest, Stillness};
 use crate::error::{Error, Result};
 use crate::model::{
     direction_of_actual, has_hit_target, kib, Action, Direction, DomId, Domain, Host, Kib,
@@ -42,8 +45,21 @@ use tracker::{Concern, Judge, Limit, Tracker};
 /// Tunables of the adaptive squeezer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptiveOptions {
-    /// Longest a call may take, in seconds.
+    /// A deadline for every freeing request, in seconds from its start; infinite (the
+    /// default) for none. A request is not limited by the clock but by progress (see
+    /// `stall_s`): honest slow guests are waited for. With a deadline, a request that the
+    /// measured rates cannot finish in time fails as soon as that is predicted.
     pub deadline_s: f64,
+    /// Longest a freeing request may go without the memory it has freed reaching a new high,
+    /// in seconds, before it fails naming the guests it counted on that fell short. Guests
+    /// that stall or trickle are dropped from the plan long before (after `grace_s`), so this
+    /// only ends a request whose memory does not come free although every driver seems to
+    /// move.
+    pub stall_s: f64,
+    /// Longest a balance waits for the drivers to reach the targets it wrote, in seconds.
+    /// Stopping early is harmless: the drivers keep moving on their own and the next balance
+    /// carries on, and the host lock is not held for as long as a slow guest takes.
+    pub balance_wait_s: f64,
     /// Seconds between iterations.
     pub poll_s: f64,
     /// Slowest acceptable balloon speed for a driver with work to do, KiB/s.
@@ -72,7 +88,9 @@ pub struct AdaptiveOptions {
 impl Default for AdaptiveOptions {
     fn default() -> Self {
         AdaptiveOptions {
-            deadline_s: 120.0,
+            deadline_s: f64::INFINITY,
+            stall_s: 30.0,
+            balance_wait_s: 120.0,
             poll_s: 1.0,
             min_rate_kib_per_s: 256.0,
             grace_s: 5.0,
@@ -99,8 +117,16 @@ impl AdaptiveOptions {
     }
 
     fn validate(&self) -> Result<()> {
+        if !(self.deadline_s > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "adaptive deadline must be a positive number of seconds (infinite for none), \
+                 not {}",
+                self.deadline_s
+            )));
+        }
         let positive = [
-            ("deadline", self.deadline_s),
+            ("stall time", self.stall_s),
+            ("balance wait", self.balance_wait_s),
             ("poll interval", self.poll_s),
             ("minimum rate", self.min_rate_kib_per_s),
             ("grace period", self.grace_s),
@@ -384,9 +410,12 @@ impl Adaptive {
         first: (Host, f64),
     ) -> Result<()> {
         let start = first.1;
+        let mut headway = Headway::new(guaranteed_free(&first.0), start);
+        let mut stillness = Stillness::default();
         let mut first = Some(first);
         loop {
             let (host, now) = self.next_look(io, clock, &mut first)?;
+            stillness.look(&host, now)?;
             let guaranteed = guaranteed_free(&host);
             if guaranteed >= required_kib && success(guaranteed) {
                 debug!(
@@ -419,9 +448,17 @@ impl Adaptive {
             if reachable < required_kib && !success(reachable) {
                 return Err(self.named(self.blame(&host, now, required_kib)));
             }
+            if headway.stalled(guaranteed, now, self.options.stall_s) {
+                debug!(
+                    "no new memory free for {} s ({guaranteed} KiB free and guaranteed, \
+                     aiming for {required_kib} KiB)",
+                    self.options.stall_s
+                );
+                return Err(self.named(self.blame_late(&host, now, required_kib, &who)));
+            }
             if now - start > self.options.deadline_s {
                 debug!("deadline of {} s passed", self.options.deadline_s);
-                return Err(self.named(self.blame_late(&host, now, required_kib)));
+                return Err(self.named(self.blame_late(&host, now, required_kib, &who)));
             }
 
             let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
@@ -481,9 +518,11 @@ impl Adaptive {
         first: (Host, f64),
     ) -> Result<()> {
         let start = first.1;
+        let mut stillness = Stillness::default();
         let mut first = Some(first);
         loop {
             let (host, now) = self.next_look(io, clock, &mut first)?;
+            stillness.look(&host, now)?;
             // Each domain's range, narrowed to the limits it has shown.
             let limited: Vec<(Domain, bool)> = host
                 .domains()
@@ -617,10 +656,10 @@ impl Adaptive {
                 }
                 return Ok(());
             }
-            if now - start > self.options.deadline_s {
+            if now - start > self.options.balance_wait_s {
                 debug!(
-                    "balancing stopped at its deadline of {} s",
-                    self.options.deadline_s
+                    "balance returns after {} s; the drivers still moving carry on",
+                    self.options.balance_wait_s
                 );
                 return Ok(());
             }
@@ -686,16 +725,16 @@ impl Adaptive {
         }
     }
 
-    /// The error at the deadline: as [`blame`](Self::blame), also naming drivers that are
-    /// still short of their targets.
-    fn blame_late(&self, host: &Host, now: f64, required_kib: Kib) -> Error {
+    /// The error when a request stalls or its deadline passes: as [`blame`](Self::blame),
+    /// or, when no limit stood in the way, the guests the plan counted on (`counted_on`) that
+    /// are still short of their targets.
+    fn blame_late(&self, host: &Host, now: f64, required_kib: Kib, counted_on: &[Domain]) -> Error {
         match self.blame(host, now, required_kib) {
             Error::CannotFreeThisMuchMemory { .. } => {
-                let behind: Vec<DomId> = host
-                    .domains()
+                let behind: Vec<DomId> = counted_on
                     .iter()
                     .rev()
-                    .filter(|d| d.can_balloon && !d.has_hit_target())
+                    .filter(|d| !d.has_hit_target())
                     .map(|d| d.domid)
                     .collect();
                 if behind.is_empty() {
@@ -709,6 +748,33 @@ impl Adaptive {
             }
             e => e,
         }
+    }
+}
+
+/// Whether a freeing request still makes headway: the most memory it has had free and
+/// guaranteed, and since when.
+#[derive(Debug)]
+struct Headway {
+    best_kib: Kib,
+    since: f64,
+}
+
+impl Headway {
+    fn new(kib: Kib, now: f64) -> Self {
+        Headway {
+            best_kib: kib,
+            since: now,
+        }
+    }
+
+    /// Records `kib` free and guaranteed at `now`; true once no new high has been reached for
+    /// `stall_s` seconds.
+    fn stalled(&mut self, kib: Kib, now: f64, stall_s: f64) -> bool {
+        if kib > self.best_kib {
+            self.best_kib = kib;
+            self.since = now;
+        }
+        now - self.since > stall_s
     }
 }
 
@@ -762,4 +828,22 @@ fn fingerprint(host: &Host) -> u64 {
         (d.domid, d.can_balloon, d.dynamic_min_kib, d.dynamic_max_kib).hash(&mut h);
     }
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headway;
+
+    #[test]
+    fn a_request_stalls_only_after_no_new_high_for_the_stall_time() {
+        // 1 GiB free at 0 s; the stall time is 30 s.
+        let mut h = Headway::new(1 << 20, 0.0);
+        // A new high at 10 s restarts the count.
+        assert!(!h.stalled((1 << 20) + 4, 10.0, 30.0));
+        // Memory taken back and given again is no new high: 30 s after 10 s is still going,
+        // 30.5 s after it the request has stalled.
+        assert!(!h.stalled(1 << 20, 25.0, 30.0));
+        assert!(!h.stalled((1 << 20) + 4, 40.0, 30.0));
+        assert!(h.stalled((1 << 20) + 4, 40.5, 30.0));
+    }
 }

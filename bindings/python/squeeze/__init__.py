@@ -286,12 +286,13 @@ CONCERNS = {0: None, 1: "too slow", 2: "not moving", 3: "stalled and resumed"}
 @dataclass
 class Options:
     """Squeezer options: ``fistpoints`` (FIST_* flags), ``stuck_after_seconds``, ``policy``
-    (POLICY_CLASSIC or POLICY_ADAPTIVE) and the adaptive policy's ``deadline_s``."""
+    (POLICY_CLASSIC or POLICY_ADAPTIVE) and the adaptive policy's ``deadline_s`` (None, the
+    default, for no deadline: a request lasts as long as its guests make progress)."""
 
     fistpoints: int = 0
     stuck_after_seconds: float = 5.0
     policy: int = POLICY_CLASSIC
-    deadline_s: float = 120.0
+    deadline_s: Optional[float] = None
 
 
 @dataclass
@@ -325,7 +326,9 @@ class _OptionsHandle:
             if isinstance(policy, bool) or not isinstance(policy, int) or not -2**31 <= policy < 2**31:
                 raise InvalidArgument(f"policy must be POLICY_CLASSIC or POLICY_ADAPTIVE, not {policy!r}")
             _check(lib.sqz_options_set_policy(self.ptr, policy))
-            _check(lib.sqz_options_set_deadline(self.ptr, _seconds("deadline_s", self.options.deadline_s)))
+            if self.options.deadline_s is not None:
+                deadline = _seconds("deadline_s", self.options.deadline_s)
+                _check(lib.sqz_options_set_deadline(self.ptr, deadline))
         except BaseException:
             lib.sqz_options_free(self.ptr)
             raise
