@@ -117,7 +117,7 @@ impl AdaptiveOptions {
     }
 
     fn validate(&self) -> Result<()> {
-        if !(self.deadline_s > 0.0) {
+        if self.deadline_s.is_nan() || self.deadline_s <= 0.0 {
             return Err(Error::InvalidArgument(format!(
                 "adaptive deadline must be a positive number of seconds (infinite for none), \
                  not {}",
