@@ -627,8 +627,9 @@ typedef struct sqz_platform {
      */
     int32_t (*directory)(void *ctx, uint32_t tx, const char *path, struct sqz_strings *out);
     /**
-     * Seconds since an arbitrary origin, never going backwards (a bad value is ignored and the
-     * last good one used). Required.
+     * Seconds since an arbitrary origin, never going backwards (a value that is not finite is
+     * ignored; a step back counts as no time passing, and time carries on from there).
+     * Required.
      */
     double (*now)(void *ctx);
     /**

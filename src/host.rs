@@ -534,8 +534,11 @@ impl std::fmt::Debug for HostModel {
 
 impl HostModel {
     /// A host model over `platform`.
-    pub fn new(platform: Platform, config: HostConfig) -> Result<Self> {
+    pub fn new(mut platform: Platform, config: HostConfig) -> Result<Self> {
         config.validate()?;
+        // Every time the model reads is steady: a platform clock set back must neither fail
+        // an operation nor stop its time (see `SteadyTime`).
+        platform.clock = crate::platform::SteadyClock::wrap(platform.clock);
         Ok(HostModel {
             platform,
             config,

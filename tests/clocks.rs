@@ -107,3 +107,98 @@ fn a_stopped_clock_ends_an_adaptive_request_after_a_bounded_number_of_rounds() {
         .change_host_free_memory(&mut io, required, &mut |free| free >= required);
     expect_clock_error(r, &io, "adaptive");
 }
+
+/// The fake host's clock, set back one hour at its `step_at`-th reading.
+struct SetBack {
+    inner: std::sync::Arc<dyn squeeze::platform::Clock>,
+    reads: std::sync::atomic::AtomicU32,
+    step_at: u32,
+}
+
+impl squeeze::platform::Clock for SetBack {
+    fn now(&self) -> f64 {
+        let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let t = self.inner.now();
+        if n >= self.step_at {
+            t - 3600.0
+        } else {
+            t
+        }
+    }
+    fn sleep(&self, seconds: f64) {
+        self.inner.sleep(seconds)
+    }
+}
+
+#[test]
+fn a_clock_set_back_an_hour_mid_reservation_costs_the_reservation_no_extra_time() {
+    use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
+    use squeeze::platform::Hypervisor;
+    use squeeze::service::{Service, ServiceConfig};
+
+    // 5 GiB host, domain 0 holds 1 GiB; a stuck and a 100 MiB/s guest of 512 MiB..1 GiB at
+    // 1 GiB: 2 GiB free. Their clock starts at 10 000 s so that an hour back stays positive.
+    let fake = FakeHost::in_memory(FakeConfig {
+        total_kib: 5 * GIB,
+        xen_kib: 0,
+        dom0_kib: GIB,
+        boot_delay_s: 1.0,
+        referee_slush_kib: Some(SLUSH),
+    })
+    .unwrap();
+    fake.advance(10_000.0).unwrap();
+    let mut guests = Vec::new();
+    for behaviour in [
+        Behaviour::Stuck,
+        Behaviour::Ideal {
+            rate_kib_per_s: 100 * MIB,
+        },
+    ] {
+        let spec = GuestSpec {
+            behaviour,
+            ..GuestSpec::ballooning(512 * MIB, GIB)
+        };
+        let domid = fake.create_domain(spec).unwrap();
+        let size = spec.target_kib + spec.offset_kib;
+        fake.set_maxmem_kib(domid, size).unwrap();
+        fake.build_domain(domid, size).unwrap();
+        fake.unpause(domid).unwrap();
+        fake.advance(1.0).unwrap();
+        guests.push(domid);
+    }
+    let mut platform = fake.platform();
+    platform.clock = std::sync::Arc::new(SetBack {
+        inner: platform.clock.clone(),
+        reads: Default::default(),
+        // A few looks into the reservation.
+        step_at: 8,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::new(
+        platform,
+        ServiceConfig {
+            lock_path: dir.path().join("host.lock"),
+            boot_time_record_path: dir.path().join("boot_time_memory"),
+            ..ServiceConfig::default()
+        },
+    )
+    .unwrap();
+    let session = service.login("xenopsd").unwrap();
+    let start = fake.snapshot().unwrap().time;
+    // 768 MiB must be freed and the fast guest has only 512 MiB: the stuck guest is needed,
+    // and after its 5 s grace the request fails naming it.
+    let err = service
+        .reserve_memory(&session, 2 * GIB + 768 * MIB)
+        .unwrap_err();
+    let took = fake.snapshot().unwrap().time - start;
+    assert_eq!(
+        err,
+        Error::DomainsRefusedToCooperate {
+            domids: vec![guests[0]]
+        }
+    );
+    assert!(
+        took < 30.0,
+        "the reservation took {took} s of the host's time"
+    );
+}
