@@ -848,6 +848,12 @@ typedef struct sqz_step_result {
 #define SQZ_ERR_CANCELLED 11
 
 /**
+ * The caller's deadline cannot be met: the balloon rates the guests have shown predict the
+ * memory free only after it (the message says when), or it passed. Nothing was reserved.
+ */
+#define SQZ_ERR_DEADLINE 12
+
+/**
  * Moves toward its target at `rate_kib_per_s`, stopping within its inaccuracy.
  */
 #define SQZ_BEHAVIOUR_IDEAL 0

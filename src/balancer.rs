@@ -80,6 +80,32 @@ impl Balancer {
         }
     }
 
+    /// Runs `f` with a caller's deadline (seconds, if any) on its freeing requests. The
+    /// adaptive policy fails a request with
+    /// [`Error::DeadlineCannotBeMet`](crate::Error::DeadlineCannotBeMet) as soon as the
+    /// measured balloon rates predict it; the classic policy, like squeezed, has no deadline of
+    /// its own (the service ends its wait when the deadline passes).
+    pub fn with_deadline<T>(
+        &mut self,
+        deadline_s: Option<f64>,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(d) = deadline_s.filter(|d| d.is_nan() || *d <= 0.0) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "a deadline must be a positive number of seconds, not {d}"
+            )));
+        }
+        let configured = match &mut self.engine {
+            Engine::Adaptive(a) => Some(a.tighten_deadline(deadline_s)?),
+            Engine::Classic(_) => None,
+        };
+        let result = f(self);
+        if let (Engine::Adaptive(a), Some(c)) = (&mut self.engine, configured) {
+            a.restore_deadline(c);
+        }
+        result
+    }
+
     /// Hands memory above the slush back to the domains.
     pub fn balance_memory(&mut self, io: &mut dyn Io) -> Result<()> {
         match &mut self.engine {

@@ -198,6 +198,15 @@ fn check_domid(domid: DomId) -> Result<()> {
     }
 }
 
+/// What a reservation watches for: the free memory it aims for, its progress callback,
+/// cancel token and deadline (seconds).
+type WatchSpec<'a, 'p> = (
+    Kib,
+    Option<&'a mut ProgressFn<'p>>,
+    Option<CancelToken>,
+    Option<f64>,
+);
+
 impl Service {
     /// Opens the service over `platform`. Nothing is read or written until the first call.
     pub fn new(platform: Platform, config: ServiceConfig) -> Result<Self> {
@@ -344,13 +353,13 @@ impl Service {
         operation: Operation,
         reason: String,
         session: Option<&str>,
-        watch: Option<(Kib, Option<&mut ProgressFn<'_>>, Option<CancelToken>)>,
+        watch: Option<WatchSpec<'_, '_>>,
         f: impl FnOnce(&mut crate::balancer::Balancer, &mut dyn Io) -> Result<T>,
     ) -> Result<T> {
         let started = model.platform().clock.now();
         let mut io = Watched::new(model);
-        if let Some((required, progress, cancel)) = watch {
-            io = io.watch(required, progress, cancel);
+        if let Some((required, progress, cancel, deadline_s)) = watch {
+            io = io.watch(required, progress, cancel).deadline(deadline_s);
         }
         let result = self.decide(|b| f(b, &mut io));
         let (looks, waits, writes) = (io.looks, io.waits, std::mem::take(&mut io.writes));
@@ -388,14 +397,20 @@ impl Service {
                 required,
                 options.progress.as_deref_mut(),
                 options.cancel.clone(),
+                options.deadline_s,
             );
+            let deadline_s = options.deadline_s;
             self.decide_watched(
                 model,
                 Operation::ReserveMemory,
                 format!("reserve {kib} KiB for session {session}"),
                 Some(session),
                 Some(watch),
-                |b, io| b.change_host_free_memory(io, required, &mut |free| free >= required),
+                |b, io| {
+                    b.with_deadline(deadline_s, |b| {
+                        b.change_host_free_memory(io, required, &mut |free| free >= required)
+                    })
+                },
             )
             .map_err(|e| net_of_slush(e, slush))?;
             self.fault_point("reserve:freed");
@@ -449,7 +464,13 @@ impl Service {
             } else {
                 0
             };
-            let watch = (watch, options.progress.as_deref_mut(), options.cancel.clone());
+            let deadline_s = options.deadline_s;
+            let watch = (
+                watch,
+                options.progress.as_deref_mut(),
+                options.cancel.clone(),
+                deadline_s,
+            );
             let amount = self
                 .decide_watched(
                     model,
@@ -457,7 +478,7 @@ impl Service {
                     format!("reserve {min_kib}..={max_kib} KiB for session {session}"),
                     Some(session),
                     Some(watch),
-                    |b, io| b.free_memory_range(io, min_kib, max_kib),
+                    |b, io| b.with_deadline(deadline_s, |b| b.free_memory_range(io, min_kib, max_kib)),
                 )
                 .map_err(|e| net_of_slush(e, slush))?;
             self.fault_point("reserve:freed");

@@ -256,3 +256,81 @@ fn a_stuck_guest_named_in_a_failed_reservation_is_flagged_uncooperative_when_the
     let f = diag.domains.iter().find(|d| d.domid == fast).unwrap();
     assert!(!f.uncooperative_flag);
 }
+
+/// Two honest 1 MiB/s guests of 512 MiB..1 GiB at 1 GiB on the five-GiB host (2 GiB free).
+fn slow_guests_host(policy: Policy) -> (tempfile::TempDir, FakeHost, Service) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = five_gib_host();
+    let service = Service::new(
+        fake.platform(),
+        ServiceConfig {
+            policy,
+            ..config(dir.path())
+        },
+    )
+    .unwrap();
+    for _ in 0..2 {
+        booted_guest(
+            &fake,
+            GuestSpec {
+                behaviour: Behaviour::Ideal {
+                    rate_kib_per_s: MIB,
+                },
+                ..GuestSpec::ballooning(512 * MIB, GIB)
+            },
+        );
+    }
+    (dir, fake, service)
+}
+
+#[test]
+fn a_reservation_with_a_deadline_slow_guests_cannot_meet_says_so_early_and_reserves_nothing() {
+    use squeeze::progress::ReserveOptions;
+    // 2 GiB - slush + 512 MiB needs 512 MiB freed: 256 s at 2 MiB/s in all, against a 60 s
+    // deadline.
+    let kib = 2 * GIB - SLUSH + 512 * MIB;
+    let (_dir, fake, service) = slow_guests_host(Policy::Adaptive);
+    let session = service.login("xenopsd").unwrap();
+    let start = fake.snapshot().unwrap().time;
+    let err = service
+        .reserve_memory_with(&session, kib, ReserveOptions::default().with_deadline(60.0))
+        .unwrap_err();
+    let took = fake.snapshot().unwrap().time - start;
+    match err {
+        squeeze::Error::DeadlineCannotBeMet {
+            deadline,
+            predicted: Some(p),
+        } => {
+            assert_eq!(deadline.as_secs_f64(), 60.0);
+            let p = p.as_secs_f64();
+            assert!((240.0..280.0).contains(&p), "predicted {p} s");
+        }
+        other => panic!("expected DeadlineCannotBeMet, got {other:?}"),
+    }
+    assert!(took < 10.0, "took {took} s");
+    assert!(service.host_view().unwrap().reservations.is_empty());
+    // Without a deadline the same request is served at the guests' pace.
+    service.balance_memory().unwrap();
+    service.reserve_memory(&session, kib).unwrap();
+
+    // Classic predicts nothing: the deadline ends its wait when it passes.
+    let (_dir, fake, service) = slow_guests_host(Policy::Classic);
+    let session = service.login("xenopsd").unwrap();
+    let start = fake.snapshot().unwrap().time;
+    let err = service
+        .reserve_memory_with(&session, kib, ReserveOptions::default().with_deadline(60.0))
+        .unwrap_err();
+    let took = fake.snapshot().unwrap().time - start;
+    assert!(
+        matches!(
+            err,
+            squeeze::Error::DeadlineCannotBeMet {
+                predicted: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!((60.0..63.0).contains(&took), "took {took} s");
+    assert!(service.host_view().unwrap().reservations.is_empty());
+}

@@ -256,6 +256,30 @@ impl Adaptive {
         Ok((guaranteed_free(&host) - slush).min(max_kib).max(min_kib))
     }
 
+    /// Makes `deadline_s` (seconds, if any) the deadline of the coming freeing requests when
+    /// it is sooner than the one in force, and returns the one in force before, for
+    /// [`restore_deadline`](Adaptive::restore_deadline).
+    pub fn tighten_deadline(&mut self, deadline_s: Option<f64>) -> Result<f64> {
+        let before = self.options.deadline_s;
+        if let Some(d) = deadline_s {
+            if d.is_nan() || d <= 0.0 {
+                return Err(Error::InvalidArgument(format!(
+                    "a deadline must be a positive number of seconds, not {d}"
+                )));
+            }
+            self.options.deadline_s = before.min(d);
+        }
+        Ok(before)
+    }
+
+    /// Puts back a deadline [`tighten_deadline`](Adaptive::tighten_deadline) returned.
+    pub fn restore_deadline(&mut self, deadline_s: f64) {
+        if deadline_s.is_nan() || deadline_s <= 0.0 {
+            return;
+        }
+        self.options.deadline_s = deadline_s;
+    }
+
     /// Tells the squeezer that an input it cannot see in a host snapshot changed (a
     /// reservation deleted or dropped gives memory back to the host): its next decisions may
     /// reverse earlier ones without waiting for the dwell time.
@@ -411,6 +435,7 @@ impl Adaptive {
     ) -> Result<()> {
         let start = first.1;
         let mut headway = Headway::new(guaranteed_free(&first.0), start);
+        let mut late_looks = 0;
         let mut stillness = Stillness::default();
         let mut first = Some(first);
         loop {
@@ -456,13 +481,37 @@ impl Adaptive {
                 );
                 return Err(self.named(self.blame_late(&host, now, required_kib, &who)));
             }
-            if now - start > self.options.deadline_s {
-                debug!("deadline of {} s passed", self.options.deadline_s);
-                return Err(self.named(self.blame_late(&host, now, required_kib, &who)));
-            }
 
             let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
             let shares = plan::shares(&contributors, t_star);
+            // The caller's deadline: the request fails as soon as the rates the guests have
+            // shown (not the prior) predict it cannot be met, three looks in a row so that one
+            // slow first sample (a driver that reacts late) does not end it.
+            let deadline = self.options.deadline_s;
+            if deadline.is_finite() {
+                let predicted = now - start + t_star;
+                let measured = who.iter().zip(&shares).all(|(d, &share)| {
+                    share == 0
+                        || self
+                            .tracker
+                            .get(d.domid)
+                            .is_some_and(|t| t.rate_down.is_some())
+                });
+                late_looks = if measured && predicted > deadline {
+                    late_looks + 1
+                } else {
+                    0
+                };
+                if late_looks >= 3 || now - start > deadline {
+                    debug!(
+                        "the deadline of {deadline} s cannot be met: predicted {predicted:.1} s"
+                    );
+                    return Err(Error::DeadlineCannotBeMet {
+                        deadline: std::time::Duration::from_secs_f64(deadline),
+                        predicted: Some(std::time::Duration::from_secs_f64(predicted)),
+                    });
+                }
+            }
             let mut wrote = false;
             for (d, share) in who.iter().zip(shares) {
                 // A driver may stop up to its inaccuracy short of a target, and a real host

@@ -28,6 +28,7 @@ __all__ = [
     "Cancelled",
     "CannotFreeThisMuchMemory",
     "Cooperation",
+    "DeadlineCannotBeMet",
     "Domain",
     "DomainsRefusedToCooperate",
     "FakeDomain",
@@ -149,10 +150,18 @@ class Cancelled(SqueezeError):
     status = 11
 
 
+class DeadlineCannotBeMet(SqueezeError):
+    """SQZ_ERR_DEADLINE: the caller's deadline cannot be met at the balloon rates the guests
+    have shown (the message says when the memory would be free), or it passed; nothing was
+    reserved."""
+
+    status = 12
+
+
 _BY_STATUS = {
     cls.status: cls
     for cls in (InvalidArgument, InvalidMemoryValue, BackendError, Unsupported, BufferTooSmall,
-                InternalError, Cancelled)
+                InternalError, Cancelled, DeadlineCannotBeMet)
 }
 # UnknownReservation and NoReservation are raised by the Service methods, which know the id or
 # domid the error is about.
