@@ -302,18 +302,28 @@ impl Adaptive {
         )
     }
 
-    /// Snapshot, clock, learning: the start of every iteration.
+    /// Clock, snapshot, learning: the start of every iteration.
     fn observe(&mut self, io: &mut dyn Io, clock: &mut Clock) -> Result<(Host, f64)> {
         let now = clock.now(io)?;
         let host = io.make_host()?;
-        let fp = fingerprint(&host);
+        let writes = self.look(&host, now);
+        apply(io, &writes)?;
+        Ok((host, now))
+    }
+
+    /// Learns from `host` as seen at `now` (rates, limits, scores), and returns the targets to
+    /// write because of it: growth requests withdrawn from drivers that cannot follow them.
+    /// No I/O: the caller applies the writes.
+    pub fn look(&mut self, host: &Host, now: f64) -> Vec<Action> {
+        let fp = fingerprint(host);
         if fp != self.fingerprint {
             self.fingerprint = fp;
             self.epoch += 1;
         }
-        self.tracker.observe(&host, now, &self.options.judge());
-        self.learn_limits(io, &host, now)?;
-        Ok((host, now))
+        self.tracker.observe(host, now, &self.options.judge());
+        let mut writes = Vec::new();
+        self.learn_limits(host, now, &mut writes);
+        writes
     }
 
     /// The look an operation started with, then a fresh one for every later iteration.
@@ -331,7 +341,7 @@ impl Adaptive {
 
     /// Turns a driver's persistent stall into a remembered limit: a floor when it stopped
     /// shrinking after having moved, a ceiling when it does not grow.
-    fn learn_limits(&mut self, io: &mut dyn Io, host: &Host, now: f64) -> Result<()> {
+    fn learn_limits(&mut self, host: &Host, now: f64, writes: &mut Vec<Action>) {
         let grace = self.options.grace_s;
         let probe = self.options.probe_kib;
         for d in host.domains().iter().filter(|d| d.can_balloon) {
@@ -388,43 +398,42 @@ impl Adaptive {
                     );
                     t.ceiling = limit;
                     if retract < d.target_kib {
-                        self.write(io, d, retract, now, "cannot grow: request withdrawn")?;
+                        self.plan_write(writes, d, retract, now, "cannot grow: request withdrawn");
                     }
                 }
                 _ => {}
             }
         }
-        Ok(())
     }
 
-    fn write(
+    /// Puts a target write in the plan `writes`, and into what the tracker expects.
+    fn plan_write(
         &mut self,
-        io: &mut dyn Io,
+        writes: &mut Vec<Action>,
         d: &Domain,
         target_kib: Kib,
         now: f64,
         reason: &str,
-    ) -> Result<()> {
+    ) {
         if target_kib != d.target_kib {
             info!(
                 "domain {}: target {} -> {target_kib} KiB ({reason})",
                 d.domid, d.target_kib
             );
         }
-        io.execute_action(Action {
+        writes.push(Action {
             domid: d.domid,
             new_target_kib: target_kib,
-        })?;
+        });
         self.tracker
             .note_write(d.domid, target_kib, now, self.epoch);
-        Ok(())
     }
 
     fn deadband(&self, d: &Domain) -> Kib {
         deadband(&self.options, d)
     }
 
-    /// The freeing loop.
+    /// The freeing loop: one [`free_round`](Adaptive::free_round) after another.
     fn free(
         &mut self,
         io: &mut dyn Io,
@@ -433,131 +442,151 @@ impl Adaptive {
         success: &mut dyn FnMut(Kib) -> bool,
         first: (Host, f64),
     ) -> Result<()> {
-        let start = first.1;
-        let mut headway = Headway::new(guaranteed_free(&first.0), start);
-        let mut late_looks = 0;
+        let mut state = FreeState::new(&first.0, first.1);
         let mut stillness = Stillness::default();
         let mut first = Some(first);
         loop {
             let (host, now) = self.next_look(io, clock, &mut first)?;
             stillness.look(&host, now)?;
-            let guaranteed = guaranteed_free(&host);
-            if guaranteed >= required_kib && success(guaranteed) {
-                debug!(
-                    "{guaranteed} KiB free and guaranteed after {:.1} s",
-                    now - start
-                );
-                return Ok(());
+            let round = self.free_round(&mut state, &host, now, required_kib, success)?;
+            apply(io, &round.writes)?;
+            match round.outcome {
+                Outcome::Done => return Ok(()),
+                Outcome::Failed(e) => return Err(e),
+                Outcome::Continue => io.wait(self.options.poll_s)?,
             }
-
-            // What each balloonable domain without a floor can still give, and how fast.
-            let mut contributors = Vec::new();
-            let mut who = Vec::new();
-            for d in host.domains().iter().filter(|d| d.can_balloon) {
-                let t = self.tracker.get(d.domid);
-                if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
-                    continue;
-                }
-                let rate = t
-                    .and_then(|t| t.rate_down)
-                    .unwrap_or(self.options.prior_rate_kib_per_s);
-                contributors.push(Contributor {
-                    cap_kib: d.min_freeable_kib(true),
-                    rate_kib_per_s: rate,
-                });
-                who.push(*d);
-            }
-            let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
-            let need = required_kib - guaranteed;
-            let reachable = kib::add(guaranteed, capacity, "reachable free memory")?;
-            if reachable < required_kib && !success(reachable) {
-                return Err(self.named(self.blame(&host, now, required_kib)));
-            }
-            if headway.stalled(guaranteed, now, self.options.stall_s) {
-                debug!(
-                    "no new memory free for {} s ({guaranteed} KiB free and guaranteed, \
-                     aiming for {required_kib} KiB)",
-                    self.options.stall_s
-                );
-                return Err(self.named(self.blame_late(&host, now, required_kib, &who)));
-            }
-
-            let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
-            let shares = plan::shares(&contributors, t_star);
-            // The caller's deadline: the request fails as soon as the rates the guests have
-            // shown (not the prior) predict it cannot be met, three looks in a row so that one
-            // slow first sample (a driver that reacts late) does not end it.
-            let deadline = self.options.deadline_s;
-            if deadline.is_finite() {
-                let predicted = now - start + t_star;
-                let measured = who.iter().zip(&shares).all(|(d, &share)| {
-                    share == 0
-                        || self
-                            .tracker
-                            .get(d.domid)
-                            .is_some_and(|t| t.rate_down.is_some())
-                });
-                late_looks = if measured && predicted > deadline {
-                    late_looks + 1
-                } else {
-                    0
-                };
-                if late_looks >= 3 || now - start > deadline {
-                    debug!(
-                        "the deadline of {deadline} s cannot be met: predicted {predicted:.1} s"
-                    );
-                    return Err(Error::DeadlineCannotBeMet {
-                        deadline: std::time::Duration::from_secs_f64(deadline),
-                        predicted: Some(std::time::Duration::from_secs_f64(predicted)),
-                    });
-                }
-            }
-            let mut wrote = false;
-            for (d, share) in who.iter().zip(shares) {
-                // A driver may stop up to its inaccuracy short of a target, and a real host
-                // rounds to whole pages on top, so ask for twice that much more; the capacity
-                // held back twice the inaccuracy, so this stays in range.
-                let ask = if share > 0 {
-                    share + 2 * d.inaccuracy_kib
-                } else {
-                    0
-                };
-                let desired = (d.memory_actual_kib - ask).min(d.dynamic_max_kib);
-                let growing = d.target_kib > d.memory_actual_kib + d.inaccuracy_kib;
-                // No target is ever set above what a domain holds while memory is being freed.
-                // A driver still on its way down keeps its target unless the plan moved by more
-                // than the deadband (in either direction: an earlier plan, made before its
-                // speed was known, may have asked it for too much); one at rest is always given
-                // a lower target, however small the step.
-                // For a driver in flight, a change smaller than an eighth of the way it still
-                // has to go is noise in the rate estimates, not worth a write.
-                let step = (desired - d.target_kib).abs();
-                let in_flight = (d.memory_actual_kib - d.target_kib).abs() / 8;
-                let worth = step > self.deadband(d).max(in_flight);
-                let write = if desired < d.target_kib {
-                    growing || d.has_hit_target() || worth
-                } else {
-                    desired < d.memory_actual_kib - d.inaccuracy_kib && worth
-                };
-                if write {
-                    self.write(io, d, desired, now, "free memory")?;
-                    wrote = true;
-                }
-            }
-            let moving = who.iter().any(|d| !d.has_hit_target());
-            if !wrote && !moving {
-                // Everything that could be freed has been.
-                return if success(guaranteed) {
-                    Ok(())
-                } else {
-                    Err(self.named(self.blame(&host, now, required_kib)))
-                };
-            }
-            io.wait(self.options.poll_s)?;
         }
     }
 
-    /// The allocating loop: balance toward `goal_kib` free.
+    /// One round of freeing toward `required_kib` free and guaranteed (or what `success`
+    /// accepts), on `host` as looked at (and learnt from) at `now`. No I/O.
+    fn free_round(
+        &mut self,
+        state: &mut FreeState,
+        host: &Host,
+        now: f64,
+        required_kib: Kib,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<Round> {
+        let mut writes = Vec::new();
+        let guaranteed = guaranteed_free(host);
+        if guaranteed >= required_kib && success(guaranteed) {
+            debug!(
+                "{guaranteed} KiB free and guaranteed after {:.1} s",
+                now - state.start
+            );
+            return Ok(Round::ending(writes, Outcome::Done));
+        }
+
+        // What each balloonable domain without a floor can still give, and how fast.
+        let mut contributors = Vec::new();
+        let mut who = Vec::new();
+        for d in host.domains().iter().filter(|d| d.can_balloon) {
+            let t = self.tracker.get(d.domid);
+            if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
+                continue;
+            }
+            let rate = t
+                .and_then(|t| t.rate_down)
+                .unwrap_or(self.options.prior_rate_kib_per_s);
+            contributors.push(Contributor {
+                cap_kib: d.min_freeable_kib(true),
+                rate_kib_per_s: rate,
+            });
+            who.push(*d);
+        }
+        let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
+        let need = required_kib - guaranteed;
+        let reachable = kib::add(guaranteed, capacity, "reachable free memory")?;
+        if reachable < required_kib && !success(reachable) {
+            let e = self.named(self.blame(host, now, required_kib));
+            return Ok(Round::ending(writes, Outcome::Failed(e)));
+        }
+        if state.headway.stalled(guaranteed, now, self.options.stall_s) {
+            debug!(
+                "no new memory free for {} s ({guaranteed} KiB free and guaranteed, \
+                 aiming for {required_kib} KiB)",
+                self.options.stall_s
+            );
+            let e = self.named(self.blame_late(host, now, required_kib, &who));
+            return Ok(Round::ending(writes, Outcome::Failed(e)));
+        }
+
+        let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
+        let shares = plan::shares(&contributors, t_star);
+        // The caller's deadline: the request fails as soon as the rates the guests have
+        // shown (not the prior) predict it cannot be met, three looks in a row so that one
+        // slow first sample (a driver that reacts late) does not end it.
+        let deadline = self.options.deadline_s;
+        if deadline.is_finite() {
+            let predicted = now - state.start + t_star;
+            let measured = who.iter().zip(&shares).all(|(d, &share)| {
+                share == 0
+                    || self
+                        .tracker
+                        .get(d.domid)
+                        .is_some_and(|t| t.rate_down.is_some())
+            });
+            state.late_looks = if measured && predicted > deadline {
+                state.late_looks + 1
+            } else {
+                0
+            };
+            if state.late_looks >= 3 || now - state.start > deadline {
+                debug!("the deadline of {deadline} s cannot be met: predicted {predicted:.1} s");
+                let e = Error::DeadlineCannotBeMet {
+                    deadline: std::time::Duration::from_secs_f64(deadline),
+                    predicted: Some(std::time::Duration::from_secs_f64(predicted)),
+                };
+                return Ok(Round::ending(writes, Outcome::Failed(e)));
+            }
+        }
+        let mut wrote = false;
+        for (d, share) in who.iter().zip(shares) {
+            // A driver may stop up to its inaccuracy short of a target, and a real host
+            // rounds to whole pages on top, so ask for twice that much more; the capacity
+            // held back twice the inaccuracy, so this stays in range.
+            let ask = if share > 0 {
+                share + 2 * d.inaccuracy_kib
+            } else {
+                0
+            };
+            let desired = (d.memory_actual_kib - ask).min(d.dynamic_max_kib);
+            let growing = d.target_kib > d.memory_actual_kib + d.inaccuracy_kib;
+            // No target is ever set above what a domain holds while memory is being freed.
+            // A driver still on its way down keeps its target unless the plan moved by more
+            // than the deadband (in either direction: an earlier plan, made before its
+            // speed was known, may have asked it for too much); one at rest is always given
+            // a lower target, however small the step.
+            // For a driver in flight, a change smaller than an eighth of the way it still
+            // has to go is noise in the rate estimates, not worth a write.
+            let step = (desired - d.target_kib).abs();
+            let in_flight = (d.memory_actual_kib - d.target_kib).abs() / 8;
+            let worth = step > self.deadband(d).max(in_flight);
+            let write = if desired < d.target_kib {
+                growing || d.has_hit_target() || worth
+            } else {
+                desired < d.memory_actual_kib - d.inaccuracy_kib && worth
+            };
+            if write {
+                self.plan_write(&mut writes, d, desired, now, "free memory");
+                wrote = true;
+            }
+        }
+        let moving = who.iter().any(|d| !d.has_hit_target());
+        if !wrote && !moving {
+            // Everything that could be freed has been.
+            let outcome = if success(guaranteed) {
+                Outcome::Done
+            } else {
+                Outcome::Failed(self.named(self.blame(host, now, required_kib)))
+            };
+            return Ok(Round::ending(writes, outcome));
+        }
+        Ok(Round::ending(writes, Outcome::Continue))
+    }
+
+    /// The allocating loop: one [`allocate_round`](Adaptive::allocate_round) after another.
     fn allocate(
         &mut self,
         io: &mut dyn Io,
@@ -572,148 +601,166 @@ impl Adaptive {
         loop {
             let (host, now) = self.next_look(io, clock, &mut first)?;
             stillness.look(&host, now)?;
-            // Each domain's range, narrowed to the limits it has shown.
-            let limited: Vec<(Domain, bool)> = host
-                .domains()
-                .iter()
-                .filter(|d| d.can_balloon)
-                .map(|d| {
-                    let mut e = *d;
-                    let mut is_limited = false;
-                    if let Some(t) = self.tracker.get(d.domid) {
-                        if t.pinned.is_some() || t.lagging(now, self.options.grace_s) {
-                            // Neither give it memory nor count on it to free any.
-                            let pinned = d
-                                .memory_actual_kib
-                                .clamp(e.dynamic_min_kib, e.dynamic_max_kib.max(e.dynamic_min_kib));
-                            e.dynamic_min_kib = pinned;
-                            e.dynamic_max_kib = pinned;
-                            is_limited = true;
-                        }
-                        if let Some(f) = t.floor {
-                            e.dynamic_min_kib =
-                                e.dynamic_min_kib.max(f.at_kib).min(e.dynamic_max_kib);
-                            is_limited = true;
-                        }
-                        if let Some(c) = t.ceiling {
-                            e.dynamic_max_kib =
-                                e.dynamic_max_kib.min(c.at_kib).max(e.dynamic_min_kib);
-                            is_limited = true;
-                        }
-                    }
-                    (e, is_limited)
-                })
-                .collect();
-            // A limited domain's standing request (the probe) is memory it may still take if
-            // its limit lifts: it is not free to hand to the others.
-            let probes = kib::sum(
-                limited.iter().filter(|(_, l)| *l).map(|(e, _)| {
-                    let d = host.domain(e.domid).expect("from this host");
-                    // The target in force: a limit found in this look may have withdrawn the
-                    // one the snapshot shows.
-                    let target = self
-                        .tracker
-                        .get(e.domid)
-                        .map_or(d.target_kib, |t| t.target_kib);
-                    ((target + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
-                }),
-                "standing requests",
-            )?;
-            let allocation = policy::proportional(
-                limited.iter().map(|(e, _)| e),
-                kib::sub(host.free_mem_kib, probes, "free memory")?,
-                goal_kib,
-                true,
-            )?;
-            let ideal: Vec<Kib> = limited
-                .iter()
-                .map(|(e, _)| allocation.target_for(e))
-                .collect();
-
-            // Two phases, as in the classic squeezer: freeing targets first.
-            let opts = self.options;
-            let wants = |(e, _): &(Domain, bool), ideal: Kib| -> Option<Direction> {
-                if (ideal - e.target_kib).abs() <= deadband(&opts, e) {
-                    None
-                } else if ideal < e.target_kib {
-                    Some(Direction::Down)
-                } else {
-                    Some(Direction::Up)
-                }
-            };
-            // As in the classic squeezer, a domain still on its way down (whether or not its
-            // target needs rewriting) holds back every allocation: the policy already counts
-            // the memory it has yet to release as free.
-            let freeing = limited.iter().zip(&ideal).any(|((e, _), &i)| {
-                !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i) && i < e.memory_actual_kib
-            });
-            let phase = if freeing {
-                Direction::Down
-            } else {
-                Direction::Up
-            };
-            let mut wrote = false;
-            for (l, &i) in limited.iter().zip(&ideal) {
-                let (e, is_limited) = (&l.0, l.1);
-                let shrinking = !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i)
-                    && i < e.memory_actual_kib;
-                let write = match phase {
-                    // Every domain that must shrink gets its target, up or down from the one
-                    // it has, as long as the change is worth writing.
-                    Direction::Down => shrinking && wants(l, i).is_some(),
-                    // A limited driver keeps its lower target (a standing request that can
-                    // only free memory) unless it is really to be given more than it has.
-                    Direction::Up => {
-                        let grows = wants(l, i) == Some(Direction::Up)
-                            && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib);
-                        // A growth request above the domain's share is cut back to it, however
-                        // small the cut: the policy counts the memory the domain has not taken
-                        // yet as free and hands it to the others in this same round.
-                        let cut = !is_limited
-                            && i < e.target_kib
-                            && e.target_kib > e.memory_actual_kib + e.inaccuracy_kib;
-                        grows || cut
-                    }
-                };
-                if !write || self.dwell_blocks(e, i, now) {
-                    continue;
-                }
-                let d = host.domain(e.domid).expect("from this host");
-                self.write(io, d, i, now, "rebalance")?;
-                wrote = true;
+            let round = self.allocate_round(start, &host, now, goal_kib, success)?;
+            apply(io, &round.writes)?;
+            match round.outcome {
+                Outcome::Done => return Ok(()),
+                Outcome::Failed(e) => return Err(e),
+                Outcome::Continue => io.wait(self.options.poll_s)?,
             }
-            // A driver within twice its inaccuracy of its target has nothing left to do (as
-            // the tracker judges it: it may stop that short on a real host, which rounds to
-            // whole pages), and one that has not moved for the grace period changes nothing
-            // by being waited for.
-            let grace = self.options.grace_s;
-            let settled = limited.iter().all(|(e, is_limited)| {
-                *is_limited
-                    || (e.memory_actual_kib - e.target_kib).abs() <= 2 * e.inaccuracy_kib
-                    || self
-                        .tracker
-                        .get(e.domid)
-                        .and_then(|t| t.stalled_since)
-                        .is_some_and(|s| now - s >= grace)
-            });
-            if !wrote && settled {
-                if !success(host.free_mem_kib) {
-                    debug!(
-                        "balanced as far as possible: {} KiB free, aiming for {goal_kib} KiB",
-                        host.free_mem_kib
-                    );
-                }
-                return Ok(());
-            }
-            if now - start > self.options.balance_wait_s {
-                debug!(
-                    "balance returns after {} s; the drivers still moving carry on",
-                    self.options.balance_wait_s
-                );
-                return Ok(());
-            }
-            io.wait(self.options.poll_s)?;
         }
+    }
+
+    /// One round of balancing toward `goal_kib` free, on `host` as looked at (and learnt
+    /// from) at `now`, in a balance that started at `start_s`. No I/O.
+    fn allocate_round(
+        &mut self,
+        start_s: f64,
+        host: &Host,
+        now: f64,
+        goal_kib: Kib,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<Round> {
+        let mut writes = Vec::new();
+        // Each domain's range, narrowed to the limits it has shown.
+        let limited: Vec<(Domain, bool)> = host
+            .domains()
+            .iter()
+            .filter(|d| d.can_balloon)
+            .map(|d| {
+                let mut e = *d;
+                let mut is_limited = false;
+                if let Some(t) = self.tracker.get(d.domid) {
+                    if t.pinned.is_some() || t.lagging(now, self.options.grace_s) {
+                        // Neither give it memory nor count on it to free any.
+                        let pinned = d
+                            .memory_actual_kib
+                            .clamp(e.dynamic_min_kib, e.dynamic_max_kib.max(e.dynamic_min_kib));
+                        e.dynamic_min_kib = pinned;
+                        e.dynamic_max_kib = pinned;
+                        is_limited = true;
+                    }
+                    if let Some(f) = t.floor {
+                        e.dynamic_min_kib = e.dynamic_min_kib.max(f.at_kib).min(e.dynamic_max_kib);
+                        is_limited = true;
+                    }
+                    if let Some(c) = t.ceiling {
+                        e.dynamic_max_kib = e.dynamic_max_kib.min(c.at_kib).max(e.dynamic_min_kib);
+                        is_limited = true;
+                    }
+                }
+                (e, is_limited)
+            })
+            .collect();
+        // A limited domain's standing request (the probe) is memory it may still take if
+        // its limit lifts: it is not free to hand to the others.
+        let probes = kib::sum(
+            limited.iter().filter(|(_, l)| *l).map(|(e, _)| {
+                let d = host.domain(e.domid).expect("from this host");
+                // The target in force: a limit found in this look may have withdrawn the
+                // one the snapshot shows.
+                let target = self
+                    .tracker
+                    .get(e.domid)
+                    .map_or(d.target_kib, |t| t.target_kib);
+                ((target + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
+            }),
+            "standing requests",
+        )?;
+        let allocation = policy::proportional(
+            limited.iter().map(|(e, _)| e),
+            kib::sub(host.free_mem_kib, probes, "free memory")?,
+            goal_kib,
+            true,
+        )?;
+        let ideal: Vec<Kib> = limited
+            .iter()
+            .map(|(e, _)| allocation.target_for(e))
+            .collect();
+
+        // Two phases, as in the classic squeezer: freeing targets first.
+        let opts = self.options;
+        let wants = |(e, _): &(Domain, bool), ideal: Kib| -> Option<Direction> {
+            if (ideal - e.target_kib).abs() <= deadband(&opts, e) {
+                None
+            } else if ideal < e.target_kib {
+                Some(Direction::Down)
+            } else {
+                Some(Direction::Up)
+            }
+        };
+        // As in the classic squeezer, a domain still on its way down (whether or not its
+        // target needs rewriting) holds back every allocation: the policy already counts
+        // the memory it has yet to release as free.
+        let freeing = limited.iter().zip(&ideal).any(|((e, _), &i)| {
+            !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i) && i < e.memory_actual_kib
+        });
+        let phase = if freeing {
+            Direction::Down
+        } else {
+            Direction::Up
+        };
+        let mut wrote = false;
+        for (l, &i) in limited.iter().zip(&ideal) {
+            let (e, is_limited) = (&l.0, l.1);
+            let shrinking = !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i)
+                && i < e.memory_actual_kib;
+            let write = match phase {
+                // Every domain that must shrink gets its target, up or down from the one
+                // it has, as long as the change is worth writing.
+                Direction::Down => shrinking && wants(l, i).is_some(),
+                // A limited driver keeps its lower target (a standing request that can
+                // only free memory) unless it is really to be given more than it has.
+                Direction::Up => {
+                    let grows = wants(l, i) == Some(Direction::Up)
+                        && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib);
+                    // A growth request above the domain's share is cut back to it, however
+                    // small the cut: the policy counts the memory the domain has not taken
+                    // yet as free and hands it to the others in this same round.
+                    let cut = !is_limited
+                        && i < e.target_kib
+                        && e.target_kib > e.memory_actual_kib + e.inaccuracy_kib;
+                    grows || cut
+                }
+            };
+            if !write || self.dwell_blocks(e, i, now) {
+                continue;
+            }
+            let d = host.domain(e.domid).expect("from this host");
+            self.plan_write(&mut writes, d, i, now, "rebalance");
+            wrote = true;
+        }
+        // A driver within twice its inaccuracy of its target has nothing left to do (as
+        // the tracker judges it: it may stop that short on a real host, which rounds to
+        // whole pages), and one that has not moved for the grace period changes nothing
+        // by being waited for.
+        let grace = self.options.grace_s;
+        let settled = limited.iter().all(|(e, is_limited)| {
+            *is_limited
+                || (e.memory_actual_kib - e.target_kib).abs() <= 2 * e.inaccuracy_kib
+                || self
+                    .tracker
+                    .get(e.domid)
+                    .and_then(|t| t.stalled_since)
+                    .is_some_and(|s| now - s >= grace)
+        });
+        if !wrote && settled {
+            if !success(host.free_mem_kib) {
+                debug!(
+                    "balanced as far as possible: {} KiB free, aiming for {goal_kib} KiB",
+                    host.free_mem_kib
+                );
+            }
+            return Ok(Round::ending(writes, Outcome::Done));
+        }
+        if now - start_s > self.options.balance_wait_s {
+            debug!(
+                "balance returns after {} s; the drivers still moving carry on",
+                self.options.balance_wait_s
+            );
+            return Ok(Round::ending(writes, Outcome::Done));
+        }
+        Ok(Round::ending(writes, Outcome::Continue))
     }
 
     /// Whether setting `d`'s target to `target_kib` would reverse the flow of its memory (grow
@@ -796,6 +843,58 @@ impl Adaptive {
                 }
             }
             e => e,
+        }
+    }
+}
+
+/// How a goal stands after a round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Met: the operation is over.
+    Done,
+    /// Cannot be met: the operation ends with this error (the domains it names are judged
+    /// uncooperative).
+    Failed(Error),
+    /// Apply the writes, wait a poll interval and look again.
+    Continue,
+}
+
+/// What one round decided: the targets to write, in order, and how the goal stands. Rounds do
+/// no I/O; the loop that drives them writes, waits and looks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Round {
+    /// Balloon targets to set, in order.
+    pub writes: Vec<Action>,
+    /// How the goal stands.
+    pub outcome: Outcome,
+}
+
+impl Round {
+    fn ending(writes: Vec<Action>, outcome: Outcome) -> Self {
+        Round { writes, outcome }
+    }
+}
+
+/// Applies a round's target writes.
+fn apply(io: &mut dyn Io, writes: &[Action]) -> Result<()> {
+    writes.iter().try_for_each(|&a| io.execute_action(a))
+}
+
+/// What a freeing request carries from round to round.
+#[derive(Debug)]
+struct FreeState {
+    start: f64,
+    headway: Headway,
+    /// Looks in a row whose measured rates predicted the caller's deadline missed.
+    late_looks: u32,
+}
+
+impl FreeState {
+    fn new(host: &Host, now: f64) -> Self {
+        FreeState {
+            start: now,
+            headway: Headway::new(guaranteed_free(host), now),
+            late_looks: 0,
         }
     }
 }
