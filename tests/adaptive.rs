@@ -476,3 +476,51 @@ fn a_driver_at_its_hidden_floor_is_never_flagged_where_squeezed_flags_it() {
     assert_eq!(flagged, None);
     assert!(classic_inactive >= 20.0, "{classic_inactive} s");
 }
+
+#[test]
+fn an_adaptive_request_stepped_by_hand_makes_the_same_decisions_as_the_call() {
+    use squeeze::adaptive::{Goal, Outcome};
+    // 100 and 4 MiB/s freeing 2 GiB (T* = 19.7 s), once through the call and once one round
+    // at a time from the caller's own loop, as an event-loop caller would run it.
+    let required = SLUSH + 2 * GIB;
+    let (mut by_call, _) = rates_host(&[100, 4]);
+    Adaptive::default()
+        .change_host_free_memory(&mut by_call, required, &mut |free| free >= required)
+        .unwrap();
+
+    let (mut by_hand, _) = rates_host(&[100, 4]);
+    let mut adaptive = Adaptive::default();
+    let mut op = adaptive
+        .begin(Goal::Free {
+            required_kib: required,
+        })
+        .unwrap();
+    let mut rounds = 0;
+    loop {
+        let host = by_hand.make_host().unwrap();
+        let now = by_hand.now().unwrap();
+        let round = adaptive
+            .step(&mut op, &host, now, &mut |free| free >= required)
+            .unwrap();
+        rounds += 1;
+        for a in round.writes {
+            by_hand.execute_action(a).unwrap();
+        }
+        match round.outcome {
+            Outcome::Done => break,
+            Outcome::Failed(e) => panic!("{e}"),
+            Outcome::Continue => by_hand.wait(adaptive.options().poll_s).unwrap(),
+        }
+    }
+    assert_eq!(by_hand.time(), by_call.time());
+    assert_eq!(rounds as f64, by_hand.time() + 1.0);
+    assert_eq!(by_hand.free_mem_kib(), by_call.free_mem_kib());
+    assert_eq!(
+        by_hand.make_host().unwrap().domains(),
+        by_call.make_host().unwrap().domains()
+    );
+    // Its judgement is there for the caller to publish: both guests did their part.
+    let j = adaptive.judgements();
+    assert_eq!(j.len(), 2);
+    assert!(j.iter().all(|(_, c)| !c.uncooperative));
+}

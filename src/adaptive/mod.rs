@@ -220,22 +220,107 @@ impl Adaptive {
         required_kib: Kib,
         success: &mut dyn FnMut(Kib) -> bool,
     ) -> Result<()> {
-        kib::check_size("required free memory", required_kib)?;
         settings(io)?;
-        // A request is an outside input: it may legitimately reverse earlier decisions.
-        self.epoch += 1;
-        let mut clock = Clock::default();
-        let look = self.observe(io, &mut clock)?;
-        let host = &look.0;
-        if host.free_mem_kib >= required_kib && guaranteed_free(host) >= required_kib {
-            return if success(guaranteed_free(host)) {
-                Ok(())
-            } else {
-                // More is free than asked for and the condition wants less: hand it out.
-                self.allocate(io, &mut clock, required_kib, success, look)
+        let op = self.begin(Goal::Free { required_kib })?;
+        self.drive(io, op, success)
+    }
+
+    /// Starts an operation toward `goal`, for a caller that drives it one
+    /// [`step`](Adaptive::step) at a time (the freeing and balancing calls do exactly that).
+    pub fn begin(&mut self, goal: Goal) -> Result<Operation> {
+        match goal {
+            Goal::Free { required_kib } => {
+                kib::check_size("required free memory", required_kib)?;
+                // A request is an outside input: it may legitimately reverse earlier decisions.
+                self.epoch += 1;
+            }
+            Goal::Balance { slush_kib } => {
+                kib::check_size("target host free memory", slush_kib)?;
+            }
+        }
+        Ok(Operation {
+            goal,
+            phase: OperationPhase::NotStarted,
+            stillness: Stillness::default(),
+        })
+    }
+
+    /// One round of `op` on `host` as seen at `now`: learns from the look, then decides. No
+    /// I/O: the caller writes the returned targets (each with whatever maxmem it needs, as
+    /// [`Io::execute_action`] does), and, while the outcome is [`Outcome::Continue`], waits
+    /// [`AdaptiveOptions::poll_s`] and steps again with a fresh look. `success` judges host
+    /// free memory as in [`change_host_free_memory`](Adaptive::change_host_free_memory). The
+    /// judgement of every domain is [`judgements`](Adaptive::judgements).
+    pub fn step(
+        &mut self,
+        op: &mut Operation,
+        host: &Host,
+        now: f64,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<Round> {
+        if !now.is_finite() || now < 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "now must be finite and not negative, not {now}"
+            )));
+        }
+        let mut writes = self.look(host, now);
+        if let Err(e) = op.stillness.look(host, now) {
+            return Ok(Round::ending(writes, Outcome::Failed(e)));
+        }
+        if let OperationPhase::NotStarted = op.phase {
+            op.phase = match op.goal {
+                Goal::Free { required_kib } => {
+                    let guaranteed = guaranteed_free(host);
+                    if host.free_mem_kib >= required_kib && guaranteed >= required_kib {
+                        if success(guaranteed) {
+                            return Ok(Round::ending(writes, Outcome::Done));
+                        }
+                        // More is free than asked for and the condition wants less: hand it
+                        // out.
+                        OperationPhase::Allocating { start: now }
+                    } else {
+                        OperationPhase::Freeing(FreeState::new(host, now))
+                    }
+                }
+                Goal::Balance { .. } => OperationPhase::Allocating { start: now },
             };
         }
-        self.free(io, &mut clock, required_kib, success, look)
+        let goal_kib = match op.goal {
+            Goal::Free { required_kib } => required_kib,
+            Goal::Balance { slush_kib } => slush_kib,
+        };
+        let round = match &mut op.phase {
+            OperationPhase::Freeing(state) => {
+                self.free_round(state, host, now, goal_kib, success)?
+            }
+            OperationPhase::Allocating { start } => {
+                self.allocate_round(*start, host, now, goal_kib, success)?
+            }
+            OperationPhase::NotStarted => unreachable!("started above"),
+        };
+        writes.extend(round.writes);
+        Ok(Round::ending(writes, round.outcome))
+    }
+
+    /// The one loop for every operation: look, step, write, wait.
+    fn drive(
+        &mut self,
+        io: &mut dyn Io,
+        mut op: Operation,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<()> {
+        let mut clock = Clock::default();
+        loop {
+            let now = clock.now(io)?;
+            let host = io.make_host()?;
+            let round = self.step(&mut op, &host, now, success)?;
+            apply(io, &round.writes)?;
+            match round.outcome {
+                Outcome::Done => return Ok(()),
+                Outcome::Failed(e) => return Err(e),
+                Outcome::Continue => io.wait(self.options.poll_s)?,
+            }
+        }
     }
 
     /// Frees memory for a new domain of `min_kib..=max_kib` and returns how much it may have,
@@ -291,15 +376,8 @@ impl Adaptive {
     /// ranges. Like squeezed's, this reports only invalid settings and platform failures.
     pub fn balance_memory(&mut self, io: &mut dyn Io) -> Result<()> {
         let (slush, tolerance) = settings(io)?;
-        let mut clock = Clock::default();
-        let look = self.observe(io, &mut clock)?;
-        self.allocate(
-            io,
-            &mut clock,
-            slush,
-            &mut |free| is_balanced(free, slush, tolerance),
-            look,
-        )
+        let op = self.begin(Goal::Balance { slush_kib: slush })?;
+        self.drive(io, op, &mut |free| is_balanced(free, slush, tolerance))
     }
 
     /// Clock, snapshot, learning: the start of every iteration.
@@ -324,19 +402,6 @@ impl Adaptive {
         let mut writes = Vec::new();
         self.learn_limits(host, now, &mut writes);
         writes
-    }
-
-    /// The look an operation started with, then a fresh one for every later iteration.
-    fn next_look(
-        &mut self,
-        io: &mut dyn Io,
-        clock: &mut Clock,
-        first: &mut Option<(Host, f64)>,
-    ) -> Result<(Host, f64)> {
-        match first.take() {
-            Some(look) => Ok(look),
-            None => self.observe(io, clock),
-        }
     }
 
     /// Turns a driver's persistent stall into a remembered limit: a floor when it stopped
@@ -431,31 +496,6 @@ impl Adaptive {
 
     fn deadband(&self, d: &Domain) -> Kib {
         deadband(&self.options, d)
-    }
-
-    /// The freeing loop: one [`free_round`](Adaptive::free_round) after another.
-    fn free(
-        &mut self,
-        io: &mut dyn Io,
-        clock: &mut Clock,
-        required_kib: Kib,
-        success: &mut dyn FnMut(Kib) -> bool,
-        first: (Host, f64),
-    ) -> Result<()> {
-        let mut state = FreeState::new(&first.0, first.1);
-        let mut stillness = Stillness::default();
-        let mut first = Some(first);
-        loop {
-            let (host, now) = self.next_look(io, clock, &mut first)?;
-            stillness.look(&host, now)?;
-            let round = self.free_round(&mut state, &host, now, required_kib, success)?;
-            apply(io, &round.writes)?;
-            match round.outcome {
-                Outcome::Done => return Ok(()),
-                Outcome::Failed(e) => return Err(e),
-                Outcome::Continue => io.wait(self.options.poll_s)?,
-            }
-        }
     }
 
     /// One round of freeing toward `required_kib` free and guaranteed (or what `success`
@@ -584,31 +624,6 @@ impl Adaptive {
             return Ok(Round::ending(writes, outcome));
         }
         Ok(Round::ending(writes, Outcome::Continue))
-    }
-
-    /// The allocating loop: one [`allocate_round`](Adaptive::allocate_round) after another.
-    fn allocate(
-        &mut self,
-        io: &mut dyn Io,
-        clock: &mut Clock,
-        goal_kib: Kib,
-        success: &mut dyn FnMut(Kib) -> bool,
-        first: (Host, f64),
-    ) -> Result<()> {
-        let start = first.1;
-        let mut stillness = Stillness::default();
-        let mut first = Some(first);
-        loop {
-            let (host, now) = self.next_look(io, clock, &mut first)?;
-            stillness.look(&host, now)?;
-            let round = self.allocate_round(start, &host, now, goal_kib, success)?;
-            apply(io, &round.writes)?;
-            match round.outcome {
-                Outcome::Done => return Ok(()),
-                Outcome::Failed(e) => return Err(e),
-                Outcome::Continue => io.wait(self.options.poll_s)?,
-            }
-        }
     }
 
     /// One round of balancing toward `goal_kib` free, on `host` as looked at (and learnt
@@ -878,6 +893,44 @@ impl Round {
 /// Applies a round's target writes.
 fn apply(io: &mut dyn Io, writes: &[Action]) -> Result<()> {
     writes.iter().try_for_each(|&a| io.execute_action(a))
+}
+
+/// What an operation aims for (see [`Adaptive::begin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// Free memory until `required_kib` is free and guaranteed to stay free (or, where that
+    /// cannot be reached, until the success condition holds for what could be freed).
+    Free {
+        /// Host free memory to reach, KiB.
+        required_kib: Kib,
+    },
+    /// Hand the memory above `slush_kib` back to the domains.
+    Balance {
+        /// Host free memory to keep (the slush), KiB.
+        slush_kib: Kib,
+    },
+}
+
+/// An operation in progress: its goal and what it carries from round to round.
+#[derive(Debug)]
+pub struct Operation {
+    goal: Goal,
+    phase: OperationPhase,
+    stillness: Stillness,
+}
+
+impl Operation {
+    /// The goal.
+    pub fn goal(&self) -> Goal {
+        self.goal
+    }
+}
+
+#[derive(Debug)]
+enum OperationPhase {
+    NotStarted,
+    Freeing(FreeState),
+    Allocating { start: f64 },
 }
 
 /// What a freeing request carries from round to round.
