@@ -745,7 +745,9 @@ typedef struct sqz_step_result {
      */
     sqz_verdict verdict;
     /**
-     * Targets to set (only with `SQZ_VERDICT_ADJUST_TARGETS`), in the order squeezed sets them.
+     * Targets to set, in the order squeezed sets them: classic only with
+     * `SQZ_VERDICT_ADJUST_TARGETS`; adaptive with any verdict (set them whatever it is), at
+     * most one per domain.
      */
     struct sqz_action *actions;
     /**
@@ -1634,7 +1636,9 @@ sqz_status sqz_sim_is_host_memory_unbalanced(struct sqz_sim *s,
  * first published layout, a duplicate or negative domid, or a bad `now` →
  * `SQZ_ERR_INVALID_ARGUMENT`; a bad memory value → `SQZ_ERR_INVALID_MEMORY_VALUE`; a buffer
  * too small → `SQZ_ERR_BUFFER_TOO_SMALL` with the three `*_len` set to what is needed and the
- * squeezer unchanged (so the same step can be retried with larger buffers).
+ * squeezer unchanged (so the same step can be retried with larger buffers). With the adaptive
+ * policy, an operation that ends without blaming a domain for not moving (a deadline, a host
+ * where nothing moves) is that error's status, with the verdict `SQZ_VERDICT_FAILED`.
  */
 sqz_status sqz_squeezer_step(struct sqz_squeezer *s,
                              const struct sqz_domain *domains,
@@ -1651,7 +1655,8 @@ sqz_status sqz_squeezer_step(struct sqz_squeezer *s,
  * Tells the squeezer `s` that a new operation starts at `now` (seconds): balloon drivers that
  * are not stuck get a fresh no-progress clock, so time spent idle between operations does not
  * count against them. The driver functions do this themselves; event-loop callers call it
- * before the first `sqz_squeezer_step` of each operation. Errors: `s` NULL or busy, or `now`
+ * before the first `sqz_squeezer_step` of each operation (an adaptive squeezer then starts a
+ * fresh operation at its next step). Errors: `s` NULL or busy, or `now`
  * not finite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
  */
 sqz_status sqz_squeezer_begin_operation(struct sqz_squeezer *s, double now);

@@ -174,6 +174,14 @@ impl Balancer {
         }
     }
 
+    /// The adaptive squeezer, when that is the policy (for callers that run single rounds).
+    pub fn adaptive(&mut self) -> Option<&mut Adaptive> {
+        match &mut self.engine {
+            Engine::Adaptive(a) => Some(a),
+            Engine::Classic(_) => None,
+        }
+    }
+
     /// The classic squeezer, when that is the policy (for callers that run single iterations).
     pub fn classic(&mut self) -> Option<&mut Squeezer> {
         match &mut self.engine {

@@ -55,7 +55,7 @@ pub trait Io {
 pub const MAX_ROUNDS_WITHOUT_MOVEMENT: u32 = 1000;
 
 /// Counts rounds in which nothing on the host moved (see [`MAX_ROUNDS_WITHOUT_MOVEMENT`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Stillness {
     last: Option<Vec<(DomId, Kib)>>,
     free_kib: Kib,

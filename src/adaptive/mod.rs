@@ -912,7 +912,7 @@ pub enum Goal {
 }
 
 /// An operation in progress: its goal and what it carries from round to round.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Operation {
     goal: Goal,
     phase: OperationPhase,
@@ -926,7 +926,7 @@ impl Operation {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum OperationPhase {
     NotStarted,
     Freeing(FreeState),
@@ -934,7 +934,7 @@ enum OperationPhase {
 }
 
 /// What a freeing request carries from round to round.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FreeState {
     start: f64,
     headway: Headway,
@@ -954,7 +954,7 @@ impl FreeState {
 
 /// Whether a freeing request still makes headway: the most memory it has had free and
 /// guaranteed, and since when.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Headway {
     best_kib: Kib,
     since: f64,

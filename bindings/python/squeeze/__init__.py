@@ -622,7 +622,8 @@ class Squeezer(_Handle):
         now: float,
         success: Optional[Callable[[int], bool]] = None,
     ) -> StepResult:
-        """One iteration on a host snapshot, for callers with their own event loop."""
+        """One iteration (classic) or round (adaptive) on a host snapshot, for callers with
+        their own event loop; see ``sqz_squeezer_step`` in docs/c-api.md."""
         n = len(domains)
         arr = (_native.sqz_domain * max(n, 1))(*(d._unweighted("step")._to_c() for d in domains))
         actions = (_native.sqz_action * max(n, 1))()
