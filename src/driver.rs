@@ -10,8 +10,9 @@
 //! does. The methods on [`Squeezer`] keep what was learnt (which domains are stuck) from one call
 //! to the next.
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 
+use crate::engine::ClassicRound;
 use crate::error::{Error, Result};
 use crate::model::{kib, Action, DomId, Domain, Host, Kib};
 use crate::policy;
@@ -199,89 +200,8 @@ impl Squeezer {
 
         let start = clock.now(io)?;
         self.begin_call(start);
-        let mut first = true;
-        let mut stillness = Stillness::default();
-        loop {
-            let now = if first { start } else { clock.now(io)? };
-            first = false;
-            let host = io.make_host()?;
-            stillness.look(&host, now)?;
-            let it = self.one_iteration(&host, required_kib, success, now)?;
-            for domid in &it.declared_inactive {
-                debug!("domain {domid} declared inactive");
-            }
-            for domid in &it.declared_active {
-                debug!("domain {domid} declared active");
-            }
-            debug!(
-                "free {} KiB (aiming for {required_kib} KiB); γ = {:.4}; {:?} phase; {}",
-                host.free_mem_kib,
-                it.allocation.gamma,
-                it.phase,
-                match &it.verdict {
-                    Verdict::Success => "success".to_string(),
-                    Verdict::Failed(d) => format!("failed, stuck: {d:?}"),
-                    Verdict::AdjustTargets(a) => format!("{} target(s) to set", a.len()),
-                }
-            );
-
-            for (domid, mem) in maxmem_plan(&host, &it.verdict, &it.declared_inactive) {
-                io.set_maxmem(domid, mem)?;
-            }
-
-            match it.verdict {
-                Verdict::Success => return Ok(()),
-                Verdict::Failed(domids) if domids.is_empty() || domids == [0] => {
-                    if host.free_mem_kib >= required_kib {
-                        // Not a failure to free: nobody can take the memory that is free.
-                        debug!(
-                            "{} KiB free is at least the {required_kib} KiB asked for, but the \
-                             success condition does not hold and no domain can absorb more",
-                            host.free_mem_kib
-                        );
-                    } else if domids == [0] {
-                        warn!(
-                            "cannot free {required_kib} KiB: domain 0 has not met its memory target"
-                        );
-                    } else {
-                        debug!(
-                            "cannot free {required_kib} KiB within the dynamic-min limits of \
-                             the balloonable domains"
-                        );
-                    }
-                    return Err(Error::CannotFreeThisMuchMemory {
-                        required_kib,
-                        free_kib: host.free_mem_kib,
-                    });
-                }
-                Verdict::Failed(domids) => {
-                    debug!("cannot free {required_kib} KiB: domains {domids:?} did not meet their targets");
-                    return Err(Error::DomainsRefusedToCooperate { domids });
-                }
-                Verdict::AdjustTargets(actions) => {
-                    let reason = if required_kib == host_target_kib {
-                        "rebalance"
-                    } else {
-                        "free memory"
-                    };
-                    for a in actions {
-                        // squeezed re-sends unchanged targets; only real changes are news.
-                        let old = host.domain(a.domid).map(|d| d.target_kib);
-                        if old != Some(a.new_target_kib) {
-                            info!(
-                                "domain {}: target {} -> {} KiB ({reason})",
-                                a.domid,
-                                old.unwrap_or(0),
-                                a.new_target_kib
-                            );
-                        }
-                        io.execute_action(a)?;
-                    }
-                    let wait = ITERATION_WAIT_SECONDS;
-                    io.wait(wait)?;
-                }
-            }
-        }
+        let mut engine = ClassicRound::new(self, required_kib, host_target_kib);
+        crate::engine::run_from(io, &mut clock, Some(start), &mut engine, success)
     }
 
     /// Frees memory for a new domain whose size may lie anywhere in `min_kib..=max_kib`, and

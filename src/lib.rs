@@ -10,6 +10,7 @@
 //! - [`monitor`]: which balloon drivers have stopped making progress.
 //! - [`squeezer`]: one iteration (classification, two phases, the decision).
 //! - [`driver`]: the loop over a platform ([`driver::Io`]): change, free and balance memory.
+//! - [`engine`]: both policies as pure rounds ([`engine::Engine`]) and the one loop that runs them.
 //! - [`adaptive`]: a squeezer that learns balloon rates and limits, fixing squeezed's known flaws.
 //! - [`balancer`]: a long-lived balancer with the policy chosen at creation.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
@@ -47,6 +48,7 @@ pub mod backend;
 pub mod balancer;
 pub mod diagnostics;
 pub mod driver;
+pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod host;

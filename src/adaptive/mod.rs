@@ -302,25 +302,18 @@ impl Adaptive {
         Ok(Round::ending(writes, round.outcome))
     }
 
-    /// The one loop for every operation: look, step, write, wait.
+    /// Drives `op` to its end through the one loop of [`crate::engine::run`].
     fn drive(
         &mut self,
         io: &mut dyn Io,
-        mut op: Operation,
+        op: Operation,
         success: &mut dyn FnMut(Kib) -> bool,
     ) -> Result<()> {
-        let mut clock = Clock::default();
-        loop {
-            let now = clock.now(io)?;
-            let host = io.make_host()?;
-            let round = self.step(&mut op, &host, now, success)?;
-            apply(io, &round.writes)?;
-            match round.outcome {
-                Outcome::Done => return Ok(()),
-                Outcome::Failed(e) => return Err(e),
-                Outcome::Continue => io.wait(self.options.poll_s)?,
-            }
-        }
+        crate::engine::run(
+            io,
+            &mut crate::engine::AdaptiveRound::new(self, op),
+            success,
+        )
     }
 
     /// Frees memory for a new domain of `min_kib..=max_kib` and returns how much it may have,
