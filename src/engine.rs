@@ -20,6 +20,10 @@ use crate::error::{Error, Result};
 use crate::model::{Action, DomId, Host, Kib};
 use crate::squeezer::{Squeezer, Verdict};
 
+/// The log target of squeezed's rounds: they log as the driver always has, so that log
+/// filters keep working.
+const DRIVER_LOG: &str = "squeeze::driver";
+
 /// What one round decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -126,12 +130,12 @@ impl Engine for ClassicRound<'_> {
             .squeezer
             .one_iteration(host, required_kib, success, now)?;
         for domid in &it.declared_inactive {
-            debug!("domain {domid} declared inactive");
+            debug!(target: DRIVER_LOG, "domain {domid} declared inactive");
         }
         for domid in &it.declared_active {
-            debug!("domain {domid} declared active");
+            debug!(target: DRIVER_LOG, "domain {domid} declared active");
         }
-        debug!(
+        debug!(target: DRIVER_LOG,
             "free {} KiB (aiming for {required_kib} KiB); γ = {:.4}; {:?} phase; {}",
             host.free_mem_kib,
             it.allocation.gamma,
@@ -148,15 +152,15 @@ impl Engine for ClassicRound<'_> {
             Verdict::Failed(domids) if domids.is_empty() || domids == [0] => {
                 if host.free_mem_kib >= required_kib {
                     // Not a failure to free: nobody can take the memory that is free.
-                    debug!(
+                    debug!(target: DRIVER_LOG,
                         "{} KiB free is at least the {required_kib} KiB asked for, but the \
                          success condition does not hold and no domain can absorb more",
                         host.free_mem_kib
                     );
                 } else if domids == [0] {
-                    warn!("cannot free {required_kib} KiB: domain 0 has not met its memory target");
+                    warn!(target: DRIVER_LOG, "cannot free {required_kib} KiB: domain 0 has not met its memory target");
                 } else {
-                    debug!(
+                    debug!(target: DRIVER_LOG,
                         "cannot free {required_kib} KiB within the dynamic-min limits of the \
                          balloonable domains"
                     );
@@ -168,7 +172,7 @@ impl Engine for ClassicRound<'_> {
                 (Vec::new(), Outcome::Failed(e))
             }
             Verdict::Failed(domids) => {
-                debug!(
+                debug!(target: DRIVER_LOG,
                     "cannot free {required_kib} KiB: domains {domids:?} did not meet their targets"
                 );
                 let e = Error::DomainsRefusedToCooperate { domids };
@@ -184,7 +188,7 @@ impl Engine for ClassicRound<'_> {
                     // squeezed re-sends unchanged targets; only real changes are news.
                     let old = host.domain(a.domid).map(|d| d.target_kib);
                     if old != Some(a.new_target_kib) {
-                        info!(
+                        info!(target: DRIVER_LOG,
                             "domain {}: target {} -> {} KiB ({reason})",
                             a.domid,
                             old.unwrap_or(0),
