@@ -114,6 +114,16 @@ impl Balancer {
         }
     }
 
+    /// Whether a balancing pass would change any domain's target right now, as this policy
+    /// would balance (the adaptive answer comes from a round on a copy of its state, so
+    /// nothing is learnt or written).
+    pub fn is_unbalanced(&self, io: &mut dyn Io) -> Result<bool> {
+        match &self.engine {
+            Engine::Classic(s) => crate::driver::is_host_memory_unbalanced(io, s.options()),
+            Engine::Adaptive(a) => a.is_unbalanced(io),
+        }
+    }
+
     /// Takes one look at the host and learns from it without asking anything of the domains
     /// (see [`Adaptive::watch`]): what a background monitor calls between requests, so that
     /// cooperation scores keep leaking away. The classic policy learns nothing between calls,

@@ -583,9 +583,10 @@ impl Service {
     /// One check of the background balancer: balances when a pass would change a target.
     /// Returns whether it balanced.
     pub fn balance_if_unbalanced(&self) -> Result<bool> {
-        let opts = self.inner.config.options;
         let balanced = self.with_host(|model| {
-            if driver::is_host_memory_unbalanced(model, &opts)? {
+            // Asked of the policy in force: the adaptive one does not write what a classic
+            // squeezer would (deadbands, learnt limits, the dwell time).
+            if self.decide(|b| b.is_unbalanced(model))? {
                 self.decide_watched(
                     model,
                     Operation::BackgroundBalance,

@@ -334,3 +334,34 @@ fn a_reservation_with_a_deadline_slow_guests_cannot_meet_says_so_early_and_reser
     assert!((60.0..63.0).contains(&took), "took {took} s");
     assert!(service.host_view().unwrap().reservations.is_empty());
 }
+
+#[test]
+fn the_background_balancer_asks_the_adaptive_policy_not_squeezed_whether_to_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 GiB host, domain 0 holds 1 GiB; one 512 MiB..2 GiB guest at 1 GiB that cannot grow
+    // past 1 GiB: 3 GiB free, which squeezed would offer it on every check.
+    let fake = five_gib_host();
+    let service = Service::new(fake.platform(), config(dir.path())).unwrap();
+    let guest = booted_guest(
+        &fake,
+        GuestSpec {
+            behaviour: Behaviour::HiddenCeiling {
+                rate_kib_per_s: 100 * MIB,
+                ceiling_kib: GIB,
+            },
+            target_kib: GIB,
+            ..GuestSpec::ballooning(512 * MIB, 2 * GIB)
+        },
+    );
+    // The first balance offers it memory, finds the ceiling and withdraws the request.
+    service.balance_memory().unwrap();
+    let target = target_of(&fake, guest);
+    assert!(target <= GIB + MIB, "target {target} KiB");
+    // A minute of background checks: the adaptive policy would write nothing, so none
+    // balances (a fresh classic squeezer said "unbalanced" every time).
+    for _ in 0..60 {
+        fake.advance(1.0).unwrap();
+        assert!(!service.balance_if_unbalanced().unwrap());
+    }
+    assert_eq!(target_of(&fake, guest), target);
+}

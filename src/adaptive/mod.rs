@@ -358,6 +358,23 @@ impl Adaptive {
         self.options.deadline_s = deadline_s;
     }
 
+    /// Whether a balance would write a target that differs from the one in force right now:
+    /// one balancing round on a copy of this squeezer (nothing is learnt or written).
+    pub fn is_unbalanced(&self, io: &mut dyn Io) -> Result<bool> {
+        let (slush, tolerance) = settings(io)?;
+        let now = Clock::default().now(io)?;
+        let host = io.make_host()?;
+        let mut copy = self.clone();
+        let mut op = copy.begin(Goal::Balance { slush_kib: slush })?;
+        let round = copy.step(&mut op, &host, now, &mut |free| {
+            is_balanced(free, slush, tolerance)
+        })?;
+        Ok(round
+            .writes
+            .iter()
+            .any(|a| host.domain(a.domid).map(|d| d.target_kib) != Some(a.new_target_kib)))
+    }
+
     /// Tells the squeezer that an input it cannot see in a host snapshot changed (a
     /// reservation deleted or dropped gives memory back to the host): its next decisions may
     /// reverse earlier ones without waiting for the dwell time.
