@@ -538,6 +538,14 @@ typedef struct sqz_reserve_options {
      * Stops the reservation when requested, or NULL.
      */
     struct sqz_cancel *cancel;
+    /**
+     * A deadline in seconds from the start of the call; 0 for none. Under the adaptive
+     * policy the reservation fails with `SQZ_ERR_DEADLINE` as soon as the guests' measured
+     * balloon rates predict it cannot be met (the message says when the memory would be
+     * free); under the classic policy when it passes. Added after the first layout: read
+     * only when `struct_size` covers it.
+     */
+    double deadline_s;
 } sqz_reserve_options;
 
 /**

@@ -1010,12 +1010,15 @@ class CancelToken(_Handle):
 class _ReserveCall:
     """The C options for one reservation, and the Python exception its callback raised."""
 
-    def __init__(self, progress, cancel):
+    def __init__(self, progress, cancel, deadline=None):
         self.error = None
         self._progress = progress
         self.c_options = None
-        if progress is None and cancel is None:
+        if progress is None and cancel is None and deadline is None:
             return
+        deadline_s = 0.0 if deadline is None else _seconds("deadline", deadline)
+        if deadline is not None and deadline_s <= 0.0:
+            raise InvalidArgument(f"deadline must be a positive number of seconds, not {deadline!r}")
         if cancel is not None and not isinstance(cancel, CancelToken):
             raise TypeError(f"cancel must be a squeeze.CancelToken, not {type(cancel).__name__}")
         self._callback = _native.PROGRESS_FN(self._on_progress) if progress else _native.PROGRESS_FN()
@@ -1024,6 +1027,7 @@ class _ReserveCall:
             self._callback,
             None,
             cancel._ptr() if cancel is not None else None,
+            deadline_s,
         )
 
     def _on_progress(self, _ctx, p):
@@ -1151,16 +1155,20 @@ class Service(_Handle):
         kib: int,
         progress: Optional[Callable[[Progress], Optional[bool]]] = None,
         cancel: Optional[CancelToken] = None,
+        deadline: Optional[float] = None,
     ) -> str:
         """Frees ``kib`` KiB and sets it aside; returns the reservation id.
 
         ``progress`` is called with a :class:`Progress` before each wait for the balloon
         drivers (on this thread); returning ``False`` stops the reservation. ``cancel`` lets
         another thread stop it. A stopped reservation raises :class:`Cancelled`; an exception
-        raised by ``progress`` stops it too and is re-raised as :class:`CallbackError`."""
+        raised by ``progress`` stops it too and is re-raised as :class:`CallbackError`.
+        ``deadline`` (seconds; None for none): the reservation raises
+        :class:`DeadlineCannotBeMet` as soon as the guests' measured balloon rates predict it
+        cannot be met (adaptive policy) or when it passes (classic)."""
         buf = ctypes.create_string_buffer(_native.RESERVATION_ID_SIZE)
         s, k = _text("session", session), _kib("kib", kib)
-        call = _ReserveCall(progress, cancel)
+        call = _ReserveCall(progress, cancel, deadline)
         if call.c_options is None:
             status = lib.sqz_reserve_memory(self._ptr(), s, k, buf)
         else:
@@ -1175,14 +1183,15 @@ class Service(_Handle):
         max_kib: int,
         progress: Optional[Callable[[Progress], Optional[bool]]] = None,
         cancel: Optional[CancelToken] = None,
+        deadline: Optional[float] = None,
     ) -> Tuple[str, int]:
         """Frees what the policy gives a domain of ``min_kib..=max_kib``; returns the
-        reservation id and the amount. ``progress`` and ``cancel`` as for
+        reservation id and the amount. ``progress``, ``cancel`` and ``deadline`` as for
         :meth:`reserve_memory`."""
         buf = ctypes.create_string_buffer(_native.RESERVATION_ID_SIZE)
         got = ctypes.c_int64()
         s, lo, hi = _text("session", session), _kib("min_kib", min_kib), _kib("max_kib", max_kib)
-        call = _ReserveCall(progress, cancel)
+        call = _ReserveCall(progress, cancel, deadline)
         if call.c_options is None:
             status = lib.sqz_reserve_memory_range(self._ptr(), s, lo, hi, buf, ctypes.byref(got))
         else:
