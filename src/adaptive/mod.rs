@@ -294,7 +294,10 @@ impl Adaptive {
                 self.free_round(state, host, now, goal_kib, success)?
             }
             OperationPhase::Allocating { start } => {
-                self.allocate_round(*start, host, now, goal_kib, success)?
+                // Freed memory is handed on only in a round that sets no freeing target, the
+                // look's withdrawals included.
+                let hand_on = writes.is_empty();
+                self.allocate_round(*start, host, now, goal_kib, success, hand_on)?
             }
             OperationPhase::NotStarted => unreachable!("started above"),
         };
@@ -637,7 +640,8 @@ impl Adaptive {
     }
 
     /// One round of balancing toward `goal_kib` free, on `host` as looked at (and learnt
-    /// from) at `now`, in a balance that started at `start_s`. No I/O.
+    /// from) at `now`, in a balance that started at `start_s`; with `hand_on`, memory already
+    /// freed may go to growing guests while others still shrink. No I/O.
     fn allocate_round(
         &mut self,
         start_s: f64,
@@ -645,6 +649,7 @@ impl Adaptive {
         now: f64,
         goal_kib: Kib,
         success: &mut dyn FnMut(Kib) -> bool,
+        hand_on: bool,
     ) -> Result<Round> {
         let mut writes = Vec::new();
         // Each domain's range, narrowed to the limits it has shown.
@@ -754,6 +759,43 @@ impl Adaptive {
             let d = host.domain(e.domid).expect("from this host");
             self.plan_write(&mut writes, d, i, now, "rebalance");
             wrote = true;
+        }
+        // Memory a shrinking guest has already released is handed on round by round instead
+        // of sitting idle until the slowest driver is done: in a freeing round that sets no
+        // freeing target, growing guests are given up to what is free and guaranteed above
+        // the goal (it stays free even if every guest went to its target + inaccuracy), so
+        // the host never goes under the slush and nothing is promised twice.
+        if phase == Direction::Down && !wrote && hand_on {
+            let mut spare = guaranteed_free(host) - goal_kib;
+            for (l, &i) in limited.iter().zip(&ideal) {
+                let (e, is_limited) = (&l.0, l.1);
+                if is_limited || wants(l, i) != Some(Direction::Up) {
+                    continue;
+                }
+                let grant = (i - e.target_kib).min(spare);
+                // Only growth, and only to a guest that took what it was last given: a guest
+                // still above its share is left to shrink, and one that does not follow its
+                // target is not handed more (it waits for the growing phase, as before).
+                let grows = e.target_kib + grant > e.memory_actual_kib + e.inaccuracy_kib;
+                let caught_up = e.target_kib <= e.memory_actual_kib + 2 * e.inaccuracy_kib;
+                if !grows
+                    || !caught_up
+                    || grant <= deadband(&opts, e)
+                    || self.dwell_blocks(e, e.target_kib + grant, now)
+                {
+                    continue;
+                }
+                let d = host.domain(e.domid).expect("from this host");
+                self.plan_write(
+                    &mut writes,
+                    d,
+                    e.target_kib + grant,
+                    now,
+                    "hand on freed memory",
+                );
+                spare -= grant;
+                wrote = true;
+            }
         }
         // A driver within twice its inaccuracy of its target has nothing left to do (as
         // the tracker judges it: it may stop that short on a real host, which rounds to
