@@ -767,7 +767,12 @@ impl Adaptive {
         // the host never goes under the slush and nothing is promised twice.
         if phase == Direction::Down && !wrote && hand_on {
             let mut spare = guaranteed_free(host) - goal_kib;
-            for (l, &i) in limited.iter().zip(&ideal) {
+            // The guests furthest from their share first, so that what is free goes out in
+            // as few writes as possible.
+            let mut order: Vec<usize> = (0..limited.len()).collect();
+            order.sort_by_key(|&k| std::cmp::Reverse(ideal[k] - limited[k].0.target_kib));
+            for k in order {
+                let (l, i) = (&limited[k], ideal[k]);
                 let (e, is_limited) = (&l.0, l.1);
                 if is_limited || wants(l, i) != Some(Direction::Up) {
                     continue;
