@@ -22,6 +22,38 @@ pub enum Policy {
     Adaptive,
 }
 
+impl Policy {
+    /// The policy's name, as the diagnostics, the command line and the logs spell it:
+    /// `"classic"` or `"adaptive"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Classic => "classic",
+            Policy::Adaptive => "adaptive",
+        }
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = crate::Error;
+
+    /// Parses a policy's [`name`](Policy::name).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "classic" => Ok(Policy::Classic),
+            "adaptive" => Ok(Policy::Adaptive),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "unknown policy {s:?}: \"classic\" or \"adaptive\""
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Engine {
     Classic(Squeezer),
@@ -250,6 +282,16 @@ mod tests {
             assert_eq!(b.cooperation(1).unwrap().concern, None, "{policy:?}");
             assert_eq!(b.classic().is_some(), policy == Policy::Classic);
         }
+    }
+
+    #[test]
+    fn a_policy_reads_back_from_its_name_and_nothing_else_does() {
+        for p in [Policy::Classic, Policy::Adaptive] {
+            assert_eq!(p.name().parse::<Policy>().unwrap(), p);
+            assert_eq!(p.to_string(), p.name());
+        }
+        assert!("Adaptive".parse::<Policy>().is_err());
+        assert!("".parse::<Policy>().is_err());
     }
 
     #[test]

@@ -741,7 +741,7 @@ impl Service {
                             } else {
                                 diagnostics::CooperationFlag::Cooperative
                             },
-                            concern: c.concern.map(Into::into),
+                            concern: c.concern,
                             floor_kib: track.as_ref().and_then(|t| t.floor).map(|l| l.at_kib),
                             ceiling_kib: track.as_ref().and_then(|t| t.ceiling).map(|l| l.at_kib),
                         }),
@@ -781,11 +781,7 @@ impl Service {
         Ok(Diagnostics {
             schema_version: diagnostics::SCHEMA_VERSION,
             time_s: view.time,
-            policy: match cfg.policy {
-                Policy::Classic => "classic",
-                Policy::Adaptive => "adaptive",
-            }
-            .to_string(),
+            policy: cfg.policy.name().to_string(),
             host: diagnostics::HostMemory {
                 total_kib: view.total_kib,
                 free_kib: view.free_kib,

@@ -22,10 +22,7 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 fn policy_name(p: Policy) -> &'static str {
-    match p {
-        Policy::Classic => "classic",
-        Policy::Adaptive => "adaptive",
-    }
+    p.name()
 }
 
 /// Draws `runs` of `scenario` one above the other into an SVG document.

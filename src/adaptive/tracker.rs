@@ -44,8 +44,10 @@ impl Default for Judge {
     }
 }
 
-/// What most recently counted against a domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What most recently counted against a domain. Serialised (in the diagnostics) as its
+/// [`name`](Concern::name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Concern {
     /// The driver moves, but slower than the minimum acceptable rate.
     TooSlow,
@@ -53,6 +55,18 @@ pub enum Concern {
     NotMoving,
     /// The driver stopped as if at a limit, then moved past it.
     StalledAndResumed,
+}
+
+impl Concern {
+    /// The concern's name, as the diagnostics spell it: `"too-slow"`, `"not-moving"` or
+    /// `"stalled-and-resumed"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Concern::TooSlow => "too-slow",
+            Concern::NotMoving => "not-moving",
+            Concern::StalledAndResumed => "stalled-and-resumed",
+        }
+    }
 }
 
 /// A limit a balloon driver has shown.
@@ -341,6 +355,19 @@ mod tests {
             0,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_concern_is_spelt_the_same_in_the_diagnostics_and_by_name() {
+        for c in [
+            Concern::TooSlow,
+            Concern::NotMoving,
+            Concern::StalledAndResumed,
+        ] {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.name()));
+        }
+        assert_eq!(Concern::StalledAndResumed.name(), "stalled-and-resumed");
     }
 
     #[test]
