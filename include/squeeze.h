@@ -553,6 +553,14 @@ typedef struct sqz_reserve_options {
      * Stops the reservation when requested, or NULL.
      */
     struct sqz_cancel *cancel;
+    /**
+     * A deadline in seconds from the start of the call; 0 for none. Under the adaptive
+     * policy the reservation fails with `SQZ_ERR_DEADLINE` as soon as the guests' measured
+     * balloon rates predict it cannot be met (the message says when the memory would be
+     * free); under the classic policy when it passes. Added after the first layout: read
+     * only when `struct_size` covers it.
+     */
+    double deadline_s;
 } sqz_reserve_options;
 
 /**
@@ -642,8 +650,9 @@ typedef struct sqz_platform {
      */
     int32_t (*directory)(void *ctx, uint32_t tx, const char *path, struct sqz_strings *out);
     /**
-     * Seconds since an arbitrary origin, never going backwards (a bad value is ignored and the
-     * last good one used). Required.
+     * Seconds since an arbitrary origin, never going backwards (a value that is not finite is
+     * ignored; a step back counts as no time passing, and time carries on from there).
+     * Required.
      */
     double (*now)(void *ctx);
     /**
@@ -759,7 +768,9 @@ typedef struct sqz_step_result {
      */
     sqz_verdict verdict;
     /**
-     * Targets to set (only with `SQZ_VERDICT_ADJUST_TARGETS`), in the order squeezed sets them.
+     * Targets to set, in the order squeezed sets them: classic only with
+     * `SQZ_VERDICT_ADJUST_TARGETS`; adaptive with any verdict (set them whatever it is), at
+     * most one per domain.
      */
     struct sqz_action *actions;
     /**
@@ -860,6 +871,12 @@ typedef struct sqz_step_result {
  * progress callback returning non-zero. Nothing was reserved.
  */
 #define SQZ_ERR_CANCELLED 11
+
+/**
+ * The caller's deadline cannot be met: the balloon rates the guests have shown predict the
+ * memory free only after it (the message says when), or it passed. Nothing was reserved.
+ */
+#define SQZ_ERR_DEADLINE 12
 
 /**
  * Moves toward its target at `rate_kib_per_s`, stopping within its inaccuracy.
@@ -1231,8 +1248,10 @@ sqz_status sqz_options_set_stuck_after(struct sqz_options *o, double seconds);
 sqz_status sqz_options_set_policy(struct sqz_options *o, int32_t policy);
 
 /**
- * Sets the longest an operation of the adaptive policy may take, in seconds (default 120);
- * the classic policy, like squeezed, has no deadline. Errors: `o` NULL, or `seconds` not a
+ * Gives every freeing request of the adaptive policy a deadline, in seconds: it fails once the
+ * deadline passes. By default there is none: a request lasts as long as the guests it counts
+ * on make progress (see `docs/adaptive.md`). The classic policy, like squeezed, has no
+ * deadline. Errors: `o` NULL, or `seconds` not a
  * finite positive number → `SQZ_ERR_INVALID_ARGUMENT`, options unchanged.
  */
 sqz_status sqz_options_set_deadline(struct sqz_options *o, double seconds);
@@ -1683,7 +1702,9 @@ sqz_status sqz_sim_is_host_memory_unbalanced(struct sqz_sim *s,
  * first published layout, a duplicate or negative domid, or a bad `now` →
  * `SQZ_ERR_INVALID_ARGUMENT`; a bad memory value → `SQZ_ERR_INVALID_MEMORY_VALUE`; a buffer
  * too small → `SQZ_ERR_BUFFER_TOO_SMALL` with the three `*_len` set to what is needed and the
- * squeezer unchanged (so the same step can be retried with larger buffers).
+ * squeezer unchanged (so the same step can be retried with larger buffers). With the adaptive
+ * policy, an operation that ends without blaming a domain for not moving (a deadline, a host
+ * where nothing moves) is that error's status, with the verdict `SQZ_VERDICT_FAILED`.
  */
 sqz_status sqz_squeezer_step(struct sqz_squeezer *s,
                              const struct sqz_domain *domains,
@@ -1700,7 +1721,8 @@ sqz_status sqz_squeezer_step(struct sqz_squeezer *s,
  * Tells the squeezer `s` that a new operation starts at `now` (seconds): balloon drivers that
  * are not stuck get a fresh no-progress clock, so time spent idle between operations does not
  * count against them. The driver functions do this themselves; event-loop callers call it
- * before the first `sqz_squeezer_step` of each operation. Errors: `s` NULL or busy, or `now`
+ * before the first `sqz_squeezer_step` of each operation (an adaptive squeezer then starts a
+ * fresh operation at its next step). Errors: `s` NULL or busy, or `now`
  * not finite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
  */
 sqz_status sqz_squeezer_begin_operation(struct sqz_squeezer *s, double now);

@@ -22,6 +22,38 @@ pub enum Policy {
     Adaptive,
 }
 
+impl Policy {
+    /// The policy's name, as the diagnostics, the command line and the logs spell it:
+    /// `"classic"` or `"adaptive"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Classic => "classic",
+            Policy::Adaptive => "adaptive",
+        }
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = crate::Error;
+
+    /// Parses a policy's [`name`](Policy::name).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "classic" => Ok(Policy::Classic),
+            "adaptive" => Ok(Policy::Adaptive),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "unknown policy {s:?}: \"classic\" or \"adaptive\""
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Engine {
     Classic(Squeezer),
@@ -80,11 +112,47 @@ impl Balancer {
         }
     }
 
+    /// Runs `f` with a caller's deadline (seconds, if any) on its freeing requests. The
+    /// adaptive policy fails a request with
+    /// [`Error::DeadlineCannotBeMet`](crate::Error::DeadlineCannotBeMet) as soon as the
+    /// measured balloon rates predict it; the classic policy, like squeezed, has no deadline of
+    /// its own (the service ends its wait when the deadline passes).
+    pub fn with_deadline<T>(
+        &mut self,
+        deadline_s: Option<f64>,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(d) = deadline_s.filter(|d| d.is_nan() || *d <= 0.0) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "a deadline must be a positive number of seconds, not {d}"
+            )));
+        }
+        let configured = match &mut self.engine {
+            Engine::Adaptive(a) => Some(a.tighten_deadline(deadline_s)?),
+            Engine::Classic(_) => None,
+        };
+        let result = f(self);
+        if let (Engine::Adaptive(a), Some(c)) = (&mut self.engine, configured) {
+            a.restore_deadline(c);
+        }
+        result
+    }
+
     /// Hands memory above the slush back to the domains.
     pub fn balance_memory(&mut self, io: &mut dyn Io) -> Result<()> {
         match &mut self.engine {
             Engine::Classic(s) => s.balance_memory(io),
             Engine::Adaptive(a) => a.balance_memory(io),
+        }
+    }
+
+    /// Whether a balancing pass would change any domain's target right now, as this policy
+    /// would balance (the adaptive answer comes from a round on a copy of its state, so
+    /// nothing is learnt or written).
+    pub fn is_unbalanced(&self, io: &mut dyn Io) -> Result<bool> {
+        match &self.engine {
+            Engine::Classic(s) => crate::driver::is_host_memory_unbalanced(io, s.options()),
+            Engine::Adaptive(a) => a.is_unbalanced(io),
         }
     }
 
@@ -128,10 +196,30 @@ impl Balancer {
         }
     }
 
+    /// The policy's judgement of every domain it has seen, in domid order, for the caller to
+    /// publish after each operation however it ended (a domain named in
+    /// [`Error::DomainsRefusedToCooperate`](crate::Error::DomainsRefusedToCooperate) is judged
+    /// uncooperative). Empty under the classic policy, whose judgement is the host model's
+    /// 20 s rule.
+    pub fn judgements(&self) -> Vec<(DomId, Cooperation)> {
+        match &self.engine {
+            Engine::Adaptive(a) => a.judgements(),
+            Engine::Classic(_) => Vec::new(),
+        }
+    }
+
     /// What the adaptive policy has learnt about `domid` (None under the classic policy).
     pub fn track(&self, domid: DomId) -> Option<&crate::adaptive::tracker::Track> {
         match &self.engine {
             Engine::Adaptive(a) => a.track(domid),
+            Engine::Classic(_) => None,
+        }
+    }
+
+    /// The adaptive squeezer, when that is the policy (for callers that run single rounds).
+    pub fn adaptive(&mut self) -> Option<&mut Adaptive> {
+        match &mut self.engine {
+            Engine::Adaptive(a) => Some(a),
             Engine::Classic(_) => None,
         }
     }
@@ -194,6 +282,16 @@ mod tests {
             assert_eq!(b.cooperation(1).unwrap().concern, None, "{policy:?}");
             assert_eq!(b.classic().is_some(), policy == Policy::Classic);
         }
+    }
+
+    #[test]
+    fn a_policy_reads_back_from_its_name_and_nothing_else_does() {
+        for p in [Policy::Classic, Policy::Adaptive] {
+            assert_eq!(p.name().parse::<Policy>().unwrap(), p);
+            assert_eq!(p.to_string(), p.name());
+        }
+        assert!("Adaptive".parse::<Policy>().is_err());
+        assert!("".parse::<Policy>().is_err());
     }
 
     #[test]

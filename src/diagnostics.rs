@@ -178,27 +178,9 @@ pub enum CooperationFlag {
     Uncooperative,
 }
 
-/// What most recently counted against a balloon driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ConcernKind {
-    /// It moves, but slower than the minimum acceptable rate.
-    TooSlow,
-    /// It does not move at all while it has work to do.
-    NotMoving,
-    /// It stopped as if at a limit, then moved past it.
-    StalledAndResumed,
-}
-
-impl From<Concern> for ConcernKind {
-    fn from(c: Concern) -> Self {
-        match c {
-            Concern::TooSlow => ConcernKind::TooSlow,
-            Concern::NotMoving => ConcernKind::NotMoving,
-            Concern::StalledAndResumed => ConcernKind::StalledAndResumed,
-        }
-    }
-}
+/// What most recently counted against a balloon driver: the adaptive squeezer's
+/// [`Concern`], defined once.
+pub type ConcernKind = Concern;
 
 /// The adaptive policy's judgement of a balloon driver.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -10,8 +10,9 @@
 //! does. The methods on [`Squeezer`] keep what was learnt (which domains are stuck) from one call
 //! to the next.
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 
+use crate::engine::ClassicRound;
 use crate::error::{Error, Result};
 use crate::model::{kib, Action, DomId, Domain, Host, Kib};
 use crate::policy;
@@ -24,6 +25,11 @@ pub const ITERATION_WAIT_SECONDS: f64 = 1.0;
 ///
 /// A method that fails ends the operation with its error (normally [`Error::Backend`]); the
 /// driver never retries behind the caller's back.
+///
+/// Every method is required, so a wrapper (the service's progress watcher, a recorder) cannot
+/// silently drop one. What a squeezer judges about the domains does not travel through here:
+/// it is data the squeezer returns ([`crate::balancer::Balancer::judgements`]), which the
+/// caller hands to whatever publishes it.
 pub trait Io {
     /// A fresh snapshot of the host.
     fn make_host(&mut self) -> Result<Host>;
@@ -39,14 +45,51 @@ pub trait Io {
     fn target_host_free_mem_kib(&self) -> Kib;
     /// How close to the slush counts as balanced, in KiB.
     fn free_memory_tolerance_kib(&self) -> Kib;
-    /// Hears how every domain of the last snapshot has been cooperating, as a squeezer that
-    /// judges it (the adaptive one) sees it after each look; a platform that publishes the
-    /// judgement (the host model's `memory/uncooperative`) overrides this. By default nothing
-    /// is done.
-    fn report_cooperation(
-        &mut self,
-        _reports: &[(DomId, crate::adaptive::Cooperation)],
-    ) -> Result<()> {
+}
+
+/// Rounds in a row in which nothing on the host moves (no balloon driver, no free memory)
+/// after which an operation gives up, whichever the policy. With a clock that advances, both
+/// end long before: squeezed's rule declares a domain stuck after 20 s (20 rounds of 1 s, or
+/// 200 of the 0.1 s tick of squeezed's simulator) and the adaptive stall rule gives up after
+/// 30 s. So this only ends an operation whose platform clock does not advance, which would
+/// otherwise wait forever.
+pub const MAX_ROUNDS_WITHOUT_MOVEMENT: u32 = 1000;
+
+/// Counts rounds in which nothing on the host moved (see [`MAX_ROUNDS_WITHOUT_MOVEMENT`]).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Stillness {
+    last: Option<Vec<(DomId, Kib)>>,
+    free_kib: Kib,
+    rounds: u32,
+    since: f64,
+}
+
+impl Stillness {
+    /// Records a look at `host` at `now`; fails once nothing has moved for
+    /// [`MAX_ROUNDS_WITHOUT_MOVEMENT`] rounds.
+    pub(crate) fn look(&mut self, host: &Host, now: f64) -> Result<()> {
+        let actuals: Vec<(DomId, Kib)> = host
+            .domains()
+            .iter()
+            .map(|d| (d.domid, d.memory_actual_kib))
+            .collect();
+        let still = self.last.as_ref() == Some(&actuals) && self.free_kib == host.free_mem_kib;
+        if still {
+            self.rounds += 1;
+        } else {
+            self.rounds = 0;
+            self.since = now;
+            self.last = Some(actuals);
+            self.free_kib = host.free_mem_kib;
+        }
+        if self.rounds >= MAX_ROUNDS_WITHOUT_MOVEMENT {
+            return Err(Error::Backend(format!(
+                "nothing on the host moved in {} rounds while the platform's clock went from \
+                 {} s to {now} s; giving up (a clock that does not advance cannot time out a \
+                 stuck balloon driver)",
+                self.rounds, self.since
+            )));
+        }
         Ok(())
     }
 }
@@ -157,87 +200,8 @@ impl Squeezer {
 
         let start = clock.now(io)?;
         self.begin_call(start);
-        let mut first = true;
-        loop {
-            let now = if first { start } else { clock.now(io)? };
-            first = false;
-            let host = io.make_host()?;
-            let it = self.one_iteration(&host, required_kib, success, now)?;
-            for domid in &it.declared_inactive {
-                debug!("domain {domid} declared inactive");
-            }
-            for domid in &it.declared_active {
-                debug!("domain {domid} declared active");
-            }
-            debug!(
-                "free {} KiB (aiming for {required_kib} KiB); γ = {:.4}; {:?} phase; {}",
-                host.free_mem_kib,
-                it.allocation.gamma,
-                it.phase,
-                match &it.verdict {
-                    Verdict::Success => "success".to_string(),
-                    Verdict::Failed(d) => format!("failed, stuck: {d:?}"),
-                    Verdict::AdjustTargets(a) => format!("{} target(s) to set", a.len()),
-                }
-            );
-
-            for (domid, mem) in maxmem_plan(&host, &it.verdict, &it.declared_inactive) {
-                io.set_maxmem(domid, mem)?;
-            }
-
-            match it.verdict {
-                Verdict::Success => return Ok(()),
-                Verdict::Failed(domids) if domids.is_empty() || domids == [0] => {
-                    if host.free_mem_kib >= required_kib {
-                        // Not a failure to free: nobody can take the memory that is free.
-                        debug!(
-                            "{} KiB free is at least the {required_kib} KiB asked for, but the \
-                             success condition does not hold and no domain can absorb more",
-                            host.free_mem_kib
-                        );
-                    } else if domids == [0] {
-                        warn!(
-                            "cannot free {required_kib} KiB: domain 0 has not met its memory target"
-                        );
-                    } else {
-                        debug!(
-                            "cannot free {required_kib} KiB within the dynamic-min limits of \
-                             the balloonable domains"
-                        );
-                    }
-                    return Err(Error::CannotFreeThisMuchMemory {
-                        required_kib,
-                        free_kib: host.free_mem_kib,
-                    });
-                }
-                Verdict::Failed(domids) => {
-                    debug!("cannot free {required_kib} KiB: domains {domids:?} did not meet their targets");
-                    return Err(Error::DomainsRefusedToCooperate { domids });
-                }
-                Verdict::AdjustTargets(actions) => {
-                    let reason = if required_kib == host_target_kib {
-                        "rebalance"
-                    } else {
-                        "free memory"
-                    };
-                    for a in actions {
-                        // squeezed re-sends unchanged targets; only real changes are news.
-                        let old = host.domain(a.domid).map(|d| d.target_kib);
-                        if old != Some(a.new_target_kib) {
-                            info!(
-                                "domain {}: target {} -> {} KiB ({reason})",
-                                a.domid,
-                                old.unwrap_or(0),
-                                a.new_target_kib
-                            );
-                        }
-                        io.execute_action(a)?;
-                    }
-                    let wait = ITERATION_WAIT_SECONDS;
-                    io.wait(wait)?;
-                }
-            }
-        }
+        let mut engine = ClassicRound::new(self, required_kib, host_target_kib);
+        crate::engine::run_from(io, &mut clock, Some(start), &mut engine, success)
     }
 
     /// Frees memory for a new domain whose size may lie anywhere in `min_kib..=max_kib`, and

@@ -43,6 +43,32 @@ pub enum Error {
     /// stop) before it finished; nothing was reserved.
     #[error("cancelled by the caller")]
     Cancelled,
+    /// The caller's deadline cannot be met: at the balloon rates the guests have shown, the
+    /// memory would be free only after `predicted` (from the start of the call), or the
+    /// deadline passed first (`predicted` unknown). Nothing was reserved; the guests did
+    /// nothing wrong.
+    #[error("{}", deadline_message(deadline, predicted))]
+    DeadlineCannotBeMet {
+        /// The deadline the caller gave.
+        deadline: std::time::Duration,
+        /// When the memory would be free at the measured rates, if known.
+        predicted: Option<std::time::Duration>,
+    },
+}
+
+fn deadline_message(
+    deadline: &std::time::Duration,
+    predicted: &Option<std::time::Duration>,
+) -> String {
+    let d = deadline.as_secs_f64();
+    match predicted {
+        Some(p) => format!(
+            "the deadline of {d:.1} s cannot be met: at the guests' measured balloon rates the \
+             memory would be free after about {:.1} s",
+            p.as_secs_f64()
+        ),
+        None => format!("the deadline of {d:.1} s passed before the memory was free"),
+    }
 }
 
 /// Shorthand for results carrying the library's [`Error`].

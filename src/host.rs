@@ -563,8 +563,11 @@ impl std::fmt::Debug for HostModel {
 
 impl HostModel {
     /// A host model over `platform`.
-    pub fn new(platform: Platform, config: HostConfig) -> Result<Self> {
+    pub fn new(mut platform: Platform, config: HostConfig) -> Result<Self> {
         config.validate()?;
+        // Every time the model reads is steady: a platform clock set back must neither fail
+        // an operation nor stop its time (see `SteadyTime`).
+        platform.clock = crate::platform::SteadyClock::wrap(platform.clock);
         Ok(HostModel {
             platform,
             config,
@@ -580,13 +583,56 @@ impl HostModel {
         })
     }
 
-    /// With `on`, `memory/uncooperative` follows the judgement the squeezer reports through
-    /// [`Io::report_cooperation`] (flag and hysteresis are the squeezer's) instead of
+    /// With `on`, `memory/uncooperative` follows the judgement the squeezer returns, handed
+    /// over with [`publish_cooperation`](HostModel::publish_cooperation) (flag and hysteresis
+    /// are the squeezer's), instead of
     /// squeezed's rule of 20 s away from target. A domain not judged yet keeps its flag as it
     /// is.
     pub fn set_cooperation_judged_by_squeezer(&mut self, on: bool) {
         self.judged_by_squeezer = on;
         self.judged.clear();
+    }
+
+    /// Publishes a squeezer's judgement of the domains (see
+    /// [`set_cooperation_judged_by_squeezer`](HostModel::set_cooperation_judged_by_squeezer)):
+    /// sets or removes `memory/uncooperative` where the judgement changed it. Does nothing while
+    /// squeezed's 20 s rule is in force.
+    pub fn publish_cooperation(&mut self, reports: &[(DomId, Cooperation)]) -> Result<()> {
+        if !self.judged_by_squeezer {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        for &(domid, c) in reports {
+            self.judged.insert(domid, c.uncooperative);
+            let Some(v) = self
+                .last_view
+                .as_mut()
+                .and_then(|view| view.domains.iter_mut().find(|v| v.domid == domid))
+            else {
+                continue;
+            };
+            if v.uncooperative != c.uncooperative {
+                v.uncooperative = c.uncooperative;
+                changes.push((domid, c.uncooperative));
+                let why = c.concern.map(|c| format!(" ({c:?})")).unwrap_or_default();
+                if c.uncooperative {
+                    warn!(
+                        "domain {domid}: its balloon driver left {:.1} s of asked-for work undone{why}: flagging it uncooperative",
+                        c.score_s
+                    );
+                } else {
+                    info!(
+                        "domain {domid} is cooperating again (score {:.1} s)",
+                        c.score_s
+                    );
+                }
+            }
+        }
+        if changes.is_empty() {
+            Ok(())
+        } else {
+            self.write_flags(&changes)
+        }
     }
 
     /// The settings.
@@ -1280,43 +1326,5 @@ impl Io for HostModel {
 
     fn free_memory_tolerance_kib(&self) -> Kib {
         self.config.free_memory_tolerance_kib
-    }
-
-    fn report_cooperation(&mut self, reports: &[(DomId, Cooperation)]) -> Result<()> {
-        if !self.judged_by_squeezer {
-            return Ok(());
-        }
-        let mut changes = Vec::new();
-        for &(domid, c) in reports {
-            self.judged.insert(domid, c.uncooperative);
-            let Some(v) = self
-                .last_view
-                .as_mut()
-                .and_then(|view| view.domains.iter_mut().find(|v| v.domid == domid))
-            else {
-                continue;
-            };
-            if v.uncooperative != c.uncooperative {
-                v.uncooperative = c.uncooperative;
-                changes.push((domid, c.uncooperative));
-                let why = c.concern.map(|c| format!(" ({c:?})")).unwrap_or_default();
-                if c.uncooperative {
-                    warn!(
-                        "domain {domid}: its balloon driver left {:.1} s of asked-for work undone{why}: flagging it uncooperative",
-                        c.score_s
-                    );
-                } else {
-                    info!(
-                        "domain {domid} is cooperating again (score {:.1} s)",
-                        c.score_s
-                    );
-                }
-            }
-        }
-        if changes.is_empty() {
-            Ok(())
-        } else {
-            self.write_flags(&changes)
-        }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`monitor`]: which balloon drivers have stopped making progress.
 //! - [`squeezer`]: one iteration (classification, two phases, the decision).
 //! - [`driver`]: the loop over a platform ([`driver::Io`]): change, free and balance memory.
+//! - [`engine`]: both policies as pure rounds ([`engine::Engine`]) and the one loop that runs them.
 //! - [`adaptive`]: a squeezer that learns balloon rates and limits, fixing squeezed's known flaws.
 //! - [`balancer`]: a long-lived balancer with the policy chosen at creation.
 //! - [`backend`]: platforms, starting with a deterministic simulator.
@@ -48,6 +49,7 @@ pub mod balancer;
 pub mod diagnostics;
 pub mod domain_zero;
 pub mod driver;
+pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod host;
@@ -64,6 +66,7 @@ pub mod squeezer;
 pub use balancer::{Balancer, Policy};
 pub use driver::{
     balance_memory, change_host_free_memory, free_memory_range, is_host_memory_unbalanced, Io,
+    MAX_ROUNDS_WITHOUT_MOVEMENT,
 };
 pub use error::{Error, Result};
 pub use model::{Action, DomId, Domain, Host, Kib};

@@ -221,6 +221,70 @@ pub trait Clock: Send + Sync {
     fn sleep(&self, seconds: f64);
 }
 
+/// Turns readings of a clock that may step backwards (a wall clock set back, a caller's clock
+/// with a bug) into time that neither goes backwards nor stops: a step back counts as no time
+/// passing, and time carries on from there at the clock's own pace. Keeping the last reading
+/// until the clock caught up instead would freeze time for as long as the step: after a 1 h
+/// step back, a request that fails after 5 s would wait 3605 s, holding the host lock.
+/// Readings that are not finite are ignored.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SteadyTime {
+    raw: Option<f64>,
+    now: f64,
+}
+
+impl SteadyTime {
+    /// Time that has not started: the first reading sets it (negative readings count as 0).
+    pub const fn new() -> Self {
+        SteadyTime {
+            raw: None,
+            now: 0.0,
+        }
+    }
+
+    /// Takes reading `t` of the underlying clock and returns the steady time.
+    pub fn read(&mut self, t: f64) -> f64 {
+        if !t.is_finite() {
+            return self.now;
+        }
+        match self.raw {
+            None => self.now = t.max(0.0),
+            Some(raw) if t > raw => self.now += t - raw,
+            Some(_) => {}
+        }
+        self.raw = Some(t);
+        self.now
+    }
+}
+
+/// A clock read through [`SteadyTime`]: whatever `inner` does, its time neither goes
+/// backwards nor stops.
+pub(crate) struct SteadyClock {
+    inner: std::sync::Arc<dyn Clock>,
+    time: parking_lot::Mutex<SteadyTime>,
+}
+
+impl SteadyClock {
+    /// `inner`, made steady.
+    pub(crate) fn wrap(inner: std::sync::Arc<dyn Clock>) -> std::sync::Arc<dyn Clock> {
+        std::sync::Arc::new(SteadyClock {
+            inner,
+            time: parking_lot::Mutex::new(SteadyTime::new()),
+        })
+    }
+}
+
+impl Clock for SteadyClock {
+    fn now(&self) -> f64 {
+        let t = self.inner.now();
+        self.time.lock().read(t)
+    }
+
+    fn sleep(&self, seconds: f64) {
+        self.inner.sleep(seconds);
+    }
+}
+
 /// The machine's clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
@@ -270,6 +334,22 @@ impl std::fmt::Debug for Platform {
 #[cfg(test)]
 mod tests {
     use super::pages;
+
+    #[test]
+    fn a_clock_set_back_an_hour_neither_freezes_time_nor_turns_it_back() {
+        let mut t = super::SteadyTime::new();
+        assert_eq!(t.read(7200.0), 7200.0);
+        assert_eq!(t.read(7210.0), 7210.0);
+        // Set back 1 h: no time passes across the step...
+        assert_eq!(t.read(3610.0), 7210.0);
+        // ...and 5 s later on the new clock, 5 s have passed (keeping the last reading until
+        // the clock caught up would have taken 3605 s).
+        assert_eq!(t.read(3615.0), 7215.0);
+        // Bad readings are ignored.
+        assert_eq!(t.read(f64::NAN), 7215.0);
+        assert_eq!(t.read(f64::NEG_INFINITY), 7215.0);
+        assert_eq!(t.read(3616.0), 7216.0);
+    }
 
     #[test]
     fn pages_are_four_kib_and_partial_pages_round_up() {

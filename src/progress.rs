@@ -76,12 +76,24 @@ pub struct ReserveOptions<'a> {
     pub progress: Option<Box<ProgressFn<'a>>>,
     /// Cancels the reservation when another thread calls [`CancelToken::cancel`].
     pub cancel: Option<CancelToken>,
+    /// A deadline, in seconds from the start of the call (None: none). Under the adaptive
+    /// policy the reservation fails with
+    /// [`Error::DeadlineCannotBeMet`](crate::Error::DeadlineCannotBeMet) as soon as the
+    /// guests' measured balloon rates predict it cannot be met, saying when the memory would
+    /// be free; under the classic policy, which predicts nothing, when it passes.
+    pub deadline_s: Option<f64>,
 }
 
 impl<'a> ReserveOptions<'a> {
     /// Options with a progress callback.
     pub fn with_progress(mut self, f: impl FnMut(&Progress) -> ControlFlow<()> + 'a) -> Self {
         self.progress = Some(Box::new(f));
+        self
+    }
+
+    /// Options with a deadline, in seconds from the start of the call.
+    pub fn with_deadline(mut self, seconds: f64) -> Self {
+        self.deadline_s = Some(seconds);
         self
     }
 
@@ -97,6 +109,7 @@ impl std::fmt::Debug for ReserveOptions<'_> {
         f.debug_struct("ReserveOptions")
             .field("progress", &self.progress.is_some())
             .field("cancel", &self.cancel)
+            .field("deadline_s", &self.deadline_s)
             .finish()
     }
 }
@@ -114,6 +127,7 @@ pub(crate) struct Watched<'a, 'p> {
     io: &'a mut dyn Io,
     progress: Option<&'a mut ProgressFn<'p>>,
     cancel: Option<CancelToken>,
+    deadline_s: Option<f64>,
     /// Host free memory the call aims for (progress reports need it).
     required_kib: Option<Kib>,
     /// Time and host free memory at the first look.
@@ -134,6 +148,7 @@ impl<'a, 'p> Watched<'a, 'p> {
             io,
             progress: None,
             cancel: None,
+            deadline_s: None,
             required_kib: None,
             start: None,
             last: None,
@@ -157,11 +172,30 @@ impl<'a, 'p> Watched<'a, 'p> {
         self
     }
 
+    /// Ends the call once `deadline_s` seconds (if any) have passed since its first look.
+    pub(crate) fn deadline(mut self, deadline_s: Option<f64>) -> Self {
+        self.deadline_s = deadline_s;
+        self
+    }
+
     fn check_cancelled(&self) -> Result<()> {
         match &self.cancel {
             Some(t) if t.is_cancelled() => Err(Error::Cancelled),
             _ => Ok(()),
         }
+    }
+
+    fn check_deadline(&self) -> Result<()> {
+        let (Some(d), Some((t0, _))) = (self.deadline_s, self.start) else {
+            return Ok(());
+        };
+        if d.is_finite() && d > 0.0 && self.last_time - t0 > d {
+            return Err(Error::DeadlineCannotBeMet {
+                deadline: std::time::Duration::from_secs_f64(d),
+                predicted: None,
+            });
+        }
+        Ok(())
     }
 
     fn report(&mut self) -> Result<()> {
@@ -233,6 +267,7 @@ impl Io for Watched<'_, '_> {
     fn wait(&mut self, seconds: f64) -> Result<()> {
         self.waits += 1;
         self.check_cancelled()?;
+        self.check_deadline()?;
         self.report()?;
         if self.cancel.is_none() {
             return self.io.wait(seconds);

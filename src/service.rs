@@ -236,6 +236,15 @@ fn check_domid(domid: DomId) -> Result<()> {
     }
 }
 
+/// What a reservation watches for: the free memory it aims for, its progress callback,
+/// cancel token and deadline (seconds).
+type WatchSpec<'a, 'p> = (
+    Kib,
+    Option<&'a mut ProgressFn<'p>>,
+    Option<CancelToken>,
+    Option<f64>,
+);
+
 impl Service {
     /// Opens the service over `platform`. Host free memory at boot is recorded now when no
     /// earlier service of this boot recorded it (see
@@ -399,6 +408,24 @@ impl Service {
         }
     }
 
+    /// Hands the adaptive algorithm's judgement of every domain to the host model, whatever
+    /// `result` the operation ended with: a domain an error blames is flagged by the time the
+    /// error returns. A failure to publish is reported only when the operation itself succeeded.
+    fn publish_judgements<T>(&self, model: &mut HostModel, result: Result<T>) -> Result<T> {
+        let judgements = match self.inner.learner.lock().as_ref() {
+            Some(b) => b.judgements(),
+            None => return result,
+        };
+        match (model.publish_cooperation(&judgements), result) {
+            (Err(e), Ok(_)) => Err(e),
+            (Err(e), Err(first)) => {
+                warn!("cannot publish the balloon drivers' cooperation: {e}");
+                Err(first)
+            }
+            (Ok(()), r) => r,
+        }
+    }
+
     /// How `domid`'s balloon driver has been cooperating, as the adaptive algorithm has seen it
     /// (None with the classic policy, which forgets between calls, or for a domain not seen).
     pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {
@@ -418,17 +445,18 @@ impl Service {
         operation: Operation,
         reason: String,
         session: Option<&str>,
-        watch: Option<(Kib, Option<&mut ProgressFn<'_>>, Option<CancelToken>)>,
+        watch: Option<WatchSpec<'_, '_>>,
         f: impl FnOnce(&mut crate::balancer::Balancer, &mut dyn Io) -> Result<T>,
     ) -> Result<T> {
         let started = model.platform().clock.now();
         let mut io = Watched::new(model);
-        if let Some((required, progress, cancel)) = watch {
-            io = io.watch(required, progress, cancel);
+        if let Some((required, progress, cancel, deadline_s)) = watch {
+            io = io.watch(required, progress, cancel).deadline(deadline_s);
         }
         let result = self.decide(|b| f(b, &mut io));
         let (looks, waits, writes) = (io.looks, io.waits, std::mem::take(&mut io.writes));
         drop(io);
+        let result = self.publish_judgements(model, result);
         let finished = model.platform().clock.now();
         self.inner.recorder.lock().record(
             operation, reason, session, started, finished, &result, looks, waits, &writes,
@@ -465,14 +493,20 @@ impl Service {
                 required,
                 options.progress.as_deref_mut(),
                 options.cancel.clone(),
+                options.deadline_s,
             );
+            let deadline_s = options.deadline_s;
             self.decide_watched(
                 model,
                 Operation::ReserveMemory,
                 format!("reserve {kib} KiB for session {session}"),
                 Some(session),
                 Some(watch),
-                |b, io| b.change_host_free_memory(io, required, &mut |free| free >= required),
+                |b, io| {
+                    b.with_deadline(deadline_s, |b| {
+                        b.change_host_free_memory(io, required, &mut |free| free >= required)
+                    })
+                },
             )
             .map_err(|e| as_asked(net_of_slush(e, slush), kib, asked))?;
             self.fault_point("reserve:freed");
@@ -530,7 +564,13 @@ impl Service {
             } else {
                 0
             };
-            let watch = (watch, options.progress.as_deref_mut(), options.cancel.clone());
+            let deadline_s = options.deadline_s;
+            let watch = (
+                watch,
+                options.progress.as_deref_mut(),
+                options.cancel.clone(),
+                deadline_s,
+            );
             let amount = self
                 .decide_watched(
                     model,
@@ -538,7 +578,7 @@ impl Service {
                     format!("reserve {min_kib}..={max_kib} KiB for session {session}"),
                     Some(session),
                     Some(watch),
-                    |b, io| b.free_memory_range(io, min_kib, max_kib),
+                    |b, io| b.with_deadline(deadline_s, |b| b.free_memory_range(io, min_kib, max_kib)),
                 )
                 .map_err(|e| match net_of_slush(e, slush) {
                     e @ Error::CannotFreeThisMuchMemory { required_kib, .. }
@@ -653,9 +693,10 @@ impl Service {
     /// One check of the background balancer: balances when a pass would change a target.
     /// Returns whether it balanced.
     pub fn balance_if_unbalanced(&self) -> Result<bool> {
-        let opts = self.inner.config.options;
         let balanced = self.with_host(|model| {
-            if driver::is_host_memory_unbalanced(model, &opts)? {
+            // Asked of the policy in force: the adaptive one does not write what a classic
+            // squeezer would (deadbands, learnt limits, the dwell time).
+            if self.decide(|b| b.is_unbalanced(model))? {
                 self.decide_watched(
                     model,
                     Operation::BackgroundBalance,
@@ -667,7 +708,8 @@ impl Service {
                 Ok(true)
             } else {
                 // Keep watching: scores leak away and flags clear while the host is quiet.
-                self.decide(|b| b.watch(model))?;
+                let watched = self.decide(|b| b.watch(model));
+                self.publish_judgements(model, watched)?;
                 Ok(false)
             }
         })?;
@@ -816,7 +858,7 @@ impl Service {
                             } else {
                                 diagnostics::CooperationFlag::Cooperative
                             },
-                            concern: c.concern.map(Into::into),
+                            concern: c.concern,
                             floor_kib: track.as_ref().and_then(|t| t.floor).map(|l| l.at_kib),
                             ceiling_kib: track.as_ref().and_then(|t| t.ceiling).map(|l| l.at_kib),
                         }),
@@ -856,11 +898,7 @@ impl Service {
         Ok(Diagnostics {
             schema_version: diagnostics::SCHEMA_VERSION,
             time_s: view.time,
-            policy: match cfg.policy {
-                Policy::Classic => "classic",
-                Policy::Adaptive => "adaptive",
-            }
-            .to_string(),
+            policy: cfg.policy.name().to_string(),
             host: diagnostics::HostMemory {
                 total_kib: view.total_kib,
                 free_kib: view.free_kib,

@@ -169,6 +169,19 @@ fn heterogeneous_rates_from_2_to_200_mib_per_s_free_near_the_lower_bound() {
     );
 }
 
+#[test]
+fn honest_slow_guests_that_need_183_s_are_waited_for_not_refused_at_two_minutes() {
+    // Windows-like drivers at 2 and 4 MiB/s freeing 1098 MiB: T* = 1098 / 6 = 183 s. Both do
+    // everything they are asked at their own speed; a fixed 120 s deadline refused this
+    // request, naming them.
+    let (adaptive, t_star) = time_to_free(&[2, 4], 1098 * MIB, true);
+    assert!((t_star - 183.0).abs() < 1e-6, "T* = {t_star} s");
+    assert!(
+        adaptive <= 1.2 * t_star + 1.0,
+        "adaptive took {adaptive} s, T* = {t_star} s"
+    );
+}
+
 /// A 100 MiB/s guest and one that frees a single 4 KiB page every 5 s, 4 GiB each with a
 /// 1 GiB dynamic-min, so each could free 3 GiB.
 fn trickler_host(time_limit_s: f64) -> Simulator {
@@ -215,7 +228,7 @@ fn a_trickling_guest_blocks_classic_forever_but_adaptive_uses_the_fast_guest() {
 }
 
 #[test]
-fn a_request_that_needs_the_trickler_fails_naming_it_well_inside_the_deadline() {
+fn a_request_that_needs_the_trickler_fails_naming_it_within_a_minute() {
     // 4 GiB: the fast guest can give 3 GiB at most, so the trickler would have to give 1 GiB,
     // which at 4 KiB per 5 s would take fifteen days.
     let mut sim = trickler_host(600.0);
@@ -224,33 +237,78 @@ fn a_request_that_needs_the_trickler_fails_naming_it_well_inside_the_deadline() 
         Err(Error::DomainsRefusedToCooperate { domids }) => assert_eq!(domids, vec![2]),
         other => panic!("expected DomainsRefusedToCooperate [2], got {other:?}"),
     }
-    assert!(
-        sim.time() < adaptive.options().deadline_s / 2.0,
-        "took {} s",
-        sim.time()
-    );
+    assert!(sim.time() < 60.0, "took {} s", sim.time());
 }
 
-#[test]
-fn a_guest_too_slow_for_the_request_fails_it_at_the_deadline() {
-    // Guest 2 moves at the minimum acceptable speed exactly, so it is never judged to fall
-    // short; the request would take far longer than the deadline allows.
+/// One 4 GiB guest (dynamic-min 1 GiB) whose driver moves at exactly the minimum acceptable
+/// speed, 256 KiB/s, so it is never judged to fall short; nothing else is free.
+fn minimum_rate_host() -> Simulator {
     let mut sim = host(SLUSH, 7200.0);
-    let guest = |domid| Domain::new(domid, true, GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4);
+    let guest = Domain::new(2, true, GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4 * GIB, 4);
     sim.add_guest(
-        guest(2),
+        guest,
         Behaviour::Ideal {
             rate_kib_per_s: 256,
         },
     )
     .unwrap();
+    sim
+}
+
+#[test]
+fn a_guest_at_the_minimum_rate_is_waited_for_as_long_as_it_makes_progress() {
+    // 1 GiB at 256 KiB/s: 4096 s, far past the two minutes that used to end every request.
+    let mut sim = minimum_rate_host();
     let mut adaptive = Adaptive::default();
-    let deadline = adaptive.options().deadline_s;
+    assert!(adaptive.options().deadline_s.is_infinite());
+    free(&mut sim, Some(&mut adaptive), GIB).unwrap();
+    assert!(
+        (4096.0..4096.0 * 1.2 + 1.0).contains(&sim.time()),
+        "took {} s",
+        sim.time()
+    );
+    assert!(sim.violations().is_empty());
+}
+
+#[test]
+fn a_caller_deadline_the_guests_cannot_meet_fails_early_with_the_predicted_time() {
+    // The same 4096 s request with a 120 s deadline: once the guest's rate is measured (and
+    // confirmed over three looks) the request fails, saying when the memory would be free,
+    // instead of waiting two minutes for the deadline to pass.
+    let mut sim = minimum_rate_host();
+    let mut adaptive = Adaptive::new(squeeze::adaptive::AdaptiveOptions {
+        deadline_s: 120.0,
+        ..Default::default()
+    })
+    .unwrap();
     match free(&mut sim, Some(&mut adaptive), GIB) {
-        Err(Error::DomainsRefusedToCooperate { domids }) => assert_eq!(domids, vec![2]),
-        other => panic!("expected DomainsRefusedToCooperate [2], got {other:?}"),
+        Err(Error::DeadlineCannotBeMet {
+            deadline,
+            predicted: Some(p),
+        }) => {
+            assert_eq!(deadline.as_secs_f64(), 120.0);
+            // 1 GiB at 256 KiB/s.
+            let p = p.as_secs_f64();
+            assert!((4000.0..4200.0).contains(&p), "predicted {p} s");
+        }
+        other => panic!("expected DeadlineCannotBeMet, got {other:?}"),
     }
-    assert!(sim.time() <= deadline + 2.0, "took {} s", sim.time());
+    assert!(sim.time() <= 5.0, "took {} s", sim.time());
+    // The guest did nothing wrong: it is not judged uncooperative.
+    assert!(!adaptive.cooperation(2).unwrap().uncooperative);
+}
+
+#[test]
+fn a_caller_deadline_the_guests_can_meet_changes_nothing() {
+    // 2 and 4 MiB/s freeing 1098 MiB (T* = 183 s) with a 200 s deadline.
+    let (mut sim, _) = rates_host(&[2, 4]);
+    let mut adaptive = Adaptive::new(squeeze::adaptive::AdaptiveOptions {
+        deadline_s: 200.0,
+        ..Default::default()
+    })
+    .unwrap();
+    free(&mut sim, Some(&mut adaptive), 1098 * MIB).unwrap();
+    assert!(sim.time() <= 185.0, "took {} s", sim.time());
 }
 
 #[test]
@@ -417,4 +475,93 @@ fn a_driver_at_its_hidden_floor_is_never_flagged_where_squeezed_flags_it() {
     );
     assert_eq!(flagged, None);
     assert!(classic_inactive >= 20.0, "{classic_inactive} s");
+}
+
+#[test]
+fn an_adaptive_request_stepped_by_hand_makes_the_same_decisions_as_the_call() {
+    use squeeze::adaptive::{Goal, Outcome};
+    // 100 and 4 MiB/s freeing 2 GiB (T* = 19.7 s), once through the call and once one round
+    // at a time from the caller's own loop, as an event-loop caller would run it.
+    let required = SLUSH + 2 * GIB;
+    let (mut by_call, _) = rates_host(&[100, 4]);
+    Adaptive::default()
+        .change_host_free_memory(&mut by_call, required, &mut |free| free >= required)
+        .unwrap();
+
+    let (mut by_hand, _) = rates_host(&[100, 4]);
+    let mut adaptive = Adaptive::default();
+    let mut op = adaptive
+        .begin(Goal::Free {
+            required_kib: required,
+        })
+        .unwrap();
+    let mut rounds = 0;
+    loop {
+        let host = by_hand.make_host().unwrap();
+        let now = by_hand.now().unwrap();
+        let round = adaptive
+            .step(&mut op, &host, now, &mut |free| free >= required)
+            .unwrap();
+        rounds += 1;
+        for a in round.writes {
+            by_hand.execute_action(a).unwrap();
+        }
+        match round.outcome {
+            Outcome::Done => break,
+            Outcome::Failed(e) => panic!("{e}"),
+            Outcome::Continue => by_hand.wait(adaptive.options().poll_s).unwrap(),
+        }
+    }
+    assert_eq!(by_hand.time(), by_call.time());
+    assert_eq!(rounds as f64, by_hand.time() + 1.0);
+    assert_eq!(by_hand.free_mem_kib(), by_call.free_mem_kib());
+    assert_eq!(
+        by_hand.make_host().unwrap().domains(),
+        by_call.make_host().unwrap().domains()
+    );
+    // Its judgement is there for the caller to publish: both guests did their part.
+    let j = adaptive.judgements();
+    assert_eq!(j.len(), 2);
+    assert!(j.iter().all(|(_, c)| !c.uncooperative));
+}
+
+#[test]
+fn memory_a_slow_guest_frees_during_a_balance_is_handed_on_round_by_round() {
+    // Guest 1 (a Windows-like 4 MiB/s driver) holds 5 GiB and guest 2 (100 MiB/s) 1 GiB, both
+    // of range 1..5 GiB, and only the slush is free: balancing gives each 3 GiB, so guest 1
+    // must free 2 GiB, which takes it 512 s. Guest 2 used to wait for all of it; now what
+    // guest 1 has released is guest 2's within a round or two.
+    let mut sim = host(SLUSH, 3600.0);
+    let guest = |domid, at| Domain::new(domid, true, GIB, at, 5 * GIB, at, at, 4);
+    sim.add_guest(guest(1, 5 * GIB), ideal(4)).unwrap();
+    sim.add_guest(guest(2, GIB), ideal(100)).unwrap();
+    sim.advance(0.0).unwrap();
+    let mut adaptive = Adaptive::new(squeeze::adaptive::AdaptiveOptions {
+        balance_wait_s: 60.0,
+        ..Default::default()
+    })
+    .unwrap();
+    adaptive.balance_memory(&mut sim).unwrap();
+    let host = sim.make_host().unwrap();
+    let (slow, fast) = (host.domain(1).unwrap(), host.domain(2).unwrap());
+    let released = 5 * GIB - slow.memory_actual_kib;
+    let taken = fast.memory_actual_kib - GIB;
+    // About 61 s at 4 MiB/s: some 240 MiB released, all but a round's worth taken.
+    assert!(released >= 200 * MIB, "released {} MiB", released / MIB);
+    assert!(
+        taken >= released - 16 * MIB,
+        "taken {} of {} MiB",
+        taken / MIB,
+        released / MIB
+    );
+    // Never under the slush, never promised twice.
+    assert!(sim.free_mem_kib() >= SLUSH);
+    assert!(
+        squeeze::adaptive::guaranteed_free(&host) >= SLUSH,
+        "{} KiB guaranteed",
+        squeeze::adaptive::guaranteed_free(&host)
+    );
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    // Guest 1 is still asked for its share: 3 GiB, less its inaccuracy.
+    assert!((slow.target_kib - 3 * GIB).abs() <= 8, "{slow:?}");
 }

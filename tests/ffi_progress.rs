@@ -100,6 +100,7 @@ fn a_reservation_cancelled_from_another_thread_returns_cancelled_and_reserves_no
         progress: Some(on_progress),
         ctx: &mut watch as *mut Watch as *mut c_void,
         cancel,
+        deadline_s: 0.0,
     };
     let mut id = [0 as std::ffi::c_char; SQZ_RESERVATION_ID_SIZE];
     let mut got = 0i64;
@@ -151,6 +152,60 @@ fn a_reservation_cancelled_from_another_thread_returns_cancelled_and_reserves_no
             ),
             SQZ_OK
         );
+        sqz_service_free(svc);
+        sqz_fake_host_free(f);
+    }
+}
+
+fn last_message() -> String {
+    // SAFETY: the library's static or thread-local message.
+    unsafe { std::ffi::CStr::from_ptr(sqz_last_error_message()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn a_deadline_the_guest_cannot_meet_fails_early_saying_when_and_an_older_caller_gets_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, svc) = slow_host(dir.path());
+    let mut id = [0 as std::ffi::c_char; SQZ_RESERVATION_ID_SIZE];
+    // 3.5 GiB + 72 MiB slush, 2.75 GiB free: 840 MiB from a 32 MiB/s guest, about 27 s,
+    // against a 5 s deadline.
+    let mut options = sqz_reserve_options {
+        struct_size: std::mem::size_of::<sqz_reserve_options>() as u32,
+        progress: None,
+        ctx: std::ptr::null_mut(),
+        cancel: std::ptr::null_mut(),
+        deadline_s: 5.0,
+    };
+    let reserve = |o: &sqz_reserve_options, id: &mut [std::ffi::c_char]| {
+        // SAFETY: all pointers valid for the call.
+        unsafe {
+            sqz_reserve_memory_with(
+                svc,
+                c"xenopsd".as_ptr(),
+                3 * GIB + 512 * MIB,
+                o,
+                id.as_mut_ptr(),
+            )
+        }
+    };
+    assert_eq!(reserve(&options, &mut id), SQZ_ERR_DEADLINE);
+    let m = last_message();
+    assert!(m.contains("deadline of 5.0 s cannot be met"), "{m}");
+    // SAFETY: a static string.
+    let name = unsafe { std::ffi::CStr::from_ptr(sqz_status_name(SQZ_ERR_DEADLINE)) };
+    assert_eq!(name.to_str().unwrap(), "SQZ_ERR_DEADLINE");
+
+    // A deadline that is not a number is refused.
+    options.deadline_s = f64::NAN;
+    assert_eq!(reserve(&options, &mut id), SQZ_ERR_INVALID_ARGUMENT);
+    // A caller built against the first layout passes its shorter size: whatever lies past
+    // it is not read, and there is no deadline.
+    options.struct_size = std::mem::offset_of!(sqz_reserve_options, deadline_s) as u32;
+    assert_eq!(reserve(&options, &mut id), SQZ_OK, "{}", last_message());
+    // SAFETY: handles created above, freed once.
+    unsafe {
         sqz_service_free(svc);
         sqz_fake_host_free(f);
     }

@@ -120,6 +120,7 @@ fn sqz_cancel_request_ends_a_reservation_waiting_for_a_lock_another_process_hold
             progress: None,
             ctx: std::ptr::null_mut(),
             cancel: cancel_addr as *mut sqz_cancel,
+            deadline_s: 0.0,
         };
         let session = CString::new("xenopsd").unwrap();
         let mut id = [0 as std::ffi::c_char; SQZ_RESERVATION_ID_SIZE];

@@ -65,10 +65,7 @@ fn gib(kib: Kib) -> String {
 }
 
 fn summary(scenario: &Scenario, r: &Run) {
-    let name = match r.policy {
-        Policy::Classic => "classic",
-        Policy::Adaptive => "adaptive",
-    };
+    let name = r.policy.name();
     println!("== {} ({name})", scenario.name);
     for o in &r.outcomes {
         let mark = if o.ok { " " } else { "!" };
@@ -133,10 +130,7 @@ fn simulate(
             quiet,
             "{prefix:>8} [{bar:40}] {msg}",
         );
-        bar.set_prefix(match p {
-            Policy::Classic => "classic",
-            Policy::Adaptive => "adaptive",
-        });
+        bar.set_prefix(p.name());
         let r = run_observed(&scenario, p, &mut |t| {
             bar.set_position((t * 10.0) as u64);
             bar.set_message(format!("{t:.0} of {:.0} s simulated", scenario.end_s()));
@@ -150,10 +144,7 @@ fn simulate(
         let names = scenario.names();
         for r in &runs {
             let file = if runs.len() > 1 {
-                let suffix = match r.policy {
-                    Policy::Classic => "classic",
-                    Policy::Adaptive => "adaptive",
-                };
+                let suffix = r.policy.name();
                 csv.with_extension(format!("{suffix}.csv"))
             } else {
                 csv.clone()

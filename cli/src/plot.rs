@@ -23,10 +23,7 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 fn policy_name(p: Policy) -> &'static str {
-    match p {
-        Policy::Classic => "classic",
-        Policy::Adaptive => "adaptive",
-    }
+    p.name()
 }
 
 /// Width of the whole plot, and of the column on its right that holds the legend, in pixels.

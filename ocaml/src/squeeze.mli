@@ -185,8 +185,8 @@ val is_host_memory_unbalanced : ?fistpoints:fistpoint list -> io -> bool
 
     The functions above are squeezed's: a fresh classic squeezer per call. A {!Squeezer.t}
     keeps its state between calls and decides with the policy chosen at creation; with
-    [Adaptive] it learns each guest's balloon speed and limits, gives every call a deadline and
-    scores how each balloon driver cooperates. *)
+    [Adaptive] it learns each guest's balloon speed and limits, ends a request when progress
+    stops, and scores how each balloon driver cooperates. *)
 module Squeezer : sig
   (** Which algorithm decides. *)
   type policy =

@@ -49,6 +49,7 @@ let status_name = function
   | 9 -> "SQZ_ERR_BUFFER_TOO_SMALL"
   | 10 -> "SQZ_ERR_INTERNAL"
   | 11 -> "SQZ_ERR_CANCELLED"
+  | 12 -> "SQZ_ERR_DEADLINE"
   | n -> Printf.sprintf "status %d" n
 
 (* [bad_value] is the argument an Invalid_memory_value names; [id] the reservation id an

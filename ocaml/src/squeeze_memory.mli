@@ -91,7 +91,7 @@ type policy =
   | Classic  (** squeezed's, decision for decision (a fresh squeezer per call) *)
   | Adaptive
       (** one adaptive squeezer for the service's life: measured balloon rates, remembered
-          limits, deadlines, and a non-cooperation score that sets [memory/uncooperative];
+          limits, requests that end when progress stops, and a non-cooperation score that sets [memory/uncooperative];
           the default of {!create_fake} and {!open_xen} *)
 
 (** How domain 0's memory is managed (KiB). *)

@@ -7,11 +7,14 @@
 //!   is divided so that every domain finishes at about the same time
 //!   ([`plan::finish_time`]). squeezed divides by dynamic range, so the slowest driver sets the
 //!   pace.
-//! - **Progress judged by rate, and a deadline.** A driver moving slower than a minimum rate
-//!   while it has work to do is, after a grace period, taken to have shown a limit (a floor or a
-//!   ceiling). Its share goes to the others; if they cannot cover it the request fails at once
-//!   naming it. Every call also has a deadline. squeezed counts a driver that frees one page every
-//!   few seconds as making progress, and has no deadline, so such a request never ends.
+//! - **Progress judged by rate; deadlines on stalls, not on the clock.** A driver moving slower
+//!   than a minimum rate while it has work to do is, after a grace period, taken to have shown
+//!   a limit (a floor or a ceiling). Its share goes to the others; if they cannot cover it the
+//!   request fails at once naming it. A request whose guests keep making progress is waited
+//!   for however long their measured rates take; one whose freed memory reaches no new high
+//!   for a stall time fails, naming the guests it counted on that fell short. squeezed counts
+//!   a driver that frees one page every few seconds as making progress, so such a request never
+//!   ends. A caller may add a deadline of its own.
 //! - **No oscillation.** A limit, once shown, is remembered across calls, so periodic balancing
 //!   does not ask the same guest again and again and swing memory between the others. Targets are
 //!   only written when they move by more than a deadband, and a domain's target does not reverse
@@ -30,7 +33,7 @@ use std::hash::{Hash, Hasher};
 
 use log::{debug, info};
 
-use crate::driver::{is_balanced, range_request, settings, Clock, Io, RangeRequest};
+use crate::driver::{is_balanced, range_request, settings, Clock, Io, RangeRequest, Stillness};
 use crate::error::{Error, Result};
 use crate::model::{
     direction_of_actual, has_hit_target, kib, Action, Direction, DomId, Domain, Host, Kib,
@@ -42,8 +45,21 @@ use tracker::{Concern, Judge, Limit, Tracker};
 /// Tunables of the adaptive squeezer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptiveOptions {
-    /// Longest a call may take, in seconds.
+    /// A deadline for every freeing request, in seconds from its start; infinite (the
+    /// default) for none. A request is not limited by the clock but by progress (see
+    /// `stall_s`): honest slow guests are waited for. With a deadline, a request that the
+    /// measured rates cannot finish in time fails as soon as that is predicted.
     pub deadline_s: f64,
+    /// Longest a freeing request may go without the memory it has freed reaching a new high,
+    /// in seconds, before it fails naming the guests it counted on that fell short. Guests
+    /// that stall or trickle are dropped from the plan long before (after `grace_s`), so this
+    /// only ends a request whose memory does not come free although every driver seems to
+    /// move.
+    pub stall_s: f64,
+    /// Longest a balance waits for the drivers to reach the targets it wrote, in seconds.
+    /// Stopping early is harmless: the drivers keep moving on their own and the next balance
+    /// carries on, and the host lock is not held for as long as a slow guest takes.
+    pub balance_wait_s: f64,
     /// Seconds between iterations.
     pub poll_s: f64,
     /// Slowest acceptable balloon speed for a driver with work to do, KiB/s.
@@ -72,7 +88,9 @@ pub struct AdaptiveOptions {
 impl Default for AdaptiveOptions {
     fn default() -> Self {
         AdaptiveOptions {
-            deadline_s: 120.0,
+            deadline_s: f64::INFINITY,
+            stall_s: 30.0,
+            balance_wait_s: 120.0,
             poll_s: 1.0,
             min_rate_kib_per_s: 256.0,
             grace_s: 5.0,
@@ -99,8 +117,16 @@ impl AdaptiveOptions {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.deadline_s.is_nan() || self.deadline_s <= 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "adaptive deadline must be a positive number of seconds (infinite for none), \
+                 not {}",
+                self.deadline_s
+            )));
+        }
         let positive = [
-            ("deadline", self.deadline_s),
+            ("stall time", self.stall_s),
+            ("balance wait", self.balance_wait_s),
             ("poll interval", self.poll_s),
             ("minimum rate", self.min_rate_kib_per_s),
             ("grace period", self.grace_s),
@@ -165,11 +191,17 @@ impl Adaptive {
 
     /// How `domid`'s balloon driver has been cooperating, as far as this squeezer has seen.
     pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {
-        self.tracker.get(domid).map(|t| Cooperation {
-            score_s: t.score_s,
-            uncooperative: t.uncooperative,
-            concern: t.concern,
-        })
+        self.tracker.get(domid).map(cooperation_of)
+    }
+
+    /// The judgement of every domain seen in the last look, in domid order: what the caller
+    /// publishes (the host model's `memory/uncooperative`) after each operation, whatever way
+    /// it ended.
+    pub fn judgements(&self) -> Vec<(DomId, Cooperation)> {
+        self.tracker
+            .iter()
+            .map(|(domid, t)| (domid, cooperation_of(t)))
+            .collect()
     }
 
     /// Takes one look at the host and learns from it without asking anything of the domains
@@ -188,22 +220,103 @@ impl Adaptive {
         required_kib: Kib,
         success: &mut dyn FnMut(Kib) -> bool,
     ) -> Result<()> {
-        kib::check_size("required free memory", required_kib)?;
         settings(io)?;
-        // A request is an outside input: it may legitimately reverse earlier decisions.
-        self.epoch += 1;
-        let mut clock = Clock::default();
-        let look = self.observe(io, &mut clock)?;
-        let host = &look.0;
-        if host.free_mem_kib >= required_kib && guaranteed_free(host) >= required_kib {
-            return if success(guaranteed_free(host)) {
-                Ok(())
-            } else {
-                // More is free than asked for and the condition wants less: hand it out.
-                self.allocate(io, &mut clock, required_kib, success, look)
+        let op = self.begin(Goal::Free { required_kib })?;
+        self.drive(io, op, success)
+    }
+
+    /// Starts an operation toward `goal`, for a caller that drives it one
+    /// [`step`](Adaptive::step) at a time (the freeing and balancing calls do exactly that).
+    pub fn begin(&mut self, goal: Goal) -> Result<Operation> {
+        match goal {
+            Goal::Free { required_kib } => {
+                kib::check_size("required free memory", required_kib)?;
+                // A request is an outside input: it may legitimately reverse earlier decisions.
+                self.epoch += 1;
+            }
+            Goal::Balance { slush_kib } => {
+                kib::check_size("target host free memory", slush_kib)?;
+            }
+        }
+        Ok(Operation {
+            goal,
+            phase: OperationPhase::NotStarted,
+            stillness: Stillness::default(),
+        })
+    }
+
+    /// One round of `op` on `host` as seen at `now`: learns from the look, then decides. No
+    /// I/O: the caller writes the returned targets (each with whatever maxmem it needs, as
+    /// [`Io::execute_action`] does), and, while the outcome is [`Outcome::Continue`], waits
+    /// [`AdaptiveOptions::poll_s`] and steps again with a fresh look. `success` judges host
+    /// free memory as in [`change_host_free_memory`](Adaptive::change_host_free_memory). The
+    /// judgement of every domain is [`judgements`](Adaptive::judgements).
+    pub fn step(
+        &mut self,
+        op: &mut Operation,
+        host: &Host,
+        now: f64,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<Round> {
+        if !now.is_finite() || now < 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "now must be finite and not negative, not {now}"
+            )));
+        }
+        let mut writes = self.look(host, now);
+        if let Err(e) = op.stillness.look(host, now) {
+            return Ok(Round::ending(writes, Outcome::Failed(e)));
+        }
+        if let OperationPhase::NotStarted = op.phase {
+            op.phase = match op.goal {
+                Goal::Free { required_kib } => {
+                    let guaranteed = guaranteed_free(host);
+                    if host.free_mem_kib >= required_kib && guaranteed >= required_kib {
+                        if success(guaranteed) {
+                            return Ok(Round::ending(writes, Outcome::Done));
+                        }
+                        // More is free than asked for and the condition wants less: hand it
+                        // out.
+                        OperationPhase::Allocating { start: now }
+                    } else {
+                        OperationPhase::Freeing(FreeState::new(host, now))
+                    }
+                }
+                Goal::Balance { .. } => OperationPhase::Allocating { start: now },
             };
         }
-        self.free(io, &mut clock, required_kib, success, look)
+        let goal_kib = match op.goal {
+            Goal::Free { required_kib } => required_kib,
+            Goal::Balance { slush_kib } => slush_kib,
+        };
+        let round = match &mut op.phase {
+            OperationPhase::Freeing(state) => {
+                self.free_round(state, host, now, goal_kib, success)?
+            }
+            OperationPhase::Allocating { start } => {
+                // Freed memory is handed on only in a round that sets no freeing target, the
+                // look's withdrawals included.
+                let hand_on = writes.is_empty();
+                self.allocate_round(*start, host, now, goal_kib, success, hand_on)?
+            }
+            OperationPhase::NotStarted => unreachable!("started above"),
+        };
+        writes.extend(round.writes);
+        Ok(Round::ending(writes, round.outcome))
+    }
+
+    /// Drives `op` to its end through the one loop of [`crate::engine::run`].
+    fn drive(
+        &mut self,
+        io: &mut dyn Io,
+        op: Operation,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<()> {
+        crate::engine::run(
+            io,
+            &mut crate::engine::AdaptiveRound::new(self, op),
+            success,
+        )
     }
 
     /// Frees memory for a new domain of `min_kib..=max_kib` and returns how much it may have,
@@ -224,6 +337,47 @@ impl Adaptive {
         Ok((guaranteed_free(&host) - slush).min(max_kib).max(min_kib))
     }
 
+    /// Makes `deadline_s` (seconds, if any) the deadline of the coming freeing requests when
+    /// it is sooner than the one in force, and returns the one in force before, for
+    /// [`restore_deadline`](Adaptive::restore_deadline).
+    pub fn tighten_deadline(&mut self, deadline_s: Option<f64>) -> Result<f64> {
+        let before = self.options.deadline_s;
+        if let Some(d) = deadline_s {
+            if d.is_nan() || d <= 0.0 {
+                return Err(Error::InvalidArgument(format!(
+                    "a deadline must be a positive number of seconds, not {d}"
+                )));
+            }
+            self.options.deadline_s = before.min(d);
+        }
+        Ok(before)
+    }
+
+    /// Puts back a deadline [`tighten_deadline`](Adaptive::tighten_deadline) returned.
+    pub fn restore_deadline(&mut self, deadline_s: f64) {
+        if deadline_s.is_nan() || deadline_s <= 0.0 {
+            return;
+        }
+        self.options.deadline_s = deadline_s;
+    }
+
+    /// Whether a balance would write a target that differs from the one in force right now:
+    /// one balancing round on a copy of this squeezer (nothing is learnt or written).
+    pub fn is_unbalanced(&self, io: &mut dyn Io) -> Result<bool> {
+        let (slush, tolerance) = settings(io)?;
+        let now = Clock::default().now(io)?;
+        let host = io.make_host()?;
+        let mut copy = self.clone();
+        let mut op = copy.begin(Goal::Balance { slush_kib: slush })?;
+        let round = copy.step(&mut op, &host, now, &mut |free| {
+            is_balanced(free, slush, tolerance)
+        })?;
+        Ok(round
+            .writes
+            .iter()
+            .any(|a| host.domain(a.domid).map(|d| d.target_kib) != Some(a.new_target_kib)))
+    }
+
     /// Tells the squeezer that an input it cannot see in a host snapshot changed (a
     /// reservation deleted or dropped gives memory back to the host): its next decisions may
     /// reverse earlier ones without waiting for the dwell time.
@@ -235,53 +389,37 @@ impl Adaptive {
     /// ranges. Like squeezed's, this reports only invalid settings and platform failures.
     pub fn balance_memory(&mut self, io: &mut dyn Io) -> Result<()> {
         let (slush, tolerance) = settings(io)?;
-        let mut clock = Clock::default();
-        let look = self.observe(io, &mut clock)?;
-        self.allocate(
-            io,
-            &mut clock,
-            slush,
-            &mut |free| is_balanced(free, slush, tolerance),
-            look,
-        )
+        let op = self.begin(Goal::Balance { slush_kib: slush })?;
+        self.drive(io, op, &mut |free| is_balanced(free, slush, tolerance))
     }
 
-    /// Snapshot, clock, learning: the start of every iteration.
+    /// Clock, snapshot, learning: the start of every iteration.
     fn observe(&mut self, io: &mut dyn Io, clock: &mut Clock) -> Result<(Host, f64)> {
         let now = clock.now(io)?;
         let host = io.make_host()?;
-        let fp = fingerprint(&host);
+        let writes = self.look(&host, now);
+        apply(io, &writes)?;
+        Ok((host, now))
+    }
+
+    /// Learns from `host` as seen at `now` (rates, limits, scores), and returns the targets to
+    /// write because of it: growth requests withdrawn from drivers that cannot follow them.
+    /// No I/O: the caller applies the writes.
+    pub fn look(&mut self, host: &Host, now: f64) -> Vec<Action> {
+        let fp = fingerprint(host);
         if fp != self.fingerprint {
             self.fingerprint = fp;
             self.epoch += 1;
         }
-        self.tracker.observe(&host, now, &self.options.judge());
-        self.learn_limits(io, &host, now)?;
-        let reports: Vec<(DomId, Cooperation)> = host
-            .domains()
-            .iter()
-            .filter_map(|d| self.cooperation(d.domid).map(|c| (d.domid, c)))
-            .collect();
-        io.report_cooperation(&reports)?;
-        Ok((host, now))
-    }
-
-    /// The look an operation started with, then a fresh one for every later iteration.
-    fn next_look(
-        &mut self,
-        io: &mut dyn Io,
-        clock: &mut Clock,
-        first: &mut Option<(Host, f64)>,
-    ) -> Result<(Host, f64)> {
-        match first.take() {
-            Some(look) => Ok(look),
-            None => self.observe(io, clock),
-        }
+        self.tracker.observe(host, now, &self.options.judge());
+        let mut writes = Vec::new();
+        self.learn_limits(host, now, &mut writes);
+        writes
     }
 
     /// Turns a driver's persistent stall into a remembered limit: a floor when it stopped
     /// shrinking after having moved, a ceiling when it does not grow.
-    fn learn_limits(&mut self, io: &mut dyn Io, host: &Host, now: f64) -> Result<()> {
+    fn learn_limits(&mut self, host: &Host, now: f64, writes: &mut Vec<Action>) {
         let grace = self.options.grace_s;
         let probe = self.options.probe_kib;
         for d in host.domains().iter().filter(|d| d.can_balloon) {
@@ -338,294 +476,363 @@ impl Adaptive {
                     );
                     t.ceiling = limit;
                     if retract < d.target_kib {
-                        self.write(io, d, retract, now, "cannot grow: request withdrawn")?;
+                        self.plan_write(writes, d, retract, now, "cannot grow: request withdrawn");
                     }
                 }
                 _ => {}
             }
         }
-        Ok(())
     }
 
-    fn write(
+    /// Puts a target write in the plan `writes`, and into what the tracker expects.
+    fn plan_write(
         &mut self,
-        io: &mut dyn Io,
+        writes: &mut Vec<Action>,
         d: &Domain,
         target_kib: Kib,
         now: f64,
         reason: &str,
-    ) -> Result<()> {
+    ) {
         if target_kib != d.target_kib {
             info!(
                 "domain {}: target {} -> {target_kib} KiB ({reason})",
                 d.domid, d.target_kib
             );
         }
-        io.execute_action(Action {
+        writes.push(Action {
             domid: d.domid,
             new_target_kib: target_kib,
-        })?;
+        });
         self.tracker
             .note_write(d.domid, target_kib, now, self.epoch);
-        Ok(())
     }
 
     fn deadband(&self, d: &Domain) -> Kib {
         deadband(&self.options, d)
     }
 
-    /// The freeing loop.
-    fn free(
+    /// One round of freeing toward `required_kib` free and guaranteed (or what `success`
+    /// accepts), on `host` as looked at (and learnt from) at `now`. No I/O.
+    fn free_round(
         &mut self,
-        io: &mut dyn Io,
-        clock: &mut Clock,
+        state: &mut FreeState,
+        host: &Host,
+        now: f64,
         required_kib: Kib,
         success: &mut dyn FnMut(Kib) -> bool,
-        first: (Host, f64),
-    ) -> Result<()> {
-        let start = first.1;
-        let mut first = Some(first);
-        loop {
-            let (host, now) = self.next_look(io, clock, &mut first)?;
-            let guaranteed = guaranteed_free(&host);
-            if guaranteed >= required_kib && success(guaranteed) {
-                debug!(
-                    "{guaranteed} KiB free and guaranteed after {:.1} s",
-                    now - start
-                );
-                return Ok(());
-            }
-
-            // What each balloonable domain without a floor can still give, and how fast.
-            let mut contributors = Vec::new();
-            let mut who = Vec::new();
-            for d in host.domains().iter().filter(|d| d.can_balloon) {
-                let t = self.tracker.get(d.domid);
-                if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
-                    continue;
-                }
-                let rate = t
-                    .and_then(|t| t.rate_down)
-                    .unwrap_or(self.options.prior_rate_kib_per_s);
-                contributors.push(Contributor {
-                    cap_kib: d.min_freeable_kib(true),
-                    rate_kib_per_s: rate,
-                });
-                who.push(*d);
-            }
-            let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
-            let need = required_kib - guaranteed;
-            let reachable = kib::add(guaranteed, capacity, "reachable free memory")?;
-            if reachable < required_kib && !success(reachable) {
-                return Err(self.blame(&host, now, required_kib));
-            }
-            if now - start > self.options.deadline_s {
-                debug!("deadline of {} s passed", self.options.deadline_s);
-                return Err(self.blame_late(&host, now, required_kib));
-            }
-
-            let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
-            let shares = plan::shares(&contributors, t_star);
-            let mut wrote = false;
-            for (d, share) in who.iter().zip(shares) {
-                // A driver may stop up to its inaccuracy short of a target, and a real host
-                // rounds to whole pages on top, so ask for twice that much more; the capacity
-                // held back twice the inaccuracy, so this stays in range.
-                let ask = if share > 0 {
-                    share + 2 * d.inaccuracy_kib
-                } else {
-                    0
-                };
-                let desired = (d.memory_actual_kib - ask).min(d.dynamic_max_kib);
-                let growing = d.target_kib > d.memory_actual_kib + d.inaccuracy_kib;
-                // No target is ever set above what a domain holds while memory is being freed.
-                // A driver still on its way down keeps its target unless the plan moved by more
-                // than the deadband (in either direction: an earlier plan, made before its
-                // speed was known, may have asked it for too much); one at rest is always given
-                // a lower target, however small the step.
-                // For a driver in flight, a change smaller than an eighth of the way it still
-                // has to go is noise in the rate estimates, not worth a write.
-                let step = (desired - d.target_kib).abs();
-                let in_flight = (d.memory_actual_kib - d.target_kib).abs() / 8;
-                let worth = step > self.deadband(d).max(in_flight);
-                let write = if desired < d.target_kib {
-                    growing || d.has_hit_target() || worth
-                } else {
-                    desired < d.memory_actual_kib - d.inaccuracy_kib && worth
-                };
-                if write {
-                    self.write(io, d, desired, now, "free memory")?;
-                    wrote = true;
-                }
-            }
-            let moving = who.iter().any(|d| !d.has_hit_target());
-            if !wrote && !moving {
-                // Everything that could be freed has been.
-                return if success(guaranteed) {
-                    Ok(())
-                } else {
-                    Err(self.blame(&host, now, required_kib))
-                };
-            }
-            io.wait(self.options.poll_s)?;
+    ) -> Result<Round> {
+        let mut writes = Vec::new();
+        let guaranteed = guaranteed_free(host);
+        if guaranteed >= required_kib && success(guaranteed) {
+            debug!(
+                "{guaranteed} KiB free and guaranteed after {:.1} s",
+                now - state.start
+            );
+            return Ok(Round::ending(writes, Outcome::Done));
         }
+
+        // What each balloonable domain without a floor can still give, and how fast.
+        let mut contributors = Vec::new();
+        let mut who = Vec::new();
+        for d in host.domains().iter().filter(|d| d.can_balloon) {
+            let t = self.tracker.get(d.domid);
+            if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
+                continue;
+            }
+            let rate = t
+                .and_then(|t| t.rate_down)
+                .unwrap_or(self.options.prior_rate_kib_per_s);
+            contributors.push(Contributor {
+                cap_kib: d.min_freeable_kib(true),
+                rate_kib_per_s: rate,
+            });
+            who.push(*d);
+        }
+        let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
+        let need = required_kib - guaranteed;
+        let reachable = kib::add(guaranteed, capacity, "reachable free memory")?;
+        if reachable < required_kib && !success(reachable) {
+            let e = self.named(self.blame(host, now, required_kib));
+            return Ok(Round::ending(writes, Outcome::Failed(e)));
+        }
+        if state.headway.stalled(guaranteed, now, self.options.stall_s) {
+            debug!(
+                "no new memory free for {} s ({guaranteed} KiB free and guaranteed, \
+                 aiming for {required_kib} KiB)",
+                self.options.stall_s
+            );
+            let e = self.named(self.blame_late(host, now, required_kib, &who));
+            return Ok(Round::ending(writes, Outcome::Failed(e)));
+        }
+
+        let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
+        let shares = plan::shares(&contributors, t_star);
+        // The caller's deadline: the request fails as soon as the rates the guests have
+        // shown (not the prior) predict it cannot be met, three looks in a row so that one
+        // slow first sample (a driver that reacts late) does not end it.
+        let deadline = self.options.deadline_s;
+        if deadline.is_finite() {
+            let predicted = now - state.start + t_star;
+            let measured = who.iter().zip(&shares).all(|(d, &share)| {
+                share == 0
+                    || self
+                        .tracker
+                        .get(d.domid)
+                        .is_some_and(|t| t.rate_down.is_some())
+            });
+            state.late_looks = if measured && predicted > deadline {
+                state.late_looks + 1
+            } else {
+                0
+            };
+            if state.late_looks >= 3 || now - state.start > deadline {
+                debug!("the deadline of {deadline} s cannot be met: predicted {predicted:.1} s");
+                let e = Error::DeadlineCannotBeMet {
+                    deadline: std::time::Duration::from_secs_f64(deadline),
+                    predicted: Some(std::time::Duration::from_secs_f64(predicted)),
+                };
+                return Ok(Round::ending(writes, Outcome::Failed(e)));
+            }
+        }
+        let mut wrote = false;
+        for (d, share) in who.iter().zip(shares) {
+            // A driver may stop up to its inaccuracy short of a target, and a real host
+            // rounds to whole pages on top, so ask for twice that much more; the capacity
+            // held back twice the inaccuracy, so this stays in range.
+            let ask = if share > 0 {
+                share + 2 * d.inaccuracy_kib
+            } else {
+                0
+            };
+            let desired = (d.memory_actual_kib - ask).min(d.dynamic_max_kib);
+            let growing = d.target_kib > d.memory_actual_kib + d.inaccuracy_kib;
+            // No target is ever set above what a domain holds while memory is being freed.
+            // A driver still on its way down keeps its target unless the plan moved by more
+            // than the deadband (in either direction: an earlier plan, made before its
+            // speed was known, may have asked it for too much); one at rest is always given
+            // a lower target, however small the step.
+            // For a driver in flight, a change smaller than an eighth of the way it still
+            // has to go is noise in the rate estimates, not worth a write.
+            let step = (desired - d.target_kib).abs();
+            let in_flight = (d.memory_actual_kib - d.target_kib).abs() / 8;
+            let worth = step > self.deadband(d).max(in_flight);
+            let write = if desired < d.target_kib {
+                growing || d.has_hit_target() || worth
+            } else {
+                desired < d.memory_actual_kib - d.inaccuracy_kib && worth
+            };
+            if write {
+                self.plan_write(&mut writes, d, desired, now, "free memory");
+                wrote = true;
+            }
+        }
+        let moving = who.iter().any(|d| !d.has_hit_target());
+        if !wrote && !moving {
+            // Everything that could be freed has been.
+            let outcome = if success(guaranteed) {
+                Outcome::Done
+            } else {
+                Outcome::Failed(self.named(self.blame(host, now, required_kib)))
+            };
+            return Ok(Round::ending(writes, outcome));
+        }
+        Ok(Round::ending(writes, Outcome::Continue))
     }
 
-    /// The allocating loop: balance toward `goal_kib` free.
-    fn allocate(
+    /// One round of balancing toward `goal_kib` free, on `host` as looked at (and learnt
+    /// from) at `now`, in a balance that started at `start_s`; with `hand_on`, memory already
+    /// freed may go to growing guests while others still shrink. No I/O.
+    fn allocate_round(
         &mut self,
-        io: &mut dyn Io,
-        clock: &mut Clock,
+        start_s: f64,
+        host: &Host,
+        now: f64,
         goal_kib: Kib,
         success: &mut dyn FnMut(Kib) -> bool,
-        first: (Host, f64),
-    ) -> Result<()> {
-        let start = first.1;
-        let mut first = Some(first);
-        loop {
-            let (host, now) = self.next_look(io, clock, &mut first)?;
-            // Each domain's range, narrowed to the limits it has shown.
-            let limited: Vec<(Domain, bool)> = host
-                .domains()
-                .iter()
-                .filter(|d| d.can_balloon)
-                .map(|d| {
-                    let mut e = *d;
-                    let mut is_limited = false;
-                    if let Some(t) = self.tracker.get(d.domid) {
-                        if t.pinned.is_some() || t.lagging(now, self.options.grace_s) {
-                            // Neither give it memory nor count on it to free any.
-                            let pinned = d
-                                .memory_actual_kib
-                                .clamp(e.dynamic_min_kib, e.dynamic_max_kib.max(e.dynamic_min_kib));
-                            e.dynamic_min_kib = pinned;
-                            e.dynamic_max_kib = pinned;
-                            is_limited = true;
-                        }
-                        if let Some(f) = t.floor {
-                            e.dynamic_min_kib =
-                                e.dynamic_min_kib.max(f.at_kib).min(e.dynamic_max_kib);
-                            is_limited = true;
-                        }
-                        if let Some(c) = t.ceiling {
-                            e.dynamic_max_kib =
-                                e.dynamic_max_kib.min(c.at_kib).max(e.dynamic_min_kib);
-                            is_limited = true;
-                        }
+        hand_on: bool,
+    ) -> Result<Round> {
+        let mut writes = Vec::new();
+        // Each domain's range, narrowed to the limits it has shown.
+        let limited: Vec<(Domain, bool)> = host
+            .domains()
+            .iter()
+            .filter(|d| d.can_balloon)
+            .map(|d| {
+                let mut e = *d;
+                let mut is_limited = false;
+                if let Some(t) = self.tracker.get(d.domid) {
+                    if t.pinned.is_some() || t.lagging(now, self.options.grace_s) {
+                        // Neither give it memory nor count on it to free any.
+                        let pinned = d
+                            .memory_actual_kib
+                            .clamp(e.dynamic_min_kib, e.dynamic_max_kib.max(e.dynamic_min_kib));
+                        e.dynamic_min_kib = pinned;
+                        e.dynamic_max_kib = pinned;
+                        is_limited = true;
                     }
-                    (e, is_limited)
-                })
-                .collect();
-            // A limited domain's standing request (the probe) is memory it may still take if
-            // its limit lifts: it is not free to hand to the others.
-            let probes = kib::sum(
-                limited.iter().filter(|(_, l)| *l).map(|(e, _)| {
-                    let d = host.domain(e.domid).expect("from this host");
-                    // The target in force: a limit found in this look may have withdrawn the
-                    // one the snapshot shows.
-                    let target = self
-                        .tracker
-                        .get(e.domid)
-                        .map_or(d.target_kib, |t| t.target_kib);
-                    ((target + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
-                }),
-                "standing requests",
-            )?;
-            let allocation = policy::proportional(
-                limited.iter().map(|(e, _)| e),
-                kib::sub(host.free_mem_kib, probes, "free memory")?,
-                goal_kib,
-                true,
-            )?;
-            let ideal: Vec<Kib> = limited
-                .iter()
-                .map(|(e, _)| allocation.target_for(e))
-                .collect();
+                    if let Some(f) = t.floor {
+                        e.dynamic_min_kib = e.dynamic_min_kib.max(f.at_kib).min(e.dynamic_max_kib);
+                        is_limited = true;
+                    }
+                    if let Some(c) = t.ceiling {
+                        e.dynamic_max_kib = e.dynamic_max_kib.min(c.at_kib).max(e.dynamic_min_kib);
+                        is_limited = true;
+                    }
+                }
+                (e, is_limited)
+            })
+            .collect();
+        // A limited domain's standing request (the probe) is memory it may still take if
+        // its limit lifts: it is not free to hand to the others.
+        let probes = kib::sum(
+            limited.iter().filter(|(_, l)| *l).map(|(e, _)| {
+                let d = host.domain(e.domid).expect("from this host");
+                // The target in force: a limit found in this look may have withdrawn the
+                // one the snapshot shows.
+                let target = self
+                    .tracker
+                    .get(e.domid)
+                    .map_or(d.target_kib, |t| t.target_kib);
+                ((target + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
+            }),
+            "standing requests",
+        )?;
+        let allocation = policy::proportional(
+            limited.iter().map(|(e, _)| e),
+            kib::sub(host.free_mem_kib, probes, "free memory")?,
+            goal_kib,
+            true,
+        )?;
+        let ideal: Vec<Kib> = limited
+            .iter()
+            .map(|(e, _)| allocation.target_for(e))
+            .collect();
 
-            // Two phases, as in the classic squeezer: freeing targets first.
-            let opts = self.options;
-            let wants = |(e, _): &(Domain, bool), ideal: Kib| -> Option<Direction> {
-                if (ideal - e.target_kib).abs() <= deadband(&opts, e) {
-                    None
-                } else if ideal < e.target_kib {
-                    Some(Direction::Down)
-                } else {
-                    Some(Direction::Up)
+        // Two phases, as in the classic squeezer: freeing targets first.
+        let opts = self.options;
+        let wants = |(e, _): &(Domain, bool), ideal: Kib| -> Option<Direction> {
+            if (ideal - e.target_kib).abs() <= deadband(&opts, e) {
+                None
+            } else if ideal < e.target_kib {
+                Some(Direction::Down)
+            } else {
+                Some(Direction::Up)
+            }
+        };
+        // As in the classic squeezer, a domain still on its way down (whether or not its
+        // target needs rewriting) holds back every allocation: the policy already counts
+        // the memory it has yet to release as free.
+        let freeing = limited.iter().zip(&ideal).any(|((e, _), &i)| {
+            !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i) && i < e.memory_actual_kib
+        });
+        let phase = if freeing {
+            Direction::Down
+        } else {
+            Direction::Up
+        };
+        let mut wrote = false;
+        for (l, &i) in limited.iter().zip(&ideal) {
+            let (e, is_limited) = (&l.0, l.1);
+            let shrinking = !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i)
+                && i < e.memory_actual_kib;
+            let write = match phase {
+                // Every domain that must shrink gets its target, up or down from the one
+                // it has, as long as the change is worth writing.
+                Direction::Down => shrinking && wants(l, i).is_some(),
+                // A limited driver keeps its lower target (a standing request that can
+                // only free memory) unless it is really to be given more than it has.
+                Direction::Up => {
+                    let grows = wants(l, i) == Some(Direction::Up)
+                        && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib);
+                    // A growth request above the domain's share is cut back to it, however
+                    // small the cut: the policy counts the memory the domain has not taken
+                    // yet as free and hands it to the others in this same round.
+                    let cut = !is_limited
+                        && i < e.target_kib
+                        && e.target_kib > e.memory_actual_kib + e.inaccuracy_kib;
+                    grows || cut
                 }
             };
-            // As in the classic squeezer, a domain still on its way down (whether or not its
-            // target needs rewriting) holds back every allocation: the policy already counts
-            // the memory it has yet to release as free.
-            let freeing = limited.iter().zip(&ideal).any(|((e, _), &i)| {
-                !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i) && i < e.memory_actual_kib
-            });
-            let phase = if freeing {
-                Direction::Down
-            } else {
-                Direction::Up
-            };
-            let mut wrote = false;
-            for (l, &i) in limited.iter().zip(&ideal) {
+            if !write || self.dwell_blocks(e, i, now) {
+                continue;
+            }
+            let d = host.domain(e.domid).expect("from this host");
+            self.plan_write(&mut writes, d, i, now, "rebalance");
+            wrote = true;
+        }
+        // Memory a shrinking guest has already released is handed on round by round instead
+        // of sitting idle until the slowest driver is done: in a freeing round that sets no
+        // freeing target, growing guests are given up to what is free and guaranteed above
+        // the goal (it stays free even if every guest went to its target + inaccuracy), so
+        // the host never goes under the slush and nothing is promised twice.
+        if phase == Direction::Down && !wrote && hand_on {
+            let mut spare = guaranteed_free(host) - goal_kib;
+            // The guests furthest from their share first, so that what is free goes out in
+            // as few writes as possible.
+            let mut order: Vec<usize> = (0..limited.len()).collect();
+            order.sort_by_key(|&k| std::cmp::Reverse(ideal[k] - limited[k].0.target_kib));
+            for k in order {
+                let (l, i) = (&limited[k], ideal[k]);
                 let (e, is_limited) = (&l.0, l.1);
-                let shrinking = !has_hit_target(e.inaccuracy_kib, e.memory_actual_kib, i)
-                    && i < e.memory_actual_kib;
-                let write = match phase {
-                    // Every domain that must shrink gets its target, up or down from the one
-                    // it has, as long as the change is worth writing.
-                    Direction::Down => shrinking && wants(l, i).is_some(),
-                    // A limited driver keeps its lower target (a standing request that can
-                    // only free memory) unless it is really to be given more than it has.
-                    Direction::Up => {
-                        let grows = wants(l, i) == Some(Direction::Up)
-                            && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib);
-                        // A growth request above the domain's share is cut back to it, however
-                        // small the cut: the policy counts the memory the domain has not taken
-                        // yet as free and hands it to the others in this same round.
-                        let cut = !is_limited
-                            && i < e.target_kib
-                            && e.target_kib > e.memory_actual_kib + e.inaccuracy_kib;
-                        grows || cut
-                    }
-                };
-                if !write || self.dwell_blocks(e, i, now) {
+                if is_limited || wants(l, i) != Some(Direction::Up) {
+                    continue;
+                }
+                let grant = (i - e.target_kib).min(spare);
+                // Only growth, and only to a guest that took what it was last given: a guest
+                // still above its share is left to shrink, and one that does not follow its
+                // target is not handed more (it waits for the growing phase, as before).
+                let grows = e.target_kib + grant > e.memory_actual_kib + e.inaccuracy_kib;
+                let caught_up = e.target_kib <= e.memory_actual_kib + 2 * e.inaccuracy_kib;
+                if !grows
+                    || !caught_up
+                    || grant <= deadband(&opts, e)
+                    || self.dwell_blocks(e, e.target_kib + grant, now)
+                {
                     continue;
                 }
                 let d = host.domain(e.domid).expect("from this host");
-                self.write(io, d, i, now, "rebalance")?;
+                self.plan_write(
+                    &mut writes,
+                    d,
+                    e.target_kib + grant,
+                    now,
+                    "hand on freed memory",
+                );
+                spare -= grant;
                 wrote = true;
             }
-            // A driver within twice its inaccuracy of its target has nothing left to do (as
-            // the tracker judges it: it may stop that short on a real host, which rounds to
-            // whole pages), and one that has not moved for the grace period changes nothing
-            // by being waited for.
-            let grace = self.options.grace_s;
-            let settled = limited.iter().all(|(e, is_limited)| {
-                *is_limited
-                    || (e.memory_actual_kib - e.target_kib).abs() <= 2 * e.inaccuracy_kib
-                    || self
-                        .tracker
-                        .get(e.domid)
-                        .and_then(|t| t.stalled_since)
-                        .is_some_and(|s| now - s >= grace)
-            });
-            if !wrote && settled {
-                if !success(host.free_mem_kib) {
-                    debug!(
-                        "balanced as far as possible: {} KiB free, aiming for {goal_kib} KiB",
-                        host.free_mem_kib
-                    );
-                }
-                return Ok(());
-            }
-            if now - start > self.options.deadline_s {
-                debug!(
-                    "balancing stopped at its deadline of {} s",
-                    self.options.deadline_s
-                );
-                return Ok(());
-            }
-            io.wait(self.options.poll_s)?;
         }
+        // A driver within twice its inaccuracy of its target has nothing left to do (as
+        // the tracker judges it: it may stop that short on a real host, which rounds to
+        // whole pages), and one that has not moved for the grace period changes nothing
+        // by being waited for.
+        let grace = self.options.grace_s;
+        let settled = limited.iter().all(|(e, is_limited)| {
+            *is_limited
+                || (e.memory_actual_kib - e.target_kib).abs() <= 2 * e.inaccuracy_kib
+                || self
+                    .tracker
+                    .get(e.domid)
+                    .and_then(|t| t.stalled_since)
+                    .is_some_and(|s| now - s >= grace)
+        });
+        if !wrote && settled {
+            if !success(host.free_mem_kib) {
+                debug!(
+                    "balanced as far as possible: {} KiB free, aiming for {goal_kib} KiB",
+                    host.free_mem_kib
+                );
+            }
+            return Ok(Round::ending(writes, Outcome::Done));
+        }
+        if now - start_s > self.options.balance_wait_s {
+            debug!(
+                "balance returns after {} s; the drivers still moving carry on",
+                self.options.balance_wait_s
+            );
+            return Ok(Round::ending(writes, Outcome::Done));
+        }
+        Ok(Round::ending(writes, Outcome::Continue))
     }
 
     /// Whether setting `d`'s target to `target_kib` would reverse the flow of its memory (grow
@@ -644,6 +851,20 @@ impl Adaptive {
         t.last_write_dir == -flow
             && t.last_write_epoch == self.epoch
             && now - t.last_write_time < self.options.dwell_s
+    }
+
+    /// `e`, after flagging every domain it names: a guest blamed for a failed request is
+    /// uncooperative by the time the caller hears of it.
+    fn named(&mut self, e: Error) -> Error {
+        if let Error::DomainsRefusedToCooperate { domids } = &e {
+            let judge = self.options.judge();
+            for &domid in domids {
+                if let Some(t) = self.tracker.get_mut(domid) {
+                    t.blame(&judge);
+                }
+            }
+        }
+        e
     }
 
     /// The error for a request that cannot be met: the domains whose limits stood in the way,
@@ -672,16 +893,16 @@ impl Adaptive {
         }
     }
 
-    /// The error at the deadline: as [`blame`](Self::blame), also naming drivers that are
-    /// still short of their targets.
-    fn blame_late(&self, host: &Host, now: f64, required_kib: Kib) -> Error {
+    /// The error when a request stalls or its deadline passes: as [`blame`](Self::blame),
+    /// or, when no limit stood in the way, the guests the plan counted on (`counted_on`) that
+    /// are still short of their targets.
+    fn blame_late(&self, host: &Host, now: f64, required_kib: Kib, counted_on: &[Domain]) -> Error {
         match self.blame(host, now, required_kib) {
             Error::CannotFreeThisMuchMemory { .. } => {
-                let behind: Vec<DomId> = host
-                    .domains()
+                let behind: Vec<DomId> = counted_on
                     .iter()
                     .rev()
-                    .filter(|d| d.can_balloon && !d.has_hit_target())
+                    .filter(|d| !d.has_hit_target())
                     .map(|d| d.domid)
                     .collect();
                 if behind.is_empty() {
@@ -698,6 +919,123 @@ impl Adaptive {
     }
 }
 
+/// How a goal stands after a round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Met: the operation is over.
+    Done,
+    /// Cannot be met: the operation ends with this error (the domains it names are judged
+    /// uncooperative).
+    Failed(Error),
+    /// Apply the writes, wait a poll interval and look again.
+    Continue,
+}
+
+/// What one round decided: the targets to write, in order, and how the goal stands. Rounds do
+/// no I/O; the loop that drives them writes, waits and looks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Round {
+    /// Balloon targets to set, in order.
+    pub writes: Vec<Action>,
+    /// How the goal stands.
+    pub outcome: Outcome,
+}
+
+impl Round {
+    fn ending(writes: Vec<Action>, outcome: Outcome) -> Self {
+        Round { writes, outcome }
+    }
+}
+
+/// Applies a round's target writes.
+fn apply(io: &mut dyn Io, writes: &[Action]) -> Result<()> {
+    writes.iter().try_for_each(|&a| io.execute_action(a))
+}
+
+/// What an operation aims for (see [`Adaptive::begin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// Free memory until `required_kib` is free and guaranteed to stay free (or, where that
+    /// cannot be reached, until the success condition holds for what could be freed).
+    Free {
+        /// Host free memory to reach, KiB.
+        required_kib: Kib,
+    },
+    /// Hand the memory above `slush_kib` back to the domains.
+    Balance {
+        /// Host free memory to keep (the slush), KiB.
+        slush_kib: Kib,
+    },
+}
+
+/// An operation in progress: its goal and what it carries from round to round.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    goal: Goal,
+    phase: OperationPhase,
+    stillness: Stillness,
+}
+
+impl Operation {
+    /// The goal.
+    pub fn goal(&self) -> Goal {
+        self.goal
+    }
+}
+
+#[derive(Debug, Clone)]
+enum OperationPhase {
+    NotStarted,
+    Freeing(FreeState),
+    Allocating { start: f64 },
+}
+
+/// What a freeing request carries from round to round.
+#[derive(Debug, Clone)]
+struct FreeState {
+    start: f64,
+    headway: Headway,
+    /// Looks in a row whose measured rates predicted the caller's deadline missed.
+    late_looks: u32,
+}
+
+impl FreeState {
+    fn new(host: &Host, now: f64) -> Self {
+        FreeState {
+            start: now,
+            headway: Headway::new(guaranteed_free(host), now),
+            late_looks: 0,
+        }
+    }
+}
+
+/// Whether a freeing request still makes headway: the most memory it has had free and
+/// guaranteed, and since when.
+#[derive(Debug, Clone)]
+struct Headway {
+    best_kib: Kib,
+    since: f64,
+}
+
+impl Headway {
+    fn new(kib: Kib, now: f64) -> Self {
+        Headway {
+            best_kib: kib,
+            since: now,
+        }
+    }
+
+    /// Records `kib` free and guaranteed at `now`; true once no new high has been reached for
+    /// `stall_s` seconds.
+    fn stalled(&mut self, kib: Kib, now: f64, stall_s: f64) -> bool {
+        if kib > self.best_kib {
+            self.best_kib = kib;
+            self.since = now;
+        }
+        now - self.since > stall_s
+    }
+}
+
 /// How a domain's balloon driver has been cooperating.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cooperation {
@@ -708,6 +1046,14 @@ pub struct Cooperation {
     pub uncooperative: bool,
     /// What most recently counted against it.
     pub concern: Option<Concern>,
+}
+
+fn cooperation_of(t: &tracker::Track) -> Cooperation {
+    Cooperation {
+        score_s: t.score_s,
+        uncooperative: t.uncooperative,
+        concern: t.concern,
+    }
 }
 
 /// The smallest target change worth writing for `d`: the configured deadband, or 1/64 of a
@@ -740,4 +1086,22 @@ fn fingerprint(host: &Host) -> u64 {
         (d.domid, d.can_balloon, d.dynamic_min_kib, d.dynamic_max_kib).hash(&mut h);
     }
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headway;
+
+    #[test]
+    fn a_request_stalls_only_after_no_new_high_for_the_stall_time() {
+        // 1 GiB free at 0 s; the stall time is 30 s.
+        let mut h = Headway::new(1 << 20, 0.0);
+        // A new high at 10 s restarts the count.
+        assert!(!h.stalled((1 << 20) + 4, 10.0, 30.0));
+        // Memory taken back and given again is no new high: 30 s after 10 s is still going,
+        // 30.5 s after it the request has stalled.
+        assert!(!h.stalled(1 << 20, 25.0, 30.0));
+        assert!(!h.stalled((1 << 20) + 4, 40.0, 30.0));
+        assert!(h.stalled((1 << 20) + 4, 40.5, 30.0));
+    }
 }

@@ -44,8 +44,10 @@ impl Default for Judge {
     }
 }
 
-/// What most recently counted against a domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What most recently counted against a domain. Serialised (in the diagnostics) as its
+/// [`name`](Concern::name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Concern {
     /// The driver moves, but slower than the minimum acceptable rate.
     TooSlow,
@@ -53,6 +55,18 @@ pub enum Concern {
     NotMoving,
     /// The driver stopped as if at a limit, then moved past it.
     StalledAndResumed,
+}
+
+impl Concern {
+    /// The concern's name, as the diagnostics spell it: `"too-slow"`, `"not-moving"` or
+    /// `"stalled-and-resumed"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Concern::TooSlow => "too-slow",
+            Concern::NotMoving => "not-moving",
+            Concern::StalledAndResumed => "stalled-and-resumed",
+        }
+    }
 }
 
 /// A limit a balloon driver has shown.
@@ -133,6 +147,21 @@ impl Track {
         self.short_since.is_some_and(|s| now - s >= grace_s)
     }
 
+    /// Flags the domain now: a request failed naming it as the guest that would not free
+    /// what it was asked. Its score is raised to the flagging score, so the flag clears by the
+    /// usual hysteresis once the driver does its work.
+    pub fn blame(&mut self, judge: &Judge) {
+        self.score_s = self.score_s.max(judge.flag_at_s);
+        self.uncooperative = true;
+        if self.concern.is_none() {
+            self.concern = Some(if self.moved_since_request {
+                Concern::TooSlow
+            } else {
+                Concern::NotMoving
+            });
+        }
+    }
+
     /// Whether the squeezer should not count on this driver to free memory.
     pub fn unreliable(&self, now: f64, grace_s: f64) -> bool {
         self.floor.is_some() || self.pinned.is_some() || self.lagging(now, grace_s)
@@ -164,6 +193,11 @@ impl Tracker {
     /// The observations for `domid`.
     pub fn get(&self, domid: DomId) -> Option<&Track> {
         self.per_domain.get(&domid)
+    }
+
+    /// Every domain's observations, in domid order.
+    pub fn iter(&self) -> impl Iterator<Item = (DomId, &Track)> {
+        self.per_domain.iter().map(|(&domid, t)| (domid, t))
     }
 
     /// Mutable observations for `domid`.
@@ -321,6 +355,19 @@ mod tests {
             0,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_concern_is_spelt_the_same_in_the_diagnostics_and_by_name() {
+        for c in [
+            Concern::TooSlow,
+            Concern::NotMoving,
+            Concern::StalledAndResumed,
+        ] {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.name()));
+        }
+        assert_eq!(Concern::StalledAndResumed.name(), "stalled-and-resumed");
     }
 
     #[test]

@@ -48,6 +48,7 @@ fn variant(e: &Error) -> &'static str {
         Error::UnknownReservation(_) => "UnknownReservation",
         Error::NoReservation(_) => "NoReservation",
         Error::Cancelled => "Cancelled",
+        Error::DeadlineCannotBeMet { .. } => "DeadlineCannotBeMet",
     }
 }
 

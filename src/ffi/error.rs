@@ -37,6 +37,9 @@ pub const SQZ_ERR_INTERNAL: sqz_status = 10;
 /// The caller stopped the call before it finished: through `sqz_cancel_request`, or a
 /// progress callback returning non-zero. Nothing was reserved.
 pub const SQZ_ERR_CANCELLED: sqz_status = 11;
+/// The caller's deadline cannot be met: the balloon rates the guests have shown predict the
+/// memory free only after it (the message says when), or it passed. Nothing was reserved.
+pub const SQZ_ERR_DEADLINE: sqz_status = 12;
 
 /// Why a C call failed: a library error, or one of the two failures only the C layer has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +72,7 @@ impl Failure {
                 Error::UnknownReservation(_) => SQZ_ERR_UNKNOWN_RESERVATION,
                 Error::NoReservation(_) => SQZ_ERR_NO_RESERVATION,
                 Error::Cancelled => SQZ_ERR_CANCELLED,
+                Error::DeadlineCannotBeMet { .. } => SQZ_ERR_DEADLINE,
             },
             Failure::BufferTooSmall(_) => SQZ_ERR_BUFFER_TOO_SMALL,
             Failure::Internal(_) => SQZ_ERR_INTERNAL,
@@ -236,6 +240,7 @@ pub extern "C" fn sqz_status_name(status: sqz_status) -> *const c_char {
             SQZ_ERR_BUFFER_TOO_SMALL => c"SQZ_ERR_BUFFER_TOO_SMALL",
             SQZ_ERR_INTERNAL => c"SQZ_ERR_INTERNAL",
             SQZ_ERR_CANCELLED => c"SQZ_ERR_CANCELLED",
+            SQZ_ERR_DEADLINE => c"SQZ_ERR_DEADLINE",
             _ => c"SQZ_ERR_UNKNOWN",
         };
         name.as_ptr()

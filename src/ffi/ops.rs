@@ -25,6 +25,8 @@ pub(crate) struct SqueezerState {
     pub(crate) balancer: Balancer,
     /// The `now` of the last `sqz_squeezer_step`, which may never go backwards.
     pub(crate) last_step_now: Option<f64>,
+    /// The adaptive operation single steps are driving, if one is under way.
+    pub(crate) adaptive_op: Option<crate::adaptive::Operation>,
 }
 
 impl super::handle::Tagged for SqueezerState {
@@ -166,6 +168,7 @@ pub unsafe extern "C" fn sqz_squeezer_new(
         let h = Handle::into_raw(SqueezerState {
             balancer,
             last_step_now: None,
+            adaptive_op: None,
         });
         // SAFETY: checked non-NULL above.
         unsafe { write_out(out, "out", h.cast::<sqz_squeezer>()) }

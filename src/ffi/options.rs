@@ -200,8 +200,10 @@ pub unsafe extern "C" fn sqz_options_set_policy(o: *mut sqz_options, policy: i32
     })
 }
 
-/// Sets the longest an operation of the adaptive policy may take, in seconds (default 120);
-/// the classic policy, like squeezed, has no deadline. Errors: `o` NULL, or `seconds` not a
+/// Gives every freeing request of the adaptive policy a deadline, in seconds: it fails once the
+/// deadline passes. By default there is none: a request lasts as long as the guests it counts
+/// on make progress (see `docs/adaptive.md`). The classic policy, like squeezed, has no
+/// deadline. Errors: `o` NULL, or `seconds` not a
 /// finite positive number → `SQZ_ERR_INVALID_ARGUMENT`, options unchanged.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_options_set_deadline(o: *mut sqz_options, seconds: f64) -> sqz_status {

@@ -3,10 +3,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void, CString};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::model::{DomId, Kib};
-use crate::platform::{Clock, DomainInfo, Hypervisor, PhysInfo, Store, StoreOps, Watch};
+use crate::platform::{
+    Clock, DomainInfo, Hypervisor, PhysInfo, SteadyTime, Store, StoreOps, Watch,
+};
 use crate::Error;
 
 use super::error::{invalid, sqz_status, Failure};
@@ -284,8 +285,9 @@ pub struct sqz_platform {
             out: *mut sqz_strings,
         ) -> i32,
     >,
-    /// Seconds since an arbitrary origin, never going backwards (a bad value is ignored and the
-    /// last good one used). Required.
+    /// Seconds since an arbitrary origin, never going backwards (a value that is not finite is
+    /// ignored; a step back counts as no time passing, and time carries on from there).
+    /// Required.
     pub now: Option<unsafe extern "C" fn(ctx: *mut c_void) -> f64>,
     /// Lets `seconds` pass. Required.
     pub sleep: Option<unsafe extern "C" fn(ctx: *mut c_void, seconds: f64)>,
@@ -329,8 +331,8 @@ pub(crate) struct CPlatform {
     directory: StringsFn,
     now: NowFn,
     sleep: SleepFn,
-    /// The last good `now`, as f64 bits.
-    last_now: AtomicU64,
+    /// The caller's clock made steady (see [`SteadyTime`]).
+    steady: parking_lot::Mutex<SteadyTime>,
 }
 
 // SAFETY: the caller promises (see `sqz_platform`) that its callbacks and `ctx` may be used
@@ -417,7 +419,7 @@ impl CPlatform {
             directory: t.directory.ok_or_else(|| need("directory"))?,
             now: t.now.ok_or_else(|| need("now"))?,
             sleep: t.sleep.ok_or_else(|| need("sleep"))?,
-            last_now: AtomicU64::new(0f64.to_bits()),
+            steady: parking_lot::Mutex::new(SteadyTime::new()),
         })
     }
 
@@ -649,15 +651,9 @@ impl Clock for CPlatform {
             // SAFETY: the caller's callback with its ctx.
             unsafe { (self.now)(self.ctx) }
         };
-        let last = f64::from_bits(self.last_now.load(Ordering::Acquire));
-        // The trait cannot report a failure; a bad or backward time keeps the last good one,
-        // which at worst makes stuck-domain detection slower.
-        if t.is_finite() && t >= last {
-            self.last_now.store(t.to_bits(), Ordering::Release);
-            t
-        } else {
-            last
-        }
+        // The trait cannot report a failure: a bad reading is ignored, and a step back counts
+        // as no time passing (keeping the last reading would freeze time for the whole step).
+        self.steady.lock().read(t)
     }
 
     fn sleep(&self, seconds: f64) {

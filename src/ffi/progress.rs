@@ -69,10 +69,17 @@ pub struct sqz_reserve_options {
     pub ctx: *mut c_void,
     /// Stops the reservation when requested, or NULL.
     pub cancel: *mut sqz_cancel,
+    /// A deadline in seconds from the start of the call; 0 for none. Under the adaptive
+    /// policy the reservation fails with `SQZ_ERR_DEADLINE` as soon as the guests' measured
+    /// balloon rates predict it cannot be met (the message says when the memory would be
+    /// free); under the classic policy when it passes. Added after the first layout: read
+    /// only when `struct_size` covers it.
+    pub deadline_s: f64,
 }
 
 crate::ffi::abi::frozen_v1!(
-    /// The size of the first published `sqz_reserve_options`; smaller sizes are refused.
+    /// The size of the first published `sqz_reserve_options` (everything before `deadline_s`):
+    /// callers built against it pass this size and get no deadline; smaller sizes are refused.
     RESERVE_OPTIONS_SIZE_V1 = sqz_reserve_options [32] {
         struct_size @ 0, progress @ 8, ctx @ 16, cancel @ 24,
     }
@@ -121,6 +128,13 @@ pub unsafe extern "C" fn sqz_cancel_free(c: *mut sqz_cancel) {
     guard::value((), || unsafe { Handle::free(cancel_handle(c)) })
 }
 
+/// The fields of the first published layout of `sqz_reserve_options`.
+struct V1 {
+    progress: sqz_progress_fn,
+    ctx: *mut c_void,
+    cancel: *mut sqz_cancel,
+}
+
 /// Runs `f` with the Rust options `opts` describes (NULL: none).
 ///
 /// # Safety
@@ -130,18 +144,44 @@ unsafe fn with_options<T>(
     opts: *const sqz_reserve_options,
     f: impl FnOnce(ReserveOptions<'_>) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
-    // SAFETY: the caller passes NULL or valid options.
-    let Some(o) = (unsafe { opts.as_ref() }) else {
+    if opts.is_null() {
         return f(ReserveOptions::default());
-    };
-    if (o.struct_size as usize) < RESERVE_OPTIONS_SIZE_V1 {
+    }
+    if !(opts as usize).is_multiple_of(std::mem::align_of::<sqz_reserve_options>()) {
+        return Err(invalid("options is not aligned for sqz_reserve_options"));
+    }
+    // Fields are read one by one: a caller built against the first layout has a shorter
+    // struct, so no reference to the whole of it may be made.
+    // SAFETY: not NULL and aligned; struct_size is the first field of every layout.
+    let struct_size = unsafe { std::ptr::addr_of!((*opts).struct_size).read() } as usize;
+    if struct_size < RESERVE_OPTIONS_SIZE_V1 {
         return Err(invalid(format!(
-            "options->struct_size {} is smaller than sizeof(sqz_reserve_options) = \
-             {RESERVE_OPTIONS_SIZE_V1}",
-            o.struct_size
+            "options->struct_size {struct_size} is smaller than the first published \
+             sizeof(sqz_reserve_options) = {RESERVE_OPTIONS_SIZE_V1}"
         )));
     }
+    // SAFETY: the first layout is there (checked above).
+    let o = unsafe {
+        V1 {
+            progress: std::ptr::addr_of!((*opts).progress).read(),
+            ctx: std::ptr::addr_of!((*opts).ctx).read(),
+            cancel: std::ptr::addr_of!((*opts).cancel).read(),
+        }
+    };
     let mut options = ReserveOptions::default();
+    if struct_size >= std::mem::offset_of!(sqz_reserve_options, deadline_s) + 8 {
+        // SAFETY: the caller's struct_size says the field is there.
+        let d = unsafe { std::ptr::addr_of!((*opts).deadline_s).read() };
+        if d != 0.0 {
+            if !(d.is_finite() && d > 0.0) {
+                return Err(invalid(format!(
+                    "options->deadline_s must be 0 (none) or a positive number of seconds, \
+                     not {d}"
+                )));
+            }
+            options.deadline_s = Some(d);
+        }
+    }
     if !o.cancel.is_null() {
         // SAFETY: not NULL; the caller promises a live handle.
         options.cancel = Some(unsafe { token(o.cancel) }?);

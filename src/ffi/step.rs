@@ -1,6 +1,7 @@
 //! One squeezer iteration at a time, for callers that drive everything from their own event
 //! loop (libxl): host snapshot in, verdict, targets and maxmems out. The caller applies the
 //! targets and maxmems, waits about a second (`SQZ_ITERATION_WAIT_SECONDS`), and steps again.
+//! A classic squeezer runs squeezed's iteration; an adaptive one runs an adaptive round.
 
 use std::ffi::c_void;
 
@@ -57,7 +58,9 @@ pub struct sqz_step_result {
     pub struct_size: u32,
     /// Out: one of `SQZ_VERDICT_*`.
     pub verdict: sqz_verdict,
-    /// Targets to set (only with `SQZ_VERDICT_ADJUST_TARGETS`), in the order squeezed sets them.
+    /// Targets to set, in the order squeezed sets them: classic only with
+    /// `SQZ_VERDICT_ADJUST_TARGETS`; adaptive with any verdict (set them whatever it is), at
+    /// most one per domain.
     pub actions: *mut sqz_action,
     /// Capacity of `actions`, in entries.
     pub actions_cap: usize,
@@ -108,7 +111,9 @@ unsafe fn copy_out<T: Copy>(items: &[T], out: *mut T) {
 /// first published layout, a duplicate or negative domid, or a bad `now` →
 /// `SQZ_ERR_INVALID_ARGUMENT`; a bad memory value → `SQZ_ERR_INVALID_MEMORY_VALUE`; a buffer
 /// too small → `SQZ_ERR_BUFFER_TOO_SMALL` with the three `*_len` set to what is needed and the
-/// squeezer unchanged (so the same step can be retried with larger buffers).
+/// squeezer unchanged (so the same step can be retried with larger buffers). With the adaptive
+/// policy, an operation that ends without blaming a domain for not moving (a deadline, a host
+/// where nothing moves) is that error's status, with the verdict `SQZ_VERDICT_FAILED`.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn sqz_squeezer_step(
@@ -174,26 +179,43 @@ pub unsafe extern "C" fn sqz_squeezer_step(
                 }
             }
             // Work on a copy so that a buffer too small leaves the squeezer as it was.
-            let mut next = classic(st)?.clone();
-            let it = next.one_iteration(&host, host_target_kib, &mut success, now)?;
-            let maxmem: Vec<sqz_maxmem> = crate::driver::maxmem_after(&host, &it)
-                .into_iter()
-                .map(|(domid, maxmem_kib)| sqz_maxmem { domid, maxmem_kib })
-                .collect();
-            let (verdict, actions, blamed) = match &it.verdict {
-                Verdict::Success => (SQZ_VERDICT_SUCCESS, Vec::new(), Vec::new()),
-                Verdict::Failed(d) => (SQZ_VERDICT_FAILED, Vec::new(), d.clone()),
-                Verdict::AdjustTargets(a) => (
-                    SQZ_VERDICT_ADJUST_TARGETS,
-                    a.iter()
-                        .map(|a| sqz_action {
-                            domid: a.domid,
-                            new_target_kib: a.new_target_kib,
-                        })
-                        .collect(),
-                    Vec::new(),
-                ),
+            let mut decided = if st.balancer.adaptive().is_some() {
+                adaptive_step(st, &host, host_target_kib, &mut success, now)?
+            } else {
+                let mut next = classic(st)?.clone();
+                let it = next.one_iteration(&host, host_target_kib, &mut success, now)?;
+                let maxmem = crate::driver::maxmem_after(&host, &it);
+                let (verdict, actions, blamed) = match &it.verdict {
+                    Verdict::Success => (SQZ_VERDICT_SUCCESS, Vec::new(), Vec::new()),
+                    Verdict::Failed(d) => (SQZ_VERDICT_FAILED, Vec::new(), d.clone()),
+                    Verdict::AdjustTargets(a) => {
+                        (SQZ_VERDICT_ADJUST_TARGETS, a.clone(), Vec::new())
+                    }
+                };
+                Decided {
+                    verdict,
+                    actions,
+                    maxmem,
+                    blamed,
+                    next: Next::Classic(Box::new(next)),
+                    error: None,
+                }
             };
+            let verdict = decided.verdict;
+            let actions: Vec<sqz_action> = decided
+                .actions
+                .iter()
+                .map(|a| sqz_action {
+                    domid: a.domid,
+                    new_target_kib: a.new_target_kib,
+                })
+                .collect();
+            let maxmem: Vec<sqz_maxmem> = decided
+                .maxmem
+                .iter()
+                .map(|&(domid, maxmem_kib)| sqz_maxmem { domid, maxmem_kib })
+                .collect();
+            let blamed = std::mem::take(&mut decided.blamed);
             r.verdict = verdict;
             r.actions_len = actions.len();
             r.maxmem_len = maxmem.len();
@@ -227,9 +249,20 @@ pub unsafe extern "C" fn sqz_squeezer_step(
                 copy_out(&maxmem, r.maxmem);
                 copy_out(&blamed, r.blamed_domids);
             }
-            *classic(st)? = next;
+            match decided.next {
+                Next::Classic(next) => *classic(st)? = *next,
+                Next::Adaptive(next, op) => {
+                    if let Some(a) = st.balancer.adaptive() {
+                        *a = *next;
+                    }
+                    st.adaptive_op = op;
+                }
+            }
             st.last_step_now = Some(now);
-            Ok(())
+            match decided.error {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            }
         };
         // SAFETY: the caller passes NULL or a live squeezer.
         unsafe { Handle::with(squeezer_handle(s), "squeezer", step) }
@@ -239,7 +272,8 @@ pub unsafe extern "C" fn sqz_squeezer_step(
 /// Tells the squeezer `s` that a new operation starts at `now` (seconds): balloon drivers that
 /// are not stuck get a fresh no-progress clock, so time spent idle between operations does not
 /// count against them. The driver functions do this themselves; event-loop callers call it
-/// before the first `sqz_squeezer_step` of each operation. Errors: `s` NULL or busy, or `now`
+/// before the first `sqz_squeezer_step` of each operation (an adaptive squeezer then starts a
+/// fresh operation at its next step). Errors: `s` NULL or busy, or `now`
 /// not finite or negative → `SQZ_ERR_INVALID_ARGUMENT`.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_squeezer_begin_operation(
@@ -255,10 +289,99 @@ pub unsafe extern "C" fn sqz_squeezer_begin_operation(
         // SAFETY: the caller passes NULL or a live squeezer.
         unsafe {
             Handle::with(squeezer_handle(s), "squeezer", |st| {
+                if st.balancer.adaptive().is_some() {
+                    // The next step starts a fresh operation.
+                    st.adaptive_op = None;
+                    return Ok(());
+                }
                 classic(st)?.begin_call(now);
                 Ok(())
             })
         }
+    })
+}
+
+/// What one step decided, before it is copied out and kept.
+struct Decided {
+    verdict: sqz_verdict,
+    actions: Vec<crate::model::Action>,
+    maxmem: Vec<(crate::model::DomId, crate::model::Kib)>,
+    blamed: Vec<crate::model::DomId>,
+    next: Next,
+    /// The step's error, reported once its state is kept (an adaptive operation that ended
+    /// otherwise than done or blamed, e.g. a caller's deadline).
+    error: Option<crate::Error>,
+}
+
+/// The squeezer state after the step.
+enum Next {
+    Classic(Box<crate::Squeezer>),
+    Adaptive(
+        Box<crate::adaptive::Adaptive>,
+        Option<crate::adaptive::Operation>,
+    ),
+}
+
+/// One adaptive round, on copies of the squeezer and of its operation under way (a step with a
+/// new goal, or after `sqz_squeezer_begin_operation` or the end of the last one, starts one).
+/// Targets may come with any verdict (a growth request withdrawn as the operation ends), one
+/// per domain; maxmem follows each domain's target.
+fn adaptive_step(
+    st: &mut super::ops::SqueezerState,
+    host: &Host,
+    host_target_kib: crate::model::Kib,
+    success: &mut dyn FnMut(crate::model::Kib) -> bool,
+    now: f64,
+) -> Result<Decided, Failure> {
+    use crate::adaptive::{Goal, Outcome};
+    let goal = Goal::Free {
+        required_kib: host_target_kib,
+    };
+    let op = st.adaptive_op.clone().filter(|op| op.goal() == goal);
+    let Some(a) = st.balancer.adaptive() else {
+        return Err(invalid("not an adaptive squeezer"));
+    };
+    let mut next = a.clone();
+    let mut op = match op {
+        Some(op) => op,
+        None => next.begin(goal)?,
+    };
+    let round = next.step(&mut op, host, now, success)?;
+    // The last target written for a domain is the one that counts.
+    let mut actions: Vec<crate::model::Action> = Vec::new();
+    for w in round.writes {
+        actions.retain(|a| a.domid != w.domid);
+        actions.push(w);
+    }
+    let maxmem = host
+        .domains()
+        .iter()
+        .map(|d| {
+            let target = actions
+                .iter()
+                .find(|a| a.domid == d.domid)
+                .map_or(d.target_kib, |a| a.new_target_kib);
+            (d.domid, target)
+        })
+        .collect();
+    let (verdict, blamed, error, op) = match round.outcome {
+        Outcome::Continue => (SQZ_VERDICT_ADJUST_TARGETS, Vec::new(), None, Some(op)),
+        Outcome::Done => (SQZ_VERDICT_SUCCESS, Vec::new(), None, None),
+        Outcome::Failed(crate::Error::DomainsRefusedToCooperate { domids }) => {
+            (SQZ_VERDICT_FAILED, domids, None, None)
+        }
+        Outcome::Failed(crate::Error::CannotFreeThisMuchMemory { .. }) => {
+            (SQZ_VERDICT_FAILED, Vec::new(), None, None)
+        }
+        Outcome::Failed(e) => (SQZ_VERDICT_FAILED, Vec::new(), Some(e), None),
+    };
+    Ok(Decided {
+        verdict,
+        actions,
+        maxmem,
+        blamed,
+        next: Next::Adaptive(Box::new(next), op),
+        error,
     })
 }
 

@@ -58,10 +58,17 @@ def test_adaptive_fails_a_request_that_needs_the_trickler_naming_it():
         assert sim.time < 60.0
 
 
-def test_single_steps_need_the_classic_policy():
+def test_single_steps_run_adaptive_rounds_too():
+    # One guest of 1..4 GiB holding 4 GiB, nothing free, 1 GiB wanted: the first round asks
+    # it for 1 GiB and twice its 4 KiB inaccuracy (8 KiB) more.
+    gib = 1024 * 1024
+    d = sq.Domain(1, True, gib, 4 * gib, 4 * gib, 4 * gib, 4 * gib)
     with sq.Squeezer(sq.Options(policy=sq.POLICY_ADAPTIVE)) as s:
-        with pytest.raises(sq.Unsupported, match="classic policy"):
-            s.begin_operation(0.0)
+        s.begin_operation(0.0)
+        r = s.step([d], 0, gib, 0.0)
+        assert r.verdict == sq.VERDICT_ADJUST_TARGETS
+        assert r.actions == [(1, 3 * gib - 8)]
+        assert r.maxmem == [(1, 3 * gib - 8)]
 
 
 def test_unknown_policies_and_bad_deadlines_are_refused():

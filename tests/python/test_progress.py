@@ -114,3 +114,20 @@ def test_the_diagnostics_validate_against_the_published_schema(slow):
     del diag["counters"]["target_writes"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(diag, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_a_deadline_the_guest_cannot_meet_raises_early_saying_when(slow):
+    host, service, _ = slow
+    # 840 MiB at 64 MiB/s is about 13 s, against a 3 s deadline.
+    seen = []
+    with pytest.raises(squeeze.DeadlineCannotBeMet, match="deadline of 3.0 s cannot be met"):
+        service.reserve_memory(
+            "xenopsd", 3 * GIB + 512 * MIB, progress=seen.append, deadline=3.0
+        )
+    # It said so before the deadline passed.
+    assert seen and seen[-1].elapsed_s < 3.0
+    with pytest.raises(squeeze.InvalidArgument):
+        service.reserve_memory("xenopsd", GIB, deadline=0)
+    # A deadline the guest can meet changes nothing.
+    rid, got = service.reserve_memory_range("xenopsd", GIB, GIB, deadline=60.0)
+    assert len(rid) == 36 and got == GIB

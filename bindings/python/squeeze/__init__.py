@@ -30,6 +30,7 @@ __all__ = [
     "Cooperation",
     "DOMAIN_ZERO_BALLOON",
     "DOMAIN_ZERO_FIXED",
+    "DeadlineCannotBeMet",
     "Domain",
     "DomainZero",
     "DomainsRefusedToCooperate",
@@ -152,10 +153,18 @@ class Cancelled(SqueezeError):
     status = 11
 
 
+class DeadlineCannotBeMet(SqueezeError):
+    """SQZ_ERR_DEADLINE: the caller's deadline cannot be met at the balloon rates the guests
+    have shown (the message says when the memory would be free), or it passed; nothing was
+    reserved."""
+
+    status = 12
+
+
 _BY_STATUS = {
     cls.status: cls
     for cls in (InvalidArgument, InvalidMemoryValue, BackendError, Unsupported, BufferTooSmall,
-                InternalError, Cancelled)
+                InternalError, Cancelled, DeadlineCannotBeMet)
 }
 # UnknownReservation and NoReservation are raised by the Service methods, which know the id or
 # domid the error is about.
@@ -308,12 +317,13 @@ CONCERNS = {0: None, 1: "too slow", 2: "not moving", 3: "stalled and resumed"}
 @dataclass
 class Options:
     """Squeezer options: ``fistpoints`` (FIST_* flags), ``stuck_after_seconds``, ``policy``
-    (POLICY_CLASSIC or POLICY_ADAPTIVE) and the adaptive policy's ``deadline_s``."""
+    (POLICY_CLASSIC or POLICY_ADAPTIVE) and the adaptive policy's ``deadline_s`` (None, the
+    default, for no deadline: a request lasts as long as its guests make progress)."""
 
     fistpoints: int = 0
     stuck_after_seconds: float = 5.0
     policy: int = POLICY_CLASSIC
-    deadline_s: float = 120.0
+    deadline_s: Optional[float] = None
 
 
 @dataclass
@@ -347,7 +357,9 @@ class _OptionsHandle:
             if isinstance(policy, bool) or not isinstance(policy, int) or not -2**31 <= policy < 2**31:
                 raise InvalidArgument(f"policy must be POLICY_CLASSIC or POLICY_ADAPTIVE, not {policy!r}")
             _check(lib.sqz_options_set_policy(self.ptr, policy))
-            _check(lib.sqz_options_set_deadline(self.ptr, _seconds("deadline_s", self.options.deadline_s)))
+            if self.options.deadline_s is not None:
+                deadline = _seconds("deadline_s", self.options.deadline_s)
+                _check(lib.sqz_options_set_deadline(self.ptr, deadline))
         except BaseException:
             lib.sqz_options_free(self.ptr)
             raise
@@ -632,7 +644,8 @@ class Squeezer(_Handle):
         now: float,
         success: Optional[Callable[[int], bool]] = None,
     ) -> StepResult:
-        """One iteration on a host snapshot, for callers with their own event loop."""
+        """One iteration (classic) or round (adaptive) on a host snapshot, for callers with
+        their own event loop; see ``sqz_squeezer_step`` in docs/c-api.md."""
         n = len(domains)
         arr = (_native.sqz_domain * max(n, 1))(*(d._unweighted("step")._to_c() for d in domains))
         actions = (_native.sqz_action * max(n, 1))()
@@ -1019,12 +1032,15 @@ class CancelToken(_Handle):
 class _ReserveCall:
     """The C options for one reservation, and the Python exception its callback raised."""
 
-    def __init__(self, progress, cancel):
+    def __init__(self, progress, cancel, deadline=None):
         self.error = None
         self._progress = progress
         self.c_options = None
-        if progress is None and cancel is None:
+        if progress is None and cancel is None and deadline is None:
             return
+        deadline_s = 0.0 if deadline is None else _seconds("deadline", deadline)
+        if deadline is not None and deadline_s <= 0.0:
+            raise InvalidArgument(f"deadline must be a positive number of seconds, not {deadline!r}")
         if cancel is not None and not isinstance(cancel, CancelToken):
             raise TypeError(f"cancel must be a squeeze.CancelToken, not {type(cancel).__name__}")
         self._callback = _native.PROGRESS_FN(self._on_progress) if progress else _native.PROGRESS_FN()
@@ -1033,6 +1049,7 @@ class _ReserveCall:
             self._callback,
             None,
             cancel._ptr() if cancel is not None else None,
+            deadline_s,
         )
 
     def _on_progress(self, _ctx, p):
@@ -1184,16 +1201,20 @@ class Service(_Handle):
         kib: int,
         progress: Optional[Callable[[Progress], Optional[bool]]] = None,
         cancel: Optional[CancelToken] = None,
+        deadline: Optional[float] = None,
     ) -> str:
         """Frees ``kib`` KiB and sets it aside; returns the reservation id.
 
         ``progress`` is called with a :class:`Progress` before each wait for the balloon
         drivers (on this thread); returning ``False`` stops the reservation. ``cancel`` lets
         another thread stop it. A stopped reservation raises :class:`Cancelled`; an exception
-        raised by ``progress`` stops it too and is re-raised as :class:`CallbackError`."""
+        raised by ``progress`` stops it too and is re-raised as :class:`CallbackError`.
+        ``deadline`` (seconds; None for none): the reservation raises
+        :class:`DeadlineCannotBeMet` as soon as the guests' measured balloon rates predict it
+        cannot be met (adaptive policy) or when it passes (classic)."""
         buf = ctypes.create_string_buffer(_native.RESERVATION_ID_SIZE)
         s, k = _text("session", session), _kib("kib", kib)
-        call = _ReserveCall(progress, cancel)
+        call = _ReserveCall(progress, cancel, deadline)
         if call.c_options is None:
             status = lib.sqz_reserve_memory(self._ptr(), s, k, buf)
         else:
@@ -1208,14 +1229,15 @@ class Service(_Handle):
         max_kib: int,
         progress: Optional[Callable[[Progress], Optional[bool]]] = None,
         cancel: Optional[CancelToken] = None,
+        deadline: Optional[float] = None,
     ) -> Tuple[str, int]:
         """Frees what the policy gives a domain of ``min_kib..=max_kib``; returns the
-        reservation id and the amount. ``progress`` and ``cancel`` as for
+        reservation id and the amount. ``progress``, ``cancel`` and ``deadline`` as for
         :meth:`reserve_memory`."""
         buf = ctypes.create_string_buffer(_native.RESERVATION_ID_SIZE)
         got = ctypes.c_int64()
         s, lo, hi = _text("session", session), _kib("min_kib", min_kib), _kib("max_kib", max_kib)
-        call = _ReserveCall(progress, cancel)
+        call = _ReserveCall(progress, cancel, deadline)
         if call.c_options is None:
             status = lib.sqz_reserve_memory_range(self._ptr(), s, lo, hi, buf, ctypes.byref(got))
         else:

@@ -104,6 +104,7 @@ class sqz_reserve_options(Structure):
         ("progress", PROGRESS_FN),
         ("ctx", c_void_p),
         ("cancel", c_void_p),
+        ("deadline_s", c_double),
     ]
 
 
