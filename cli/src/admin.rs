@@ -1,5 +1,6 @@
 //! Status and manual repair of a host's memory service: `squeeze status`, `reserve`,
-//! `transfer`, `delete` and `balance`.
+//! `transfer`, `delete` and `balance` (`squeeze daemon`, which keeps balancing, is in
+//! `daemon.rs`).
 //!
 //! They work on this host's Xen (libxenctrl and xenstored; the `xen` feature) or, with
 //! `--fake DIR`, on a fake host directory shared with the library's `squeeze-fake` tool.
@@ -15,6 +16,8 @@ use squeeze::platform::Platform;
 use squeeze::progress::ReserveOptions;
 use squeeze::service::{Service, ServiceConfig};
 use squeeze::{DomId, Error, Kib};
+
+use crate::daemon::{self, DaemonState};
 
 /// Which host to work on.
 #[derive(Args)]
@@ -38,6 +41,10 @@ pub enum AdminCommand {
         /// Print the diagnostics document (docs/diagnostics.md) instead of a table.
         #[arg(long)]
         json: bool,
+        /// The pid file of the host's `squeeze daemon` (default /run/squeeze/daemon.pid, or
+        /// DIR/daemon.pid with --fake DIR).
+        #[arg(long, value_name = "PATH")]
+        pid_file: Option<PathBuf>,
     },
     /// Reserve memory for a domain about to be built; prints the reservation id.
     Reserve {
@@ -91,7 +98,21 @@ fn xen_platform() -> Result<Platform, Error> {
     ))
 }
 
-fn open(host: &HostArgs) -> Result<Service, Error> {
+impl HostArgs {
+    /// The fake host directory, when working on one.
+    pub fn fake_dir(&self) -> Option<&std::path::Path> {
+        self.fake.as_deref()
+    }
+}
+
+/// The memory service of the host `host` names.
+pub fn open(host: &HostArgs) -> Result<Service, Error> {
+    let (platform, config) = platform_and_config(host)?;
+    Service::new(platform, config)
+}
+
+/// The platform and service settings of the host `host` names.
+pub fn platform_and_config(host: &HostArgs) -> Result<(Platform, ServiceConfig), Error> {
     let mut config = ServiceConfig::default();
     let platform = match &host.fake {
         Some(dir) => {
@@ -105,7 +126,7 @@ fn open(host: &HostArgs) -> Result<Service, Error> {
     if let Some(lock) = &host.lock {
         config.lock_path = lock.clone();
     }
-    Service::new(platform, config)
+    Ok((platform, config))
 }
 
 fn mib(kib: Kib) -> String {
@@ -113,11 +134,21 @@ fn mib(kib: Kib) -> String {
 }
 
 /// The status table: host figures, then the ledger, then one line per domain (MiB).
-fn status_table(view: &HostView, slush_kib: Kib, out: &mut impl Write) -> std::io::Result<()> {
+fn status_table(
+    view: &HostView,
+    slush_kib: Kib,
+    daemon: &DaemonState,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     writeln!(out, "host total       {:>10} MiB", mib(view.total_kib))?;
     writeln!(out, "host free        {:>10} MiB", mib(view.free_kib))?;
     writeln!(out, "slush            {:>10} MiB", mib(slush_kib))?;
     writeln!(out, "reserved         {:>10} MiB", mib(view.reserved_kib))?;
+    match daemon {
+        DaemonState::Running(Some(pid)) => writeln!(out, "daemon           running (pid {pid})")?,
+        DaemonState::Running(None) => writeln!(out, "daemon           running")?,
+        DaemonState::NotRunning => writeln!(out, "daemon           not running")?,
+    }
     writeln!(out)?;
     if view.reservations.is_empty() {
         writeln!(out, "no reservations")?;
@@ -189,14 +220,19 @@ pub fn run(cmd: &AdminCommand) -> Result<String, String> {
 
 fn run_service(cmd: &AdminCommand) -> Result<String, Error> {
     match cmd {
-        AdminCommand::Status { host, json } => {
+        AdminCommand::Status {
+            host,
+            json,
+            pid_file,
+        } => {
             let service = open(host)?;
             if *json {
                 return service.get_diagnostics().map(|s| s + "\n");
             }
             let view = service.host_view()?;
+            let daemon = daemon::state(&daemon::pid_file_for(host, pid_file.as_deref()));
             let mut out = Vec::new();
-            status_table(&view, service.get_host_reserved_memory(), &mut out)
+            status_table(&view, service.get_host_reserved_memory(), &daemon, &mut out)
                 .map_err(|e| Error::Backend(e.to_string()))?;
             Ok(String::from_utf8_lossy(&out).into_owned())
         }
