@@ -49,6 +49,7 @@ pub mod diagnostics;
 pub mod driver;
 pub mod error;
 pub mod ffi;
+pub mod guest_policy;
 pub mod host;
 mod lockfile;
 pub mod model;

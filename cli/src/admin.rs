@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use squeeze::backend::fake::FakeHost;
+use squeeze::guest_policy::{parse_keys, resolve, PolicyKeys, HOST_PREFIX, VM_PREFIX};
 use squeeze::host::HostView;
 use squeeze::platform::Platform;
 use squeeze::progress::ReserveOptions;
@@ -84,6 +85,40 @@ pub enum AdminCommand {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Write a domain's ballooning policy (dynamic range, weight) from its xl config and the
+    /// host-wide defaults in xl.conf, for toolstacks that write none (see docs/xen.md).
+    GuestPolicy {
+        #[command(flatten)]
+        host: HostArgs,
+        /// The domain.
+        domid: DomId,
+        /// Its `memory`, in MiB (the target it was built with).
+        #[arg(long, value_name = "MIB")]
+        memory: i64,
+        /// Its `maxmem`, in MiB (default: its memory).
+        #[arg(long, value_name = "MIB")]
+        maxmem: Option<i64>,
+        /// Its xl config file (keys squeeze_dynamic_min, squeeze_dynamic_max, squeeze_weight).
+        #[arg(long, value_name = "FILE")]
+        vm_config: Option<PathBuf>,
+        /// The host-wide defaults (keys squeeze_default_*; default /etc/xen/xl.conf when it
+        /// exists and no --fake is given).
+        #[arg(long, value_name = "FILE")]
+        xl_conf: Option<PathBuf>,
+    },
+}
+
+/// Where xl keeps its global settings, and squeeze its host-wide guest defaults.
+const XL_CONF: &str = "/etc/xen/xl.conf";
+
+fn read_keys(path: Option<&std::path::Path>, prefix: &str) -> Result<PolicyKeys, Error> {
+    let Some(path) = path else {
+        return Ok(PolicyKeys::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+    parse_keys(&text, prefix)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
 }
 
 #[cfg(feature = "xen")]
@@ -273,5 +308,39 @@ fn run_service(cmd: &AdminCommand) -> Result<String, Error> {
             .delete_reservation(session, id)
             .map(|()| String::new()),
         AdminCommand::Balance { host } => open(host)?.balance_memory().map(|()| String::new()),
+        AdminCommand::GuestPolicy {
+            host,
+            domid,
+            memory,
+            maxmem,
+            vm_config,
+            xl_conf,
+        } => {
+            let xl_conf = xl_conf.clone().or_else(|| {
+                let default = PathBuf::from(XL_CONF);
+                (host.fake.is_none() && default.exists()).then_some(default)
+            });
+            let vm = read_keys(vm_config.as_deref(), VM_PREFIX)?;
+            let defaults = read_keys(xl_conf.as_deref(), HOST_PREFIX)?;
+            let to_kib = |m: i64, what: &str| {
+                m.checked_mul(1024)
+                    .ok_or_else(|| Error::InvalidMemoryValue(format!("{what} of {m} MiB")))
+            };
+            let memory_kib = to_kib(*memory, "memory")?;
+            let maxmem_kib = to_kib(maxmem.unwrap_or(*memory), "maxmem")?;
+            let policy = resolve(&vm, &defaults, memory_kib, maxmem_kib)?;
+            open(host)?.set_guest_policy(*domid, &policy)?;
+            Ok(format!(
+                "domain {domid}: dynamic-min {} MiB, dynamic-max {} MiB, weight {}, {}\n",
+                mib(policy.dynamic_min_kib),
+                mib(policy.dynamic_max_kib),
+                policy.weight.unwrap_or(1.0),
+                if policy.balloons() {
+                    "ballooned"
+                } else {
+                    "fixed"
+                }
+            ))
+        }
     }
 }

@@ -22,6 +22,7 @@
 pub mod error;
 pub mod fake_host;
 pub(crate) mod guard;
+pub mod guest_policy;
 pub(crate) mod handle;
 pub mod io;
 pub mod log;
@@ -37,6 +38,7 @@ pub mod version;
 
 pub use error::*;
 pub use fake_host::*;
+pub use guest_policy::*;
 pub use io::*;
 pub use log::*;
 pub use ops::*;
