@@ -77,8 +77,9 @@ header:
 	SQUEEZE_BLESS=1 $(CARGO) test --quiet --test ffi_surface the_checked_in_header
 
 ## Installs the shared and static library (with SONAME links), the header and squeeze.pc.
+## FEATURES=xen builds the library with this host's Xen platform (for contrib/xl).
 install:
-	$(CARGO) build --lib $(if $(filter release,$(PROFILE)),--release,)
+	$(CARGO) build --lib $(if $(filter release,$(PROFILE)),--release,) $(if $(FEATURES),--features $(FEATURES),)
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)
 	install -m 755 target/$(PROFILE)/libsqueeze.so $(DESTDIR)$(LIBDIR)/libsqueeze.so.$(VERSION)
 	ln -sf libsqueeze.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libsqueeze.so.$(MAJOR)
