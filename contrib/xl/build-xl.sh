@@ -5,8 +5,7 @@
 #
 #   contrib/xl/build-xl.sh [OUTDIR]          default OUTDIR: ./xl-squeeze; result: OUTDIR/xl
 #
-# Needs: deb-src lines in apt's sources (for `apt-get source`), dpkg-dev, libxen-dev,
-# libyajl-dev, a C compiler, and libsqueeze built with Xen support installed under
+# Needs: network access to the Debian archive, dpkg-dev, libxen-dev, libyajl-dev, a C compiler, and libsqueeze built with Xen support installed under
 # SQUEEZE_PREFIX (default /usr/local): `make install FEATURES=xen PREFIX=/usr/local`.
 # XEN_SRC=DIR uses an unpacked Xen source tree of the same version instead of downloading one.
 set -euo pipefail
@@ -29,11 +28,36 @@ branch=${upstream%.*}             # 4.17
 nm -D "$prefix/lib/libsqueeze.so" | grep -q ' T sqz_set_guest_policy$' ||
   die "$prefix/lib/libsqueeze.so is too old for this patch (no sqz_set_guest_policy)"
 
+# Debian's source package of exactly the installed version. Without deb-src lines in apt's
+# sources, the archive the installed libxen-dev came from is asked alone, with apt's lists
+# in a private directory: the system's apt configuration is left as it is.
+fetch_source() {
+  if (cd "$out" && apt-get source -qq --only-source "xen=$version") >/dev/null 2>&1; then
+    return
+  fi
+  local origin url dist apt
+  origin=$(apt-cache policy libxen-dev | awk -v v="$version" '
+    $1 == "***" && $2 == v { found = 1; next }
+    found && $2 ~ /^(https?|ftp):/ { print $2, $3; exit }
+    found && $1 !~ /^[0-9]+$/ { exit }')
+  [[ -n $origin ]] || die "cannot tell which archive libxen-dev $version came from"
+  url=${origin% *}
+  dist=${origin#* }
+  apt=$out/apt
+  mkdir -p "$apt/lists/partial"
+  echo "deb-src $url ${dist%%/*} ${dist#*/}" >"$apt/sources.list"
+  local opts=(-o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o Dir::State::Lists="$apt/lists")
+  apt-get -qq "${opts[@]}" update >/dev/null ||
+    die "cannot read the source index of $url ${dist%%/*}"
+  (cd "$out" && apt-get -qq "${opts[@]}" source --only-source "xen=$version") >/dev/null ||
+    die "apt-get source xen=$version failed (is dpkg-dev installed?)"
+}
+
 if [[ -z ${XEN_SRC:-} ]]; then
   if ! ls -d "$out"/xen-*/tools/xl >/dev/null 2>&1; then
     echo "build-xl: fetching Debian's source package xen $version"
-    (cd "$out" && apt-get source --only-source "xen=$version") ||
-      die "apt-get source failed: add deb-src lines to apt's sources and run apt-get update"
+    fetch_source
   fi
   XEN_SRC=$(ls -d "$out"/xen-*/ | head -n 1)
 fi
