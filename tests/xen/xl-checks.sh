@@ -69,7 +69,10 @@ wait_booted() { # DOMID
   done
 }
 
-reservations() { xenstore-list /squeezed/state 2>/dev/null | wc -l; }
+sessions() { xenstore-list /squeezed/state 2>/dev/null | wc -l; }
+reservation_of() { xenstore-read "/local/domain/$1/memory/reservation-id" 2>/dev/null; }
+# How many ledger nodes still name reservation $1.
+left_behind() { xenstore-ls -f /squeezed/state 2>/dev/null | grep -c "${1:-none}"; }
 
 stamp "xl checks: clean slate"
 for d in $(xl list | awk 'NR > 1 && $2 != 0 { print $2 }'); do xl destroy "$d"; done
@@ -132,6 +135,7 @@ check "preload xl creates it, guests shrink within their ranges" $? \
   "exit $rc in $took s; guests $m1 + $m2 MiB (range 128..256), free after $free1 MiB (slush $SLUSH_MIB)"
 
 stamp "xl destroy: the daemon grows the guests back"
+rid=$(reservation_of "$(domid_of sqz-new)")
 t0=$(now)
 xl destroy sqz-new
 until { [ "$(target_kib "$d1")" = 262144 ] && [ "$(target_kib "$d2")" = 262144 ] &&
@@ -145,9 +149,12 @@ m2=$(mem_mib sqz-x2)
 [ "$(awk -v t="$took" 'BEGIN { print (t <= 15) }')" = 1 ] && [ "$m1" -ge 252 ] && [ "$m2" -ge 252 ]
 check "after xl destroy the daemon grows the guests back within 15 s" $? \
   "$m1 + $m2 MiB (dynamic-max 256) after $took s"
-n=$(reservations)
-[ "$n" = 0 ]
-check "a destroyed VM leaves no reservation" $? "$n sessions under /squeezed/state"
+n=$(left_behind "$rid")
+s=$(sessions)
+# The two guests' own sessions stay: their reservations went to domains that still live.
+[ -n "$rid" ] && [ "$n" = 0 ] && [ "$s" = 2 ]
+check "a destroyed VM leaves no reservation" $? \
+  "reservation ${rid:-unknown}: $n ledger nodes left; $s sessions (the two guests')"
 
 stamp "three 100 MiB VMs at the same moment (xl's lock not taken: autoballoon is off)"
 t0=$(now)
@@ -173,15 +180,16 @@ for g in sqz-c1 sqz-c2 sqz-c3; do xl destroy "$g" 2>/dev/null; done
 stamp "xl shutdown of a VM created through squeeze"
 xl_ env LD_PRELOAD=$PRELOAD xl create -q /tmp/sqz-new.cfg
 dn=$(domid_of sqz-new)
+rid=$(reservation_of "$dn")
 wait_booted "$dn"
 t0=$(now)
 timeout 90 xl shutdown -w sqz-new >/dev/null 2>&1
 gone=$([ -z "$(domid_of sqz-new)" ] && echo yes || echo no)
 sleep 2
-n=$(reservations)
-[ "$gone" = yes ] && [ "$n" = 0 ]
+n=$(left_behind "$rid")
+[ "$gone" = yes ] && [ -n "$rid" ] && [ "$n" = 0 ] && [ "$(sessions)" = 2 ]
 check "xl shutdown leaves no reservation behind" $? \
-  "domain $dn gone: $gone after $(since "$t0") s; $n sessions under /squeezed/state"
+  "domain $dn gone: $gone after $(since "$t0") s; reservation ${rid:-unknown}: $n ledger nodes left, $(sessions) sessions"
 [ "$gone" = yes ] || xl destroy sqz-new 2>/dev/null
 
 "$SQ" status | head -n 6
