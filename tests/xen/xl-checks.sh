@@ -41,7 +41,12 @@ xl_() {
 }
 
 domid_of() { xl domid "$1" 2>/dev/null; }
-mem_mib() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $3 }'; }
+mem_mib() { # xl list itself sometimes dies under emulation: once more if it printed nothing
+  local m
+  m=$(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $3 }')
+  [ -n "$m" ] || m=$(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $3 }')
+  echo "$m"
+}
 free_mib() { xl info | awk '/^free_memory/ { print $3 }'; }
 target_kib() { xenstore-read "/local/domain/$1/memory/target" 2>/dev/null; }
 
@@ -168,7 +173,10 @@ for job in $(jobs -p); do
 done
 took=$(since "$t0")
 made=0
-for g in sqz-c1 sqz-c2 sqz-c3; do [ -n "$(domid_of "$g")" ] && made=$((made + 1)); done
+for g in sqz-c1 sqz-c2 sqz-c3; do
+  [ -n "$(domid_of "$g")" ] && made=$((made + 1))
+  sed "s/^/    $g: /" "/tmp/$g.log"
+done
 m1=$(mem_mib sqz-x1)
 m2=$(mem_mib sqz-x2)
 xl list
