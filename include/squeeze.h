@@ -1064,6 +1064,27 @@ sqz_status sqz_fake_host_domain(struct sqz_fake_host *f,
 sqz_status sqz_fake_host_free_mem(struct sqz_fake_host *f, int64_t *out);
 
 /**
+ * Writes the ballooning policy of domain `domid`, built with `memory_kib` (its target) and
+ * `maxmem_kib`: its `memory/dynamic-min`, `memory/dynamic-max`, `memory/weight` and, when its
+ * range is more than one point, `control/feature-balloon`.
+ *
+ * `vm_config` is the text of the VM's configuration (xl syntax; its `squeeze_dynamic_min`,
+ * `squeeze_dynamic_max` and `squeeze_weight` keys are used) and `host_config` that of the
+ * host-wide defaults (`/etc/xen/xl.conf`: `squeeze_default_dynamic_min` ...); either may be
+ * NULL. A VM with no key and no default is fixed at `memory_kib`.
+ *
+ * Errors: a NULL service, texts that are not UTF-8, a bad key value or an impossible range
+ * (above `maxmem_kib`, minimum above maximum) → `SQZ_ERR_INVALID_ARGUMENT` naming the key;
+ * impossible sizes → `SQZ_ERR_INVALID_MEMORY_VALUE`. Nothing is written on error.
+ */
+sqz_status sqz_set_guest_policy(struct sqz_service *s,
+                                int32_t domid,
+                                const char *vm_config,
+                                const char *host_config,
+                                int64_t memory_kib,
+                                int64_t maxmem_kib);
+
+/**
  * Sets the host's free memory in KiB, net of reservations (may be negative when more has been
  * promised than is free, down to -2^50). Must be called once in every `make_host`.
  * Errors: `b` NULL or not live → `SQZ_ERR_INVALID_ARGUMENT`; a value beyond ±2^50 →

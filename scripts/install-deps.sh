@@ -10,7 +10,6 @@ APT_NEEDS=(
   "make make"
   "pkg-config pkg-config"
   "/usr/include/xenctrl.h libxen-dev"
-  "/usr/lib/llvm-14/lib/libclang.so libclang-dev"
   "xenstore-read xenstore-utils"
   "readelf binutils"
   "valgrind valgrind"

@@ -52,6 +52,7 @@ pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod ffi;
+pub mod guest_policy;
 pub mod host;
 mod lockfile;
 pub mod model;

@@ -209,13 +209,27 @@ pub fn add(t: &mut dyn StoreOps, layout: &Layout, session: &str, id: &str, kib: 
     t.write(&layout.reservation_path(session, id), &kib.to_string())
 }
 
-/// Deletes a reservation (and its in-transfer marker); unknown ids are an error.
+/// Deletes a reservation (and its in-transfer marker); unknown ids are an error. A session
+/// left without reservations loses its directory too.
 pub fn remove(t: &mut dyn StoreOps, layout: &Layout, session: &str, id: &str) -> Result<()> {
     let path = layout.reservation_path(session, id);
     if !t.exists(&path)? {
         return Err(Error::UnknownReservation(id.to_string()));
     }
-    t.rm(&path)
+    t.rm(&path)?;
+    remove_session_if_empty(t, layout, session)
+}
+
+/// Removes `/squeezed/state/<session>` once it holds nothing. Short-lived clients such as
+/// `xl-<pid>` use a session per process, and nothing ever logs them out: without this each
+/// would leave an empty node behind for good. Logging in again needs no node, so removing it
+/// loses nothing.
+fn remove_session_if_empty(t: &mut dyn StoreOps, layout: &Layout, session: &str) -> Result<()> {
+    let dir = layout.session_dir(session);
+    if t.exists(&dir)? && t.directory(&dir)?.is_empty() {
+        t.rm(&dir)?;
+    }
+    Ok(())
 }
 
 /// Refuses a transfer after which the reservation would stop counting while its memory is
@@ -294,9 +308,7 @@ pub fn drop_untransferred(
             _ => {}
         }
     }
-    if t.directory(&layout.session_dir(session))?.is_empty() {
-        t.rm(&layout.session_dir(session))?;
-    }
+    remove_session_if_empty(t, layout, session)?;
     Ok(dropped)
 }
 
@@ -307,7 +319,7 @@ pub fn release_dead(
     alive: &dyn Fn(DomId) -> bool,
 ) -> Result<Vec<Reservation>> {
     let (all, _) = list(t, layout)?;
-    let mut released = Vec::new();
+    let mut released: Vec<Reservation> = Vec::new();
     for r in all {
         if let Some(domid) = r.in_transfer {
             if !alive(domid) {
@@ -315,6 +327,11 @@ pub fn release_dead(
                 released.push(r);
             }
         }
+    }
+    let mut sessions: Vec<&str> = released.iter().map(|r| r.session.as_str()).collect();
+    sessions.dedup();
+    for session in sessions {
+        remove_session_if_empty(t, layout, session)?;
     }
     Ok(released)
 }
@@ -394,5 +411,66 @@ mod tests {
         .unwrap();
         assert_eq!(dropped.len(), 1);
         assert!(Store::exists(&h, "/squeezed/state/s/b").unwrap());
+    }
+
+    /// The sessions under `/squeezed/state`, read outside any transaction.
+    fn sessions(h: &FakeHost) -> Vec<String> {
+        Store::directory(h, "/squeezed/state").unwrap()
+    }
+
+    #[test]
+    fn an_xl_session_whose_only_reservation_is_deleted_leaves_no_node() {
+        let h = FakeHost::in_memory(FakeConfig::default()).unwrap();
+        let l = Layout::default();
+        h.transaction(&mut |t| {
+            add(t, &l, "xenopsd", "a", 1000)?;
+            add(t, &l, "xl-4242", "b", 307_200)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(sessions(&h), ["xenopsd", "xl-4242"]);
+        h.transaction(&mut |t| remove(t, &l, "xl-4242", "b"))
+            .unwrap();
+        assert_eq!(sessions(&h), ["xenopsd"]);
+        assert!(!Store::exists(&h, "/squeezed/state/xl-4242").unwrap());
+    }
+
+    #[test]
+    fn a_session_keeps_its_node_while_it_still_holds_a_reservation() {
+        let h = FakeHost::in_memory(FakeConfig::default()).unwrap();
+        let l = Layout::default();
+        h.transaction(&mut |t| {
+            add(t, &l, "xl-7", "a", 1000)?;
+            add(t, &l, "xl-7", "b", 2000)?;
+            remove(t, &l, "xl-7", "a")
+        })
+        .unwrap();
+        assert_eq!(sessions(&h), ["xl-7"]);
+        assert_eq!(Store::directory(&h, "/squeezed/state/xl-7").unwrap(), ["b"]);
+    }
+
+    #[test]
+    fn reservations_released_with_their_dead_domains_take_the_empty_sessions_along() {
+        let h = FakeHost::in_memory(FakeConfig::default()).unwrap();
+        let l = Layout::default();
+        // xl-1 transferred to domain 5 (now gone); xl-2 to 5 and 6 (6 lives); xl-3 untouched.
+        h.transaction(&mut |t| {
+            add(t, &l, "xl-1", "a", 100)?;
+            transfer(t, &l, "xl-1", "a", 5)?;
+            add(t, &l, "xl-2", "b", 200)?;
+            transfer(t, &l, "xl-2", "b", 5)?;
+            add(t, &l, "xl-2", "c", 300)?;
+            transfer(t, &l, "xl-2", "c", 6)?;
+            add(t, &l, "xl-3", "d", 400)
+        })
+        .unwrap();
+        let mut released = Vec::new();
+        h.transaction(&mut |t| {
+            released = release_dead(t, &l, &|d| d == 6)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(released.len(), 2);
+        assert_eq!(sessions(&h), ["xl-2", "xl-3"]);
     }
 }

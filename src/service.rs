@@ -28,6 +28,7 @@ use crate::diagnostics::{self, Diagnostics, Operation, Recorder};
 use crate::domain_zero::{self, DomainZeroAnswer, DomainZeroPolicy};
 use crate::driver::{self, Io};
 use crate::error::{Error, Result};
+use crate::guest_policy::{self, GuestPolicy};
 use crate::host::{HostConfig, HostModel, HostView};
 use crate::lockfile;
 use crate::model::{kib, DomId, Kib};
@@ -672,6 +673,31 @@ impl Service {
             .store
             .read(&reservations::reservation_id_path(domid))?
             .ok_or(Error::NoReservation(domid))
+    }
+
+    /// Writes a guest's ballooning policy (its dynamic range, weight and, when it balloons,
+    /// `control/feature-balloon`) for toolstacks that write none, such as xl; see
+    /// [`crate::guest_policy`]. The next balance uses it.
+    pub fn set_guest_policy(&self, domid: DomId, policy: &GuestPolicy) -> Result<()> {
+        check_domid(domid)?;
+        self.with_host(|model| {
+            model
+                .platform()
+                .store
+                .transaction(&mut |t| guest_policy::write(t, domid, policy))
+        })?;
+        info!(
+            "domain {domid}: dynamic range {}..{} KiB, weight {}{}",
+            policy.dynamic_min_kib,
+            policy.dynamic_max_kib,
+            policy.weight.unwrap_or(1.0),
+            if policy.balloons() {
+                ", ballooned"
+            } else {
+                ", fixed"
+            }
+        );
+        Ok(())
     }
 
     /// Hands free memory above the slush back to the domains.

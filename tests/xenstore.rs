@@ -424,6 +424,13 @@ fn reservations_made_by_the_service_are_in_xenstored_where_the_tools_see_them() 
 
     service.delete_reservation(&session, &id).unwrap();
     assert_eq!(tool_opt("xenstore-read", &path), None);
+    // The session held nothing else, so its node went with the reservation: a per-process
+    // session such as xl's leaves nothing behind.
+    assert_eq!(
+        tool_opt("xenstore-read", &format!("/t15/squeezed/state/{session}")),
+        None
+    );
+    assert_eq!(tool("xenstore-list", &["/t15/squeezed/state"]), "");
 }
 
 /// xenstored without watches: what the host model sees from a store that cannot watch, where

@@ -1,5 +1,6 @@
 //! Status and manual repair of a host's memory service: `squeeze status`, `reserve`,
-//! `transfer`, `delete` and `balance`.
+//! `transfer`, `delete` and `balance` (`squeeze daemon`, which keeps balancing, is in
+//! `daemon.rs`).
 //!
 //! They work on this host's Xen (libxenctrl and xenstored; the `xen` feature) or, with
 //! `--fake DIR`, on a fake host directory shared with the library's `squeeze-fake` tool.
@@ -10,11 +11,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use squeeze::backend::fake::FakeHost;
+use squeeze::guest_policy::{parse_keys, resolve, PolicyKeys, HOST_PREFIX, VM_PREFIX};
 use squeeze::host::HostView;
 use squeeze::platform::Platform;
 use squeeze::progress::ReserveOptions;
 use squeeze::service::{Service, ServiceConfig};
 use squeeze::{DomId, Error, Kib};
+
+use crate::daemon::{self, DaemonState};
 
 /// Which host to work on.
 #[derive(Args)]
@@ -38,6 +42,10 @@ pub enum AdminCommand {
         /// Print the diagnostics document (docs/diagnostics.md) instead of a table.
         #[arg(long)]
         json: bool,
+        /// The pid file of the host's `squeeze daemon` (default /run/squeeze/daemon.pid, or
+        /// DIR/daemon.pid with --fake DIR).
+        #[arg(long, value_name = "PATH")]
+        pid_file: Option<PathBuf>,
     },
     /// Reserve memory for a domain about to be built; prints the reservation id.
     Reserve {
@@ -77,6 +85,40 @@ pub enum AdminCommand {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Write a domain's ballooning policy (dynamic range, weight) from its xl config and the
+    /// host-wide defaults in xl.conf, for toolstacks that write none (see docs/xen.md).
+    GuestPolicy {
+        #[command(flatten)]
+        host: HostArgs,
+        /// The domain.
+        domid: DomId,
+        /// Its `memory`, in MiB (the target it was built with).
+        #[arg(long, value_name = "MIB")]
+        memory: i64,
+        /// Its `maxmem`, in MiB (default: its memory).
+        #[arg(long, value_name = "MIB")]
+        maxmem: Option<i64>,
+        /// Its xl config file (keys squeeze_dynamic_min, squeeze_dynamic_max, squeeze_weight).
+        #[arg(long, value_name = "FILE")]
+        vm_config: Option<PathBuf>,
+        /// The host-wide defaults (keys squeeze_default_*; default /etc/xen/xl.conf when it
+        /// exists and no --fake is given).
+        #[arg(long, value_name = "FILE")]
+        xl_conf: Option<PathBuf>,
+    },
+}
+
+/// Where xl keeps its global settings, and squeeze its host-wide guest defaults.
+const XL_CONF: &str = "/etc/xen/xl.conf";
+
+fn read_keys(path: Option<&std::path::Path>, prefix: &str) -> Result<PolicyKeys, Error> {
+    let Some(path) = path else {
+        return Ok(PolicyKeys::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+    parse_keys(&text, prefix)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
 }
 
 #[cfg(feature = "xen")]
@@ -91,7 +133,21 @@ fn xen_platform() -> Result<Platform, Error> {
     ))
 }
 
-fn open(host: &HostArgs) -> Result<Service, Error> {
+impl HostArgs {
+    /// The fake host directory, when working on one.
+    pub fn fake_dir(&self) -> Option<&std::path::Path> {
+        self.fake.as_deref()
+    }
+}
+
+/// The memory service of the host `host` names.
+pub fn open(host: &HostArgs) -> Result<Service, Error> {
+    let (platform, config) = platform_and_config(host)?;
+    Service::new(platform, config)
+}
+
+/// The platform and service settings of the host `host` names.
+pub fn platform_and_config(host: &HostArgs) -> Result<(Platform, ServiceConfig), Error> {
     let mut config = ServiceConfig::default();
     let platform = match &host.fake {
         Some(dir) => {
@@ -105,7 +161,7 @@ fn open(host: &HostArgs) -> Result<Service, Error> {
     if let Some(lock) = &host.lock {
         config.lock_path = lock.clone();
     }
-    Service::new(platform, config)
+    Ok((platform, config))
 }
 
 fn mib(kib: Kib) -> String {
@@ -113,11 +169,21 @@ fn mib(kib: Kib) -> String {
 }
 
 /// The status table: host figures, then the ledger, then one line per domain (MiB).
-fn status_table(view: &HostView, slush_kib: Kib, out: &mut impl Write) -> std::io::Result<()> {
+fn status_table(
+    view: &HostView,
+    slush_kib: Kib,
+    daemon: &DaemonState,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     writeln!(out, "host total       {:>10} MiB", mib(view.total_kib))?;
     writeln!(out, "host free        {:>10} MiB", mib(view.free_kib))?;
     writeln!(out, "slush            {:>10} MiB", mib(slush_kib))?;
     writeln!(out, "reserved         {:>10} MiB", mib(view.reserved_kib))?;
+    match daemon {
+        DaemonState::Running(Some(pid)) => writeln!(out, "daemon           running (pid {pid})")?,
+        DaemonState::Running(None) => writeln!(out, "daemon           running")?,
+        DaemonState::NotRunning => writeln!(out, "daemon           not running")?,
+    }
     writeln!(out)?;
     if view.reservations.is_empty() {
         writeln!(out, "no reservations")?;
@@ -189,14 +255,19 @@ pub fn run(cmd: &AdminCommand) -> Result<String, String> {
 
 fn run_service(cmd: &AdminCommand) -> Result<String, Error> {
     match cmd {
-        AdminCommand::Status { host, json } => {
+        AdminCommand::Status {
+            host,
+            json,
+            pid_file,
+        } => {
             let service = open(host)?;
             if *json {
                 return service.get_diagnostics().map(|s| s + "\n");
             }
             let view = service.host_view()?;
+            let daemon = daemon::state(&daemon::pid_file_for(host, pid_file.as_deref()));
             let mut out = Vec::new();
-            status_table(&view, service.get_host_reserved_memory(), &mut out)
+            status_table(&view, service.get_host_reserved_memory(), &daemon, &mut out)
                 .map_err(|e| Error::Backend(e.to_string()))?;
             Ok(String::from_utf8_lossy(&out).into_owned())
         }
@@ -237,5 +308,39 @@ fn run_service(cmd: &AdminCommand) -> Result<String, Error> {
             .delete_reservation(session, id)
             .map(|()| String::new()),
         AdminCommand::Balance { host } => open(host)?.balance_memory().map(|()| String::new()),
+        AdminCommand::GuestPolicy {
+            host,
+            domid,
+            memory,
+            maxmem,
+            vm_config,
+            xl_conf,
+        } => {
+            let xl_conf = xl_conf.clone().or_else(|| {
+                let default = PathBuf::from(XL_CONF);
+                (host.fake.is_none() && default.exists()).then_some(default)
+            });
+            let vm = read_keys(vm_config.as_deref(), VM_PREFIX)?;
+            let defaults = read_keys(xl_conf.as_deref(), HOST_PREFIX)?;
+            let to_kib = |m: i64, what: &str| {
+                m.checked_mul(1024)
+                    .ok_or_else(|| Error::InvalidMemoryValue(format!("{what} of {m} MiB")))
+            };
+            let memory_kib = to_kib(*memory, "memory")?;
+            let maxmem_kib = to_kib(maxmem.unwrap_or(*memory), "maxmem")?;
+            let policy = resolve(&vm, &defaults, memory_kib, maxmem_kib)?;
+            open(host)?.set_guest_policy(*domid, &policy)?;
+            Ok(format!(
+                "domain {domid}: dynamic-min {} MiB, dynamic-max {} MiB, weight {}, {}\n",
+                mib(policy.dynamic_min_kib),
+                mib(policy.dynamic_max_kib),
+                policy.weight.unwrap_or(1.0),
+                if policy.balloons() {
+                    "ballooned"
+                } else {
+                    "fixed"
+                }
+            ))
+        }
     }
 }

@@ -6,9 +6,10 @@
 //!
 //! `squeeze status`, `reserve`, `transfer`, `delete` and `balance` look at and repair a host's
 //! memory service (see `admin.rs`): this host's Xen when built with the `xen` feature, or a
-//! fake host with `--fake DIR`.
+//! fake host with `--fake DIR`. `squeeze daemon` keeps balancing it (see `daemon.rs`).
 
 mod admin;
+mod daemon;
 mod plot;
 mod scenario;
 
@@ -48,6 +49,9 @@ enum Command {
     },
     #[command(flatten)]
     Admin(admin::AdminCommand),
+    /// Keep the host balanced: on domain and reservation events and periodically, until
+    /// SIGTERM or SIGINT (for hosts without xapi; see contrib/systemd/squeeze.service).
+    Daemon(daemon::DaemonArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
             svg,
             quiet,
         } => simulate(scenario, *policy, csv.as_ref(), svg.as_ref(), *quiet),
+        Command::Daemon(args) => daemon::run(args),
         Command::Admin(cmd) => admin::run(cmd).map(|out| {
             // A closed stdout (`squeeze status | head`) is not worth a panic.
             let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());

@@ -233,3 +233,78 @@ fn status_json_is_the_diagnostics_document_and_validates_against_its_schema() {
         .unwrap();
     assert!(g["target_kib"].as_i64().unwrap() < 2 << 20, "{g}");
 }
+
+#[test]
+fn guest_policy_writes_a_range_from_the_vm_config_and_the_host_defaults() {
+    let dir = fake_host();
+    let fake = FakeHost::open(dir.path()).unwrap();
+    let domid = fake.create_domain(GuestSpec::fixed(1 << 20)).unwrap();
+    let vm = dir.path().join("web.cfg");
+    std::fs::write(&vm, "name = \"web\"\nmemory = 1024\nsqueeze_weight = 2\n").unwrap();
+    let xl_conf = dir.path().join("xl.conf");
+    std::fs::write(
+        &xl_conf,
+        "squeeze = 1\nsqueeze_default_dynamic_min = \"25%\"\n",
+    )
+    .unwrap();
+    let id = domid.to_string();
+    let vm_arg = vm.to_str().unwrap();
+    let conf_arg = xl_conf.to_str().unwrap();
+    let out = squeeze(
+        dir.path(),
+        &[
+            "guest-policy",
+            &id,
+            "--memory",
+            "1024",
+            "--maxmem",
+            "2048",
+            "--vm-config",
+            vm_arg,
+            "--xl-conf",
+            conf_arg,
+        ],
+    );
+    // A quarter of 1024 MiB up to its memory; its own weight.
+    assert_eq!(
+        out,
+        format!(
+            "domain {domid}: dynamic-min 256.0 MiB, dynamic-max 1024.0 MiB, weight 2, ballooned\n"
+        )
+    );
+    let read = |k: &str| {
+        squeeze::platform::Store::read(&fake, &format!("/local/domain/{domid}/{k}")).unwrap()
+    };
+    assert_eq!(read("memory/dynamic-min").as_deref(), Some("262144"));
+    assert_eq!(read("control/feature-balloon").as_deref(), Some("1"));
+
+    // Without keys or defaults: fixed at its memory, no balloon driver claimed.
+    let other = fake.create_domain(GuestSpec::fixed(512 << 10)).unwrap();
+    let out = squeeze(
+        dir.path(),
+        &["guest-policy", &other.to_string(), "--memory", "512"],
+    );
+    assert!(
+        out.ends_with("dynamic-max 512.0 MiB, weight 1, fixed\n"),
+        "{out}"
+    );
+    // A defaults file that cannot be read is an error naming it, and nothing is written.
+    let bad = run(
+        SQUEEZE,
+        &on_fake(
+            dir.path(),
+            &[
+                "guest-policy",
+                &id,
+                "--memory",
+                "1024",
+                "--vm-config",
+                vm_arg,
+                "--xl-conf",
+                "/nonexistent",
+            ],
+        ),
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot read /nonexistent"));
+}

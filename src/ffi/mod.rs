@@ -23,6 +23,7 @@ pub(crate) mod abi;
 pub mod error;
 pub mod fake_host;
 pub(crate) mod guard;
+pub mod guest_policy;
 pub(crate) mod handle;
 pub mod io;
 pub mod log;
@@ -38,6 +39,7 @@ pub mod version;
 
 pub use error::*;
 pub use fake_host::*;
+pub use guest_policy::*;
 pub use io::*;
 pub use log::*;
 pub use ops::*;

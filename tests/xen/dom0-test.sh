@@ -32,6 +32,12 @@ if [ "$rc" != 0 ]; then
   stamp "xl dmesg (tail)"
   xl dmesg | tail -n 40
 fi
+# xl with squeeze (contrib/xl's preload library and `squeeze daemon`), when run.sh built them.
+if [ -x "$T/xl-checks.sh" ] && [ -x "$T/squeeze" ]; then
+  stamp "xl checks"
+  T=$T "$T/xl-checks.sh"
+  stamp "xl checks exited with $?"
+fi
 for d in /var/log/xen/console/guest-*.log; do
   [ -f "$d" ] && { stamp "$d"; tail -n 5 "$d"; }
 done

@@ -351,6 +351,10 @@ PROTOTYPES = {
     "sqz_transfer_reservation_to_domain": (sqz_status, [_opaque, c_char_p, c_char_p, c_int32]),
     "sqz_delete_reservation": (sqz_status, [_opaque, c_char_p, c_char_p]),
     "sqz_query_reservation_of_domain": (sqz_status, [_opaque, c_char_p, c_int32, c_char_p]),
+    "sqz_set_guest_policy": (
+        sqz_status,
+        [_opaque, c_int32, c_char_p, c_char_p, c_int64, c_int64],
+    ),
     "sqz_service_balance_memory": (sqz_status, [_opaque]),
     "sqz_get_host_reserved_memory": (sqz_status, [_opaque, _p(c_int64)]),
     "sqz_get_host_initial_free_memory": (sqz_status, [_opaque, _p(c_int64)]),

@@ -7,7 +7,7 @@
 use std::ffi::{c_char, c_int, c_uint, c_ulong, CStr};
 use std::sync::Mutex;
 
-use xenctrl_sys as xc;
+use super::xc_sys as xc;
 
 use crate::error::{Error, Result};
 use crate::model::{DomId, Kib, MAX_KIB};
@@ -24,7 +24,7 @@ const GETINFO_BATCH: usize = 256;
 const MAX_DOMID: u32 = 0x7FEF;
 
 /// Decodes the fields squeeze uses from one `xc_domaininfo_t`.
-fn decode_domain(info: &xc::xc_domaininfo_t) -> DomainInfo {
+fn decode_domain(info: &xc::XcDomainInfo) -> DomainInfo {
     let flag = |bit: u32| info.flags & bit != 0;
     DomainInfo {
         domid: DomId::from(info.domain),
@@ -32,10 +32,10 @@ fn decode_domain(info: &xc::xc_domaininfo_t) -> DomainInfo {
         max_pages: info.max_pages,
         outstanding_pages: info.outstanding_pages,
         shared_pages: info.shr_pages,
-        dying: flag(xc::XEN_DOMINF_dying),
-        shutdown: flag(xc::XEN_DOMINF_shutdown),
-        paused: flag(xc::XEN_DOMINF_paused),
-        hvm: flag(xc::XEN_DOMINF_hvm_guest),
+        dying: flag(xc::XEN_DOMINF_DYING),
+        shutdown: flag(xc::XEN_DOMINF_SHUTDOWN),
+        paused: flag(xc::XEN_DOMINF_PAUSED),
+        hvm: flag(xc::XEN_DOMINF_HVM_GUEST),
     }
 }
 
@@ -43,11 +43,11 @@ fn decode_domain(info: &xc::xc_domaininfo_t) -> DomainInfo {
 /// (`xc_domain_getinfolist`), one batch at a time: a full batch means there may be more after
 /// its last domain.
 fn list_in_batches(
-    mut fetch: impl FnMut(u32, &mut [xc::xc_domaininfo_t]) -> Result<usize>,
+    mut fetch: impl FnMut(u32, &mut [xc::XcDomainInfo]) -> Result<usize>,
 ) -> Result<Vec<DomainInfo>> {
     let mut out = Vec::new();
     let mut first: u32 = 0;
-    let mut buf = vec![xc::xc_domaininfo_t::default(); GETINFO_BATCH];
+    let mut buf = vec![xc::XcDomainInfo::default(); GETINFO_BATCH];
     loop {
         let n = fetch(first, &mut buf)?.min(GETINFO_BATCH);
         let batch = &buf[..n];
@@ -77,10 +77,10 @@ pub struct XenCtrl {
 }
 
 struct Handle {
-    xch: *mut xc::xc_interface,
+    xch: *mut xc::XcInterface,
     // libxenctrl keeps a pointer to the logger for as long as the interface is open, so the
     // logger lives in a box owned next to the interface and is freed after it is closed.
-    _logger: Box<xc::xentoollog_logger>,
+    _logger: Box<xc::XtlLogger>,
 }
 
 // SAFETY: the interface pointer is only used while the mutex is held, and libxenctrl handles
@@ -107,12 +107,12 @@ impl XenCtrl {
     /// Without a hypervisor (no [`PRIVCMD`] device) this returns [`Error::Unsupported`] saying
     /// so; any other failure libxenctrl reports is [`Error::Backend`] with its message.
     pub fn open() -> Result<Self> {
-        let mut logger = Box::new(xc::xentoollog_logger {
+        let mut logger = Box::new(xc::XtlLogger {
             vmessage: Some(log_vmessage),
             progress: Some(log_progress),
             destroy: Some(log_destroy),
         });
-        let logger_ptr: *mut xc::xentoollog_logger = &mut *logger;
+        let logger_ptr: *mut xc::XtlLogger = &mut *logger;
         // SAFETY: the logger outlives the interface (see `Handle`); 0 asks for a reentrant
         // handle with libxenctrl's default flags.
         let xch = unsafe { xc::xc_interface_open(logger_ptr, logger_ptr, 0) };
@@ -136,7 +136,7 @@ impl XenCtrl {
         })
     }
 
-    fn with<T>(&self, body: impl FnOnce(*mut xc::xc_interface) -> T) -> T {
+    fn with<T>(&self, body: impl FnOnce(*mut xc::XcInterface) -> T) -> T {
         // A poisoned lock only means another caller panicked between calls; the handle itself
         // is still usable.
         let guard = self.handle.lock().unwrap_or_else(|p| p.into_inner());
@@ -165,7 +165,7 @@ impl XenCtrl {
     /// is normal).
     pub fn domain(&self, domid: DomId) -> Result<Option<DomainInfo>> {
         let id = check_domid(domid)?;
-        let mut info = xc::xc_domaininfo_t::default();
+        let mut info = xc::XcDomainInfo::default();
         self.with(|xch| {
             // SAFETY: `info` is one writable entry, and one is asked for.
             let n = unsafe { xc::xc_domain_getinfolist(xch, id, 1, &mut info) };
@@ -180,7 +180,7 @@ impl XenCtrl {
 
     /// Host-wide memory figures.
     pub fn physinfo(&self) -> Result<PhysInfo> {
-        let mut info = xc::xc_physinfo_t::default();
+        let mut info = xc::XcPhysInfo::default();
         self.with(|xch| {
             // SAFETY: `info` is a valid, writable xc_physinfo_t.
             if unsafe { xc::xc_physinfo(xch, &mut info) } != 0 {
@@ -264,7 +264,7 @@ impl XenCtrl {
     fn sharing_counter(
         &self,
         what: &str,
-        call: unsafe extern "C" fn(*mut xc::xc_interface) -> std::ffi::c_long,
+        call: unsafe extern "C" fn(*mut xc::XcInterface) -> std::ffi::c_long,
     ) -> Result<u64> {
         self.with(|xch| {
             // SAFETY: the counter calls only read hypervisor state through the handle.
@@ -296,13 +296,13 @@ impl Hypervisor for XenCtrl {
 }
 
 /// The error libxenctrl recorded for the last failed call on `xch`, or errno.
-fn last_error(xch: *mut xc::xc_interface, what: &str) -> Error {
+fn last_error(xch: *mut xc::XcInterface, what: &str) -> Error {
     let errno = std::io::Error::last_os_error();
     // SAFETY: `xch` is open; the returned pointer stays valid until the next call on it, and
     // we hold the handle's lock.
     let message = unsafe {
         let e = xc::xc_get_last_error(xch);
-        if e.is_null() || (*e).code == xc::xc_error_code::XC_ERROR_NONE {
+        if e.is_null() || (*e).code == xc::XC_ERROR_NONE {
             None
         } else {
             let m = CStr::from_ptr((*e).message.as_ptr()).to_string_lossy();
@@ -319,23 +319,18 @@ fn last_error(xch: *mut xc::xc_interface, what: &str) -> Error {
 
 extern "C" {
     // From the C library: formats libxenctrl's log messages, whose arguments arrive as a
-    // va_list (the same type bindgen generated for the logger callback).
-    fn vsnprintf(
-        buf: *mut c_char,
-        size: usize,
-        format: *const c_char,
-        ap: *mut xc::__va_list_tag,
-    ) -> c_int;
+    // va_list, passed on exactly as received.
+    fn vsnprintf(buf: *mut c_char, size: usize, format: *const c_char, ap: xc::VaList) -> c_int;
 }
 
 /// Forwards libxenctrl's messages to the `log` facade instead of letting them go to stderr.
 unsafe extern "C" fn log_vmessage(
-    _logger: *mut xc::xentoollog_logger,
-    level: xc::xentoollog_level,
+    _logger: *mut xc::XtlLogger,
+    level: xc::XtlLevel,
     errnoval: c_int,
     context: *const c_char,
     format: *const c_char,
-    al: *mut xc::__va_list_tag,
+    al: xc::VaList,
 ) {
     let mut buf = [0 as c_char; 512];
     // SAFETY: libxenctrl passes a format and its matching va_list; vsnprintf writes at most
@@ -355,9 +350,11 @@ unsafe extern "C" fn log_vmessage(
             .into_owned()
     };
     let level = match level {
-        xc::xentoollog_level::XTL_ERROR | xc::xentoollog_level::XTL_CRITICAL => log::Level::Error,
-        xc::xentoollog_level::XTL_WARN => log::Level::Warn,
-        xc::xentoollog_level::XTL_NOTICE | xc::xentoollog_level::XTL_INFO => log::Level::Info,
+        xc::XTL_ERROR | xc::XTL_CRITICAL => log::Level::Error,
+        // A level above CRITICAL (none today) is an error too; below INFO is debugging.
+        l if l > xc::XTL_CRITICAL => log::Level::Error,
+        xc::XTL_WARN => log::Level::Warn,
+        xc::XTL_NOTICE | xc::XTL_INFO => log::Level::Info,
         _ => log::Level::Debug,
     };
     // Logging must not unwind into C.
@@ -372,7 +369,7 @@ unsafe extern "C" fn log_vmessage(
 }
 
 unsafe extern "C" fn log_progress(
-    _logger: *mut xc::xentoollog_logger,
+    _logger: *mut xc::XtlLogger,
     _context: *const c_char,
     _doing_what: *const c_char,
     _percent: c_int,
@@ -382,7 +379,7 @@ unsafe extern "C" fn log_progress(
     // Progress reports come from domain building and migration, which squeeze never does.
 }
 
-unsafe extern "C" fn log_destroy(_logger: *mut xc::xentoollog_logger) {
+unsafe extern "C" fn log_destroy(_logger: *mut xc::XtlLogger) {
     // The logger is owned by `Handle` and freed by Rust.
 }
 
@@ -392,9 +389,9 @@ mod tests {
 
     #[test]
     fn a_dying_hvm_guest_is_decoded_with_its_page_counts() {
-        let raw = xc::xc_domaininfo_t {
+        let raw = xc::XcDomainInfo {
             domain: 7,
-            flags: xc::XEN_DOMINF_dying | xc::XEN_DOMINF_hvm_guest,
+            flags: xc::XEN_DOMINF_DYING | xc::XEN_DOMINF_HVM_GUEST,
             tot_pages: 262_144,
             max_pages: 262_400,
             outstanding_pages: 16,
@@ -419,9 +416,9 @@ mod tests {
 
     #[test]
     fn a_paused_guest_that_shut_down_is_neither_dying_nor_hvm() {
-        let raw = xc::xc_domaininfo_t {
+        let raw = xc::XcDomainInfo {
             domain: 3,
-            flags: xc::XEN_DOMINF_shutdown | xc::XEN_DOMINF_paused,
+            flags: xc::XEN_DOMINF_SHUTDOWN | xc::XEN_DOMINF_PAUSED,
             ..Default::default()
         };
         let d = decode_domain(&raw);
@@ -433,7 +430,7 @@ mod tests {
     fn fake_getinfolist<'a>(
         ids: &'a [u16],
         calls: &'a mut u32,
-    ) -> impl FnMut(u32, &mut [xc::xc_domaininfo_t]) -> Result<usize> + 'a {
+    ) -> impl FnMut(u32, &mut [xc::XcDomainInfo]) -> Result<usize> + 'a {
         move |first, buf| {
             *calls += 1;
             let found: Vec<u16> = ids
@@ -443,7 +440,7 @@ mod tests {
                 .take(buf.len())
                 .collect();
             for (slot, &d) in buf.iter_mut().zip(&found) {
-                *slot = xc::xc_domaininfo_t {
+                *slot = xc::XcDomainInfo {
                     domain: d,
                     tot_pages: 1000 + u64::from(d),
                     ..Default::default()

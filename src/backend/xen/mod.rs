@@ -1,9 +1,9 @@
 //! The Xen platform: the hypervisor through libxenctrl ([`ctrl`]) and xenstore through
 //! libxenstore ([`xs`]).
 //!
-//! Built only with the `xen` cargo feature. The feature links libxenctrl through `xenctrl-sys`,
-//! which is GPL-3.0-only, so a binary built with it is distributed under the GPL-3.0; the
-//! default build links no Xen library at all.
+//! Built only with the `xen` cargo feature, which links libxenctrl and libxenstore (both
+//! LGPL-2.1) through declarations written in this module ([`xs`] and a private `xc_sys`), so
+//! the Xen build stays LGPL-2.1-or-later; the default build links no Xen library at all.
 //!
 //! [`platform`] puts both together, with the system clock, as the memory service's
 //! [`crate::platform::Platform`].
@@ -14,6 +14,7 @@
 
 pub mod ctrl;
 pub mod store;
+mod xc_sys;
 pub mod xs;
 
 pub use ctrl::XenCtrl;
