@@ -453,12 +453,12 @@ mod tests {
     fn reservations_released_with_their_dead_domains_take_the_empty_sessions_along() {
         let h = FakeHost::in_memory(FakeConfig::default()).unwrap();
         let l = Layout::default();
-        // xl-1 transferred to domain 5 (now gone); xl-2 to 5 and 6 (6 lives); xl-3 untouched.
+        // xl-1 transferred to domain 5 and xl-2 to 7 (both now gone) and 6 (alive); xl-3 untouched.
         h.transaction(&mut |t| {
             add(t, &l, "xl-1", "a", 100)?;
             transfer(t, &l, "xl-1", "a", 5)?;
             add(t, &l, "xl-2", "b", 200)?;
-            transfer(t, &l, "xl-2", "b", 5)?;
+            transfer(t, &l, "xl-2", "b", 7)?;
             add(t, &l, "xl-2", "c", 300)?;
             transfer(t, &l, "xl-2", "c", 6)?;
             add(t, &l, "xl-3", "d", 400)
