@@ -198,7 +198,8 @@ known_issue "three concurrent creates that need ballooning all succeed" $? \
 for g in sqz-c1 sqz-c2 sqz-c3; do xl destroy "$g" 2>/dev/null; done
 
 stamp "xl shutdown of a VM created through squeeze"
-xl_ env LD_PRELOAD=$PRELOAD xl create -q /tmp/sqz-new.cfg
+xl_ env LD_PRELOAD=$PRELOAD xl create -q /tmp/sqz-new.cfg >/tmp/sqz-new-create.log 2>&1
+cat /tmp/sqz-new-create.log
 dn=$(domid_of sqz-new)
 rid=$(reservation_of "$dn")
 wait_booted "$dn"
@@ -208,8 +209,17 @@ gone=$([ -z "$(domid_of sqz-new)" ] && echo yes || echo no)
 sleep 2
 n=$(left_behind "$rid")
 [ "$gone" = yes ] && [ -n "$rid" ] && [ "$n" = 0 ] && [ "$(sessions)" = 2 ]
-check "xl shutdown leaves no reservation behind" $? \
-  "domain $dn gone: $gone after $(since "$t0") s; reservation ${rid:-unknown}: $n ledger nodes left, $(sessions) sessions"
+ok=$?
+detail="domain $dn gone: $gone after $(since "$t0") s; reservation ${rid:-unknown}: $n ledger nodes left, $(sessions) sessions"
+# Without xl's monitoring child nobody destroys the shut-down domain, so its reservation
+# rightly stays: that run says nothing about squeeze and is reported as a known problem
+# (docs/xen-real.md), never as a pass. Any other failure counts.
+if [ $ok != 0 ] && grep -q 'monitoring.*died due to fatal signal' /tmp/sqz-new-create.log; then
+  known_issue "xl shutdown leaves no reservation behind" $ok \
+    "$detail; xl's monitoring child died: $(grep -m1 'died due to fatal signal' /tmp/sqz-new-create.log)"
+else
+  check "xl shutdown leaves no reservation behind" $ok "$detail"
+fi
 [ "$gone" = yes ] || xl destroy sqz-new 2>/dev/null
 
 "$SQ" status | head -n 6
