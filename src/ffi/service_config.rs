@@ -70,6 +70,29 @@ unsafe fn update(
     unsafe { Handle::with_shared(handle(c), "config", |st| f(&mut st.config)) }?
 }
 
+/// A non-empty UTF-8 path argument, copied.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
+unsafe fn path_arg(path: *const c_char) -> Result<PathBuf, Failure> {
+    // SAFETY: the caller's promise, passed on.
+    let path = unsafe { str_arg(path, "path") }?;
+    if path.is_empty() {
+        return Err(invalid("path is empty"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// A duration setting: above 0 and at most a day.
+fn seconds_arg(seconds: f64, what: &str) -> Result<f64, Failure> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(invalid(format!(
+            "{what} must be above 0 and at most 86400 s, not {seconds}"
+        )));
+    }
+    Ok(seconds)
+}
+
 /// Creates a settings object with the defaults (slush 72 MiB, lock file
 /// `/run/squeeze/host.lock`, boot-time record `/run/squeeze/boot_time_memory`, the adaptive
 /// policy; `sqz_service_config_set_policy` picks the classic one) and stores it in
@@ -126,11 +149,7 @@ pub unsafe extern "C" fn sqz_service_config_set_lock_path(
         // SAFETY: the caller passes NULL or valid pointers and live objects.
         unsafe {
             update(c, |c| {
-                let path = str_arg(path, "path")?;
-                if path.is_empty() {
-                    return Err(invalid("path is empty"));
-                }
-                c.lock_path = PathBuf::from(path);
+                c.lock_path = path_arg(path)?;
                 Ok(())
             })
         }
@@ -148,11 +167,7 @@ pub unsafe extern "C" fn sqz_service_config_set_boot_time_record_path(
         // SAFETY: the caller passes NULL or valid pointers and live objects.
         unsafe {
             update(c, |c| {
-                let path = str_arg(path, "path")?;
-                if path.is_empty() {
-                    return Err(invalid("path is empty"));
-                }
-                c.boot_time_record_path = PathBuf::from(path);
+                c.boot_time_record_path = path_arg(path)?;
                 Ok(())
             })
         }
@@ -173,12 +188,7 @@ pub unsafe extern "C" fn sqz_service_config_set_lock_timeout(
         // SAFETY: the caller passes NULL or a live config.
         unsafe {
             update(c, |c| {
-                if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
-                    return Err(invalid(format!(
-                        "the lock timeout must be above 0 and at most 86400 s, not {seconds}"
-                    )));
-                }
-                c.lock_timeout_s = seconds;
+                c.lock_timeout_s = seconds_arg(seconds, "the lock timeout")?;
                 Ok(())
             })
         }
@@ -197,12 +207,7 @@ pub unsafe extern "C" fn sqz_service_config_set_balance_interval(
         // SAFETY: the caller passes NULL or a live config.
         unsafe {
             update(c, |c| {
-                if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
-                    return Err(invalid(format!(
-                        "the balance interval must be above 0 and at most 86400 s, not {seconds}"
-                    )));
-                }
-                c.balance_interval_s = seconds;
+                c.balance_interval_s = seconds_arg(seconds, "the balance interval")?;
                 Ok(())
             })
         }
