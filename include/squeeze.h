@@ -754,6 +754,20 @@ typedef struct sqz_maxmem {
 } sqz_maxmem;
 
 /**
+ * How one domain's balloon driver has been cooperating (`sqz_step_result.judgements`).
+ */
+typedef struct sqz_judgement {
+    /**
+     * The domain.
+     */
+    int32_t domid;
+    /**
+     * Its judgement.
+     */
+    struct sqz_cooperation cooperation;
+} sqz_judgement;
+
+/**
  * Caller-owned buffers for `sqz_squeezer_step`. The caller sets `struct_size` and the three
  * buffers with their capacities (a buffer may be NULL with capacity 0); the call sets
  * `verdict` and the three `*_len` counts.
@@ -806,6 +820,21 @@ typedef struct sqz_step_result {
      * Out: number of blamed domains.
      */
     size_t blamed_len;
+    /**
+     * The policy's judgement of each domain of the snapshot it has judged, after the step,
+     * in domid order (both policies; the classic one reports squeezed's stuck rule). NULL:
+     * not wanted (`judgements_len` still says how many there are). Added after the first
+     * layout: a caller passing the V1 `struct_size` gets none and nothing is written past it.
+     */
+    struct sqz_judgement *judgements;
+    /**
+     * Capacity of `judgements`, in entries.
+     */
+    size_t judgements_cap;
+    /**
+     * Out: number of judgements.
+     */
+    size_t judgements_len;
 } sqz_step_result;
 
 /**

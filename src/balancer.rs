@@ -60,6 +60,22 @@ enum Engine {
     Adaptive(Box<Adaptive>),
 }
 
+/// How `domid`'s balloon driver has been cooperating as the classic squeezer `s` sees it:
+/// only squeezed's stuck/active distinction, reported as a score of 0 or the stuck threshold.
+pub fn classic_cooperation(s: &Squeezer, domid: DomId) -> Option<Cooperation> {
+    let stuck = s.monitor().stuck_domids().contains(&domid);
+    let known = stuck || s.monitor().is_active(domid);
+    known.then(|| Cooperation {
+        score_s: if stuck {
+            s.options().stuck_after_seconds
+        } else {
+            0.0
+        },
+        uncooperative: stuck,
+        concern: stuck.then_some(crate::adaptive::tracker::Concern::NotMoving),
+    })
+}
+
 /// A balancer that keeps its state between calls.
 #[derive(Debug, Clone)]
 pub struct Balancer {
@@ -180,19 +196,7 @@ impl Balancer {
     pub fn cooperation(&self, domid: DomId) -> Option<Cooperation> {
         match &self.engine {
             Engine::Adaptive(a) => a.cooperation(domid),
-            Engine::Classic(s) => {
-                let stuck = s.monitor().stuck_domids().contains(&domid);
-                let known = stuck || s.monitor().is_active(domid);
-                known.then(|| Cooperation {
-                    score_s: if stuck {
-                        s.options().stuck_after_seconds
-                    } else {
-                        0.0
-                    },
-                    uncooperative: stuck,
-                    concern: stuck.then_some(crate::adaptive::tracker::Concern::NotMoving),
-                })
-            }
+            Engine::Classic(s) => classic_cooperation(s, domid),
         }
     }
 

@@ -54,6 +54,7 @@ pub mod error;
 pub mod ffi;
 pub mod guest_policy;
 pub mod host;
+pub mod learnt;
 mod lockfile;
 pub mod model;
 pub mod monitor;

@@ -119,6 +119,12 @@ impl Layout {
         format!("{}/state", self.root)
     }
 
+    /// `/squeezed/learnt`: what the adaptive policy learnt about each guest (see
+    /// [`crate::learnt`]), beside squeezed's own state.
+    pub fn learnt_dir(&self) -> String {
+        format!("{}/learnt", self.root)
+    }
+
     /// `/squeezed/state/<session>`.
     pub fn session_dir(&self, session: &str) -> String {
         format!("{}/state/{session}", self.root)

@@ -156,6 +156,8 @@ struct Inner {
     balancer: Mutex<Option<Balancer>>,
     /// The adaptive algorithm's state, kept across calls (None with the classic policy).
     learner: Mutex<Option<crate::balancer::Balancer>>,
+    /// Where the learner stands with the learnt state in the store (see [`crate::learnt`]).
+    learnt: Mutex<crate::learnt::Sync>,
     fault_hook: Mutex<Option<FaultHook>>,
     balancing_passes: std::sync::atomic::AtomicU64,
     /// Counters and the last decision, for the diagnostics.
@@ -279,6 +281,7 @@ impl Service {
                 layout,
                 balancer: Mutex::new(None),
                 learner: Mutex::new(learner),
+                learnt: Mutex::default(),
                 fault_hook: Mutex::new(None),
                 balancing_passes: std::sync::atomic::AtomicU64::new(0),
                 recorder: Mutex::new(Recorder::default()),
@@ -398,10 +401,30 @@ impl Service {
     /// Runs `f` with the algorithm that decides: a fresh classic squeezer for every call, as
     /// squeezed does, or the service's one adaptive instance. Called under the host lock, the
     /// only place the adaptive instance is locked.
-    fn decide<T>(&self, f: impl FnOnce(&mut crate::balancer::Balancer) -> Result<T>) -> Result<T> {
+    /// The adaptive instance first takes what other processes learnt since it last looked, and
+    /// leaves what it learnt in the store for them, however `f` ended; `now` is the host clock.
+    fn decide<T>(
+        &self,
+        now: f64,
+        f: impl FnOnce(&mut crate::balancer::Balancer) -> Result<T>,
+    ) -> Result<T> {
         let c = &self.inner.config;
         let mut learner = self.inner.learner.lock();
+        let (store, layout) = (&*self.inner.store, &self.inner.layout);
         match learner.as_mut() {
+            Some(b) if b.policy() == Policy::Adaptive => {
+                let mut sync = self.inner.learnt.lock();
+                if let Some(a) = b.adaptive() {
+                    for (domid, l) in sync.load(store, layout) {
+                        a.adopt(domid, l, now);
+                    }
+                }
+                let result = f(b);
+                if let Some(a) = b.adaptive() {
+                    sync.save(store, layout, &a.learnt());
+                }
+                result
+            }
             Some(b) => f(b),
             None => f(&mut crate::balancer::Balancer::new(
                 c.policy, &c.options, c.adaptive,
@@ -454,7 +477,7 @@ impl Service {
         if let Some((required, progress, cancel, deadline_s)) = watch {
             io = io.watch(required, progress, cancel).deadline(deadline_s);
         }
-        let result = self.decide(|b| f(b, &mut io));
+        let result = self.decide(started, |b| f(b, &mut io));
         let (looks, waits, writes) = (io.looks, io.waits, std::mem::take(&mut io.writes));
         drop(io);
         let result = self.publish_judgements(model, result);
@@ -722,7 +745,8 @@ impl Service {
         let balanced = self.with_host(|model| {
             // Asked of the policy in force: the adaptive one does not write what a classic
             // squeezer would (deadbands, learnt limits, the dwell time).
-            if self.decide(|b| b.is_unbalanced(model))? {
+            let now = model.platform().clock.now();
+            if self.decide(now, |b| b.is_unbalanced(model))? {
                 self.decide_watched(
                     model,
                     Operation::BackgroundBalance,
@@ -734,7 +758,8 @@ impl Service {
                 Ok(true)
             } else {
                 // Keep watching: scores leak away and flags clear while the host is quiet.
-                let watched = self.decide(|b| b.watch(model));
+                let now = model.platform().clock.now();
+                let watched = self.decide(now, |b| b.watch(model));
                 self.publish_judgements(model, watched)?;
                 Ok(false)
             }

@@ -66,6 +66,7 @@ fn step_until_done(
         let mut actions = vec![sqz_action::default(); 8];
         let mut maxmem = vec![sqz_maxmem::default(); 8];
         let mut blamed = vec![0i32; 8];
+        let mut judged = vec![sqz_judgement::default(); 8];
         let mut r = sqz_step_result {
             struct_size: std::mem::size_of::<sqz_step_result>() as u32,
             verdict: -1,
@@ -78,6 +79,9 @@ fn step_until_done(
             blamed_domids: blamed.as_mut_ptr(),
             blamed_cap: blamed.len(),
             blamed_len: 0,
+            judgements: judged.as_mut_ptr(),
+            judgements_cap: judged.len(),
+            judgements_len: 0,
         };
         // SAFETY: buffers are locals with the capacities given.
         let st = unsafe {
@@ -106,6 +110,12 @@ fn step_until_done(
             .unwrap();
             let m = maxmem[..2].iter().find(|m| m.domid == a.domid).unwrap();
             assert_eq!(m.maxmem_kib, a.new_target_kib);
+        }
+        // Both guests are judged every round, and a guest blamed is judged uncooperative.
+        assert_eq!(r.judgements_len, 2);
+        for b in &blamed[..r.blamed_len] {
+            let j = judged[..2].iter().find(|j| j.domid == *b).unwrap();
+            assert!(j.cooperation.uncooperative, "{j:?}");
         }
         if r.verdict != SQZ_VERDICT_ADJUST_TARGETS {
             return (r.verdict, blamed[..r.blamed_len].to_vec(), steps);
@@ -170,4 +180,53 @@ fn an_adaptive_step_that_needs_a_stuck_guest_fails_naming_it_and_judges_it_uncoo
         assert!(!c.uncooperative);
         sqz_squeezer_free(s);
     }
+}
+
+#[test]
+fn a_caller_of_the_first_layout_gets_no_judgements_and_nothing_written_past_its_struct() {
+    let mut sim = host(100, Behaviour::Stuck);
+    let s = adaptive_squeezer();
+    let host = sim.make_host().unwrap();
+    let doms: Vec<sqz_domain> = host.domains().iter().map(|&d| d.into()).collect();
+    let mut actions = vec![sqz_action::default(); 8];
+    let mut maxmem = vec![sqz_maxmem::default(); 8];
+    // The first published layout was 80 bytes (64-bit); the fields after it stand for the
+    // caller's own memory, which must come back untouched.
+    let mut r = sqz_step_result {
+        struct_size: 80,
+        verdict: -1,
+        actions: actions.as_mut_ptr(),
+        actions_cap: actions.len(),
+        actions_len: 0,
+        maxmem: maxmem.as_mut_ptr(),
+        maxmem_cap: maxmem.len(),
+        maxmem_len: 0,
+        blamed_domids: std::ptr::null_mut(),
+        blamed_cap: 0,
+        blamed_len: 0,
+        judgements: std::ptr::null_mut(),
+        judgements_cap: 0,
+        judgements_len: 777,
+    };
+    // SAFETY: a live squeezer; buffers are locals with the capacities given.
+    let st = unsafe {
+        sqz_squeezer_begin_operation(s, sim.time());
+        sqz_squeezer_step(
+            s,
+            doms.as_ptr(),
+            doms.len(),
+            std::mem::size_of::<sqz_domain>(),
+            host.free_mem_kib,
+            SLUSH + 8 * GIB,
+            sim.time(),
+            None,
+            std::ptr::null_mut(),
+            &mut r,
+        )
+    };
+    assert_eq!(st, SQZ_OK);
+    assert_eq!(r.maxmem_len, 2);
+    assert_eq!(r.judgements_len, 777);
+    // SAFETY: a live squeezer, freed once.
+    unsafe { sqz_squeezer_free(s) };
 }

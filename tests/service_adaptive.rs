@@ -365,3 +365,110 @@ fn the_background_balancer_asks_the_adaptive_policy_not_squeezed_whether_to_bala
     }
     assert_eq!(target_of(&fake, guest), target);
 }
+
+/// The store entry holding what was learnt about `domid`, if any.
+fn learnt_entry(fake: &FakeHost, domid: DomId) -> Option<String> {
+    fake.snapshot()
+        .unwrap()
+        .read(&format!("/squeezed/learnt/{domid}"))
+        .map(str::to_string)
+}
+
+#[test]
+fn what_one_service_learnt_about_a_stuck_guest_is_known_to_the_next_without_relearning() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 GiB host, domain 0 holds 1 GiB, two 512 MiB..1 GiB guests at 1 GiB: 2 GiB free.
+    let fake = five_gib_host();
+    let spec = |behaviour| GuestSpec {
+        behaviour,
+        ..GuestSpec::ballooning(512 * MIB, GIB)
+    };
+    let stuck = booted_guest(&fake, spec(Behaviour::Stuck));
+    let fast = booted_guest(
+        &fake,
+        spec(Behaviour::Ideal {
+            rate_kib_per_s: 100 * MIB,
+        }),
+    );
+    let first = Service::new(fake.platform(), config(dir.path())).unwrap();
+    let session = first.login("xenopsd").unwrap();
+    // 2 GiB + 768 MiB needs 768 MiB freed: the fast guest gives its 512 MiB, the stuck one
+    // nothing, so the first service learns the fast one's rate and flags the stuck one.
+    let err = first
+        .reserve_memory(&session, 2 * GIB + 768 * MIB)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        squeeze::Error::DomainsRefusedToCooperate {
+            domids: vec![stuck]
+        }
+    );
+    let judged = first.cooperation(stuck).unwrap();
+    assert!(judged.uncooperative && judged.score_s >= 10.0, "{judged:?}");
+    let diag = first.diagnostics().unwrap();
+    let rate_of = |diag: &squeeze::diagnostics::Diagnostics, domid| {
+        diag.domains
+            .iter()
+            .find(|d| d.domid == domid)
+            .and_then(|d| d.rate)
+            .and_then(|r| r.down_kib_per_s)
+    };
+    let fast_rate = rate_of(&diag, fast).expect("the fast guest's rate was measured");
+    assert!(learnt_entry(&fake, stuck)
+        .unwrap()
+        .starts_with("{\"version\":1,"));
+    // The process that learnt it goes away; another one decides for the host.
+    drop(first);
+    let second = Service::new(fake.platform(), config(dir.path())).unwrap();
+    assert_eq!(second.cooperation(stuck), None, "nothing seen yet");
+    // One background check: too short to re-learn anything, yet the verdict is the same, its
+    // score only leaking (time constant 60 s) over the time the check took.
+    let before = fake.snapshot().unwrap().time;
+    second.balance_if_unbalanced().unwrap();
+    let elapsed = fake.snapshot().unwrap().time - before;
+    let inherited = second.cooperation(stuck).unwrap();
+    assert!(inherited.uncooperative, "{inherited:?}");
+    let leaked = judged.score_s * (-elapsed / 60.0).exp();
+    assert!(
+        (inherited.score_s - leaked).abs() < 1e-6,
+        "{inherited:?} after {elapsed} s, expected {leaked}"
+    );
+    assert_eq!(
+        rate_of(&second.diagnostics().unwrap(), fast),
+        Some(fast_rate)
+    );
+    assert!(!second.cooperation(fast).unwrap().uncooperative);
+    // The entry goes with its domain.
+    fake.destroy_domain(stuck).unwrap();
+    second.balance_if_unbalanced().unwrap();
+    assert_eq!(learnt_entry(&fake, stuck), None);
+    assert!(learnt_entry(&fake, fast).is_some());
+}
+
+#[test]
+fn damaged_or_foreign_learnt_state_is_ignored_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = five_gib_host();
+    let guest = booted_guest(
+        &fake,
+        GuestSpec {
+            behaviour: Behaviour::Ideal {
+                rate_kib_per_s: 100 * MIB,
+            },
+            ..GuestSpec::ballooning(512 * MIB, GIB)
+        },
+    );
+    // Another schema version claims the guest is flagged with a 99 s score.
+    let foreign = r#"{"version":2,"learnt":{"rate_down_kib_per_s":1.0,"rate_up_kib_per_s":null,"floor_kib":null,"ceiling_kib":null,"score_s":99.0,"uncooperative":true,"concern":"not-moving"}}"#;
+    fake.platform()
+        .store
+        .write(&format!("/squeezed/learnt/{guest}"), foreign)
+        .unwrap();
+    let service = Service::new(fake.platform(), config(dir.path())).unwrap();
+    service.balance_if_unbalanced().unwrap();
+    let c = service.cooperation(guest).unwrap();
+    assert!(!c.uncooperative && c.score_s == 0.0, "{c:?}");
+    assert!(learnt_entry(&fake, guest)
+        .unwrap()
+        .starts_with("{\"version\":1,"));
+}

@@ -298,24 +298,31 @@ external stub_reserve_with :
   -> string
   -> int64
   -> int64 option
-  -> ((int64 * int64 * float * float -> unit) option * Cancel.t option)
+  -> ((int64 * int64 * float * float -> unit) option * Cancel.t option * float option)
   -> (string * int64) reply = "sqz_ml_reserve_with"
 
-let reserve_with s ?progress ?cancel ~bad_value session min max =
+exception Deadline_exceeded of string
+
+let reserve_with s ?progress ?cancel ?deadline ~bad_value session min max =
+  ( match deadline with
+  | Some d when not (Float.is_finite d && d > 0.) ->
+      invalid_arg (Printf.sprintf "Squeeze_memory: deadline %g s: must be finite and above 0" d)
+  | _ -> () ) ;
   let progress =
     Option.map
       (fun f (freed_kib, needed_kib, elapsed_s, eta) ->
         f {freed_kib; needed_kib; elapsed_s; eta_s= (if eta < 0. then None else Some eta)})
       progress
   in
-  match stub_reserve_with s session min max (progress, cancel) with
+  match stub_reserve_with s session min max (progress, cancel, deadline) with
   | Failed (11, _, _, _, _) -> raise Cancelled
+  | Failed (12, msg, _, _, _) -> raise (Deadline_exceeded msg)
   | reply -> get ~bad_value reply
 
-let reserve_memory_with s ?progress ?cancel session kib =
-  fst (reserve_with s ?progress ?cancel ~bad_value:kib session kib None)
+let reserve_memory_with s ?progress ?cancel ?deadline session kib =
+  fst (reserve_with s ?progress ?cancel ?deadline ~bad_value:kib session kib None)
 
-let reserve_memory_range_with s ?progress ?cancel session min max =
+let reserve_memory_range_with s ?progress ?cancel ?deadline session min max =
   let out_of_range v = v < 0L || v > Int64.shift_left 1L 50 in
   let bad_value = if out_of_range min then min else if out_of_range max then max else min in
-  reserve_with s ?progress ?cancel ~bad_value session min (Some max)
+  reserve_with s ?progress ?cancel ?deadline ~bad_value session min (Some max)

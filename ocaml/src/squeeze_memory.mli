@@ -238,19 +238,35 @@ end
 exception Cancelled
 (** A reservation was stopped by {!Cancel.request}; nothing was reserved. *)
 
+exception Deadline_exceeded of string
+(** A reservation given a [deadline] could not be served within it; nothing was reserved. The
+    text says why, with the predicted time under the adaptive policy. *)
+
 val reserve_memory_with :
-  service -> ?progress:(progress -> unit) -> ?cancel:Cancel.t -> string -> int64 -> string
+     service
+  -> ?progress:(progress -> unit)
+  -> ?cancel:Cancel.t
+  -> ?deadline:float
+  -> string
+  -> int64
+  -> string
 (** {!reserve_memory} with a progress closure (called on the calling thread, with the host
-    lock held: it must not call the service) and a cancel handle. An exception raised by
-    [progress] stops the reservation and is re-raised; nothing is reserved then. *)
+    lock held: it must not call the service), a cancel handle and a deadline in seconds from
+    the start of the call. An exception raised by [progress] stops the reservation and is
+    re-raised; nothing is reserved then. Past the deadline it raises {!Deadline_exceeded}:
+    under the adaptive policy as soon as the guests' measured balloon rates predict it cannot
+    be met, under the classic one when it passes. Raises [Invalid_argument] for a deadline
+    that is not finite and above 0. *)
 
 val reserve_memory_range_with :
      service
   -> ?progress:(progress -> unit)
   -> ?cancel:Cancel.t
+  -> ?deadline:float
   -> string
   -> int64
   -> int64
   -> string * int64
-(** {!reserve_memory_range} with progress and cancellation, as {!reserve_memory_with};
+(** {!reserve_memory_range} with progress, cancellation and a deadline, as
+    {!reserve_memory_with};
     progress is measured toward what the policy gives the new domain. *)

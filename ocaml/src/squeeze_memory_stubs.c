@@ -631,7 +631,7 @@ static int32_t on_progress(void *ctx, const sqz_progress *p) {
 }
 
 /* reserve_memory_with (v_max None) or reserve_memory_range_with; [v_extras] is
-   (progress closure option, cancel option). Replies (id, kib); an exception raised by the
+   (progress closure option, cancel option, deadline in seconds option). Replies (id, kib); an exception raised by the
    closure is re-raised here, once the library has returned. */
 CAMLprim value sqz_ml_reserve_with(value v_s, value v_session, value v_min, value v_max,
                                    value v_extras) {
@@ -645,6 +645,7 @@ CAMLprim value sqz_ml_reserve_with(value v_s, value v_session, value v_min, valu
   int64_t max = ranged ? Int64_val(Field(v_max, 0)) : 0;
   int64_t reserved = min;
   value v_progress = Field(v_extras, 0), v_cancel = Field(v_extras, 1);
+  value v_deadline = Field(v_extras, 2);
   struct watch w;
   sqz_reserve_options opts;
   struct outcome o;
@@ -661,6 +662,7 @@ CAMLprim value sqz_ml_reserve_with(value v_s, value v_session, value v_min, valu
   opts.progress = Is_block(v_progress) ? on_progress : NULL;
   opts.ctx = &w;
   opts.cancel = Is_block(v_cancel) ? Cancel_val(Field(v_cancel, 0)) : NULL;
+  opts.deadline_s = Is_block(v_deadline) ? Double_val(Field(v_deadline, 0)) : 0.0;
   memset(buf, 0, sizeof buf);
   caml_enter_blocking_section_no_pending();
   if (ranged)

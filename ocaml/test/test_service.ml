@@ -16,11 +16,11 @@ let ( * ) = Int64.mul
 
 let slush = 72L * mib
 
-let setup ?balance_interval_s () =
+let setup ?balance_interval_s ?(policy = Classic) () =
   let host = Fake_host.create ~total_kib:(8L * gib) ~xen_kib:(256L * mib) ~dom0_kib:gib () in
   let lock_path = Filename.temp_file "squeeze-service" ".lock" in
   let boot_time_record_path = Filename.temp_file "squeeze-service" ".boot" in
-  (host, create_fake ~lock_path ~boot_time_record_path ~policy:Classic ?balance_interval_s host)
+  (host, create_fake ~lock_path ~boot_time_record_path ~policy ?balance_interval_s host)
 
 (* A booted guest of [kib] that may be anything in [min..max]. *)
 let guest host ?rate_kib_per_s ~min ~max kib =
@@ -111,6 +111,29 @@ let cancelling_stops_a_reservation () =
   let _, got = reserve_memory_range_with s "xenopsd" (4L * gib) (4L * gib) in
   Check.int64 ~what:"reserved" (4L * gib) got
 
+(* The 100 MiB/s guest needs about 13.5 s to free what 4 GiB takes. *)
+let a_deadline_the_guests_cannot_meet_is_refused_early () =
+  let host, s = setup ~policy:Adaptive () in
+  let _d = guest host ~rate_kib_per_s:(100L * mib) ~min:gib ~max:(4L * gib) (4L * gib) in
+  let waited = ref 0. in
+  ( match
+      reserve_memory_with s ~deadline:5.
+        ~progress:(fun p -> waited := p.elapsed_s)
+        "xenopsd" (4L * gib)
+    with
+  | _ -> Check.fail "a reservation the guest cannot serve in 5 s succeeded"
+  | exception Deadline_exceeded msg ->
+      Check.is_true ~what:("a message: " ^ msg) (String.length msg > 0) ) ;
+  Check.is_true ~what:(Printf.sprintf "said so after %.1f s, before the 5 s passed" !waited)
+    (!waited < 5.) ;
+  Check.is_true ~what:"nothing reserved" (contains (get_diagnostics s) "\"sessions\": []") ;
+  ( match reserve_memory_with s ~deadline:0. "xenopsd" gib with
+  | _ -> Check.fail "a zero deadline was taken"
+  | exception Invalid_argument _ -> () ) ;
+  (* With time enough, the same reservation goes through. *)
+  let id = reserve_memory_with s ~deadline:60. "xenopsd" (4L * gib) in
+  Check.int ~what:"id length" 36 (String.length id)
+
 let an_exception_in_progress_stops_and_comes_out () =
   let _host, s, _d = slow_guest_host () in
   ( match reserve_memory_with s ~progress:(fun _ -> raise Exit) "xenopsd" (4L * gib) with
@@ -126,6 +149,8 @@ let () =
     ; ( "progress is reported until the memory is free"
       , progress_is_reported_until_the_memory_is_free )
     ; ("cancelling stops a reservation and keeps nothing", cancelling_stops_a_reservation)
+    ; ( "a deadline the guests cannot meet is refused early, and nothing reserved"
+      , a_deadline_the_guests_cannot_meet_is_refused_early )
     ; ( "an exception in the progress closure stops the reservation and comes out"
       , an_exception_in_progress_stops_and_comes_out )
     ]

@@ -204,6 +204,17 @@ impl Adaptive {
             .collect()
     }
 
+    /// Takes what another process learnt about `domid` (see [`crate::learnt`]), at `now` by
+    /// this squeezer's clock.
+    pub fn adopt(&mut self, domid: DomId, learnt: tracker::Learnt, now: f64) {
+        self.tracker.adopt(domid, learnt, now);
+    }
+
+    /// What has been learnt about every domain seen, in domid order, for other processes.
+    pub fn learnt(&self) -> Vec<(DomId, tracker::Learnt)> {
+        self.tracker.learnt()
+    }
+
     /// Takes one look at the host and learns from it without asking anything of the domains
     /// (except taking back a growth request a driver cannot follow): what a background monitor
     /// calls between requests.

@@ -46,7 +46,7 @@ impl Default for Judge {
 
 /// What most recently counted against a domain. Serialised (in the diagnostics) as its
 /// [`name`](Concern::name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Concern {
     /// The driver moves, but slower than the minimum acceptable rate.
@@ -172,6 +172,69 @@ impl Track {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tracker {
     per_domain: BTreeMap<DomId, Track>,
+    /// What another process learnt about domains this tracker has not seen yet, applied when
+    /// it first sees them.
+    inherited: BTreeMap<DomId, Learnt>,
+}
+
+/// The part of a [`Track`] worth keeping beyond one process: what the driver has shown about
+/// itself (speeds, limits) and how it has been judged. Times are left out: every process has a
+/// clock of its own origin. Kept in the store beside the ledger (see `docs/service.md`), so
+/// every process deciding for the host judges a guest the same way.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Learnt {
+    /// Measured shrinking speed, KiB/s.
+    pub rate_down_kib_per_s: Option<f64>,
+    /// Measured growing speed, KiB/s.
+    pub rate_up_kib_per_s: Option<f64>,
+    /// A floor the driver would not shrink below, KiB.
+    pub floor_kib: Option<Kib>,
+    /// A ceiling the driver would not grow past, KiB.
+    pub ceiling_kib: Option<Kib>,
+    /// Seconds of work the driver failed to do.
+    pub score_s: f64,
+    /// Whether the domain is flagged uncooperative.
+    pub uncooperative: bool,
+    /// What most recently counted against it.
+    pub concern: Option<Concern>,
+}
+
+impl Learnt {
+    /// What `t` has learnt.
+    pub fn of(t: &Track) -> Self {
+        Learnt {
+            rate_down_kib_per_s: t.rate_down,
+            rate_up_kib_per_s: t.rate_up,
+            floor_kib: t.floor.map(|l| l.at_kib),
+            ceiling_kib: t.ceiling.map(|l| l.at_kib),
+            score_s: t.score_s,
+            uncooperative: t.uncooperative,
+            concern: t.concern,
+        }
+    }
+
+    /// Whether the values are ones a tracker could have learnt (finite, non-negative), so
+    /// that damaged data is ignored rather than trusted.
+    pub fn is_sane(&self) -> bool {
+        let rate_ok = |r: Option<f64>| r.is_none_or(|r| r.is_finite() && r > 0.0);
+        rate_ok(self.rate_down_kib_per_s)
+            && rate_ok(self.rate_up_kib_per_s)
+            && self.floor_kib.is_none_or(|k| k >= 0)
+            && self.ceiling_kib.is_none_or(|k| k >= 0)
+            && self.score_s.is_finite()
+            && self.score_s >= 0.0
+    }
+
+    /// Puts what was learnt into `t`, as learnt at `now`.
+    fn apply(&self, t: &mut Track, now: f64) {
+        t.rate_down = self.rate_down_kib_per_s;
+        t.rate_up = self.rate_up_kib_per_s;
+        t.floor = self.floor_kib.map(|at_kib| Limit { at_kib, since: now });
+        t.ceiling = self.ceiling_kib.map(|at_kib| Limit { at_kib, since: now });
+        t.score_s = self.score_s;
+        t.uncooperative = self.uncooperative;
+        t.concern = self.concern;
+    }
 }
 
 impl Tracker {
@@ -180,10 +243,16 @@ impl Tracker {
     pub fn observe(&mut self, host: &Host, now: f64, judge: &Judge) {
         self.per_domain
             .retain(|domid, _| host.domain(*domid).is_some());
+        self.inherited
+            .retain(|domid, _| host.domain(*domid).is_some());
         for d in host.domains() {
             match self.per_domain.get_mut(&d.domid) {
                 None => {
-                    self.per_domain.insert(d.domid, Track::new(d, now));
+                    let mut t = Track::new(d, now);
+                    if let Some(l) = self.inherited.remove(&d.domid) {
+                        l.apply(&mut t, now);
+                    }
+                    self.per_domain.insert(d.domid, t);
                 }
                 Some(t) => step(t, d, now, judge),
             }
@@ -203,6 +272,25 @@ impl Tracker {
     /// Mutable observations for `domid`.
     pub fn get_mut(&mut self, domid: DomId) -> Option<&mut Track> {
         self.per_domain.get_mut(&domid)
+    }
+
+    /// Takes what another process learnt about `domid` (at `now` by this tracker's clock):
+    /// straight away if the domain is tracked, else when it is first seen.
+    pub fn adopt(&mut self, domid: DomId, learnt: Learnt, now: f64) {
+        match self.per_domain.get_mut(&domid) {
+            Some(t) => learnt.apply(t, now),
+            None => {
+                self.inherited.insert(domid, learnt);
+            }
+        }
+    }
+
+    /// What has been learnt about every tracked domain, in domid order.
+    pub fn learnt(&self) -> Vec<(DomId, Learnt)> {
+        self.per_domain
+            .iter()
+            .map(|(&domid, t)| (domid, Learnt::of(t)))
+            .collect()
     }
 
     /// Records that `domid`'s target is now `target_kib` (written at `now`, in `epoch`).

@@ -79,6 +79,25 @@ pub struct sqz_step_result {
     pub blamed_cap: usize,
     /// Out: number of blamed domains.
     pub blamed_len: usize,
+    /// The policy's judgement of each domain of the snapshot it has judged, after the step,
+    /// in domid order (both policies; the classic one reports squeezed's stuck rule). NULL:
+    /// not wanted (`judgements_len` still says how many there are). Added after the first
+    /// layout: a caller passing the V1 `struct_size` gets none and nothing is written past it.
+    pub judgements: *mut sqz_judgement,
+    /// Capacity of `judgements`, in entries.
+    pub judgements_cap: usize,
+    /// Out: number of judgements.
+    pub judgements_len: usize,
+}
+
+/// How one domain's balloon driver has been cooperating (`sqz_step_result.judgements`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct sqz_judgement {
+    /// The domain.
+    pub domid: i32,
+    /// Its judgement.
+    pub cooperation: super::ops::sqz_cooperation,
 }
 
 crate::ffi::abi::frozen_v1!(
@@ -143,8 +162,19 @@ pub unsafe extern "C" fn sqz_squeezer_step(
                  {STEP_RESULT_SIZE_V1}"
             )));
         }
-        // SAFETY: the caller's struct holds at least the first published layout.
-        let mut r = unsafe { result.read() };
+        // Read only as much as the caller's struct holds: fields it does not know stay absent
+        // (NULL buffers of capacity 0).
+        let known = size.min(std::mem::size_of::<sqz_step_result>());
+        // SAFETY: all-zero is a valid sqz_step_result (integers and NULL pointers).
+        let mut r: sqz_step_result = unsafe { std::mem::zeroed() };
+        // SAFETY: the caller's struct holds `size` >= `known` bytes, and `r` holds `known`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                result.cast::<u8>(),
+                std::ptr::addr_of_mut!(r).cast::<u8>(),
+                known,
+            )
+        };
         if domains.is_null() && n_domains > 0 {
             return Err(invalid("domains is NULL"));
         }
@@ -216,6 +246,27 @@ pub unsafe extern "C" fn sqz_squeezer_step(
                 .map(|&(domid, maxmem_kib)| sqz_maxmem { domid, maxmem_kib })
                 .collect();
             let blamed = std::mem::take(&mut decided.blamed);
+            // Judgements travel only to callers that know the field.
+            let with_judgements = size >= std::mem::size_of::<sqz_step_result>();
+            let judgements: Vec<sqz_judgement> = if with_judgements {
+                host.domains()
+                    .iter()
+                    .filter_map(|d| {
+                        let c = match &decided.next {
+                            Next::Classic(next) => {
+                                crate::balancer::classic_cooperation(next, d.domid)
+                            }
+                            Next::Adaptive(next, _) => next.cooperation(d.domid),
+                        }?;
+                        Some(sqz_judgement {
+                            domid: d.domid,
+                            cooperation: c.into(),
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             r.verdict = verdict;
             r.actions_len = actions.len();
             r.maxmem_len = maxmem.len();
@@ -223,24 +274,30 @@ pub unsafe extern "C" fn sqz_squeezer_step(
             let fits = |len: usize, cap: usize, null: bool| len == 0 || (len <= cap && !null);
             let all_fit = fits(actions.len(), r.actions_cap, r.actions.is_null())
                 && fits(maxmem.len(), r.maxmem_cap, r.maxmem.is_null())
-                && fits(blamed.len(), r.blamed_cap, r.blamed_domids.is_null());
+                && fits(blamed.len(), r.blamed_cap, r.blamed_domids.is_null())
+                && (r.judgements.is_null() || fits(judgements.len(), r.judgements_cap, false));
             // SAFETY: `result` was checked above; only the output fields change.
             unsafe {
                 (*result).verdict = r.verdict;
                 (*result).actions_len = r.actions_len;
                 (*result).maxmem_len = r.maxmem_len;
                 (*result).blamed_len = r.blamed_len;
+                if with_judgements {
+                    (*result).judgements_len = judgements.len();
+                }
             }
             if !all_fit {
                 return Err(Failure::BufferTooSmall(format!(
-                    "step needs {} action(s), {} maxmem(s), {} blamed domid(s); capacities \
-                         are {}, {}, {}",
+                    "step needs {} action(s), {} maxmem(s), {} blamed domid(s), {} \
+                         judgement(s); capacities are {}, {}, {}, {}",
                     r.actions_len,
                     r.maxmem_len,
                     r.blamed_len,
+                    judgements.len(),
                     r.actions_cap,
                     r.maxmem_cap,
-                    r.blamed_cap
+                    r.blamed_cap,
+                    if with_judgements { r.judgements_cap } else { 0 }
                 )));
             }
             // SAFETY: each buffer was checked to hold its entries.
@@ -248,6 +305,9 @@ pub unsafe extern "C" fn sqz_squeezer_step(
                 copy_out(&actions, r.actions);
                 copy_out(&maxmem, r.maxmem);
                 copy_out(&blamed, r.blamed_domids);
+                if !r.judgements.is_null() {
+                    copy_out(&judgements, r.judgements);
+                }
             }
             match decided.next {
                 Next::Classic(next) => *classic(st)? = *next,

@@ -101,3 +101,33 @@ def test_target_changes_reach_python_logging_with_their_reason(caplog):
         assert not [r for r in caplog.records if r.name.startswith("squeeze")]
     finally:
         sq.log_to_python(None)
+
+
+def stalled_steps(policy, seconds):
+    """Steps a squeezer once a second over one guest of 1..4 GiB holding 4 GiB whose driver
+    never moves, asking for 1 GiB free; returns the last judgement of the guest it reported."""
+    gib = 1024 * 1024
+    last = None
+    with sq.Squeezer(sq.Options(policy=policy)) as s:
+        s.begin_operation(0.0)
+        target = 4 * gib
+        for t in range(seconds + 1):
+            d = sq.Domain(1, True, gib, target, 4 * gib, 4 * gib, 4 * gib)
+            try:
+                r = s.step([d], 0, gib, float(t))
+            except sq.DomainsRefusedToCooperate:
+                break
+            last = r.judgements.get(1, last)
+            for domid, new_target in r.actions:
+                target = new_target
+    return last
+
+
+def test_each_step_returns_the_judgement_of_the_domains_under_both_policies():
+    # squeezed's rule: 5 s without moving makes a driver stuck, reported as a 5 s score.
+    classic = stalled_steps(sq.POLICY_CLASSIC, 6)
+    assert classic is not None and classic.uncooperative and classic.score_s == 5.0
+    # The adaptive score counts the seconds of asked-for work not done, flagging at 10 s.
+    adaptive = stalled_steps(sq.POLICY_ADAPTIVE, 30)
+    assert adaptive is not None and adaptive.uncooperative, adaptive
+    assert adaptive.score_s >= 10.0 and adaptive.concern == "not moving", adaptive

@@ -14,7 +14,7 @@ import ctypes
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _native
 from ._native import lib
@@ -555,13 +555,15 @@ def is_host_memory_unbalanced(io, options: Optional[Options] = None) -> bool:
 @dataclass
 class StepResult:
     """What one iteration decided: ``verdict`` (VERDICT_*), targets to set as
-    ``[(domid, target_kib)]``, maxmem for every domain as ``[(domid, maxmem_kib)]``, and the
-    domains blamed for a failure."""
+    ``[(domid, target_kib)]``, maxmem for every domain as ``[(domid, maxmem_kib)]``, the
+    domains blamed for a failure, and the policy's judgement of each domain it has judged,
+    as ``{domid: Cooperation}``."""
 
     verdict: int
     actions: List[Tuple[int, int]] = field(default_factory=list)
     maxmem: List[Tuple[int, int]] = field(default_factory=list)
     blamed_domids: List[int] = field(default_factory=list)
+    judgements: Dict[int, "Cooperation"] = field(default_factory=dict)
 
 
 class _Handle:
@@ -651,8 +653,14 @@ class Squeezer(_Handle):
         actions = (_native.sqz_action * max(n, 1))()
         maxmem = (_native.sqz_maxmem * max(n, 1))()
         blamed = (ctypes.c_int32 * max(n, 1))()
+        judged = (_native.sqz_judgement * max(n, 1))()
         r = _native.sqz_step_result(
-            ctypes.sizeof(_native.sqz_step_result), 0, actions, n, 0, maxmem, n, 0, blamed, n, 0
+            ctypes.sizeof(_native.sqz_step_result),
+            0,
+            actions, n, 0,
+            maxmem, n, 0,
+            blamed, n, 0,
+            judged, n, 0,
         )
         cb = _Callbacks(None, success)
         status = lib.sqz_squeezer_step(
@@ -673,6 +681,14 @@ class Squeezer(_Handle):
             [(a.domid, a.new_target_kib) for a in actions[: r.actions_len]],
             [(m.domid, m.maxmem_kib) for m in maxmem[: r.maxmem_len]],
             list(blamed[: r.blamed_len]),
+            {
+                j.domid: Cooperation(
+                    j.cooperation.score_s,
+                    bool(j.cooperation.uncooperative),
+                    CONCERNS.get(j.cooperation.concern),
+                )
+                for j in judged[: r.judgements_len]
+            },
         )
 
 

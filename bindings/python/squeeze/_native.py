@@ -164,6 +164,10 @@ class sqz_cooperation(Structure):
     _fields_ = [("score_s", c_double), ("uncooperative", c_bool), ("concern", c_int32)]
 
 
+class sqz_judgement(Structure):
+    _fields_ = [("domid", c_int32), ("cooperation", sqz_cooperation)]
+
+
 class sqz_step_result(Structure):
     _fields_ = [
         ("struct_size", c_uint32),
@@ -177,6 +181,9 @@ class sqz_step_result(Structure):
         ("blamed_domids", POINTER(c_int32)),
         ("blamed_cap", c_size_t),
         ("blamed_len", c_size_t),
+        ("judgements", POINTER(sqz_judgement)),
+        ("judgements_cap", c_size_t),
+        ("judgements_len", c_size_t),
     ]
 
 
