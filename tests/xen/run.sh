@@ -115,7 +115,9 @@ for attempt in 1 2; do
   set -e
   log "QEMU exited with $qrc after $(( $(date +%s) - bstart )) s"
   debugfs -R "dump /transcript.txt $OUT/transcript.txt" "$OUT/test.img" >/dev/null 2>&1 || true
-  if [[ -s $OUT/transcript.txt ]] && result=$(grep -a '^RESULT:' "$OUT/transcript.txt"); then
+  # A boot counts once both sets of checks finished (each prints its result line).
+  if [[ -s $OUT/transcript.txt ]] && result=$(grep -a '^RESULT:' "$OUT/transcript.txt") &&
+    grep -aq '^RESULT-XL:' "$OUT/transcript.txt"; then
     break
   fi
   log "no result from this boot; console tail:"

@@ -80,9 +80,12 @@ EOF
 # balloon driver is up by then.
 wait_booted() { # DOMID
   local i=0
+  [ -n "$1" ] || return 1
   until xenstore-exists "/local/domain/$1/control/feature-poweroff" 2>/dev/null || [ $i -ge 180 ]; do
     sleep 1
     i=$((i + 1))
+    # Something on the console now and then, so a slow boot is not taken for a hung run.
+    [ $((i % 30)) = 0 ] && stamp "    domain $1 not booted after $i s"
   done
 }
 
@@ -199,9 +202,11 @@ known_issue "three concurrent creates that need ballooning all succeed" $? \
 for g in sqz-c1 sqz-c2 sqz-c3; do xl destroy "$g" 2>/dev/null; done
 
 stamp "xl shutdown of a VM created through squeeze"
-xl_ env LD_PRELOAD=$PRELOAD xl create -q /tmp/sqz-new.cfg >/tmp/sqz-new-create.log 2>&1
+xl_ timeout -k 5 120 env LD_PRELOAD=$PRELOAD xl create -q /tmp/sqz-new.cfg \
+  >/tmp/sqz-new-create.log 2>&1
 cat /tmp/sqz-new-create.log
 dn=$(domid_of sqz-new)
+stamp "    xl create sqz-new: domain ${dn:-none}"
 rid=$(reservation_of "$dn")
 wait_booted "$dn"
 t0=$(now)
