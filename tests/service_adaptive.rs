@@ -21,19 +21,24 @@ fn five_gib_host() -> FakeHost {
     .unwrap()
 }
 
+/// A service over `fake` with the test settings in `dir` and `policy`.
+fn service_with(fake: &FakeHost, dir: &std::path::Path, policy: Policy) -> Service {
+    Service::new(
+        fake.platform(),
+        ServiceConfig {
+            policy,
+            ..config(dir)
+        },
+    )
+    .unwrap()
+}
+
 /// A 5 GiB host (domain 0 holds 1 GiB) with three guests of 512 MiB..1 GiB at 1 GiB: one that
 /// frees a 4 KiB page every 5 s, an honest 1 MiB/s one and a 100 MiB/s one. 1 GiB is free.
 fn trickler_host(policy: Policy) -> (tempfile::TempDir, FakeHost, Service, [DomId; 3]) {
     let dir = tempfile::tempdir().unwrap();
     let fake = five_gib_host();
-    let service = Service::new(
-        fake.platform(),
-        ServiceConfig {
-            policy,
-            ..config(dir.path())
-        },
-    )
-    .unwrap();
+    let service = service_with(&fake, dir.path(), policy);
     let guest = |behaviour| GuestSpec {
         behaviour,
         ..GuestSpec::ballooning(512 * MIB, GIB)
@@ -150,14 +155,7 @@ fn a_service_with_the_default_settings_runs_adaptive_and_classic_must_be_asked_f
     assert!(service.get_diagnostics().unwrap().contains("\"adaptive\""));
 
     // Classic, named, keeps no scores: a fresh squeezer per call, as squeezed runs it.
-    let classic = Service::new(
-        fake.platform(),
-        ServiceConfig {
-            policy: Policy::Classic,
-            ..config(dir.path())
-        },
-    )
-    .unwrap();
+    let classic = service_with(&fake, dir.path(), Policy::Classic);
     classic.balance_memory().unwrap();
     assert!(classic.cooperation(guest).is_none());
 }
@@ -261,14 +259,7 @@ fn a_stuck_guest_named_in_a_failed_reservation_is_flagged_uncooperative_when_the
 fn slow_guests_host(policy: Policy) -> (tempfile::TempDir, FakeHost, Service) {
     let dir = tempfile::tempdir().unwrap();
     let fake = five_gib_host();
-    let service = Service::new(
-        fake.platform(),
-        ServiceConfig {
-            policy,
-            ..config(dir.path())
-        },
-    )
-    .unwrap();
+    let service = service_with(&fake, dir.path(), policy);
     for _ in 0..2 {
         booted_guest(
             &fake,
