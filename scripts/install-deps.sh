@@ -29,6 +29,9 @@ if [[ ${1:-} == xen ]]; then
     "mkfs.ext4 e2fsprogs"
     "debugfs e2fsprogs"
     "timeout coreutils"
+    "dpkg-source dpkg-dev"
+    "/usr/include/yajl/yajl_gen.h libyajl-dev"
+    "patch patch"
   )
 fi
 

@@ -28,38 +28,50 @@ branch=${upstream%.*}             # 4.17
 nm -D "$prefix/lib/libsqueeze.so" | grep -q ' T sqz_set_guest_policy$' ||
   die "$prefix/lib/libsqueeze.so is too old for this patch (no sqz_set_guest_policy)"
 
-# Debian's source package of exactly the installed version. Without deb-src lines in apt's
-# sources, the archive the installed libxen-dev came from is asked alone, with apt's lists
-# in a private directory: the system's apt configuration is left as it is.
+# Debian's source package of the installed version or, when the archive no longer serves that
+# one (security archives keep indexes of sources whose files are gone), the newest source of
+# the same Xen branch that it does serve: xl only uses libxl's API, which is stable within a
+# branch, so an xl from 4.17.5's source runs on 4.17.7's libxenlight. The archives that
+# libxen-dev's versions come from are asked, with apt's lists in a private directory: the
+# system's apt configuration is left as it is.
 fetch_source() {
   if (cd "$out" && apt-get source -qq --only-source "xen=$version") >/dev/null 2>&1; then
+    source_version=$version
     return
   fi
-  local origin url dist apt
-  origin=$(apt-cache policy libxen-dev | awk -v v="$version" '
-    $1 == "***" && $2 == v { found = 1; next }
-    found && $2 ~ /^(https?|ftp):/ { print $2, $3; exit }
-    found && $1 !~ /^[0-9]+$/ { exit }')
-  [[ -n $origin ]] || die "cannot tell which archive libxen-dev $version came from"
-  url=${origin% *}
-  dist=${origin#* }
-  apt=$out/apt
+  local apt=$out/apt
   mkdir -p "$apt/lists/partial"
-  echo "deb-src $url ${dist%%/*} ${dist#*/}" >"$apt/sources.list"
+  apt-cache policy libxen-dev | awk '$2 ~ /^(https?|ftp):/ { split($3, d, "/"); print "deb-src", $2, d[1], d[2] }' |
+    sort -u >"$apt/sources.list"
+  [[ -s $apt/sources.list ]] || die "cannot tell which archives libxen-dev comes from"
   local opts=(-o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
               -o Dir::State::Lists="$apt/lists")
-  apt-get -qq "${opts[@]}" update >/dev/null ||
-    die "cannot read the source index of $url ${dist%%/*}"
-  (cd "$out" && apt-get -qq "${opts[@]}" source --only-source "xen=$version") >/dev/null ||
-    die "apt-get source xen=$version failed (is dpkg-dev installed?)"
+  apt-get -qq "${opts[@]}" update >/dev/null || die "cannot read the archives' source indexes"
+  # The installed version first, then the branch's others, newest first.
+  local candidates
+  candidates=$( { echo "$version"
+                  apt-cache "${opts[@]}" showsrc xen 2>/dev/null |
+                    awk -v b="$branch." '$1 == "Version:" && index($2, b) == 1 { print $2 }' |
+                    sort -u -r -V; } | awk '!seen[$0]++')
+  local v
+  for v in $candidates; do
+    if (cd "$out" && apt-get -qq "${opts[@]}" source --only-source "xen=$v") >/dev/null 2>&1; then
+      source_version=$v
+      return
+    fi
+    echo "build-xl: the archives do not serve xen $v's source; trying an older $branch"
+  done
+  die "no Xen $branch source package could be fetched (is dpkg-dev installed?)"
 }
 
+source_version=
 if [[ -z ${XEN_SRC:-} ]]; then
   if ! ls -d "$out"/xen-*/tools/xl >/dev/null 2>&1; then
     echo "build-xl: fetching Debian's source package xen $version"
     fetch_source
   fi
   XEN_SRC=$(ls -d "$out"/xen-*/ | head -n 1)
+  [[ -n $source_version ]] || source_version=$(basename "$XEN_SRC" | sed 's/^xen-//')
 fi
 [[ -f $XEN_SRC/tools/xl/xl_vmcontrol.c ]] || die "$XEN_SRC is not a Xen source tree"
 
@@ -92,4 +104,4 @@ for src in "$build"/tools/xl/*.c; do
 done
 "$cc" -o "$out/xl" "${objs[@]}" -lxlutil -lxenlight -lxentoollog -lyajl \
   -L"$prefix/lib" -lsqueeze -Wl,-rpath,"$prefix/lib"
-echo "build-xl: built $out/xl (Xen $version with squeeze)"
+echo "build-xl: built $out/xl (xl of Xen ${source_version:-$version}, for libxenlight $version, with squeeze)"
