@@ -33,39 +33,18 @@
 
 #include <squeeze.h>
 
+#include "squeeze_handle.h"
+
 /* Tags of Squeeze_memory's reply type. */
 enum { REPLY_DONE, REPLY_FAILED };
 
 /* --- Handles -------------------------------------------------------------------------------- */
 
-#define Service_val(v) (*((sqz_service **)Data_custom_val(v)))
-#define Fake_val(v) (*((sqz_fake_host **)Data_custom_val(v)))
+#define Service_val(v) SQZ_ML_HANDLE_SLOT(sqz_service, v)
+#define Fake_val(v) SQZ_ML_HANDLE_SLOT(sqz_fake_host, v)
 
-static void service_finalize(value v) {
-  sqz_service_free(Service_val(v));
-  Service_val(v) = NULL;
-}
-
-static void fake_finalize(value v) {
-  sqz_fake_host_free(Fake_val(v));
-  Fake_val(v) = NULL;
-}
-
-static struct custom_operations service_ops = {
-    "org.squeeze.service",      service_finalize,         custom_compare_default,
-    custom_hash_default,        custom_serialize_default, custom_deserialize_default,
-    custom_compare_ext_default, custom_fixed_length_default};
-
-static struct custom_operations fake_ops = {
-    "org.squeeze.fake_host",    fake_finalize,            custom_compare_default,
-    custom_hash_default,        custom_serialize_default, custom_deserialize_default,
-    custom_compare_ext_default, custom_fixed_length_default};
-
-static value wrap(struct custom_operations *ops, void *p) {
-  value v = caml_alloc_custom(ops, sizeof p, 0, 1);
-  *((void **)Data_custom_val(v)) = p;
-  return v;
-}
+SQZ_ML_HANDLE(service, sqz_service, sqz_service_free, "org.squeeze.service")
+SQZ_ML_HANDLE(fake, sqz_fake_host, sqz_fake_host_free, "org.squeeze.fake_host")
 
 /* --- Outcomes ------------------------------------------------------------------------------ */
 
@@ -170,7 +149,7 @@ CAMLprim value sqz_ml_fake_new(value v_total, value v_xen, value v_dom0, value v
   caml_leave_blocking_section();
   handle = Val_unit;
   if (st == SQZ_OK)
-    handle = wrap(&fake_ops, f);
+    handle = sqz_ml_wrap(&fake_ops, f);
   CAMLreturn(reply_of(&o, handle));
 }
 
@@ -350,7 +329,7 @@ static value new_service(value v_fake, value v_slush, value v_lock, value v_reco
   caml_stat_free(record);
   handle = Val_unit;
   if (st == SQZ_OK)
-    handle = wrap(&service_ops, s);
+    handle = sqz_ml_wrap(&service_ops, s);
   CAMLreturn(reply_of(&o, handle));
 }
 
@@ -555,17 +534,9 @@ CAMLprim value sqz_ml_stop_balancer(value v_s) {
 
 /* --- Progress and cancellation ------------------------------------------------------------- */
 
-#define Cancel_val(v) (*((sqz_cancel **)Data_custom_val(v)))
+#define Cancel_val(v) SQZ_ML_HANDLE_SLOT(sqz_cancel, v)
 
-static void cancel_finalize(value v) {
-  sqz_cancel_free(Cancel_val(v));
-  Cancel_val(v) = NULL;
-}
-
-static struct custom_operations cancel_ops = {
-    "org.squeeze.cancel",       cancel_finalize,          custom_compare_default,
-    custom_hash_default,        custom_serialize_default, custom_deserialize_default,
-    custom_compare_ext_default, custom_fixed_length_default};
+SQZ_ML_HANDLE(cancel, sqz_cancel, sqz_cancel_free, "org.squeeze.cancel")
 
 CAMLprim value sqz_ml_cancel_new(value unit) {
   CAMLparam1(unit);
@@ -576,7 +547,7 @@ CAMLprim value sqz_ml_cancel_new(value unit) {
   collect(&o, st);
   handle = Val_unit;
   if (st == SQZ_OK)
-    handle = wrap(&cancel_ops, c);
+    handle = sqz_ml_wrap(&cancel_ops, c);
   CAMLreturn(reply_of(&o, handle));
 }
 

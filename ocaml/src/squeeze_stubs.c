@@ -36,6 +36,8 @@
 
 #include <squeeze.h>
 
+#include "squeeze_handle.h"
+
 /* Field positions of Squeeze.domain. */
 enum {
   DOMAIN_DOMID,
@@ -524,17 +526,9 @@ CAMLprim value sqz_ml_fistpoint_bit(value v_index) {
 
 /* --- Squeezers kept across calls (the adaptive policy learns between them) ----------------- */
 
-#define Squeezer_val(v) (*((sqz_squeezer **)Data_custom_val(v)))
+#define Squeezer_val(v) SQZ_ML_HANDLE_SLOT(sqz_squeezer, v)
 
-static void squeezer_finalize(value v) {
-  sqz_squeezer_free(Squeezer_val(v));
-  Squeezer_val(v) = NULL;
-}
-
-static struct custom_operations squeezer_ops = {
-    "org.squeeze.squeezer",     squeezer_finalize,        custom_compare_default,
-    custom_hash_default,        custom_serialize_default, custom_deserialize_default,
-    custom_compare_ext_default, custom_fixed_length_default};
+SQZ_ML_HANDLE(squeezer, sqz_squeezer, sqz_squeezer_free, "org.squeeze.squeezer")
 
 /* [Done squeezer] or the library's error. */
 CAMLprim value sqz_ml_squeezer_new(value v_adaptive) {
@@ -556,8 +550,7 @@ CAMLprim value sqz_ml_squeezer_new(value v_adaptive) {
     outcome_free(&o);
     CAMLreturn(reply);
   }
-  handle = caml_alloc_custom(&squeezer_ops, sizeof sq, 0, 1);
-  Squeezer_val(handle) = sq;
+  handle = sqz_ml_wrap(&squeezer_ops, sq);
   reply = caml_alloc(1, REPLY_DONE);
   Store_field(reply, 0, handle);
   CAMLreturn(reply);

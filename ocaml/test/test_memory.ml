@@ -3,18 +3,7 @@
    are free before any guest. *)
 
 open Squeeze_memory
-
-let mib = 1024L
-
-let gib = 1_048_576L
-
-let ( + ) = Int64.add
-
-let ( - ) = Int64.sub
-
-let ( * ) = Int64.mul
-
-let slush = 72L * mib (* the service's default host-reserved memory *)
+open Sizes
 
 let free_at_start = (6L * gib) + (768L * mib)
 

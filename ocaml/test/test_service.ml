@@ -3,18 +3,7 @@
    are free before any guest. *)
 
 open Squeeze_memory
-
-let mib = 1024L
-
-let gib = 1_048_576L
-
-let ( + ) = Int64.add
-
-let ( - ) = Int64.sub
-
-let ( * ) = Int64.mul
-
-let slush = 72L * mib
+open Sizes
 
 let setup ?balance_interval_s ?(policy = Classic) () =
   let host = Fake_host.create ~total_kib:(8L * gib) ~xen_kib:(256L * mib) ~dom0_kib:gib () in

@@ -3,16 +3,7 @@
    1 GiB, so 6.75 GiB are free before any guest. *)
 
 open Memory_interface
-
-let mib = 1024L
-
-let gib = 1_048_576L
-
-let ( + ) = Int64.add
-
-let ( - ) = Int64.sub
-
-let ( * ) = Int64.mul
+open Sizes
 
 let fresh_host ?domain_zero () =
   let host =

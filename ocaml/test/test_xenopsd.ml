@@ -10,18 +10,7 @@
    The service runs squeezed's (classic) policy. *)
 
 open Memory_interface
-
-let mib = 1024L
-
-let gib = 1_048_576L
-
-let ( + ) = Int64.add
-
-let ( - ) = Int64.sub
-
-let ( * ) = Int64.mul
-
-let slush = 72L * mib
+open Sizes
 
 (* Each call has the type xapi-idl's generated client gives it (checked when this compiles). *)
 module Calls_have_xapi_idl_types = struct
