@@ -298,6 +298,13 @@ module Squeezer = struct
 
   type cooperation = {score_s: float; uncooperative: bool; concern: concern option}
 
+  (* SQZ_CONCERN_* values. *)
+  let concern_of_code = function
+    | 1 -> Some Too_slow
+    | 2 -> Some Not_moving
+    | 3 -> Some Stalled_and_resumed
+    | _ -> None
+
   type handle
 
   type t = {handle: handle; policy: policy}
@@ -340,15 +347,7 @@ module Squeezer = struct
       invalid_arg (Printf.sprintf "Squeeze.Squeezer.cooperation: domid %d is out of range" domid) ;
     match stub_cooperation t.handle domid with
     | Done (score_s, uncooperative, concern) ->
-        (* SQZ_CONCERN_* values. *)
-        let concern =
-          match concern with
-          | 1 -> Some Too_slow
-          | 2 -> Some Not_moving
-          | 3 -> Some Stalled_and_resumed
-          | _ -> None
-        in
-        Some {score_s; uncooperative; concern}
+        Some {score_s; uncooperative; concern= concern_of_code concern}
     | Error_status (Invalid_argument_error, _) -> None
     | Error_status (kind, msg) -> raise (Squeeze_error (kind, msg))
     | Not_enough_memory _ | Refused_by _ -> None

@@ -206,6 +206,10 @@ module Squeezer : sig
     ; concern: concern option
   }
 
+  val concern_of_code : int -> concern option
+  (** The concern a [SQZ_CONCERN_*] value of the C API names ([None] for
+      [SQZ_CONCERN_NONE] and values it does not know). *)
+
   type t
   (** A squeezer and what it has learnt. Released when no longer reachable. One call at a
       time: a call while another runs on the same squeezer raises [Squeeze_error]. *)

@@ -146,7 +146,7 @@ external stub_service_new_xen :
   int64 option -> string option -> string option -> choice -> service reply
   = "sqz_ml_service_new_xen"
 
-type policy = Classic | Adaptive
+type policy = Squeeze.Squeezer.policy = Classic | Adaptive
 
 type domain_zero = Fixed | Balloon of int64 * int64 option
 
@@ -168,9 +168,10 @@ let choice policy domain_zero balance_interval_s : choice =
 external stub_domain_zero : service -> (int * int64 * int64) reply
   = "sqz_ml_get_domain_zero_policy"
 
-type concern = Too_slow | Not_moving | Stalled_and_resumed
+type concern = Squeeze.Squeezer.concern = Too_slow | Not_moving | Stalled_and_resumed
 
-type cooperation = {score_s: float; uncooperative: bool; concern: concern option}
+type cooperation = Squeeze.Squeezer.cooperation =
+  {score_s: float; uncooperative: bool; concern: concern option}
 
 external stub_cooperation : service -> int -> (float * bool * int) reply
   = "sqz_ml_service_cooperation"
@@ -212,15 +213,7 @@ let create_fake ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = 
 let cooperation s domid =
   check_domid "cooperation" domid ;
   let score_s, uncooperative, concern = get (stub_cooperation s domid) in
-  (* SQZ_CONCERN_* values. *)
-  let concern =
-    match concern with
-    | 1 -> Some Too_slow
-    | 2 -> Some Not_moving
-    | 3 -> Some Stalled_and_resumed
-    | _ -> None
-  in
-  {score_s; uncooperative; concern}
+  {score_s; uncooperative; concern= Squeeze.Squeezer.concern_of_code concern}
 
 let open_xen ?host_reserved_kib ?lock_path ?boot_time_record_path ?(policy = Adaptive)
     ?(domain_zero = Fixed) ?balance_interval_s () =

@@ -86,13 +86,12 @@ end
 type service
 (** A memory service over one host. Released when no longer reachable. *)
 
-(** Which algorithm a service decides with. *)
-type policy =
-  | Classic  (** squeezed's, decision for decision (a fresh squeezer per call) *)
-  | Adaptive
-      (** one adaptive squeezer for the service's life: measured balloon rates, remembered
-          limits, requests that end when progress stops, and a non-cooperation score that sets [memory/uncooperative];
-          the default of {!create_fake} and {!open_xen} *)
+(** Which algorithm a service decides with: {!Squeeze.Squeezer.policy}. [Classic] is squeezed's,
+    decision for decision (a fresh squeezer per call); [Adaptive], the default of {!create_fake}
+    and {!open_xen}, is one adaptive squeezer for the service's life: measured balloon rates,
+    remembered limits, requests that end when progress stops, and a non-cooperation score that
+    sets [memory/uncooperative]. *)
+type policy = Squeeze.Squeezer.policy = Classic | Adaptive
 
 (** How domain 0's memory is managed (KiB). *)
 type domain_zero =
@@ -119,18 +118,12 @@ val create_fake :
     [balance_interval_s] (default 10, squeezed's) is the background balancer's period (see
     {!start_balancer}; [Invalid_argument] outside (0, 86400]). A domain 0 range that is upside down or out of [0..2^50] is [Invalid_memory_value]. *)
 
-(** What most recently counted against a balloon driver. *)
-type concern =
-  | Too_slow  (** it moves, but slower than the minimum acceptable rate *)
-  | Not_moving  (** it does not move at all while it has work to do *)
-  | Stalled_and_resumed  (** it stopped as if at a limit, then moved past it *)
+(** What most recently counted against a balloon driver: {!Squeeze.Squeezer.concern}. *)
+type concern = Squeeze.Squeezer.concern = Too_slow | Not_moving | Stalled_and_resumed
 
-(** How a domain's balloon driver has been cooperating. *)
-type cooperation = {
-    score_s: float  (** seconds of asked-for work not done, leaking away over time *)
-  ; uncooperative: bool  (** flagged (set at 10 s, cleared at 3 s) *)
-  ; concern: concern option
-}
+(** How a domain's balloon driver has been cooperating: {!Squeeze.Squeezer.cooperation}. *)
+type cooperation = Squeeze.Squeezer.cooperation =
+  {score_s: float; uncooperative: bool; concern: concern option}
 
 val cooperation : service -> int -> cooperation
 (** How the domain's balloon driver has been cooperating, as the service's adaptive squeezer
