@@ -146,6 +146,19 @@ pub fn remove(t: &mut dyn StoreOps, layout: &Layout, id: &str) -> Result<bool> {
     }
 }
 
+/// Removes every entry of `session` (a login: the restarted client has forgotten them) and
+/// returns them.
+pub fn drop_session(t: &mut dyn StoreOps, layout: &Layout, session: &str) -> Result<Vec<Entry>> {
+    let mut dropped = Vec::new();
+    for e in list(t, layout)? {
+        if e.session == session {
+            remove(t, layout, &e.id)?;
+            dropped.push(e);
+        }
+    }
+    Ok(dropped)
+}
+
 /// Turns the entry `id` into a reservation of `kib` in the ledger, if it is still pending;
 /// whether it was.
 pub fn grant(t: &mut dyn StoreOps, layout: &Layout, entry: &Entry, kib: Kib) -> Result<bool> {
@@ -210,14 +223,23 @@ mod tests {
     #[test]
     fn a_small_request_that_fits_is_not_held_back_by_an_older_big_one() {
         // 1.5 GiB asked first, 256 MiB second; 300 MiB free above the slush, 5 s in.
-        let q = [entry(1, 1536 * MIB, 1536 * MIB, 0.0), entry(2, 256 * MIB, 256 * MIB, 1.0)];
-        assert_eq!(grants(300 * MIB, &q, 5.0, FAIRNESS_WINDOW_S), vec![(1, 256 * MIB)]);
+        let q = [
+            entry(1, 1536 * MIB, 1536 * MIB, 0.0),
+            entry(2, 256 * MIB, 256 * MIB, 1.0),
+        ];
+        assert_eq!(
+            grants(300 * MIB, &q, 5.0, FAIRNESS_WINDOW_S),
+            vec![(1, 256 * MIB)]
+        );
     }
 
     #[test]
     fn once_the_oldest_waited_a_window_memory_is_kept_for_it() {
         // The same queue 25 s in: the big one has waited 25 s > 20 s, so the 256 MiB waits.
-        let q = [entry(1, 1536 * MIB, 1536 * MIB, 0.0), entry(2, 256 * MIB, 256 * MIB, 1.0)];
+        let q = [
+            entry(1, 1536 * MIB, 1536 * MIB, 0.0),
+            entry(2, 256 * MIB, 256 * MIB, 1.0),
+        ];
         assert_eq!(grants(300 * MIB, &q, 25.0, FAIRNESS_WINDOW_S), vec![]);
         // And when 1.6 GiB is free, the big one goes first and 64 MiB is left: too little.
         assert_eq!(
@@ -245,7 +267,10 @@ mod tests {
         // A range of 256..=1024 MiB whose share is 512 MiB, 2 GiB free.
         let mut r = entry(1, 256 * MIB, 1024 * MIB, 0.0);
         r.need_kib = 512 * MIB;
-        assert_eq!(grants(2048 * MIB, &[r.clone()], 1.0, 20.0), vec![(0, 1024 * MIB)]);
+        assert_eq!(
+            grants(2048 * MIB, &[r.clone()], 1.0, 20.0),
+            vec![(0, 1024 * MIB)]
+        );
         let q = [r, entry(2, 1024 * MIB, 1024 * MIB, 0.0)];
         assert_eq!(
             grants(2048 * MIB, &q, 1.0, 20.0),

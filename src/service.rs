@@ -23,19 +23,19 @@ use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex};
 
 use crate::adaptive::{AdaptiveOptions, Cooperation};
+use crate::adaptive::{Goal as AdaptiveGoal, Outcome as AdaptiveOutcome};
 use crate::balancer::Policy;
 use crate::diagnostics::{self, Diagnostics, Operation, Recorder};
 use crate::domain_zero::{self, DomainZeroAnswer, DomainZeroPolicy};
 use crate::driver::{self, Io};
+use crate::engine::{ClassicRound, Engine};
 use crate::error::{Error, Result};
 use crate::guest_policy::{self, GuestPolicy};
 use crate::host::{HostConfig, HostModel, HostView};
 use crate::lockfile;
 use crate::model::{kib, DomId, Kib};
-use crate::platform::{pages, Platform};
-use crate::adaptive::{Goal as AdaptiveGoal, Outcome as AdaptiveOutcome};
-use crate::engine::{ClassicRound, Engine};
 use crate::pending;
+use crate::platform::{pages, Platform};
 use crate::progress::{CancelToken, ReserveOptions, Watch};
 use crate::reservations::{self, Layout};
 use crate::squeezer::Options;
@@ -399,22 +399,31 @@ impl Service {
     }
 
     /// Starts a session for `service_name` and returns its id (the name itself, as squeezed
-    /// does). Reservations the service made before and never transferred are dropped: a
-    /// restarted client has forgotten their ids.
+    /// does). Reservations the service made before and never transferred are dropped, and so
+    /// are its pending ones (whose calls then fail): a restarted client has forgotten their
+    /// ids.
     pub fn login(&self, service_name: &str) -> Result<String> {
         reservations::check_session(service_name)?;
         let layout = &self.inner.layout;
-        let dropped = self.with_host(|model| {
+        let (dropped, dropped_pending) = self.with_host(|model| {
             let mut dropped = Vec::new();
+            let mut dropped_pending = Vec::new();
             model.platform().store.transaction(&mut |t| {
                 dropped = reservations::drop_untransferred(t, layout, service_name)?;
+                dropped_pending = pending::drop_session(t, layout, service_name)?;
                 Ok(())
             })?;
             if !dropped.is_empty() {
                 self.note_outside_change();
             }
-            Ok(dropped)
+            Ok((dropped, dropped_pending))
         })?;
+        for e in &dropped_pending {
+            info!(
+                "login {service_name}: dropped pending reservation {} ({} KiB)",
+                e.id, e.need_kib
+            );
+        }
         for r in &dropped {
             info!(
                 "login {service_name}: dropped untransferred reservation {} ({} KiB)",
@@ -757,7 +766,12 @@ impl Service {
     /// Grants the call its own reservation of `amount` KiB (the size asked, when None),
     /// replacing its pending entry in the same transaction: the check that the memory is free
     /// happened in this lock hold.
-    fn grant_own(&self, model: &mut HostModel, call: &Call<'_>, amount: Option<Kib>) -> Result<Kib> {
+    fn grant_own(
+        &self,
+        model: &mut HostModel,
+        call: &Call<'_>,
+        amount: Option<Kib>,
+    ) -> Result<Kib> {
         let kib = match amount {
             Some(k) => pages::round_down_kib(k).max(call.ask.min_kib),
             None => call.ask.min_kib,
@@ -835,7 +849,10 @@ impl Service {
                     let kib = v.trim().parse::<Kib>().map_err(|_| {
                         Error::Backend(format!("reservation {} holds {v:?}", call.id))
                     })?;
-                    debug!("reservation {} was granted {kib} KiB by another round", call.id);
+                    debug!(
+                        "reservation {} was granted {kib} KiB by another round",
+                        call.id
+                    );
                     Ok(RoundEnd::Granted(kib))
                 }
                 None => Err(Error::Backend(format!(
@@ -897,8 +914,7 @@ impl Service {
             if !all.iter().any(|e| e.id == call.id) {
                 all.extend(call.entry.clone());
             }
-            let (mine, granted) =
-                self.grant_pending(&all, usable(&host) - slush, now, &call.id)?;
+            let (mine, granted) = self.grant_pending(&all, usable(&host) - slush, now, &call.id)?;
             if let Some(kib) = mine {
                 drop(io);
                 self.publish_round(model)?;
@@ -957,7 +973,11 @@ impl Service {
                 let amount = if call.ask.range {
                     // What is free now, as the policy counts it, within the range.
                     let h = io.make_host()?;
-                    Some((usable(&h) - slush).min(call.ask.max_kib).max(call.ask.min_kib))
+                    Some(
+                        (usable(&h) - slush)
+                            .min(call.ask.max_kib)
+                            .max(call.ask.min_kib),
+                    )
                 } else {
                     None
                 };
@@ -1062,16 +1082,18 @@ impl Service {
                     AdaptiveOutcome::Done => Ok(None),
                     AdaptiveOutcome::Continue => Ok(Some(next_look_s)),
                     // squeezed's balance reports only invalid settings and platform failures.
-                    AdaptiveOutcome::Failed(Error::CannotFreeThisMuchMemory { free_kib, .. })
-                        if !adaptive =>
-                    {
+                    AdaptiveOutcome::Failed(Error::CannotFreeThisMuchMemory {
+                        free_kib, ..
+                    }) if !adaptive => {
                         debug!("balanced as far as possible: {free_kib} KiB free");
                         Ok(None)
                     }
                     AdaptiveOutcome::Failed(Error::DomainsRefusedToCooperate { domids })
                         if !adaptive =>
                     {
-                        debug!("balanced as far as possible: domains {domids:?} are not cooperating");
+                        debug!(
+                            "balanced as far as possible: domains {domids:?} are not cooperating"
+                        );
                         Ok(None)
                     }
                     AdaptiveOutcome::Failed(e) => Err(e),
@@ -1094,7 +1116,14 @@ impl Service {
         let finished = self.inner.clock.now();
         let writes = std::mem::take(&mut watch.writes);
         self.inner.recorder.lock().record(
-            operation, reason, None, started, finished, &result, watch.looks, watch.waits,
+            operation,
+            reason,
+            None,
+            started,
+            finished,
+            &result,
+            watch.looks,
+            watch.waits,
             &writes,
         );
         result
