@@ -41,11 +41,7 @@ fn host(sizes: &[Kib], free: Kib) -> FakeHost {
     .unwrap()
 }
 
-fn service(
-    dir: &std::path::Path,
-    time: &Arc<SharedTime>,
-    policy: Policy,
-) -> Service {
+fn service(dir: &std::path::Path, time: &Arc<SharedTime>, policy: Policy) -> Service {
     let cfg = ServiceConfig {
         policy,
         // A caller that cannot get the lock while another sleeps under it gives up soon,
@@ -88,7 +84,10 @@ fn reserve_at_once(
                 });
                 let at_s = fake.now_s() - t0;
                 drop(p);
-                Done { at_s, ok: ok.is_ok() }
+                Done {
+                    at_s,
+                    ok: ok.is_ok(),
+                }
             })
         })
         .collect();
@@ -143,7 +142,10 @@ fn a_quick_call_during_another_callers_ballooning_waits_for_one_round_at_most() 
         assert!(waited <= 1.0, "{policy}: the delete waited {waited} s");
         slow.join().unwrap().unwrap();
         let took = fake.now_s() - t0;
-        assert!(took > 60.0, "{policy}: the slow reservation took only {took} s");
+        assert!(
+            took > 60.0,
+            "{policy}: the slow reservation took only {took} s"
+        );
         eprintln!("{policy}: delete waited {waited} s during a reservation of {took:.0} s");
     }
 }
@@ -176,7 +178,11 @@ fn a_small_vm_start_is_not_held_behind_a_big_slow_one() {
         // B's 256 MiB from the slow guest at 8 MiB/s is 32 s more for A, at most; one round
         // or two of slack for the order in which the callers took the lock.
         let bound = alone_s + 32.0 + 2.0;
-        assert!(a.at_s <= bound, "{policy}: A took {} s, bound {bound} s", a.at_s);
+        assert!(
+            a.at_s <= bound,
+            "{policy}: A took {} s, bound {bound} s",
+            a.at_s
+        );
         // Nothing was promised twice and nothing is left pending.
         let s = fake.snapshot().unwrap();
         assert!(s.directory("/squeezed/pending").is_empty());
@@ -207,10 +213,200 @@ fn a_boot_storm_is_served_about_as_fast_as_the_guests_can_free_the_total() {
             last / t_star
         );
         if policy == Policy::Adaptive {
-            assert!(last <= 1.3 * t_star + 3.0, "{policy}: last served at {last} s");
+            assert!(
+                last <= 1.3 * t_star + 3.0,
+                "{policy}: last served at {last} s"
+            );
         }
         let s = fake.snapshot().unwrap();
         assert!(s.directory("/squeezed/pending").is_empty());
         assert_eq!(books(&s).reserved, 4 * GIB);
     }
+}
+
+#[test]
+fn a_stream_of_small_starts_does_not_starve_a_big_one() {
+    for policy in [Policy::Adaptive, Policy::Classic] {
+        let dir = tempfile::tempdir().unwrap();
+        // 1 GiB free above the slush, and a guest that can give 1 GiB more at 16 MiB/s.
+        let fake = host(&[2 * GIB], GIB);
+        guest(&fake, GIB, 2 * GIB, 16);
+        let time = SharedTime::new(&fake);
+        let svc = service(dir.path(), &time, policy);
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let t0 = fake.now_s();
+        // Six small VMs start, run 3 s, stop, and start again a second later, over and over:
+        // 768 MiB of them at most, and always one waiting to start.
+        let smalls: Vec<_> = (0..6)
+            .map(|i| {
+                let p = time.participant();
+                let (svc, fake, time, served) =
+                    (svc.clone(), fake.clone(), time.clone(), served.clone());
+                std::thread::spawn(move || {
+                    p.enter();
+                    time.sleep(0.25 * i as f64);
+                    let session = format!("small-{i}");
+                    let mut starts = 0;
+                    while !served.load(std::sync::atomic::Ordering::SeqCst)
+                        && fake.now_s() - t0 < 200.0
+                    {
+                        let id = svc.reserve_memory(&session, 128 * MIB).unwrap();
+                        starts += 1;
+                        time.sleep(3.0);
+                        svc.delete_reservation(&session, &id).unwrap();
+                        time.sleep(1.0);
+                    }
+                    drop(p);
+                    starts
+                })
+            })
+            .collect();
+        let big = {
+            let p = time.participant();
+            let (svc, fake, time, served) =
+                (svc.clone(), fake.clone(), time.clone(), served.clone());
+            std::thread::spawn(move || {
+                p.enter();
+                time.sleep(2.0);
+                let asked = fake.now_s();
+                svc.reserve_memory("big", GIB).unwrap();
+                let waited = fake.now_s() - asked;
+                served.store(true, std::sync::atomic::Ordering::SeqCst);
+                drop(p);
+                waited
+            })
+        };
+        let waited = big.join().unwrap();
+        let starts: u32 = smalls.into_iter().map(|h| h.join().unwrap()).sum();
+        eprintln!("{policy}: the 1 GiB start waited {waited:.1} s among {starts} small starts");
+        // Its own 768 MiB at most from the guest (48 s), after the fairness window (20 s).
+        assert!(
+            waited <= 20.0 + 48.0 + 2.0,
+            "{policy}: the big start waited {waited} s"
+        );
+        assert!(starts >= 6, "{policy}: only {starts} small starts");
+        let s = fake.snapshot().unwrap();
+        assert!(s.directory("/squeezed/pending").is_empty());
+    }
+}
+
+/// Writes a pending entry as another process would.
+fn foreign_entry(fake: &FakeHost, id: &str, session: &str, kib: Kib, pid: u32, start: u64) {
+    use squeeze::platform::Store;
+    let json = format!(
+        "{{\"version\":1,\"session\":\"{session}\",\"min_kib\":{kib},\"max_kib\":{kib},\
+         \"need_kib\":{kib},\"order\":1,\"since_s\":0.0,\"owner\":{{\"pid\":{pid},\"start\":{start}}}}}"
+    );
+    fake.write(&format!("/squeezed/pending/{id}"), &json)
+        .unwrap();
+}
+
+#[test]
+fn a_pending_reservation_of_a_dead_process_is_dropped_by_the_next_round() {
+    let (_dir, fake, service) = setup(small_host());
+    // A process that died while it waited (no such pid), and one whose pid was reused by a
+    // process started later (this one, with another start time).
+    let id_dead = "11111111-1111-4111-8111-111111111111";
+    let id_reused = "22222222-2222-4222-8222-222222222222";
+    foreign_entry(&fake, id_dead, "xl-1", GIB, u32::MAX - 1, 5);
+    foreign_entry(&fake, id_reused, "xl-2", GIB, std::process::id(), 1);
+    service.reserve_memory("xenopsd", 256 * MIB).unwrap();
+    let s = fake.snapshot().unwrap();
+    assert!(s.directory("/squeezed/pending").is_empty());
+    // Nothing was granted to them, and the live request got its memory.
+    assert_eq!(books(&s).reserved, 256 * MIB);
+}
+
+#[test]
+fn a_pending_entry_never_counts_as_reserved_memory() {
+    let (_dir, fake, service) = setup(small_host());
+    // 3 GiB free; a live process (this one) waits for 1 GiB.
+    let me = squeeze::pending::Owner::this_process();
+    foreign_entry(
+        &fake,
+        "33333333-3333-4333-8333-333333333333",
+        "xl-1",
+        GIB,
+        me.pid,
+        me.start,
+    );
+    let view = service.host_view().unwrap();
+    assert_eq!(view.reserved_kib, 0);
+    assert_eq!(view.free_kib, 3 * GIB);
+}
+
+#[test]
+fn login_drops_the_session_s_pending_reservations_and_the_waiting_call_fails_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only a slow guest can give the 600 MiB: the reservation waits about 75 s.
+    let fake = host(&[2 * GIB], 64 * MIB);
+    guest(&fake, GIB, 2 * GIB, 8);
+    let time = SharedTime::new(&fake);
+    let svc = service(dir.path(), &time, Policy::Adaptive);
+    let waiting = {
+        let (p, svc) = (time.participant(), svc.clone());
+        std::thread::spawn(move || {
+            p.enter();
+            svc.reserve_memory("xenopsd", 600 * MIB)
+        })
+    };
+    let p = time.participant();
+    let (svc2, fake2, time2) = (svc.clone(), fake.clone(), time.clone());
+    let relogin = std::thread::spawn(move || {
+        p.enter();
+        time2.sleep(5.0);
+        let pending = fake2
+            .snapshot()
+            .unwrap()
+            .directory("/squeezed/pending")
+            .len();
+        svc2.login("xenopsd").unwrap();
+        drop(p);
+        pending
+    });
+    assert_eq!(
+        relogin.join().unwrap(),
+        1,
+        "the reservation was not pending at 5 s"
+    );
+    let r = waiting.join().unwrap();
+    assert!(
+        matches!(r, Err(squeeze::Error::Backend(ref m)) if m.contains("logged in again")),
+        "{r:?}"
+    );
+    let s = fake.snapshot().unwrap();
+    assert!(s.directory("/squeezed/pending").is_empty());
+    assert_eq!(books(&s).reserved, 0);
+}
+
+#[test]
+fn a_balance_yields_to_a_pending_reservation() {
+    use squeeze::platform::Store;
+    let (_dir, fake, service) = setup_classic(small_host());
+    // A guest at 1 GiB that may grow to 2 GiB, with 2 GiB free: a balance would grow it.
+    let g = booted_guest(
+        &fake,
+        GuestSpec {
+            target_kib: GIB,
+            ..GuestSpec::ballooning(512 * MIB, 2 * GIB)
+        },
+    );
+    let target = || {
+        fake.read(&format!("/local/domain/{g}/memory/target"))
+            .unwrap()
+    };
+    let id = "44444444-4444-4444-8444-444444444444";
+    let me = squeeze::pending::Owner::this_process();
+    foreign_entry(&fake, id, "xl-1", GIB, me.pid, me.start);
+    service.balance_memory().unwrap();
+    assert!(!service.balance_if_unbalanced().unwrap());
+    assert_eq!(
+        target(),
+        Some(GIB.to_string()),
+        "a balance wrote while a reservation was pending"
+    );
+    // The reservation gone, the same balance grows the guest.
+    fake.rm(&format!("/squeezed/pending/{id}")).unwrap();
+    service.balance_memory().unwrap();
+    assert_eq!(target(), Some((2 * GIB).to_string()));
 }
