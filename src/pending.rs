@@ -63,12 +63,18 @@ impl Owner {
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat` (after the command, which may hold spaces and parentheses).
+/// Field 22 of `/proc/<pid>/stat` (after the command, which may hold spaces and parentheses),
+/// or None when the process is gone or only a zombie waiting for its parent.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
-    // Fields after the command start at field 3 (the state): field 22 is the 20th of them.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    // Fields after the command start at field 3, the state: a zombie has exited.
+    if matches!(fields.next(), Some("Z") | Some("X") | None) {
+        return None;
+    }
+    // Field 22 is the 19th after the state.
+    fields.nth(18)?.parse().ok()
 }
 
 /// One pending request.
