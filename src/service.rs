@@ -49,9 +49,12 @@ pub const DEFAULT_BOOT_TIME_RECORD_PATH: &str = "/run/squeeze/boot_time_memory";
 /// squeezed's balance check interval, in seconds.
 pub const DEFAULT_BALANCE_INTERVAL_S: f64 = 10.0;
 
-/// Seconds a call waits for the host lock by default: ten minutes, five times the adaptive
-/// policy's own limit on a reservation (120 s).
-pub const DEFAULT_LOCK_TIMEOUT_S: f64 = 600.0;
+/// Seconds a call waits for the host lock by default: one minute. The lock is held for one
+/// round at a time (a look, a decision and a few writes: milliseconds, well under a second
+/// with a thousand guests), never while balloon drivers work, so a healthy holder lets go
+/// long before; the longest hold is the boot-time record of the first service (a few samples
+/// a second apart).
+pub const DEFAULT_LOCK_TIMEOUT_S: f64 = 60.0;
 
 /// Settings of a [`Service`].
 #[derive(Debug, Clone, PartialEq)]
@@ -72,8 +75,8 @@ pub struct ServiceConfig {
     pub balance_interval_s: f64,
     /// Seconds (real time) a call waits for the host lock before it fails with
     /// [`Error::Backend`] naming the lock file: a process that hangs while holding it must not
-    /// block every other caller forever. It must outlast the longest call another caller may
-    /// legitimately make while holding the lock (a reservation waits for ballooning under it).
+    /// block every other caller forever. It must outlast the longest hold of a healthy caller:
+    /// one round, since reservations and balances wait for ballooning outside the lock.
     pub lock_timeout_s: f64,
     /// Which algorithm decides: the adaptive one (one instance per service, learning across
     /// calls; the default) or squeezed's ([`Policy::Classic`]: a fresh squeezer per call, as
@@ -1016,7 +1019,14 @@ impl Service {
     /// A balance as rounds, each under the host lock, the waits outside it. A balance yields
     /// to reservations: it stops at the first round that finds a pending one, which the next
     /// round (its owner's) serves.
-    fn balance_in_rounds(&self, operation: Operation, reason: String) -> Result<()> {
+    /// A background balance also stops once `stop` is set, so stopping the balancer does not
+    /// wait for a long balance to finish.
+    fn balance_in_rounds(
+        &self,
+        operation: Operation,
+        reason: String,
+        stop: Option<&Mutex<bool>>,
+    ) -> Result<()> {
         let cfg = &self.inner.config;
         let slush = cfg.host.slush_kib;
         let tolerance = cfg.host.free_memory_tolerance_kib;
@@ -1030,6 +1040,10 @@ impl Service {
         let started = self.inner.clock.now();
         let result = loop {
             let round = self.with_host(|model| {
+                if stop.is_some_and(|s| *s.lock()) {
+                    debug!("balance stops: the balancer is stopping");
+                    return Ok(None);
+                }
                 if !self.pending_entries()?.is_empty() {
                     debug!("balance stops: reservations are pending");
                     return Ok(None);
@@ -1232,6 +1246,7 @@ impl Service {
         self.balance_in_rounds(
             Operation::BalanceMemory,
             "hand free memory above the slush back to the domains".into(),
+            None,
         )?;
         self.inner.balancing_passes.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -1240,6 +1255,12 @@ impl Service {
     /// One check of the background balancer: balances when a pass would change a target and
     /// no reservation is pending. Returns whether it balanced.
     pub fn balance_if_unbalanced(&self) -> Result<bool> {
+        self.balance_if_unbalanced_until(None)
+    }
+
+    /// [`balance_if_unbalanced`](Service::balance_if_unbalanced) for the background balancer,
+    /// whose balance also stops at the first round after `stop` is set.
+    fn balance_if_unbalanced_until(&self, stop: Option<&Mutex<bool>>) -> Result<bool> {
         let unbalanced = self.with_host(|model| {
             if !self.pending_entries()?.is_empty() {
                 return Ok(false);
@@ -1261,6 +1282,7 @@ impl Service {
             self.balance_in_rounds(
                 Operation::BackgroundBalance,
                 "a periodic check found memory to hand back to the domains".into(),
+                stop,
             )?;
             self.inner.balancing_passes.fetch_add(1, Ordering::Relaxed);
         }
@@ -1605,7 +1627,7 @@ fn balancer_loop(
         }
         let Some(inner) = weak.upgrade() else { return };
         let service = Service { inner };
-        match service.balance_if_unbalanced() {
+        match service.balance_if_unbalanced_until(Some(&stop.0)) {
             Ok(_) => failed.store(false, Ordering::Relaxed),
             // Log once per failure streak, not every interval.
             Err(e) if !failed.swap(true, Ordering::Relaxed) => {
