@@ -900,7 +900,7 @@ impl Service {
             Some(t) => t,
             None => call.clock.now(&mut io)?,
         };
-        let host = io.make_host()?;
+        let mut host = io.make_host()?;
         let usable = |h: &crate::model::Host| {
             if adaptive {
                 crate::adaptive::guaranteed_free(h)
@@ -922,6 +922,10 @@ impl Service {
                 drop(io);
                 self.publish_round(model)?;
                 return Ok(RoundEnd::Granted(kib));
+            }
+            if !granted.is_empty() {
+                // What was just granted is reserved now: the engine must not see it as free.
+                host = io.make_host()?;
             }
             let need: Kib = all
                 .iter()
