@@ -888,7 +888,6 @@ impl Service {
                 if !others && required != slush && required <= host.free_mem_kib && at_rest {
                     let amount = call.ask.range.then(|| host.free_mem_kib - slush);
                     let amount = amount.map(|a| a.min(call.ask.max_kib).max(call.ask.min_kib));
-                    drop(io);
                     return self.grant_own(model, call, amount).map(RoundEnd::Granted);
                 }
                 let start = call.clock.now(&mut io)?;
@@ -919,7 +918,6 @@ impl Service {
             }
             let (mine, granted) = self.grant_pending(&all, usable(&host) - slush, now, &call.id)?;
             if let Some(kib) = mine {
-                drop(io);
                 self.publish_round(model)?;
                 return Ok(RoundEnd::Granted(kib));
             }
@@ -988,7 +986,6 @@ impl Service {
                 } else {
                     None
                 };
-                drop(io);
                 let kib = self.grant_own(model, call, amount)?;
                 self.publish_round(model)?;
                 return Ok(RoundEnd::Granted(kib));
@@ -1003,14 +1000,12 @@ impl Service {
                 RoundEnd::Wait(next_look_s)
             }
             AdaptiveOutcome::Failed(e) => {
-                drop(io);
                 self.publish_round(model)?;
                 return Err(e);
             }
             AdaptiveOutcome::Continue => RoundEnd::Wait(next_look_s),
         };
         self.write_entry(call, now)?;
-        drop(io);
         self.publish_round(model)?;
         Ok(end)
     }
@@ -1094,7 +1089,6 @@ impl Service {
                 for a in targets {
                     io.execute_action(a)?;
                 }
-                drop(io);
                 self.publish_round(model)?;
                 match outcome {
                     AdaptiveOutcome::Done => Ok(None),
