@@ -410,3 +410,52 @@ fn a_balance_yields_to_a_pending_reservation() {
     service.balance_memory().unwrap();
     assert_eq!(target(), Some((2 * GIB).to_string()));
 }
+
+/// Writes a pending entry of this (live) process as another thread would have, waiting since
+/// `since_s` on the fake's clock.
+fn live_entry(fake: &FakeHost, id: &str, session: &str, kib: Kib, since_s: f64) {
+    use squeeze::platform::Store;
+    let me = squeeze::pending::Owner::this_process();
+    let json = format!(
+        "{{\"version\":1,\"session\":\"{session}\",\"min_kib\":{kib},\"max_kib\":{kib},\
+         \"need_kib\":{kib},\"order\":1,\"since_s\":{since_s},\"owner\":{{\"pid\":{},\"start\":{}}}}}",
+        me.pid, me.start
+    );
+    fake.write(&format!("/squeezed/pending/{id}"), &json)
+        .unwrap();
+}
+
+#[test]
+fn a_request_that_fits_overtakes_a_big_one_until_the_big_one_has_waited_the_window() {
+    const BIG: &str = "55555555-5555-4555-8555-555555555555";
+    for (waited_s, overtakes) in [(5.0, true), (30.0, false)] {
+        // 1 GiB free; a guest at 2 GiB that can give 1.5 GiB at 100 MiB/s.
+        let (_dir, fake, service) = setup(small_host());
+        guest(&fake, 512 * MIB, 2 * GIB, 100);
+        fake.advance(30.0).unwrap();
+        // A 2 GiB request (more than is free) has waited `waited_s`.
+        live_entry(&fake, BIG, "xl-big", 2 * GIB, fake.now_s() - waited_s);
+        let t0 = fake.now_s();
+        service.reserve_memory("xl-small", 256 * MIB).unwrap();
+        let took = fake.now_s() - t0;
+        let s = fake.snapshot().unwrap();
+        if overtakes {
+            // Granted at once from the free 1 GiB; the big one still waits.
+            assert_eq!(
+                took, 0.0,
+                "waited {waited_s} s: the small one took {took} s"
+            );
+            assert_eq!(s.directory("/squeezed/pending"), vec![BIG.to_string()]);
+        } else {
+            // The memory went to the big one first: 1 GiB more had to be freed (10 s at
+            // 100 MiB/s), and its round granted both.
+            assert!(took >= 10.0, "the small one took only {took} s");
+            assert!(s.directory("/squeezed/pending").is_empty());
+            assert_eq!(
+                s.read(&format!("/squeezed/state/xl-big/{BIG}")),
+                Some((2 * GIB).to_string().as_str())
+            );
+        }
+        eprintln!("the big one waited {waited_s} s: the small one took {took} s");
+    }
+}
