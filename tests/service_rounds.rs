@@ -459,3 +459,62 @@ fn a_request_that_fits_overtakes_a_big_one_until_the_big_one_has_waited_the_wind
         eprintln!("the big one waited {waited_s} s: the small one took {took} s");
     }
 }
+
+#[test]
+fn a_pending_reservation_that_is_cancelled_or_misses_its_deadline_leaves_nothing() {
+    use squeeze::progress::{CancelToken, ReserveOptions};
+    for policy in [Policy::Classic, Policy::Adaptive] {
+        let dir = tempfile::tempdir().unwrap();
+        // 600 MiB from an 8 MiB/s guest: about 75 s of ballooning.
+        let fake = host(&[2 * GIB], 64 * MIB);
+        guest(&fake, GIB, 2 * GIB, 8);
+        let time = SharedTime::new(&fake);
+        let svc = service(dir.path(), &time, policy);
+        // A deadline of 10 s.
+        let r = svc.reserve_memory_with(
+            "xenopsd",
+            600 * MIB,
+            ReserveOptions::default().with_deadline(10.0),
+        );
+        assert!(
+            matches!(r, Err(squeeze::Error::DeadlineCannotBeMet { .. })),
+            "{policy}: {r:?}"
+        );
+        // Cancelled 5 s in, from another thread, while pending.
+        let cancel = CancelToken::new();
+        let waiting = {
+            let (p, svc, cancel) = (time.participant(), svc.clone(), cancel.clone());
+            std::thread::spawn(move || {
+                p.enter();
+                svc.reserve_memory_with(
+                    "xenopsd",
+                    600 * MIB,
+                    ReserveOptions::default().with_cancel(cancel),
+                )
+            })
+        };
+        let p = time.participant();
+        let (fake2, time2) = (fake.clone(), time.clone());
+        let canceller = std::thread::spawn(move || {
+            p.enter();
+            time2.sleep(5.0);
+            let pending = fake2
+                .snapshot()
+                .unwrap()
+                .directory("/squeezed/pending")
+                .len();
+            cancel.cancel();
+            drop(p);
+            pending
+        });
+        assert_eq!(canceller.join().unwrap(), 1, "{policy}: not pending at 5 s");
+        assert_eq!(
+            waiting.join().unwrap(),
+            Err(squeeze::Error::Cancelled),
+            "{policy}"
+        );
+        let s = fake.snapshot().unwrap();
+        assert!(s.directory("/squeezed/pending").is_empty(), "{policy}");
+        assert_eq!(books(&s).reserved, 0, "{policy}");
+    }
+}
