@@ -4,7 +4,10 @@
 //! changes the ledger) runs under two locks: a mutex for the threads of this process and an
 //! `flock` on a host-wide lock file for the processes of the host, so xenopsd and any number of
 //! short-lived `xl` processes can use the library at once and never promise the same free
-//! memory twice. Each such call reads the host afresh under the locks; nothing is cached between
+//! memory twice. Reservations and balances run as rounds, each under the locks for a look, a
+//! decision and its writes only; the waits for balloon drivers happen outside them, and a
+//! reservation that waits is a pending entry every round plans for (see [`crate::pending`] and
+//! `docs/service.md`). Each round reads the host afresh; nothing is cached between
 //! calls except which domains have been cooperative (for the `memory/uncooperative` flag) and,
 //! with the adaptive policy (the default; see [`ServiceConfig::policy`]), what the adaptive
 //! squeezer has learnt about each guest.
@@ -1205,8 +1208,8 @@ impl Service {
     pub fn query_reservation_of_domain(&self, session: &str, domid: DomId) -> Result<String> {
         reservations::check_session(session)?;
         check_domid(domid)?;
-        // One read of one key: no decision, so it does not wait for the host lock, which a
-        // reservation holds while balloon drivers work.
+        // One read of one key: no decision, so it does not even wait for the round in
+        // progress.
         self.inner
             .store
             .read(&reservations::reservation_id_path(domid))?
