@@ -272,8 +272,6 @@ struct Call<'s> {
     first: bool,
     /// Whether it gave up planning for every pending need at once (they could not all be met).
     narrowed: bool,
-    /// What the other pending reservations still need, as of the last round.
-    others_kib: Kib,
     classic: ClassicRound<'s>,
     clock: driver::Clock,
     op: Option<crate::adaptive::Operation>,
@@ -641,7 +639,6 @@ impl Service {
             entry: None,
             first: true,
             narrowed: false,
-            others_kib: 0,
             classic: ClassicRound::new(&mut squeezer, 0, slush),
             clock: driver::Clock::default(),
             op: None,
@@ -913,6 +910,7 @@ impl Service {
         // Others wait too: grant whatever fits, this call's own entry included, then plan for
         // all that still waits.
         let crowded = entries.iter().any(|e| e.id != call.id);
+        let mut others_kib = 0;
         if crowded {
             self.write_entry(call, now)?;
             let mut all = entries.clone();
@@ -928,21 +926,18 @@ impl Service {
                 // What was just granted is reserved now: the engine must not see it as free.
                 host = io.make_host()?;
             }
-            let need: Kib = all
+            others_kib = all
                 .iter()
                 .enumerate()
                 .filter(|(i, e)| !granted.contains(i) && e.id != call.id)
                 .map(|(_, e)| e.need_kib)
                 .sum();
-            call.others_kib = need;
-        } else {
-            call.others_kib = 0;
         }
         let own_required = kib::add(call.need_kib, slush, "memory to free")?;
         let required = if call.narrowed {
             own_required
         } else {
-            kib::add(own_required, call.others_kib, "memory to free")?
+            kib::add(own_required, others_kib, "memory to free")?
         };
         let enough = kib::add(call.ask.min_kib, slush, "minimum free memory")?;
         let mut success = |free: Kib| free >= enough;
