@@ -526,8 +526,9 @@ typedef struct sqz_progress {
 
 /**
  * Receives a progress report before each wait for the balloon drivers, on the thread that
- * called the reservation, with the host lock held (so it must not call the service; such a
- * call fails with `SQZ_ERR_INVALID_ARGUMENT`). Returns 0 to go on; any other value stops the
+ * called the reservation, between two rounds (the host lock is not held, but the call is
+ * still in progress: it must not call the service; such a call fails with
+ * `SQZ_ERR_INVALID_ARGUMENT`). Returns 0 to go on; any other value stops the
  * reservation, which then fails with `SQZ_ERR_CANCELLED`.
  */
 typedef int32_t (*sqz_progress_fn)(void *ctx, const struct sqz_progress *progress);
@@ -1565,9 +1566,9 @@ sqz_status sqz_service_config_set_boot_time_record_path(struct sqz_service_confi
 
 /**
  * Sets the seconds (real time) a call waits for the host lock before it fails with
- * `SQZ_ERR_BACKEND` naming the lock file (default 600): a process that hangs holding the lock
- * then blocks the others for at most this long. A reservation holds the lock while it waits
- * for ballooning, so keep it above the longest reservation. Errors: `c` NULL, or `seconds` not
+ * `SQZ_ERR_BACKEND` naming the lock file (default 60): a process that hangs holding the lock
+ * then blocks the others for at most this long. The lock is held for one round at a time
+ * (milliseconds), never while balloon drivers work. Errors: `c` NULL, or `seconds` not
  * above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`, unchanged.
  */
 sqz_status sqz_service_config_set_lock_timeout(struct sqz_service_config *c, double seconds);

@@ -115,6 +115,17 @@ impl<'a> ClassicRound<'a> {
             stillness: Stillness::default(),
         }
     }
+
+    /// Aims the coming rounds at `required_kib` of host free memory (the service plans for
+    /// every pending reservation at once, so the goal moves as they come and go).
+    pub(crate) fn set_required(&mut self, required_kib: Kib) {
+        self.required_kib = required_kib;
+    }
+
+    /// Starts a call of the squeezer at `now` (see [`Squeezer::change_host_free_memory`]).
+    pub(crate) fn begin_call(&mut self, now: f64) {
+        self.squeezer.begin_call(now);
+    }
 }
 
 impl Engine for ClassicRound<'_> {

@@ -18,6 +18,7 @@
 //! - [`platform`]: what the memory service needs from a host (hypervisor, store, clock).
 //! - [`host`]: the platform's view plus the reservation ledger, turned into a [`Host`].
 //! - [`reservations`]: the reservation ledger, kept in the store with squeezed's layout.
+//! - [`pending`]: reservations waiting for memory, and the rule that grants them fairly.
 //! - [`service`]: the memory service (sessions, reservations, host-wide locking, balancer).
 //!
 //! ```
@@ -58,6 +59,7 @@ pub mod learnt;
 mod lockfile;
 pub mod model;
 pub mod monitor;
+pub mod pending;
 pub mod platform;
 pub mod policy;
 pub mod progress;

@@ -7,9 +7,10 @@
 //! is written to the ledger, so nothing is left half-made; targets already lowered stay where
 //! they are until the next balancing pass hands the memory back.
 //!
-//! [`Watched`] is the [`Io`] the service gives the deciding algorithm: it passes every call
-//! through to the host model, and on the way counts target writes and looks at the host for the
-//! diagnostics, reports progress while waiting, and turns a cancellation into an error.
+//! [`Watch`] is what the service keeps over one operation: through [`Watched`], the [`Io`] the
+//! deciding algorithm sees in each round, it counts target writes and looks at the host for the
+//! diagnostics; between rounds (outside the host lock) it reports progress while waiting and
+//! turns a cancellation or a passed deadline into an error.
 
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -122,9 +123,11 @@ pub(crate) struct TargetWrite {
     pub(crate) to_kib: Kib,
 }
 
-/// The host model as the deciding algorithm sees it during one service operation.
-pub(crate) struct Watched<'a, 'p> {
-    io: &'a mut dyn Io,
+/// What the service watches over one operation, across all its rounds: the caller's progress
+/// callback, cancel token and deadline, and the counts for the diagnostics. Each round sees the
+/// host through [`Watch::on`]; the waits between rounds happen outside the host lock, through
+/// [`Watch::wait`].
+pub(crate) struct Watch<'a, 'p> {
     progress: Option<&'a mut ProgressFn<'p>>,
     cancel: Option<CancelToken>,
     deadline_s: Option<f64>,
@@ -142,10 +145,9 @@ pub(crate) struct Watched<'a, 'p> {
     pub(crate) writes: Vec<TargetWrite>,
 }
 
-impl<'a, 'p> Watched<'a, 'p> {
-    pub(crate) fn new(io: &'a mut dyn Io) -> Self {
-        Watched {
-            io,
+impl<'a, 'p> Watch<'a, 'p> {
+    pub(crate) fn new() -> Self {
+        Watch {
             progress: None,
             cancel: None,
             deadline_s: None,
@@ -178,7 +180,20 @@ impl<'a, 'p> Watched<'a, 'p> {
         self
     }
 
-    fn check_cancelled(&self) -> Result<()> {
+    /// Aims progress reports at `required_kib` from now on (the amount is only known after a
+    /// first look for a range).
+    pub(crate) fn aim(&mut self, required_kib: Kib) {
+        if self.required_kib.is_some() {
+            self.required_kib = Some(required_kib);
+        }
+    }
+
+    /// The host as `io` shows it, watched for one round.
+    pub(crate) fn on<'i, 'w>(&'w mut self, io: &'i mut dyn Io) -> Watched<'i, 'w, 'a, 'p> {
+        Watched { io, w: self }
+    }
+
+    pub(crate) fn check_cancelled(&self) -> Result<()> {
         match &self.cancel {
             Some(t) if t.is_cancelled() => Err(Error::Cancelled),
             _ => Ok(()),
@@ -225,21 +240,65 @@ impl<'a, 'p> Watched<'a, 'p> {
             Err(_) => Err(Error::Backend("the progress callback panicked".into())),
         }
     }
+
+    /// Waits `seconds` with `sleep` between two rounds: checks the cancel token and the
+    /// deadline, reports progress, and sleeps in short slices when the call may be cancelled.
+    pub(crate) fn wait(
+        &mut self,
+        seconds: f64,
+        sleep: &mut dyn FnMut(f64) -> Result<()>,
+    ) -> Result<()> {
+        self.waits += 1;
+        self.check_cancelled()?;
+        self.check_deadline()?;
+        self.report()?;
+        if self.cancel.is_none() {
+            return sleep(seconds);
+        }
+        // Wait in short slices so a cancellation is seen soon, not after a whole poll.
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return sleep(seconds);
+        }
+        // Equal slices adding up to exactly `seconds` (bounded: a wait is at most a day).
+        let slices = (seconds.min(86_400.0) / CANCEL_CHECK_INTERVAL_S)
+            .ceil()
+            .max(1.0) as u32;
+        for _ in 0..slices {
+            sleep(seconds / f64::from(slices))?;
+            self.check_cancelled()?;
+        }
+        Ok(())
+    }
 }
 
-impl Io for Watched<'_, '_> {
+/// The host model as the deciding algorithm sees it during one round of a service operation:
+/// every call goes through to the host model, and on the way the [`Watch`] counts target
+/// writes and looks, and a cancellation becomes an error.
+pub(crate) struct Watched<'i, 'w, 'a, 'p> {
+    io: &'i mut dyn Io,
+    w: &'w mut Watch<'a, 'p>,
+}
+
+impl Watched<'_, '_, '_, '_> {
+    /// Aims progress reports at `required_kib` (see [`Watch::aim`]).
+    pub(crate) fn aim(&mut self, required_kib: Kib) {
+        self.w.aim(required_kib);
+    }
+}
+
+impl Io for Watched<'_, '_, '_, '_> {
     fn make_host(&mut self) -> Result<Host> {
-        self.check_cancelled()?;
+        self.w.check_cancelled()?;
         let host = self.io.make_host()?;
-        self.looks += 1;
-        if self.required_kib.is_some() {
+        self.w.looks += 1;
+        if self.w.required_kib.is_some() {
             let now = self.io.now()?;
-            self.last_time = now;
-            if self.start.is_none() {
-                self.start = Some((now, host.free_mem_kib));
+            self.w.last_time = now;
+            if self.w.start.is_none() {
+                self.w.start = Some((now, host.free_mem_kib));
             }
         }
-        self.last = Some(host.clone());
+        self.w.last = Some(host.clone());
         Ok(host)
     }
 
@@ -249,13 +308,14 @@ impl Io for Watched<'_, '_> {
 
     fn execute_action(&mut self, action: Action) -> Result<()> {
         let old = self
+            .w
             .last
             .as_ref()
             .and_then(|h| h.domain(action.domid))
             .map(|d| d.target_kib);
         self.io.execute_action(action)?;
         if let Some(from_kib) = old.filter(|&t| t != action.new_target_kib) {
-            self.writes.push(TargetWrite {
+            self.w.writes.push(TargetWrite {
                 domid: action.domid,
                 from_kib,
                 to_kib: action.new_target_kib,
@@ -265,26 +325,8 @@ impl Io for Watched<'_, '_> {
     }
 
     fn wait(&mut self, seconds: f64) -> Result<()> {
-        self.waits += 1;
-        self.check_cancelled()?;
-        self.check_deadline()?;
-        self.report()?;
-        if self.cancel.is_none() {
-            return self.io.wait(seconds);
-        }
-        // Wait in short slices so a cancellation is seen soon, not after a whole poll.
-        if !(seconds.is_finite() && seconds > 0.0) {
-            return self.io.wait(seconds);
-        }
-        // Equal slices adding up to exactly `seconds` (bounded: a wait is at most a day).
-        let slices = (seconds.min(86_400.0) / CANCEL_CHECK_INTERVAL_S)
-            .ceil()
-            .max(1.0) as u32;
-        for _ in 0..slices {
-            self.io.wait(seconds / f64::from(slices))?;
-            self.check_cancelled()?;
-        }
-        Ok(())
+        let io = &mut *self.io;
+        self.w.wait(seconds, &mut |s| io.wait(s))
     }
 
     fn now(&mut self) -> Result<f64> {

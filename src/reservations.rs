@@ -125,6 +125,12 @@ impl Layout {
         format!("{}/learnt", self.root)
     }
 
+    /// `/squeezed/pending`: reservations waiting for memory (see [`crate::pending`]), beside
+    /// squeezed's own state.
+    pub fn pending_dir(&self) -> String {
+        format!("{}/pending", self.root)
+    }
+
     /// `/squeezed/state/<session>`.
     pub fn session_dir(&self, session: &str) -> String {
         format!("{}/state/{session}", self.root)

@@ -4,7 +4,10 @@
 //! changes the ledger) runs under two locks: a mutex for the threads of this process and an
 //! `flock` on a host-wide lock file for the processes of the host, so xenopsd and any number of
 //! short-lived `xl` processes can use the library at once and never promise the same free
-//! memory twice. Each such call reads the host afresh under the locks; nothing is cached between
+//! memory twice. Reservations and balances run as rounds, each under the locks for a look, a
+//! decision and its writes only; the waits for balloon drivers happen outside them, and a
+//! reservation that waits is a pending entry every round plans for (see [`crate::pending`] and
+//! `docs/service.md`). Each round reads the host afresh; nothing is cached between
 //! calls except which domains have been cooperative (for the `memory/uncooperative` flag) and,
 //! with the adaptive policy (the default; see [`ServiceConfig::policy`]), what the adaptive
 //! squeezer has learnt about each guest.
@@ -23,17 +26,20 @@ use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex};
 
 use crate::adaptive::{AdaptiveOptions, Cooperation};
+use crate::adaptive::{Goal as AdaptiveGoal, Outcome as AdaptiveOutcome};
 use crate::balancer::Policy;
 use crate::diagnostics::{self, Diagnostics, Operation, Recorder};
 use crate::domain_zero::{self, DomainZeroAnswer, DomainZeroPolicy};
 use crate::driver::{self, Io};
+use crate::engine::{ClassicRound, Engine};
 use crate::error::{Error, Result};
 use crate::guest_policy::{self, GuestPolicy};
 use crate::host::{HostConfig, HostModel, HostView};
 use crate::lockfile;
 use crate::model::{kib, DomId, Kib};
+use crate::pending;
 use crate::platform::{pages, Platform};
-use crate::progress::{CancelToken, ProgressFn, ReserveOptions, Watched};
+use crate::progress::{CancelToken, ReserveOptions, Watch};
 use crate::reservations::{self, Layout};
 use crate::squeezer::Options;
 
@@ -46,9 +52,12 @@ pub const DEFAULT_BOOT_TIME_RECORD_PATH: &str = "/run/squeeze/boot_time_memory";
 /// squeezed's balance check interval, in seconds.
 pub const DEFAULT_BALANCE_INTERVAL_S: f64 = 10.0;
 
-/// Seconds a call waits for the host lock by default: ten minutes, five times the adaptive
-/// policy's own limit on a reservation (120 s).
-pub const DEFAULT_LOCK_TIMEOUT_S: f64 = 600.0;
+/// Seconds a call waits for the host lock by default: one minute. The lock is held for one
+/// round at a time (a look, a decision and a few writes: milliseconds, well under a second
+/// with a thousand guests), never while balloon drivers work, so a healthy holder lets go
+/// long before; the longest hold is the boot-time record of the first service (a few samples
+/// a second apart).
+pub const DEFAULT_LOCK_TIMEOUT_S: f64 = 60.0;
 
 /// Settings of a [`Service`].
 #[derive(Debug, Clone, PartialEq)]
@@ -69,8 +78,8 @@ pub struct ServiceConfig {
     pub balance_interval_s: f64,
     /// Seconds (real time) a call waits for the host lock before it fails with
     /// [`Error::Backend`] naming the lock file: a process that hangs while holding it must not
-    /// block every other caller forever. It must outlast the longest call another caller may
-    /// legitimately make while holding the lock (a reservation waits for ballooning under it).
+    /// block every other caller forever. It must outlast the longest hold of a healthy caller:
+    /// one round, since reservations and balances wait for ballooning outside the lock.
     pub lock_timeout_s: f64,
     /// Which algorithm decides: the adaptive one (one instance per service, learning across
     /// calls; the default) or squeezed's ([`Policy::Classic`]: a fresh squeezer per call, as
@@ -151,6 +160,8 @@ struct Inner {
     model: Mutex<HostModel>,
     /// The platform's store, for reads that need no decision and so no lock.
     store: Arc<dyn crate::platform::Store>,
+    /// The platform's clock, for the waits between rounds (outside the lock).
+    clock: Arc<dyn crate::platform::Clock>,
     config: ServiceConfig,
     layout: Layout,
     balancer: Mutex<Option<Balancer>>,
@@ -239,14 +250,41 @@ fn check_domid(domid: DomId) -> Result<()> {
     }
 }
 
-/// What a reservation watches for: the free memory it aims for, its progress callback,
-/// cancel token and deadline (seconds).
-type WatchSpec<'a, 'p> = (
-    Kib,
-    Option<&'a mut ProgressFn<'p>>,
-    Option<CancelToken>,
-    Option<f64>,
-);
+/// What a reservation asks for: a size (`min_kib == max_kib`) or a range, in whole pages.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    min_kib: Kib,
+    max_kib: Kib,
+    range: bool,
+}
+
+/// A reservation's state across its rounds: the engine state lives with the caller (classic:
+/// the fresh squeezer of the call, as squeezed; adaptive: the operation, stepped on the
+/// service's learner round by round).
+struct Call<'s> {
+    id: String,
+    session: String,
+    ask: Ask,
+    /// What rounds free for it: the size, or the policy's share for a range.
+    need_kib: Kib,
+    /// Its pending entry, once written.
+    entry: Option<pending::Entry>,
+    first: bool,
+    /// Whether it gave up planning for every pending need at once (they could not all be met).
+    narrowed: bool,
+    classic: ClassicRound<'s>,
+    clock: driver::Clock,
+    op: Option<crate::adaptive::Operation>,
+    deadline_s: Option<f64>,
+}
+
+/// How a round of a reservation ended.
+enum RoundEnd {
+    /// Granted this many KiB.
+    Granted(Kib),
+    /// Wait this many seconds (outside the lock) and run another round.
+    Wait(f64),
+}
 
 impl Service {
     /// Opens the service over `platform`. Host free memory at boot is recorded now when no
@@ -260,6 +298,7 @@ impl Service {
         }
         let layout = config.host.layout.clone();
         let store = platform.store.clone();
+        let clock = platform.clock.clone();
         let mut model = HostModel::new(platform, config.host.clone())?;
         // The adaptive algorithm's score, with its hysteresis, sets memory/uncooperative.
         model.set_cooperation_judged_by_squeezer(config.policy == Policy::Adaptive);
@@ -277,6 +316,7 @@ impl Service {
             inner: Arc::new(Inner {
                 model: Mutex::new(model),
                 store,
+                clock,
                 config,
                 layout,
                 balancer: Mutex::new(None),
@@ -363,22 +403,31 @@ impl Service {
     }
 
     /// Starts a session for `service_name` and returns its id (the name itself, as squeezed
-    /// does). Reservations the service made before and never transferred are dropped: a
-    /// restarted client has forgotten their ids.
+    /// does). Reservations the service made before and never transferred are dropped, and so
+    /// are its pending ones (whose calls then fail): a restarted client has forgotten their
+    /// ids.
     pub fn login(&self, service_name: &str) -> Result<String> {
         reservations::check_session(service_name)?;
         let layout = &self.inner.layout;
-        let dropped = self.with_host(|model| {
+        let (dropped, dropped_pending) = self.with_host(|model| {
             let mut dropped = Vec::new();
+            let mut dropped_pending = Vec::new();
             model.platform().store.transaction(&mut |t| {
                 dropped = reservations::drop_untransferred(t, layout, service_name)?;
+                dropped_pending = pending::drop_session(t, layout, service_name)?;
                 Ok(())
             })?;
             if !dropped.is_empty() {
                 self.note_outside_change();
             }
-            Ok(dropped)
+            Ok((dropped, dropped_pending))
         })?;
+        for e in &dropped_pending {
+            info!(
+                "login {service_name}: dropped pending reservation {} ({} KiB)",
+                e.id, e.need_kib
+            );
+        }
         for r in &dropped {
             info!(
                 "login {service_name}: dropped untransferred reservation {} ({} KiB)",
@@ -460,34 +509,6 @@ impl Service {
             .and_then(|b| b.cooperation(domid))
     }
 
-    /// Runs `f` as [`decide`](Service::decide) does, on the host model seen through
-    /// [`Watched`] (which reports progress toward `watch`'s amount and honours its cancel
-    /// token), and records the operation for the diagnostics.
-    fn decide_watched<T>(
-        &self,
-        model: &mut HostModel,
-        operation: Operation,
-        reason: String,
-        session: Option<&str>,
-        watch: Option<WatchSpec<'_, '_>>,
-        f: impl FnOnce(&mut crate::balancer::Balancer, &mut dyn Io) -> Result<T>,
-    ) -> Result<T> {
-        let started = model.platform().clock.now();
-        let mut io = Watched::new(model);
-        if let Some((required, progress, cancel, deadline_s)) = watch {
-            io = io.watch(required, progress, cancel).deadline(deadline_s);
-        }
-        let result = self.decide(started, |b| f(b, &mut io));
-        let (looks, waits, writes) = (io.looks, io.waits, std::mem::take(&mut io.writes));
-        drop(io);
-        let result = self.publish_judgements(model, result);
-        let finished = model.platform().clock.now();
-        self.inner.recorder.lock().record(
-            operation, reason, session, started, finished, &result, looks, waits, &writes,
-        );
-        result
-    }
-
     /// Frees `kib` KiB (ballooning domains down if needed) and sets it aside under a new
     /// reservation id.
     pub fn reserve_memory(&self, session: &str, kib: Kib) -> Result<String> {
@@ -501,46 +522,28 @@ impl Service {
         &self,
         session: &str,
         kib: Kib,
-        mut options: ReserveOptions<'_>,
+        options: ReserveOptions<'_>,
     ) -> Result<String> {
         reservations::check_session(session)?;
         kib::check_size("reservation size", kib)?;
         // A domain is built in whole pages: reserve what building it will take.
         let asked = kib;
         let kib = pages::round_up_kib(kib);
-        let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
-        let cancel = options.cancel.clone();
-        self.with_host_or_cancel(cancel.as_ref(), |model| {
-            let required = kib::add(kib, slush, "memory to free")?;
-            let watch = (
-                required,
-                options.progress.as_deref_mut(),
-                options.cancel.clone(),
-                options.deadline_s,
-            );
-            let deadline_s = options.deadline_s;
-            self.decide_watched(
-                model,
+        let ask = Ask {
+            min_kib: kib,
+            max_kib: kib,
+            range: false,
+        };
+        let (id, _) = self
+            .reserve_in_rounds(
+                session,
+                ask,
+                options,
                 Operation::ReserveMemory,
                 format!("reserve {kib} KiB for session {session}"),
-                Some(session),
-                Some(watch),
-                |b, io| {
-                    b.with_deadline(deadline_s, |b| {
-                        b.change_host_free_memory(io, required, &mut |free| free >= required)
-                    })
-                },
             )
             .map_err(|e| as_asked(net_of_slush(e, slush), kib, asked))?;
-            self.fault_point("reserve:freed");
-            model.platform().store.transaction(&mut |t| {
-                reservations::add(t, &self.inner.layout, session, &id, kib)
-            })?;
-            debug!("reserved {kib} KiB for reservation {id} of session {session}");
-            self.fault_point("reserve:recorded");
-            Ok(())
-        })?;
         Ok(id)
     }
 
@@ -565,7 +568,7 @@ impl Service {
         session: &str,
         min_kib: Kib,
         max_kib: Kib,
-        mut options: ReserveOptions<'_>,
+        options: ReserveOptions<'_>,
     ) -> Result<(String, Kib)> {
         reservations::check_session(session)?;
         kib::check_size("minimum", min_kib)?;
@@ -578,52 +581,562 @@ impl Service {
         // Whole pages, as the domain will be built.
         let asked = (min_kib, max_kib);
         let (min_kib, max_kib) = (pages::round_up_kib(min_kib), pages::round_up_kib(max_kib));
-        let id = reservations::new_id();
         let slush = self.inner.config.host.slush_kib;
+        let ask = Ask {
+            min_kib,
+            max_kib,
+            range: true,
+        };
+        self.reserve_in_rounds(
+            session,
+            ask,
+            options,
+            Operation::ReserveMemoryRange,
+            format!("reserve {min_kib}..={max_kib} KiB for session {session}"),
+        )
+        .map_err(|e| match net_of_slush(e, slush) {
+            e @ Error::CannotFreeThisMuchMemory { required_kib, .. } if required_kib == max_kib => {
+                as_asked(e, max_kib, asked.1)
+            }
+            e => as_asked(e, min_kib, asked.0),
+        })
+    }
+
+    /// A reservation as rounds (see `docs/service.md`, "Rounds"): each round takes the host
+    /// lock, looks, grants whatever pending reservations fit, decides with the engine for every
+    /// pending need at once and writes; the wait for the balloon drivers happens outside the
+    /// lock. A reservation that must wait is a pending entry in the store from its first
+    /// round on; whoever's round finds memory for it grants it. However the call fails, its
+    /// entry, and a reservation granted to it meanwhile, are removed.
+    fn reserve_in_rounds(
+        &self,
+        session: &str,
+        ask: Ask,
+        mut options: ReserveOptions<'_>,
+        operation: Operation,
+        reason: String,
+    ) -> Result<(String, Kib)> {
+        let cfg = &self.inner.config;
+        let slush = cfg.host.slush_kib;
+        let deadline_s = options.deadline_s;
+        if let Some(d) = deadline_s.filter(|d| d.is_nan() || *d <= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "a deadline must be a positive number of seconds, not {d}"
+            )));
+        }
         let cancel = options.cancel.clone();
-        let amount = self.with_host_or_cancel(cancel.as_ref(), |model| {
-            // Progress needs the amount the policy aims for, which costs a look at the host.
-            let watch = if options.progress.is_some() {
-                driver::range_request(model, min_kib, max_kib)?.required
-            } else {
-                0
-            };
-            let deadline_s = options.deadline_s;
-            let watch = (
-                watch,
-                options.progress.as_deref_mut(),
-                options.cancel.clone(),
-                deadline_s,
-            );
-            let amount = self
-                .decide_watched(
-                    model,
-                    Operation::ReserveMemoryRange,
-                    format!("reserve {min_kib}..={max_kib} KiB for session {session}"),
-                    Some(session),
-                    Some(watch),
-                    |b, io| b.with_deadline(deadline_s, |b| b.free_memory_range(io, min_kib, max_kib)),
-                )
-                .map_err(|e| match net_of_slush(e, slush) {
-                    e @ Error::CannotFreeThisMuchMemory { required_kib, .. }
-                        if required_kib == max_kib =>
-                    {
-                        as_asked(e, max_kib, asked.1)
+        // Progress toward a range is measured against the policy's size, known after a look.
+        let aim = kib::add(ask.min_kib, slush, "memory to free")?;
+        let mut watch = Watch::new()
+            .watch(aim, options.progress.as_deref_mut(), options.cancel.clone())
+            .deadline(deadline_s);
+        let mut squeezer = crate::squeezer::Squeezer::new(cfg.options);
+        let mut call = Call {
+            id: reservations::new_id(),
+            session: session.to_string(),
+            ask,
+            need_kib: ask.min_kib,
+            entry: None,
+            first: true,
+            narrowed: false,
+            classic: ClassicRound::new(&mut squeezer, 0, slush),
+            clock: driver::Clock::default(),
+            op: None,
+            deadline_s,
+        };
+        let started = self.inner.clock.now();
+        let result = loop {
+            let round = self.with_host_or_cancel(cancel.as_ref(), |model| {
+                self.reserve_round(model, &mut call, &mut watch)
+            });
+            match round {
+                Ok(RoundEnd::Granted(kib)) => break Ok(kib),
+                Ok(RoundEnd::Wait(s)) => {
+                    let clock = &self.inner.clock;
+                    if let Err(e) = watch.wait(s, &mut |s| {
+                        clock.sleep(s);
+                        Ok(())
+                    }) {
+                        break Err(e);
                     }
-                    e => as_asked(e, min_kib, asked.0),
-                })?;
-            // Down to whole pages, never below the minimum (itself whole pages): no more than
-            // was freed.
-            let amount = pages::round_down_kib(amount).max(min_kib);
-            self.fault_point("reserve:freed");
-            model.platform().store.transaction(&mut |t| {
-                reservations::add(t, &self.inner.layout, session, &id, amount)
-            })?;
-            debug!("reserved {amount} KiB ({min_kib}..={max_kib}) for reservation {id} of session {session}");
-            self.fault_point("reserve:recorded");
-            Ok(amount)
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if result.is_err() {
+            self.withdraw(&call.session, &call.id);
+        }
+        let finished = self.inner.clock.now();
+        let writes = std::mem::take(&mut watch.writes);
+        self.inner.recorder.lock().record(
+            operation,
+            reason,
+            Some(session),
+            started,
+            finished,
+            &result,
+            watch.looks,
+            watch.waits,
+            &writes,
+        );
+        result.map(|kib| (call.id, kib))
+    }
+
+    /// Removes a failed call's pending entry and a reservation granted to it meanwhile: one
+    /// store transaction, which needs no host lock (it only gives memory back), so a call
+    /// cancelled while waiting for the lock cleans up too.
+    fn withdraw(&self, session: &str, id: &str) {
+        let layout = &self.inner.layout;
+        let mut granted = false;
+        let done = self.inner.store.transaction(&mut |t| {
+            pending::remove(t, layout, id)?;
+            granted = t.exists(&layout.reservation_path(session, id))?;
+            if granted {
+                reservations::remove(t, layout, session, id)?;
+            }
+            Ok(())
+        });
+        match done {
+            Ok(()) if granted => {
+                debug!("withdrew reservation {id} of session {session}, granted as it failed");
+                if let Some(b) = self.inner.learner.lock().as_mut() {
+                    b.outside_change();
+                }
+            }
+            Ok(()) => {}
+            Err(e) => warn!("cannot withdraw pending reservation {id} of session {session}: {e}"),
+        }
+    }
+
+    /// The pending entries in the store, oldest first, those of dead owners dropped.
+    fn pending_entries(&self) -> Result<Vec<pending::Entry>> {
+        let layout = &self.inner.layout;
+        let mut alive = Vec::new();
+        let mut dropped = Vec::new();
+        self.inner.store.transaction(&mut |t| {
+            alive.clear();
+            dropped.clear();
+            for e in pending::list(t, layout)? {
+                if e.owner.is_alive() {
+                    alive.push(e);
+                } else {
+                    pending::remove(t, layout, &e.id)?;
+                    dropped.push(e);
+                }
+            }
+            Ok(())
         })?;
-        Ok((id, amount))
+        for e in &dropped {
+            info!(
+                "dropped pending reservation {} of session {}: its process {} is gone",
+                e.id, e.session, e.owner.pid
+            );
+        }
+        Ok(alive)
+    }
+
+    /// Records the call's pending entry, once.
+    fn write_entry(&self, call: &mut Call<'_>, now: f64) -> Result<()> {
+        if call.entry.is_some() {
+            return Ok(());
+        }
+        let mut entry = pending::Entry {
+            version: pending::VERSION,
+            id: call.id.clone(),
+            session: call.session.clone(),
+            min_kib: call.ask.min_kib,
+            max_kib: call.ask.max_kib,
+            need_kib: call.need_kib,
+            order: 0,
+            since_s: now,
+            owner: pending::Owner::this_process(),
+        };
+        let layout = &self.inner.layout;
+        let mut order = 0;
+        self.inner.store.transaction(&mut |t| {
+            order = pending::add(t, layout, &entry)?;
+            Ok(())
+        })?;
+        entry.order = order;
+        debug!(
+            "reservation {} of session {} waits for {} KiB (pending, order {order})",
+            call.id, call.session, call.need_kib
+        );
+        call.entry = Some(entry);
+        Ok(())
+    }
+
+    /// Grants the call its own reservation of `amount` KiB (the size asked, when None),
+    /// replacing its pending entry in the same transaction: the check that the memory is free
+    /// happened in this lock hold.
+    fn grant_own(
+        &self,
+        model: &mut HostModel,
+        call: &Call<'_>,
+        amount: Option<Kib>,
+    ) -> Result<Kib> {
+        let kib = match amount {
+            Some(k) => pages::round_down_kib(k).max(call.ask.min_kib),
+            None => call.ask.min_kib,
+        };
+        self.fault_point("reserve:freed");
+        let layout = &self.inner.layout;
+        model.platform().store.transaction(&mut |t| {
+            pending::remove(t, layout, &call.id)?;
+            reservations::add(t, layout, &call.session, &call.id, kib)
+        })?;
+        debug!(
+            "reserved {kib} KiB for reservation {} of session {}",
+            call.id, call.session
+        );
+        self.fault_point("reserve:recorded");
+        Ok(kib)
+    }
+
+    /// Grants every pending entry the free memory covers by the fairness rule
+    /// ([`pending::grants`]); returns what the call's own entry got, if it was granted.
+    fn grant_pending(
+        &self,
+        entries: &[pending::Entry],
+        free_kib: Kib,
+        now: f64,
+        own: &str,
+    ) -> Result<(Option<Kib>, Vec<usize>)> {
+        let grants = pending::grants(free_kib, entries, now, pending::FAIRNESS_WINDOW_S);
+        if grants.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let layout = &self.inner.layout;
+        let mut done = Vec::new();
+        self.inner.store.transaction(&mut |t| {
+            done.clear();
+            for &(i, kib) in &grants {
+                let kib = pages::round_down_kib(kib).max(entries[i].min_kib);
+                if pending::grant(t, layout, &entries[i], kib)? {
+                    done.push((i, kib));
+                }
+            }
+            Ok(())
+        })?;
+        let mut mine = None;
+        for &(i, kib) in &done {
+            let e = &entries[i];
+            info!(
+                "granted pending reservation {} of session {}: {kib} KiB",
+                e.id, e.session
+            );
+            if e.id == own {
+                mine = Some(kib);
+            }
+        }
+        Ok((mine, done.into_iter().map(|(i, _)| i).collect()))
+    }
+
+    /// One round of a reservation, under the host lock.
+    fn reserve_round(
+        &self,
+        model: &mut HostModel,
+        call: &mut Call<'_>,
+        watch: &mut Watch<'_, '_>,
+    ) -> Result<RoundEnd> {
+        let cfg = &self.inner.config;
+        let slush = cfg.host.slush_kib;
+        let adaptive = cfg.policy == Policy::Adaptive;
+        // A pending entry that left the queue was granted by another caller's round, or
+        // dropped by a login of its session.
+        let entries = self.pending_entries()?;
+        if call.entry.is_some() && !entries.iter().any(|e| e.id == call.id) {
+            let path = self.inner.layout.reservation_path(&call.session, &call.id);
+            return match model.platform().store.read(&path)? {
+                Some(v) => {
+                    let kib = v.trim().parse::<Kib>().map_err(|_| {
+                        Error::Backend(format!("reservation {} holds {v:?}", call.id))
+                    })?;
+                    debug!(
+                        "reservation {} was granted {kib} KiB by another round",
+                        call.id
+                    );
+                    Ok(RoundEnd::Granted(kib))
+                }
+                None => Err(Error::Backend(format!(
+                    "pending reservation {} was dropped: session {} logged in again",
+                    call.id, call.session
+                ))),
+            };
+        }
+        let mut io = watch.on(model);
+        // The first round sizes the request and starts the engine as a call always has.
+        let mut first_now = None;
+        if call.first {
+            call.first = false;
+            driver::settings(&io)?;
+            if call.ask.range {
+                let r = driver::range_request(&mut io, call.ask.min_kib, call.ask.max_kib)?;
+                call.need_kib = r.required - r.slush;
+                io.aim(r.required);
+            }
+            if !adaptive {
+                // squeezed's shortcut: the memory is there and every balloon driver rests.
+                let host = io.make_host()?;
+                let at_rest = host
+                    .domains()
+                    .iter()
+                    .filter(|d| d.can_balloon)
+                    .all(crate::model::Domain::has_hit_target);
+                let required = slush + call.need_kib;
+                let others = entries.iter().any(|e| e.id != call.id);
+                if !others && required != slush && required <= host.free_mem_kib && at_rest {
+                    let amount = call.ask.range.then(|| host.free_mem_kib - slush);
+                    let amount = amount.map(|a| a.min(call.ask.max_kib).max(call.ask.min_kib));
+                    return self.grant_own(model, call, amount).map(RoundEnd::Granted);
+                }
+                let start = call.clock.now(&mut io)?;
+                call.classic.begin_call(start);
+                first_now = Some(start);
+            }
+        }
+        let now = match first_now {
+            Some(t) => t,
+            None => call.clock.now(&mut io)?,
+        };
+        let mut host = io.make_host()?;
+        let usable = |h: &crate::model::Host| {
+            if adaptive {
+                crate::adaptive::guaranteed_free(h)
+            } else {
+                h.free_mem_kib
+            }
+        };
+        // Others wait too: grant whatever fits, this call's own entry included, then plan for
+        // all that still waits.
+        let crowded = entries.iter().any(|e| e.id != call.id);
+        let mut others_kib = 0;
+        if crowded {
+            self.write_entry(call, now)?;
+            let mut all = entries.clone();
+            if !all.iter().any(|e| e.id == call.id) {
+                all.extend(call.entry.clone());
+            }
+            let (mine, granted) = self.grant_pending(&all, usable(&host) - slush, now, &call.id)?;
+            if let Some(kib) = mine {
+                self.publish_round(model)?;
+                return Ok(RoundEnd::Granted(kib));
+            }
+            if !granted.is_empty() {
+                // What was just granted is reserved now: the engine must not see it as free.
+                host = io.make_host()?;
+            }
+            others_kib = all
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| !granted.contains(i) && e.id != call.id)
+                .map(|(_, e)| e.need_kib)
+                .sum();
+        }
+        let own_required = kib::add(call.need_kib, slush, "memory to free")?;
+        let required = if call.narrowed {
+            own_required
+        } else {
+            kib::add(own_required, others_kib, "memory to free")?
+        };
+        let enough = kib::add(call.ask.min_kib, slush, "minimum free memory")?;
+        let mut success = |free: Kib| free >= enough;
+        let (maxmem, targets, outcome, next_look_s) = if adaptive {
+            let deadline_s = call.deadline_s;
+            let op = &mut call.op;
+            self.decide(now, |b| {
+                b.with_deadline(deadline_s, |b| {
+                    let a = b.adaptive().ok_or_else(|| {
+                        Error::Backend("the adaptive policy has no adaptive squeezer".into())
+                    })?;
+                    let op = match op {
+                        Some(op) => op,
+                        None => op.insert(a.begin(AdaptiveGoal::Free {
+                            required_kib: required,
+                        })?),
+                    };
+                    op.set_required(required);
+                    let r = a.step(op, &host, now, &mut success)?;
+                    Ok((Vec::new(), r.writes, r.outcome, a.options().poll_s))
+                })
+            })?
+        } else {
+            call.classic.set_required(required);
+            let plan = call.classic.round(&host, now, &mut success)?;
+            (plan.maxmem, plan.targets, plan.outcome, plan.next_look_s)
+        };
+        for (domid, kib) in maxmem {
+            io.set_maxmem(domid, kib)?;
+        }
+        for a in targets {
+            io.execute_action(a)?;
+        }
+        let end = match outcome {
+            AdaptiveOutcome::Done if !crowded => {
+                let amount = if call.ask.range {
+                    // What is free now, as the policy counts it, within the range.
+                    let h = io.make_host()?;
+                    Some(
+                        (usable(&h) - slush)
+                            .min(call.ask.max_kib)
+                            .max(call.ask.min_kib),
+                    )
+                } else {
+                    None
+                };
+                let kib = self.grant_own(model, call, amount)?;
+                self.publish_round(model)?;
+                return Ok(RoundEnd::Granted(kib));
+            }
+            // Crowded, the grants above decide; enough is free for this call but the fairness
+            // rule keeps it for an older one.
+            AdaptiveOutcome::Done => RoundEnd::Wait(next_look_s),
+            AdaptiveOutcome::Failed(e) if crowded && !call.narrowed => {
+                // Every pending need at once cannot be met: aim for this call's alone.
+                debug!("reservation {}: the pending needs together cannot be met ({e}); aiming for its own", call.id);
+                call.narrowed = true;
+                RoundEnd::Wait(next_look_s)
+            }
+            AdaptiveOutcome::Failed(e) => {
+                self.publish_round(model)?;
+                return Err(e);
+            }
+            AdaptiveOutcome::Continue => RoundEnd::Wait(next_look_s),
+        };
+        self.write_entry(call, now)?;
+        self.publish_round(model)?;
+        Ok(end)
+    }
+
+    /// Publishes the adaptive policy's judgements at the end of a round.
+    fn publish_round(&self, model: &mut HostModel) -> Result<()> {
+        self.publish_judgements(model, Ok(()))
+    }
+
+    /// A balance as rounds, each under the host lock, the waits outside it. A balance yields
+    /// to reservations: it stops at the first round that finds a pending one, which the next
+    /// round (its owner's) serves.
+    /// A background balance also stops once `stop` is set, so stopping the balancer does not
+    /// wait for a long balance to finish.
+    fn balance_in_rounds(
+        &self,
+        operation: Operation,
+        reason: String,
+        stop: Option<&Mutex<bool>>,
+    ) -> Result<()> {
+        let cfg = &self.inner.config;
+        let slush = cfg.host.slush_kib;
+        let tolerance = cfg.host.free_memory_tolerance_kib;
+        let adaptive = cfg.policy == Policy::Adaptive;
+        let mut watch = Watch::new();
+        let mut squeezer = crate::squeezer::Squeezer::new(cfg.options);
+        let mut classic = ClassicRound::new(&mut squeezer, slush, slush);
+        let mut clock = driver::Clock::default();
+        let mut op: Option<crate::adaptive::Operation> = None;
+        let mut first = true;
+        let started = self.inner.clock.now();
+        let result = loop {
+            let round = self.with_host(|model| {
+                if stop.is_some_and(|s| *s.lock()) {
+                    debug!("balance stops: the balancer is stopping");
+                    return Ok(None);
+                }
+                if !self.pending_entries()?.is_empty() {
+                    debug!("balance stops: reservations are pending");
+                    return Ok(None);
+                }
+                let mut io = watch.on(model);
+                let mut first_now = None;
+                if first {
+                    first = false;
+                    driver::settings(&io)?;
+                    if !adaptive {
+                        // squeezed looks once before it starts (its shortcut never applies to
+                        // a balance).
+                        io.make_host()?;
+                        let start = clock.now(&mut io)?;
+                        classic.begin_call(start);
+                        first_now = Some(start);
+                    }
+                }
+                let now = match first_now {
+                    Some(t) => t,
+                    None => clock.now(&mut io)?,
+                };
+                let host = io.make_host()?;
+                let mut success = |free: Kib| driver::is_balanced(free, slush, tolerance);
+                let (maxmem, targets, outcome, next_look_s) = if adaptive {
+                    self.decide(now, |b| {
+                        let a = b.adaptive().ok_or_else(|| {
+                            Error::Backend("the adaptive policy has no adaptive squeezer".into())
+                        })?;
+                        let op = match &mut op {
+                            Some(op) => op,
+                            None => op.insert(a.begin(AdaptiveGoal::Balance { slush_kib: slush })?),
+                        };
+                        let r = a.step(op, &host, now, &mut success)?;
+                        Ok((Vec::new(), r.writes, r.outcome, a.options().poll_s))
+                    })?
+                } else {
+                    let plan = classic.round(&host, now, &mut success)?;
+                    (plan.maxmem, plan.targets, plan.outcome, plan.next_look_s)
+                };
+                for (domid, kib) in maxmem {
+                    io.set_maxmem(domid, kib)?;
+                }
+                for a in targets {
+                    io.execute_action(a)?;
+                }
+                self.publish_round(model)?;
+                match outcome {
+                    AdaptiveOutcome::Done => Ok(None),
+                    AdaptiveOutcome::Continue => Ok(Some(next_look_s)),
+                    // squeezed's balance reports only invalid settings and platform failures.
+                    AdaptiveOutcome::Failed(Error::CannotFreeThisMuchMemory {
+                        free_kib, ..
+                    }) if !adaptive => {
+                        debug!("balanced as far as possible: {free_kib} KiB free");
+                        Ok(None)
+                    }
+                    AdaptiveOutcome::Failed(Error::DomainsRefusedToCooperate { domids })
+                        if !adaptive =>
+                    {
+                        debug!(
+                            "balanced as far as possible: domains {domids:?} are not cooperating"
+                        );
+                        Ok(None)
+                    }
+                    AdaptiveOutcome::Failed(e) => Err(e),
+                }
+            });
+            match round {
+                Ok(None) => break Ok(()),
+                Ok(Some(s)) => {
+                    let clock = &self.inner.clock;
+                    if let Err(e) = watch.wait(s, &mut |s| {
+                        clock.sleep(s);
+                        Ok(())
+                    }) {
+                        break Err(e);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let finished = self.inner.clock.now();
+        let writes = std::mem::take(&mut watch.writes);
+        self.inner.recorder.lock().record(
+            operation,
+            reason,
+            None,
+            started,
+            finished,
+            &result,
+            watch.looks,
+            watch.waits,
+            &writes,
+        );
+        result
     }
 
     /// Hands a reservation to a domain that now exists: the domain gets it as its initial
@@ -690,8 +1203,8 @@ impl Service {
     pub fn query_reservation_of_domain(&self, session: &str, domid: DomId) -> Result<String> {
         reservations::check_session(session)?;
         check_domid(domid)?;
-        // One read of one key: no decision, so it does not wait for the host lock, which a
-        // reservation holds while balloon drivers work.
+        // One read of one key: no decision, so it does not even wait for the round in
+        // progress.
         self.inner
             .store
             .read(&reservations::reservation_id_path(domid))?
@@ -723,38 +1236,35 @@ impl Service {
         Ok(())
     }
 
-    /// Hands free memory above the slush back to the domains.
+    /// Hands free memory above the slush back to the domains. Stops early, without error,
+    /// when a reservation is pending: reservations go first.
     pub fn balance_memory(&self) -> Result<()> {
-        self.with_host(|model| {
-            self.decide_watched(
-                model,
-                Operation::BalanceMemory,
-                "hand free memory above the slush back to the domains".into(),
-                None,
-                None,
-                |b, io| b.balance_memory(io),
-            )
-        })?;
+        self.balance_in_rounds(
+            Operation::BalanceMemory,
+            "hand free memory above the slush back to the domains".into(),
+            None,
+        )?;
         self.inner.balancing_passes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// One check of the background balancer: balances when a pass would change a target.
-    /// Returns whether it balanced.
+    /// One check of the background balancer: balances when a pass would change a target and
+    /// no reservation is pending. Returns whether it balanced.
     pub fn balance_if_unbalanced(&self) -> Result<bool> {
-        let balanced = self.with_host(|model| {
+        self.balance_if_unbalanced_until(None)
+    }
+
+    /// [`balance_if_unbalanced`](Service::balance_if_unbalanced) for the background balancer,
+    /// whose balance also stops at the first round after `stop` is set.
+    fn balance_if_unbalanced_until(&self, stop: Option<&Mutex<bool>>) -> Result<bool> {
+        let unbalanced = self.with_host(|model| {
+            if !self.pending_entries()?.is_empty() {
+                return Ok(false);
+            }
             // Asked of the policy in force: the adaptive one does not write what a classic
             // squeezer would (deadbands, learnt limits, the dwell time).
             let now = model.platform().clock.now();
             if self.decide(now, |b| b.is_unbalanced(model))? {
-                self.decide_watched(
-                    model,
-                    Operation::BackgroundBalance,
-                    "a periodic check found memory to hand back to the domains".into(),
-                    None,
-                    None,
-                    |b, io| b.balance_memory(io),
-                )?;
                 Ok(true)
             } else {
                 // Keep watching: scores leak away and flags clear while the host is quiet.
@@ -764,10 +1274,15 @@ impl Service {
                 Ok(false)
             }
         })?;
-        if balanced {
+        if unbalanced {
+            self.balance_in_rounds(
+                Operation::BackgroundBalance,
+                "a periodic check found memory to hand back to the domains".into(),
+                stop,
+            )?;
             self.inner.balancing_passes.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(balanced)
+        Ok(unbalanced)
     }
 
     /// How domain 0's memory is managed, as xapi asks at start-up: its size when fixed, its
@@ -1108,7 +1623,7 @@ fn balancer_loop(
         }
         let Some(inner) = weak.upgrade() else { return };
         let service = Service { inner };
-        match service.balance_if_unbalanced() {
+        match service.balance_if_unbalanced_until(Some(&stop.0)) {
             Ok(_) => failed.store(false, Ordering::Relaxed),
             // Log once per failure streak, not every interval.
             Err(e) if !failed.swap(true, Ordering::Relaxed) => {

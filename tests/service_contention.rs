@@ -119,6 +119,106 @@ fn processes_and_threads_never_promise_the_same_memory_twice() {
     assert_eq!(fake.snapshot().unwrap().domains.len(), 3);
 }
 
+/// Processes killed (SIGKILL) while their reservations wait for slow balloon drivers, some
+/// while others' rounds may have just granted them: the next round drops the pending entries
+/// of the dead, their sessions' next login drops what was granted to them, and the referee saw
+/// no promise broken.
+#[test]
+fn pending_reservations_of_killed_processes_leak_nothing() {
+    use squeeze::backend::sim::Behaviour;
+    const KILLED: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let fake_dir = dir.path().join("fake");
+    // 8 GiB: Xen keeps 256 MiB, domain 0 holds 1 GiB; two guests of 1..2 GiB at 2 GiB that
+    // balloon at 2 MiB/s: about 2.7 GiB free, 2 GiB more in a long while.
+    let fake = FakeHost::create(
+        &fake_dir,
+        FakeConfig {
+            total_kib: 8 * GIB,
+            xen_kib: 256 * MIB,
+            dom0_kib: GIB,
+            boot_delay_s: 1.0,
+            referee_slush_kib: Some(SLUSH),
+        },
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let g = booted_guest(&fake, GuestSpec::ballooning(GIB, 2 * GIB));
+        fake.set_behaviour(
+            g,
+            Behaviour::Ideal {
+                rate_kib_per_s: 2 * MIB,
+            },
+        )
+        .unwrap();
+    }
+    // Four processes each reserving 1 GiB: together more than is free, so they wait.
+    let mut children: Vec<_> = (0..KILLED)
+        .map(|p| {
+            Command::new(BIN)
+                .arg(&fake_dir)
+                .args(["reserve", &format!("xl-{p}"), &GIB.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Kill them one by one once requests are pending, a few milliseconds apart.
+    let started = std::time::Instant::now();
+    let mut seen_pending = 0;
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        seen_pending = fake
+            .snapshot()
+            .unwrap()
+            .directory("/squeezed/pending")
+            .len();
+        if seen_pending > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(seen_pending > 0, "no reservation ever waited");
+    for (i, c) in children.iter_mut().enumerate() {
+        std::thread::sleep(std::time::Duration::from_millis(3 * i as u64));
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let s = fake.snapshot().unwrap();
+    let left = s.directory("/squeezed/pending").len();
+    eprintln!("{seen_pending} pending at first sight; {left} left by the killed processes");
+    // The next round, of any process, drops the entries of the dead.
+    let out = Command::new(BIN)
+        .arg(&fake_dir)
+        .args(["reserve", "xenopsd", &(64 * MIB).to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = fake.snapshot().unwrap();
+    assert!(s.directory("/squeezed/pending").is_empty());
+    // The dead sessions log in again: whatever was granted to them is dropped.
+    for p in 0..KILLED {
+        let out = Command::new(BIN)
+            .arg(&fake_dir)
+            .args(["login", &format!("xl-{p}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let s = fake.snapshot().unwrap();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    assert!(s.directory("/squeezed/pending").is_empty());
+    for p in 0..KILLED {
+        assert!(s.directory(&format!("/squeezed/state/xl-{p}")).is_empty());
+    }
+    // Only the live reservation of 64 MiB is left.
+    assert_eq!(books(&s).reserved, 64 * MIB);
+}
+
 /// The fake's hypervisor, with a domain builder that runs just before the `at`-th hypervisor
 /// call the service makes (counting from 0), as a concurrent `xl create` would.
 struct BuilderRacingTheLook {

@@ -243,8 +243,8 @@ val reserve_memory_with :
   -> string
   -> int64
   -> string
-(** {!reserve_memory} with a progress closure (called on the calling thread, with the host
-    lock held: it must not call the service), a cancel handle and a deadline in seconds from
+(** {!reserve_memory} with a progress closure (called on the calling thread between two
+    rounds, inside the call: it must not call the service), a cancel handle and a deadline in seconds from
     the start of the call. An exception raised by [progress] stops the reservation and is
     re-raised; nothing is reserved then. Past the deadline it raises {!Deadline_exceeded}:
     under the adaptive policy as soon as the guests' measured balloon rates predict it cannot

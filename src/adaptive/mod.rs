@@ -992,6 +992,15 @@ impl Operation {
     pub fn goal(&self) -> Goal {
         self.goal
     }
+
+    /// Aims a freeing operation at `required_kib` from its next round on (a service that
+    /// plans for several waiting requests at once moves the goal as they come and go); a
+    /// balance keeps its goal.
+    pub fn set_required(&mut self, required_kib: Kib) {
+        if let Goal::Free { .. } = self.goal {
+            self.goal = Goal::Free { required_kib };
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

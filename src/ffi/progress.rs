@@ -50,8 +50,9 @@ pub struct sqz_progress {
 }
 
 /// Receives a progress report before each wait for the balloon drivers, on the thread that
-/// called the reservation, with the host lock held (so it must not call the service; such a
-/// call fails with `SQZ_ERR_INVALID_ARGUMENT`). Returns 0 to go on; any other value stops the
+/// called the reservation, between two rounds (the host lock is not held, but the call is
+/// still in progress: it must not call the service; such a call fails with
+/// `SQZ_ERR_INVALID_ARGUMENT`). Returns 0 to go on; any other value stops the
 /// reservation, which then fails with `SQZ_ERR_CANCELLED`.
 pub type sqz_progress_fn =
     Option<unsafe extern "C" fn(ctx: *mut c_void, progress: *const sqz_progress) -> i32>;

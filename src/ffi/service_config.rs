@@ -175,9 +175,9 @@ pub unsafe extern "C" fn sqz_service_config_set_boot_time_record_path(
 }
 
 /// Sets the seconds (real time) a call waits for the host lock before it fails with
-/// `SQZ_ERR_BACKEND` naming the lock file (default 600): a process that hangs holding the lock
-/// then blocks the others for at most this long. A reservation holds the lock while it waits
-/// for ballooning, so keep it above the longest reservation. Errors: `c` NULL, or `seconds` not
+/// `SQZ_ERR_BACKEND` naming the lock file (default 60): a process that hangs holding the lock
+/// then blocks the others for at most this long. The lock is held for one round at a time
+/// (milliseconds), never while balloon drivers work. Errors: `c` NULL, or `seconds` not
 /// above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`, unchanged.
 #[no_mangle]
 pub unsafe extern "C" fn sqz_service_config_set_lock_timeout(

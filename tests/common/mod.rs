@@ -192,3 +192,123 @@ pub fn assert_transfers_whole(s: &FakeSnapshot) {
         }
     }
 }
+
+/// Simulated time shared by concurrent callers, for timing tests with several threads.
+///
+/// The fake host's own clock advances on every `sleep`, so two threads each sleeping 1 s make
+/// 2 s pass. Here each participating thread's sleep instead waits until every participant is
+/// asleep (or finished); then time jumps to the earliest wake-up and those sleepers go on: time
+/// passes as it would for callers running side by side. Threads that are not participants
+/// (test setup) advance the clock directly.
+pub struct SharedTime {
+    fake: FakeHost,
+    state: parking_lot::Mutex<SharedState>,
+    woken: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct SharedState {
+    running: usize,
+    /// (ticket, wake-up time) of every sleeper.
+    sleepers: Vec<(u64, f64)>,
+    next: u64,
+}
+
+thread_local! {
+    static PARTICIPANT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A thread taking part in [`SharedTime`]; made before the thread starts, so time cannot run
+/// ahead of a thread that has not started yet. Dropping it ends the thread's part.
+pub struct Participant(std::sync::Arc<SharedTime>);
+
+impl Participant {
+    /// Marks the current thread as this participant (call first thing in the thread).
+    pub fn enter(&self) {
+        PARTICIPANT.with(|p| p.set(true));
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        PARTICIPANT.with(|p| p.set(false));
+        let mut st = self.0.state.lock();
+        st.running -= 1;
+        self.0.advance_if_all_asleep(&mut st);
+    }
+}
+
+impl SharedTime {
+    pub fn new(fake: &FakeHost) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(SharedTime {
+            fake: fake.clone(),
+            state: parking_lot::Mutex::new(SharedState::default()),
+            woken: parking_lot::Condvar::new(),
+        })
+    }
+
+    /// The fake's platform, with this clock.
+    pub fn platform(self: &std::sync::Arc<Self>) -> squeeze::platform::Platform {
+        let mut p = self.fake.platform();
+        p.clock = self.clone();
+        p
+    }
+
+    pub fn participant(self: &std::sync::Arc<Self>) -> Participant {
+        self.state.lock().running += 1;
+        Participant(self.clone())
+    }
+
+    fn advance_if_all_asleep(&self, st: &mut SharedState) {
+        if st.running > 0 || st.sleepers.is_empty() {
+            return;
+        }
+        let t = st
+            .sleepers
+            .iter()
+            .map(|s| s.1)
+            .fold(f64::INFINITY, f64::min);
+        let now = self.fake.now_s();
+        if t > now {
+            self.fake.advance(t - now).unwrap();
+        }
+        let before = st.sleepers.len();
+        st.sleepers.retain(|s| s.1 > t);
+        st.running += before - st.sleepers.len();
+        self.woken.notify_all();
+    }
+}
+
+impl squeeze::platform::Clock for SharedTime {
+    fn now(&self) -> f64 {
+        self.fake.now_s()
+    }
+
+    fn sleep(&self, seconds: f64) {
+        if !PARTICIPANT.with(|p| p.get()) {
+            self.fake.advance(seconds.max(0.0)).unwrap();
+            return;
+        }
+        let mut st = self.state.lock();
+        let ticket = st.next;
+        st.next += 1;
+        let wake = self.fake.now_s() + seconds.max(0.0);
+        st.sleepers.push((ticket, wake));
+        st.running -= 1;
+        self.advance_if_all_asleep(&mut st);
+        while st.sleepers.iter().any(|s| s.0 == ticket) {
+            self.woken.wait(&mut st);
+        }
+    }
+}
+
+/// The fake host's clock, read as a caller of the library reads it.
+pub trait NowS {
+    fn now_s(&self) -> f64;
+}
+
+impl NowS for FakeHost {
+    fn now_s(&self) -> f64 {
+        squeeze::platform::Clock::now(self)
+    }
+}

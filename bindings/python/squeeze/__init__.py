@@ -1142,7 +1142,7 @@ class Service(_Handle):
     squeezer for the service's life; see :meth:`cooperation`) or POLICY_CLASSIC (squeezed's
     algorithm, a fresh squeezer per call). ``domain_zero`` (a :class:`DomainZero`; default fixed)
     says whether domain 0 is ballooned. ``lock_timeout_s`` bounds the wait for the host lock
-    (default 600 s; then :class:`BackendError`). Use as a context manager, or call
+    (default 60 s; then :class:`BackendError`). Use as a context manager, or call
     :meth:`close`. Thread-safe."""
 
     _free = staticmethod(lib.sqz_service_free)
