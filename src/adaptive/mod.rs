@@ -62,6 +62,14 @@ pub struct AdaptiveOptions {
     pub balance_wait_s: f64,
     /// Seconds between iterations.
     pub poll_s: f64,
+    /// While a guest shrinks in a balance, the memory it has released is handed on to the
+    /// growing guests in chunks of at least this many KiB (or 1/16 of the growth still to
+    /// come, if larger, or all of it, if less), so that a slow driver does not cost a target
+    /// write every round.
+    pub hand_on_chunk_kib: Kib,
+    /// Longest released memory waits for a chunk to fill before it is handed on anyway,
+    /// seconds: what bounds idle memory behind a slow driver.
+    pub hand_on_wait_s: f64,
     /// Slowest acceptable balloon speed for a driver with work to do, KiB/s.
     pub min_rate_kib_per_s: f64,
     /// How long a driver may fall short of the minimum rate before it is taken to be at a limit.
@@ -92,6 +100,8 @@ impl Default for AdaptiveOptions {
             stall_s: 30.0,
             balance_wait_s: 120.0,
             poll_s: 1.0,
+            hand_on_chunk_kib: 64 * 1024,
+            hand_on_wait_s: 15.0,
             min_rate_kib_per_s: 256.0,
             grace_s: 5.0,
             prior_rate_kib_per_s: 32.0 * 1024.0,
@@ -128,6 +138,7 @@ impl AdaptiveOptions {
             ("stall time", self.stall_s),
             ("balance wait", self.balance_wait_s),
             ("poll interval", self.poll_s),
+            ("hand-on wait", self.hand_on_wait_s),
             ("minimum rate", self.min_rate_kib_per_s),
             ("grace period", self.grace_s),
             ("prior rate", self.prior_rate_kib_per_s),
@@ -155,6 +166,7 @@ impl AdaptiveOptions {
         }
         kib::check_size("adaptive deadband", self.deadband_kib)?;
         kib::check_size("adaptive probe size", self.probe_kib)?;
+        kib::check_size("adaptive hand-on chunk", self.hand_on_chunk_kib)?;
         Ok(())
     }
 }
@@ -167,6 +179,9 @@ pub struct Adaptive {
     /// Bumped whenever an outside input changes; reversals are allowed across epochs.
     epoch: u64,
     fingerprint: u64,
+    /// Since when memory a shrinking guest released has been waiting to be handed on, if it
+    /// is (kept across balances: one may end while a slow guest still shrinks).
+    held_since: Option<f64>,
 }
 
 impl Adaptive {
@@ -771,46 +786,67 @@ impl Adaptive {
             self.plan_write(&mut writes, d, i, now, "rebalance");
             wrote = true;
         }
-        // Memory a shrinking guest has already released is handed on round by round instead
-        // of sitting idle until the slowest driver is done: in a freeing round that sets no
-        // freeing target, growing guests are given up to what is free and guaranteed above
-        // the goal (it stays free even if every guest went to its target + inaccuracy), so
-        // the host never goes under the slush and nothing is promised twice.
+        // Memory a shrinking guest has already released is handed on while it shrinks
+        // instead of sitting idle until the slowest driver is done: in a freeing round that
+        // sets no freeing target, growing guests are given up to what is free and guaranteed
+        // above the goal (it stays free even if every guest went to its target + inaccuracy),
+        // so the host never goes under the slush and nothing is promised twice. It goes out
+        // in chunks, once enough has come free to matter or it has waited long enough, so
+        // that a slow driver does not cost a write every round.
         if phase == Direction::Down && !wrote && hand_on {
             let mut spare = guaranteed_free(host) - goal_kib;
-            // The guests furthest from their share first, so that what is free goes out in
-            // as few writes as possible.
-            let mut order: Vec<usize> = (0..limited.len()).collect();
-            order.sort_by_key(|&k| std::cmp::Reverse(ideal[k] - limited[k].0.target_kib));
-            for k in order {
-                let (l, i) = (&limited[k], ideal[k]);
-                let (e, is_limited) = (&l.0, l.1);
-                if is_limited || wants(l, i) != Some(Direction::Up) {
-                    continue;
+            // Only growth, and only to a guest that took what it was last given: a guest
+            // still above its share is left to shrink, and one that does not follow its
+            // target is not handed more (it waits for the growing phase, as before).
+            let mut takers: Vec<(usize, Kib)> = limited
+                .iter()
+                .zip(&ideal)
+                .enumerate()
+                .filter(|(_, (l, &i))| {
+                    let e = &l.0;
+                    !l.1 && wants(l, i) == Some(Direction::Up)
+                        && e.target_kib <= e.memory_actual_kib + 2 * e.inaccuracy_kib
+                })
+                .map(|(k, (l, &i))| (k, i - l.0.target_kib))
+                .collect();
+            let outstanding: Kib = takers.iter().map(|&(_, want)| want).sum();
+            let chunk = opts.hand_on_chunk_kib.max(outstanding / 16).min(outstanding);
+            let waited = self
+                .held_since
+                .is_some_and(|t| now - t >= opts.hand_on_wait_s);
+            if spare > 0 && !takers.is_empty() && spare < chunk && !waited {
+                // Not enough to matter yet: it waits, at most the hand-on wait.
+                self.held_since.get_or_insert(now);
+            } else if spare > 0 {
+                // The guests furthest from their share first, so that what is free goes out
+                // in as few writes as possible.
+                takers.sort_by_key(|&(_, want)| std::cmp::Reverse(want));
+                for (k, want) in takers {
+                    let e = &limited[k].0;
+                    let grant = want.min(spare);
+                    let grows = e.target_kib + grant > e.memory_actual_kib + e.inaccuracy_kib;
+                    if !grows
+                        || grant <= deadband(&opts, e)
+                        || self.dwell_blocks(e, e.target_kib + grant, now)
+                    {
+                        continue;
+                    }
+                    let d = host.domain(e.domid).expect("from this host");
+                    self.plan_write(
+                        &mut writes,
+                        d,
+                        e.target_kib + grant,
+                        now,
+                        "hand on freed memory",
+                    );
+                    spare -= grant;
+                    wrote = true;
                 }
-                let grant = (i - e.target_kib).min(spare);
-                // Only growth, and only to a guest that took what it was last given: a guest
-                // still above its share is left to shrink, and one that does not follow its
-                // target is not handed more (it waits for the growing phase, as before).
-                let grows = e.target_kib + grant > e.memory_actual_kib + e.inaccuracy_kib;
-                let caught_up = e.target_kib <= e.memory_actual_kib + 2 * e.inaccuracy_kib;
-                if !grows
-                    || !caught_up
-                    || grant <= deadband(&opts, e)
-                    || self.dwell_blocks(e, e.target_kib + grant, now)
-                {
-                    continue;
+                if wrote {
+                    self.held_since = None;
                 }
-                let d = host.domain(e.domid).expect("from this host");
-                self.plan_write(
-                    &mut writes,
-                    d,
-                    e.target_kib + grant,
-                    now,
-                    "hand on freed memory",
-                );
-                spare -= grant;
-                wrote = true;
+            } else {
+                self.held_since = None;
             }
         }
         // A driver within twice its inaccuracy of its target has nothing left to do (as
