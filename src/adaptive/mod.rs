@@ -810,7 +810,10 @@ impl Adaptive {
                 .map(|(k, (l, &i))| (k, i - l.0.target_kib))
                 .collect();
             let outstanding: Kib = takers.iter().map(|&(_, want)| want).sum();
-            let chunk = opts.hand_on_chunk_kib.max(outstanding / 16).min(outstanding);
+            let chunk = opts
+                .hand_on_chunk_kib
+                .max(outstanding / 16)
+                .min(outstanding);
             let waited = self
                 .held_since
                 .is_some_and(|t| now - t >= opts.hand_on_wait_s);
