@@ -80,14 +80,16 @@ fn a_guest_at_a_hidden_ceiling_makes_classic_balancing_oscillate_but_not_adaptiv
     balance_every_10s(&mut sim, 3600.0, &mut |sim| {
         adaptive.balance_memory(sim).unwrap()
     });
+    // No target ever changes direction: a guest not yet seen to grow is asked for 256 KiB
+    // more at a time, so guest 1 shows its ceiling before a target overshoots it by more than
+    // the probe a withdrawal would leave, and it is never asked to give memory back because it
+    // cannot grow.
     let a = sim.trace_summary();
-    assert_eq!(a.reversals_of(2), 0, "{a:?}");
-    assert_eq!(a.reversals_of(3), 0, "{a:?}");
-    // Guest 1's own target is taken back once, when its ceiling is found.
-    assert!(a.reversals_of(1) <= 1, "{a:?}");
-    // At most three rounds of three targets plus that retraction, and with nothing changing
-    // outside, not a single write after the first minute.
-    assert!(after_first_minute <= 10, "{after_first_minute} writes");
+    assert_eq!(a.total_reversals(), 0, "{a:?}");
+    // Three probes, guests 2 and 3 given their share once they followed theirs, and again once
+    // guest 1's ceiling is known: 7 writes, and with nothing changing outside, not a single
+    // write after the first minute.
+    assert_eq!(after_first_minute, 7, "{after_first_minute} writes");
     assert_eq!(sim.counters().target_changes, after_first_minute);
     assert!(sim.violations().is_empty());
     // The memory guest 1 could not take went to the others: the host is balanced.
@@ -551,11 +553,12 @@ fn memory_a_slow_guest_frees_during_a_balance_is_handed_on_in_chunks_without_a_w
     let most_idle = idle.iter().copied().max().unwrap();
     let mean_idle = idle.iter().sum::<Kib>() / idle.len() as Kib;
     // At most what guest 1 frees in the 15 s wait and the round in which it is handed on,
-    // 16 s at 4 MiB/s = 64 MiB (and its 4 KiB inaccuracy); half that on average.
-    assert!(most_idle <= 64 * MIB + 4, "{} KiB idle", most_idle);
+    // and, the first time, the round in which guest 2 shows it can grow (a 256 KiB probe):
+    // 17 s at 4 MiB/s = 68 MiB (and its 4 KiB inaccuracy); half that on average.
+    assert!(most_idle <= 68 * MIB + 4, "{} KiB idle", most_idle);
     assert!(mean_idle <= 34 * MIB, "{} KiB idle on average", mean_idle);
-    // Guest 1's target once, guest 2's once per chunk: 2048 MiB in 64 MiB chunks is 32
-    // writes, 33 in all (handed on round by round, it was a write about every second).
+    // Guest 1's target once, guest 2's probe, and one per chunk: 2048 MiB in 64 MiB chunks
+    // is 32 writes, 34 in all (handed on round by round, it was a write about every second).
     let writes = sim.counters().target_changes;
     assert!(writes <= 34, "{writes} target writes");
     // It ends balanced: each guest at 3 GiB, less its inaccuracy.

@@ -533,6 +533,25 @@ impl Adaptive {
             .note_write(d.domid, target_kib, now, self.epoch);
     }
 
+    /// `target_kib`, or for a guest not yet seen to grow, at most a probe's worth above what
+    /// it holds: a guest at a hidden ceiling then shows it before a target overshoots the
+    /// ceiling by more than the probe the withdrawal would leave, so no target is ever taken
+    /// back. A guest that follows is given its whole share in the next round.
+    fn cautious(&self, d: &Domain, target_kib: Kib) -> Kib {
+        let proven = self
+            .tracker
+            .get(d.domid)
+            .is_none_or(|t| t.proven_up(&self.options.judge()));
+        if proven {
+            target_kib
+        } else if d.target_kib > d.memory_actual_kib + 2 * d.inaccuracy_kib {
+            // Still short of the probe it was given: nothing more until it gets there.
+            target_kib.min(d.target_kib)
+        } else {
+            target_kib.min((d.memory_actual_kib + self.options.probe_kib).max(d.target_kib))
+        }
+    }
+
     fn deadband(&self, d: &Domain) -> Kib {
         deadband(&self.options, d)
     }
@@ -702,6 +721,12 @@ impl Adaptive {
                     }
                     if let Some(c) = t.ceiling {
                         e.dynamic_max_kib = e.dynamic_max_kib.min(c.at_kib).max(e.dynamic_min_kib);
+                        // A balance does not take memory from a guest because it cannot grow
+                        // (its narrowed range would give it a smaller share): it keeps what it
+                        // holds, and its target, once raised, is never taken back down.
+                        e.dynamic_min_kib = e
+                            .dynamic_min_kib
+                            .max(d.memory_actual_kib.min(e.dynamic_max_kib));
                         is_limited = true;
                     }
                 }
@@ -769,7 +794,8 @@ impl Adaptive {
                 // only free memory) unless it is really to be given more than it has.
                 Direction::Up => {
                     let grows = wants(l, i) == Some(Direction::Up)
-                        && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib);
+                        && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib)
+                        && self.cautious(e, i) > e.target_kib;
                     // A growth request above the domain's share is cut back to it, however
                     // small the cut: the policy counts the memory the domain has not taken
                     // yet as free and hands it to the others in this same round.
@@ -778,6 +804,13 @@ impl Adaptive {
                         && e.target_kib > e.memory_actual_kib + e.inaccuracy_kib;
                     grows || cut
                 }
+            };
+            // A guest not yet seen to grow is given a probe's worth at a time (see
+            // `cautious`); a cut never goes below the probe it has.
+            let i = if phase == Direction::Up && i > e.target_kib {
+                self.cautious(e, i)
+            } else {
+                i
             };
             if !write || self.dwell_blocks(e, i, now) {
                 continue;
@@ -824,14 +857,16 @@ impl Adaptive {
                 // The guests furthest from their share first, so that what is free goes out
                 // in as few writes as possible.
                 takers.sort_by_key(|&(_, want)| std::cmp::Reverse(want));
+                // A guest given only a probe gets the rest once it follows: the memory is
+                // still waiting.
+                let mut probed = false;
                 for (k, want) in takers {
                     let e = &limited[k].0;
-                    let grant = want.min(spare);
+                    let worth = want.min(spare) > deadband(&opts, e);
+                    let grant = self.cautious(e, e.target_kib + want.min(spare)) - e.target_kib;
+                    probed |= grant < want.min(spare);
                     let grows = e.target_kib + grant > e.memory_actual_kib + e.inaccuracy_kib;
-                    if !grows
-                        || grant <= deadband(&opts, e)
-                        || self.dwell_blocks(e, e.target_kib + grant, now)
-                    {
+                    if !grows || !worth || self.dwell_blocks(e, e.target_kib + grant, now) {
                         continue;
                     }
                     let d = host.domain(e.domid).expect("from this host");
@@ -845,7 +880,7 @@ impl Adaptive {
                     spare -= grant;
                     wrote = true;
                 }
-                if wrote {
+                if wrote && !probed {
                     self.held_since = None;
                 }
             } else {

@@ -98,6 +98,8 @@ pub struct Track {
     pub stalled_since: Option<f64>,
     /// Whether the driver has moved toward its target since the request changed direction.
     pub moved_since_request: bool,
+    /// Whether the driver has been seen to reach a growth target it was given.
+    pub grew: bool,
     /// A floor the driver would not shrink below.
     pub floor: Option<Limit>,
     /// A ceiling the driver would not grow past.
@@ -130,6 +132,7 @@ impl Track {
             short_since: None,
             stalled_since: None,
             moved_since_request: false,
+            grew: false,
             floor: None,
             ceiling: None,
             pinned: None,
@@ -160,6 +163,12 @@ impl Track {
                 Concern::NotMoving
             });
         }
+    }
+
+    /// Whether the driver has shown it can grow: it reached a growth target, or grows at least
+    /// at the minimum rate (as another process may have measured).
+    pub fn proven_up(&self, judge: &Judge) -> bool {
+        self.grew || self.rate_up.is_some_and(|r| r >= judge.min_rate_kib_per_s)
     }
 
     /// Whether the squeezer should not count on this driver to free memory.
@@ -371,6 +380,9 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge) {
         };
         if toward > 0 {
             t.moved_since_request = true;
+            if dir == Direction::Up && !still_asked {
+                t.grew = true;
+            }
             *rate = Some(match *rate {
                 // The driver worked the whole interval: a full-speed sample.
                 Some(r) if still_asked => r + RATE_SMOOTHING * (sample - r),
