@@ -28,9 +28,6 @@
 pub mod plan;
 pub mod tracker;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-
 use log::{debug, info};
 
 use crate::driver::{is_balanced, range_request, settings, Clock, Io, RangeRequest, Stillness};
@@ -1165,12 +1162,16 @@ pub fn guaranteed_free(host: &Host) -> Kib {
 
 /// A digest of the outside inputs: which domains exist, whether they can balloon, and their
 /// dynamic ranges.
+/// A multiply-rotate mix rather than SipHash: it runs over every domain on every look, and
+/// needs to tell inputs apart, not to resist a chosen collision.
 fn fingerprint(host: &Host) -> u64 {
-    let mut h = DefaultHasher::new();
-    for d in host.domains() {
-        (d.domid, d.can_balloon, d.dynamic_min_kib, d.dynamic_max_kib).hash(&mut h);
-    }
-    h.finish()
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(K);
+    host.domains().iter().fold(0, |h, d| {
+        let h = mix(h, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
+        let h = mix(h, d.dynamic_min_kib as u64);
+        mix(h, d.dynamic_max_kib as u64)
+    })
 }
 
 #[cfg(test)]

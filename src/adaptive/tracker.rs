@@ -250,6 +250,23 @@ impl Tracker {
     /// Takes a snapshot at `now`: updates rates, shortfall, limits and scores for every domain,
     /// adds new ones and forgets those that are gone.
     pub fn observe(&mut self, host: &Host, now: f64, judge: &Judge) {
+        let domains = host.domains();
+        // The usual look sees the domains of the last one. Both are in domid order, so they
+        // are walked together rather than looked up one by one.
+        let same = self.per_domain.len() == domains.len()
+            && self
+                .per_domain
+                .keys()
+                .zip(domains)
+                .all(|(&k, d)| k == d.domid);
+        if same {
+            // What was inherited is only kept for domains not seen yet: none is on the host.
+            self.inherited.clear();
+            for (t, d) in self.per_domain.values_mut().zip(domains) {
+                step(t, d, now, judge);
+            }
+            return;
+        }
         self.per_domain
             .retain(|domid, _| host.domain(*domid).is_some());
         self.inherited
