@@ -445,8 +445,13 @@ impl Adaptive {
     fn learn_limits(&mut self, host: &Host, now: f64, writes: &mut Vec<Action>) {
         let grace = self.options.grace_s;
         let probe = self.options.probe_kib;
-        for d in host.domains().iter().filter(|d| d.can_balloon) {
-            let Some(t) = self.tracker.get_mut(d.domid) else {
+        for (i, d) in host
+            .domains()
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.can_balloon)
+        {
+            let Some(t) = self.tracker.get_mut_at(i, d.domid) else {
                 continue;
             };
             let actual = d.memory_actual_kib;
@@ -576,8 +581,13 @@ impl Adaptive {
         // What each balloonable domain without a floor can still give, and how fast.
         let mut contributors = Vec::new();
         let mut who = Vec::new();
-        for d in host.domains().iter().filter(|d| d.can_balloon) {
-            let t = self.tracker.get(d.domid);
+        for (i, d) in host
+            .domains()
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.can_balloon)
+        {
+            let t = self.tracker.get_at(i, d.domid);
             if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
                 continue;
             }

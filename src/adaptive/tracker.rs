@@ -180,10 +180,71 @@ impl Track {
 /// Observations for every domain on the host, forgotten when a domain disappears.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tracker {
-    per_domain: BTreeMap<DomId, Track>,
+    per_domain: Tracks,
     /// What another process learnt about domains this tracker has not seen yet, applied when
     /// it first sees them.
     inherited: BTreeMap<DomId, Learnt>,
+}
+
+/// Tracks by domid: the domids in order beside their tracks, so that a lookup is a binary
+/// search over a few KiB of domids, not a walk down a tree of large nodes (a round looks a
+/// domain up several times, on hosts of thousands).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Tracks {
+    ids: Vec<DomId>,
+    tracks: Vec<Track>,
+}
+
+impl Tracks {
+    fn get(&self, domid: &DomId) -> Option<&Track> {
+        self.ids.binary_search(domid).ok().map(|i| &self.tracks[i])
+    }
+
+    fn get_mut(&mut self, domid: &DomId) -> Option<&mut Track> {
+        self.ids
+            .binary_search(domid)
+            .ok()
+            .map(|i| &mut self.tracks[i])
+    }
+
+    fn insert(&mut self, domid: DomId, t: Track) {
+        match self.ids.binary_search(&domid) {
+            Ok(i) => self.tracks[i] = t,
+            Err(i) => {
+                self.ids.insert(i, domid);
+                self.tracks.insert(i, t);
+            }
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&DomId, &mut Track) -> bool) {
+        let mut k = 0;
+        for i in 0..self.ids.len() {
+            if keep(&self.ids[i], &mut self.tracks[i]) {
+                self.ids.swap(k, i);
+                self.tracks.swap(k, i);
+                k += 1;
+            }
+        }
+        self.ids.truncate(k);
+        self.tracks.truncate(k);
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &DomId> {
+        self.ids.iter()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Track> {
+        self.tracks.iter_mut()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&DomId, &Track)> {
+        self.ids.iter().zip(&self.tracks)
+    }
 }
 
 /// The part of a [`Track`] worth keeping beyond one process: what the driver has shown about
@@ -293,6 +354,23 @@ impl Tracker {
     /// Every domain's observations, in domid order.
     pub fn iter(&self) -> impl Iterator<Item = (DomId, &Track)> {
         self.per_domain.iter().map(|(&domid, t)| (domid, t))
+    }
+
+    /// The observations for `domid`, which is at `index` in the domains of the last look
+    /// when that look is the one being decided on: then found without a search.
+    pub fn get_at(&self, index: usize, domid: DomId) -> Option<&Track> {
+        match self.per_domain.ids.get(index) {
+            Some(&id) if id == domid => Some(&self.per_domain.tracks[index]),
+            _ => self.get(domid),
+        }
+    }
+
+    /// [`get_at`](Tracker::get_at), mutable.
+    pub fn get_mut_at(&mut self, index: usize, domid: DomId) -> Option<&mut Track> {
+        match self.per_domain.ids.get(index) {
+            Some(&id) if id == domid => Some(&mut self.per_domain.tracks[index]),
+            _ => self.get_mut(domid),
+        }
     }
 
     /// Mutable observations for `domid`.
