@@ -577,3 +577,43 @@ fn memory_a_slow_guest_frees_during_a_balance_is_handed_on_in_chunks_without_a_w
     assert_eq!(sim.trace_summary().total_reversals(), 0);
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }
+
+#[test]
+fn a_background_balancer_that_balances_only_when_asked_to_still_hands_freed_memory_on_in_time() {
+    // As above, but balanced the way the service's background balancer does: a look every
+    // second, a balance (which returns after 5 s here) only when the policy says one would
+    // write. The chunk is 128 MiB; asking starts the 15 s wait as a balance would, so memory
+    // does not sit idle until a whole chunk has come free.
+    let mut sim = host(SLUSH, 3600.0);
+    let guest = |domid, at| Domain::new(domid, true, GIB, at, 5 * GIB, at, at, 4);
+    sim.add_guest(guest(1, 5 * GIB), ideal(4)).unwrap();
+    sim.add_guest(guest(2, GIB), ideal(100)).unwrap();
+    sim.advance(0.0).unwrap();
+    let mut adaptive = Adaptive::new(squeeze::adaptive::AdaptiveOptions {
+        balance_wait_s: 5.0,
+        ..Default::default()
+    })
+    .unwrap();
+    adaptive.balance_memory(&mut sim).unwrap();
+    let mut balances = 1;
+    while sim.time() < 600.0 {
+        if adaptive.is_unbalanced(&mut sim).unwrap() {
+            adaptive.balance_memory(&mut sim).unwrap();
+            balances += 1;
+        }
+        sim.advance(1.0).unwrap();
+    }
+    let most_idle = sim
+        .trace()
+        .iter()
+        .map(|row| row.free_mem_kib - SLUSH)
+        .max()
+        .unwrap();
+    // 17 s at 4 MiB/s, as when balanced every 10 s (a whole chunk would be 128 MiB).
+    assert!(most_idle <= 68 * MIB + 4, "{most_idle} KiB idle");
+    assert!(balances >= 30, "{balances} balances");
+    let g2 = sim.guest(2).unwrap();
+    assert!((g2.memory_actual_kib - 3 * GIB).abs() <= 16, "{g2:?}");
+    assert_eq!(sim.trace_summary().total_reversals(), 0);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}

@@ -177,8 +177,11 @@ pub struct Adaptive {
     epoch: u64,
     fingerprint: u64,
     /// Since when memory a shrinking guest released has been waiting to be handed on, if it
-    /// is (kept across balances: one may end while a slow guest still shrinks).
-    held_since: Option<f64>,
+    /// is (kept across balances: one may end while a slow guest still shrinks). A cell, so
+    /// that asking whether to balance ([`is_unbalanced`](Adaptive::is_unbalanced), on a copy)
+    /// starts the wait too: a background balancer that only balances when asked to would
+    /// otherwise wait for a whole chunk.
+    held_since: std::cell::Cell<Option<f64>>,
 }
 
 impl Adaptive {
@@ -395,6 +398,11 @@ impl Adaptive {
         let round = copy.step(&mut op, &host, now, &mut |free| {
             is_balanced(free, slush, tolerance)
         })?;
+        // A wait the look started counts; one the look ended by handing the memory on does
+        // not end here, where nothing is written: the balance that follows hands it on.
+        if self.held_since.get().is_none() {
+            self.held_since.set(copy.held_since.get());
+        }
         Ok(round
             .writes
             .iter()
@@ -856,10 +864,13 @@ impl Adaptive {
                 .min(outstanding);
             let waited = self
                 .held_since
+                .get()
                 .is_some_and(|t| now - t >= opts.hand_on_wait_s);
             if spare > 0 && !takers.is_empty() && spare < chunk && !waited {
                 // Not enough to matter yet: it waits, at most the hand-on wait.
-                self.held_since.get_or_insert(now);
+                if self.held_since.get().is_none() {
+                    self.held_since.set(Some(now));
+                }
             } else if spare > 0 {
                 // The guests furthest from their share first, so that what is free goes out
                 // in as few writes as possible.
@@ -888,10 +899,10 @@ impl Adaptive {
                     wrote = true;
                 }
                 if wrote && !probed {
-                    self.held_since = None;
+                    self.held_since.set(None);
                 }
             } else {
-                self.held_since = None;
+                self.held_since.set(None);
             }
         }
         // A driver within twice its inaccuracy of its target has nothing left to do (as
