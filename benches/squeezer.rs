@@ -8,6 +8,13 @@
 //!   N ideal guests, from the first snapshot to success, measured in CPU time of this process
 //!   (the simulator's work included, building the host excluded).
 //!
+//! - `engine_round/{classic_iteration,classic_round,adaptive_round}/N`: the second round of a
+//!   free of 10 % of host memory on N ideal guests (the first round's targets written and one
+//!   second of ballooning simulated), measured three ways in one run: squeezed's bare
+//!   iteration, the classic [`ClassicRound`] and the adaptive [`AdaptiveRound`] through
+//!   [`Engine::round`]. Each measured round starts from a copy of the engine's state after the
+//!   first round (copying is not timed). CPU time, as below.
+//!
 //! Guests are GiB-scale: dynamic-min 1 to 2 GiB, dynamic-max 2 to 6 GiB, each sitting at its
 //! dynamic-max, ballooning at 64 to 512 MiB/s. Run with
 //! `cargo bench --bench squeezer -- --warm-up-time 1 --measurement-time 3`.
@@ -16,8 +23,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use squeeze::adaptive::{Adaptive, Goal};
 use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
-use squeeze::{change_host_free_memory, Domain, Host, Kib, Options, Squeezer, Verdict};
+use squeeze::engine::{AdaptiveRound, ClassicRound, Engine};
+use squeeze::{change_host_free_memory, Action, Domain, Host, Io, Kib, Options, Squeezer, Verdict};
 
 const MIB: Kib = 1024;
 const GIB: Kib = 1024 * MIB;
@@ -142,5 +151,103 @@ fn free_10_percent(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, one_iteration, free_10_percent);
+/// Writes a round's maxmem and targets on `sim` and lets a second of ballooning pass: what
+/// the loop does between two rounds.
+fn apply(sim: &mut Simulator, maxmem: Vec<(i32, Kib)>, targets: Vec<Action>) -> (Host, f64) {
+    for (domid, kib) in maxmem {
+        sim.set_maxmem(domid, kib).unwrap();
+    }
+    for a in targets {
+        sim.execute_action(a).unwrap();
+    }
+    sim.wait(1.0).unwrap();
+    (sim.make_host().unwrap(), sim.now().unwrap())
+}
+
+/// Times `round` over `iters` rounds, each given a fresh copy of `state` made outside the
+/// timing; what it returns is dropped outside the timing too.
+fn time_rounds<S: Clone, R>(iters: u64, state: &S, mut round: impl FnMut(S) -> R) -> Duration {
+    let mut cpu = Duration::ZERO;
+    for _ in 0..iters {
+        let s = state.clone();
+        let start = process_cpu_time();
+        let r = round(s);
+        cpu += process_cpu_time() - start;
+        black_box(r);
+    }
+    cpu
+}
+
+fn engine_round(c: &mut Criterion) {
+    let mut group = c.benchmark_group("engine_round");
+    group.sample_size(20);
+    for n in [1000usize, 5000] {
+        let gs = guests(n);
+        let required = SLUSH_KIB + total_kib(&gs, SLUSH_KIB) / 10;
+        group.throughput(Throughput::Elements(n as u64));
+
+        // Classic: the squeezer after its first round, and the host a second later.
+        let mut sim = simulator(&gs);
+        let mut squeezer = Squeezer::new(Options::default());
+        let (host, now) = (sim.make_host().unwrap(), sim.now().unwrap());
+        let plan = ClassicRound::new(&mut squeezer, required, SLUSH_KIB)
+            .round(&host, now, &mut |f| f >= required)
+            .unwrap();
+        assert_eq!(plan.targets.len(), n);
+        let (host, now) = apply(&mut sim, plan.maxmem, plan.targets);
+        group.bench_with_input(
+            BenchmarkId::new("classic_iteration", n),
+            &host,
+            |b, host| {
+                b.iter_custom(|iters| {
+                    time_rounds(iters, &squeezer, |mut sq| {
+                        let it = sq
+                            .one_iteration(black_box(host), required, &mut |f| f >= required, now)
+                            .unwrap();
+                        (it, sq)
+                    })
+                });
+            },
+        );
+        group.bench_with_input(BenchmarkId::new("classic_round", n), &host, |b, host| {
+            b.iter_custom(|iters| {
+                time_rounds(iters, &squeezer, |mut sq| {
+                    let plan = ClassicRound::new(&mut sq, required, SLUSH_KIB)
+                        .round(black_box(host), now, &mut |f| f >= required)
+                        .unwrap();
+                    (plan, sq)
+                })
+            });
+        });
+
+        // Adaptive: the same, from its first round of the same request (stepped directly,
+        // which is what its Engine::round does, so that the operation's state carries over).
+        let mut sim = simulator(&gs);
+        let mut adaptive = Adaptive::default();
+        let mut op = adaptive
+            .begin(Goal::Free {
+                required_kib: required,
+            })
+            .unwrap();
+        let (host, now) = (sim.make_host().unwrap(), sim.now().unwrap());
+        let first = adaptive
+            .step(&mut op, &host, now, &mut |f| f >= required)
+            .unwrap();
+        assert_eq!(first.writes.len(), n);
+        let (host, now) = apply(&mut sim, Vec::new(), first.writes);
+        group.bench_with_input(BenchmarkId::new("adaptive_round", n), &host, |b, host| {
+            b.iter_custom(|iters| {
+                time_rounds(iters, &(adaptive.clone(), op.clone()), |(mut a, op)| {
+                    let plan = AdaptiveRound::new(&mut a, op)
+                        .round(black_box(host), now, &mut |f| f >= required)
+                        .unwrap();
+                    (plan, a)
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, one_iteration, free_10_percent, engine_round);
 criterion_main!(benches);

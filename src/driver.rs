@@ -143,16 +143,24 @@ fn maxmem_plan(host: &Host, verdict: &Verdict, declared_inactive: &[DomId]) -> V
         _ => Vec::new(),
     };
     new_targets.sort_unstable_by_key(|&(domid, _)| domid);
-    let lookup = |domid: DomId| {
-        new_targets
-            .binary_search_by_key(&domid, |&(d, _)| d)
-            .ok()
-            .map(|i| new_targets[i].1)
+    // The domains, the new targets and the inactive list are all in domid order: walked
+    // together, not searched once per domain (a round on a big host sets thousands).
+    let (mut targets, mut inactive) = (new_targets.iter().peekable(), declared_inactive.iter());
+    let mut next_inactive = inactive.next();
+    let mut lookup = |domid: DomId| {
+        while targets.next_if(|&&(d, _)| d < domid).is_some() {}
+        targets.next_if(|&&(d, _)| d == domid).map(|&(_, kib)| kib)
+    };
+    let mut is_inactive = |domid: DomId| {
+        while next_inactive.is_some_and(|&d| d < domid) {
+            next_inactive = inactive.next();
+        }
+        next_inactive == Some(&domid)
     };
     host.domains()
         .iter()
         .map(|d: &Domain| {
-            let mem = if declared_inactive.binary_search(&d.domid).is_ok() {
+            let mem = if is_inactive(d.domid) {
                 d.target_kib
                     .min(d.memory_actual_kib)
                     .max(d.dynamic_min_kib)

@@ -195,8 +195,10 @@ impl Engine for ClassicRound<'_> {
                 } else {
                     "free memory"
                 };
-                for a in &actions {
-                    // squeezed re-sends unchanged targets; only real changes are news.
+                // squeezed re-sends unchanged targets; only real changes are news (looked up
+                // only when they would be logged: a round on a big host sets thousands).
+                let log = log::log_enabled!(target: DRIVER_LOG, log::Level::Info);
+                for a in actions.iter().filter(|_| log) {
                     let old = host.domain(a.domid).map(|d| d.target_kib);
                     if old != Some(a.new_target_kib) {
                         info!(target: DRIVER_LOG,

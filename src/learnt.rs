@@ -3,8 +3,17 @@
 //! guest the same way, and so that it outlives the process that learnt it:
 //!
 //! ```text
-//! /squeezed/learnt/<domid> = {"version":1,"learnt":{...}}   (JSON, see `tracker::Learnt`)
+//! /squeezed/learnt/<domid> = {"version":2,"domain":"<id>","learnt":{...}}
+//!                              (JSON, see `tracker::Learnt`)
+//! /local/domain/<domid>/memory/squeeze-id = <id>
 //! ```
+//!
+//! Xen reuses domids, so an entry names the domain it was learnt about: a random id that
+//! squeeze writes into the domain's own directory the first time it keeps something about it.
+//! The toolstack removes that directory with the domain, so a new domain that reuses the domid
+//! has no id (or, once squeeze has written for it, another one), and an entry of an earlier
+//! domain is never taken for it. The id sits under `memory/`, which a guest can read but not
+//! write, so a guest cannot disown a bad judgement.
 //!
 //! squeezed's own keys (`/squeezed/state/...`) are untouched. The state is advice: an entry
 //! that cannot be read, or written by another schema version, is ignored (and replaced by what
@@ -20,40 +29,49 @@ use crate::model::DomId;
 use crate::platform::Store;
 use crate::reservations::Layout;
 
-/// The schema version written, and the only one read.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version written, and the only one read (version 1 entries named no domain).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Entry {
     version: u32,
+    domain: String,
     learnt: Learnt,
 }
 
-/// `learnt` as the store keeps it.
-pub fn encode(learnt: &Learnt) -> String {
+/// Where the id of the domain `domid` is kept (see the module documentation).
+pub fn id_path(domid: DomId) -> String {
+    format!("/local/domain/{domid}/memory/squeeze-id")
+}
+
+/// `learnt` about the domain whose id is `domain`, as the store keeps it.
+pub fn encode(domain: &str, learnt: &Learnt) -> String {
     serde_json::to_string(&Entry {
         version: SCHEMA_VERSION,
+        domain: domain.to_string(),
         learnt: learnt.clone(),
     })
     .unwrap_or_default()
 }
 
-/// What an entry says, or None for one of another version or that cannot be read.
-pub fn decode(raw: &str) -> Option<Learnt> {
+/// The domain id an entry names and what it says, or None for one of another version or
+/// that cannot be read.
+pub fn decode(raw: &str) -> Option<(String, Learnt)> {
     let value: serde_json::Value = serde_json::from_str(raw).ok()?;
     if value.get("version")?.as_u64()? != u64::from(SCHEMA_VERSION) {
         return None;
     }
     let entry: Entry = serde_json::from_value(value).ok()?;
-    entry.learnt.is_sane().then_some(entry.learnt)
+    (entry.learnt.is_sane() && !entry.domain.is_empty()).then_some((entry.domain, entry.learnt))
 }
 
 /// Keeps one process's view of the stored entries in step with the store. `synced` holds the
 /// value this process last read or wrote for each domain, so unchanged entries are neither
-/// adopted again nor rewritten.
+/// adopted again nor rewritten; `ids` the domain ids it last saw.
 #[derive(Debug, Default)]
 pub struct Sync {
     synced: BTreeMap<DomId, String>,
+    ids: BTreeMap<DomId, String>,
 }
 
 impl Sync {
@@ -79,7 +97,17 @@ impl Sync {
                 continue;
             }
             match decode(&raw) {
-                Some(l) => out.push((domid, l)),
+                Some((id, l)) => match store.read(&id_path(domid)) {
+                    Ok(Some(current)) if current == id => {
+                        self.ids.insert(domid, current);
+                        out.push((domid, l));
+                    }
+                    Ok(current) => debug!(
+                        "ignoring learnt state of an earlier domain {domid} (id {id}, the \
+                         domain now has {current:?})"
+                    ),
+                    Err(e) => warn!("cannot read the id of domain {domid}: {e}"),
+                },
                 None => debug!("ignoring unreadable learnt state of domain {domid}: {raw:?}"),
             }
             self.synced.insert(domid, raw);
@@ -91,21 +119,39 @@ impl Sync {
     pub fn save(&mut self, store: &dyn Store, layout: &Layout, learnt: &[(DomId, Learnt)]) {
         let dir = layout.learnt_dir();
         for (domid, l) in learnt {
-            let raw = encode(l);
-            if self.synced.get(domid) == Some(&raw) {
-                continue;
+            if let Some(id) = self.ids.get(domid) {
+                if self.synced.get(domid) == Some(&encode(id, l)) {
+                    continue;
+                }
             }
             let path = format!("{dir}/{domid}");
+            let mut kept = None;
             let written = store.transaction(&mut |t| {
+                kept = None;
                 // Never create an entry for a domain destroyed meanwhile.
-                if t.exists(&format!("/local/domain/{domid}"))? {
-                    t.write(&path, &raw)?;
+                if !t.exists(&format!("/local/domain/{domid}"))? {
+                    return Ok(());
                 }
+                // The domain's id, given on first use.
+                let id = match t.read(&id_path(*domid))? {
+                    Some(id) if !id.is_empty() => id,
+                    _ => {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        t.write(&id_path(*domid), &id)?;
+                        id
+                    }
+                };
+                let raw = encode(&id, l);
+                t.write(&path, &raw)?;
+                kept = Some((id, raw));
                 Ok(())
             });
             match written {
                 Ok(()) => {
-                    self.synced.insert(*domid, raw);
+                    if let Some((id, raw)) = kept {
+                        self.ids.insert(*domid, id);
+                        self.synced.insert(*domid, raw);
+                    }
                 }
                 Err(e) => warn!("cannot keep the learnt state of domain {domid}: {e}"),
             }
@@ -127,6 +173,7 @@ impl Sync {
         }
         let stored: Vec<DomId> = learnt.iter().map(|(d, _)| *d).collect();
         self.synced.retain(|d, _| stored.contains(d));
+        self.ids.retain(|d, _| stored.contains(d));
     }
 }
 
@@ -145,15 +192,29 @@ mod tests {
             uncooperative: true,
             concern: Some(crate::adaptive::tracker::Concern::NotMoving),
         };
-        assert_eq!(decode(&encode(&l)), Some(l.clone()));
-        let v2 = encode(&l).replace("\"version\":1", "\"version\":2");
-        assert_eq!(decode(&v2), None);
+        let id = "5f0c9a52-1c1e-4f8e-9a3b-2d7e6f1a0b4c";
+        assert_eq!(decode(&encode(id, &l)), Some((id.to_string(), l.clone())));
+        let v3 = encode(id, &l).replace("\"version\":2", "\"version\":3");
+        assert_eq!(decode(&v3), None);
+        // Version 1 named no domain.
+        let v1 = format!(
+            "{{\"version\":1,\"learnt\":{}}}",
+            serde_json::to_string(&l).unwrap()
+        );
+        assert_eq!(decode(&v1), None);
+        assert_eq!(decode(&encode("", &l)), None);
         assert_eq!(decode("not json"), None);
-        assert_eq!(decode("{\"version\":1,\"learnt\":{}}"), None);
-        let negative = encode(&Learnt {
-            score_s: -1.0,
-            ..l.clone()
-        });
+        assert_eq!(
+            decode("{\"version\":2,\"domain\":\"x\",\"learnt\":{}}"),
+            None
+        );
+        let negative = encode(
+            id,
+            &Learnt {
+                score_s: -1.0,
+                ..l.clone()
+            },
+        );
         assert_eq!(decode(&negative), None);
     }
 }

@@ -80,14 +80,16 @@ fn a_guest_at_a_hidden_ceiling_makes_classic_balancing_oscillate_but_not_adaptiv
     balance_every_10s(&mut sim, 3600.0, &mut |sim| {
         adaptive.balance_memory(sim).unwrap()
     });
+    // No target ever changes direction: a guest not yet seen to grow is asked for 256 KiB
+    // more at a time, so guest 1 shows its ceiling before a target overshoots it by more than
+    // the probe a withdrawal would leave, and it is never asked to give memory back because it
+    // cannot grow.
     let a = sim.trace_summary();
-    assert_eq!(a.reversals_of(2), 0, "{a:?}");
-    assert_eq!(a.reversals_of(3), 0, "{a:?}");
-    // Guest 1's own target is taken back once, when its ceiling is found.
-    assert!(a.reversals_of(1) <= 1, "{a:?}");
-    // At most three rounds of three targets plus that retraction, and with nothing changing
-    // outside, not a single write after the first minute.
-    assert!(after_first_minute <= 10, "{after_first_minute} writes");
+    assert_eq!(a.total_reversals(), 0, "{a:?}");
+    // Three probes, guests 2 and 3 given their share once they followed theirs, and again once
+    // guest 1's ceiling is known: 7 writes, and with nothing changing outside, not a single
+    // write after the first minute.
+    assert_eq!(after_first_minute, 7, "{after_first_minute} writes");
     assert_eq!(sim.counters().target_changes, after_first_minute);
     assert!(sim.violations().is_empty());
     // The memory guest 1 could not take went to the others: the host is balanced.
@@ -526,42 +528,92 @@ fn an_adaptive_request_stepped_by_hand_makes_the_same_decisions_as_the_call() {
 }
 
 #[test]
-fn memory_a_slow_guest_frees_during_a_balance_is_handed_on_round_by_round() {
+fn memory_a_slow_guest_frees_during_a_balance_is_handed_on_in_chunks_without_a_write_storm() {
     // Guest 1 (a Windows-like 4 MiB/s driver) holds 5 GiB and guest 2 (100 MiB/s) 1 GiB, both
     // of range 1..5 GiB, and only the slush is free: balancing gives each 3 GiB, so guest 1
-    // must free 2 GiB, which takes it 512 s. Guest 2 used to wait for all of it; now what
-    // guest 1 has released is guest 2's within a round or two.
+    // must free 2 GiB, which takes it 512 s. Guest 2 used to wait for all of it; then it was
+    // handed what guest 1 released every round (a write a second). Now it is handed on in
+    // chunks: the chunk is max(64 MiB, 2 GiB / 16) = 128 MiB, more than guest 1 frees in the
+    // 15 s hand-on wait, so the wait sets the pace: a write every 16 s.
+    let mut sim = host(SLUSH, 3600.0);
+    let guest = |domid, at| Domain::new(domid, true, GIB, at, 5 * GIB, at, at, 4);
+    sim.add_guest(guest(1, 5 * GIB), ideal(4)).unwrap();
+    sim.add_guest(guest(2, GIB), ideal(100)).unwrap();
+    sim.advance(0.0).unwrap();
+    let mut adaptive = Adaptive::default();
+    balance_every_10s(&mut sim, 600.0, &mut |sim| {
+        adaptive.balance_memory(sim).unwrap()
+    });
+    // Idle: free above the slush, at every second of the run.
+    let idle: Vec<Kib> = sim
+        .trace()
+        .iter()
+        .map(|row| row.free_mem_kib - SLUSH)
+        .collect();
+    let most_idle = idle.iter().copied().max().unwrap();
+    let mean_idle = idle.iter().sum::<Kib>() / idle.len() as Kib;
+    // At most what guest 1 frees in the 15 s wait and the round in which it is handed on,
+    // and, the first time, the round in which guest 2 shows it can grow (a 256 KiB probe):
+    // 17 s at 4 MiB/s = 68 MiB (and its 4 KiB inaccuracy); half that on average.
+    assert!(most_idle <= 68 * MIB + 4, "{} KiB idle", most_idle);
+    assert!(mean_idle <= 34 * MIB, "{} KiB idle on average", mean_idle);
+    // Guest 1's target once, guest 2's probe, and one per chunk: 2048 MiB in 64 MiB chunks
+    // is 32 writes, 34 in all (handed on round by round, it was a write about every second).
+    let writes = sim.counters().target_changes;
+    assert!(writes <= 34, "{writes} target writes");
+    // It ends balanced: each guest at 3 GiB, less its inaccuracy.
+    let host = sim.make_host().unwrap();
+    for domid in [1, 2] {
+        let d = host.domain(domid).unwrap();
+        assert!((d.memory_actual_kib - 3 * GIB).abs() <= 16, "{d:?}");
+    }
+    // Never under the slush, never promised twice, and no reversals.
+    assert!(sim.trace().iter().all(|row| row.free_mem_kib >= SLUSH));
+    assert!(
+        squeeze::adaptive::guaranteed_free(&host) >= SLUSH,
+        "{} KiB guaranteed",
+        squeeze::adaptive::guaranteed_free(&host)
+    );
+    assert_eq!(sim.trace_summary().total_reversals(), 0);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}
+
+#[test]
+fn a_background_balancer_that_balances_only_when_asked_to_still_hands_freed_memory_on_in_time() {
+    // As above, but balanced the way the service's background balancer does: a look every
+    // second, a balance (which returns after 5 s here) only when the policy says one would
+    // write. The chunk is 128 MiB; asking starts the 15 s wait as a balance would, so memory
+    // does not sit idle until a whole chunk has come free.
     let mut sim = host(SLUSH, 3600.0);
     let guest = |domid, at| Domain::new(domid, true, GIB, at, 5 * GIB, at, at, 4);
     sim.add_guest(guest(1, 5 * GIB), ideal(4)).unwrap();
     sim.add_guest(guest(2, GIB), ideal(100)).unwrap();
     sim.advance(0.0).unwrap();
     let mut adaptive = Adaptive::new(squeeze::adaptive::AdaptiveOptions {
-        balance_wait_s: 60.0,
+        balance_wait_s: 5.0,
         ..Default::default()
     })
     .unwrap();
     adaptive.balance_memory(&mut sim).unwrap();
-    let host = sim.make_host().unwrap();
-    let (slow, fast) = (host.domain(1).unwrap(), host.domain(2).unwrap());
-    let released = 5 * GIB - slow.memory_actual_kib;
-    let taken = fast.memory_actual_kib - GIB;
-    // About 61 s at 4 MiB/s: some 240 MiB released, all but a round's worth taken.
-    assert!(released >= 200 * MIB, "released {} MiB", released / MIB);
-    assert!(
-        taken >= released - 16 * MIB,
-        "taken {} of {} MiB",
-        taken / MIB,
-        released / MIB
-    );
-    // Never under the slush, never promised twice.
-    assert!(sim.free_mem_kib() >= SLUSH);
-    assert!(
-        squeeze::adaptive::guaranteed_free(&host) >= SLUSH,
-        "{} KiB guaranteed",
-        squeeze::adaptive::guaranteed_free(&host)
-    );
+    let mut balances = 1;
+    while sim.time() < 600.0 {
+        if adaptive.is_unbalanced(&mut sim).unwrap() {
+            adaptive.balance_memory(&mut sim).unwrap();
+            balances += 1;
+        }
+        sim.advance(1.0).unwrap();
+    }
+    let most_idle = sim
+        .trace()
+        .iter()
+        .map(|row| row.free_mem_kib - SLUSH)
+        .max()
+        .unwrap();
+    // 17 s at 4 MiB/s, as when balanced every 10 s (a whole chunk would be 128 MiB).
+    assert!(most_idle <= 68 * MIB + 4, "{most_idle} KiB idle");
+    assert!(balances >= 30, "{balances} balances");
+    let g2 = sim.guest(2).unwrap();
+    assert!((g2.memory_actual_kib - 3 * GIB).abs() <= 16, "{g2:?}");
+    assert_eq!(sim.trace_summary().total_reversals(), 0);
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
-    // Guest 1 is still asked for its share: 3 GiB, less its inaccuracy.
-    assert!((slow.target_kib - 3 * GIB).abs() <= 8, "{slow:?}");
 }

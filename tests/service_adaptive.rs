@@ -407,7 +407,7 @@ fn what_one_service_learnt_about_a_stuck_guest_is_known_to_the_next_without_rele
     let fast_rate = rate_of(&diag, fast).expect("the fast guest's rate was measured");
     assert!(learnt_entry(&fake, stuck)
         .unwrap()
-        .starts_with("{\"version\":1,"));
+        .starts_with("{\"version\":2,"));
     // The process that learnt it goes away; another one decides for the host.
     drop(first);
     let second = Service::new(fake.platform(), config(dir.path())).unwrap();
@@ -450,7 +450,7 @@ fn damaged_or_foreign_learnt_state_is_ignored_and_replaced() {
         },
     );
     // Another schema version claims the guest is flagged with a 99 s score.
-    let foreign = r#"{"version":2,"learnt":{"rate_down_kib_per_s":1.0,"rate_up_kib_per_s":null,"floor_kib":null,"ceiling_kib":null,"score_s":99.0,"uncooperative":true,"concern":"not-moving"}}"#;
+    let foreign = r#"{"version":3,"domain":"x","learnt":{"rate_down_kib_per_s":1.0,"rate_up_kib_per_s":null,"floor_kib":null,"ceiling_kib":null,"score_s":99.0,"uncooperative":true,"concern":"not-moving"}}"#;
     fake.platform()
         .store
         .write(&format!("/squeezed/learnt/{guest}"), foreign)
@@ -461,5 +461,5 @@ fn damaged_or_foreign_learnt_state_is_ignored_and_replaced() {
     assert!(!c.uncooperative && c.score_s == 0.0, "{c:?}");
     assert!(learnt_entry(&fake, guest)
         .unwrap()
-        .starts_with("{\"version\":1,"));
+        .starts_with("{\"version\":2,"));
 }

@@ -28,9 +28,6 @@
 pub mod plan;
 pub mod tracker;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-
 use log::{debug, info};
 
 use crate::driver::{is_balanced, range_request, settings, Clock, Io, RangeRequest, Stillness};
@@ -62,6 +59,14 @@ pub struct AdaptiveOptions {
     pub balance_wait_s: f64,
     /// Seconds between iterations.
     pub poll_s: f64,
+    /// While a guest shrinks in a balance, the memory it has released is handed on to the
+    /// growing guests in chunks of at least this many KiB (or 1/16 of the growth still to
+    /// come, if larger, or all of it, if less), so that a slow driver does not cost a target
+    /// write every round.
+    pub hand_on_chunk_kib: Kib,
+    /// Longest released memory waits for a chunk to fill before it is handed on anyway,
+    /// seconds: what bounds idle memory behind a slow driver.
+    pub hand_on_wait_s: f64,
     /// Slowest acceptable balloon speed for a driver with work to do, KiB/s.
     pub min_rate_kib_per_s: f64,
     /// How long a driver may fall short of the minimum rate before it is taken to be at a limit.
@@ -92,6 +97,8 @@ impl Default for AdaptiveOptions {
             stall_s: 30.0,
             balance_wait_s: 120.0,
             poll_s: 1.0,
+            hand_on_chunk_kib: 64 * 1024,
+            hand_on_wait_s: 15.0,
             min_rate_kib_per_s: 256.0,
             grace_s: 5.0,
             prior_rate_kib_per_s: 32.0 * 1024.0,
@@ -128,6 +135,7 @@ impl AdaptiveOptions {
             ("stall time", self.stall_s),
             ("balance wait", self.balance_wait_s),
             ("poll interval", self.poll_s),
+            ("hand-on wait", self.hand_on_wait_s),
             ("minimum rate", self.min_rate_kib_per_s),
             ("grace period", self.grace_s),
             ("prior rate", self.prior_rate_kib_per_s),
@@ -155,6 +163,7 @@ impl AdaptiveOptions {
         }
         kib::check_size("adaptive deadband", self.deadband_kib)?;
         kib::check_size("adaptive probe size", self.probe_kib)?;
+        kib::check_size("adaptive hand-on chunk", self.hand_on_chunk_kib)?;
         Ok(())
     }
 }
@@ -167,6 +176,12 @@ pub struct Adaptive {
     /// Bumped whenever an outside input changes; reversals are allowed across epochs.
     epoch: u64,
     fingerprint: u64,
+    /// Since when memory a shrinking guest released has been waiting to be handed on, if it
+    /// is (kept across balances: one may end while a slow guest still shrinks). A cell, so
+    /// that asking whether to balance ([`is_unbalanced`](Adaptive::is_unbalanced), on a copy)
+    /// starts the wait too: a background balancer that only balances when asked to would
+    /// otherwise wait for a whole chunk.
+    held_since: std::cell::Cell<Option<f64>>,
 }
 
 impl Adaptive {
@@ -383,6 +398,11 @@ impl Adaptive {
         let round = copy.step(&mut op, &host, now, &mut |free| {
             is_balanced(free, slush, tolerance)
         })?;
+        // A wait the look started counts; one the look ended by handing the memory on does
+        // not end here, where nothing is written: the balance that follows hands it on.
+        if self.held_since.get().is_none() {
+            self.held_since.set(copy.held_since.get());
+        }
         Ok(round
             .writes
             .iter()
@@ -433,8 +453,13 @@ impl Adaptive {
     fn learn_limits(&mut self, host: &Host, now: f64, writes: &mut Vec<Action>) {
         let grace = self.options.grace_s;
         let probe = self.options.probe_kib;
-        for d in host.domains().iter().filter(|d| d.can_balloon) {
-            let Some(t) = self.tracker.get_mut(d.domid) else {
+        for (i, d) in host
+            .domains()
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.can_balloon)
+        {
+            let Some(t) = self.tracker.get_mut_at(i, d.domid) else {
                 continue;
             };
             let actual = d.memory_actual_kib;
@@ -518,6 +543,25 @@ impl Adaptive {
             .note_write(d.domid, target_kib, now, self.epoch);
     }
 
+    /// `target_kib`, or for a guest not yet seen to grow, at most a probe's worth above what
+    /// it holds: a guest at a hidden ceiling then shows it before a target overshoots the
+    /// ceiling by more than the probe the withdrawal would leave, so no target is ever taken
+    /// back. A guest that follows is given its whole share in the next round.
+    fn cautious(&self, d: &Domain, target_kib: Kib) -> Kib {
+        let proven = self
+            .tracker
+            .get(d.domid)
+            .is_none_or(|t| t.proven_up(&self.options.judge()));
+        if proven {
+            target_kib
+        } else if d.target_kib > d.memory_actual_kib + 2 * d.inaccuracy_kib {
+            // Still short of the probe it was given: nothing more until it gets there.
+            target_kib.min(d.target_kib)
+        } else {
+            target_kib.min((d.memory_actual_kib + self.options.probe_kib).max(d.target_kib))
+        }
+    }
+
     fn deadband(&self, d: &Domain) -> Kib {
         deadband(&self.options, d)
     }
@@ -545,8 +589,13 @@ impl Adaptive {
         // What each balloonable domain without a floor can still give, and how fast.
         let mut contributors = Vec::new();
         let mut who = Vec::new();
-        for d in host.domains().iter().filter(|d| d.can_balloon) {
-            let t = self.tracker.get(d.domid);
+        for (i, d) in host
+            .domains()
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.can_balloon)
+        {
+            let t = self.tracker.get_at(i, d.domid);
             if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
                 continue;
             }
@@ -687,6 +736,12 @@ impl Adaptive {
                     }
                     if let Some(c) = t.ceiling {
                         e.dynamic_max_kib = e.dynamic_max_kib.min(c.at_kib).max(e.dynamic_min_kib);
+                        // A balance does not take memory from a guest because it cannot grow
+                        // (its narrowed range would give it a smaller share): it keeps what it
+                        // holds, and its target, once raised, is never taken back down.
+                        e.dynamic_min_kib = e
+                            .dynamic_min_kib
+                            .max(d.memory_actual_kib.min(e.dynamic_max_kib));
                         is_limited = true;
                     }
                 }
@@ -754,7 +809,8 @@ impl Adaptive {
                 // only free memory) unless it is really to be given more than it has.
                 Direction::Up => {
                     let grows = wants(l, i) == Some(Direction::Up)
-                        && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib);
+                        && !(is_limited && i <= e.memory_actual_kib + e.inaccuracy_kib)
+                        && self.cautious(e, i) > e.target_kib;
                     // A growth request above the domain's share is cut back to it, however
                     // small the cut: the policy counts the memory the domain has not taken
                     // yet as free and hands it to the others in this same round.
@@ -764,6 +820,13 @@ impl Adaptive {
                     grows || cut
                 }
             };
+            // A guest not yet seen to grow is given a probe's worth at a time (see
+            // `cautious`); a cut never goes below the probe it has.
+            let i = if phase == Direction::Up && i > e.target_kib {
+                self.cautious(e, i)
+            } else {
+                i
+            };
             if !write || self.dwell_blocks(e, i, now) {
                 continue;
             }
@@ -771,46 +834,75 @@ impl Adaptive {
             self.plan_write(&mut writes, d, i, now, "rebalance");
             wrote = true;
         }
-        // Memory a shrinking guest has already released is handed on round by round instead
-        // of sitting idle until the slowest driver is done: in a freeing round that sets no
-        // freeing target, growing guests are given up to what is free and guaranteed above
-        // the goal (it stays free even if every guest went to its target + inaccuracy), so
-        // the host never goes under the slush and nothing is promised twice.
+        // Memory a shrinking guest has already released is handed on while it shrinks
+        // instead of sitting idle until the slowest driver is done: in a freeing round that
+        // sets no freeing target, growing guests are given up to what is free and guaranteed
+        // above the goal (it stays free even if every guest went to its target + inaccuracy),
+        // so the host never goes under the slush and nothing is promised twice. It goes out
+        // in chunks, once enough has come free to matter or it has waited long enough, so
+        // that a slow driver does not cost a write every round.
         if phase == Direction::Down && !wrote && hand_on {
             let mut spare = guaranteed_free(host) - goal_kib;
-            // The guests furthest from their share first, so that what is free goes out in
-            // as few writes as possible.
-            let mut order: Vec<usize> = (0..limited.len()).collect();
-            order.sort_by_key(|&k| std::cmp::Reverse(ideal[k] - limited[k].0.target_kib));
-            for k in order {
-                let (l, i) = (&limited[k], ideal[k]);
-                let (e, is_limited) = (&l.0, l.1);
-                if is_limited || wants(l, i) != Some(Direction::Up) {
-                    continue;
+            // Only growth, and only to a guest that took what it was last given: a guest
+            // still above its share is left to shrink, and one that does not follow its
+            // target is not handed more (it waits for the growing phase, as before).
+            let mut takers: Vec<(usize, Kib)> = limited
+                .iter()
+                .zip(&ideal)
+                .enumerate()
+                .filter(|(_, (l, &i))| {
+                    let e = &l.0;
+                    !l.1 && wants(l, i) == Some(Direction::Up)
+                        && e.target_kib <= e.memory_actual_kib + 2 * e.inaccuracy_kib
+                })
+                .map(|(k, (l, &i))| (k, i - l.0.target_kib))
+                .collect();
+            let outstanding: Kib = takers.iter().map(|&(_, want)| want).sum();
+            let chunk = opts
+                .hand_on_chunk_kib
+                .max(outstanding / 16)
+                .min(outstanding);
+            let waited = self
+                .held_since
+                .get()
+                .is_some_and(|t| now - t >= opts.hand_on_wait_s);
+            if spare > 0 && !takers.is_empty() && spare < chunk && !waited {
+                // Not enough to matter yet: it waits, at most the hand-on wait.
+                if self.held_since.get().is_none() {
+                    self.held_since.set(Some(now));
                 }
-                let grant = (i - e.target_kib).min(spare);
-                // Only growth, and only to a guest that took what it was last given: a guest
-                // still above its share is left to shrink, and one that does not follow its
-                // target is not handed more (it waits for the growing phase, as before).
-                let grows = e.target_kib + grant > e.memory_actual_kib + e.inaccuracy_kib;
-                let caught_up = e.target_kib <= e.memory_actual_kib + 2 * e.inaccuracy_kib;
-                if !grows
-                    || !caught_up
-                    || grant <= deadband(&opts, e)
-                    || self.dwell_blocks(e, e.target_kib + grant, now)
-                {
-                    continue;
+            } else if spare > 0 {
+                // The guests furthest from their share first, so that what is free goes out
+                // in as few writes as possible.
+                takers.sort_by_key(|&(_, want)| std::cmp::Reverse(want));
+                // A guest given only a probe gets the rest once it follows: the memory is
+                // still waiting.
+                let mut probed = false;
+                for (k, want) in takers {
+                    let e = &limited[k].0;
+                    let worth = want.min(spare) > deadband(&opts, e);
+                    let grant = self.cautious(e, e.target_kib + want.min(spare)) - e.target_kib;
+                    probed |= grant < want.min(spare);
+                    let grows = e.target_kib + grant > e.memory_actual_kib + e.inaccuracy_kib;
+                    if !grows || !worth || self.dwell_blocks(e, e.target_kib + grant, now) {
+                        continue;
+                    }
+                    let d = host.domain(e.domid).expect("from this host");
+                    self.plan_write(
+                        &mut writes,
+                        d,
+                        e.target_kib + grant,
+                        now,
+                        "hand on freed memory",
+                    );
+                    spare -= grant;
+                    wrote = true;
                 }
-                let d = host.domain(e.domid).expect("from this host");
-                self.plan_write(
-                    &mut writes,
-                    d,
-                    e.target_kib + grant,
-                    now,
-                    "hand on freed memory",
-                );
-                spare -= grant;
-                wrote = true;
+                if wrote && !probed {
+                    self.held_since.set(None);
+                }
+            } else {
+                self.held_since.set(None);
             }
         }
         // A driver within twice its inaccuracy of its target has nothing left to do (as
@@ -1100,12 +1192,16 @@ pub fn guaranteed_free(host: &Host) -> Kib {
 
 /// A digest of the outside inputs: which domains exist, whether they can balloon, and their
 /// dynamic ranges.
+/// A multiply-rotate mix rather than SipHash: it runs over every domain on every look, and
+/// needs to tell inputs apart, not to resist a chosen collision.
 fn fingerprint(host: &Host) -> u64 {
-    let mut h = DefaultHasher::new();
-    for d in host.domains() {
-        (d.domid, d.can_balloon, d.dynamic_min_kib, d.dynamic_max_kib).hash(&mut h);
-    }
-    h.finish()
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(K);
+    host.domains().iter().fold(0, |h, d| {
+        let h = mix(h, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
+        let h = mix(h, d.dynamic_min_kib as u64);
+        mix(h, d.dynamic_max_kib as u64)
+    })
 }
 
 #[cfg(test)]

@@ -38,7 +38,9 @@ pub fn finish_time(contributors: &[Contributor], need_kib: Kib) -> Option<f64> {
     }
     // Walk the times at which contributors run out, in order. Between two such times the
     // freed total grows linearly with the sum of the rates of those still going.
-    useful.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Ties may come in any order: at a tie, saturating one contributor leaves
+    // saturated + rate_sum · t_i unchanged, so the result does not depend on it.
+    useful.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     let mut saturated = 0.0; // capacity of contributors already exhausted
     let mut rate_sum: f64 = useful.iter().map(|u| u.2).sum();
     for &(t_i, cap, rate) in &useful {

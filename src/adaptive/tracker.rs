@@ -98,6 +98,8 @@ pub struct Track {
     pub stalled_since: Option<f64>,
     /// Whether the driver has moved toward its target since the request changed direction.
     pub moved_since_request: bool,
+    /// Whether the driver has been seen to reach a growth target it was given.
+    pub grew: bool,
     /// A floor the driver would not shrink below.
     pub floor: Option<Limit>,
     /// A ceiling the driver would not grow past.
@@ -130,6 +132,7 @@ impl Track {
             short_since: None,
             stalled_since: None,
             moved_since_request: false,
+            grew: false,
             floor: None,
             ceiling: None,
             pinned: None,
@@ -162,6 +165,12 @@ impl Track {
         }
     }
 
+    /// Whether the driver has shown it can grow: it reached a growth target, or grows at least
+    /// at the minimum rate (as another process may have measured).
+    pub fn proven_up(&self, judge: &Judge) -> bool {
+        self.grew || self.rate_up.is_some_and(|r| r >= judge.min_rate_kib_per_s)
+    }
+
     /// Whether the squeezer should not count on this driver to free memory.
     pub fn unreliable(&self, now: f64, grace_s: f64) -> bool {
         self.floor.is_some() || self.pinned.is_some() || self.lagging(now, grace_s)
@@ -171,10 +180,71 @@ impl Track {
 /// Observations for every domain on the host, forgotten when a domain disappears.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tracker {
-    per_domain: BTreeMap<DomId, Track>,
+    per_domain: Tracks,
     /// What another process learnt about domains this tracker has not seen yet, applied when
     /// it first sees them.
     inherited: BTreeMap<DomId, Learnt>,
+}
+
+/// Tracks by domid: the domids in order beside their tracks, so that a lookup is a binary
+/// search over a few KiB of domids, not a walk down a tree of large nodes (a round looks a
+/// domain up several times, on hosts of thousands).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Tracks {
+    ids: Vec<DomId>,
+    tracks: Vec<Track>,
+}
+
+impl Tracks {
+    fn get(&self, domid: &DomId) -> Option<&Track> {
+        self.ids.binary_search(domid).ok().map(|i| &self.tracks[i])
+    }
+
+    fn get_mut(&mut self, domid: &DomId) -> Option<&mut Track> {
+        self.ids
+            .binary_search(domid)
+            .ok()
+            .map(|i| &mut self.tracks[i])
+    }
+
+    fn insert(&mut self, domid: DomId, t: Track) {
+        match self.ids.binary_search(&domid) {
+            Ok(i) => self.tracks[i] = t,
+            Err(i) => {
+                self.ids.insert(i, domid);
+                self.tracks.insert(i, t);
+            }
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&DomId, &mut Track) -> bool) {
+        let mut k = 0;
+        for i in 0..self.ids.len() {
+            if keep(&self.ids[i], &mut self.tracks[i]) {
+                self.ids.swap(k, i);
+                self.tracks.swap(k, i);
+                k += 1;
+            }
+        }
+        self.ids.truncate(k);
+        self.tracks.truncate(k);
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &DomId> {
+        self.ids.iter()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Track> {
+        self.tracks.iter_mut()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&DomId, &Track)> {
+        self.ids.iter().zip(&self.tracks)
+    }
 }
 
 /// The part of a [`Track`] worth keeping beyond one process: what the driver has shown about
@@ -241,6 +311,23 @@ impl Tracker {
     /// Takes a snapshot at `now`: updates rates, shortfall, limits and scores for every domain,
     /// adds new ones and forgets those that are gone.
     pub fn observe(&mut self, host: &Host, now: f64, judge: &Judge) {
+        let domains = host.domains();
+        // The usual look sees the domains of the last one. Both are in domid order, so they
+        // are walked together rather than looked up one by one.
+        let same = self.per_domain.len() == domains.len()
+            && self
+                .per_domain
+                .keys()
+                .zip(domains)
+                .all(|(&k, d)| k == d.domid);
+        if same {
+            // What was inherited is only kept for domains not seen yet: none is on the host.
+            self.inherited.clear();
+            for (t, d) in self.per_domain.values_mut().zip(domains) {
+                step(t, d, now, judge);
+            }
+            return;
+        }
         self.per_domain
             .retain(|domid, _| host.domain(*domid).is_some());
         self.inherited
@@ -267,6 +354,23 @@ impl Tracker {
     /// Every domain's observations, in domid order.
     pub fn iter(&self) -> impl Iterator<Item = (DomId, &Track)> {
         self.per_domain.iter().map(|(&domid, t)| (domid, t))
+    }
+
+    /// The observations for `domid`, which is at `index` in the domains of the last look
+    /// when that look is the one being decided on: then found without a search.
+    pub fn get_at(&self, index: usize, domid: DomId) -> Option<&Track> {
+        match self.per_domain.ids.get(index) {
+            Some(&id) if id == domid => Some(&self.per_domain.tracks[index]),
+            _ => self.get(domid),
+        }
+    }
+
+    /// [`get_at`](Tracker::get_at), mutable.
+    pub fn get_mut_at(&mut self, index: usize, domid: DomId) -> Option<&mut Track> {
+        match self.per_domain.ids.get(index) {
+            Some(&id) if id == domid => Some(&mut self.per_domain.tracks[index]),
+            _ => self.get_mut(domid),
+        }
     }
 
     /// Mutable observations for `domid`.
@@ -371,6 +475,9 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge) {
         };
         if toward > 0 {
             t.moved_since_request = true;
+            if dir == Direction::Up && !still_asked {
+                t.grew = true;
+            }
             *rate = Some(match *rate {
                 // The driver worked the whole interval: a full-speed sample.
                 Some(r) if still_asked => r + RATE_SMOOTHING * (sample - r),
