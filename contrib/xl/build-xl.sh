@@ -91,5 +91,5 @@ for src in "$build"/tools/xl/*.c; do
   objs+=("$obj")
 done
 "$cc" -o "$out/xl" "${objs[@]}" -lxlutil -lxenlight -lxentoollog -lyajl \
-  -L"$prefix/lib" -lsqueeze -Wl,-rpath,"$prefix/lib"
+  -L"$prefix/lib" -lsqueeze -ldl -Wl,-rpath,"$prefix/lib"
 echo "build-xl: built $out/xl (Xen $version with squeeze)"
