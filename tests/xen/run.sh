@@ -12,8 +12,10 @@
 # more. On failure the tail of the Xen/dom0 console is printed.
 #
 # Environment: SQUEEZE_SKIP_XEN=1 skips it all; XEN_TEST_DIR (cache, default target/xen-test);
-# XEN_TEST_TIMEOUT (seconds for one boot, default 900); XEN_TEST_STALL (seconds without console
-# output after which a boot counts as livelocked, default 300); XEN_TEST_SMP (default 2).
+# XEN_TEST_TIMEOUT (seconds for one boot, default 1500); XEN_TEST_STALL (seconds without console
+# output after which a boot counts as livelocked, default 300); XEN_TEST_SMP (default 2);
+# XEN_SRC (an unpacked Xen source tree of the installed version: the patched xl is built from
+# it and checked as well).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -68,6 +70,19 @@ ${CC:-cc} -O2 -std=gnu11 -Wall -Wextra -Werror -fPIC -shared -I"$top/include" \
   -o "$disk/lib/squeeze-xl-preload.so" "$top/contrib/xl/preload/squeeze-xl-preload.c" \
   -L"$disk/lib" -lsqueeze -Wl,-rpath,'$ORIGIN' -ldl || die "the preload library does not build"
 install -m 755 "$here/xl-checks.sh" "$disk/xl-checks.sh"
+# The patched xl (contrib/xl/xl-squeeze-4.17.patch) needs Xen's source of the installed
+# version, which build-xl.sh fetches with `apt-get source`; only when XEN_SRC names an
+# unpacked tree is it built and checked too (an archive without source packages is common).
+if [[ -n ${XEN_SRC:-} ]]; then
+  log "step 2c/4: xl with the squeeze patch, from $XEN_SRC"
+  prefix=$OUT/xl-prefix
+  rm -rf "$prefix" && mkdir -p "$prefix"
+  ln -s "$top/include" "$prefix/include"
+  ln -s "$disk/lib" "$prefix/lib"
+  SQUEEZE_PREFIX=$prefix "$top/contrib/xl/build-xl.sh" "$OUT/xl-build" >>"$OUT/cargo.log" 2>&1 ||
+    { tail -n 30 "$OUT/cargo.log"; die "the patched xl does not build"; }
+  install -m 755 "$OUT/xl-build/xl" "$disk/xl-squeeze"
+fi
 # The guests boot the kernel as a plain ELF: xl's own XZ decompression of a bzImage is slow
 # under emulation (half a minute per guest) and was seen to fail there.
 python3 "$here/extract-vmlinux.py" "$OUT/vmlinuz" "$disk/guest-vmlinux"
