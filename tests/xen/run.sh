@@ -15,7 +15,8 @@
 # XEN_TEST_TIMEOUT (seconds for one boot, default 1500); XEN_TEST_STALL (seconds without console
 # output after which a boot counts as livelocked, default 300); XEN_TEST_SMP (default 2);
 # XEN_SRC (an unpacked Xen source tree of the installed version: the patched xl is built from
-# it and checked as well).
+# it and checked as well); XEN_TEST_VALGRIND=1 (one xl create and shutdown under valgrind, a
+# diagnostic).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -82,6 +83,16 @@ if [[ -n ${XEN_SRC:-} ]]; then
   SQUEEZE_PREFIX=$prefix "$top/contrib/xl/build-xl.sh" "$OUT/xl-build" >>"$OUT/cargo.log" 2>&1 ||
     { tail -n 30 "$OUT/cargo.log"; die "the patched xl does not build"; }
   install -m 755 "$OUT/xl-build/xl" "$disk/xl-squeeze"
+fi
+# Diagnostic: valgrind's memcheck (this machine's, Debian 12 as dom0) for one xl create and
+# shutdown under it in xl-checks.sh.
+if [[ ${XEN_TEST_VALGRIND:-0} == 1 ]]; then
+  vg=/usr/libexec/valgrind
+  [[ -x /usr/bin/valgrind.bin && -x $vg/memcheck-amd64-linux ]] || die "XEN_TEST_VALGRIND=1: valgrind is not installed"
+  mkdir -p "$disk/valgrind"
+  cp /usr/bin/valgrind.bin "$disk/valgrind/valgrind"
+  cp "$vg/memcheck-amd64-linux" "$vg/vgpreload_core-amd64-linux.so" \
+    "$vg/vgpreload_memcheck-amd64-linux.so" "$vg/default.supp" "$disk/valgrind/"
 fi
 # The guests boot the kernel as a plain ELF: xl's own XZ decompression of a bzImage is slow
 # under emulation (half a minute per guest) and was seen to fail there.

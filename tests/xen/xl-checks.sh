@@ -261,6 +261,50 @@ else
 fi
 [ "$gone" = yes ] || xl destroy sqz-new 2>/dev/null
 
+# Diagnostic, not a check (run.sh puts valgrind on the disk with XEN_TEST_VALGRIND=1): the same
+# create and shutdown with xl, its monitoring child and libsqueeze under memcheck, to tell
+# whether the preload library plays a part in the monitoring child's crashes.
+waited() { # PID SECONDS: waits for PID at most SECONDS, saying so every 30 s
+  local i=0
+  while kill -0 "$1" 2>/dev/null && [ $i -lt "$2" ]; do
+    sleep 5
+    i=$((i + 5))
+    [ $((i % 30)) = 0 ] && stamp "    still waiting for $1 after $i s"
+  done
+  kill -0 "$1" 2>/dev/null && kill "$1"
+  wait "$1"
+}
+if [ -x "$T/valgrind/valgrind" ]; then
+  stamp "diagnostic: xl create (preload library) and xl shutdown under valgrind"
+  rm -f /tmp/vg.*.log
+  t0=$(now)
+  VALGRIND_LIB=$T/valgrind "$T/valgrind/valgrind" --trace-children=yes \
+    --log-file=/tmp/vg.%p.log env LD_PRELOAD=$PRELOAD SQUEEZE_PRELOAD=verbose \
+    xl create -q /tmp/sqz-new.cfg >/tmp/vg-create.log 2>&1 &
+  waited $! 900
+  stamp "    xl create under valgrind: exit $? after $(since "$t0") s"
+  cat /tmp/vg-create.log
+  dn=$(domid_of sqz-new)
+  if [ -n "$dn" ]; then
+    wait_booted "$dn"
+    t0=$(now)
+    xl shutdown sqz-new >/dev/null 2>&1
+    # The monitoring child, under valgrind, destroys the domain once it has shut down.
+    until [ -z "$(domid_of sqz-new)" ] || [ "$(awk -v t="$(since "$t0")" 'BEGIN { print (t > 300) }')" = 1 ]; do
+      sleep 5
+    done
+    stamp "    domain $dn gone: $([ -z "$(domid_of sqz-new)" ] && echo yes || echo no) after $(since "$t0") s"
+    sleep 10
+    xl destroy sqz-new 2>/dev/null
+  fi
+  for f in /tmp/vg.*.log; do
+    [ -f "$f" ] || continue
+    echo "    --- $f: $(grep -m1 -E 'Command:' "$f" | sed 's/^==[0-9]*== *//')"
+    grep -E 'ERROR SUMMARY|Process terminating|signal|Invalid (read|write|free)|uninitialised|Jump to|at 0x|by 0x' "$f" |
+      head -n 60 | sed 's/^/    /'
+  done
+fi
+
 "$SQ" status | head -n 6
 kill -TERM "$daemon_pid"
 wait "$daemon_pid"
