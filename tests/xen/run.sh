@@ -14,6 +14,7 @@
 # Environment: SQUEEZE_SKIP_XEN=1 skips it all; XEN_TEST_DIR (cache, default target/xen-test);
 # XEN_TEST_TIMEOUT (seconds for one boot, default 1500); XEN_TEST_STALL (seconds without console
 # output after which a boot counts as livelocked, default 300); XEN_TEST_SMP (default 2);
+# XEN_TEST_TCG_THREAD (QEMU's TCG threading, default single; multi gives each vCPU a thread);
 # XEN_SRC (an unpacked Xen source tree of the installed version: the patched xl is built from
 # it and checked as well); XEN_TEST_VALGRIND=1 (one xl create and shutdown under valgrind, a
 # diagnostic).
@@ -26,6 +27,7 @@ OUT=$XEN_TEST_DIR
 TIMEOUT=${XEN_TEST_TIMEOUT:-1500}
 STALL=${XEN_TEST_STALL:-300}
 SMP=${XEN_TEST_SMP:-2}
+TCG_THREAD=${XEN_TEST_TCG_THREAD:-single}
 CARGO=${CARGO:-cargo}
 
 t0=$(date +%s)
@@ -105,7 +107,7 @@ boot() {
   # TCG: this machine has no usable hardware virtualisation for Xen. SMAP/SMEP make dom0
   # crash at once under emulation, and MONITOR/MWAIT made boots livelock.
   timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 \
-    -machine pc,accel=tcg -cpu max,-smap,-smep,-monitor -smp "$SMP" -m 1280 \
+    -machine pc -accel "tcg,thread=$TCG_THREAD" -cpu max,-smap,-smep,-monitor -smp "$SMP" -m 1280 \
     -kernel "$OUT/xen" \
     -append "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=$SMP loglvl=all guest_loglvl=all" \
     -initrd "$OUT/vmlinuz root=/dev/vda ro console=hvc0 init=/sbin/xentest-init,$OUT/initrd.img" \

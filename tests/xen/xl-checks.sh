@@ -29,12 +29,18 @@ check() { # NAME OK(0|1) DETAIL
   fi
 }
 
-# xl under emulation sometimes dies of a signal (see docs/xen-real.md): once more if so.
+# xl under emulation sometimes dies of a signal (see docs/xen-real.md): once more if so. A
+# create (of /tmp/NAME.cfg) that died after making its domain leaves it behind, paused or
+# running without its monitoring child: it is destroyed before the second try.
 xl_() {
   "$@"
-  local rc=$?
+  local rc=$? a name=""
   if [ $rc -gt 128 ]; then
     stamp "$* died of signal $((rc - 128)); trying again"
+    for a in "$@"; do
+      case $a in /tmp/*.cfg) name=$(basename "$a" .cfg) ;; esac
+    done
+    [ -n "$name" ] && [ -n "$(domid_of "$name")" ] && xl destroy "$name"
     "$@"
     rc=$?
   fi
