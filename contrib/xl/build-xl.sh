@@ -25,7 +25,8 @@ branch=${upstream%.*}             # 4.17
 [[ -f /usr/include/yajl/yajl_gen.h ]] || die "libyajl-dev is not installed"
 [[ -f $prefix/include/squeeze.h && -e $prefix/lib/libsqueeze.so ]] ||
   die "no libsqueeze under $prefix: run 'make install FEATURES=xen PREFIX=$prefix' in squeeze"
-nm -D "$prefix/lib/libsqueeze.so" | grep -q ' T sqz_set_guest_policy$' ||
+# grep reads it all: with pipefail, grep -q stopping early would fail the pipeline (SIGPIPE).
+nm -D "$prefix/lib/libsqueeze.so" | grep ' T sqz_set_guest_policy$' >/dev/null ||
   die "$prefix/lib/libsqueeze.so is too old for this patch (no sqz_set_guest_policy)"
 
 # Debian's source package of exactly the installed version. Without deb-src lines in apt's

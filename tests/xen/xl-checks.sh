@@ -287,7 +287,7 @@ if [ -x "$T/valgrind/valgrind" ]; then
   VALGRIND_LIB=$T/valgrind "$T/valgrind/valgrind" --trace-children=yes \
     --log-file=/tmp/vg.%p.log env LD_PRELOAD=$PRELOAD SQUEEZE_PRELOAD=verbose \
     xl create -q /tmp/sqz-new.cfg >/tmp/vg-create.log 2>&1 &
-  waited $! 900
+  waited $! 400
   stamp "    xl create under valgrind: exit $? after $(since "$t0") s"
   cat /tmp/vg-create.log
   dn=$(domid_of sqz-new)
@@ -296,7 +296,7 @@ if [ -x "$T/valgrind/valgrind" ]; then
     t0=$(now)
     xl shutdown sqz-new >/dev/null 2>&1
     # The monitoring child, under valgrind, destroys the domain once it has shut down.
-    until [ -z "$(domid_of sqz-new)" ] || [ "$(awk -v t="$(since "$t0")" 'BEGIN { print (t > 300) }')" = 1 ]; do
+    until [ -z "$(domid_of sqz-new)" ] || [ "$(awk -v t="$(since "$t0")" 'BEGIN { print (t > 200) }')" = 1 ]; do
       sleep 5
     done
     stamp "    domain $dn gone: $([ -z "$(domid_of sqz-new)" ] && echo yes || echo no) after $(since "$t0") s"
