@@ -14,7 +14,8 @@
 # Environment: SQUEEZE_SKIP_XEN=1 skips it all; XEN_TEST_DIR (cache, default target/xen-test);
 # XEN_TEST_TIMEOUT (seconds for one boot, default 1500); XEN_TEST_STALL (seconds without console
 # output after which a boot counts as livelocked, default 300); XEN_TEST_SMP (default 2);
-# XEN_TEST_TCG_THREAD (QEMU's TCG threading, default single; multi gives each vCPU a thread);
+# XEN_TEST_TCG_THREAD (QEMU's TCG threading: multi, the default, gives each vCPU a host thread;
+# single runs them all on one);
 # XEN_SRC (an unpacked Xen source tree of the installed version: the patched xl is built from
 # it and checked as well); XEN_TEST_VALGRIND=1 (one xl create and shutdown under valgrind, a
 # diagnostic).
@@ -27,7 +28,7 @@ OUT=$XEN_TEST_DIR
 TIMEOUT=${XEN_TEST_TIMEOUT:-1500}
 STALL=${XEN_TEST_STALL:-300}
 SMP=${XEN_TEST_SMP:-2}
-TCG_THREAD=${XEN_TEST_TCG_THREAD:-single}
+TCG_THREAD=${XEN_TEST_TCG_THREAD:-multi}
 CARGO=${CARGO:-cargo}
 
 t0=$(date +%s)
