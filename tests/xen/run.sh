@@ -12,8 +12,13 @@
 # more. On failure the tail of the Xen/dom0 console is printed.
 #
 # Environment: SQUEEZE_SKIP_XEN=1 skips it all; XEN_TEST_DIR (cache, default target/xen-test);
-# XEN_TEST_TIMEOUT (seconds for one boot, default 900); XEN_TEST_STALL (seconds without console
-# output after which a boot counts as livelocked, default 300); XEN_TEST_SMP (default 2).
+# XEN_TEST_TIMEOUT (seconds for one boot, default 1500); XEN_TEST_STALL (seconds without console
+# output after which a boot counts as livelocked, default 300); XEN_TEST_SMP (default 2);
+# XEN_TEST_TCG_THREAD (QEMU's TCG threading: multi, the default, gives each vCPU a host thread;
+# single runs them all on one);
+# XEN_SRC (an unpacked Xen 4.17 source tree for the patched xl, instead of Debian's source
+# package); XEN_TEST_VALGRIND=1 (one xl create and shutdown under valgrind, a
+# diagnostic).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +28,7 @@ OUT=$XEN_TEST_DIR
 TIMEOUT=${XEN_TEST_TIMEOUT:-1500}
 STALL=${XEN_TEST_STALL:-300}
 SMP=${XEN_TEST_SMP:-2}
+TCG_THREAD=${XEN_TEST_TCG_THREAD:-multi}
 CARGO=${CARGO:-cargo}
 
 t0=$(date +%s)
@@ -85,6 +91,16 @@ else
   log "  the patched xl did not build: $(tail -n 1 "$OUT/build-xl.log")"
 fi
 install -m 755 "$here/xl-checks.sh" "$disk/xl-checks.sh"
+# Diagnostic: valgrind's memcheck (this machine's, Debian 12 as dom0) for one xl create and
+# shutdown under it in xl-checks.sh.
+if [[ ${XEN_TEST_VALGRIND:-0} == 1 ]]; then
+  vg=/usr/libexec/valgrind
+  [[ -x /usr/bin/valgrind.bin && -x $vg/memcheck-amd64-linux ]] || die "XEN_TEST_VALGRIND=1: valgrind is not installed"
+  mkdir -p "$disk/valgrind"
+  cp /usr/bin/valgrind.bin "$disk/valgrind/valgrind"
+  cp "$vg/memcheck-amd64-linux" "$vg/vgpreload_core-amd64-linux.so" \
+    "$vg/vgpreload_memcheck-amd64-linux.so" "$vg/default.supp" "$disk/valgrind/"
+fi
 # The guests boot the kernel as a plain ELF: xl's own XZ decompression of a bzImage is slow
 # under emulation (half a minute per guest) and was seen to fail there.
 python3 "$here/extract-vmlinux.py" "$OUT/vmlinuz" "$disk/guest-vmlinux"
@@ -96,7 +112,7 @@ boot() {
   # TCG: this machine has no usable hardware virtualisation for Xen. SMAP/SMEP make dom0
   # crash at once under emulation, and MONITOR/MWAIT made boots livelock.
   timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 \
-    -machine pc,accel=tcg -cpu max,-smap,-smep,-monitor -smp "$SMP" -m 1280 \
+    -machine pc -accel "tcg,thread=$TCG_THREAD" -cpu max,-smap,-smep,-monitor -smp "$SMP" -m 1280 \
     -kernel "$OUT/xen" \
     -append "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=$SMP loglvl=all guest_loglvl=all" \
     -initrd "$OUT/vmlinuz root=/dev/vda ro console=hvc0 init=/sbin/xentest-init,$OUT/initrd.img" \
