@@ -348,7 +348,7 @@ fn a_domain_built_while_the_host_is_looked_at_is_never_taken_for_free_memory() {
 /// The referee at full scale: 2 worker processes × 8 threads make 1000 service calls per
 /// process (reserve-range, transfer + query + build, delete, balance), 2000 in all, on a host
 /// whose guests balloon at 64 MiB/s, so that reservations wait as pending entries. Every
-/// process is SIGKILLed at a deterministic pseudo-random moment (20..300 ms into its run) and
+/// process is SIGKILLed at a deterministic pseudo-random moment (50..450 ms after its start) and
 /// started again under a new session (a new pid) until its 1000 calls are made; between kills
 /// the domains the dead left are destroyed, as an operator would. Then the dead sessions log
 /// in again: no promise was ever broken, no pending entry and no untransferred reservation is
@@ -391,7 +391,7 @@ fn killed_and_restarted_processes_never_break_a_promise_nor_leak_a_pending_reser
         kill_rng = kill_rng
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        20 + (kill_rng >> 33) % 280
+        50 + (kill_rng >> 33) % 400
     };
     let mut calls = [0u64; PROCESSES];
     let mut sessions = Vec::new();
@@ -446,11 +446,12 @@ fn killed_and_restarted_processes_never_break_a_promise_nor_leak_a_pending_reser
                         }
                         (made, busy, failed)
                     });
-                    (p, child, reader, next_delay_ms())
+                    let deadline =
+                        started.elapsed() + std::time::Duration::from_millis(next_delay_ms());
+                    (p, child, reader, deadline)
                 })
                 .collect();
-            for (p, mut child, reader, delay) in live {
-                let deadline = started.elapsed() + std::time::Duration::from_millis(delay);
+            for (p, mut child, reader, deadline) in live {
                 while started.elapsed() < deadline {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
