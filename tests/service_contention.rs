@@ -344,3 +344,185 @@ fn a_domain_built_while_the_host_is_looked_at_is_never_taken_for_free_memory() {
         );
     }
 }
+
+/// The referee at full scale: 2 worker processes × 8 threads make 1000 service calls per
+/// process (reserve-range, transfer + query + build, delete, balance), 2000 in all, on a host
+/// whose guests balloon at 64 MiB/s, so that reservations wait as pending entries. Every
+/// process is SIGKILLed at a deterministic pseudo-random moment (50..450 ms after its start) and
+/// started again under a new session (a new pid) until its 1000 calls are made; between kills
+/// the domains the dead left are destroyed, as an operator would. Then the dead sessions log
+/// in again: no promise was ever broken, no pending entry and no untransferred reservation is
+/// left, the books are exact, and no call was refused as "already in use".
+#[test]
+fn killed_and_restarted_processes_never_break_a_promise_nor_leak_a_pending_reservation() {
+    use squeeze::backend::sim::Behaviour;
+    use std::io::{BufRead, BufReader};
+    const CALLS_PER_PROCESS: u64 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let fake_dir = dir.path().join("fake");
+    // 8 GiB: Xen keeps 256 MiB, domain 0 holds 1 GiB; two guests of 1..3 GiB at 3 GiB leave
+    // 768 MiB free, less than 16 threads ask for at once (32..320 MiB each).
+    let fake = FakeHost::create(
+        &fake_dir,
+        FakeConfig {
+            total_kib: 8 * GIB,
+            xen_kib: 256 * MIB,
+            dom0_kib: GIB,
+            boot_delay_s: 1.0,
+            referee_slush_kib: Some(SLUSH),
+        },
+    )
+    .unwrap();
+    let mut guests = Vec::new();
+    for _ in 0..2 {
+        let g = booted_guest(&fake, GuestSpec::ballooning(GIB, 3 * GIB));
+        fake.set_behaviour(
+            g,
+            Behaviour::Ideal {
+                rate_kib_per_s: 64 * MIB,
+            },
+        )
+        .unwrap();
+        guests.push(g);
+    }
+    let started = std::time::Instant::now();
+    let mut kill_rng = 0x5eed_u64;
+    let mut next_delay_ms = || {
+        kill_rng = kill_rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        50 + (kill_rng >> 33) % 400
+    };
+    let mut calls = [0u64; PROCESSES];
+    let mut sessions = Vec::new();
+    let (mut kills, mut busy) = (0, 0u64);
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let (pending_looks, most_pending) = std::thread::scope(|scope| {
+        // Watch the referee and the pending tree for the whole run.
+        let watcher = scope.spawn(|| {
+            let (mut pending_looks, mut most) = (0u64, 0usize);
+            while running.load(Ordering::Relaxed) {
+                let s = fake.snapshot().unwrap();
+                assert!(s.violations.is_empty(), "{:?}", s.violations);
+                let pending = s.directory("/squeezed/pending").len();
+                pending_looks += u64::from(pending > 0);
+                most = most.max(pending);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            (pending_looks, most)
+        });
+        let mut run = 0;
+        while calls.iter().any(|&c| c < CALLS_PER_PROCESS) {
+            let live: Vec<_> = (0..PROCESSES)
+                .filter(|&p| calls[p] < CALLS_PER_PROCESS)
+                .map(|p| {
+                    let session = format!("worker-{p}-{run}");
+                    sessions.push(session.clone());
+                    let mut child = Command::new(BIN)
+                        .arg(&fake_dir)
+                        .args([
+                            "worker",
+                            &session,
+                            THREADS,
+                            "1000",
+                            &(run * PROCESSES + p).to_string(),
+                            "progress",
+                        ])
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::inherit())
+                        .spawn()
+                        .unwrap();
+                    let out = child.stdout.take().unwrap();
+                    // Count the calls as they are reported, whenever the process dies.
+                    let reader = scope.spawn(move || {
+                        let (mut made, mut busy, mut failed) = (0u64, 0u64, None);
+                        for line in BufReader::new(out).lines().map_while(Result::ok) {
+                            let f: Vec<&str> = line.split_whitespace().collect();
+                            match f.first() {
+                                Some(&"calls") => made += f[1].parse::<u64>().unwrap(),
+                                Some(&"ok") => busy += f[4].parse::<u64>().unwrap(),
+                                _ => failed = Some(line),
+                            }
+                        }
+                        (made, busy, failed)
+                    });
+                    let deadline =
+                        started.elapsed() + std::time::Duration::from_millis(next_delay_ms());
+                    (p, child, reader, deadline)
+                })
+                .collect();
+            for (p, mut child, reader, deadline) in live {
+                while started.elapsed() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "worker {p} failed before it was killed");
+                } else {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    kills += 1;
+                }
+                let (made, b, failed) = reader.join().unwrap();
+                assert!(failed.is_none(), "worker {p}: {failed:?}");
+                calls[p] += made;
+                busy += b;
+            }
+            // The operator destroys what the dead processes built.
+            for d in fake.snapshot().unwrap().domains {
+                if d.info.domid > 0 && !guests.contains(&d.info.domid) {
+                    fake.destroy_domain(d.info.domid).unwrap();
+                }
+            }
+            run += 1;
+        }
+        running.store(false, Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    // The dead sessions log in again.
+    for session in &sessions {
+        let out = Command::new(BIN)
+            .arg(&fake_dir)
+            .args(["login", session])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "login {session}");
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{} calls, {kills} kills in {} runs, pending seen in {pending_looks} looks (at most \
+         {most_pending} at once), {busy} refused as in use, {:.1} s",
+        calls.iter().sum::<u64>(),
+        sessions.len(),
+        elapsed.as_secs_f64()
+    );
+    let s = fake.snapshot().unwrap();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    assert!(s.directory("/squeezed/pending").is_empty());
+    for session in &sessions {
+        assert!(s
+            .directory(&format!("/squeezed/state/{session}"))
+            .is_empty());
+    }
+    assert_eq!(busy, 0, "calls refused as already in use");
+    assert!(
+        kills > 0 && pending_looks > 0,
+        "{kills} kills, {pending_looks}"
+    );
+    // The books as a fresh process sees them are exact, and nothing is held.
+    let service = Service::new(
+        fake.platform(),
+        squeeze::service::ServiceConfig {
+            lock_path: fake_dir.join("host.lock"),
+            ..config(dir.path())
+        },
+    )
+    .unwrap();
+    let view = service.host_view().unwrap();
+    let b = books(&s);
+    assert_eq!((b.reserved, b.unallocated), (0, 0));
+    assert_eq!(view.reserved_kib, b.reserved);
+    assert_eq!(view.unallocated_initial_kib, b.unallocated);
+    assert_eq!(view.free_kib, b.free(), "free memory accounting is exact");
+    assert_eq!(b.xen_free + b.guests, b.host, "no memory vanished");
+    assert_transfers_whole(&s);
+}

@@ -14,7 +14,7 @@
 //! squeeze-fake DIR balance
 //! squeeze-fake DIR diagnostics
 //! squeeze-fake DIR pause-at POINT OPERATION...  stop forever at a fault point (prints "AT POINT")
-//! squeeze-fake DIR worker SESSION THREADS ITERATIONS SEED
+//! squeeze-fake DIR worker SESSION THREADS ITERATIONS SEED [progress]
 //! ```
 //!
 //! The lock file is `DIR/host.lock`. Exit status 0 on success, 1 on a service error (printed as
@@ -125,7 +125,14 @@ fn run(dir: &Path, args: &[String]) -> Result<String, Error> {
             fake.advance(1.0)?;
             Ok(domid.to_string())
         }
-        "worker" => worker(&fake, &service, s(1), num(arg(2)), num(arg(3)), num(arg(4))),
+        "worker" => worker(
+            &fake,
+            &service,
+            s(1),
+            (num(arg(2)), num(arg(3))),
+            num(arg(4)),
+            arg(5).is_some_and(|a| a == "progress"),
+        ),
         _ => usage(),
     }
 }
@@ -168,16 +175,27 @@ impl Rng {
 /// `threads` threads, each `iterations` times: reserve a range, then either delete the
 /// reservation or create a domain, transfer the reservation to it, build it with exactly the
 /// reserved memory (which must succeed: the memory was promised), boot it, and later destroy
-/// it. Now and then it balances the host. Prints one line per thread: `ok RESERVED REFUSED BUILT`.
+/// it. Now and then it balances the host. Prints one line per thread:
+/// `ok RESERVED REFUSED BUILT BUSY`, BUSY counting calls refused because the service was
+/// "already in use" (a shared handle must never refuse a concurrent call). With `progress`, it
+/// also prints `calls N` after each iteration (N service calls made in it), flushed at once, so
+/// a test that kills the worker knows how many calls it made.
 fn worker(
     fake: &FakeHost,
     service: &Service,
     session: &str,
-    threads: u64,
-    iterations: u64,
+    (threads, iterations): (u64, u64),
     seed: u64,
+    progress: bool,
 ) -> Result<String, Error> {
     service.login(session)?;
+    let report = |calls: u64| {
+        if progress {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "calls {calls}");
+            let _ = out.flush();
+        }
+    };
     let results: Vec<Result<String, Error>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -186,8 +204,10 @@ fn worker(
                 scope.spawn(move || {
                     let mut rng = Rng(seed.wrapping_mul(1000).wrapping_add(t) | 1);
                     let mut mine: Vec<i32> = Vec::new();
-                    let (mut reserved, mut refused, mut built) = (0, 0, 0);
+                    let (mut reserved, mut refused, mut built, mut busy) = (0, 0, 0, 0);
                     for _ in 0..iterations {
+                        // The reservation, and with it the range check below.
+                        let mut calls = 1;
                         // 32..128 MiB, with up to 192 MiB of slack.
                         let min = (32 + rng.below(96) as Kib) << 10;
                         let max = min + ((rng.below(4) as Kib) << 16);
@@ -199,6 +219,12 @@ fn worker(
                                 if let Some(d) = mine.pop() {
                                     fake.destroy_domain(d)?;
                                 }
+                                report(calls);
+                                continue;
+                            }
+                            Err(e) if e.to_string().contains("already in use") => {
+                                busy += 1;
+                                report(calls);
                                 continue;
                             }
                             Err(e) => return Err(e),
@@ -211,6 +237,7 @@ fn worker(
                         }
                         if rng.below(3) == 0 {
                             service.delete_reservation(session, &id)?;
+                            calls += 1;
                         } else {
                             let domid = fake.create_domain(GuestSpec::fixed(amount))?;
                             service.transfer_reservation_to_domain(session, &id, domid)?;
@@ -228,10 +255,12 @@ fn worker(
                             fake.unpause(domid)?;
                             built += 1;
                             service.delete_reservation(session, &id)?;
+                            calls += 3;
                             mine.push(domid);
                         }
                         if rng.below(8) == 0 {
                             service.balance_memory()?;
+                            calls += 1;
                         }
                         if mine.len() > 2 || rng.below(4) == 0 {
                             if let Some(d) = mine.first().copied() {
@@ -239,11 +268,12 @@ fn worker(
                                 fake.destroy_domain(d)?;
                             }
                         }
+                        report(calls);
                     }
                     for d in mine {
                         fake.destroy_domain(d)?;
                     }
-                    Ok(format!("ok {reserved} {refused} {built}"))
+                    Ok(format!("ok {reserved} {refused} {built} {busy}"))
                 })
             })
             .collect();
