@@ -127,8 +127,20 @@ pub(crate) fn settings(io: &dyn Io) -> Result<(Kib, Kib)> {
 }
 
 /// squeezed's balance test: free memory within the tolerance above the slush.
-pub(crate) fn is_balanced(free_kib: Kib, target_kib: Kib, tolerance_kib: Kib) -> bool {
+pub fn is_balanced(free_kib: Kib, target_kib: Kib, tolerance_kib: Kib) -> bool {
     free_kib - target_kib < tolerance_kib
+}
+
+/// Whether squeezed's `change_host_free_memory` has nothing to do on `host`: `required_kib` is
+/// already free and every balloon driver is at rest. A balance (`required_kib == slush_kib`)
+/// always looks, since it may have memory to hand out.
+pub fn nothing_to_free(host: &Host, required_kib: Kib, slush_kib: Kib) -> bool {
+    let at_rest = host
+        .domains()
+        .iter()
+        .filter(|d| d.can_balloon)
+        .all(Domain::has_hit_target);
+    required_kib != slush_kib && required_kib <= host.free_mem_kib && at_rest
 }
 
 /// maxmem for each domain of `host`, by squeezed's rule: a domain declared inactive in this
@@ -192,17 +204,12 @@ impl Squeezer {
         // Nothing to do when the memory is already there and every balloon driver is at rest;
         // balancing (required == slush) always looks, since it may have memory to hand out.
         let host = io.make_host()?;
-        let at_rest = host
-            .domains()
-            .iter()
-            .filter(|d| d.can_balloon)
-            .all(Domain::has_hit_target);
         debug!(
             "change_host_free_memory: required {required_kib} KiB, slush {host_target_kib} KiB, \
-             free {} KiB, balloon drivers at rest: {at_rest}",
+             free {} KiB",
             host.free_mem_kib
         );
-        if required_kib != host_target_kib && required_kib <= host.free_mem_kib && at_rest {
+        if nothing_to_free(&host, required_kib, host_target_kib) {
             return Ok(());
         }
 
@@ -277,17 +284,19 @@ pub(crate) fn phantom_share(host: &Host, min_kib: Kib, max_kib: Kib, slush: Kib)
 }
 
 /// What freeing memory for a new domain of `min..=max` asks of the host.
-pub(crate) struct RangeRequest {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeRequest {
     /// The slush fund, KiB.
-    pub(crate) slush: Kib,
+    pub slush: Kib,
     /// Host free memory to aim for: the policy's share for the new domain plus the slush.
-    pub(crate) required: Kib,
+    pub required: Kib,
     /// Host free memory that is enough: the minimum plus the slush.
-    pub(crate) enough: Kib,
+    pub enough: Kib,
 }
 
-/// Checks a range request and sizes it with the proportional policy, as squeezed does.
-pub(crate) fn range_request(io: &mut dyn Io, min_kib: Kib, max_kib: Kib) -> Result<RangeRequest> {
+/// Checks a range request and sizes it with the proportional policy, as squeezed does (both
+/// policies' `free_memory_range` start here).
+pub fn range_request(io: &mut dyn Io, min_kib: Kib, max_kib: Kib) -> Result<RangeRequest> {
     check_range(min_kib, max_kib)?;
     let (slush, _) = settings(io)?;
     let host = io.make_host()?;

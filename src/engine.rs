@@ -18,7 +18,7 @@ use crate::adaptive::{Adaptive, Cooperation, Operation, Outcome};
 use crate::driver::{maxmem_after, Clock, Io, Stillness, ITERATION_WAIT_SECONDS};
 use crate::error::{Error, Result};
 use crate::model::{Action, DomId, Host, Kib};
-use crate::squeezer::{Squeezer, Verdict};
+use crate::squeezer::{Options, Squeezer, Verdict};
 
 /// The log target of squeezed's rounds: they log as the driver always has, so that log
 /// filters keep working.
@@ -98,7 +98,7 @@ pub(crate) fn run_from(
 /// squeezed's iteration as an [`Engine`]: rounds toward `required_kib` of host free memory.
 #[derive(Debug)]
 pub struct ClassicRound<'a> {
-    squeezer: &'a mut Squeezer,
+    squeezer: Held<'a>,
     required_kib: Kib,
     /// The slush fund, only to say why a target changed (balancing or freeing).
     slush_kib: Kib,
@@ -109,7 +109,7 @@ impl<'a> ClassicRound<'a> {
     /// Rounds of `squeezer` toward `required_kib` free, on a host whose slush is `slush_kib`.
     pub fn new(squeezer: &'a mut Squeezer, required_kib: Kib, slush_kib: Kib) -> Self {
         ClassicRound {
-            squeezer,
+            squeezer: Held::Borrowed(squeezer),
             required_kib,
             slush_kib,
             stillness: Stillness::default(),
@@ -128,6 +128,27 @@ impl<'a> ClassicRound<'a> {
     }
 }
 
+impl ClassicRound<'static> {
+    /// Rounds of a squeezer of its own, fresh as squeezed's is for every call, toward
+    /// `required_kib` free: for a caller that keeps an operation between rounds (a scenario
+    /// runner interleaving it with other events).
+    pub fn fresh(options: &Options, required_kib: Kib, slush_kib: Kib) -> Self {
+        ClassicRound {
+            squeezer: Held::Owned(Box::new(Squeezer::new(*options))),
+            required_kib,
+            slush_kib,
+            stillness: Stillness::default(),
+        }
+    }
+}
+
+/// The squeezer a [`ClassicRound`] decides with: the caller's, or one of its own.
+#[derive(Debug)]
+enum Held<'a> {
+    Borrowed(&'a mut Squeezer),
+    Owned(Box<Squeezer>),
+}
+
 impl Engine for ClassicRound<'_> {
     fn round(
         &mut self,
@@ -137,9 +158,11 @@ impl Engine for ClassicRound<'_> {
     ) -> Result<Plan> {
         let required_kib = self.required_kib;
         self.stillness.look(host, now)?;
-        let it = self
-            .squeezer
-            .one_iteration(host, required_kib, success, now)?;
+        let squeezer = match &mut self.squeezer {
+            Held::Borrowed(s) => &mut **s,
+            Held::Owned(s) => &mut **s,
+        };
+        let it = squeezer.one_iteration(host, required_kib, success, now)?;
         for domid in &it.declared_inactive {
             debug!(target: DRIVER_LOG, "domain {domid} declared inactive");
         }

@@ -71,20 +71,31 @@ fn gib(kib: Kib) -> String {
 fn summary(scenario: &Scenario, r: &Run) {
     let name = r.policy.name();
     println!("== {} ({name})", scenario.name);
+    // Times in simulated seconds: when the timeline has the event, when the runner began on
+    // it, when it was over, and the latency a caller would see (scheduled to done).
+    println!("  scheduled    start     done  latency  event");
     for o in &r.outcomes {
         let mark = if o.ok { " " } else { "!" };
-        println!("{mark} t={:7.1}s  {}", o.at_s, o.text);
+        println!(
+            "{mark} {:8.1} {:8.1} {:8.1} {:7.1}s  {}",
+            o.scheduled_s,
+            o.start_s,
+            o.done_s,
+            o.latency_s(),
+            o.text
+        );
     }
     let s = r.sim.trace_summary();
     let c = r.sim.counters();
     println!(
         "  {:.0} s simulated: {} target changes, {} reversals, {} moved by balloon drivers, \
-         {} host free at the end",
+         {} host free at the end; {} balance(s) yielded to a request",
         r.sim.time(),
         c.target_changes,
         s.total_reversals(),
         gib(s.balloon_traffic_kib),
-        gib(r.sim.free_mem_kib())
+        gib(r.sim.free_mem_kib()),
+        r.balances_yielded
     );
     if !r.sim.violations().is_empty() {
         println!("  SAFETY VIOLATIONS: {:?}", r.sim.violations());

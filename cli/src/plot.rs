@@ -42,7 +42,7 @@ fn frame(runs: &[Run]) -> (f64, f64) {
         let trace = run.sim.trace();
         end = end.max(trace.last().map_or(0.0, |r| r.time));
         for o in &run.outcomes {
-            end = end.max(o.at_s);
+            end = end.max(o.done_s);
         }
         for r in trace {
             top = top.max(r.free_mem_kib);
@@ -140,20 +140,24 @@ fn panel<DB: DrawingBackend>(
         }
     }
 
-    // Event labels along the top: a label starts at its event's line, or ends there when it
-    // would run past the chart's right edge; labels that would overlap go one row lower.
+    // Event labels along the top: a label starts at the line where the runner began on its
+    // event, or ends there when it would run past the chart's right edge; a bar under it runs
+    // on to when the event was over (a reservation being freed, a create waiting for it).
+    // Labels that would overlap go one row lower.
     let seconds_per_px = end / f64::from(WIDTH - LEGEND_WIDTH - 75);
-    let mut rows: Vec<f64> = Vec::new(); // where each row's last label ends, in seconds
+    let mut rows: Vec<f64> = Vec::new(); // where each row's last label or bar ends, in seconds
     for o in &run.outcomes {
         let colour = if o.ok { RGBColor(90, 90, 90) } else { RED };
+        let at = o.start_s;
         let label = o.text.split(':').next().unwrap_or("").to_string();
         let width_s = LABEL_PX_PER_CHAR * label.chars().count() as f64 * seconds_per_px;
-        let right_anchored = o.at_s + width_s > end;
+        let right_anchored = at + width_s > end;
         let (from, to) = if right_anchored {
-            (o.at_s - width_s, o.at_s)
+            (at - width_s, at)
         } else {
-            (o.at_s, o.at_s + width_s)
+            (at, at + width_s)
         };
+        let to = to.max(o.done_s);
         let row = match rows.iter().position(|&row_end| row_end < from) {
             Some(r) => r,
             None => {
@@ -164,9 +168,16 @@ fn panel<DB: DrawingBackend>(
         rows[row] = to + 4.0 * seconds_per_px;
         let y = top * (1.07 - 0.045 * row as f64);
         chart.draw_series(std::iter::once(PathElement::new(
-            vec![(o.at_s, 0.0), (o.at_s, y - top * 0.02)],
+            vec![(at, 0.0), (at, y - top * 0.02)],
             colour.mix(0.6),
         )))?;
+        if o.done_s > at {
+            let bar = y - top * 0.02;
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(at, bar), (o.done_s, bar)],
+                colour.mix(0.6).stroke_width(3),
+            )))?;
+        }
         let anchor = if right_anchored {
             Pos::new(HPos::Right, VPos::Top)
         } else {
@@ -174,7 +185,7 @@ fn panel<DB: DrawingBackend>(
         };
         chart.draw_series(std::iter::once(Text::new(
             label,
-            (o.at_s, y),
+            (at, y),
             ("sans-serif", 11).into_font().color(&colour).pos(anchor),
         )))?;
     }
@@ -306,7 +317,7 @@ max_mib = 1024
         assert_eq!(classic, adaptive);
         // Both runs' events fall on it.
         let last_tick: f64 = classic.last().unwrap().1.parse().unwrap();
-        let latest = runs.iter().flat_map(|r| &r.outcomes).map(|o| o.at_s);
+        let latest = runs.iter().flat_map(|r| &r.outcomes).map(|o| o.done_s);
         assert!(latest.fold(0.0, f64::max) <= last_tick * 1.2);
     }
 
