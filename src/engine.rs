@@ -124,7 +124,7 @@ impl<'a> ClassicRound<'a> {
 
     /// Starts a call of the squeezer at `now` (see [`Squeezer::change_host_free_memory`]).
     pub(crate) fn begin_call(&mut self, now: f64) {
-        self.squeezer.begin_call(now);
+        self.squeezer.get().begin_call(now);
     }
 }
 
@@ -149,6 +149,15 @@ enum Held<'a> {
     Owned(Box<Squeezer>),
 }
 
+impl Held<'_> {
+    fn get(&mut self) -> &mut Squeezer {
+        match self {
+            Held::Borrowed(s) => s,
+            Held::Owned(s) => s,
+        }
+    }
+}
+
 impl Engine for ClassicRound<'_> {
     fn round(
         &mut self,
@@ -158,11 +167,7 @@ impl Engine for ClassicRound<'_> {
     ) -> Result<Plan> {
         let required_kib = self.required_kib;
         self.stillness.look(host, now)?;
-        let squeezer = match &mut self.squeezer {
-            Held::Borrowed(s) => &mut **s,
-            Held::Owned(s) => &mut **s,
-        };
-        let it = squeezer.one_iteration(host, required_kib, success, now)?;
+        let it = self.squeezer.get().one_iteration(host, required_kib, success, now)?;
         for domid in &it.declared_inactive {
             debug!(target: DRIVER_LOG, "domain {domid} declared inactive");
         }
