@@ -167,7 +167,10 @@ impl Engine for ClassicRound<'_> {
     ) -> Result<Plan> {
         let required_kib = self.required_kib;
         self.stillness.look(host, now)?;
-        let it = self.squeezer.get().one_iteration(host, required_kib, success, now)?;
+        let it = self
+            .squeezer
+            .get()
+            .one_iteration(host, required_kib, success, now)?;
         for domid in &it.declared_inactive {
             debug!(target: DRIVER_LOG, "domain {domid} declared inactive");
         }
