@@ -353,6 +353,16 @@ impl Service {
         *self.inner.fault_hook.lock() = hook;
     }
 
+    /// Lets `seconds` pass on the platform's clock between two rounds, outside the host lock,
+    /// with `watch` reporting progress and ending the wait on a cancel or a missed deadline.
+    fn wait_between_rounds(&self, watch: &mut Watch<'_, '_>, seconds: f64) -> Result<()> {
+        let clock = &self.inner.clock;
+        watch.wait(seconds, &mut |s| {
+            clock.sleep(s);
+            Ok(())
+        })
+    }
+
     fn fault_point(&self, name: &str) {
         let hook = self.inner.fault_hook.lock().clone();
         if let Some(h) = hook {
@@ -652,11 +662,7 @@ impl Service {
             match round {
                 Ok(RoundEnd::Granted(kib)) => break Ok(kib),
                 Ok(RoundEnd::Wait(s)) => {
-                    let clock = &self.inner.clock;
-                    if let Err(e) = watch.wait(s, &mut |s| {
-                        clock.sleep(s);
-                        Ok(())
-                    }) {
+                    if let Err(e) = self.wait_between_rounds(&mut watch, s) {
                         break Err(e);
                     }
                 }
@@ -1112,11 +1118,7 @@ impl Service {
             match round {
                 Ok(None) => break Ok(()),
                 Ok(Some(s)) => {
-                    let clock = &self.inner.clock;
-                    if let Err(e) = watch.wait(s, &mut |s| {
-                        clock.sleep(s);
-                        Ok(())
-                    }) {
+                    if let Err(e) = self.wait_between_rounds(&mut watch, s) {
                         break Err(e);
                     }
                 }
