@@ -25,13 +25,11 @@ const PROCESSES: usize = 2;
 const THREADS: &str = "8";
 const ITERATIONS: &str = "8";
 
-#[test]
-fn processes_and_threads_never_promise_the_same_memory_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake_dir = dir.path().join("fake");
-    // 8 GiB: Xen keeps 256 MiB, domain 0 holds 1 GiB; two guests of 1..2 GiB at 2 GiB.
-    let fake = FakeHost::create(
-        &fake_dir,
+/// A fake host of 8 GiB in `dir`, refereed against the slush: Xen keeps 256 MiB and domain 0
+/// holds 1 GiB.
+fn eight_gib_host(dir: &std::path::Path) -> FakeHost {
+    FakeHost::create(
+        dir,
         FakeConfig {
             total_kib: 8 * GIB,
             xen_kib: 256 * MIB,
@@ -40,7 +38,15 @@ fn processes_and_threads_never_promise_the_same_memory_twice() {
             referee_slush_kib: Some(SLUSH),
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn processes_and_threads_never_promise_the_same_memory_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake_dir = dir.path().join("fake");
+    // 8 GiB: Xen keeps 256 MiB, domain 0 holds 1 GiB; two guests of 1..2 GiB at 2 GiB.
+    let fake = eight_gib_host(&fake_dir);
     for _ in 0..2 {
         booted_guest(&fake, GuestSpec::ballooning(GIB, 2 * GIB));
     }
@@ -131,17 +137,7 @@ fn pending_reservations_of_killed_processes_leak_nothing() {
     let fake_dir = dir.path().join("fake");
     // 8 GiB: Xen keeps 256 MiB, domain 0 holds 1 GiB; two guests of 1..2 GiB at 2 GiB that
     // balloon at 2 MiB/s: about 2.7 GiB free, 2 GiB more in a long while.
-    let fake = FakeHost::create(
-        &fake_dir,
-        FakeConfig {
-            total_kib: 8 * GIB,
-            xen_kib: 256 * MIB,
-            dom0_kib: GIB,
-            boot_delay_s: 1.0,
-            referee_slush_kib: Some(SLUSH),
-        },
-    )
-    .unwrap();
+    let fake = eight_gib_host(&fake_dir);
     for _ in 0..2 {
         let g = booted_guest(&fake, GuestSpec::ballooning(GIB, 2 * GIB));
         fake.set_behaviour(
@@ -362,17 +358,7 @@ fn killed_and_restarted_processes_never_break_a_promise_nor_leak_a_pending_reser
     let fake_dir = dir.path().join("fake");
     // 8 GiB: Xen keeps 256 MiB, domain 0 holds 1 GiB; two guests of 1..3 GiB at 3 GiB leave
     // 768 MiB free, less than 16 threads ask for at once (32..320 MiB each).
-    let fake = FakeHost::create(
-        &fake_dir,
-        FakeConfig {
-            total_kib: 8 * GIB,
-            xen_kib: 256 * MIB,
-            dom0_kib: GIB,
-            boot_delay_s: 1.0,
-            referee_slush_kib: Some(SLUSH),
-        },
-    )
-    .unwrap();
+    let fake = eight_gib_host(&fake_dir);
     let mut guests = Vec::new();
     for _ in 0..2 {
         let g = booted_guest(&fake, GuestSpec::ballooning(GIB, 3 * GIB));
