@@ -59,14 +59,13 @@ pub struct AdaptiveOptions {
     pub balance_wait_s: f64,
     /// Seconds between iterations.
     pub poll_s: f64,
-    /// While a guest shrinks in a balance, the memory it has released is handed on to the
-    /// growing guests in chunks of at least this many KiB (or 1/16 of the growth still to
-    /// come, if larger, or all of it, if less), so that a slow driver does not cost a target
-    /// write every round.
-    pub hand_on_chunk_kib: Kib,
-    /// Longest released memory waits for a chunk to fill before it is handed on anyway,
-    /// seconds: what bounds idle memory behind a slow driver.
-    pub hand_on_wait_s: f64,
+    /// While a guest shrinks in a balance, the memory it has released goes to the growing
+    /// guests within this many rounds of coming free: seen free (and guaranteed) in one
+    /// round, it is handed on in that round or one of the `hand_on_rounds - 1` that follow,
+    /// at once if it covers all the growth still to come. 1 hands it on every round; the
+    /// default, 2, every other round behind a slow driver, which halves the target writes
+    /// for one round's worth more idle memory. At least 1.
+    pub hand_on_rounds: u32,
     /// Slowest acceptable balloon speed for a driver with work to do, KiB/s.
     pub min_rate_kib_per_s: f64,
     /// How long a driver may fall short of the minimum rate before it is taken to be at a limit.
@@ -97,8 +96,7 @@ impl Default for AdaptiveOptions {
             stall_s: 30.0,
             balance_wait_s: 120.0,
             poll_s: 1.0,
-            hand_on_chunk_kib: 64 * 1024,
-            hand_on_wait_s: 15.0,
+            hand_on_rounds: 2,
             min_rate_kib_per_s: 256.0,
             grace_s: 5.0,
             prior_rate_kib_per_s: 32.0 * 1024.0,
@@ -135,7 +133,6 @@ impl AdaptiveOptions {
             ("stall time", self.stall_s),
             ("balance wait", self.balance_wait_s),
             ("poll interval", self.poll_s),
-            ("hand-on wait", self.hand_on_wait_s),
             ("minimum rate", self.min_rate_kib_per_s),
             ("grace period", self.grace_s),
             ("prior rate", self.prior_rate_kib_per_s),
@@ -163,7 +160,13 @@ impl AdaptiveOptions {
         }
         kib::check_size("adaptive deadband", self.deadband_kib)?;
         kib::check_size("adaptive probe size", self.probe_kib)?;
-        kib::check_size("adaptive hand-on chunk", self.hand_on_chunk_kib)?;
+        if self.hand_on_rounds == 0 {
+            return Err(Error::InvalidArgument(
+                "adaptive hand-on rounds must be at least 1 (1 hands freed memory on every \
+                 round)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -180,8 +183,11 @@ pub struct Adaptive {
     /// is (kept across balances: one may end while a slow guest still shrinks). A cell, so
     /// that asking whether to balance ([`is_unbalanced`](Adaptive::is_unbalanced), on a copy)
     /// starts the wait too: a background balancer that only balances when asked to would
-    /// otherwise wait for a whole chunk.
+    /// otherwise wait a round longer.
     held_since: std::cell::Cell<Option<f64>>,
+    /// What freed memory has been handed on since the last summary: each write is logged at
+    /// debug level, and one info line sums them up when a balance ends.
+    handed_on: HandOnTally,
 }
 
 impl Adaptive {
@@ -394,6 +400,8 @@ impl Adaptive {
         let now = Clock::default().now(io)?;
         let host = io.make_host()?;
         let mut copy = self.clone();
+        // The copy decides nothing: it sums up nothing either.
+        copy.handed_on = HandOnTally::muted();
         let mut op = copy.begin(Goal::Balance { slush_kib: slush })?;
         let round = copy.step(&mut op, &host, now, &mut |free| {
             is_balanced(free, slush, tolerance)
@@ -529,10 +537,27 @@ impl Adaptive {
         now: f64,
         reason: &str,
     ) {
+        self.plan_write_logged(log::Level::Info, writes, d, target_kib, now, reason);
+    }
+
+    /// [`plan_write`](Self::plan_write), logging the change at `level`: freed memory handed
+    /// on goes out up to every round, and is summed up at info level instead (see
+    /// [`HandOnTally`]).
+    fn plan_write_logged(
+        &mut self,
+        level: log::Level,
+        writes: &mut Vec<Action>,
+        d: &Domain,
+        target_kib: Kib,
+        now: f64,
+        reason: &str,
+    ) {
         if target_kib != d.target_kib {
-            info!(
+            log::log!(
+                level,
                 "domain {}: target {} -> {target_kib} KiB ({reason})",
-                d.domid, d.target_kib
+                d.domid,
+                d.target_kib
             );
         }
         writes.push(Action {
@@ -839,8 +864,8 @@ impl Adaptive {
         // sets no freeing target, growing guests are given up to what is free and guaranteed
         // above the goal (it stays free even if every guest went to its target + inaccuracy),
         // so the host never goes under the slush and nothing is promised twice. It goes out
-        // in chunks, once enough has come free to matter or it has waited long enough, so
-        // that a slow driver does not cost a write every round.
+        // within `hand_on_rounds` rounds of coming free, each time to as few guests as it
+        // can, so that a slow driver costs at most a write every few rounds.
         if phase == Direction::Down && !wrote && hand_on {
             let mut spare = guaranteed_free(host) - goal_kib;
             // Only growth, and only to a guest that took what it was last given: a guest
@@ -858,48 +883,60 @@ impl Adaptive {
                 .map(|(k, (l, &i))| (k, i - l.0.target_kib))
                 .collect();
             let outstanding: Kib = takers.iter().map(|&(_, want)| want).sum();
-            let chunk = opts
-                .hand_on_chunk_kib
-                .max(outstanding / 16)
-                .min(outstanding);
-            let waited = self
-                .held_since
-                .get()
-                .is_some_and(|t| now - t >= opts.hand_on_wait_s);
-            if spare > 0 && !takers.is_empty() && spare < chunk && !waited {
-                // Not enough to matter yet: it waits, at most the hand-on wait.
-                if self.held_since.get().is_none() {
-                    self.held_since.set(Some(now));
-                }
-            } else if spare > 0 {
+            // Waited for as many rounds as allowed since it was first seen (rounds are whole
+            // polls apart; the slack is for a clock that is not).
+            let rounds_waited = f64::from(opts.hand_on_rounds - 1) * opts.poll_s;
+            let since = self.held_since.get().unwrap_or(now);
+            let waited = now - since >= rounds_waited - 0.01 * opts.poll_s;
+            // Due once it has waited as many rounds as allowed, or at once if it covers all
+            // the growth to come; otherwise it waits for what the next round adds, so that
+            // one write hands on both.
+            let due = waited || spare >= outstanding;
+            if spare > 0 && !takers.is_empty() {
                 // The guests furthest from their share first, so that what is free goes out
                 // in as few writes as possible.
                 takers.sort_by_key(|&(_, want)| std::cmp::Reverse(want));
-                // A guest given only a probe gets the rest once it follows: the memory is
-                // still waiting.
-                let mut probed = false;
+                // Memory not yet due, given to a guest only as a probe, or worth no write yet
+                // is still waiting.
+                let mut waiting = !due;
                 for (k, want) in takers {
+                    if spare <= 0 {
+                        break;
+                    }
                     let e = &limited[k].0;
-                    let worth = want.min(spare) > deadband(&opts, e);
+                    // Worth a write: the deadband, or all this guest still wants.
+                    let worth = spare >= want || spare > deadband(&opts, e);
                     let grant = self.cautious(e, e.target_kib + want.min(spare)) - e.target_kib;
-                    probed |= grant < want.min(spare);
+                    let probe = grant < want.min(spare);
+                    waiting |= !worth || probe;
+                    // A guest not yet seen to grow is asked for its probe as soon as there is
+                    // memory for it, so that the first hand-on it is due is not one round
+                    // late.
                     let grows = e.target_kib + grant > e.memory_actual_kib + e.inaccuracy_kib;
-                    if !grows || !worth || self.dwell_blocks(e, e.target_kib + grant, now) {
+                    if !(due || probe)
+                        || !grows
+                        || !worth
+                        || self.dwell_blocks(e, e.target_kib + grant, now)
+                    {
                         continue;
                     }
                     let d = host.domain(e.domid).expect("from this host");
-                    self.plan_write(
+                    self.plan_write_logged(
+                        log::Level::Debug,
                         &mut writes,
                         d,
                         e.target_kib + grant,
                         now,
                         "hand on freed memory",
                     );
+                    self.handed_on.add(e.domid, grant, now);
                     spare -= grant;
                     wrote = true;
                 }
-                if wrote && !probed {
+                if wrote && !waiting {
                     self.held_since.set(None);
+                } else if self.held_since.get().is_none() {
+                    self.held_since.set(Some(now));
                 }
             } else {
                 self.held_since.set(None);
@@ -926,6 +963,7 @@ impl Adaptive {
                     host.free_mem_kib
                 );
             }
+            self.handed_on.summarise(now);
             return Ok(Round::ending(writes, Outcome::Done));
         }
         if now - start_s > self.options.balance_wait_s {
@@ -933,6 +971,7 @@ impl Adaptive {
                 "balance returns after {} s; the drivers still moving carry on",
                 self.options.balance_wait_s
             );
+            self.handed_on.summarise(now);
             return Ok(Round::ending(writes, Outcome::Done));
         }
         Ok(Round::ending(writes, Outcome::Continue))
@@ -1145,6 +1184,64 @@ impl Headway {
             self.since = now;
         }
         now - self.since > stall_s
+    }
+}
+
+/// Freed memory handed on since the last summary: how much went to each domain, in how many
+/// writes, since when. The writes are logged one by one at debug level (behind a slow driver
+/// there may be one every round or two); the info summary keeps a balance to one line.
+#[derive(Debug, Clone, Default)]
+struct HandOnTally {
+    /// `(domid, KiB, writes)`, in the order the domains were first given memory.
+    given: Vec<(DomId, Kib, u32)>,
+    since: Option<f64>,
+    /// A copy that only asks whether to balance: it says nothing.
+    muted: bool,
+}
+
+impl HandOnTally {
+    fn muted() -> Self {
+        HandOnTally {
+            muted: true,
+            ..HandOnTally::default()
+        }
+    }
+
+    fn add(&mut self, domid: DomId, kib: Kib, now: f64) {
+        self.since.get_or_insert(now);
+        match self.given.iter_mut().find(|g| g.0 == domid) {
+            Some(g) => {
+                g.1 += kib;
+                g.2 += 1;
+            }
+            None => self.given.push((domid, kib, 1)),
+        }
+    }
+
+    /// Logs what was handed on since the last summary, if anything, and starts afresh.
+    fn summarise(&mut self, now: f64) {
+        let Some(since) = self.since.take() else {
+            return;
+        };
+        let given = std::mem::take(&mut self.given);
+        if self.muted {
+            return;
+        }
+        let writes: u32 = given.iter().map(|g| g.2).sum();
+        let to_whom: Vec<String> = given
+            .iter()
+            .map(|(domid, kib, n)| {
+                format!(
+                    "{kib} KiB to domain {domid} in {n} write{}",
+                    if *n == 1 { "" } else { "s" }
+                )
+            })
+            .collect();
+        info!(
+            "freed memory handed on over {:.0} s while guests shrank: {} ({writes} writes)",
+            now - since,
+            to_whom.join(", ")
+        );
     }
 }
 
