@@ -1228,6 +1228,11 @@ impl HandOnTally {
             return;
         }
         let writes: u32 = given.iter().map(|g| g.2).sum();
+        let in_all = if given.len() > 1 {
+            format!(" ({writes} writes in all)")
+        } else {
+            String::new()
+        };
         let to_whom: Vec<String> = given
             .iter()
             .map(|(domid, kib, n)| {
@@ -1238,7 +1243,7 @@ impl HandOnTally {
             })
             .collect();
         info!(
-            "freed memory handed on over {:.0} s while guests shrank: {} ({writes} writes)",
+            "freed memory handed on over {:.0} s while guests shrank: {}{in_all}",
             now - since,
             to_whom.join(", ")
         );
