@@ -640,6 +640,51 @@ fn handing_freed_memory_on_every_round_halves_idle_memory_for_twice_the_writes()
 }
 
 #[test]
+fn memory_a_very_slow_guest_frees_waits_for_a_write_worth_making() {
+    // Guest 1 frees 64 MiB at 512 KiB/s (128 s) for guest 2. Half a MiB a round is less than
+    // the 1 MiB deadband: it waits until more than that is free (three rounds, 1.5 MiB), so
+    // idle memory stays within what guest 1 freed in two rounds and the deadband, for a
+    // write every third round rather than every other.
+    let mut sim = host(SLUSH, 3600.0);
+    let guest = |domid, at, target| Domain::new(domid, true, GIB, target, 5 * GIB, at, at, 4);
+    sim.add_guest(guest(1, 3 * GIB + 64 * MIB, 3 * GIB + 64 * MIB), {
+        Behaviour::Ideal {
+            rate_kib_per_s: 512,
+        }
+    })
+    .unwrap();
+    sim.add_guest(guest(2, 3 * GIB - 64 * MIB, 3 * GIB - 64 * MIB), ideal(100))
+        .unwrap();
+    sim.advance(0.0).unwrap();
+    let mut adaptive = Adaptive::default();
+    balance_every_10s(&mut sim, 200.0, &mut |sim| {
+        adaptive.balance_memory(sim).unwrap()
+    });
+    let rows = idle_beside_freed(&sim, 2);
+    for (k, &(idle, freed)) in rows.iter().enumerate() {
+        assert!(
+            idle <= freed + MIB,
+            "round {}: {idle} KiB idle, {freed} KiB freed",
+            k + 2
+        );
+    }
+    // Idle goes 0.5, 1 and 1.5 MiB, handed on; the first time, guest 2's probe (given at
+    // 1.5 MiB) costs one round more: 1.75 MiB.
+    let most_idle = rows.iter().map(|r| r.0).max().unwrap();
+    assert!(most_idle <= 7 * MIB / 4 + 4, "{most_idle} KiB idle");
+    assert!(rows.iter().skip(4).all(|r| r.0 <= 3 * MIB / 2 + 4));
+    // 64 MiB in 1.5 MiB writes is 43, with guest 1's target 44 (guest 2's probe is one of
+    // them).
+    let writes = sim.counters().target_changes;
+    assert!((40..=44).contains(&writes), "{writes} target writes");
+    // It ends balanced to within the deadband: the last half MiB is not worth a write.
+    let g2 = sim.guest(2).unwrap();
+    assert!((g2.memory_actual_kib - 3 * GIB).abs() <= MIB, "{g2:?}");
+    assert_eq!(sim.trace_summary().total_reversals(), 0);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}
+
+#[test]
 fn a_background_balancer_that_balances_only_when_asked_to_still_hands_freed_memory_on_in_time() {
     // As above, but balanced the way the service's background balancer does: a look every
     // second, a balance (which returns after 5 s here) only when the policy says one would
