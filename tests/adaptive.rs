@@ -646,14 +646,13 @@ fn memory_a_very_slow_guest_frees_waits_for_a_write_worth_making() {
     // idle memory stays within what guest 1 freed in two rounds and the deadband, for a
     // write every third round rather than every other.
     let mut sim = host(SLUSH, 3600.0);
-    let guest = |domid, at, target| Domain::new(domid, true, GIB, target, 5 * GIB, at, at, 4);
-    sim.add_guest(guest(1, 3 * GIB + 64 * MIB, 3 * GIB + 64 * MIB), {
-        Behaviour::Ideal {
-            rate_kib_per_s: 512,
-        }
-    })
-    .unwrap();
-    sim.add_guest(guest(2, 3 * GIB - 64 * MIB, 3 * GIB - 64 * MIB), ideal(100))
+    let guest = |domid, at| Domain::new(domid, true, GIB, at, 5 * GIB, at, at, 4);
+    let half_mib_per_s = Behaviour::Ideal {
+        rate_kib_per_s: 512,
+    };
+    sim.add_guest(guest(1, 3 * GIB + 64 * MIB), half_mib_per_s)
+        .unwrap();
+    sim.add_guest(guest(2, 3 * GIB - 64 * MIB), ideal(100))
         .unwrap();
     sim.advance(0.0).unwrap();
     let mut adaptive = Adaptive::default();
