@@ -1510,12 +1510,19 @@ impl Service {
     }
 
     /// The diagnostics document (see [`crate::diagnostics`] and `docs/diagnostics.md`): host
-    /// free memory and slush, the ledger by session, every domain's range, target, actual,
+    /// free memory and slush, the ledger by session, the reservations waiting for memory (their
+    /// pending entries, as they are: a look drops nothing), every domain's range, target, actual,
     /// offset and (under the adaptive policy) measured rate and cooperation, the last decision
     /// and this service's counters. Read under the host lock, so it is one consistent look.
     pub fn diagnostics(&self) -> Result<Diagnostics> {
-        let (view, learnt, store_requests) = self.with_host(|model| {
+        let (view, learnt, store_requests, waiting) = self.with_host(|model| {
             let view = model.view()?;
+            let mut waiting = Vec::new();
+            let layout = &self.inner.layout;
+            model.platform().store.transaction(&mut |t| {
+                waiting = pending::peek(t, layout)?;
+                Ok(())
+            })?;
             let store_requests = model.platform().store_requests();
             let learner = self.inner.learner.lock();
             let learnt: Vec<_> = view
@@ -1527,7 +1534,7 @@ impl Service {
                     Some((c, b.track(d.domid).cloned()))
                 })
                 .collect();
-            Ok((view, learnt, store_requests))
+            Ok((view, learnt, store_requests, waiting))
         })?;
         let cfg = &self.inner.config;
         let recorder = self.inner.recorder.lock();
@@ -1618,6 +1625,21 @@ impl Service {
                 unallocated_initial_kib: view.unallocated_initial_kib,
             },
             sessions,
+            pending: waiting
+                .into_iter()
+                .map(|e| diagnostics::PendingReservation {
+                    waited_s: (view.time - e.since_s).max(0.0),
+                    owner_alive: e.owner.is_alive(),
+                    owner_pid: e.owner.pid,
+                    id: e.id,
+                    session: e.session,
+                    min_kib: e.min_kib,
+                    max_kib: e.max_kib,
+                    need_kib: e.need_kib,
+                    order: e.order,
+                    since_s: e.since_s,
+                })
+                .collect(),
             invalid_ledger_entries: view
                 .invalid_entries
                 .iter()
