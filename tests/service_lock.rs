@@ -45,6 +45,42 @@ fn reserve_in_background(
     rx
 }
 
+/// A reservation of `kib` for `session` on another thread, stopped inside the host lock after
+/// freeing its memory (at the `reserve:freed` fault point) until [`LockHolder::release`].
+struct LockHolder {
+    leave: Arc<Barrier>,
+    thread: std::thread::JoinHandle<squeeze::Result<String>>,
+}
+
+impl LockHolder {
+    /// Starts the reservation and returns once it holds the lock.
+    fn start(service: &Service, session: &str, kib: squeeze::Kib) -> LockHolder {
+        let inside = Arc::new(Barrier::new(2));
+        let leave = Arc::new(Barrier::new(2));
+        {
+            let (inside, leave) = (inside.clone(), leave.clone());
+            service.set_fault_hook(Some(Arc::new(move |point: &str| {
+                if point == "reserve:freed" {
+                    inside.wait();
+                    leave.wait();
+                }
+            })));
+        }
+        let thread = {
+            let (service, session) = (service.clone(), session.to_string());
+            std::thread::spawn(move || service.reserve_memory(&session, kib))
+        };
+        inside.wait();
+        LockHolder { leave, thread }
+    }
+
+    /// Lets the reservation go on and returns what it returned.
+    fn release(self) -> squeeze::Result<String> {
+        self.leave.wait();
+        self.thread.join().unwrap()
+    }
+}
+
 #[test]
 fn a_reservation_waiting_for_a_hung_process_s_lock_is_cancelled_and_reserves_nothing() {
     let (dir, fake, service) = setup(small_host());
@@ -75,22 +111,7 @@ fn a_reservation_waiting_for_another_thread_of_its_process_is_cancelled() {
     service.login("xenopsd").unwrap();
     service.login("xl").unwrap();
     // The first reservation stops inside the host lock, after freeing its memory.
-    let inside = Arc::new(Barrier::new(2));
-    let leave = Arc::new(Barrier::new(2));
-    {
-        let (inside, leave) = (inside.clone(), leave.clone());
-        service.set_fault_hook(Some(Arc::new(move |point: &str| {
-            if point == "reserve:freed" {
-                inside.wait();
-                leave.wait();
-            }
-        })));
-    }
-    let first = {
-        let service = service.clone();
-        std::thread::spawn(move || service.reserve_memory("xl", 128 * MIB))
-    };
-    inside.wait();
+    let first = LockHolder::start(&service, "xl", 128 * MIB);
     let cancel = CancelToken::new();
     let second = reserve_in_background(&service, cancel.clone());
     assert!(second.recv_timeout(Duration::from_millis(200)).is_err());
@@ -99,8 +120,7 @@ fn a_reservation_waiting_for_another_thread_of_its_process_is_cancelled() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the cancelled reservation still waits for the other thread");
     assert_eq!(r, Err(Error::Cancelled));
-    leave.wait();
-    assert!(first.join().unwrap().is_ok());
+    assert!(first.release().is_ok());
 }
 
 #[test]
@@ -244,22 +264,7 @@ fn a_query_does_not_wait_for_a_reservation_holding_the_host_lock() {
         .transfer_reservation_to_domain("xenopsd", &id, domid)
         .unwrap();
     // Another reservation stops inside the host lock.
-    let inside = Arc::new(Barrier::new(2));
-    let leave = Arc::new(Barrier::new(2));
-    {
-        let (inside, leave) = (inside.clone(), leave.clone());
-        service.set_fault_hook(Some(Arc::new(move |point: &str| {
-            if point == "reserve:freed" {
-                inside.wait();
-                leave.wait();
-            }
-        })));
-    }
-    let holder = {
-        let service = service.clone();
-        std::thread::spawn(move || service.reserve_memory("xl", 128 * MIB))
-    };
-    inside.wait();
+    let holder = LockHolder::start(&service, "xl", 128 * MIB);
     let (tx, rx) = mpsc::channel();
     {
         let service = service.clone();
@@ -268,12 +273,12 @@ fn a_query_does_not_wait_for_a_reservation_holding_the_host_lock() {
         });
     }
     let answer = rx.recv_timeout(Duration::from_secs(10));
-    leave.wait();
+    let held = holder.release();
     assert_eq!(
         answer.expect("the query waited for the reservation"),
         Ok(id)
     );
-    assert!(holder.join().unwrap().is_ok());
+    assert!(held.is_ok());
 }
 
 /// What happened while the boot-time record was sampled on a host whose clock the callers
