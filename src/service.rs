@@ -1381,10 +1381,13 @@ impl Service {
     ///
     /// The host lock is held for each sample only, never across the waits between them, so
     /// other callers reserve and delete meanwhile; a change to the ledger restarts the
-    /// sampling, so the record never straddles one (a reservation that balloons a guest or
-    /// whose domain is built would otherwise be half in it). The last sample and the write
-    /// share one lock hold. After [`BOOT_TIME_ATTEMPTS`] restarts the last attempt holds the
-    /// lock through all its samples, as squeezed does, so a record is always made.
+    /// sampling, so the samples a record is made from all saw one ledger, as when the lock was
+    /// held throughout. The last sample and the write share one lock hold. A reservation
+    /// changes only the ledger, not the figures sampled; what it changes in Xen before the
+    /// record is made (a guest ballooned for it, its domain built) is in the record, where
+    /// before the reservation waited. After [`BOOT_TIME_ATTEMPTS`] - 1 restarts the last
+    /// attempt holds the lock through all its samples, as squeezed does, so a record is always
+    /// made.
     pub fn record_boot_time_host_free_memory(&self) -> Result<Kib> {
         for _ in 1..BOOT_TIME_ATTEMPTS {
             match self.boot_time_attempt()? {
