@@ -373,3 +373,24 @@ fn a_pending_entry_of_a_process_that_is_gone_is_listed_as_not_alive() {
     // The look changes nothing: the entry is still there for the next round to drop.
     assert_eq!(doc(&service)["pending"], d["pending"]);
 }
+
+#[test]
+fn version_2_only_adds_the_pending_list_to_version_1() {
+    let v1: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/diagnostics.schema.v1.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(jsonschema::meta::is_valid(&v1));
+    let v1 = jsonschema::validator_for(&v1).unwrap();
+    let (_dir, _fake, service, _a, _b) = busy_host(Policy::Adaptive);
+    let mut d = doc(&service);
+    assert!(!v1.is_valid(&d), "a version 2 document passes as version 1");
+    // Without `pending` and with the old number, today's document is a version 1 document.
+    d.as_object_mut().unwrap().remove("pending").unwrap();
+    d["schema_version"] = 1.into();
+    assert_eq!(errors(&v1, &d), Vec::<String>::new());
+}
