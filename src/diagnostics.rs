@@ -22,7 +22,7 @@ use crate::model::{DomId, Kib};
 use crate::progress::TargetWrite;
 
 /// The version of the document's shape; the `schema_version` field of every document.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The whole document.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -37,6 +37,8 @@ pub struct Diagnostics {
     pub host: HostMemory,
     /// The reservation ledger, by session.
     pub sessions: Vec<SessionReservations>,
+    /// Reservations waiting for memory, oldest first (added in schema version 2).
+    pub pending: Vec<PendingReservation>,
     /// Ledger entries that could not be read (never counted, never deleted).
     pub invalid_ledger_entries: Vec<InvalidLedgerEntry>,
     /// Every domain the host model looked at, balanced or not.
@@ -97,6 +99,32 @@ pub struct ReservationEntry {
     pub kib: Kib,
     /// The domain it was transferred to, if it was.
     pub domid: Option<DomId>,
+}
+
+/// A reservation waiting for memory: a pending entry in the store (see [`crate::pending`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PendingReservation {
+    /// Its reservation id (the id the call returns once it is granted).
+    pub id: String,
+    /// The session that asked.
+    pub session: String,
+    /// The least it may be granted, in KiB.
+    pub min_kib: Kib,
+    /// The most it may be granted, in KiB.
+    pub max_kib: Kib,
+    /// What rounds free for it, in KiB: the size, or the policy's share for a range.
+    pub need_kib: Kib,
+    /// Its place in the queue: lower is older.
+    pub order: u64,
+    /// When it started waiting, on the platform's clock of the process that asked.
+    pub since_s: f64,
+    /// How long it has waited: `time_s - since_s`, at least 0.
+    pub waited_s: f64,
+    /// The process waiting for it.
+    pub owner_pid: u32,
+    /// Whether that process still runs; an entry whose owner is gone is dropped by the next
+    /// round of any caller.
+    pub owner_alive: bool,
 }
 
 /// A ledger entry that could not be read.

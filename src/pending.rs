@@ -104,6 +104,20 @@ pub struct Entry {
 /// Every pending entry, oldest first. An entry that cannot be read is removed (only this
 /// library writes there), with a warning.
 pub fn list(t: &mut dyn StoreOps, layout: &Layout) -> Result<Vec<Entry>> {
+    read_entries(t, layout, true)
+}
+
+/// Every pending entry, oldest first, changing nothing: an entry that cannot be read is left
+/// for the next round to drop. For readers that only look (the diagnostics).
+pub fn peek(t: &mut dyn StoreOps, layout: &Layout) -> Result<Vec<Entry>> {
+    read_entries(t, layout, false)
+}
+
+fn read_entries(
+    t: &mut dyn StoreOps,
+    layout: &Layout,
+    drop_unreadable: bool,
+) -> Result<Vec<Entry>> {
     let dir = layout.pending_dir();
     let mut out = Vec::new();
     for id in t.directory(&dir)? {
@@ -114,10 +128,11 @@ pub fn list(t: &mut dyn StoreOps, layout: &Layout) -> Result<Vec<Entry>> {
                 e.id = id;
                 out.push(e);
             }
-            _ => {
+            _ if drop_unreadable => {
                 log::warn!("dropping unreadable pending reservation {path}: {v:?}");
                 t.rm(&path)?;
             }
+            _ => {}
         }
     }
     out.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.id.cmp(&b.id)));

@@ -54,9 +54,8 @@ pub const DEFAULT_BALANCE_INTERVAL_S: f64 = 10.0;
 
 /// Seconds a call waits for the host lock by default: one minute. The lock is held for one
 /// round at a time (a look, a decision and a few writes: milliseconds, well under a second
-/// with a thousand guests), never while balloon drivers work, so a healthy holder lets go
-/// long before; the longest hold is the boot-time record of the first service (a few samples
-/// a second apart).
+/// with a thousand guests), never while balloon drivers work nor between the samples of the
+/// boot-time record, so a healthy holder lets go long before.
 pub const DEFAULT_LOCK_TIMEOUT_S: f64 = 60.0;
 
 /// Settings of a [`Service`].
@@ -238,6 +237,62 @@ fn claim_reservation(platform: &Platform, domid: DomId, kib: Kib) -> Result<()> 
         Err(e) => warn!("cannot claim {want} pages for domain {domid}: {e}"),
     }
     Ok(())
+}
+
+/// Attempts at the boot-time record, each restarted by a change to the ledger, before the
+/// last one holds the host lock through its samples (see
+/// [`Service::record_boot_time_host_free_memory`]).
+pub const BOOT_TIME_ATTEMPTS: u32 = 10;
+
+/// Host free memory at boot as squeezed counts it: Xen's free pages, the pages to scrub and
+/// what domain 0 holds.
+fn boot_time_sample(platform: &Platform) -> Result<Kib> {
+    let p = platform.hypervisor.physinfo()?;
+    let dom0 = platform
+        .hypervisor
+        .domain(0)?
+        .map(|d| d.tot_pages)
+        .unwrap_or(0);
+    pages::to_kib(
+        p.free_pages
+            .saturating_add(p.scrub_pages)
+            .saturating_add(dom0),
+    )
+}
+
+/// Consecutive samples of the boot-time record that agree within 1 MiB.
+struct BootTimeRun {
+    last: Kib,
+    agreeing: u32,
+}
+
+impl BootTimeRun {
+    fn new(first: Kib) -> Self {
+        BootTimeRun {
+            last: first,
+            agreeing: 1,
+        }
+    }
+
+    /// Counts `next`: one more agreeing sample, or the first of a new run.
+    fn add(&mut self, next: Kib) {
+        self.agreeing = if (next - self.last).abs() <= 1024 {
+            self.agreeing + 1
+        } else {
+            1
+        };
+        self.last = next;
+    }
+}
+
+/// Where one lock hold of the boot-time sampling left it.
+enum BootTimeStep {
+    /// Another sample taken; more to come.
+    Sampled,
+    /// The ledger is not the one the run started with: start again.
+    LedgerChanged,
+    /// The record is written (by this call or by another).
+    Recorded(Kib),
 }
 
 fn check_domid(domid: DomId) -> Result<()> {
@@ -1320,49 +1375,136 @@ impl Service {
 
     /// Records host free memory at boot (free + to scrub + what domain 0 holds, which squeezed
     /// takes as total minus Xen's own use), once: when the record exists it is returned as is.
-    /// The value is sampled until consecutive samples agree within 1 MiB.
+    /// The value is sampled until `boot_time_samples` consecutive samples agree within 1 MiB,
+    /// all taken while the ledger (reservations and pending entries) stays as it was at the
+    /// first of them.
+    ///
+    /// The host lock is held for each sample only, never across the waits between them, so
+    /// other callers reserve and delete meanwhile; a change to the ledger restarts the
+    /// sampling, so the samples a record is made from all saw one ledger, as when the lock was
+    /// held throughout. The last sample and the write share one lock hold. A reservation
+    /// changes only the ledger, not the figures sampled; what it changes in Xen before the
+    /// record is made (a guest ballooned for it, its domain built) is in the record, where
+    /// before the reservation waited. After [`BOOT_TIME_ATTEMPTS`] - 1 restarts the last
+    /// attempt holds the lock through all its samples, as squeezed does, so a record is always
+    /// made.
     pub fn record_boot_time_host_free_memory(&self) -> Result<Kib> {
-        let cfg = &self.inner.config;
-        self.with_host(|model| {
-            if let Ok(s) = std::fs::read_to_string(&cfg.boot_time_record_path) {
-                if let Ok(v) = s.trim().parse::<Kib>() {
-                    return Ok(v);
+        for _ in 1..BOOT_TIME_ATTEMPTS {
+            match self.boot_time_attempt()? {
+                Some(kib) => return Ok(kib),
+                None => {
+                    debug!("the ledger changed while host free memory at boot was sampled: again")
                 }
             }
+        }
+        warn!(
+            "the ledger changed during each of {} attempts to record host free memory at boot: \
+             sampling with the host lock held",
+            BOOT_TIME_ATTEMPTS - 1
+        );
+        let cfg = &self.inner.config;
+        self.with_host(|model| {
+            if let Some(v) = self.boot_time_record() {
+                return Ok(v);
+            }
             let platform = model.platform().clone();
-            let sample = || -> Result<Kib> {
-                let p = platform.hypervisor.physinfo()?;
-                let dom0 = platform
-                    .hypervisor
-                    .domain(0)?
-                    .map(|d| d.tot_pages)
-                    .unwrap_or(0);
-                pages::to_kib(
-                    p.free_pages
-                        .saturating_add(p.scrub_pages)
-                        .saturating_add(dom0),
-                )
-            };
-            let mut last = sample()?;
-            let mut agreeing = 1;
-            while agreeing < cfg.boot_time_samples {
+            let mut run = BootTimeRun::new(boot_time_sample(&platform)?);
+            while run.agreeing < cfg.boot_time_samples {
                 platform.clock.sleep(cfg.boot_time_interval_s);
-                let next = sample()?;
-                agreeing = if (next - last).abs() <= 1024 {
-                    agreeing + 1
-                } else {
-                    1
-                };
-                last = next;
+                run.add(boot_time_sample(&platform)?);
             }
-            if let Some(dir) = cfg.boot_time_record_path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::Backend(format!("cannot create {}: {e}", dir.display())))?;
-            }
-            lockfile::write_atomically(&cfg.boot_time_record_path, last.to_string().as_bytes())?;
-            info!("host free memory at boot: {last} KiB");
-            Ok(last)
+            self.write_boot_time_record(run.last)
         })
+    }
+
+    /// One run of boot-time samples, each under the host lock for the sample only: the value
+    /// recorded (by this run or by another caller), or None when the ledger changed during the
+    /// run.
+    fn boot_time_attempt(&self) -> Result<Option<Kib>> {
+        let cfg = &self.inner.config;
+        let mut fingerprint = None;
+        let mut run: Option<BootTimeRun> = None;
+        loop {
+            if run.is_some() {
+                self.inner.clock.sleep(cfg.boot_time_interval_s);
+            }
+            let step = self.with_host(|model| {
+                if let Some(v) = self.boot_time_record() {
+                    return Ok(BootTimeStep::Recorded(v));
+                }
+                let now = self.ledger_fingerprint()?;
+                if *fingerprint.get_or_insert_with(|| now.clone()) != now {
+                    return Ok(BootTimeStep::LedgerChanged);
+                }
+                let sample = boot_time_sample(model.platform())?;
+                let run = run.get_or_insert(BootTimeRun {
+                    last: sample,
+                    agreeing: 0,
+                });
+                run.add(sample);
+                if run.agreeing >= cfg.boot_time_samples {
+                    // The last sample and the write in one hold: the ledger checked above is
+                    // the one every sample of the run saw.
+                    self.write_boot_time_record(run.last)
+                        .map(BootTimeStep::Recorded)
+                } else {
+                    Ok(BootTimeStep::Sampled)
+                }
+            })?;
+            match step {
+                BootTimeStep::Sampled => {}
+                BootTimeStep::LedgerChanged => return Ok(None),
+                BootTimeStep::Recorded(v) => return Ok(Some(v)),
+            }
+        }
+    }
+
+    /// The boot-time record, if one was written (by any process of this boot).
+    fn boot_time_record(&self) -> Option<Kib> {
+        let path = &self.inner.config.boot_time_record_path;
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<Kib>().ok())
+    }
+
+    /// Writes the boot-time record (under the host lock).
+    fn write_boot_time_record(&self, kib: Kib) -> Result<Kib> {
+        let path = &self.inner.config.boot_time_record_path;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        lockfile::write_atomically(path, kib.to_string().as_bytes())?;
+        info!("host free memory at boot: {kib} KiB");
+        Ok(kib)
+    }
+
+    /// What the ledger holds (every reservation, its size and transfer, the unreadable
+    /// entries and the pending ids), as a value that changes with any of it. Read under the
+    /// host lock.
+    fn ledger_fingerprint(&self) -> Result<String> {
+        let layout = &self.inner.layout;
+        let mut out = String::new();
+        self.inner.store.transaction(&mut |t| {
+            use std::fmt::Write;
+            out.clear();
+            let (mut held, mut invalid) = reservations::list(t, layout)?;
+            held.sort_by(|a, b| (&a.session, &a.id).cmp(&(&b.session, &b.id)));
+            invalid.sort_by(|a, b| a.path.cmp(&b.path));
+            for r in &held {
+                let _ = write!(out, "{}/{}={}@{:?};", r.session, r.id, r.kib, r.in_transfer);
+            }
+            for e in &invalid {
+                let _ = write!(out, "!{};", e.path);
+            }
+            let mut ids = t.directory(&layout.pending_dir())?;
+            ids.sort();
+            for id in &ids {
+                let _ = write!(out, "?{id};");
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// A fresh look at the host, under the host lock: what the squeezer would see.
@@ -1371,12 +1513,19 @@ impl Service {
     }
 
     /// The diagnostics document (see [`crate::diagnostics`] and `docs/diagnostics.md`): host
-    /// free memory and slush, the ledger by session, every domain's range, target, actual,
+    /// free memory and slush, the ledger by session, the reservations waiting for memory (their
+    /// pending entries, as they are: a look drops nothing), every domain's range, target, actual,
     /// offset and (under the adaptive policy) measured rate and cooperation, the last decision
     /// and this service's counters. Read under the host lock, so it is one consistent look.
     pub fn diagnostics(&self) -> Result<Diagnostics> {
-        let (view, learnt, store_requests) = self.with_host(|model| {
+        let (view, learnt, store_requests, waiting) = self.with_host(|model| {
             let view = model.view()?;
+            let mut waiting = Vec::new();
+            let layout = &self.inner.layout;
+            model.platform().store.transaction(&mut |t| {
+                waiting = pending::peek(t, layout)?;
+                Ok(())
+            })?;
             let store_requests = model.platform().store_requests();
             let learner = self.inner.learner.lock();
             let learnt: Vec<_> = view
@@ -1388,7 +1537,7 @@ impl Service {
                     Some((c, b.track(d.domid).cloned()))
                 })
                 .collect();
-            Ok((view, learnt, store_requests))
+            Ok((view, learnt, store_requests, waiting))
         })?;
         let cfg = &self.inner.config;
         let recorder = self.inner.recorder.lock();
@@ -1479,6 +1628,21 @@ impl Service {
                 unallocated_initial_kib: view.unallocated_initial_kib,
             },
             sessions,
+            pending: waiting
+                .into_iter()
+                .map(|e| diagnostics::PendingReservation {
+                    waited_s: (view.time - e.since_s).max(0.0),
+                    owner_alive: e.owner.is_alive(),
+                    owner_pid: e.owner.pid,
+                    id: e.id,
+                    session: e.session,
+                    min_kib: e.min_kib,
+                    max_kib: e.max_kib,
+                    need_kib: e.need_kib,
+                    order: e.order,
+                    since_s: e.since_s,
+                })
+                .collect(),
             invalid_ledger_entries: view
                 .invalid_entries
                 .iter()

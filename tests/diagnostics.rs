@@ -68,7 +68,12 @@ fn the_document_of_a_busy_host_validates_against_the_schema_under_both_policies(
         service.reserve_memory("xenopsd", 1200 * MIB).unwrap();
         let d = doc(&service);
         assert_eq!(errors(&v, &d), Vec::<String>::new(), "{policy:?}: {d:#}");
-        assert_eq!(d["schema_version"], 1);
+        assert_eq!(d["schema_version"], 2);
+        assert_eq!(
+            d["pending"],
+            serde_json::json!([]),
+            "nothing waits once it returned"
+        );
         assert_eq!(
             d["policy"],
             if policy == Policy::Classic {
@@ -159,6 +164,7 @@ fn a_document_missing_a_field_or_with_an_unknown_one_does_not_validate() {
         &["host", "free_kib"],
         &["host", "slush_kib"],
         &["sessions"],
+        &["pending"],
         &["domains", "0", "target_kib"],
         &["domains", "0", "cooperation"],
         &["domains", "0", "offset_kib"],
@@ -184,7 +190,7 @@ fn a_document_missing_a_field_or_with_an_unknown_one_does_not_validate() {
     }
 
     let mut d = good.clone();
-    d["schema_version"] = 2.into();
+    d["schema_version"] = 1.into();
     assert!(!v.is_valid(&d), "another schema version validates");
     let mut d = good.clone();
     d["counters"]["store_reads"] = 1.into();
@@ -268,4 +274,123 @@ fn a_background_pass_that_hands_memory_back_is_the_last_decision() {
     assert!(da["target_kib"].as_i64().unwrap() > lowered);
     assert!(d["counters"]["target_writes"].as_u64().unwrap() > writes_before);
     assert_eq!(d["balancer"]["passes"], 1);
+}
+
+#[test]
+fn a_waiting_reservation_is_listed_as_pending_until_it_is_granted() {
+    use squeeze::backend::sim::Behaviour;
+    use squeeze::platform::Clock;
+    let v = validator();
+    for policy in [Policy::Classic, Policy::Adaptive] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHost::in_memory(small_host()).unwrap();
+        // A guest at 2 GiB that balloons down to 1 GiB at 8 MiB/s: 1 GiB free, of which
+        // 952 MiB above the 72 MiB slush. 1 GiB asked needs 72 MiB more: 9 s of ballooning.
+        booted_guest(
+            &fake,
+            GuestSpec {
+                behaviour: Behaviour::Ideal {
+                    rate_kib_per_s: 8 * MIB,
+                },
+                ..GuestSpec::ballooning(GIB, 2 * GIB)
+            },
+        );
+        let time = SharedTime::new(&fake);
+        let cfg = ServiceConfig {
+            policy,
+            ..config(dir.path())
+        };
+        let service = Service::new(time.platform(), cfg).unwrap();
+        let t0 = fake.now_s();
+        let (p_reserve, p_look) = (time.participant(), time.participant());
+        let waiting = {
+            let service = service.clone();
+            std::thread::spawn(move || {
+                p_reserve.enter();
+                service.reserve_memory("xenopsd", GIB)
+            })
+        };
+        // 5 s in, an operator looks.
+        let look = {
+            let (service, time) = (service.clone(), time.clone());
+            std::thread::spawn(move || {
+                p_look.enter();
+                time.sleep(5.0);
+                let d = doc(&service);
+                drop(p_look);
+                d
+            })
+        };
+        let during = look.join().unwrap();
+        let id = waiting.join().unwrap().unwrap();
+        assert!(fake.now_s() - t0 >= 9.0, "{policy:?}: served too soon");
+        assert_eq!(errors(&v, &during), Vec::<String>::new(), "{during:#}");
+        let pending = during["pending"].as_array().unwrap();
+        assert_eq!(pending.len(), 1, "{policy:?}: {during:#}");
+        let p = &pending[0];
+        assert_eq!(p["id"], id.as_str());
+        assert_eq!(p["session"], "xenopsd");
+        assert_eq!(p["min_kib"], GIB);
+        assert_eq!(p["max_kib"], GIB);
+        assert_eq!(p["need_kib"], GIB);
+        assert_eq!(p["order"], 1);
+        assert_eq!(p["since_s"], t0);
+        assert_eq!(p["waited_s"], 5.0);
+        assert_eq!(p["owner_pid"], std::process::id());
+        assert_eq!(p["owner_alive"], true);
+        // Waiting is not holding: the ledger has nothing yet.
+        assert_eq!(during["sessions"], serde_json::json!([]));
+        assert_eq!(during["host"]["reserved_kib"], 0);
+
+        let after = doc(&service);
+        assert_eq!(after["pending"], serde_json::json!([]));
+        assert_eq!(after["sessions"][0]["reservations"][0]["id"], id.as_str());
+        assert_eq!(after["sessions"][0]["total_kib"], GIB);
+    }
+}
+
+#[test]
+fn a_pending_entry_of_a_process_that_is_gone_is_listed_as_not_alive() {
+    use squeeze::platform::Store;
+    let (_dir, fake, service, _a, _b) = busy_host(Policy::Adaptive);
+    // What a killed caller leaves until the next round drops it: written as the library
+    // writes it, for a pid that cannot be running.
+    fake.write(
+        "/squeezed/pending/6d1f2a34-7a52-4b1e-9a8e-0c9f4d2b7e11",
+        r#"{"version":1,"session":"xl-4242","min_kib":262144,"max_kib":524288,"need_kib":393216,"order":7,"since_s":0.0,"owner":{"pid":4294967294,"start":1}}"#,
+    )
+    .unwrap();
+    let d = doc(&service);
+    assert_eq!(errors(&validator(), &d), Vec::<String>::new(), "{d:#}");
+    let p = &d["pending"][0];
+    assert_eq!(p["session"], "xl-4242");
+    assert_eq!(p["min_kib"], 256 * MIB);
+    assert_eq!(p["max_kib"], 512 * MIB);
+    assert_eq!(p["need_kib"], 384 * MIB);
+    assert_eq!(p["order"], 7);
+    assert_eq!(p["owner_pid"], 4_294_967_294u32);
+    assert_eq!(p["owner_alive"], false);
+    // The look changes nothing: the entry is still there for the next round to drop.
+    assert_eq!(doc(&service)["pending"], d["pending"]);
+}
+
+#[test]
+fn version_2_only_adds_the_pending_list_to_version_1() {
+    let v1: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/diagnostics.schema.v1.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(jsonschema::meta::is_valid(&v1));
+    let v1 = jsonschema::validator_for(&v1).unwrap();
+    let (_dir, _fake, service, _a, _b) = busy_host(Policy::Adaptive);
+    let mut d = doc(&service);
+    assert!(!v1.is_valid(&d), "a version 2 document passes as version 1");
+    // Without `pending` and with the old number, today's document is a version 1 document.
+    d.as_object_mut().unwrap().remove("pending").unwrap();
+    d["schema_version"] = 1.into();
+    assert_eq!(errors(&v1, &d), Vec::<String>::new());
 }

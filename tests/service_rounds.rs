@@ -52,6 +52,36 @@ fn service(dir: &std::path::Path, time: &Arc<SharedTime>, policy: Policy) -> Ser
     Service::new(time.platform(), cfg).unwrap()
 }
 
+/// A host whose callers share its clock: the directory of its lock file and boot-time record
+/// (kept as long as the service is used), the host, the shared clock and a service over it.
+struct Shared {
+    _dir: tempfile::TempDir,
+    fake: FakeHost,
+    time: Arc<SharedTime>,
+    svc: Service,
+}
+
+/// Puts `fake` on a shared clock (see [`SharedTime`]) with a service of `policy` over it.
+fn shared(fake: FakeHost, policy: Policy) -> Shared {
+    let dir = tempfile::tempdir().unwrap();
+    let time = SharedTime::new(&fake);
+    let svc = service(dir.path(), &time, policy);
+    Shared {
+        _dir: dir,
+        fake,
+        time,
+        svc,
+    }
+}
+
+/// 64 MiB free beyond the slush and one guest that can give 1 GiB at 8 MiB/s: 600 MiB takes
+/// about 75 s of ballooning.
+fn slow_guest_host() -> FakeHost {
+    let fake = host(&[2 * GIB], 64 * MIB);
+    guest(&fake, GIB, 2 * GIB, 8);
+    fake
+}
+
 /// What one concurrent call returned and when (simulated seconds since the calls started).
 struct Done {
     at_s: f64,
@@ -104,15 +134,24 @@ fn two_starts_host() -> FakeHost {
     fake
 }
 
+/// Runs `asks` at once (see [`reserve_at_once`]) on a fresh [`two_starts_host`]; returns the
+/// host afterwards and the calls.
+fn two_starts(policy: Policy, asks: &[(Kib, f64)]) -> (FakeHost, Vec<Done>) {
+    let h = shared(two_starts_host(), policy);
+    let done = reserve_at_once(&h.fake, &h.time, &h.svc, asks);
+    (h.fake, done)
+}
+
 #[test]
 fn a_quick_call_during_another_callers_ballooning_waits_for_one_round_at_most() {
     for policy in [Policy::Classic, Policy::Adaptive] {
-        let dir = tempfile::tempdir().unwrap();
         // Only the slow guest can give anything: 600 MiB at 8 MiB/s is 75 s of ballooning.
-        let fake = host(&[2 * GIB], 64 * MIB);
-        guest(&fake, GIB, 2 * GIB, 8);
-        let time = SharedTime::new(&fake);
-        let service = service(dir.path(), &time, policy);
+        let Shared {
+            fake,
+            time,
+            svc: service,
+            _dir,
+        } = shared(slow_guest_host(), policy);
         let other = service.reserve_memory("xl-1", 64 * MIB).unwrap();
         let t0 = fake.now_s();
         let slow = {
@@ -154,20 +193,12 @@ fn a_quick_call_during_another_callers_ballooning_waits_for_one_round_at_most() 
 fn a_small_vm_start_is_not_held_behind_a_big_slow_one() {
     for policy in [Policy::Classic, Policy::Adaptive] {
         // A (1.5 GiB) alone first, to know how long it takes.
-        let dir = tempfile::tempdir().unwrap();
-        let fake = two_starts_host();
-        let time = SharedTime::new(&fake);
-        let svc = service(dir.path(), &time, policy);
-        let alone = reserve_at_once(&fake, &time, &svc, &[(1536 * MIB, 0.0)]);
+        let (_, alone) = two_starts(policy, &[(1536 * MIB, 0.0)]);
         assert!(alone[0].ok);
         let alone_s = alone[0].at_s;
 
         // Then A and B (256 MiB) at once, on the same host afresh.
-        let dir = tempfile::tempdir().unwrap();
-        let fake = two_starts_host();
-        let time = SharedTime::new(&fake);
-        let svc = service(dir.path(), &time, policy);
-        let both = reserve_at_once(&fake, &time, &svc, &[(1536 * MIB, 0.0), (256 * MIB, 0.0)]);
+        let (fake, both) = two_starts(policy, &[(1536 * MIB, 0.0), (256 * MIB, 0.0)]);
         let (a, b) = (&both[0], &both[1]);
         assert!(a.ok && b.ok, "{policy}");
         eprintln!(
@@ -195,16 +226,14 @@ fn a_small_vm_start_is_not_held_behind_a_big_slow_one() {
 #[test]
 fn a_boot_storm_is_served_about_as_fast_as_the_guests_can_free_the_total() {
     for policy in [Policy::Adaptive, Policy::Classic] {
-        let dir = tempfile::tempdir().unwrap();
         // Four guests of 512 MiB..2.5 GiB at 50, 100, 150 and 200 MiB/s: together 500 MiB/s,
         // so the 4 GiB of eight 512 MiB starts takes them T* = 4096 / 500 = 8.2 s at best.
         let fake = host(&[2560 * MIB; 4], 0);
         for rate in [50, 100, 150, 200] {
             guest(&fake, 512 * MIB, 2560 * MIB, rate);
         }
-        let time = SharedTime::new(&fake);
-        let svc = service(dir.path(), &time, policy);
-        let done = reserve_at_once(&fake, &time, &svc, &[(512 * MIB, 0.0); 8]);
+        let h = shared(fake, policy);
+        let done = reserve_at_once(&h.fake, &h.time, &h.svc, &[(512 * MIB, 0.0); 8]);
         assert!(done.iter().all(|d| d.ok), "{policy}");
         let last = done.iter().map(|d| d.at_s).fold(0.0, f64::max);
         let t_star = 4096.0 / 500.0;
@@ -218,7 +247,7 @@ fn a_boot_storm_is_served_about_as_fast_as_the_guests_can_free_the_total() {
                 "{policy}: last served at {last} s"
             );
         }
-        let s = fake.snapshot().unwrap();
+        let s = h.fake.snapshot().unwrap();
         assert!(s.directory("/squeezed/pending").is_empty());
         assert_eq!(books(&s).reserved, 4 * GIB);
     }
@@ -227,12 +256,15 @@ fn a_boot_storm_is_served_about_as_fast_as_the_guests_can_free_the_total() {
 #[test]
 fn a_stream_of_small_starts_does_not_starve_a_big_one() {
     for policy in [Policy::Adaptive, Policy::Classic] {
-        let dir = tempfile::tempdir().unwrap();
         // 1 GiB free above the slush, and a guest that can give 1 GiB more at 16 MiB/s.
         let fake = host(&[2 * GIB], GIB);
         guest(&fake, GIB, 2 * GIB, 16);
-        let time = SharedTime::new(&fake);
-        let svc = service(dir.path(), &time, policy);
+        let Shared {
+            _dir,
+            fake,
+            time,
+            svc,
+        } = shared(fake, policy);
         let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let t0 = fake.now_s();
         // Six small VMs start, run 3 s, stop, and start again a second later, over and over:
@@ -337,12 +369,13 @@ fn a_pending_entry_never_counts_as_reserved_memory() {
 
 #[test]
 fn login_drops_the_session_s_pending_reservations_and_the_waiting_call_fails_clean() {
-    let dir = tempfile::tempdir().unwrap();
     // Only a slow guest can give the 600 MiB: the reservation waits about 75 s.
-    let fake = host(&[2 * GIB], 64 * MIB);
-    guest(&fake, GIB, 2 * GIB, 8);
-    let time = SharedTime::new(&fake);
-    let svc = service(dir.path(), &time, Policy::Adaptive);
+    let Shared {
+        _dir,
+        fake,
+        time,
+        svc,
+    } = shared(slow_guest_host(), Policy::Adaptive);
     let waiting = {
         let (p, svc) = (time.participant(), svc.clone());
         std::thread::spawn(move || {
@@ -464,12 +497,13 @@ fn a_request_that_fits_overtakes_a_big_one_until_the_big_one_has_waited_the_wind
 fn a_pending_reservation_that_is_cancelled_or_misses_its_deadline_leaves_nothing() {
     use squeeze::progress::{CancelToken, ReserveOptions};
     for policy in [Policy::Classic, Policy::Adaptive] {
-        let dir = tempfile::tempdir().unwrap();
         // 600 MiB from an 8 MiB/s guest: about 75 s of ballooning.
-        let fake = host(&[2 * GIB], 64 * MIB);
-        guest(&fake, GIB, 2 * GIB, 8);
-        let time = SharedTime::new(&fake);
-        let svc = service(dir.path(), &time, policy);
+        let Shared {
+            _dir,
+            fake,
+            time,
+            svc,
+        } = shared(slow_guest_host(), policy);
         // A deadline of 10 s.
         let r = svc.reserve_memory_with(
             "xenopsd",

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use squeeze::backend::fake::FakeHost;
+use squeeze::diagnostics::PendingReservation;
 use squeeze::guest_policy::{parse_keys, resolve, PolicyKeys, HOST_PREFIX, VM_PREFIX};
 use squeeze::host::HostView;
 use squeeze::platform::Platform;
@@ -171,6 +172,7 @@ fn mib(kib: Kib) -> String {
 /// The status table: host figures, then the ledger, then one line per domain (MiB).
 fn status_table(
     view: &HostView,
+    pending: &[PendingReservation],
     slush_kib: Kib,
     daemon: &DaemonState,
     out: &mut impl Write,
@@ -206,6 +208,28 @@ fn status_table(
     }
     for e in &view.invalid_entries {
         writeln!(out, "unreadable ledger entry {}: {}", e.path, e.why)?;
+    }
+    if !pending.is_empty() {
+        // Requests waiting for memory: not reserved yet, so not in the ledger above.
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:<16} {:<36} {:>13} {:>8}  owner",
+            "waiting", "reservation", "MiB", "waited"
+        )?;
+        for p in pending {
+            let size = if p.min_kib == p.max_kib {
+                mib(p.min_kib)
+            } else {
+                format!("{}..{}", mib(p.min_kib), mib(p.max_kib))
+            };
+            let owner = if p.owner_alive { "" } else { " (gone)" };
+            writeln!(
+                out,
+                "{:<16} {:<36} {:>13} {:>7.0}s  pid {}{owner}",
+                p.session, p.id, size, p.waited_s, p.owner_pid
+            )?;
+        }
     }
     writeln!(out)?;
     writeln!(
@@ -265,9 +289,11 @@ fn run_service(cmd: &AdminCommand) -> Result<String, Error> {
                 return service.get_diagnostics().map(|s| s + "\n");
             }
             let view = service.host_view()?;
+            let pending = service.diagnostics()?.pending;
             let daemon = daemon::state(&daemon::pid_file_for(host, pid_file.as_deref()));
             let mut out = Vec::new();
-            status_table(&view, service.get_host_reserved_memory(), &daemon, &mut out)
+            let slush = service.get_host_reserved_memory();
+            status_table(&view, &pending, slush, &daemon, &mut out)
                 .map_err(|e| Error::Backend(e.to_string()))?;
             Ok(String::from_utf8_lossy(&out).into_owned())
         }

@@ -216,7 +216,7 @@ fn status_json_is_the_diagnostics_document_and_validates_against_its_schema() {
     let validator = jsonschema::validator_for(&schema).unwrap();
     let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:?}\n{text}");
-    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["schema_version"], 2);
     assert_eq!(doc["host"]["reserved_kib"], 13_631_488);
     // The same document the library gives a client of the same host (counters aside: they
     // are each process's own).
@@ -307,4 +307,76 @@ fn guest_policy_writes_a_range_from_the_vm_config_and_the_host_defaults() {
     );
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot read /nonexistent"));
+}
+
+#[test]
+fn status_lists_the_reservations_waiting_for_memory_and_whose_owner_is_gone() {
+    use squeeze::pending::{Entry, Owner, VERSION};
+    use squeeze::platform::Store;
+    let dir = fake_host();
+    // The first run records host free memory at boot (three samples, 2 s of the fake's time).
+    squeeze(dir.path(), &["status"]);
+    let fake = FakeHost::open(dir.path()).unwrap();
+    let now = squeeze::platform::Clock::now(&fake);
+    let entry = |id: &str, session: &str, min: i64, max: i64, order, owner| Entry {
+        version: VERSION,
+        id: id.into(),
+        session: session.into(),
+        min_kib: min,
+        max_kib: max,
+        need_kib: max,
+        order,
+        since_s: now,
+        owner,
+    };
+    // This test's process waits for 1 GiB; a process that is gone waited for 256..512 MiB.
+    let waiting = [
+        entry(
+            "0b7c3e52-93c4-4bd6-8f0e-6a1f4f5d2c10",
+            "xenopsd",
+            1 << 20,
+            1 << 20,
+            1,
+            Owner::this_process(),
+        ),
+        entry(
+            "5d0a1f3e-2b6c-4e8f-9a7d-1c2b3a4d5e6f",
+            "xl-4242",
+            256 << 10,
+            512 << 10,
+            2,
+            Owner {
+                pid: u32::MAX - 1,
+                start: 1,
+            },
+        ),
+    ];
+    for e in &waiting {
+        let path = format!("/squeezed/pending/{}", e.id);
+        fake.write(&path, &serde_json::to_string(e).unwrap())
+            .unwrap();
+    }
+    fake.advance(12.0).unwrap();
+    let status = squeeze(dir.path(), &["status"]);
+    // Waiting is not holding: the ledger is empty, the requests are listed apart.
+    assert!(status.contains("no reservations"), "{status}");
+    let mine = line_with(&status, "xenopsd");
+    assert!(mine.contains(waiting[0].id.as_str()), "{status}");
+    assert!(mine.contains(" 1024.0 "), "{status}");
+    assert!(mine.contains(" 12s "), "{status}");
+    assert!(
+        mine.ends_with(&format!("pid {}", std::process::id())),
+        "{status}"
+    );
+    let gone = line_with(&status, "xl-4242");
+    assert!(gone.contains(" 256.0..512.0 "), "{status}");
+    assert!(
+        gone.ends_with(&format!("pid {} (gone)", u32::MAX - 1)),
+        "{status}"
+    );
+    // And in the document.
+    let doc: serde_json::Value =
+        serde_json::from_str(&squeeze(dir.path(), &["status", "--json"])).unwrap();
+    assert_eq!(doc["pending"][0]["waited_s"], 12.0);
+    assert_eq!(doc["pending"][1]["owner_alive"], false);
 }

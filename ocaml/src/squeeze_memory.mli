@@ -191,8 +191,8 @@ val get_host_initial_free_memory : service -> int64
 val get_diagnostics : service -> string
 (** The diagnostics JSON document (versioned; its fields are described in
     docs/diagnostics.md and its schema is docs/diagnostics.schema.json): host free memory and
-    slush, the reservations by session, every domain's range, target, actual and offset, the
-    last decision, counters and settings. *)
+    slush, the reservations by session, the reservations waiting for memory, every domain's
+    range, target, actual and offset, the last decision, counters and settings. *)
 
 (** {1 The background balancer} *)
 

@@ -92,6 +92,7 @@ let cancelling_stops_a_reservation () =
   | exception Cancelled -> () ) ;
   Check.int ~what:"reports before it stopped" 2 !reports ;
   Check.is_true ~what:"nothing reserved" (contains (get_diagnostics s) "\"sessions\": []") ;
+  Check.is_true ~what:"nothing left waiting" (contains (get_diagnostics s) "\"pending\": []") ;
   (* A handle cancelled beforehand stops the next reservation at its first wait. *)
   ( match reserve_memory_range_with s ~cancel "xenopsd" (4L * gib) (4L * gib) with
   | _ -> Check.fail "a reservation with a cancelled handle succeeded"

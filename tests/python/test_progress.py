@@ -3,6 +3,7 @@ cancellation from another thread, and the diagnostics document against its schem
 KiB; GiB = 1 << 20."""
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def test_the_diagnostics_validate_against_the_published_schema(slow):
     schema = json.loads(SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(diag, schema, cls=jsonschema.Draft202012Validator)
-    assert diag["schema_version"] == 1
+    assert diag["schema_version"] == 2
     assert {s["session"]: s["total_kib"] for s in diag["sessions"]} == {
         "xenopsd": GIB,
         "xl-7": 2 * GIB,
@@ -114,6 +115,45 @@ def test_the_diagnostics_validate_against_the_published_schema(slow):
     del diag["counters"]["target_writes"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(diag, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_a_waiting_reservation_is_in_the_diagnostics_as_pending_until_granted(slow, tmp_path):
+    host, service, _ = slow
+    # A second client of the same host looks, from another thread, while the first one waits
+    # for the guest (outside the host lock, where progress is reported).
+    with squeeze.Service(
+        host, lock_path=tmp_path / "host.lock", boot_time_record_path=tmp_path / "boot"
+    ) as other:
+        looks = []
+        waiting, looked = threading.Event(), threading.Event()
+
+        def looker():
+            waiting.wait(30)
+            looks.append(other.get_diagnostics())
+            looked.set()
+
+        def hold_on(progress):
+            if not waiting.is_set():
+                waiting.set()
+                looked.wait(30)
+
+        t = threading.Thread(target=looker)
+        t.start()
+        rid = service.reserve_memory("xenopsd", 3 * GIB + 512 * MIB, progress=hold_on)
+        t.join()
+        (during,) = looks
+        schema = json.loads(SCHEMA.read_text())
+        jsonschema.validate(during, schema, cls=jsonschema.Draft202012Validator)
+        (p,) = during["pending"]
+        assert p["id"] == rid and p["session"] == "xenopsd"
+        assert p["min_kib"] == p["max_kib"] == p["need_kib"] == 3 * GIB + 512 * MIB
+        assert p["owner_alive"] and p["owner_pid"] == os.getpid()
+        assert p["waited_s"] >= 0
+        # Waiting is not holding: nothing in the ledger yet.
+        assert during["sessions"] == []
+        after = other.get_diagnostics()
+        assert after["pending"] == []
+        assert [r["id"] for s in after["sessions"] for r in s["reservations"]] == [rid]
 
 
 def test_a_deadline_the_guest_cannot_meet_raises_early_saying_when(slow):
