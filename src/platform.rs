@@ -292,12 +292,26 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> f64 {
         // The wall clock can step backwards; squeezed uses it, but the monotonic clock is what
-        // stuckness timing needs. Its origin is this process's first call.
-        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        ORIGIN
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_secs_f64()
+        // stuckness timing needs. CLOCK_BOOTTIME counts from the host's boot, so every process
+        // on the host reads the same time: pending reservations record when they started
+        // waiting, and another process's round compares that with its own now.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on every Linux
+        // kernel this crate supports (2.6.39 and later).
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        if rc == 0 {
+            ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+        } else {
+            // Not reachable on Linux; a process-local monotonic clock keeps timing sane.
+            static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            ORIGIN
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_secs_f64()
+        }
     }
 
     fn sleep(&self, seconds: f64) {
@@ -334,6 +348,20 @@ impl std::fmt::Debug for Platform {
 #[cfg(test)]
 mod tests {
     use super::pages;
+
+    #[test]
+    fn every_process_on_the_host_reads_the_same_system_clock() {
+        use super::Clock;
+        // Seconds since boot, as /proc/uptime says (it counts suspended time too): not since
+        // this process's first call, so a time one process writes into the store means the
+        // same to another.
+        let uptime = |s: String| s.split_whitespace().next().unwrap().parse::<f64>().unwrap();
+        let before = uptime(std::fs::read_to_string("/proc/uptime").unwrap());
+        let now = super::SystemClock.now();
+        let after = uptime(std::fs::read_to_string("/proc/uptime").unwrap());
+        assert!(now >= before - 0.02 && now <= after + 0.02, "{before} <= {now} <= {after}");
+        assert!(now > 1.0, "{now}");
+    }
 
     #[test]
     fn a_clock_set_back_an_hour_neither_freezes_time_nor_turns_it_back() {
