@@ -359,7 +359,10 @@ mod tests {
         let before = uptime(std::fs::read_to_string("/proc/uptime").unwrap());
         let now = super::SystemClock.now();
         let after = uptime(std::fs::read_to_string("/proc/uptime").unwrap());
-        assert!(now >= before - 0.02 && now <= after + 0.02, "{before} <= {now} <= {after}");
+        assert!(
+            now >= before - 0.02 && now <= after + 0.02,
+            "{before} <= {now} <= {after}"
+        );
         assert!(now > 1.0, "{now}");
     }
 
