@@ -295,23 +295,8 @@ impl Clock for SystemClock {
         // stuckness timing needs. CLOCK_BOOTTIME counts from the host's boot, so every process
         // on the host reads the same time: pending reservations record when they started
         // waiting, and another process's round compares that with its own now.
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on every Linux
-        // kernel this crate supports (2.6.39 and later).
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        if rc == 0 {
-            ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-        } else {
-            // Not reachable on Linux; a process-local monotonic clock keeps timing sane.
-            static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-            ORIGIN
-                .get_or_init(std::time::Instant::now)
-                .elapsed()
-                .as_secs_f64()
-        }
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
     }
 
     fn sleep(&self, seconds: f64) {
