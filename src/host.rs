@@ -56,6 +56,10 @@ use crate::reservations::{self, InvalidEntry, Layout, Reservation};
 /// memory domain creation takes.
 pub const DEFAULT_SLUSH_KIB: Kib = (64 << 10) + (8 << 10);
 
+/// How often a look reads Xen's claims again when one may have been made during it (see
+/// [`HostModel::view`]).
+const CLAIM_RE_READS: usize = 4;
+
 /// How close to the slush counts as balanced (squeezed's value).
 pub const DEFAULT_FREE_MEMORY_TOLERANCE_KIB: Kib = 512;
 
@@ -737,6 +741,8 @@ impl HostModel {
         let mut offsets_to_write: Vec<(DomId, Kib, Option<Kib>)> = Vec::new();
         let mut drifts = Vec::new();
         let mut just_booted_with_claim = Vec::new();
+        // Domains counted at their initial reservation: (index in `views`, the claim counted).
+        let mut unborn: Vec<(usize, Kib)> = Vec::new();
         self.quiet.retain(|domid, _| keys.contains_key(domid));
         for info in &candidates {
             let k = &keys[&info.domid];
@@ -758,6 +764,9 @@ impl HostModel {
             }
             if view.booted && info.outstanding_pages > 0 {
                 just_booted_with_claim.push(info.domid);
+            }
+            if unallocated > 0 {
+                unborn.push((views.len(), pages::to_kib(info.outstanding_pages)?));
             }
             known.insert(info.domid, Known::new(info, k, calibrated, at_boot)?);
             if let Some(offset) = calibrated {
@@ -802,7 +811,45 @@ impl HostModel {
         // moment of this look: read in this order, such memory is counted twice (still owed by
         // the domain and no longer free), which is safe. Read the other way round it would be
         // counted as free and as no longer owed, and could be promised to someone else.
-        let phys = hv.physinfo()?;
+        let mut phys = hv.physinfo()?;
+        // A domain builder claims the new domain's memory (libxl does, with claim_mode on) at
+        // the start of its build, which may fall inside this look: then Xen's outstanding pages
+        // hold the claim, but the domain's outstanding pages read at the start did not, and
+        // the same memory counts twice, as claimed and as initial reservation still owed (a
+        // whole VM's memory, for one look: enough for a balance to shrink every guest to its
+        // minimum). So the claims of domains counted at their initial reservation are read
+        // again, between two reads of Xen's total that agree (at most a few tries, each a
+        // couple of hypercalls; failing that, the safe double count stays).
+        if !unborn.is_empty() {
+            for _ in 0..CLAIM_RE_READS {
+                let again = hv.domains()?;
+                let after = hv.physinfo()?;
+                let steady = after.outstanding_pages == phys.outstanding_pages;
+                phys = after;
+                if !steady {
+                    continue;
+                }
+                for &(i, counted) in &unborn {
+                    let view = &mut views[i];
+                    let Some(claim) = again.iter().find(|d| d.domid == view.domid) else {
+                        continue;
+                    };
+                    let claim = pages::to_kib(claim.outstanding_pages)?;
+                    // Only a claim that grew: one that shrank was used to build the domain,
+                    // and its pages are counted as the domain's from the first read.
+                    let cut = (claim - counted).clamp(0, view.unallocated_reservation_kib);
+                    if cut > 0 {
+                        debug!(
+                            "domain {}: claimed {claim} KiB during the look; counting it once",
+                            view.domid
+                        );
+                        view.unallocated_reservation_kib -= cut;
+                        unallocated_total -= cut;
+                    }
+                }
+                break;
+            }
+        }
         let reserved = reservations::unbacked_kib(&ledger, &alive)?;
         let page_kib = |p: u64| pages::to_kib(p);
         let xen_free = page_kib(phys.free_pages)?;

@@ -206,3 +206,84 @@ fn a_claimed_domain_that_dies_gives_everything_back() {
     assert_eq!((v.outstanding_kib, v.reserved_kib), (0, 0));
     assert_eq!(v.free_kib, 3 * GIB);
 }
+
+/// The fake host's hypervisor, with a domain builder that claims memory for its domain at one
+/// chosen moment: just before the second read of Xen's totals from now (a look reads them once
+/// to wait for the scrubber, then once after the domains and the store), i.e. in the middle of
+/// the next look.
+struct ClaimDuringLook {
+    inner: std::sync::Arc<dyn Hypervisor>,
+    /// The domain, the pages, and how many reads of the totals to let pass first.
+    claim: std::sync::Mutex<Option<(DomId, u64, u32)>>,
+}
+
+impl Hypervisor for ClaimDuringLook {
+    fn domains(&self) -> squeeze::Result<Vec<squeeze::platform::DomainInfo>> {
+        self.inner.domains()
+    }
+    fn domain(&self, domid: DomId) -> squeeze::Result<Option<squeeze::platform::DomainInfo>> {
+        self.inner.domain(domid)
+    }
+    fn physinfo(&self) -> squeeze::Result<squeeze::platform::PhysInfo> {
+        let mut claim = self.claim.lock().unwrap();
+        match *claim {
+            Some((domid, pages, 0)) => {
+                *claim = None;
+                self.inner.claim_pages(domid, pages)?;
+            }
+            Some((domid, pages, n)) => *claim = Some((domid, pages, n - 1)),
+            None => {}
+        }
+        self.inner.physinfo()
+    }
+    fn shadow_allocation_mib(&self, domid: DomId) -> squeeze::Result<u64> {
+        self.inner.shadow_allocation_mib(domid)
+    }
+    fn set_maxmem_kib(&self, domid: DomId, kib: Kib) -> squeeze::Result<()> {
+        self.inner.set_maxmem_kib(domid, kib)
+    }
+    fn claim_pages(&self, domid: DomId, pages: u64) -> squeeze::Result<()> {
+        self.inner.claim_pages(domid, pages)
+    }
+}
+
+#[test]
+fn a_claim_made_while_the_host_is_looked_at_is_counted_once() {
+    // Seen on a real host: xl's build claimed the new domain's 300 MiB while the daemon looked,
+    // the look counted them as claimed and as still owed to the domain, found 225 MiB less
+    // than nothing free, and its balance shrank both guests to their dynamic-min.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeHost::in_memory(small_host()).unwrap();
+    let hv = std::sync::Arc::new(ClaimDuringLook {
+        inner: fake.platform().hypervisor,
+        claim: std::sync::Mutex::new(None),
+    });
+    let platform = squeeze::platform::Platform {
+        hypervisor: hv.clone(),
+        ..fake.platform()
+    };
+    let service = Service::new(platform, config(dir.path())).unwrap();
+    booted_guest(&fake, GuestSpec::ballooning(512 * MIB, GIB));
+    // 2 GiB free. A VM's 300 MiB are reserved and handed to its domain, not yet built.
+    service.login("xl").unwrap();
+    let id = service.reserve_memory("xl", 300 * MIB).unwrap();
+    let domid = fake.create_domain(GuestSpec::fixed(300 * MIB)).unwrap();
+    service
+        .transfer_reservation_to_domain("xl", &id, domid)
+        .unwrap();
+    let before = service.host_view().unwrap();
+    assert_eq!(before.free_kib, 2 * GIB - 300 * MIB);
+    assert_eq!(before.unallocated_initial_kib, 300 * MIB);
+
+    // The builder claims the 300 MiB while the next look is under way.
+    *hv.claim.lock().unwrap() = Some((domid, pages(300 * MIB), 1));
+    let during = service.host_view().unwrap();
+    assert_eq!(outstanding_kib(&fake, domid), 300 * MIB);
+    assert_eq!(during.outstanding_kib, 300 * MIB);
+    // Counted once: claimed, no longer owed on top (without the second read of the claims,
+    // 2 GiB − 600 MiB).
+    assert_eq!(during.unallocated_initial_kib, 0);
+    assert_eq!(during.free_kib, 2 * GIB - 300 * MIB);
+    let after = service.host_view().unwrap();
+    assert_eq!(after.free_kib, 2 * GIB - 300 * MIB);
+}
