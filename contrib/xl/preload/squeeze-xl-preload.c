@@ -20,7 +20,7 @@
  * libvirt's domain start use); an asynchronous one, or SQUEEZE_PRELOAD=off in the
  * environment, goes straight to libxl. SQUEEZE_PRELOAD=verbose says on stderr what was
  * reserved and when it was handed over, with the library's own log (targets set, guests
- * judged) at info level. Set autoballoon="off" in xl.conf so that xl's own
+ * judged) at info level; SQUEEZE_PRELOAD=debug adds its debug records (each look at the host). Set autoballoon="off" in xl.conf so that xl's own
  * freemem() does not shrink dom0 first.
  *
  * Copyright the squeeze authors. LGPL-2.1-or-later.
@@ -172,8 +172,9 @@ int libxl_domain_create_new(libxl_ctx *ctx, libxl_domain_config *d_config,
         warn("cannot size the new domain", "libxl_domain_need_memory failed");
         return ERROR_FAIL;
     }
-    if (mode && !strcmp(mode, "verbose"))
-        sqz_set_log_callback(log_to_stderr, NULL, SQZ_LOG_INFO);
+    if (mode && (!strcmp(mode, "verbose") || !strcmp(mode, "debug")))
+        sqz_set_log_callback(log_to_stderr, NULL,
+                             strcmp(mode, "debug") ? SQZ_LOG_INFO : SQZ_LOG_DEBUG);
     if (sqz_service_new_xen(NULL, &svc) || sqz_login(svc, session) ||
         sqz_reserve_memory(svc, session, (int64_t)need_memkb, id)) {
         fprintf(stderr, "squeeze: cannot reserve %" PRIu64 " KiB for the domain: %s\n",
@@ -183,7 +184,7 @@ int libxl_domain_create_new(libxl_ctx *ctx, libxl_domain_config *d_config,
     }
 
     struct pending p = { .svc = svc, .session = session, .id = id,
-                         .verbose = mode && !strcmp(mode, "verbose") };
+                         .verbose = mode && (!strcmp(mode, "verbose") || !strcmp(mode, "debug")) };
     if (p.verbose)
         fprintf(stderr, "squeeze: reserved %" PRIu64 " KiB (reservation %s, session %s)\n",
                 need_memkb, id, session);
