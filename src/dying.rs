@@ -4,12 +4,11 @@
 //! When a domain is destroyed, Xen gives its pages back to the free pool over a while (it
 //! relinquishes them in preemptible chunks, driven by the toolstack's destroy loop): seconds
 //! for a large domain, longer on a loaded host. Meanwhile the domain is listed as dying and its
-//! pages are neither free nor any guest's. A reservation made in that window (a VM restarted,
-//! or a create retried right after a failed one) sees too little free memory; squeezed, and
-//! this library before, shrank the guests for it, and once the dying domain was gone the
-//! surplus sat free until the next balance handed it back. Seen on a real host: a 300 MiB
-//! create right after a failed one shrank two guests to their dynamic-min (256 → 128 MiB
-//! each) where 187 MiB each was enough.
+//! pages are neither free nor any guest's. A reservation made in that window (a VM rebooted
+//! by a toolstack that destroys the old domain and creates the new one, or a create retried
+//! right after a failed one) sees too little free memory; squeezed, and this library before,
+//! shrank the guests for it and, once the dying domain was gone, gave the surplus back: every
+//! guest's balloon driver worked twice for nothing.
 //!
 //! The rule ([`DyingWait::wait`]): a reservation that the memory dying domains hold would
 //! cover, together with what is free, waits round by round (outside the host lock) instead of
