@@ -1574,6 +1574,14 @@ sqz_status sqz_service_config_set_boot_time_record_path(struct sqz_service_confi
 sqz_status sqz_service_config_set_lock_timeout(struct sqz_service_config *c, double seconds);
 
 /**
+ * Sets the longest a reservation waits, in all, for memory that dying domains are giving
+ * back before guests are ballooned for it (default 60; 0 never waits, as squeezed). The wait
+ * ends sooner when the dying domains give less than 4 MiB back in 5 s. Errors: `c` NULL, or
+ * `seconds` negative, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`, unchanged.
+ */
+sqz_status sqz_service_config_set_dying_wait(struct sqz_service_config *c, double seconds);
+
+/**
  * Sets the seconds between two checks of the background balancer (default 10). Errors: `c`
  * NULL, or `seconds` not above 0, above 86400, NaN or infinite → `SQZ_ERR_INVALID_ARGUMENT`,
  * unchanged.

@@ -293,6 +293,10 @@ pub struct HostView {
     pub unallocated_initial_kib: Kib,
     /// Host free memory as the squeezer sees it, in KiB.
     pub free_kib: Kib,
+    /// Pages that dying domains still hold, in KiB: on their way back to the free pool as Xen
+    /// relinquishes them, and not counted in `free_kib` until they are back.
+    #[serde(default)]
+    pub dying_kib: Kib,
     /// Every domain looked at.
     pub domains: Vec<DomainView>,
     /// The ledger.
@@ -855,6 +859,14 @@ impl HostModel {
         let xen_free = page_kib(phys.free_pages)?;
         let scrub = page_kib(phys.scrub_pages)?;
         let outstanding = page_kib(phys.outstanding_pages)?;
+        let dying = kib::sum(
+            infos
+                .iter()
+                .filter(|d| d.dying && d.domid != 0)
+                .map(|d| page_kib(d.tot_pages))
+                .collect::<Result<Vec<Kib>>>()?,
+            "memory of dying domains",
+        )?;
         let free = kib::sub(
             kib::add(xen_free, scrub, "host free memory")?,
             kib::sum(
@@ -881,6 +893,7 @@ impl HostModel {
             reserved_kib: reserved,
             unallocated_initial_kib: unallocated_total,
             free_kib: free,
+            dying_kib: dying,
             domains: views,
             reservations: ledger,
             invalid_entries: invalid,
@@ -891,9 +904,10 @@ impl HostModel {
             host,
         };
         debug!(
-            "host: F{} S{} O{} H{} R{} U{} T{} -> free {} KiB",
+            "host: F{} S{} D{} O{} H{} R{} U{} T{} -> free {} KiB",
             view.xen_free_kib,
             view.scrub_kib,
+            view.dying_kib,
             view.outstanding_kib,
             view.shared_kib,
             view.reserved_kib,

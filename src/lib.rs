@@ -50,6 +50,7 @@ pub mod balancer;
 pub mod diagnostics;
 pub mod domain_zero;
 pub mod driver;
+pub mod dying;
 pub mod engine;
 pub mod error;
 pub mod ffi;

@@ -89,7 +89,14 @@ pub struct ServiceConfig {
     pub adaptive: AdaptiveOptions,
     /// How domain 0's memory is managed (default: fixed, as squeezed's default).
     pub domain_zero: DomainZeroPolicy,
+    /// Longest a reservation waits, in all, for memory that dying domains are giving back
+    /// before guests are ballooned for it (see [`crate::dying`]); 0 never waits, as squeezed.
+    pub dying_wait_s: f64,
 }
+
+/// Default of [`ServiceConfig::dying_wait_s`]: a minute. Waiting stops sooner if the dying
+/// domains give nothing back for [`crate::dying::STALL_S`].
+pub const DEFAULT_DYING_WAIT_S: f64 = 60.0;
 
 impl Default for ServiceConfig {
     fn default() -> Self {
@@ -105,6 +112,7 @@ impl Default for ServiceConfig {
             policy: Policy::Adaptive,
             adaptive: AdaptiveOptions::default(),
             domain_zero: DomainZeroPolicy::Fixed,
+            dying_wait_s: DEFAULT_DYING_WAIT_S,
         }
     }
 }
@@ -122,6 +130,7 @@ impl ServiceConfig {
         check_interval("boot_time_interval_s", self.boot_time_interval_s)?;
         check_interval("balance_interval_s", self.balance_interval_s)?;
         check_interval("lock_timeout_s", self.lock_timeout_s)?;
+        check_interval("dying_wait_s", self.dying_wait_s)?;
         if self.lock_timeout_s == 0.0 {
             return Err(Error::InvalidArgument(
                 "lock_timeout_s must be above 0".into(),
@@ -331,6 +340,8 @@ struct Call<'s> {
     clock: driver::Clock,
     op: Option<crate::adaptive::Operation>,
     deadline_s: Option<f64>,
+    /// Its wait for memory dying domains give back.
+    dying: crate::dying::DyingWait,
 }
 
 /// How a round of a reservation ended.
@@ -708,6 +719,7 @@ impl Service {
             clock: driver::Clock::default(),
             op: None,
             deadline_s,
+            dying: Default::default(),
         };
         let started = self.inner.clock.now();
         let result = loop {
@@ -1000,6 +1012,23 @@ impl Service {
         } else {
             kib::add(own_required, others_kib, "memory to free")?
         };
+        // Memory dying domains are giving back covers it: wait for that instead of asking
+        // guests for it (see crate::dying).
+        let dying_kib = model.last_view().map_or(0, |v| v.dying_kib);
+        if call
+            .dying
+            .wait(dying_kib, usable(&host), required, now, cfg.dying_wait_s)
+        {
+            debug!(
+                "reservation {}: waiting for {dying_kib} KiB that dying domains are giving back ({:.1} s so far)",
+                call.id,
+                call.dying.waited_s(now)
+            );
+            self.write_entry(call, now)?;
+            self.publish_round(model)?;
+            return Ok(RoundEnd::Wait(crate::dying::POLL_S));
+        }
+        let mut io = watch.on(model);
         let enough = kib::add(call.ask.min_kib, slush, "minimum free memory")?;
         let mut success = |free: Kib| free >= enough;
         let (maxmem, targets, outcome, next_look_s) = if adaptive {

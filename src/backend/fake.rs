@@ -138,6 +138,10 @@ struct Guest {
     last_update: f64,
     last_target: Option<Kib>,
     last_target_change: f64,
+    /// While dying: the pages it gives back per second (see
+    /// [`FakeHost::destroy_domain_over`]).
+    #[serde(default)]
+    releasing_pages_per_s: Option<f64>,
 }
 
 /// A safety rule something broke on the fake host.
@@ -386,6 +390,7 @@ impl FakeHost {
                     last_update: now,
                     last_target: None,
                     last_target_change: now,
+                    releasing_pages_per_s: None,
                 },
             );
             let dir = format!("/local/domain/{domid}");
@@ -580,6 +585,42 @@ impl FakeHost {
         })
     }
 
+    /// Destroys a domain as Xen does under load: it is dying at once (its store directory
+    /// goes, `@releaseDomain` fires) but gives its pages back to the host evenly over
+    /// `seconds` of simulated time, as the hypervisor relinquishes them, and disappears once
+    /// it holds none. `seconds` of 0 is [`destroy_domain`](FakeHost::destroy_domain);
+    /// infinite, a domain stuck dying (some backend still maps its pages).
+    pub fn destroy_domain_over(&self, domid: DomId, seconds: f64) -> Result<()> {
+        if seconds.is_nan() || seconds < 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "cannot take {seconds} s to destroy a domain"
+            )));
+        }
+        if seconds == 0.0 {
+            return self.destroy_domain(domid);
+        }
+        if domid == 0 {
+            return Err(Error::InvalidArgument(
+                "domain 0 cannot be destroyed".into(),
+            ));
+        }
+        self.with(true, |s| {
+            let now = s.time;
+            let g = s.guest_mut(domid)?;
+            if g.info.dying {
+                return Err(Error::InvalidArgument(format!(
+                    "domain {domid} is already dying"
+                )));
+            }
+            g.info.dying = true;
+            g.last_update = now;
+            g.releasing_pages_per_s = Some(g.info.tot_pages as f64 / seconds);
+            s.rm(&format!("/local/domain/{domid}"))?;
+            s.changed(RELEASE_DOMAIN);
+            Ok(())
+        })
+    }
+
     /// Lets `seconds` of simulated time pass, moving every guest.
     /// Refused (the clock unchanged) when `seconds` is negative or not finite, or would take the
     /// clock past [`MAX_TIME_S`].
@@ -744,6 +785,7 @@ impl State {
                 last_update: 0.0,
                 last_target: None,
                 last_target_change: 0.0,
+                releasing_pages_per_s: None,
             },
         );
         let mut s = State {
@@ -848,6 +890,24 @@ impl State {
         let domids: Vec<DomId> = self.domains.keys().copied().collect();
         for domid in domids {
             let g = &self.domains[&domid];
+            if let (true, Some(rate)) = (g.info.dying, g.releasing_pages_per_s) {
+                // Whole pages, as many as the time since the last update allows.
+                let due = ((now - g.last_update) * rate).floor();
+                if due >= 1.0 || g.info.tot_pages == 0 {
+                    let back = (due as u64).min(g.info.tot_pages);
+                    let g = self.guest_mut(domid)?;
+                    g.info.tot_pages -= back;
+                    g.last_update = now;
+                    let gone = g.info.tot_pages == 0;
+                    let shadow = g.shadow_mib;
+                    self.free_pages += back;
+                    if gone {
+                        self.domains.remove(&domid);
+                        self.free_pages += pages::from_kib(shadow as Kib * 1024)?;
+                    }
+                }
+                continue;
+            }
             if domid == 0 || g.info.paused || g.info.shutdown || g.info.dying {
                 continue;
             }

@@ -259,3 +259,15 @@ def test_a_lock_held_by_a_hung_process_ends_the_wait_after_lock_timeout_s(host, 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_wait_for_dying_domains_is_a_setting_and_zero_switches_it_off(host, tmp_path):
+    lock = tmp_path / "host.lock"
+    for bad in (-1, float("nan"), float("inf"), 86401):
+        with pytest.raises(squeeze.InvalidArgument, match="dying domains"):
+            squeeze.Service(host, lock_path=lock, dying_wait_s=bad)
+    with pytest.raises(TypeError):
+        squeeze.Service(host, lock_path=lock, dying_wait_s="soon")
+    for ok in (0, 120.5):
+        with squeeze.Service(host, lock_path=lock, dying_wait_s=ok) as s:
+            s.login("xenopsd")

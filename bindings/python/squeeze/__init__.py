@@ -1093,7 +1093,7 @@ class _ServiceConfig:
 
     def __init__(
         self, lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
-        domain_zero=None, lock_timeout_s=None,
+        domain_zero=None, lock_timeout_s=None, dying_wait_s=None,
     ):
         self._cfg = ctypes.c_void_p()
         _check(lib.sqz_service_config_new(ctypes.byref(self._cfg)))
@@ -1112,6 +1112,9 @@ class _ServiceConfig:
             if lock_timeout_s is not None:
                 s = _seconds("lock_timeout_s", lock_timeout_s)
                 _check(lib.sqz_service_config_set_lock_timeout(cfg, s))
+            if dying_wait_s is not None:
+                s = _seconds("dying_wait_s", dying_wait_s)
+                _check(lib.sqz_service_config_set_dying_wait(cfg, s))
             with _OptionsHandle(options) as o:
                 _check(lib.sqz_service_config_set_options(cfg, o))
             if domain_zero is not None:
@@ -1142,7 +1145,9 @@ class Service(_Handle):
     squeezer for the service's life; see :meth:`cooperation`) or POLICY_CLASSIC (squeezed's
     algorithm, a fresh squeezer per call). ``domain_zero`` (a :class:`DomainZero`; default fixed)
     says whether domain 0 is ballooned. ``lock_timeout_s`` bounds the wait for the host lock
-    (default 60 s; then :class:`BackendError`). Use as a context manager, or call
+    (default 60 s; then :class:`BackendError`). ``dying_wait_s`` bounds how long a reservation
+    waits for memory that dying domains are giving back before guests are ballooned for it
+    (default 60 s; 0 never waits, as squeezed). Use as a context manager, or call
     :meth:`close`. Thread-safe."""
 
     _free = staticmethod(lib.sqz_service_free)
@@ -1158,6 +1163,7 @@ class Service(_Handle):
         policy: Optional[int] = None,
         domain_zero: Optional[DomainZero] = None,
         lock_timeout_s: Optional[float] = None,
+        dying_wait_s: Optional[float] = None,
     ):
         super().__init__()
         if policy is not None and (
@@ -1168,7 +1174,9 @@ class Service(_Handle):
             raise TypeError(f"fake must be a squeeze.FakeHost, not {type(fake).__name__}")
         settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
                     domain_zero)
-        with _ServiceConfig(*settings, lock_timeout_s=lock_timeout_s) as cfg:
+        with _ServiceConfig(
+            *settings, lock_timeout_s=lock_timeout_s, dying_wait_s=dying_wait_s
+        ) as cfg:
             if policy is not None:
                 _check(lib.sqz_service_config_set_policy(cfg, policy))
             _check(lib.sqz_service_new_fake(fake._ptr(), cfg, ctypes.byref(self._handle)))
@@ -1184,6 +1192,7 @@ class Service(_Handle):
         policy: Optional[int] = None,
         domain_zero: Optional[DomainZero] = None,
         lock_timeout_s: Optional[float] = None,
+        dying_wait_s: Optional[float] = None,
     ) -> "Service":
         """The service over this host's Xen (libxenctrl and xenstored). Raises
         :class:`Unsupported` when libsqueeze was built without Xen support (cargo feature
@@ -1192,7 +1201,9 @@ class Service(_Handle):
         _Handle.__init__(self)
         settings = (lock_path, slush_kib, boot_time_record_path, options, balance_interval_s,
                     domain_zero)
-        with _ServiceConfig(*settings, lock_timeout_s=lock_timeout_s) as cfg:
+        with _ServiceConfig(
+            *settings, lock_timeout_s=lock_timeout_s, dying_wait_s=dying_wait_s
+        ) as cfg:
             if policy is not None:
                 _check(lib.sqz_service_config_set_policy(cfg, policy))
             _check(lib.sqz_service_new_xen(cfg, ctypes.byref(self._handle)))

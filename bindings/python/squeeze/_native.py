@@ -343,6 +343,7 @@ PROTOTYPES = {
     "sqz_service_cooperation": (sqz_status, [_opaque, c_int32, _p(sqz_cooperation)]),
     "sqz_service_config_set_balance_interval": (sqz_status, [_opaque, c_double]),
     "sqz_service_config_set_lock_timeout": (sqz_status, [_opaque, c_double]),
+    "sqz_service_config_set_dying_wait": (sqz_status, [_opaque, c_double]),
     "sqz_service_start_balancer": (sqz_status, [_opaque]),
     "sqz_service_stop_balancer": (sqz_status, [_opaque]),
     "sqz_service_new_fake": (sqz_status, [_opaque, _opaque, _p(_opaque)]),

@@ -19,7 +19,8 @@
  * config file on. Only the synchronous call is wrapped (ao_how == NULL, which is what xl and
  * libvirt's domain start use); an asynchronous one, or SQUEEZE_PRELOAD=off in the
  * environment, goes straight to libxl. SQUEEZE_PRELOAD=verbose says on stderr what was
- * reserved and when it was handed over. Set autoballoon="off" in xl.conf so that xl's own
+ * reserved and when it was handed over, with the library's own log (targets set, guests
+ * judged) at info level; SQUEEZE_PRELOAD=debug adds its debug records (each look at the host). Set autoballoon="off" in xl.conf so that xl's own
  * freemem() does not shrink dom0 first.
  *
  * Copyright the squeeze authors. LGPL-2.1-or-later.
@@ -76,6 +77,15 @@ static char *read_text(const char *path)
 static void warn(const char *what, const char *detail)
 {
     fprintf(stderr, "squeeze: %s: %s\n", what, detail);
+}
+
+/* SQUEEZE_PRELOAD=verbose: the library's log records on stderr, as the daemon prints them. */
+static void log_to_stderr(void *ctx, int32_t level, const char *target, const char *message)
+{
+    static const char *const names[] = { "", "ERROR", "WARN", "INFO", "DEBUG", "TRACE" };
+    (void)ctx;
+    (void)target;
+    fprintf(stderr, "squeeze %s: %s\n", level >= 1 && level <= 5 ? names[level] : "?", message);
 }
 
 /* A create in progress through squeeze, and where its reservation went. */
@@ -162,6 +172,9 @@ int libxl_domain_create_new(libxl_ctx *ctx, libxl_domain_config *d_config,
         warn("cannot size the new domain", "libxl_domain_need_memory failed");
         return ERROR_FAIL;
     }
+    if (mode && (!strcmp(mode, "verbose") || !strcmp(mode, "debug")))
+        sqz_set_log_callback(log_to_stderr, NULL,
+                             strcmp(mode, "debug") ? SQZ_LOG_INFO : SQZ_LOG_DEBUG);
     if (sqz_service_new_xen(NULL, &svc) || sqz_login(svc, session) ||
         sqz_reserve_memory(svc, session, (int64_t)need_memkb, id)) {
         fprintf(stderr, "squeeze: cannot reserve %" PRIu64 " KiB for the domain: %s\n",
@@ -171,7 +184,7 @@ int libxl_domain_create_new(libxl_ctx *ctx, libxl_domain_config *d_config,
     }
 
     struct pending p = { .svc = svc, .session = session, .id = id,
-                         .verbose = mode && !strcmp(mode, "verbose") };
+                         .verbose = mode && (!strcmp(mode, "verbose") || !strcmp(mode, "debug")) };
     if (p.verbose)
         fprintf(stderr, "squeeze: reserved %" PRIu64 " KiB (reservation %s, session %s)\n",
                 need_memkb, id, session);
