@@ -68,10 +68,17 @@ pub fn decode(raw: &str) -> Option<(String, Learnt)> {
 /// Keeps one process's view of the stored entries in step with the store. `synced` holds the
 /// value this process last read or wrote for each domain, so unchanged entries are neither
 /// adopted again nor rewritten; `ids` the domain ids it last saw.
+///
+/// It also tells when a domid has a new domain: the id this process saw for it is no longer
+/// in the domain's directory ([`take_reborn`](Sync::take_reborn)), so what the process holds
+/// in memory about the old domain can be dropped too. That is found where the store is read
+/// anyway (an entry another process changed, the check for departed domains after every
+/// decision), at no extra request.
 #[derive(Debug, Default)]
 pub struct Sync {
     synced: BTreeMap<DomId, String>,
     ids: BTreeMap<DomId, String>,
+    reborn: Vec<DomId>,
 }
 
 impl Sync {
@@ -99,6 +106,11 @@ impl Sync {
             match decode(&raw) {
                 Some((id, l)) => match store.read(&id_path(domid)) {
                     Ok(Some(current)) if current == id => {
+                        if self.ids.get(&domid).is_some_and(|seen| *seen != current) {
+                            // Another process already wrote for the domain that now has
+                            // this domid: ours is an earlier one.
+                            self.reborn(domid);
+                        }
                         self.ids.insert(domid, current);
                         out.push((domid, l));
                     }
@@ -115,7 +127,27 @@ impl Sync {
         out
     }
 
+    /// Forgets the id and entry of `domid`, whose domain is not the one this process knew,
+    /// and reports it through [`take_reborn`](Sync::take_reborn).
+    fn reborn(&mut self, domid: DomId) {
+        debug!("domain {domid} is a new domain: what was learnt about the earlier one is dropped");
+        self.ids.remove(&domid);
+        self.synced.remove(&domid);
+        if !self.reborn.contains(&domid) {
+            self.reborn.push(domid);
+        }
+    }
+
+    /// The domids found, since the last call, to belong to a new domain (the earlier one
+    /// destroyed): the caller forgets what it holds about them
+    /// ([`Adaptive::forget`](crate::adaptive::Adaptive::forget)) before it decides again.
+    pub fn take_reborn(&mut self) -> Vec<DomId> {
+        std::mem::take(&mut self.reborn)
+    }
+
     /// Writes what changed in `learnt`, and removes the entries of domains that are gone.
+    /// What is learnt about a domid whose domain is not the one this process knew is not
+    /// written: it is about the earlier domain (see [`take_reborn`](Sync::take_reborn)).
     pub fn save(&mut self, store: &dyn Store, layout: &Layout, learnt: &[(DomId, Learnt)]) {
         let dir = layout.learnt_dir();
         for (domid, l) in learnt {
@@ -125,15 +157,23 @@ impl Sync {
                 }
             }
             let path = format!("{dir}/{domid}");
+            let seen = self.ids.get(domid).cloned();
             let mut kept = None;
+            let mut other = false;
             let written = store.transaction(&mut |t| {
                 kept = None;
+                other = false;
                 // Never create an entry for a domain destroyed meanwhile.
                 if !t.exists(&format!("/local/domain/{domid}"))? {
                     return Ok(());
                 }
+                let current = t.read(&id_path(*domid))?;
+                if seen.is_some() && current != seen {
+                    other = true;
+                    return Ok(());
+                }
                 // The domain's id, given on first use.
-                let id = match t.read(&id_path(*domid))? {
+                let id = match current {
                     Some(id) if !id.is_empty() => id,
                     _ => {
                         let id = uuid::Uuid::new_v4().to_string();
@@ -147,6 +187,7 @@ impl Sync {
                 Ok(())
             });
             match written {
+                Ok(()) if other => self.reborn(*domid),
                 Ok(()) => {
                     if let Some((id, raw)) = kept {
                         self.ids.insert(*domid, id);
@@ -156,10 +197,29 @@ impl Sync {
                 Err(e) => warn!("cannot keep the learnt state of domain {domid}: {e}"),
             }
         }
+        let mut replaced = Vec::new();
+        let ids = &self.ids;
         let gone = store.transaction(&mut |t| {
+            replaced.clear();
             for name in t.directory(&dir)? {
                 let alive = match name.parse::<DomId>() {
-                    Ok(domid) => t.exists(&format!("/local/domain/{domid}"))?,
+                    // A domain whose id this process saw: its id is read instead of its
+                    // directory (one request either way), which also tells a new domain on
+                    // the same domid. Its entry stays: another process may have written it
+                    // for the new domain, and ours is replaced once this one learns afresh.
+                    Ok(domid) => match ids.get(&domid) {
+                        Some(seen) => match t.read(&id_path(domid))? {
+                            Some(current) if current == *seen => true,
+                            _ => {
+                                let alive = t.exists(&format!("/local/domain/{domid}"))?;
+                                if alive {
+                                    replaced.push(domid);
+                                }
+                                alive
+                            }
+                        },
+                        None => t.exists(&format!("/local/domain/{domid}"))?,
+                    },
                     Err(_) => false,
                 };
                 if !alive {
@@ -168,8 +228,9 @@ impl Sync {
             }
             Ok(())
         });
-        if let Err(e) = gone {
-            warn!("cannot remove the learnt state of departed domains: {e}");
+        match gone {
+            Ok(()) => replaced.into_iter().for_each(|domid| self.reborn(domid)),
+            Err(e) => warn!("cannot remove the learnt state of departed domains: {e}"),
         }
         let stored: Vec<DomId> = learnt.iter().map(|(d, _)| *d).collect();
         self.synced.retain(|d, _| stored.contains(d));

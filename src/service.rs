@@ -540,13 +540,17 @@ impl Service {
             Some(b) if b.policy() == Policy::Adaptive => {
                 let mut sync = self.inner.learnt.lock();
                 if let Some(a) = b.adaptive() {
-                    for (domid, l) in sync.load(store, layout) {
+                    let adopted = sync.load(store, layout);
+                    // A domid with a new domain: nothing about the earlier one carries over.
+                    sync.take_reborn().into_iter().for_each(|d| a.forget(d));
+                    for (domid, l) in adopted {
                         a.adopt(domid, l, now);
                     }
                 }
                 let result = f(b);
                 if let Some(a) = b.adaptive() {
                     sync.save(store, layout, &a.learnt());
+                    sync.take_reborn().into_iter().for_each(|d| a.forget(d));
                 }
                 result
             }

@@ -463,3 +463,67 @@ fn damaged_or_foreign_learnt_state_is_ignored_and_replaced() {
         .unwrap()
         .starts_with("{\"version\":2,"));
 }
+
+#[test]
+fn a_new_domain_on_the_domid_of_a_destroyed_stuck_one_inherits_none_of_its_judgement() {
+    let dir = tempfile::tempdir().unwrap();
+    // As above: 2 GiB free, a stuck and a 100 MiB/s guest of 512 MiB..1 GiB at 1 GiB.
+    let fake = five_gib_host();
+    let spec = |behaviour| GuestSpec {
+        behaviour,
+        ..GuestSpec::ballooning(512 * MIB, GIB)
+    };
+    let fast = |rate_kib_per_s| Behaviour::Ideal { rate_kib_per_s };
+    let stuck = booted_guest(&fake, spec(Behaviour::Stuck));
+    booted_guest(&fake, spec(fast(100 * MIB)));
+    let service = Service::new(fake.platform(), config(dir.path())).unwrap();
+    let session = service.login("xenopsd").unwrap();
+    // 768 MiB to free: the stuck guest is named and flagged (score 10 s or more).
+    let err = service
+        .reserve_memory(&session, 2 * GIB + 768 * MIB)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        squeeze::Error::DomainsRefusedToCooperate { .. }
+    ));
+    assert!(service.cooperation(stuck).unwrap().uncooperative);
+    assert!(flagged(&fake, stuck));
+    let old_entry = learnt_entry(&fake, stuck).unwrap();
+    // Between two looks of the service, the stuck domain is destroyed and a healthy one is
+    // created with its domid (what Xen does once domids wrap, or a toolstack picking one).
+    fake.destroy_domain(stuck).unwrap();
+    let reborn = fake
+        .create_domain_as(Some(stuck), spec(fast(100 * MIB)))
+        .unwrap();
+    assert_eq!(reborn, stuck);
+    let size = GIB;
+    {
+        use squeeze::platform::Hypervisor;
+        fake.set_maxmem_kib(reborn, size).unwrap();
+    }
+    fake.build_domain(reborn, size).unwrap();
+    fake.unpause(reborn).unwrap();
+    fake.advance(1.0).unwrap();
+    // Two background checks: the new domain is judged on what it does, from nothing (before,
+    // it kept the 10 s score and the flag of the domain destroyed).
+    service.balance_if_unbalanced().unwrap();
+    service.balance_if_unbalanced().unwrap();
+    let c = service.cooperation(reborn).unwrap();
+    assert!(
+        !c.uncooperative && c.score_s == 0.0 && c.concern.is_none(),
+        "{c:?}"
+    );
+    assert!(!flagged(&fake, reborn));
+    // Its entry in the store is its own: a new id, nothing of the earlier score.
+    let entry = learnt_entry(&fake, reborn).unwrap();
+    assert_ne!(entry, old_entry);
+    assert!(entry.contains("\"score_s\":0.0"), "{entry}");
+    let id = fake
+        .snapshot()
+        .unwrap()
+        .read(&squeeze::learnt::id_path(reborn))
+        .map(str::to_string)
+        .unwrap();
+    assert!(entry.contains(&id), "{entry} names {id}");
+    assert!(!old_entry.contains(&id));
+}

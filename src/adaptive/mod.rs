@@ -236,6 +236,15 @@ impl Adaptive {
         self.tracker.learnt()
     }
 
+    /// Forgets what was learnt about `domid`, whose domain was destroyed and whose domid a
+    /// new domain now has (a snapshot cannot tell them apart: the caller learns it from the
+    /// store, see [`crate::learnt::Sync`]). A new domain is an outside change, so earlier
+    /// decisions about the others may be reversed at once.
+    pub fn forget(&mut self, domid: DomId) {
+        self.tracker.forget(domid);
+        self.epoch += 1;
+    }
+
     /// Takes one look at the host and learns from it without asking anything of the domains
     /// (except taking back a growth request a driver cannot follow): what a background monitor
     /// calls between requests.

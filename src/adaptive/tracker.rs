@@ -389,6 +389,13 @@ impl Tracker {
         }
     }
 
+    /// Forgets everything about `domid`, tracked or inherited: the domain that had it is gone
+    /// and a new one reuses its domid. The next look sees it as a new domain.
+    pub fn forget(&mut self, domid: DomId) {
+        self.per_domain.retain(|&d, _| d != domid);
+        self.inherited.remove(&domid);
+    }
+
     /// What has been learnt about every tracked domain, in domid order.
     pub fn learnt(&self) -> Vec<(DomId, Learnt)> {
         self.per_domain

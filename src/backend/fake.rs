@@ -352,6 +352,12 @@ impl FakeHost {
     /// `domain-type` and `memory/{target,dynamic-min,dynamic-max}`. Its maxmem starts at
     /// dynamic-max plus its offset (plus 1 MiB for HVM).
     pub fn create_domain(&self, spec: GuestSpec) -> Result<DomId> {
+        self.create_domain_as(None, spec)
+    }
+
+    /// [`create_domain`](FakeHost::create_domain) with the domid `domid` when given (as a
+    /// toolstack may pick one, and as Xen reuses them): refused when a domain has it.
+    pub fn create_domain_as(&self, domid: Option<DomId>, spec: GuestSpec) -> Result<DomId> {
         for (name, v) in [
             ("target", spec.target_kib),
             ("dynamic-min", spec.dynamic_min_kib),
@@ -367,8 +373,14 @@ impl FakeHost {
             )));
         }
         self.with(true, |s| {
-            let domid = s.next_domid;
-            s.next_domid += 1;
+            let domid = match domid {
+                Some(d) if d == 0 || s.domains.contains_key(&d) => {
+                    return Err(Error::InvalidArgument(format!("domid {d} is taken")));
+                }
+                Some(d) => d,
+                None => s.next_domid,
+            };
+            s.next_domid = s.next_domid.max(domid + 1);
             let extra = if spec.hvm { 1024 } else { 0 };
             let info = DomainInfo {
                 domid,
