@@ -380,7 +380,7 @@ impl FakeHost {
                 Some(d) => d,
                 None => s.next_domid,
             };
-            s.next_domid = s.next_domid.max(domid + 1);
+            s.next_domid = s.next_domid.max(domid.saturating_add(1));
             let extra = if spec.hvm { 1024 } else { 0 };
             let info = DomainInfo {
                 domid,
