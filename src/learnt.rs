@@ -72,8 +72,8 @@ pub fn decode(raw: &str) -> Option<(String, Learnt)> {
 /// It also tells when a domid has a new domain: the id this process saw for it is no longer
 /// in the domain's directory ([`take_reborn`](Sync::take_reborn)), so what the process holds
 /// in memory about the old domain can be dropped too. That is found where the store is read
-/// anyway (an entry another process changed, the check for departed domains after every
-/// decision), at no extra request.
+/// anyway (the check for departed domains before every decision, an entry another process
+/// changed, a write), at no extra request.
 #[derive(Debug, Default)]
 pub struct Sync {
     synced: BTreeMap<DomId, String>,
@@ -82,9 +82,53 @@ pub struct Sync {
 }
 
 impl Sync {
+    /// Removes the entries of domains that are gone, and finds the domids that have a new
+    /// domain: for a domain whose id this process saw, its id is read instead of testing its
+    /// directory (one request either way). Done before each decision, so that what this
+    /// process holds about an earlier domain is dropped before it is used.
+    fn prune(&mut self, store: &dyn Store, dir: &str) {
+        let mut replaced = Vec::new();
+        let ids = &self.ids;
+        let gone = store.transaction(&mut |t| {
+            replaced.clear();
+            for name in t.directory(dir)? {
+                let alive = match name.parse::<DomId>() {
+                    // A new domain on the domid keeps the entry: another process may have
+                    // written it for the new domain, and ours is replaced once this one
+                    // learns afresh.
+                    Ok(domid) => match ids.get(&domid) {
+                        Some(seen) => match t.read(&id_path(domid))? {
+                            Some(current) if current == *seen => true,
+                            _ => {
+                                let alive = t.exists(&format!("/local/domain/{domid}"))?;
+                                if alive {
+                                    replaced.push(domid);
+                                }
+                                alive
+                            }
+                        },
+                        None => t.exists(&format!("/local/domain/{domid}"))?,
+                    },
+                    Err(_) => false,
+                };
+                if !alive {
+                    t.rm(&format!("{dir}/{name}"))?;
+                }
+            }
+            Ok(())
+        });
+        match gone {
+            Ok(()) => replaced.into_iter().for_each(|domid| self.reborn(domid)),
+            Err(e) => warn!("cannot remove the learnt state of departed domains: {e}"),
+        }
+    }
+
     /// Entries written by another process since this one last looked.
+    /// Entries of domains that are gone are removed first, and domids found to have a new
+    /// domain are reported by [`take_reborn`](Sync::take_reborn).
     pub fn load(&mut self, store: &dyn Store, layout: &Layout) -> Vec<(DomId, Learnt)> {
         let dir = layout.learnt_dir();
+        self.prune(store, &dir);
         let names = match store.directory(&dir) {
             Ok(names) => names,
             Err(e) => {
@@ -145,8 +189,8 @@ impl Sync {
         std::mem::take(&mut self.reborn)
     }
 
-    /// Writes what changed in `learnt`, and removes the entries of domains that are gone.
-    /// What is learnt about a domid whose domain is not the one this process knew is not
+    /// Writes what changed in `learnt` (the entries of domains that are gone are removed by
+    /// the next [`load`](Sync::load)). What is learnt about a domid whose domain is not the one this process knew is not
     /// written: it is about the earlier domain (see [`take_reborn`](Sync::take_reborn)).
     pub fn save(&mut self, store: &dyn Store, layout: &Layout, learnt: &[(DomId, Learnt)]) {
         let dir = layout.learnt_dir();
@@ -196,41 +240,6 @@ impl Sync {
                 }
                 Err(e) => warn!("cannot keep the learnt state of domain {domid}: {e}"),
             }
-        }
-        let mut replaced = Vec::new();
-        let ids = &self.ids;
-        let gone = store.transaction(&mut |t| {
-            replaced.clear();
-            for name in t.directory(&dir)? {
-                let alive = match name.parse::<DomId>() {
-                    // A domain whose id this process saw: its id is read instead of its
-                    // directory (one request either way), which also tells a new domain on
-                    // the same domid. Its entry stays: another process may have written it
-                    // for the new domain, and ours is replaced once this one learns afresh.
-                    Ok(domid) => match ids.get(&domid) {
-                        Some(seen) => match t.read(&id_path(domid))? {
-                            Some(current) if current == *seen => true,
-                            _ => {
-                                let alive = t.exists(&format!("/local/domain/{domid}"))?;
-                                if alive {
-                                    replaced.push(domid);
-                                }
-                                alive
-                            }
-                        },
-                        None => t.exists(&format!("/local/domain/{domid}"))?,
-                    },
-                    Err(_) => false,
-                };
-                if !alive {
-                    t.rm(&format!("{dir}/{name}"))?;
-                }
-            }
-            Ok(())
-        });
-        match gone {
-            Ok(()) => replaced.into_iter().for_each(|domid| self.reborn(domid)),
-            Err(e) => warn!("cannot remove the learnt state of departed domains: {e}"),
         }
         let stored: Vec<DomId> = learnt.iter().map(|(d, _)| *d).collect();
         self.synced.retain(|d, _| stored.contains(d));

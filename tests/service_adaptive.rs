@@ -504,10 +504,13 @@ fn a_new_domain_on_the_domid_of_a_destroyed_stuck_one_inherits_none_of_its_judge
     fake.build_domain(reborn, size).unwrap();
     fake.unpause(reborn).unwrap();
     fake.advance(1.0).unwrap();
-    // Two background checks: the new domain is judged on what it does, from nothing (before,
-    // it kept the 10 s score and the flag of the domain destroyed).
-    service.balance_if_unbalanced().unwrap();
-    service.balance_if_unbalanced().unwrap();
+    // The same 768 MiB, asked for first thing: the new domain is counted on and gives its
+    // share (before, it was still the stuck domain that had not moved, and the request
+    // failed naming it), and it is judged on what it does, from nothing (before, it kept the
+    // 10 s score and the flag of the domain destroyed).
+    service
+        .reserve_memory(&session, 2 * GIB + 768 * MIB)
+        .unwrap();
     let c = service.cooperation(reborn).unwrap();
     assert!(
         !c.uncooperative && c.score_s == 0.0 && c.concern.is_none(),
