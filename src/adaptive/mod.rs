@@ -169,7 +169,7 @@ impl AdaptiveOptions {
 }
 
 /// The adaptive squeezer and everything it has learnt about the host's domains.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Adaptive {
     options: AdaptiveOptions,
     tracker: Tracker,
@@ -182,6 +182,46 @@ pub struct Adaptive {
     /// starts the wait too: a background balancer that only balances when asked to would
     /// otherwise wait for a whole chunk.
     held_since: std::cell::Cell<Option<f64>>,
+    /// Working space of the freeing round, kept from round to round (see [`Scratch`]).
+    scratch: Scratch,
+}
+
+impl Clone for Adaptive {
+    fn clone(&self) -> Self {
+        Adaptive {
+            options: self.options,
+            tracker: self.tracker.clone(),
+            epoch: self.epoch,
+            fingerprint: self.fingerprint,
+            held_since: self.held_since.clone(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Becomes a copy of `source`, keeping its own working space: what a caller that
+    /// restores a saved state before each round (a benchmark) needs for the rounds to reuse
+    /// their memory as a long-lived squeezer's do.
+    fn clone_from(&mut self, source: &Self) {
+        let scratch = std::mem::take(&mut self.scratch);
+        *self = source.clone();
+        self.scratch = scratch;
+    }
+}
+
+/// The per-domain vectors a freeing round builds, kept in the squeezer and cleared at the
+/// start of each round rather than allocated afresh: on a host of thousands each is tens or
+/// hundreds of KiB, and fresh memory of that size costs a page fault per page. Nothing in it
+/// outlives a round, so a copy of the squeezer starts with none.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// What each domain counted on can give, and how fast.
+    contributors: Vec<Contributor>,
+    /// Where each contributor is in the host's domains.
+    who: Vec<usize>,
+    /// Each contributor's share of the request.
+    shares: Vec<Kib>,
+    /// [`plan::finish_time_in`]'s working space.
+    finish: Vec<(f64, f64, f64)>,
 }
 
 impl Adaptive {
@@ -327,7 +367,12 @@ impl Adaptive {
             }
             OperationPhase::NotStarted => unreachable!("started above"),
         };
-        writes.extend(round.writes);
+        // Most rounds' look writes nothing: then the round's writes are the plan as they are.
+        if writes.is_empty() {
+            writes = round.writes;
+        } else {
+            writes.extend(round.writes);
+        }
         Ok(Round::ending(writes, round.outcome))
     }
 
@@ -512,7 +557,14 @@ impl Adaptive {
                     );
                     t.ceiling = limit;
                     if retract < d.target_kib {
-                        self.plan_write(writes, d, retract, now, "cannot grow: request withdrawn");
+                        self.plan_write_at(
+                            i,
+                            writes,
+                            d,
+                            retract,
+                            now,
+                            "cannot grow: request withdrawn",
+                        );
                     }
                 }
                 _ => {}
@@ -523,6 +575,21 @@ impl Adaptive {
     /// Puts a target write in the plan `writes`, and into what the tracker expects.
     fn plan_write(
         &mut self,
+        writes: &mut Vec<Action>,
+        d: &Domain,
+        target_kib: Kib,
+        now: f64,
+        reason: &str,
+    ) {
+        self.plan_write_at(usize::MAX, writes, d, target_kib, now, reason);
+    }
+
+    /// [`plan_write`](Self::plan_write) for `d` at `index` in the domains of the host being
+    /// decided on, where the tracker finds it without a search (a round on a big host writes
+    /// thousands).
+    fn plan_write_at(
+        &mut self,
+        index: usize,
         writes: &mut Vec<Action>,
         d: &Domain,
         target_kib: Kib,
@@ -540,7 +607,7 @@ impl Adaptive {
             new_target_kib: target_kib,
         });
         self.tracker
-            .note_write(d.domid, target_kib, now, self.epoch);
+            .note_write_at(index, d.domid, target_kib, now, self.epoch);
     }
 
     /// `target_kib`, or for a guest not yet seen to grow, at most a probe's worth above what
@@ -576,6 +643,22 @@ impl Adaptive {
         required_kib: Kib,
         success: &mut dyn FnMut(Kib) -> bool,
     ) -> Result<Round> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let round = self.free_round_in(&mut scratch, state, host, now, required_kib, success);
+        self.scratch = scratch;
+        round
+    }
+
+    /// [`free_round`](Self::free_round) with its working space.
+    fn free_round_in(
+        &mut self,
+        scratch: &mut Scratch,
+        state: &mut FreeState,
+        host: &Host,
+        now: f64,
+        required_kib: Kib,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<Round> {
         let mut writes = Vec::new();
         let guaranteed = guaranteed_free(host);
         if guaranteed >= required_kib && success(guaranteed) {
@@ -587,8 +670,14 @@ impl Adaptive {
         }
 
         // What each balloonable domain without a floor can still give, and how fast.
-        let mut contributors = Vec::new();
-        let mut who = Vec::new();
+        let Scratch {
+            contributors,
+            who,
+            shares,
+            finish,
+        } = scratch;
+        contributors.clear();
+        who.clear();
         for (i, d) in host
             .domains()
             .iter()
@@ -606,7 +695,7 @@ impl Adaptive {
                 cap_kib: d.min_freeable_kib(true),
                 rate_kib_per_s: rate,
             });
-            who.push(*d);
+            who.push(i);
         }
         let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
         let need = required_kib - guaranteed;
@@ -621,23 +710,24 @@ impl Adaptive {
                  aiming for {required_kib} KiB)",
                 self.options.stall_s
             );
-            let e = self.named(self.blame_late(host, now, required_kib, &who));
+            let counted_on: Vec<Domain> = who.iter().map(|&i| host.domains()[i]).collect();
+            let e = self.named(self.blame_late(host, now, required_kib, &counted_on));
             return Ok(Round::ending(writes, Outcome::Failed(e)));
         }
 
-        let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
-        let shares = plan::shares(&contributors, t_star);
+        let t_star = plan::finish_time_in(contributors, need.min(capacity), finish).unwrap_or(0.0);
+        plan::shares_into(contributors, t_star, shares);
         // The caller's deadline: the request fails as soon as the rates the guests have
         // shown (not the prior) predict it cannot be met, three looks in a row so that one
         // slow first sample (a driver that reacts late) does not end it.
         let deadline = self.options.deadline_s;
         if deadline.is_finite() {
             let predicted = now - state.start + t_star;
-            let measured = who.iter().zip(&shares).all(|(d, &share)| {
+            let measured = who.iter().zip(shares.iter()).all(|(&i, &share)| {
                 share == 0
                     || self
                         .tracker
-                        .get(d.domid)
+                        .get_at(i, host.domains()[i].domid)
                         .is_some_and(|t| t.rate_down.is_some())
             });
             state.late_looks = if measured && predicted > deadline {
@@ -655,7 +745,8 @@ impl Adaptive {
             }
         }
         let mut wrote = false;
-        for (d, share) in who.iter().zip(shares) {
+        for (&i, &share) in who.iter().zip(shares.iter()) {
+            let d = &host.domains()[i];
             // A driver may stop up to its inaccuracy short of a target, and a real host
             // rounds to whole pages on top, so ask for twice that much more; the capacity
             // held back twice the inaccuracy, so this stays in range.
@@ -682,11 +773,15 @@ impl Adaptive {
                 desired < d.memory_actual_kib - d.inaccuracy_kib && worth
             };
             if write {
-                self.plan_write(&mut writes, d, desired, now, "free memory");
+                if writes.capacity() == 0 {
+                    // At most one write per contributor: no regrowing on a big host.
+                    writes.reserve_exact(who.len());
+                }
+                self.plan_write_at(i, &mut writes, d, desired, now, "free memory");
                 wrote = true;
             }
         }
-        let moving = who.iter().any(|d| !d.has_hit_target());
+        let moving = who.iter().any(|&i| !host.domains()[i].has_hit_target());
         if !wrote && !moving {
             // Everything that could be freed has been.
             let outcome = if success(guaranteed) {

@@ -20,17 +20,29 @@ pub struct Contributor {
 /// The smallest `T` (seconds) with `Σ min(cap_i, rate_i · T) ≥ need_kib`, or `None` when even
 /// every capacity together is not enough. Contributors with no capacity or no rate add nothing.
 pub fn finish_time(contributors: &[Contributor], need_kib: Kib) -> Option<f64> {
+    finish_time_in(contributors, need_kib, &mut Vec::new())
+}
+
+/// [`finish_time`] with its working space `useful` (cleared first), for a caller that keeps
+/// one from round to round.
+pub fn finish_time_in(
+    contributors: &[Contributor],
+    need_kib: Kib,
+    useful: &mut Vec<(f64, f64, f64)>,
+) -> Option<f64> {
     if need_kib <= 0 {
         return Some(0.0);
     }
-    let mut useful: Vec<(f64, f64, f64)> = contributors
-        .iter()
-        .filter(|c| c.cap_kib > 0 && c.rate_kib_per_s > 0.0 && c.rate_kib_per_s.is_finite())
-        .map(|c| {
-            let cap = c.cap_kib as f64;
-            (cap / c.rate_kib_per_s, cap, c.rate_kib_per_s)
-        })
-        .collect();
+    useful.clear();
+    useful.extend(
+        contributors
+            .iter()
+            .filter(|c| c.cap_kib > 0 && c.rate_kib_per_s > 0.0 && c.rate_kib_per_s.is_finite())
+            .map(|c| {
+                let cap = c.cap_kib as f64;
+                (cap / c.rate_kib_per_s, cap, c.rate_kib_per_s)
+            }),
+    );
     let total: f64 = useful.iter().map(|u| u.1).sum();
     let need = need_kib as f64;
     if total < need {
@@ -43,7 +55,7 @@ pub fn finish_time(contributors: &[Contributor], need_kib: Kib) -> Option<f64> {
     useful.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     let mut saturated = 0.0; // capacity of contributors already exhausted
     let mut rate_sum: f64 = useful.iter().map(|u| u.2).sum();
-    for &(t_i, cap, rate) in &useful {
+    for &(t_i, cap, rate) in useful.iter() {
         // At t_i, everything not yet saturated has freed rate·t_i.
         if saturated + rate_sum * t_i >= need {
             return Some((need - saturated) / rate_sum);
@@ -57,21 +69,26 @@ pub fn finish_time(contributors: &[Contributor], need_kib: Kib) -> Option<f64> {
 
 /// Each contributor's share for finishing at `t` seconds: `min(cap, ⌈rate · t⌉)`.
 pub fn shares(contributors: &[Contributor], t: f64) -> Vec<Kib> {
-    contributors
-        .iter()
-        .map(|c| {
-            if c.rate_kib_per_s <= 0.0 || !c.rate_kib_per_s.is_finite() {
-                0
+    let mut out = Vec::new();
+    shares_into(contributors, t, &mut out);
+    out
+}
+
+/// [`shares`] into `out` (cleared first), for a caller that keeps one from round to round.
+pub fn shares_into(contributors: &[Contributor], t: f64, out: &mut Vec<Kib>) {
+    out.clear();
+    out.extend(contributors.iter().map(|c| {
+        if c.rate_kib_per_s <= 0.0 || !c.rate_kib_per_s.is_finite() {
+            0
+        } else {
+            let s = (c.rate_kib_per_s * t).ceil();
+            if s >= c.cap_kib as f64 {
+                c.cap_kib.max(0)
             } else {
-                let s = (c.rate_kib_per_s * t).ceil();
-                if s >= c.cap_kib as f64 {
-                    c.cap_kib.max(0)
-                } else {
-                    s as Kib
-                }
+                s as Kib
             }
-        })
-        .collect()
+        }
+    }));
 }
 
 #[cfg(test)]
