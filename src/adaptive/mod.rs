@@ -221,7 +221,7 @@ struct Scratch {
     /// Each contributor's share of the request.
     shares: Vec<Kib>,
     /// [`plan::finish_time_in`]'s working space.
-    finish: Vec<(f64, f64, f64)>,
+    finish: plan::Workspace,
 }
 
 impl Adaptive {

@@ -323,8 +323,9 @@ impl Tracker {
         if same {
             // What was inherited is only kept for domains not seen yet: none is on the host.
             self.inherited.clear();
+            let mut decay = Decay::default();
             for (t, d) in self.per_domain.values_mut().zip(domains) {
-                step(t, d, now, judge);
+                step(t, d, now, judge, &mut decay);
             }
             return;
         }
@@ -332,6 +333,7 @@ impl Tracker {
             .retain(|domid, _| host.domain(*domid).is_some());
         self.inherited
             .retain(|domid, _| host.domain(*domid).is_some());
+        let mut decay = Decay::default();
         for d in host.domains() {
             match self.per_domain.get_mut(&d.domid) {
                 None => {
@@ -341,7 +343,7 @@ impl Tracker {
                     }
                     self.per_domain.insert(d.domid, t);
                 }
-                Some(t) => step(t, d, now, judge),
+                Some(t) => step(t, d, now, judge, &mut decay),
             }
         }
     }
@@ -438,7 +440,29 @@ fn retarget(t: &mut Track, target_kib: Kib) -> bool {
     true
 }
 
-fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge) {
+/// The factor by which a score leaks away over an interval, remembered for the last interval
+/// asked about: every domain of a look was last seen at the same time, so a look computes one
+/// exponential rather than one per domain.
+#[derive(Default)]
+struct Decay {
+    last: Option<(f64, f64, f64)>,
+}
+
+impl Decay {
+    /// `exp(-dt / leak_s)`.
+    fn factor(&mut self, dt: f64, leak_s: f64) -> f64 {
+        match self.last {
+            Some((d, l, f)) if d.to_bits() == dt.to_bits() && l.to_bits() == leak_s.to_bits() => f,
+            _ => {
+                let f = (-dt / leak_s).exp();
+                self.last = Some((dt, leak_s, f));
+                f
+            }
+        }
+    }
+}
+
+fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
     let dt = now - t.last_time;
     if dt <= 0.0 {
         retarget(t, d.target_kib);
@@ -533,7 +557,7 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge) {
         t.stalled_since = None;
     }
 
-    t.score_s = t.score_s * (-dt / judge.leak_s).exp() + missed_s;
+    t.score_s = t.score_s * decay.factor(dt, judge.leak_s) + missed_s;
     if t.score_s >= judge.flag_at_s {
         t.uncooperative = true;
     } else if t.score_s <= judge.clear_at_s {
