@@ -1288,14 +1288,16 @@ pub fn guaranteed_free(host: &Host) -> Kib {
 /// A digest of the outside inputs: which domains exist, whether they can balloon, and their
 /// dynamic ranges.
 /// A multiply-rotate mix rather than SipHash: it runs over every domain on every look, and
-/// needs to tell inputs apart, not to resist a chosen collision.
+/// needs to tell inputs apart, not to resist a chosen collision. Each domain is mixed on its
+/// own (its domid in it) and only a rotate and an xor chain the domains together, so that
+/// the domains' multiplications overlap instead of waiting on each other.
 fn fingerprint(host: &Host) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mix = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(K);
     host.domains().iter().fold(0, |h, d| {
-        let h = mix(h, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
-        let h = mix(h, d.dynamic_min_kib as u64);
-        mix(h, d.dynamic_max_kib as u64)
+        let v = mix(0, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
+        let v = mix(v, d.dynamic_min_kib as u64);
+        h.rotate_left(1) ^ mix(v, d.dynamic_max_kib as u64)
     })
 }
 
