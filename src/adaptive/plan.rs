@@ -174,8 +174,9 @@ pub fn shares_into(contributors: &[Contributor], t: f64, out: &mut Vec<Kib>) {
 fn ceil(x: f64) -> f64 {
     const EXACT: f64 = (1u64 << 52) as f64;
     if x > 0.0 && x < EXACT {
-        // Truncation is the floor of a positive number, and both are exact below 2⁵².
-        let floor = x as u64 as f64;
+        // Truncation is the floor of a positive number, and both are exact below 2⁵² (by
+        // way of i64: one instruction each way, where u64 takes several).
+        let floor = x as i64 as f64;
         if floor < x {
             floor + 1.0
         } else {
