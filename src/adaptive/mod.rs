@@ -660,16 +660,9 @@ impl Adaptive {
         success: &mut dyn FnMut(Kib) -> bool,
     ) -> Result<Round> {
         let mut writes = Vec::new();
-        let guaranteed = guaranteed_free(host);
-        if guaranteed >= required_kib && success(guaranteed) {
-            debug!(
-                "{guaranteed} KiB free and guaranteed after {:.1} s",
-                now - state.start
-            );
-            return Ok(Round::ending(writes, Outcome::Done));
-        }
-
-        // What each balloonable domain without a floor can still give, and how fast.
+        // What each balloonable domain without a floor can still give, and how fast; in the
+        // same walk over the domains (one walk fewer on a big host), what the host's free
+        // memory is guaranteed to be ([`guaranteed_free`]).
         let Scratch {
             contributors,
             who,
@@ -678,12 +671,12 @@ impl Adaptive {
         } = scratch;
         contributors.clear();
         who.clear();
-        for (i, d) in host
-            .domains()
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.can_balloon)
-        {
+        let mut could_take: Kib = 0;
+        for (i, d) in host.domains().iter().enumerate() {
+            could_take += could_take_of(d);
+            if !d.can_balloon {
+                continue;
+            }
             let t = self.tracker.get_at(i, d.domid);
             if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
                 continue;
@@ -696,6 +689,14 @@ impl Adaptive {
                 rate_kib_per_s: rate,
             });
             who.push(i);
+        }
+        let guaranteed = host.free_mem_kib - could_take;
+        if guaranteed >= required_kib && success(guaranteed) {
+            debug!(
+                "{guaranteed} KiB free and guaranteed after {:.1} s",
+                now - state.start
+            );
+            return Ok(Round::ending(writes, Outcome::Done));
         }
         let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
         let need = required_kib - guaranteed;
@@ -1275,14 +1276,13 @@ fn deadband(options: &AdaptiveOptions, d: &Domain) -> Kib {
 /// Host free memory that stays free even if every domain grows to its target + inaccuracy
 /// (within its maxmem).
 pub fn guaranteed_free(host: &Host) -> Kib {
-    let could_take: Kib = host
-        .domains()
-        .iter()
-        .map(|d| {
-            ((d.target_kib + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
-        })
-        .sum();
+    let could_take: Kib = host.domains().iter().map(could_take_of).sum();
     host.free_mem_kib - could_take
+}
+
+/// What `d` may still take from the host: up to its target + inaccuracy, within its maxmem.
+fn could_take_of(d: &Domain) -> Kib {
+    ((d.target_kib + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
 }
 
 /// A digest of the outside inputs: which domains exist, whether they can balloon, and their

@@ -53,11 +53,14 @@ pub fn finish_time_in(
     // contributors' order.
     order.clear();
     let mut total = 0.0;
+    let (mut lo, mut hi) = (u64::MAX, 0);
     for (i, c) in contributors.iter().enumerate() {
         if c.cap_kib > 0 && c.rate_kib_per_s > 0.0 && c.rate_kib_per_s.is_finite() {
             let cap = c.cap_kib as f64;
             total += cap;
-            order.push((u128::from((cap / c.rate_kib_per_s).to_bits()) << 64) | i as u128);
+            let t_bits = (cap / c.rate_kib_per_s).to_bits();
+            (lo, hi) = (lo.min(t_bits), hi.max(t_bits));
+            order.push((u128::from(t_bits) << 64) | i as u128);
         }
     }
     let need = need_kib as f64;
@@ -73,7 +76,7 @@ pub fn finish_time_in(
     // freed total grows linearly with the sum of the rates of those still going.
     // At a tie, saturating one contributor leaves saturated + rate_sum · t_i unchanged, so
     // the result does not depend on their order (beyond the rounding of the sums).
-    sort_keys(order, spare, counts);
+    sort_keys(order, (lo, hi), spare, counts);
     let mut saturated = 0.0; // capacity of contributors already exhausted
     let mut rate_sum: f64 = order.iter().map(|&k| entry(k).2).sum();
     for &k in order.iter() {
@@ -90,19 +93,22 @@ pub fn finish_time_in(
 }
 
 /// Sorts `keys` (distinct), with `spare` and `counts` as working space: a bucket sort on the
-/// high 64 bits (the key proper), about two keys a bucket, then each bucket sorted on its
-/// own. A few passes over the keys instead of a comparison sort's log₂ n; the same order, as
-/// the keys are distinct. At worst (every key in one bucket) it is the comparison sort.
-fn sort_keys(keys: &mut Vec<u128>, spare: &mut Vec<u128>, counts: &mut Vec<u32>) {
+/// high 64 bits (the key proper), which lie in `lo..=hi`, about two keys a bucket, then each
+/// bucket sorted on its own. A few passes over the keys instead of a comparison sort's
+/// log₂ n; the same order, as the keys are distinct. At worst (every key in one bucket) it is
+/// the comparison sort.
+fn sort_keys(
+    keys: &mut Vec<u128>,
+    (lo, hi): (u64, u64),
+    spare: &mut Vec<u128>,
+    counts: &mut Vec<u32>,
+) {
     let n = keys.len();
     if n < 256 {
         keys.sort_unstable();
         return;
     }
     let high = |k: u128| (k >> 64) as u64;
-    let (lo, hi) = keys.iter().fold((u64::MAX, 0), |(lo, hi), &k| {
-        (lo.min(high(k)), hi.max(high(k)))
-    });
     let bits = (n / 2).next_power_of_two().trailing_zeros();
     let buckets = 1usize << bits;
     let shift = (u64::BITS - (hi - lo).leading_zeros()).saturating_sub(bits);
@@ -314,8 +320,11 @@ mod tests {
         for keys in [spread, equal, clumped] {
             let mut expected = keys.clone();
             expected.sort();
+            let high = |k: &u128| (k >> 64) as u64;
+            let lo = keys.iter().map(high).min().unwrap();
+            let hi = keys.iter().map(high).max().unwrap();
             let mut sorted = keys;
-            sort_keys(&mut sorted, &mut spare, &mut counts);
+            sort_keys(&mut sorted, (lo, hi), &mut spare, &mut counts);
             assert_eq!(sorted, expected);
         }
     }
