@@ -1303,7 +1303,67 @@ fn fingerprint(host: &Host) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::Headway;
+    use super::{Adaptive, Goal, Headway};
+    use crate::model::{Domain, Host, Kib};
+
+    const MIB: Kib = 1024;
+
+    /// Three guests of dynamic range 1–4 GiB, holding `actual_mib` with targets `target_mib`.
+    fn host(actual_mib: [Kib; 3], target_mib: [Kib; 3]) -> Host {
+        let guests = (0..3)
+            .map(|i| {
+                let (actual, target) = (actual_mib[i] * MIB, target_mib[i] * MIB);
+                Domain::new(
+                    i as i32 + 1,
+                    true,
+                    1024 * MIB,
+                    target,
+                    4096 * MIB,
+                    actual,
+                    4096 * MIB,
+                    4,
+                )
+            })
+            .collect();
+        Host::new(guests, 0).unwrap()
+    }
+
+    #[test]
+    fn a_squeezer_reusing_its_working_space_decides_as_a_fresh_copy() {
+        // Free 1.5 GiB from three guests of 3, 3.5 and 4 GiB. The first round sizes the
+        // working space for three contributors; a copy taken after it has none. Given the
+        // same second look (the guests have moved 100, 200 and 300 MiB), both plan the same.
+        let mut adaptive = Adaptive::default();
+        let mut op = adaptive
+            .begin(Goal::Free {
+                required_kib: 1536 * MIB,
+            })
+            .unwrap();
+        let first = adaptive
+            .step(
+                &mut op,
+                &host([3072, 3584, 4096], [3072, 3584, 4096]),
+                0.0,
+                &mut |_| false,
+            )
+            .unwrap();
+        assert_eq!(first.writes.len(), 3);
+        let targets = first.writes.iter().map(|a| a.new_target_kib / MIB);
+        let [t1, t2, t3]: [Kib; 3] = targets.collect::<Vec<_>>().try_into().unwrap();
+        let second_look = host([2972, 3384, 3796], [t1, t2, t3]);
+        let (mut copy, mut copy_op) = (adaptive.clone(), op.clone());
+        let reused = adaptive
+            .step(&mut op, &second_look, 1.0, &mut |_| false)
+            .unwrap();
+        let fresh = copy
+            .step(&mut copy_op, &second_look, 1.0, &mut |_| false)
+            .unwrap();
+        assert_eq!(reused, fresh);
+        assert!(
+            !reused.writes.is_empty(),
+            "the measured rates move the plan"
+        );
+    }
 
     #[test]
     fn a_request_stalls_only_after_no_new_high_for_the_stall_time() {
