@@ -37,7 +37,7 @@ use crate::model::{
 };
 use crate::policy;
 use plan::Contributor;
-use tracker::{Concern, Judge, Limit, Tracker};
+use tracker::{Concern, Judge, Limit, Track, Tracker};
 
 /// Tunables of the adaptive squeezer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -218,8 +218,6 @@ struct Scratch {
     contributors: Vec<Contributor>,
     /// Where each contributor is in the host's domains.
     who: Vec<usize>,
-    /// Each contributor's share of the request.
-    shares: Vec<Kib>,
     /// [`plan::finish_time_in`]'s working space.
     finish: plan::Workspace,
 }
@@ -487,88 +485,87 @@ impl Adaptive {
             self.fingerprint = fp;
             self.epoch += 1;
         }
-        self.tracker.observe(host, now, &self.options.judge());
+        let (options, epoch) = (self.options, self.epoch);
         let mut writes = Vec::new();
-        self.learn_limits(host, now, &mut writes);
+        // Limits are learnt in the tracker's walk, each domain right after its update.
+        self.tracker
+            .observe_then(host, now, &options.judge(), |_, d, t| {
+                Self::learn_limit(&options, epoch, d, t, now, &mut writes)
+            });
         writes
     }
 
-    /// Turns a driver's persistent stall into a remembered limit: a floor when it stopped
-    /// shrinking after having moved, a ceiling when it does not grow.
-    fn learn_limits(&mut self, host: &Host, now: f64, writes: &mut Vec<Action>) {
-        let grace = self.options.grace_s;
-        let probe = self.options.probe_kib;
-        for (i, d) in host
-            .domains()
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.can_balloon)
-        {
-            let Some(t) = self.tracker.get_mut_at(i, d.domid) else {
-                continue;
-            };
-            let actual = d.memory_actual_kib;
-            let limit = Some(Limit {
-                at_kib: actual,
-                since: now,
-            });
-            match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
-                Some(Direction::Down)
-                    if t.floor.is_none()
-                        && t.pinned.is_none()
-                        && !t.moved_since_request
-                        && t.stalled_since.is_some_and(|s| now - s >= grace) =>
-                {
-                    debug!(
-                        "domain {}: balloon driver has not moved from {actual} KiB toward its \
-                         target {} KiB",
-                        d.domid, t.target_kib
-                    );
-                    t.pinned = limit;
-                }
-                Some(Direction::Down)
-                    if t.floor.is_none()
-                        && t.moved_since_request
-                        && t.stalled_since.is_some_and(|s| now - s >= grace) =>
-                {
-                    // The lower target stays: it frees memory if the driver ever moves again,
-                    // and raising it would be a target increase while memory is wanted.
-                    debug!(
-                        "domain {}: balloon driver stopped at {actual} KiB, above its target {} \
-                         KiB; not counting on it to shrink further",
-                        d.domid, t.target_kib
-                    );
-                    t.floor = limit;
-                }
-                Some(Direction::Up) if t.ceiling.is_none() && t.lagging(now, grace) => {
-                    // A standing growth request would hold memory nobody can use: take it back,
-                    // leaving a probe's worth so the squeezer notices if the limit lifts.
-                    // Never above the target it replaces: a withdrawal must not become a
-                    // larger request (a driver just short of its target would be asked for
-                    // more, and in a freeing round that is memory promised twice).
-                    let retract = (actual + probe)
-                        .min(d.dynamic_max_kib)
-                        .min(d.memory_max_kib.max(actual))
-                        .min(d.target_kib);
-                    debug!(
-                        "domain {}: balloon driver stopped at {actual} KiB, below its target {} \
-                         KiB; target now {retract} KiB",
-                        d.domid, t.target_kib
-                    );
-                    t.ceiling = limit;
-                    if retract < d.target_kib {
-                        self.plan_write_at(
-                            i,
-                            writes,
-                            d,
-                            retract,
-                            now,
-                            "cannot grow: request withdrawn",
-                        );
-                    }
-                }
-                _ => {}
+    /// Turns `d`'s persistent stall into a remembered limit: a floor when it stopped
+    /// shrinking after having moved, a ceiling when it does not grow. `t` is its track as the
+    /// look (in input epoch `epoch`) has just updated it.
+    fn learn_limit(
+        options: &AdaptiveOptions,
+        epoch: u64,
+        d: &Domain,
+        t: &mut Track,
+        now: f64,
+        writes: &mut Vec<Action>,
+    ) {
+        if !d.can_balloon {
+            return;
+        }
+        let grace = options.grace_s;
+        let probe = options.probe_kib;
+        let actual = d.memory_actual_kib;
+        let limit = Some(Limit {
+            at_kib: actual,
+            since: now,
+        });
+        match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
+            Some(Direction::Down)
+                if t.floor.is_none()
+                    && t.pinned.is_none()
+                    && !t.moved_since_request
+                    && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+            {
+                debug!(
+                    "domain {}: balloon driver has not moved from {actual} KiB toward its \
+                     target {} KiB",
+                    d.domid, t.target_kib
+                );
+                t.pinned = limit;
             }
+            Some(Direction::Down)
+                if t.floor.is_none()
+                    && t.moved_since_request
+                    && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+            {
+                // The lower target stays: it frees memory if the driver ever moves again,
+                // and raising it would be a target increase while memory is wanted.
+                debug!(
+                    "domain {}: balloon driver stopped at {actual} KiB, above its target {} \
+                     KiB; not counting on it to shrink further",
+                    d.domid, t.target_kib
+                );
+                t.floor = limit;
+            }
+            Some(Direction::Up) if t.ceiling.is_none() && t.lagging(now, grace) => {
+                // A standing growth request would hold memory nobody can use: take it back,
+                // leaving a probe's worth so the squeezer notices if the limit lifts.
+                // Never above the target it replaces: a withdrawal must not become a
+                // larger request (a driver just short of its target would be asked for
+                // more, and in a freeing round that is memory promised twice).
+                let retract = (actual + probe)
+                    .min(d.dynamic_max_kib)
+                    .min(d.memory_max_kib.max(actual))
+                    .min(d.target_kib);
+                debug!(
+                    "domain {}: balloon driver stopped at {actual} KiB, below its target {} \
+                     KiB; target now {retract} KiB",
+                    d.domid, t.target_kib
+                );
+                t.ceiling = limit;
+                if retract < d.target_kib {
+                    push_write(writes, d, retract, "cannot grow: request withdrawn");
+                    t.note_write(retract, now, epoch);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -596,16 +593,7 @@ impl Adaptive {
         now: f64,
         reason: &str,
     ) {
-        if target_kib != d.target_kib {
-            info!(
-                "domain {}: target {} -> {target_kib} KiB ({reason})",
-                d.domid, d.target_kib
-            );
-        }
-        writes.push(Action {
-            domid: d.domid,
-            new_target_kib: target_kib,
-        });
+        push_write(writes, d, target_kib, reason);
         self.tracker
             .note_write_at(index, d.domid, target_kib, now, self.epoch);
     }
@@ -666,7 +654,6 @@ impl Adaptive {
         let Scratch {
             contributors,
             who,
-            shares,
             finish,
         } = scratch;
         contributors.clear();
@@ -717,15 +704,16 @@ impl Adaptive {
         }
 
         let t_star = plan::finish_time_in(contributors, need.min(capacity), finish).unwrap_or(0.0);
-        plan::shares_into(contributors, t_star, shares);
+        // Each contributor's share is `plan::share(c, t_star)`, taken as the contributors are
+        // walked rather than stored.
         // The caller's deadline: the request fails as soon as the rates the guests have
         // shown (not the prior) predict it cannot be met, three looks in a row so that one
         // slow first sample (a driver that reacts late) does not end it.
         let deadline = self.options.deadline_s;
         if deadline.is_finite() {
             let predicted = now - state.start + t_star;
-            let measured = who.iter().zip(shares.iter()).all(|(&i, &share)| {
-                share == 0
+            let measured = who.iter().zip(contributors.iter()).all(|(&i, c)| {
+                plan::share(c, t_star) == 0
                     || self
                         .tracker
                         .get_at(i, host.domains()[i].domid)
@@ -746,7 +734,8 @@ impl Adaptive {
             }
         }
         let mut wrote = false;
-        for (&i, &share) in who.iter().zip(shares.iter()) {
+        for (&i, c) in who.iter().zip(contributors.iter()) {
+            let share = plan::share(c, t_star);
             let d = &host.domains()[i];
             // A driver may stop up to its inaccuracy short of a target, and a real host
             // rounds to whole pages on top, so ask for twice that much more; the capacity
@@ -1271,6 +1260,21 @@ fn deadband(options: &AdaptiveOptions, d: &Domain) -> Kib {
         .deadband_kib
         .min(d.range_kib() / 64)
         .max(2 * d.inaccuracy_kib)
+}
+
+/// Puts `d`'s new target in the plan `writes`, and logs it if it changes (the caller notes it
+/// in the tracker).
+fn push_write(writes: &mut Vec<Action>, d: &Domain, target_kib: Kib, reason: &str) {
+    if target_kib != d.target_kib {
+        info!(
+            "domain {}: target {} -> {target_kib} KiB ({reason})",
+            d.domid, d.target_kib
+        );
+    }
+    writes.push(Action {
+        domid: d.domid,
+        new_target_kib: target_kib,
+    });
 }
 
 /// Host free memory that stays free even if every domain grows to its target + inaccuracy

@@ -161,18 +161,22 @@ pub fn shares(contributors: &[Contributor], t: f64) -> Vec<Kib> {
 /// [`shares`] into `out` (cleared first), for a caller that keeps one from round to round.
 pub fn shares_into(contributors: &[Contributor], t: f64, out: &mut Vec<Kib>) {
     out.clear();
-    out.extend(contributors.iter().map(|c| {
-        if c.rate_kib_per_s <= 0.0 || !c.rate_kib_per_s.is_finite() {
-            0
+    out.extend(contributors.iter().map(|c| share(c, t)));
+}
+
+/// One contributor's share for finishing at `t` seconds (see [`shares`]), for a caller that
+/// walks the contributors anyway.
+pub fn share(c: &Contributor, t: f64) -> Kib {
+    if c.rate_kib_per_s <= 0.0 || !c.rate_kib_per_s.is_finite() {
+        0
+    } else {
+        let s = ceil(c.rate_kib_per_s * t);
+        if s >= c.cap_kib as f64 {
+            c.cap_kib.max(0)
         } else {
-            let s = ceil(c.rate_kib_per_s * t);
-            if s >= c.cap_kib as f64 {
-                c.cap_kib.max(0)
-            } else {
-                s as Kib
-            }
+            s as Kib
         }
-    }));
+    }
 }
 
 /// `x.ceil()`, computed inline for a positive `x` below 2⁵² (x86-64's baseline has no rounding

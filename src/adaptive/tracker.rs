@@ -145,6 +145,14 @@ impl Track {
         }
     }
 
+    /// Records that the target is now `target_kib` (written at `now`, in `epoch`).
+    pub(crate) fn note_write(&mut self, target_kib: Kib, now: f64, epoch: u64) {
+        if retarget(self, target_kib) {
+            self.last_write_time = now;
+            self.last_write_epoch = epoch;
+        }
+    }
+
     /// Whether the driver has fallen short of the minimum rate for at least `grace_s`.
     pub fn lagging(&self, now: f64, grace_s: f64) -> bool {
         self.short_since.is_some_and(|s| now - s >= grace_s)
@@ -311,6 +319,20 @@ impl Tracker {
     /// Takes a snapshot at `now`: updates rates, shortfall, limits and scores for every domain,
     /// adds new ones and forgets those that are gone.
     pub fn observe(&mut self, host: &Host, now: f64, judge: &Judge) {
+        self.observe_then(host, now, judge, |_, _, _| {});
+    }
+
+    /// [`observe`](Tracker::observe), then `then(index, domain, track)` for every domain of
+    /// `host`, in domid order, with its track as just updated. When the host has the domains
+    /// of the last look (the usual case) this is one walk, each domain's `then` right after
+    /// its update: on a big host a walk fewer over the tracks.
+    pub fn observe_then(
+        &mut self,
+        host: &Host,
+        now: f64,
+        judge: &Judge,
+        mut then: impl FnMut(usize, &Domain, &mut Track),
+    ) {
         let domains = host.domains();
         // The usual look sees the domains of the last one. Both are in domid order, so they
         // are walked together rather than looked up one by one.
@@ -324,8 +346,9 @@ impl Tracker {
             // What was inherited is only kept for domains not seen yet: none is on the host.
             self.inherited.clear();
             let mut decay = Decay::default();
-            for (t, d) in self.per_domain.values_mut().zip(domains) {
+            for (i, (t, d)) in self.per_domain.values_mut().zip(domains).enumerate() {
                 step(t, d, now, judge, &mut decay);
+                then(i, d, t);
             }
             return;
         }
@@ -344,6 +367,11 @@ impl Tracker {
                     self.per_domain.insert(d.domid, t);
                 }
                 Some(t) => step(t, d, now, judge, &mut decay),
+            }
+        }
+        for (i, d) in domains.iter().enumerate() {
+            if let Some(t) = self.get_mut_at(i, d.domid) {
+                then(i, d, t);
             }
         }
     }
@@ -415,10 +443,7 @@ impl Tracker {
         epoch: u64,
     ) {
         if let Some(t) = self.get_mut_at(index, domid) {
-            if retarget(t, target_kib) {
-                t.last_write_time = now;
-                t.last_write_epoch = epoch;
-            }
+            t.note_write(target_kib, now, epoch);
         }
     }
 }
