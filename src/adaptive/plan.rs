@@ -121,9 +121,12 @@ fn sort_keys(
     for b in 1..=buckets {
         counts[b] += counts[b - 1];
     }
-    // counts[b] is where bucket b starts; as keys are placed it moves to where b ends.
-    spare.clear();
-    spare.resize(n, 0);
+    // counts[b] is where bucket b starts; as keys are placed it moves to where b ends. Every
+    // one of the first n places of `spare` is written, so what it held is left as it was
+    // rather than cleared.
+    if spare.len() < n {
+        spare.resize(n, 0);
+    }
     for &k in keys.iter() {
         let at = &mut counts[bucket(k)];
         spare[*at as usize] = k;
@@ -149,6 +152,7 @@ fn sort_keys(
         start = end;
     }
     std::mem::swap(keys, spare);
+    keys.truncate(n);
 }
 
 /// Each contributor's share for finishing at `t` seconds: `min(cap, ⌈rate · t⌉)`.
