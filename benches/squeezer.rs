@@ -12,8 +12,10 @@
 //!   free of 10 % of host memory on N ideal guests (the first round's targets written and one
 //!   second of ballooning simulated), measured three ways in one run: squeezed's bare
 //!   iteration, the classic [`ClassicRound`] and the adaptive [`AdaptiveRound`] through
-//!   [`Engine::round`]. Each measured round starts from a copy of the engine's state after the
-//!   first round (copying is not timed). CPU time, as below.
+//!   [`Engine::round`]. Each measured round starts from the engine's state after the first
+//!   round, copied (untimed) into the state the previous measured round used with
+//!   `clone_from`, so that working space a squeezer keeps between rounds is reused as in a
+//!   long-running loop rather than allocated afresh. CPU time, as below.
 //!
 //! Guests are GiB-scale: dynamic-min 1 to 2 GiB, dynamic-max 2 to 6 GiB, each sitting at its
 //! dynamic-max, ballooning at 64 to 512 MiB/s. Run with
@@ -23,7 +25,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use squeeze::adaptive::{Adaptive, Goal};
+use squeeze::adaptive::{Adaptive, Goal, Operation};
 use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
 use squeeze::engine::{AdaptiveRound, ClassicRound, Engine};
 use squeeze::{change_host_free_memory, Action, Domain, Host, Io, Kib, Options, Squeezer, Verdict};
@@ -164,18 +166,42 @@ fn apply(sim: &mut Simulator, maxmem: Vec<(i32, Kib)>, targets: Vec<Action>) -> 
     (sim.make_host().unwrap(), sim.now().unwrap())
 }
 
-/// Times `round` over `iters` rounds, each given a fresh copy of `state` made outside the
-/// timing; what it returns is dropped outside the timing too.
-fn time_rounds<S: Clone, R>(iters: u64, state: &S, mut round: impl FnMut(S) -> R) -> Duration {
+/// Times `round` over `iters` rounds, each given a copy of `state` made outside the timing
+/// (with `clone_from`, into the copy the previous round used, so that what a type keeps for
+/// reuse survives as it does between the rounds of one operation); what it returns is
+/// dropped outside the timing too.
+fn time_rounds<S: Clone, R>(iters: u64, state: &S, mut round: impl FnMut(&mut S) -> R) -> Duration {
     let mut cpu = Duration::ZERO;
+    let mut work = state.clone();
     for _ in 0..iters {
-        let s = state.clone();
+        work.clone_from(state);
         let start = process_cpu_time();
-        let r = round(s);
+        let r = round(&mut work);
         cpu += process_cpu_time() - start;
         black_box(r);
     }
     cpu
+}
+
+/// The adaptive engine's state between two rounds: the squeezer, and the operation (taken by
+/// the round, which owns it as the loop's [`AdaptiveRound`] does).
+struct AdaptiveState {
+    adaptive: Adaptive,
+    op: Option<Operation>,
+}
+
+impl Clone for AdaptiveState {
+    fn clone(&self) -> Self {
+        AdaptiveState {
+            adaptive: self.adaptive.clone(),
+            op: self.op.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.adaptive.clone_from(&source.adaptive);
+        self.op.clone_from(&source.op);
+    }
 }
 
 fn engine_round(c: &mut Criterion) {
@@ -200,22 +226,19 @@ fn engine_round(c: &mut Criterion) {
             &host,
             |b, host| {
                 b.iter_custom(|iters| {
-                    time_rounds(iters, &squeezer, |mut sq| {
-                        let it = sq
-                            .one_iteration(black_box(host), required, &mut |f| f >= required, now)
-                            .unwrap();
-                        (it, sq)
+                    time_rounds(iters, &squeezer, |sq| {
+                        sq.one_iteration(black_box(host), required, &mut |f| f >= required, now)
+                            .unwrap()
                     })
                 });
             },
         );
         group.bench_with_input(BenchmarkId::new("classic_round", n), &host, |b, host| {
             b.iter_custom(|iters| {
-                time_rounds(iters, &squeezer, |mut sq| {
-                    let plan = ClassicRound::new(&mut sq, required, SLUSH_KIB)
+                time_rounds(iters, &squeezer, |sq| {
+                    ClassicRound::new(sq, required, SLUSH_KIB)
                         .round(black_box(host), now, &mut |f| f >= required)
-                        .unwrap();
-                    (plan, sq)
+                        .unwrap()
                 })
             });
         });
@@ -235,13 +258,17 @@ fn engine_round(c: &mut Criterion) {
             .unwrap();
         assert_eq!(first.writes.len(), n);
         let (host, now) = apply(&mut sim, Vec::new(), first.writes);
+        let state = AdaptiveState {
+            adaptive,
+            op: Some(op),
+        };
         group.bench_with_input(BenchmarkId::new("adaptive_round", n), &host, |b, host| {
             b.iter_custom(|iters| {
-                time_rounds(iters, &(adaptive.clone(), op.clone()), |(mut a, op)| {
-                    let plan = AdaptiveRound::new(&mut a, op)
+                time_rounds(iters, &state, |s| {
+                    let op = s.op.take().expect("restored before every round");
+                    AdaptiveRound::new(&mut s.adaptive, op)
                         .round(black_box(host), now, &mut |f| f >= required)
-                        .unwrap();
-                    (plan, a)
+                        .unwrap()
                 })
             });
         });

@@ -68,18 +68,24 @@ impl Stillness {
     /// Records a look at `host` at `now`; fails once nothing has moved for
     /// [`MAX_ROUNDS_WITHOUT_MOVEMENT`] rounds.
     pub(crate) fn look(&mut self, host: &Host, now: f64) -> Result<()> {
-        let actuals: Vec<(DomId, Kib)> = host
-            .domains()
-            .iter()
-            .map(|d| (d.domid, d.memory_actual_kib))
-            .collect();
-        let still = self.last.as_ref() == Some(&actuals) && self.free_kib == host.free_mem_kib;
+        // Compared and kept in place: on a big host a fresh copy every round is a fresh
+        // allocation of tens of KiB.
+        let domains = host.domains();
+        let still = self.free_kib == host.free_mem_kib
+            && self.last.as_ref().is_some_and(|last| {
+                last.len() == domains.len()
+                    && last.iter().zip(domains).all(|(&(domid, actual), d)| {
+                        domid == d.domid && actual == d.memory_actual_kib
+                    })
+            });
         if still {
             self.rounds += 1;
         } else {
             self.rounds = 0;
             self.since = now;
-            self.last = Some(actuals);
+            let last = self.last.get_or_insert_with(Vec::new);
+            last.clear();
+            last.extend(domains.iter().map(|d| (d.domid, d.memory_actual_kib)));
             self.free_kib = host.free_mem_kib;
         }
         if self.rounds >= MAX_ROUNDS_WITHOUT_MOVEMENT {

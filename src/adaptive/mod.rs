@@ -37,7 +37,7 @@ use crate::model::{
 };
 use crate::policy;
 use plan::Contributor;
-use tracker::{Concern, Judge, Limit, Tracker};
+use tracker::{Concern, Judge, Limit, Track, Tracker};
 
 /// Tunables of the adaptive squeezer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -172,7 +172,7 @@ impl AdaptiveOptions {
 }
 
 /// The adaptive squeezer and everything it has learnt about the host's domains.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Adaptive {
     options: AdaptiveOptions,
     tracker: Tracker,
@@ -188,6 +188,45 @@ pub struct Adaptive {
     /// What freed memory has been handed on since the last summary: each write is logged at
     /// debug level, and one info line sums them up when a balance ends.
     handed_on: HandOnTally,
+    /// Working space of the freeing round, kept from round to round (see [`Scratch`]).
+    scratch: Scratch,
+}
+
+impl Clone for Adaptive {
+    fn clone(&self) -> Self {
+        Adaptive {
+            options: self.options,
+            tracker: self.tracker.clone(),
+            epoch: self.epoch,
+            fingerprint: self.fingerprint,
+            held_since: self.held_since.clone(),
+            handed_on: self.handed_on.clone(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Becomes a copy of `source`, keeping its own working space: what a caller that
+    /// restores a saved state before each round (a benchmark) needs for the rounds to reuse
+    /// their memory as a long-lived squeezer's do.
+    fn clone_from(&mut self, source: &Self) {
+        let scratch = std::mem::take(&mut self.scratch);
+        *self = source.clone();
+        self.scratch = scratch;
+    }
+}
+
+/// The per-domain vectors a freeing round builds, kept in the squeezer and cleared at the
+/// start of each round rather than allocated afresh: on a host of thousands each is tens or
+/// hundreds of KiB, and fresh memory of that size costs a page fault per page. Nothing in it
+/// outlives a round, so a copy of the squeezer starts with none.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// What each domain counted on can give, and how fast.
+    contributors: Vec<Contributor>,
+    /// Where each contributor is in the host's domains.
+    who: Vec<usize>,
+    /// [`plan::finish_time_in`]'s working space.
+    finish: plan::Workspace,
 }
 
 impl Adaptive {
@@ -342,7 +381,12 @@ impl Adaptive {
             }
             OperationPhase::NotStarted => unreachable!("started above"),
         };
-        writes.extend(round.writes);
+        // Most rounds' look writes nothing: then the round's writes are the plan as they are.
+        if writes.is_empty() {
+            writes = round.writes;
+        } else {
+            writes.extend(round.writes);
+        }
         Ok(Round::ending(writes, round.outcome))
     }
 
@@ -459,81 +503,87 @@ impl Adaptive {
             self.fingerprint = fp;
             self.epoch += 1;
         }
-        self.tracker.observe(host, now, &self.options.judge());
+        let (options, epoch) = (self.options, self.epoch);
         let mut writes = Vec::new();
-        self.learn_limits(host, now, &mut writes);
+        // Limits are learnt in the tracker's walk, each domain right after its update.
+        self.tracker
+            .observe_then(host, now, &options.judge(), |_, d, t| {
+                Self::learn_limit(&options, epoch, d, t, now, &mut writes)
+            });
         writes
     }
 
-    /// Turns a driver's persistent stall into a remembered limit: a floor when it stopped
-    /// shrinking after having moved, a ceiling when it does not grow.
-    fn learn_limits(&mut self, host: &Host, now: f64, writes: &mut Vec<Action>) {
-        let grace = self.options.grace_s;
-        let probe = self.options.probe_kib;
-        for (i, d) in host
-            .domains()
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.can_balloon)
-        {
-            let Some(t) = self.tracker.get_mut_at(i, d.domid) else {
-                continue;
-            };
-            let actual = d.memory_actual_kib;
-            let limit = Some(Limit {
-                at_kib: actual,
-                since: now,
-            });
-            match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
-                Some(Direction::Down)
-                    if t.floor.is_none()
-                        && t.pinned.is_none()
-                        && !t.moved_since_request
-                        && t.stalled_since.is_some_and(|s| now - s >= grace) =>
-                {
-                    debug!(
-                        "domain {}: balloon driver has not moved from {actual} KiB toward its \
-                         target {} KiB",
-                        d.domid, t.target_kib
-                    );
-                    t.pinned = limit;
-                }
-                Some(Direction::Down)
-                    if t.floor.is_none()
-                        && t.moved_since_request
-                        && t.stalled_since.is_some_and(|s| now - s >= grace) =>
-                {
-                    // The lower target stays: it frees memory if the driver ever moves again,
-                    // and raising it would be a target increase while memory is wanted.
-                    debug!(
-                        "domain {}: balloon driver stopped at {actual} KiB, above its target {} \
-                         KiB; not counting on it to shrink further",
-                        d.domid, t.target_kib
-                    );
-                    t.floor = limit;
-                }
-                Some(Direction::Up) if t.ceiling.is_none() && t.lagging(now, grace) => {
-                    // A standing growth request would hold memory nobody can use: take it back,
-                    // leaving a probe's worth so the squeezer notices if the limit lifts.
-                    // Never above the target it replaces: a withdrawal must not become a
-                    // larger request (a driver just short of its target would be asked for
-                    // more, and in a freeing round that is memory promised twice).
-                    let retract = (actual + probe)
-                        .min(d.dynamic_max_kib)
-                        .min(d.memory_max_kib.max(actual))
-                        .min(d.target_kib);
-                    debug!(
-                        "domain {}: balloon driver stopped at {actual} KiB, below its target {} \
-                         KiB; target now {retract} KiB",
-                        d.domid, t.target_kib
-                    );
-                    t.ceiling = limit;
-                    if retract < d.target_kib {
-                        self.plan_write(writes, d, retract, now, "cannot grow: request withdrawn");
-                    }
-                }
-                _ => {}
+    /// Turns `d`'s persistent stall into a remembered limit: a floor when it stopped
+    /// shrinking after having moved, a ceiling when it does not grow. `t` is its track as the
+    /// look (in input epoch `epoch`) has just updated it.
+    fn learn_limit(
+        options: &AdaptiveOptions,
+        epoch: u64,
+        d: &Domain,
+        t: &mut Track,
+        now: f64,
+        writes: &mut Vec<Action>,
+    ) {
+        if !d.can_balloon {
+            return;
+        }
+        let grace = options.grace_s;
+        let probe = options.probe_kib;
+        let actual = d.memory_actual_kib;
+        let limit = Some(Limit {
+            at_kib: actual,
+            since: now,
+        });
+        match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
+            Some(Direction::Down)
+                if t.floor.is_none()
+                    && t.pinned.is_none()
+                    && !t.moved_since_request
+                    && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+            {
+                debug!(
+                    "domain {}: balloon driver has not moved from {actual} KiB toward its \
+                     target {} KiB",
+                    d.domid, t.target_kib
+                );
+                t.pinned = limit;
             }
+            Some(Direction::Down)
+                if t.floor.is_none()
+                    && t.moved_since_request
+                    && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+            {
+                // The lower target stays: it frees memory if the driver ever moves again,
+                // and raising it would be a target increase while memory is wanted.
+                debug!(
+                    "domain {}: balloon driver stopped at {actual} KiB, above its target {} \
+                     KiB; not counting on it to shrink further",
+                    d.domid, t.target_kib
+                );
+                t.floor = limit;
+            }
+            Some(Direction::Up) if t.ceiling.is_none() && t.lagging(now, grace) => {
+                // A standing growth request would hold memory nobody can use: take it back,
+                // leaving a probe's worth so the squeezer notices if the limit lifts.
+                // Never above the target it replaces: a withdrawal must not become a
+                // larger request (a driver just short of its target would be asked for
+                // more, and in a freeing round that is memory promised twice).
+                let retract = (actual + probe)
+                    .min(d.dynamic_max_kib)
+                    .min(d.memory_max_kib.max(actual))
+                    .min(d.target_kib);
+                debug!(
+                    "domain {}: balloon driver stopped at {actual} KiB, below its target {} \
+                     KiB; target now {retract} KiB",
+                    d.domid, t.target_kib
+                );
+                t.ceiling = limit;
+                if retract < d.target_kib {
+                    push_write(writes, d, retract, "cannot grow: request withdrawn");
+                    t.note_write(retract, now, epoch);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -546,7 +596,7 @@ impl Adaptive {
         now: f64,
         reason: &str,
     ) {
-        self.plan_write_logged(log::Level::Info, writes, d, target_kib, now, reason);
+        self.plan_write_at(usize::MAX, writes, d, target_kib, now, reason);
     }
 
     /// [`plan_write`](Self::plan_write), logging the change at `level`: freed memory handed
@@ -561,20 +611,26 @@ impl Adaptive {
         now: f64,
         reason: &str,
     ) {
-        if target_kib != d.target_kib {
-            log::log!(
-                level,
-                "domain {}: target {} -> {target_kib} KiB ({reason})",
-                d.domid,
-                d.target_kib
-            );
-        }
-        writes.push(Action {
-            domid: d.domid,
-            new_target_kib: target_kib,
-        });
+        push_write_logged(level, writes, d, target_kib, reason);
         self.tracker
-            .note_write(d.domid, target_kib, now, self.epoch);
+            .note_write_at(usize::MAX, d.domid, target_kib, now, self.epoch);
+    }
+
+    /// [`plan_write`](Self::plan_write) for `d` at `index` in the domains of the host being
+    /// decided on, where the tracker finds it without a search (a round on a big host writes
+    /// thousands).
+    fn plan_write_at(
+        &mut self,
+        index: usize,
+        writes: &mut Vec<Action>,
+        d: &Domain,
+        target_kib: Kib,
+        now: f64,
+        reason: &str,
+    ) {
+        push_write(writes, d, target_kib, reason);
+        self.tracker
+            .note_write_at(index, d.domid, target_kib, now, self.epoch);
     }
 
     /// `target_kib`, or for a guest not yet seen to grow, at most a probe's worth above what
@@ -610,25 +666,39 @@ impl Adaptive {
         required_kib: Kib,
         success: &mut dyn FnMut(Kib) -> bool,
     ) -> Result<Round> {
-        let mut writes = Vec::new();
-        let guaranteed = guaranteed_free(host);
-        if guaranteed >= required_kib && success(guaranteed) {
-            debug!(
-                "{guaranteed} KiB free and guaranteed after {:.1} s",
-                now - state.start
-            );
-            return Ok(Round::ending(writes, Outcome::Done));
-        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let round = self.free_round_in(&mut scratch, state, host, now, required_kib, success);
+        self.scratch = scratch;
+        round
+    }
 
-        // What each balloonable domain without a floor can still give, and how fast.
-        let mut contributors = Vec::new();
-        let mut who = Vec::new();
-        for (i, d) in host
-            .domains()
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.can_balloon)
-        {
+    /// [`free_round`](Self::free_round) with its working space.
+    fn free_round_in(
+        &mut self,
+        scratch: &mut Scratch,
+        state: &mut FreeState,
+        host: &Host,
+        now: f64,
+        required_kib: Kib,
+        success: &mut dyn FnMut(Kib) -> bool,
+    ) -> Result<Round> {
+        let mut writes = Vec::new();
+        // What each balloonable domain without a floor can still give, and how fast; in the
+        // same walk over the domains (one walk fewer on a big host), what the host's free
+        // memory is guaranteed to be ([`guaranteed_free`]).
+        let Scratch {
+            contributors,
+            who,
+            finish,
+        } = scratch;
+        contributors.clear();
+        who.clear();
+        let mut could_take: Kib = 0;
+        for (i, d) in host.domains().iter().enumerate() {
+            could_take += could_take_of(d);
+            if !d.can_balloon {
+                continue;
+            }
             let t = self.tracker.get_at(i, d.domid);
             if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
                 continue;
@@ -640,7 +710,15 @@ impl Adaptive {
                 cap_kib: d.min_freeable_kib(true),
                 rate_kib_per_s: rate,
             });
-            who.push(*d);
+            who.push(i);
+        }
+        let guaranteed = host.free_mem_kib - could_take;
+        if guaranteed >= required_kib && success(guaranteed) {
+            debug!(
+                "{guaranteed} KiB free and guaranteed after {:.1} s",
+                now - state.start
+            );
+            return Ok(Round::ending(writes, Outcome::Done));
         }
         let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
         let need = required_kib - guaranteed;
@@ -655,23 +733,25 @@ impl Adaptive {
                  aiming for {required_kib} KiB)",
                 self.options.stall_s
             );
-            let e = self.named(self.blame_late(host, now, required_kib, &who));
+            let counted_on: Vec<Domain> = who.iter().map(|&i| host.domains()[i]).collect();
+            let e = self.named(self.blame_late(host, now, required_kib, &counted_on));
             return Ok(Round::ending(writes, Outcome::Failed(e)));
         }
 
-        let t_star = plan::finish_time(&contributors, need.min(capacity)).unwrap_or(0.0);
-        let shares = plan::shares(&contributors, t_star);
+        let t_star = plan::finish_time_in(contributors, need.min(capacity), finish).unwrap_or(0.0);
+        // Each contributor's share is `plan::share(c, t_star)`, taken as the contributors are
+        // walked rather than stored.
         // The caller's deadline: the request fails as soon as the rates the guests have
         // shown (not the prior) predict it cannot be met, three looks in a row so that one
         // slow first sample (a driver that reacts late) does not end it.
         let deadline = self.options.deadline_s;
         if deadline.is_finite() {
             let predicted = now - state.start + t_star;
-            let measured = who.iter().zip(&shares).all(|(d, &share)| {
-                share == 0
+            let measured = who.iter().zip(contributors.iter()).all(|(&i, c)| {
+                plan::share(c, t_star) == 0
                     || self
                         .tracker
-                        .get(d.domid)
+                        .get_at(i, host.domains()[i].domid)
                         .is_some_and(|t| t.rate_down.is_some())
             });
             state.late_looks = if measured && predicted > deadline {
@@ -689,7 +769,9 @@ impl Adaptive {
             }
         }
         let mut wrote = false;
-        for (d, share) in who.iter().zip(shares) {
+        for (&i, c) in who.iter().zip(contributors.iter()) {
+            let share = plan::share(c, t_star);
+            let d = &host.domains()[i];
             // A driver may stop up to its inaccuracy short of a target, and a real host
             // rounds to whole pages on top, so ask for twice that much more; the capacity
             // held back twice the inaccuracy, so this stays in range.
@@ -716,11 +798,15 @@ impl Adaptive {
                 desired < d.memory_actual_kib - d.inaccuracy_kib && worth
             };
             if write {
-                self.plan_write(&mut writes, d, desired, now, "free memory");
+                if writes.capacity() == 0 {
+                    // At most one write per contributor: no regrowing on a big host.
+                    writes.reserve_exact(who.len());
+                }
+                self.plan_write_at(i, &mut writes, d, desired, now, "free memory");
                 wrote = true;
             }
         }
-        let moving = who.iter().any(|d| !d.has_hit_target());
+        let moving = who.iter().any(|&i| !host.domains()[i].has_hit_target());
         if !wrote && !moving {
             // Everything that could be freed has been.
             let outcome = if success(guaranteed) {
@@ -1288,36 +1374,125 @@ fn deadband(options: &AdaptiveOptions, d: &Domain) -> Kib {
         .max(2 * d.inaccuracy_kib)
 }
 
+/// Puts `d`'s new target in the plan `writes`, and logs it if it changes (the caller notes it
+/// in the tracker).
+fn push_write(writes: &mut Vec<Action>, d: &Domain, target_kib: Kib, reason: &str) {
+    push_write_logged(log::Level::Info, writes, d, target_kib, reason);
+}
+
+/// [`push_write`], logging the change at `level`.
+fn push_write_logged(
+    level: log::Level,
+    writes: &mut Vec<Action>,
+    d: &Domain,
+    target_kib: Kib,
+    reason: &str,
+) {
+    if target_kib != d.target_kib {
+        log::log!(
+            level,
+            "domain {}: target {} -> {target_kib} KiB ({reason})",
+            d.domid,
+            d.target_kib
+        );
+    }
+    writes.push(Action {
+        domid: d.domid,
+        new_target_kib: target_kib,
+    });
+}
+
 /// Host free memory that stays free even if every domain grows to its target + inaccuracy
 /// (within its maxmem).
 pub fn guaranteed_free(host: &Host) -> Kib {
-    let could_take: Kib = host
-        .domains()
-        .iter()
-        .map(|d| {
-            ((d.target_kib + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
-        })
-        .sum();
+    let could_take: Kib = host.domains().iter().map(could_take_of).sum();
     host.free_mem_kib - could_take
+}
+
+/// What `d` may still take from the host: up to its target + inaccuracy, within its maxmem.
+fn could_take_of(d: &Domain) -> Kib {
+    ((d.target_kib + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
 }
 
 /// A digest of the outside inputs: which domains exist, whether they can balloon, and their
 /// dynamic ranges.
 /// A multiply-rotate mix rather than SipHash: it runs over every domain on every look, and
-/// needs to tell inputs apart, not to resist a chosen collision.
+/// needs to tell inputs apart, not to resist a chosen collision. Each domain is mixed on its
+/// own (its domid in it) and only a rotate and an xor chain the domains together, so that
+/// the domains' multiplications overlap instead of waiting on each other.
 fn fingerprint(host: &Host) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mix = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(K);
     host.domains().iter().fold(0, |h, d| {
-        let h = mix(h, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
-        let h = mix(h, d.dynamic_min_kib as u64);
-        mix(h, d.dynamic_max_kib as u64)
+        let v = mix(0, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
+        let v = mix(v, d.dynamic_min_kib as u64);
+        h.rotate_left(1) ^ mix(v, d.dynamic_max_kib as u64)
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Headway;
+    use super::{Adaptive, Goal, Headway};
+    use crate::model::{Domain, Host, Kib};
+
+    const MIB: Kib = 1024;
+
+    /// Three guests of dynamic range 1–4 GiB, holding `actual_mib` with targets `target_mib`.
+    fn host(actual_mib: [Kib; 3], target_mib: [Kib; 3]) -> Host {
+        let guests = (0..3)
+            .map(|i| {
+                let (actual, target) = (actual_mib[i] * MIB, target_mib[i] * MIB);
+                Domain::new(
+                    i as i32 + 1,
+                    true,
+                    1024 * MIB,
+                    target,
+                    4096 * MIB,
+                    actual,
+                    4096 * MIB,
+                    4,
+                )
+            })
+            .collect();
+        Host::new(guests, 0).unwrap()
+    }
+
+    #[test]
+    fn a_squeezer_reusing_its_working_space_decides_as_a_fresh_copy() {
+        // Free 1.5 GiB from three guests of 3, 3.5 and 4 GiB. The first round sizes the
+        // working space for three contributors; a copy taken after it has none. Given the
+        // same second look (the guests have moved 100, 200 and 300 MiB), both plan the same.
+        let mut adaptive = Adaptive::default();
+        let mut op = adaptive
+            .begin(Goal::Free {
+                required_kib: 1536 * MIB,
+            })
+            .unwrap();
+        let first = adaptive
+            .step(
+                &mut op,
+                &host([3072, 3584, 4096], [3072, 3584, 4096]),
+                0.0,
+                &mut |_| false,
+            )
+            .unwrap();
+        assert_eq!(first.writes.len(), 3);
+        let targets = first.writes.iter().map(|a| a.new_target_kib / MIB);
+        let [t1, t2, t3]: [Kib; 3] = targets.collect::<Vec<_>>().try_into().unwrap();
+        let second_look = host([2972, 3384, 3796], [t1, t2, t3]);
+        let (mut copy, mut copy_op) = (adaptive.clone(), op.clone());
+        let reused = adaptive
+            .step(&mut op, &second_look, 1.0, &mut |_| false)
+            .unwrap();
+        let fresh = copy
+            .step(&mut copy_op, &second_look, 1.0, &mut |_| false)
+            .unwrap();
+        assert_eq!(reused, fresh);
+        assert!(
+            !reused.writes.is_empty(),
+            "the measured rates move the plan"
+        );
+    }
 
     #[test]
     fn a_request_stalls_only_after_no_new_high_for_the_stall_time() {

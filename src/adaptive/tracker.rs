@@ -145,6 +145,14 @@ impl Track {
         }
     }
 
+    /// Records that the target is now `target_kib` (written at `now`, in `epoch`).
+    pub(crate) fn note_write(&mut self, target_kib: Kib, now: f64, epoch: u64) {
+        if retarget(self, target_kib) {
+            self.last_write_time = now;
+            self.last_write_epoch = epoch;
+        }
+    }
+
     /// Whether the driver has fallen short of the minimum rate for at least `grace_s`.
     pub fn lagging(&self, now: f64, grace_s: f64) -> bool {
         self.short_since.is_some_and(|s| now - s >= grace_s)
@@ -311,6 +319,20 @@ impl Tracker {
     /// Takes a snapshot at `now`: updates rates, shortfall, limits and scores for every domain,
     /// adds new ones and forgets those that are gone.
     pub fn observe(&mut self, host: &Host, now: f64, judge: &Judge) {
+        self.observe_then(host, now, judge, |_, _, _| {});
+    }
+
+    /// [`observe`](Tracker::observe), then `then(index, domain, track)` for every domain of
+    /// `host`, in domid order, with its track as just updated. When the host has the domains
+    /// of the last look (the usual case) this is one walk, each domain's `then` right after
+    /// its update: on a big host a walk fewer over the tracks.
+    pub fn observe_then(
+        &mut self,
+        host: &Host,
+        now: f64,
+        judge: &Judge,
+        mut then: impl FnMut(usize, &Domain, &mut Track),
+    ) {
         let domains = host.domains();
         // The usual look sees the domains of the last one. Both are in domid order, so they
         // are walked together rather than looked up one by one.
@@ -323,8 +345,10 @@ impl Tracker {
         if same {
             // What was inherited is only kept for domains not seen yet: none is on the host.
             self.inherited.clear();
-            for (t, d) in self.per_domain.values_mut().zip(domains) {
-                step(t, d, now, judge);
+            let mut decay = Decay::default();
+            for (i, (t, d)) in self.per_domain.values_mut().zip(domains).enumerate() {
+                step(t, d, now, judge, &mut decay);
+                then(i, d, t);
             }
             return;
         }
@@ -332,6 +356,7 @@ impl Tracker {
             .retain(|domid, _| host.domain(*domid).is_some());
         self.inherited
             .retain(|domid, _| host.domain(*domid).is_some());
+        let mut decay = Decay::default();
         for d in host.domains() {
             match self.per_domain.get_mut(&d.domid) {
                 None => {
@@ -341,7 +366,12 @@ impl Tracker {
                     }
                     self.per_domain.insert(d.domid, t);
                 }
-                Some(t) => step(t, d, now, judge),
+                Some(t) => step(t, d, now, judge, &mut decay),
+            }
+        }
+        for (i, d) in domains.iter().enumerate() {
+            if let Some(t) = self.get_mut_at(i, d.domid) {
+                then(i, d, t);
             }
         }
     }
@@ -406,11 +436,21 @@ impl Tracker {
 
     /// Records that `domid`'s target is now `target_kib` (written at `now`, in `epoch`).
     pub fn note_write(&mut self, domid: DomId, target_kib: Kib, now: f64, epoch: u64) {
-        if let Some(t) = self.per_domain.get_mut(&domid) {
-            if retarget(t, target_kib) {
-                t.last_write_time = now;
-                t.last_write_epoch = epoch;
-            }
+        self.note_write_at(usize::MAX, domid, target_kib, now, epoch);
+    }
+
+    /// [`note_write`](Tracker::note_write) for `domid` at `index` in the domains of the last
+    /// look (see [`get_at`](Tracker::get_at)).
+    pub fn note_write_at(
+        &mut self,
+        index: usize,
+        domid: DomId,
+        target_kib: Kib,
+        now: f64,
+        epoch: u64,
+    ) {
+        if let Some(t) = self.get_mut_at(index, domid) {
+            t.note_write(target_kib, now, epoch);
         }
     }
 }
@@ -432,7 +472,29 @@ fn retarget(t: &mut Track, target_kib: Kib) -> bool {
     true
 }
 
-fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge) {
+/// The factor by which a score leaks away over an interval, remembered for the last interval
+/// asked about: every domain of a look was last seen at the same time, so a look computes one
+/// exponential rather than one per domain.
+#[derive(Default)]
+struct Decay {
+    last: Option<(f64, f64, f64)>,
+}
+
+impl Decay {
+    /// `exp(-dt / leak_s)`.
+    fn factor(&mut self, dt: f64, leak_s: f64) -> f64 {
+        match self.last {
+            Some((d, l, f)) if d.to_bits() == dt.to_bits() && l.to_bits() == leak_s.to_bits() => f,
+            _ => {
+                let f = (-dt / leak_s).exp();
+                self.last = Some((dt, leak_s, f));
+                f
+            }
+        }
+    }
+}
+
+fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
     let dt = now - t.last_time;
     if dt <= 0.0 {
         retarget(t, d.target_kib);
@@ -527,7 +589,7 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge) {
         t.stalled_since = None;
     }
 
-    t.score_s = t.score_s * (-dt / judge.leak_s).exp() + missed_s;
+    t.score_s = t.score_s * decay.factor(dt, judge.leak_s) + missed_s;
     if t.score_s >= judge.flag_at_s {
         t.uncooperative = true;
     } else if t.score_s <= judge.clear_at_s {
