@@ -116,7 +116,7 @@ pub struct PendingReservation {
     pub need_kib: Kib,
     /// Its place in the queue: lower is older.
     pub order: u64,
-    /// When it started waiting, on the platform's clock of the process that asked.
+    /// When it started waiting, on the host's clock (the same in every process).
     pub since_s: f64,
     /// How long it has waited: `time_s - since_s`, at least 0.
     pub waited_s: f64,
