@@ -1073,6 +1073,17 @@ sqz_status sqz_fake_host_unpause(struct sqz_fake_host *f, int32_t domid);
 sqz_status sqz_fake_host_destroy_domain(struct sqz_fake_host *f, int32_t domid);
 
 /**
+ * Destroys domain `domid` as Xen does on a loaded host: it is dying at once (its store
+ * directory goes) but gives its pages back to the host evenly over `seconds` of simulated
+ * time; 0 is `sqz_fake_host_destroy_domain`, `INFINITY` a domain stuck dying. Errors: `f` NULL,
+ * domain 0, a domain already dying, or `seconds` NaN or negative →
+ * `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
+ */
+sqz_status sqz_fake_host_destroy_domain_over(struct sqz_fake_host *f,
+                                             int32_t domid,
+                                             double seconds);
+
+/**
  * Lets `seconds` of simulated time pass, moving every guest. Errors: `f` NULL, `seconds` NaN,
  * infinite or negative, or taking the clock past 10^12 s → `SQZ_ERR_INVALID_ARGUMENT` (the
  * clock is left as it was).

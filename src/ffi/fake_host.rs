@@ -278,6 +278,24 @@ pub unsafe extern "C" fn sqz_fake_host_destroy_domain(
     })
 }
 
+/// Destroys domain `domid` as Xen does on a loaded host: it is dying at once (its store
+/// directory goes) but gives its pages back to the host evenly over `seconds` of simulated
+/// time; 0 is `sqz_fake_host_destroy_domain`, `INFINITY` a domain stuck dying. Errors: `f` NULL,
+/// domain 0, a domain already dying, or `seconds` NaN or negative →
+/// `SQZ_ERR_INVALID_ARGUMENT`; an unknown domid → `SQZ_ERR_BACKEND`.
+#[no_mangle]
+pub unsafe extern "C" fn sqz_fake_host_destroy_domain_over(
+    f: *mut sqz_fake_host,
+    domid: i32,
+    seconds: f64,
+) -> sqz_status {
+    guard::status(|| {
+        // SAFETY: the caller passes NULL or a live fake host.
+        unsafe { fake(f) }?.destroy_domain_over(domid, seconds)?;
+        Ok(())
+    })
+}
+
 /// Lets `seconds` of simulated time pass, moving every guest. Errors: `f` NULL, `seconds` NaN,
 /// infinite or negative, or taking the clock past 10^12 s → `SQZ_ERR_INVALID_ARGUMENT` (the
 /// clock is left as it was).

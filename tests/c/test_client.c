@@ -1040,6 +1040,11 @@ static void test_service_bad_input(void) {
     CHECK_STATUS(sqz_fake_host_build_domain(NULL, 1, GIB), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_fake_host_unpause(f, 99), SQZ_ERR_BACKEND);
     CHECK_STATUS(sqz_fake_host_destroy_domain(f, 0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_destroy_domain_over(f, 0, 5.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_destroy_domain_over(NULL, 1, 5.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_destroy_domain_over(f, 1, -1.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_destroy_domain_over(f, 1, NAN), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_destroy_domain_over(f, 99, 5.0), SQZ_ERR_BACKEND);
     CHECK_STATUS(sqz_fake_host_advance(f, -1.0), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_fake_host_advance(f, NAN), SQZ_ERR_INVALID_ARGUMENT);
     sqz_fake_domain fd;

@@ -271,3 +271,49 @@ def test_the_wait_for_dying_domains_is_a_setting_and_zero_switches_it_off(host, 
     for ok in (0, 120.5):
         with squeeze.Service(host, lock_path=lock, dying_wait_s=ok) as s:
             s.login("xenopsd")
+
+
+def test_a_reservation_waits_for_a_dying_domains_memory_instead_of_shrinking_a_guest(tmp_path):
+    # A 4 GiB guest (1 GiB at least) and a 2 GiB VM just destroyed, its pages coming back over
+    # 10 s; 768 MiB free. 1 GiB for a new VM (1096 MiB free with the slush) is there after
+    # 1.6 s of the teardown: waiting for it leaves the guest alone. Without the wait
+    # (squeezed's behaviour) the guest is asked to shrink at once and does, at 100 MiB/s.
+    def guest_after_reserving(dying_wait_s, name):
+        with squeeze.FakeHost(total_kib=8 * GIB, xen_kib=256 * MIB, dom0_kib=GIB) as h:
+            guest = h.create_domain(GIB, 4 * GIB)
+            old = h.create_domain(2 * GIB, 2 * GIB)
+            for d, size in ((guest, 4 * GIB), (old, 2 * GIB)):
+                h.build_domain(d, size)
+                h.unpause(d)
+            h.advance(2.0)
+            assert h.free_mem_kib() == 768 * MIB
+            with squeeze.Service(
+                h,
+                lock_path=tmp_path / f"{name}.lock",
+                boot_time_record_path=tmp_path / f"{name}.boot",
+                dying_wait_s=dying_wait_s,
+            ) as s:
+                session = s.login("xenopsd")
+                h.destroy_domain(old, over_s=10.0)
+                s.reserve_memory(session, GIB)
+                assert h.free_mem_kib() >= GIB + SLUSH
+                return h.domain(guest).tot_kib
+
+    assert guest_after_reserving(60.0, "waits") == 4 * GIB
+    assert guest_after_reserving(0.0, "squeezed") < 4 * GIB - 64 * MIB
+
+
+def test_a_domain_stuck_dying_is_a_fake_host_state_and_bad_teardown_times_are_refused(host):
+    d = host.create_domain(GIB, GIB)
+    host.build_domain(d, GIB)
+    host.unpause(d)
+    host.advance(2.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(squeeze.InvalidArgument):
+            host.destroy_domain(d, over_s=bad)
+    free = host.free_mem_kib()
+    host.destroy_domain(d, over_s=float("inf"))
+    host.advance(60.0)
+    assert host.free_mem_kib() == free  # nothing comes back
+    with pytest.raises(squeeze.InvalidArgument):
+        host.destroy_domain(d, over_s=1.0)  # already dying

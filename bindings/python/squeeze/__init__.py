@@ -998,9 +998,15 @@ class FakeHost(_Handle):
         """Unpauses a domain: it boots after the boot delay."""
         _check(lib.sqz_fake_host_unpause(self._ptr(), _domid(domid)))
 
-    def destroy_domain(self, domid: int) -> None:
-        """Destroys a domain: its memory returns to the host."""
-        _check(lib.sqz_fake_host_destroy_domain(self._ptr(), _domid(domid)))
+    def destroy_domain(self, domid: int, over_s: float = 0.0) -> None:
+        """Destroys a domain: its memory returns to the host, at once, or evenly over
+        ``over_s`` seconds of simulated time while the domain is dying (``math.inf``: a
+        domain stuck dying)."""
+        if over_s == 0:
+            _check(lib.sqz_fake_host_destroy_domain(self._ptr(), _domid(domid)))
+        else:
+            s = _seconds("over_s", over_s)
+            _check(lib.sqz_fake_host_destroy_domain_over(self._ptr(), _domid(domid), s))
 
     def advance(self, seconds: float) -> None:
         """Lets simulated time pass."""
