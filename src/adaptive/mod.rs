@@ -618,7 +618,8 @@ impl Adaptive {
 
     /// [`plan_write`](Self::plan_write) for `d` at `index` in the domains of the host being
     /// decided on, where the tracker finds it without a search (a round on a big host writes
-    /// thousands).
+    /// thousands, so it is inlined into the loops that call it).
+    #[inline]
     fn plan_write_at(
         &mut self,
         index: usize,
@@ -1376,11 +1377,13 @@ fn deadband(options: &AdaptiveOptions, d: &Domain) -> Kib {
 
 /// Puts `d`'s new target in the plan `writes`, and logs it if it changes (the caller notes it
 /// in the tracker).
+#[inline]
 fn push_write(writes: &mut Vec<Action>, d: &Domain, target_kib: Kib, reason: &str) {
     push_write_logged(log::Level::Info, writes, d, target_kib, reason);
 }
 
 /// [`push_write`], logging the change at `level`.
+#[inline]
 fn push_write_logged(
     level: log::Level,
     writes: &mut Vec<Action>,

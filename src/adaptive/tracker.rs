@@ -396,6 +396,7 @@ impl Tracker {
     }
 
     /// [`get_at`](Tracker::get_at), mutable.
+    #[inline]
     pub fn get_mut_at(&mut self, index: usize, domid: DomId) -> Option<&mut Track> {
         match self.per_domain.ids.get(index) {
             Some(&id) if id == domid => Some(&mut self.per_domain.tracks[index]),
@@ -441,6 +442,7 @@ impl Tracker {
 
     /// [`note_write`](Tracker::note_write) for `domid` at `index` in the domains of the last
     /// look (see [`get_at`](Tracker::get_at)).
+    #[inline]
     pub fn note_write_at(
         &mut self,
         index: usize,
