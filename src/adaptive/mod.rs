@@ -524,10 +524,13 @@ impl Adaptive {
         now: f64,
         writes: &mut Vec<Action>,
     ) {
-        if !d.can_balloon {
+        let grace = options.grace_s;
+        // Every limit below needs a stall or a shortfall of a grace period's length: without
+        // one (most domains, most looks) there is nothing to learn.
+        let stalled = t.stalled_since.is_some_and(|s| now - s >= grace);
+        if !d.can_balloon || !(stalled || t.lagging(now, grace)) {
             return;
         }
-        let grace = options.grace_s;
         let probe = options.probe_kib;
         let actual = d.memory_actual_kib;
         let limit = Some(Limit {
@@ -536,10 +539,7 @@ impl Adaptive {
         });
         match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
             Some(Direction::Down)
-                if t.floor.is_none()
-                    && t.pinned.is_none()
-                    && !t.moved_since_request
-                    && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+                if t.floor.is_none() && t.pinned.is_none() && !t.moved_since_request && stalled =>
             {
                 debug!(
                     "domain {}: balloon driver has not moved from {actual} KiB toward its \
@@ -548,11 +548,7 @@ impl Adaptive {
                 );
                 t.pinned = limit;
             }
-            Some(Direction::Down)
-                if t.floor.is_none()
-                    && t.moved_since_request
-                    && t.stalled_since.is_some_and(|s| now - s >= grace) =>
-            {
+            Some(Direction::Down) if t.floor.is_none() && t.moved_since_request && stalled => {
                 // The lower target stays: it frees memory if the driver ever moves again,
                 // and raising it would be a target increase while memory is wanted.
                 debug!(
