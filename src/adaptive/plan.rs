@@ -55,7 +55,7 @@ pub fn finish_time_in(
     let mut total = 0.0;
     let (mut lo, mut hi) = (u64::MAX, 0);
     for (i, c) in contributors.iter().enumerate() {
-        if c.cap_kib > 0 && c.rate_kib_per_s > 0.0 && c.rate_kib_per_s.is_finite() {
+        if c.cap_kib > 0 && moves(c.rate_kib_per_s) {
             let cap = c.cap_kib as f64;
             total += cap;
             let t_bits = (cap / c.rate_kib_per_s).to_bits();
@@ -171,7 +171,7 @@ pub fn shares_into(contributors: &[Contributor], t: f64, out: &mut Vec<Kib>) {
 /// One contributor's share for finishing at `t` seconds (see [`shares`]), for a caller that
 /// walks the contributors anyway.
 pub fn share(c: &Contributor, t: f64) -> Kib {
-    if c.rate_kib_per_s <= 0.0 || !c.rate_kib_per_s.is_finite() {
+    if !moves(c.rate_kib_per_s) {
         0
     } else {
         let s = ceil(c.rate_kib_per_s * t);
@@ -181,6 +181,14 @@ pub fn share(c: &Contributor, t: f64) -> Kib {
             s as Kib
         }
     }
+}
+
+/// Whether `rate` is a speed to plan with: positive and finite. Two comparisons, where
+/// `rate > 0.0 && rate.is_finite()` compiles to a dozen instructions classifying the bits;
+/// the two agree on every value, NaN included (no comparison with NaN holds).
+#[inline]
+fn moves(rate: f64) -> bool {
+    rate > 0.0 && rate < f64::INFINITY
 }
 
 /// `x.ceil()`, computed inline for a positive `x` below 2⁵² (x86-64's baseline has no rounding
@@ -334,6 +342,24 @@ mod tests {
             let mut sorted = keys;
             sort_keys(&mut sorted, (lo, hi), &mut spare, &mut counts);
             assert_eq!(sorted, expected);
+        }
+    }
+
+    #[test]
+    fn a_rate_moves_when_positive_and_finite() {
+        for r in [
+            0.0,
+            -0.0,
+            f64::MIN_POSITIVE / 2.0,
+            1.0,
+            32.0 * 1024.0,
+            f64::MAX,
+            f64::INFINITY,
+            -1.0,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ] {
+            assert_eq!(moves(r), r > 0.0 && r.is_finite(), "{r}");
         }
     }
 
