@@ -614,8 +614,9 @@ impl Adaptive {
 
     /// [`plan_write`](Self::plan_write) for `d` at `index` in the domains of the host being
     /// decided on, where the tracker finds it without a search (a round on a big host writes
-    /// thousands, so it is inlined into the loops that call it).
-    #[inline]
+    /// thousands, so it is inlined into the loops that call it: a call would cost a third
+    /// of the write).
+    #[inline(always)]
     fn plan_write_at(
         &mut self,
         index: usize,
