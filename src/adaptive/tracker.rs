@@ -496,6 +496,9 @@ impl Decay {
     }
 }
 
+/// Learns from one look at `d`, last seen as `t` says. Inlined into the tracker's walk: a
+/// call (registers saved and restored around it) was a tenth of a domain's update.
+#[inline(always)]
 fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
     let dt = now - t.last_time;
     if dt <= 0.0 {
