@@ -183,12 +183,14 @@ pub fn share(c: &Contributor, t: f64) -> Kib {
     }
 }
 
-/// Whether `rate` is a speed to plan with: positive and finite. Two comparisons, where
-/// `rate > 0.0 && rate.is_finite()` compiles to a dozen instructions classifying the bits;
-/// the two agree on every value, NaN included (no comparison with NaN holds).
+/// Whether `rate` is a speed to plan with: positive and finite, NaN excluded. The bits of
+/// such a number, as an integer, lie in `1..` those of +∞ (the sign bit clear, the exponent
+/// not all ones, not +0): one subtraction and one comparison, where `rate > 0.0 &&
+/// rate.is_finite()` (or the same with `rate < f64::INFINITY`) compiles to a few dozen
+/// instructions classifying the bits, once per contributor.
 #[inline]
 fn moves(rate: f64) -> bool {
-    rate > 0.0 && rate < f64::INFINITY
+    rate.to_bits().wrapping_sub(1) < f64::INFINITY.to_bits() - 1
 }
 
 /// `x.ceil()`, computed inline for a positive `x` below 2⁵² (x86-64's baseline has no rounding
@@ -350,7 +352,10 @@ mod tests {
         for r in [
             0.0,
             -0.0,
+            f64::from_bits(1),
+            -f64::from_bits(1),
             f64::MIN_POSITIVE / 2.0,
+            f64::MIN_POSITIVE,
             1.0,
             32.0 * 1024.0,
             f64::MAX,
@@ -358,6 +363,8 @@ mod tests {
             -1.0,
             f64::NEG_INFINITY,
             f64::NAN,
+            -f64::NAN,
+            f64::from_bits(f64::INFINITY.to_bits() + 1),
         ] {
             assert_eq!(moves(r), r > 0.0 && r.is_finite(), "{r}");
         }
