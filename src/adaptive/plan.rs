@@ -198,13 +198,14 @@ fn moves(rate: f64) -> bool {
 fn ceil(x: f64) -> f64 {
     const EXACT: f64 = (1u64 << 52) as f64;
     if x > 0.0 && x < EXACT {
-        // Truncation is the floor of a positive number, and both are exact below 2⁵² (by
-        // way of i64: one instruction each way, where u64 takes several).
-        let floor = x as i64 as f64;
-        if floor < x {
-            floor + 1.0
+        // x + 2⁵² lies in [2⁵², 2⁵³], where the doubles are exactly the integers: the sum is
+        // x rounded to a nearest integer, and taking 2⁵² off again is exact. Two additions,
+        // where a round trip through i64 costs the checks of a saturating conversion.
+        let near = (x + EXACT) - EXACT;
+        if near < x {
+            near + 1.0
         } else {
-            floor
+            near
         }
     } else {
         x.ceil()
@@ -391,6 +392,18 @@ mod tests {
             f64::INFINITY,
         ] {
             assert_eq!(ceil(x).to_bits(), x.ceil().to_bits(), "{x}");
+        }
+        // Halves (where rounding to nearest ties), eighths, and the neighbours of integers,
+        // up to 2¹⁶ and just below 2⁵².
+        for k in 0..(1u64 << 19) {
+            for x in [
+                k as f64 / 8.0,
+                (exact - 1.0) - k as f64 / 8.0,
+                f64::from_bits((k as f64).to_bits() + 1),
+                f64::from_bits((k as f64).to_bits().saturating_sub(1)),
+            ] {
+                assert_eq!(ceil(x).to_bits(), x.ceil().to_bits(), "{x}");
+            }
         }
         assert!(ceil(f64::NAN).is_nan());
     }
