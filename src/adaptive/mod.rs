@@ -516,6 +516,7 @@ impl Adaptive {
     /// Turns `d`'s persistent stall into a remembered limit: a floor when it stopped
     /// shrinking after having moved, a ceiling when it does not grow. `t` is its track as the
     /// look (in input epoch `epoch`) has just updated it.
+    #[inline(always)]
     fn learn_limit(
         options: &AdaptiveOptions,
         epoch: u64,
@@ -526,11 +527,26 @@ impl Adaptive {
     ) {
         let grace = options.grace_s;
         // Every limit below needs a stall or a shortfall of a grace period's length: without
-        // one (most domains, most looks) there is nothing to learn.
+        // one (most domains, most looks) there is nothing to learn, and no call is made.
         let stalled = t.stalled_since.is_some_and(|s| now - s >= grace);
-        if !d.can_balloon || !(stalled || t.lagging(now, grace)) {
-            return;
+        if d.can_balloon && (stalled || t.lagging(now, grace)) {
+            Self::learn_limit_of_stalled(options, epoch, d, t, now, stalled, writes);
         }
+    }
+
+    /// [`learn_limit`](Self::learn_limit) for a domain that has stalled (`stalled`) or
+    /// fallen short for the grace period.
+    #[inline(never)]
+    fn learn_limit_of_stalled(
+        options: &AdaptiveOptions,
+        epoch: u64,
+        d: &Domain,
+        t: &mut Track,
+        now: f64,
+        stalled: bool,
+        writes: &mut Vec<Action>,
+    ) {
+        let grace = options.grace_s;
         let probe = options.probe_kib;
         let actual = d.memory_actual_kib;
         let limit = Some(Limit {
