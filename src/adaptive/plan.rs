@@ -172,13 +172,20 @@ pub fn shares_into(contributors: &[Contributor], t: f64, out: &mut Vec<Kib>) {
 /// walks the contributors anyway.
 pub fn share(c: &Contributor, t: f64) -> Kib {
     if !moves(c.rate_kib_per_s) {
-        0
-    } else {
-        let s = ceil(c.rate_kib_per_s * t);
-        if s >= c.cap_kib as f64 {
-            c.cap_kib.max(0)
-        } else {
-            s as Kib
+        return 0;
+    }
+    let x = c.rate_kib_per_s * t;
+    match ceil_int(x) {
+        // At most 2⁵², so compared with the capacity as integers as it would be as doubles.
+        Some(s) if s < c.cap_kib => s,
+        Some(_) => c.cap_kib.max(0),
+        None => {
+            let s = x.ceil();
+            if s >= c.cap_kib as f64 {
+                c.cap_kib.max(0)
+            } else {
+                s as Kib
+            }
         }
     }
 }
@@ -193,22 +200,23 @@ fn moves(rate: f64) -> bool {
     rate.to_bits().wrapping_sub(1) < f64::INFINITY.to_bits() - 1
 }
 
-/// `x.ceil()`, computed inline for a positive `x` below 2⁵² (x86-64's baseline has no rounding
-/// instruction, so `ceil` is a library call, once per contributor); the library's otherwise.
-fn ceil(x: f64) -> f64 {
+/// `x.ceil()` as an integer, for a positive `x` below 2⁵² (any share on a real host), else
+/// `None`. Computed inline, once per contributor: x86-64's baseline has no rounding
+/// instruction (`ceil` is a library call), and Rust's conversion of a double to an integer
+/// adds the checks of a saturating one.
+#[inline]
+fn ceil_int(x: f64) -> Option<i64> {
     const EXACT: f64 = (1u64 << 52) as f64;
     if x > 0.0 && x < EXACT {
         // x + 2⁵² lies in [2⁵², 2⁵³], where the doubles are exactly the integers: the sum is
-        // x rounded to a nearest integer, and taking 2⁵² off again is exact. Two additions,
-        // where a round trip through i64 costs the checks of a saturating conversion.
-        let near = (x + EXACT) - EXACT;
-        if near < x {
-            near + 1.0
-        } else {
-            near
-        }
+        // x rounded to a nearest integer, exactly, and its bits less those of 2⁵² are that
+        // integer (2⁵³ included: its exponent is one more, its mantissa zero). Rounded
+        // down, the ceiling is one more.
+        let sum = x + EXACT;
+        let near = (sum.to_bits() - EXACT.to_bits()) as i64;
+        Some(near + i64::from(sum - EXACT < x))
     } else {
-        x.ceil()
+        None
     }
 }
 
@@ -372,7 +380,7 @@ mod tests {
     }
 
     #[test]
-    fn ceil_is_the_library_ceil() {
+    fn ceil_int_is_the_library_ceil() {
         let exact = (1u64 << 52) as f64;
         for x in [
             0.0,
@@ -390,8 +398,9 @@ mod tests {
             1e300,
             -2.5,
             f64::INFINITY,
+            f64::NAN,
         ] {
-            assert_eq!(ceil(x).to_bits(), x.ceil().to_bits(), "{x}");
+            check_ceil(x);
         }
         // Halves (where rounding to nearest ties), eighths, and the neighbours of integers,
         // up to 2¹⁶ and just below 2⁵².
@@ -402,10 +411,77 @@ mod tests {
                 f64::from_bits((k as f64).to_bits() + 1),
                 f64::from_bits((k as f64).to_bits().saturating_sub(1)),
             ] {
-                assert_eq!(ceil(x).to_bits(), x.ceil().to_bits(), "{x}");
+                check_ceil(x);
             }
         }
-        assert!(ceil(f64::NAN).is_nan());
+    }
+
+    /// `ceil_int(x)` is `x.ceil()` where it gives one, and gives one for every positive `x`
+    /// below 2⁵².
+    fn check_ceil(x: f64) {
+        let exact = (1u64 << 52) as f64;
+        match ceil_int(x) {
+            Some(i) => assert_eq!((i as f64).to_bits(), x.ceil().to_bits(), "{x}"),
+            None => assert!(!(x > 0.0 && x < exact), "{x}"),
+        }
+    }
+
+    /// A share as first written: the ceiling as a double, compared with the capacity as one.
+    fn share_as_doubles(c: &Contributor, t: f64) -> Kib {
+        if c.rate_kib_per_s <= 0.0 || !c.rate_kib_per_s.is_finite() {
+            0
+        } else {
+            let s = (c.rate_kib_per_s * t).ceil();
+            if s >= c.cap_kib as f64 {
+                c.cap_kib.max(0)
+            } else {
+                s as Kib
+            }
+        }
+    }
+
+    #[test]
+    fn a_share_is_the_same_as_computed_in_doubles() {
+        // Measured (fractional) rates of 1 KiB/s to 200 MiB/s and finish times of 0 to 100 s,
+        // against capacities around the share (below, at, just above) and far from it; and
+        // the edges: no rate, an infinite one, a share beyond 2⁵² KiB, a negative capacity.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let rate = 1.0 + (next() % 200_000_000) as f64 / 1000.0 * 1.024;
+            let t = (next() % 100_000) as f64 / 1000.0;
+            let at = (rate * t).ceil() as Kib;
+            for cap in [at - 1, at, at + 1, 0, -4, 1 << 40, Kib::MAX] {
+                let c = c(cap, rate);
+                assert_eq!(
+                    share(&c, t),
+                    share_as_doubles(&c, t),
+                    "{rate} × {t}, cap {cap}"
+                );
+            }
+        }
+        for (rate, t) in [
+            (0.0, 10.0),
+            (f64::INFINITY, 1.0),
+            (f64::NAN, 1.0),
+            (1e9, 1e9),
+            (1e300, 1e10),
+            (1024.0, 0.0),
+        ] {
+            for cap in [0, 1, 1 << 62, Kib::MAX, -1] {
+                let c = c(cap, rate);
+                assert_eq!(
+                    share(&c, t),
+                    share_as_doubles(&c, t),
+                    "{rate} × {t}, cap {cap}"
+                );
+            }
+        }
     }
 
     #[test]
