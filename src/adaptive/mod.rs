@@ -516,6 +516,7 @@ impl Adaptive {
     /// Turns `d`'s persistent stall into a remembered limit: a floor when it stopped
     /// shrinking after having moved, a ceiling when it does not grow. `t` is its track as the
     /// look (in input epoch `epoch`) has just updated it.
+    #[inline(always)]
     fn learn_limit(
         options: &AdaptiveOptions,
         epoch: u64,
@@ -524,9 +525,27 @@ impl Adaptive {
         now: f64,
         writes: &mut Vec<Action>,
     ) {
-        if !d.can_balloon {
-            return;
+        let grace = options.grace_s;
+        // Every limit below needs a stall or a shortfall of a grace period's length: without
+        // one (most domains, most looks) there is nothing to learn, and no call is made.
+        let stalled = t.stalled_since.is_some_and(|s| now - s >= grace);
+        if d.can_balloon && (stalled || t.lagging(now, grace)) {
+            Self::learn_limit_of_stalled(options, epoch, d, t, now, stalled, writes);
         }
+    }
+
+    /// [`learn_limit`](Self::learn_limit) for a domain that has stalled (`stalled`) or
+    /// fallen short for the grace period.
+    #[inline(never)]
+    fn learn_limit_of_stalled(
+        options: &AdaptiveOptions,
+        epoch: u64,
+        d: &Domain,
+        t: &mut Track,
+        now: f64,
+        stalled: bool,
+        writes: &mut Vec<Action>,
+    ) {
         let grace = options.grace_s;
         let probe = options.probe_kib;
         let actual = d.memory_actual_kib;
@@ -536,10 +555,7 @@ impl Adaptive {
         });
         match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
             Some(Direction::Down)
-                if t.floor.is_none()
-                    && t.pinned.is_none()
-                    && !t.moved_since_request
-                    && t.stalled_since.is_some_and(|s| now - s >= grace) =>
+                if t.floor.is_none() && t.pinned.is_none() && !t.moved_since_request && stalled =>
             {
                 debug!(
                     "domain {}: balloon driver has not moved from {actual} KiB toward its \
@@ -548,11 +564,7 @@ impl Adaptive {
                 );
                 t.pinned = limit;
             }
-            Some(Direction::Down)
-                if t.floor.is_none()
-                    && t.moved_since_request
-                    && t.stalled_since.is_some_and(|s| now - s >= grace) =>
-            {
+            Some(Direction::Down) if t.floor.is_none() && t.moved_since_request && stalled => {
                 // The lower target stays: it frees memory if the driver ever moves again,
                 // and raising it would be a target increase while memory is wanted.
                 debug!(
@@ -618,7 +630,9 @@ impl Adaptive {
 
     /// [`plan_write`](Self::plan_write) for `d` at `index` in the domains of the host being
     /// decided on, where the tracker finds it without a search (a round on a big host writes
-    /// thousands).
+    /// thousands, so it is inlined into the loops that call it: a call would cost a third
+    /// of the write).
+    #[inline(always)]
     fn plan_write_at(
         &mut self,
         index: usize,
@@ -1376,11 +1390,13 @@ fn deadband(options: &AdaptiveOptions, d: &Domain) -> Kib {
 
 /// Puts `d`'s new target in the plan `writes`, and logs it if it changes (the caller notes it
 /// in the tracker).
+#[inline]
 fn push_write(writes: &mut Vec<Action>, d: &Domain, target_kib: Kib, reason: &str) {
     push_write_logged(log::Level::Info, writes, d, target_kib, reason);
 }
 
 /// [`push_write`], logging the change at `level`.
+#[inline]
 fn push_write_logged(
     level: log::Level,
     writes: &mut Vec<Action>,

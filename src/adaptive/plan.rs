@@ -55,7 +55,7 @@ pub fn finish_time_in(
     let mut total = 0.0;
     let (mut lo, mut hi) = (u64::MAX, 0);
     for (i, c) in contributors.iter().enumerate() {
-        if c.cap_kib > 0 && c.rate_kib_per_s > 0.0 && c.rate_kib_per_s.is_finite() {
+        if c.cap_kib > 0 && moves(c.rate_kib_per_s) {
             let cap = c.cap_kib as f64;
             total += cap;
             let t_bits = (cap / c.rate_kib_per_s).to_bits();
@@ -171,33 +171,52 @@ pub fn shares_into(contributors: &[Contributor], t: f64, out: &mut Vec<Kib>) {
 /// One contributor's share for finishing at `t` seconds (see [`shares`]), for a caller that
 /// walks the contributors anyway.
 pub fn share(c: &Contributor, t: f64) -> Kib {
-    if c.rate_kib_per_s <= 0.0 || !c.rate_kib_per_s.is_finite() {
-        0
-    } else {
-        let s = ceil(c.rate_kib_per_s * t);
-        if s >= c.cap_kib as f64 {
-            c.cap_kib.max(0)
-        } else {
-            s as Kib
+    if !moves(c.rate_kib_per_s) {
+        return 0;
+    }
+    let x = c.rate_kib_per_s * t;
+    match ceil_int(x) {
+        // At most 2⁵², so compared with the capacity as integers as it would be as doubles.
+        Some(s) if s < c.cap_kib => s,
+        Some(_) => c.cap_kib.max(0),
+        None => {
+            let s = x.ceil();
+            if s >= c.cap_kib as f64 {
+                c.cap_kib.max(0)
+            } else {
+                s as Kib
+            }
         }
     }
 }
 
-/// `x.ceil()`, computed inline for a positive `x` below 2⁵² (x86-64's baseline has no rounding
-/// instruction, so `ceil` is a library call, once per contributor); the library's otherwise.
-fn ceil(x: f64) -> f64 {
+/// Whether `rate` is a speed to plan with: positive and finite, NaN excluded. The bits of
+/// such a number, as an integer, lie in `1..` those of +∞ (the sign bit clear, the exponent
+/// not all ones, not +0): one subtraction and one comparison, where `rate > 0.0 &&
+/// rate.is_finite()` (or the same with `rate < f64::INFINITY`) compiles to a few dozen
+/// instructions classifying the bits, once per contributor.
+#[inline]
+fn moves(rate: f64) -> bool {
+    rate.to_bits().wrapping_sub(1) < f64::INFINITY.to_bits() - 1
+}
+
+/// `x.ceil()` as an integer, for a positive `x` below 2⁵² (any share on a real host), else
+/// `None`. Computed inline, once per contributor: x86-64's baseline has no rounding
+/// instruction (`ceil` is a library call), and Rust's conversion of a double to an integer
+/// adds the checks of a saturating one.
+#[inline]
+fn ceil_int(x: f64) -> Option<i64> {
     const EXACT: f64 = (1u64 << 52) as f64;
     if x > 0.0 && x < EXACT {
-        // Truncation is the floor of a positive number, and both are exact below 2⁵² (by
-        // way of i64: one instruction each way, where u64 takes several).
-        let floor = x as i64 as f64;
-        if floor < x {
-            floor + 1.0
-        } else {
-            floor
-        }
+        // x + 2⁵² lies in [2⁵², 2⁵³], where the doubles are exactly the integers: the sum is
+        // x rounded to a nearest integer, exactly, and its bits less those of 2⁵² are that
+        // integer (2⁵³ included: its exponent is one more, its mantissa zero). Rounded
+        // down, the ceiling is one more.
+        let sum = x + EXACT;
+        let near = (sum.to_bits() - EXACT.to_bits()) as i64;
+        Some(near + i64::from(sum - EXACT < x))
     } else {
-        x.ceil()
+        None
     }
 }
 
@@ -338,7 +357,30 @@ mod tests {
     }
 
     #[test]
-    fn ceil_is_the_library_ceil() {
+    fn a_rate_moves_when_positive_and_finite() {
+        for r in [
+            0.0,
+            -0.0,
+            f64::from_bits(1),
+            -f64::from_bits(1),
+            f64::MIN_POSITIVE / 2.0,
+            f64::MIN_POSITIVE,
+            1.0,
+            32.0 * 1024.0,
+            f64::MAX,
+            f64::INFINITY,
+            -1.0,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -f64::NAN,
+            f64::from_bits(f64::INFINITY.to_bits() + 1),
+        ] {
+            assert_eq!(moves(r), r > 0.0 && r.is_finite(), "{r}");
+        }
+    }
+
+    #[test]
+    fn ceil_int_is_the_library_ceil() {
         let exact = (1u64 << 52) as f64;
         for x in [
             0.0,
@@ -356,10 +398,90 @@ mod tests {
             1e300,
             -2.5,
             f64::INFINITY,
+            f64::NAN,
         ] {
-            assert_eq!(ceil(x).to_bits(), x.ceil().to_bits(), "{x}");
+            check_ceil(x);
         }
-        assert!(ceil(f64::NAN).is_nan());
+        // Halves (where rounding to nearest ties), eighths, and the neighbours of integers,
+        // up to 2¹⁶ and just below 2⁵².
+        for k in 0..(1u64 << 19) {
+            for x in [
+                k as f64 / 8.0,
+                (exact - 1.0) - k as f64 / 8.0,
+                f64::from_bits((k as f64).to_bits() + 1),
+                f64::from_bits((k as f64).to_bits().saturating_sub(1)),
+            ] {
+                check_ceil(x);
+            }
+        }
+    }
+
+    /// `ceil_int(x)` is `x.ceil()` where it gives one, and gives one for every positive `x`
+    /// below 2⁵².
+    fn check_ceil(x: f64) {
+        let exact = (1u64 << 52) as f64;
+        match ceil_int(x) {
+            Some(i) => assert_eq!((i as f64).to_bits(), x.ceil().to_bits(), "{x}"),
+            None => assert!(!(x > 0.0 && x < exact), "{x}"),
+        }
+    }
+
+    /// A share as first written: the ceiling as a double, compared with the capacity as one.
+    fn share_as_doubles(c: &Contributor, t: f64) -> Kib {
+        if c.rate_kib_per_s <= 0.0 || !c.rate_kib_per_s.is_finite() {
+            0
+        } else {
+            let s = (c.rate_kib_per_s * t).ceil();
+            if s >= c.cap_kib as f64 {
+                c.cap_kib.max(0)
+            } else {
+                s as Kib
+            }
+        }
+    }
+
+    #[test]
+    fn a_share_is_the_same_as_computed_in_doubles() {
+        // Measured (fractional) rates of 1 KiB/s to 200 MiB/s and finish times of 0 to 100 s,
+        // against capacities around the share (below, at, just above) and far from it; and
+        // the edges: no rate, an infinite one, a share beyond 2⁵² KiB, a negative capacity.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let rate = 1.0 + (next() % 200_000_000) as f64 / 1000.0 * 1.024;
+            let t = (next() % 100_000) as f64 / 1000.0;
+            let at = (rate * t).ceil() as Kib;
+            for cap in [at - 1, at, at + 1, 0, -4, 1 << 40, Kib::MAX] {
+                let c = c(cap, rate);
+                assert_eq!(
+                    share(&c, t),
+                    share_as_doubles(&c, t),
+                    "{rate} × {t}, cap {cap}"
+                );
+            }
+        }
+        for (rate, t) in [
+            (0.0, 10.0),
+            (f64::INFINITY, 1.0),
+            (f64::NAN, 1.0),
+            (1e9, 1e9),
+            (1e300, 1e10),
+            (1024.0, 0.0),
+        ] {
+            for cap in [0, 1, 1 << 62, Kib::MAX, -1] {
+                let c = c(cap, rate);
+                assert_eq!(
+                    share(&c, t),
+                    share_as_doubles(&c, t),
+                    "{rate} × {t}, cap {cap}"
+                );
+            }
+        }
     }
 
     #[test]
