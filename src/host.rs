@@ -297,6 +297,12 @@ pub struct HostView {
     /// relinquishes them, and not counted in `free_kib` until they are back.
     #[serde(default)]
     pub dying_kib: Kib,
+    /// A domain counted at its initial reservation allocated memory while this look was
+    /// taken: that memory is counted twice (still owed to the domain, no longer free), so
+    /// `free_kib` understates what is free, possibly by a whole VM. A round should look again
+    /// rather than shrink guests on such a look.
+    #[serde(default)]
+    pub in_flux: bool,
     /// Every domain looked at.
     pub domains: Vec<DomainView>,
     /// The ledger.
@@ -745,8 +751,9 @@ impl HostModel {
         let mut offsets_to_write: Vec<(DomId, Kib, Option<Kib>)> = Vec::new();
         let mut drifts = Vec::new();
         let mut just_booted_with_claim = Vec::new();
-        // Domains counted at their initial reservation: (index in `views`, the claim counted).
-        let mut unborn: Vec<(usize, Kib)> = Vec::new();
+        // Domains counted at their initial reservation: (index in `views`, the claim counted,
+        // the pages it held).
+        let mut unborn: Vec<(usize, Kib, u64)> = Vec::new();
         self.quiet.retain(|domid, _| keys.contains_key(domid));
         for info in &candidates {
             let k = &keys[&info.domid];
@@ -770,7 +777,11 @@ impl HostModel {
                 just_booted_with_claim.push(info.domid);
             }
             if unallocated > 0 {
-                unborn.push((views.len(), pages::to_kib(info.outstanding_pages)?));
+                unborn.push((
+                    views.len(),
+                    pages::to_kib(info.outstanding_pages)?,
+                    info.tot_pages,
+                ));
             }
             known.insert(info.domid, Known::new(info, k, calibrated, at_boot)?);
             if let Some(offset) = calibrated {
@@ -824,34 +835,49 @@ impl HostModel {
         // minimum). So the claims of domains counted at their initial reservation are read
         // again, between two reads of Xen's total that agree (at most a few tries, each a
         // couple of hypercalls; failing that, the safe double count stays).
+        //
+        // The same read tells whether such a domain allocated memory during the look: then
+        // Xen's free pages (read last) no longer hold it while what the domain is owed (read
+        // first) still does, which is safe for reservations but understates what is free, by
+        // up to a whole VM; the look says so (`in_flux`) and rounds do not shrink guests on it.
+        let mut in_flux = false;
         if !unborn.is_empty() {
+            let mut again = Vec::new();
+            let mut steady = false;
             for _ in 0..CLAIM_RE_READS {
-                let again = hv.domains()?;
+                again = hv.domains()?;
                 let after = hv.physinfo()?;
-                let steady = after.outstanding_pages == phys.outstanding_pages;
+                steady = after.outstanding_pages == phys.outstanding_pages;
                 phys = after;
+                if steady {
+                    break;
+                }
+            }
+            for &(i, counted, tot) in &unborn {
+                let view = &mut views[i];
+                let Some(now) = again.iter().find(|d| d.domid == view.domid) else {
+                    in_flux = true;
+                    continue;
+                };
+                in_flux |= now.tot_pages != tot;
                 if !steady {
                     continue;
                 }
-                for &(i, counted) in &unborn {
-                    let view = &mut views[i];
-                    let Some(claim) = again.iter().find(|d| d.domid == view.domid) else {
-                        continue;
-                    };
-                    let claim = pages::to_kib(claim.outstanding_pages)?;
-                    // Only a claim that grew: one that shrank was used to build the domain,
-                    // and its pages are counted as the domain's from the first read.
-                    let cut = (claim - counted).clamp(0, view.unallocated_reservation_kib);
-                    if cut > 0 {
-                        debug!(
-                            "domain {}: claimed {claim} KiB during the look; counting it once",
-                            view.domid
-                        );
-                        view.unallocated_reservation_kib -= cut;
-                        unallocated_total -= cut;
-                    }
+                let claim = pages::to_kib(now.outstanding_pages)?;
+                // Only a claim that grew: one that shrank was used to build the domain, and
+                // its pages are counted as the domain's from the first read.
+                let cut = (claim - counted).clamp(0, view.unallocated_reservation_kib);
+                if cut > 0 {
+                    debug!(
+                        "domain {}: claimed {claim} KiB during the look; counting it once",
+                        view.domid
+                    );
+                    view.unallocated_reservation_kib -= cut;
+                    unallocated_total -= cut;
                 }
-                break;
+            }
+            if in_flux {
+                debug!("a domain being built allocated memory during the look");
             }
         }
         let reserved = reservations::unbacked_kib(&ledger, &alive)?;
@@ -894,6 +920,7 @@ impl HostModel {
             unallocated_initial_kib: unallocated_total,
             free_kib: free,
             dying_kib: dying,
+            in_flux,
             domains: views,
             reservations: ledger,
             invalid_entries: invalid,

@@ -94,6 +94,14 @@ pub struct ServiceConfig {
     pub dying_wait_s: f64,
 }
 
+/// Seconds before a round looks again at a host whose last look was in flux (a domain being
+/// built allocated memory while it was taken; see [`HostView::in_flux`]).
+const UNSETTLED_WAIT_S: f64 = 0.5;
+
+/// Rounds in a row that look again for that reason before acting on the look anyway: a domain
+/// builder that allocates for longer than this does not stop the host from being served.
+const MAX_UNSETTLED_ROUNDS: u32 = 10;
+
 /// Default of [`ServiceConfig::dying_wait_s`]: a minute. Waiting stops sooner if the dying
 /// domains give nothing back for [`crate::dying::STALL_S`].
 pub const DEFAULT_DYING_WAIT_S: f64 = 60.0;
@@ -342,6 +350,8 @@ struct Call<'s> {
     deadline_s: Option<f64>,
     /// Its wait for memory dying domains give back.
     dying: crate::dying::DyingWait,
+    /// Rounds in a row it looked again because the look was in flux.
+    unsettled: u32,
 }
 
 /// How a round of a reservation ended.
@@ -724,6 +734,7 @@ impl Service {
             op: None,
             deadline_s,
             dying: Default::default(),
+            unsettled: 0,
         };
         let started = self.inner.clock.now();
         let result = loop {
@@ -1016,6 +1027,19 @@ impl Service {
         } else {
             kib::add(own_required, others_kib, "memory to free")?
         };
+        // A domain being built allocated memory during the look: what is free is understated
+        // for this look; look again rather than shrink guests for memory that is there.
+        if model.last_view().is_some_and(|v| v.in_flux) && call.unsettled < MAX_UNSETTLED_ROUNDS {
+            call.unsettled += 1;
+            debug!(
+                "reservation {}: the host changed during the look; looking again",
+                call.id
+            );
+            self.write_entry(call, now)?;
+            self.publish_round(model)?;
+            return Ok(RoundEnd::Wait(UNSETTLED_WAIT_S));
+        }
+        call.unsettled = 0;
         // Memory dying domains are giving back covers it: wait for that instead of asking
         // guests for it (see crate::dying).
         let dying_kib = model.last_view().map_or(0, |v| v.dying_kib);
@@ -1128,6 +1152,7 @@ impl Service {
         let mut clock = driver::Clock::default();
         let mut op: Option<crate::adaptive::Operation> = None;
         let mut first = true;
+        let mut unsettled = 0;
         let started = self.inner.clock.now();
         let result = loop {
             let round = self.with_host(|model| {
@@ -1158,6 +1183,16 @@ impl Service {
                     None => clock.now(&mut io)?,
                 };
                 let host = io.make_host()?;
+                // A look in flux understates what is free (see HostView::in_flux): look again
+                // before shrinking anyone for it.
+                if model.last_view().is_some_and(|v| v.in_flux) && unsettled < MAX_UNSETTLED_ROUNDS
+                {
+                    unsettled += 1;
+                    debug!("balance: the host changed during the look; looking again");
+                    return Ok(Some(UNSETTLED_WAIT_S));
+                }
+                unsettled = 0;
+                let mut io = watch.on(model);
                 let mut success = |free: Kib| driver::is_balanced(free, slush, tolerance);
                 let (maxmem, targets, outcome, next_look_s) = if adaptive {
                     self.decide(now, |b| {

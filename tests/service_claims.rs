@@ -207,17 +207,33 @@ fn a_claimed_domain_that_dies_gives_everything_back() {
     assert_eq!(v.free_kib, 3 * GIB);
 }
 
-/// The fake host's hypervisor, with a domain builder that claims memory for its domain at one
-/// chosen moment: just before the second read of Xen's totals from now (a look reads them once
-/// to wait for the scrubber, then once after the domains and the store), i.e. in the middle of
-/// the next look.
-struct ClaimDuringLook {
+/// Something a domain builder does, run in the middle of the service's next look.
+type Deed = Box<dyn FnOnce() + Send>;
+
+/// The fake host's hypervisor, with a domain builder acting at one chosen moment: just before
+/// the second read of Xen's totals from now (a look reads them once to wait for the scrubber,
+/// then once after the domains and the store), i.e. in the middle of the next look.
+struct DuringLook {
     inner: std::sync::Arc<dyn Hypervisor>,
-    /// The domain, the pages, and how many reads of the totals to let pass first.
-    claim: std::sync::Mutex<Option<(DomId, u64, u32)>>,
+    /// What to do, and how many reads of the totals to let pass first.
+    deed: std::sync::Mutex<Option<(u32, Deed)>>,
 }
 
-impl Hypervisor for ClaimDuringLook {
+impl DuringLook {
+    fn over(fake: &FakeHost) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(DuringLook {
+            inner: fake.platform().hypervisor,
+            deed: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Does `deed` in the middle of the next look.
+    fn next_look(&self, deed: Deed) {
+        *self.deed.lock().unwrap() = Some((1, deed));
+    }
+}
+
+impl Hypervisor for DuringLook {
     fn domains(&self) -> squeeze::Result<Vec<squeeze::platform::DomainInfo>> {
         self.inner.domains()
     }
@@ -225,14 +241,19 @@ impl Hypervisor for ClaimDuringLook {
         self.inner.domain(domid)
     }
     fn physinfo(&self) -> squeeze::Result<squeeze::platform::PhysInfo> {
-        let mut claim = self.claim.lock().unwrap();
-        match *claim {
-            Some((domid, pages, 0)) => {
-                *claim = None;
-                self.inner.claim_pages(domid, pages)?;
+        let due = {
+            let mut deed = self.deed.lock().unwrap();
+            match deed.take() {
+                Some((0, d)) => Some(d),
+                Some((n, d)) => {
+                    *deed = Some((n - 1, d));
+                    None
+                }
+                None => None,
             }
-            Some((domid, pages, n)) => *claim = Some((domid, pages, n - 1)),
-            None => {}
+        };
+        if let Some(d) = due {
+            d();
         }
         self.inner.physinfo()
     }
@@ -247,36 +268,53 @@ impl Hypervisor for ClaimDuringLook {
     }
 }
 
-#[test]
-fn a_claim_made_while_the_host_is_looked_at_is_counted_once() {
-    // Seen on a real host: xl's build claimed the new domain's 300 MiB while the daemon looked,
-    // the look counted them as claimed and as still owed to the domain, found 225 MiB less
-    // than nothing free, and its balance shrank both guests to their dynamic-min.
+/// A service on the fake host whose builder acts in the middle of looks, a 512 MiB..1 GiB
+/// guest at 1 GiB, and a new domain holding a transferred reservation of `kib`, not built
+/// yet: what a toolstack has between handing a reservation over and building the domain.
+fn new_domain_holding(
+    kib: Kib,
+) -> (
+    tempfile::TempDir,
+    FakeHost,
+    std::sync::Arc<DuringLook>,
+    Service,
+    DomId,
+    DomId,
+) {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeHost::in_memory(small_host()).unwrap();
-    let hv = std::sync::Arc::new(ClaimDuringLook {
-        inner: fake.platform().hypervisor,
-        claim: std::sync::Mutex::new(None),
-    });
+    let hv = DuringLook::over(&fake);
     let platform = squeeze::platform::Platform {
         hypervisor: hv.clone(),
         ..fake.platform()
     };
     let service = Service::new(platform, config(dir.path())).unwrap();
-    booted_guest(&fake, GuestSpec::ballooning(512 * MIB, GIB));
-    // 2 GiB free. A VM's 300 MiB are reserved and handed to its domain, not yet built.
+    let guest = booted_guest(&fake, GuestSpec::ballooning(512 * MIB, GIB));
     service.login("xl").unwrap();
-    let id = service.reserve_memory("xl", 300 * MIB).unwrap();
-    let domid = fake.create_domain(GuestSpec::fixed(300 * MIB)).unwrap();
+    let id = service.reserve_memory("xl", kib).unwrap();
+    let domid = fake.create_domain(GuestSpec::fixed(kib)).unwrap();
     service
         .transfer_reservation_to_domain("xl", &id, domid)
         .unwrap();
+    (dir, fake, hv, service, guest, domid)
+}
+
+#[test]
+fn a_claim_made_while_the_host_is_looked_at_is_counted_once() {
+    // Seen on a real host: xl's build claimed the new domain's 300 MiB while the daemon looked,
+    // the look counted them as claimed and as still owed to the domain, found 225 MiB less
+    // than nothing free, and its balance shrank both guests to their dynamic-min.
+    // 2 GiB free. A VM's 300 MiB are reserved and handed to its domain, not yet built.
+    let (_dir, fake, hv, service, _guest, domid) = new_domain_holding(300 * MIB);
     let before = service.host_view().unwrap();
     assert_eq!(before.free_kib, 2 * GIB - 300 * MIB);
     assert_eq!(before.unallocated_initial_kib, 300 * MIB);
 
     // The builder claims the 300 MiB while the next look is under way.
-    *hv.claim.lock().unwrap() = Some((domid, pages(300 * MIB), 1));
+    let builder = fake.clone();
+    hv.next_look(Box::new(move || {
+        builder.claim_pages(domid, pages(300 * MIB)).unwrap()
+    }));
     let during = service.host_view().unwrap();
     assert_eq!(outstanding_kib(&fake, domid), 300 * MIB);
     assert_eq!(during.outstanding_kib, 300 * MIB);
@@ -286,4 +324,30 @@ fn a_claim_made_while_the_host_is_looked_at_is_counted_once() {
     assert_eq!(during.free_kib, 2 * GIB - 300 * MIB);
     let after = service.host_view().unwrap();
     assert_eq!(after.free_kib, 2 * GIB - 300 * MIB);
+}
+
+#[test]
+fn a_domain_built_while_the_host_is_looked_at_does_not_make_a_balance_shrink_guests() {
+    // Seen on a real host: xl built the new domain's 300 MiB while the daemon looked. The look
+    // read the domain with nothing allocated (still owed its 300 MiB) and Xen's free memory
+    // after the build (300 MiB less): -228 MiB free, and the balance set both guests to their
+    // dynamic-min. The look now knows it was in flux, and the balance looks again.
+    let (_dir, fake, hv, service, guest, domid) = new_domain_holding(1536 * MIB);
+    // 2 GiB free less the 1.5 GiB owed to the new domain: 512 MiB, the guest at its 1 GiB max.
+    assert_eq!(service.host_view().unwrap().free_kib, 512 * MIB);
+    let builder = fake.clone();
+    hv.next_look(Box::new(move || {
+        builder.build_domain(domid, 1536 * MIB).unwrap()
+    }));
+    service.balance_memory().unwrap();
+    // Untouched: the look in flux counted 1 GiB less than nothing free.
+    let target = fake
+        .snapshot()
+        .unwrap()
+        .read(&format!("/local/domain/{guest}/memory/target"))
+        .map(str::to_string);
+    assert_eq!(target.as_deref(), Some("1048576"));
+    let v = service.host_view().unwrap();
+    assert!(!v.in_flux);
+    assert_eq!(v.free_kib, 512 * MIB);
 }
