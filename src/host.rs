@@ -60,6 +60,13 @@ pub const DEFAULT_SLUSH_KIB: Kib = (64 << 10) + (8 << 10);
 /// [`HostModel::view`]).
 const CLAIM_RE_READS: usize = 4;
 
+/// Pages still to scrub from which a look is [`HostView::scrubbing`]: 1024 (4 MiB), the
+/// point from which squeezed waits for the scrubber.
+pub const SCRUBBING_PAGES: u64 = 1024;
+
+/// Seconds between two looks while a round waits for Xen's scrubber (squeezed polls as often).
+pub const SCRUB_POLL_S: f64 = 0.25;
+
 /// How close to the slush counts as balanced (squeezed's value).
 pub const DEFAULT_FREE_MEMORY_TOLERANCE_KIB: Kib = 512;
 
@@ -87,7 +94,9 @@ pub struct HostConfig {
     pub manage_domain_zero: bool,
     /// Seconds away from target before `memory/uncooperative` is set.
     pub uncooperative_after_s: f64,
-    /// Longest time to wait for Xen's scrubber before counting pages to scrub as free.
+    /// Longest time a reservation or a balance waits for Xen's scrubber (looking again every
+    /// [`SCRUB_POLL_S`], outside the host lock) before deciding with the pages still to scrub
+    /// counted as free; 0 never waits. A look itself never waits.
     pub scrub_wait_s: f64,
     /// Where the reservation ledger lives in the store.
     pub layout: Layout,
@@ -303,6 +312,12 @@ pub struct HostView {
     /// rather than shrink guests on such a look.
     #[serde(default)]
     pub in_flux: bool,
+    /// Xen's scrubber still had at least [`SCRUBBING_PAGES`] pages (4 MiB) to scrub. They are
+    /// counted as free (`scrub_kib` is in `free_kib`), but nothing can allocate them yet, so a
+    /// round should look again rather than decide on such a look, for a while (see
+    /// [`ScrubWait`]).
+    #[serde(default)]
+    pub scrubbing: bool,
     /// Every domain looked at.
     pub domains: Vec<DomainView>,
     /// The ledger.
@@ -320,6 +335,57 @@ pub struct HostView {
     /// What the squeezer gets.
     #[serde(skip)]
     pub host: Host,
+}
+
+/// A caller's wait for Xen's scrubber, across the rounds of one reservation or balance.
+///
+/// squeezed waits for the scrubber inside its look, holding its lock, so every other caller
+/// on the host waits as long as the scrubber takes (up to [`HostConfig::scrub_wait_s`] here
+/// before). Instead, a round that would decide from a look that is
+/// [`scrubbing`](HostView::scrubbing) ends without deciding, and the caller looks again
+/// [`SCRUB_POLL_S`] later, outside the lock; once `scrub_wait_s` has passed since its first
+/// such look, it decides as squeezed would after its wait, counting the pages still to scrub
+/// as free, until a look finds the scrubber done.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ScrubWait {
+    /// When the first look of the current wait was taken.
+    since: Option<f64>,
+    /// The wait ran out while the scrubber was still busy.
+    gave_up: bool,
+}
+
+impl ScrubWait {
+    /// Whether to look again rather than decide from `view`: it is scrubbing and less than
+    /// `limit_s` has passed since the first scrubbing look of this wait. A look that is not
+    /// scrubbing ends the wait.
+    pub fn look_again(&mut self, view: &HostView, limit_s: f64) -> bool {
+        if !view.scrubbing {
+            *self = ScrubWait::default();
+            return false;
+        }
+        let since = *self.since.get_or_insert(view.time);
+        let waited = view.time - since;
+        if waited < limit_s {
+            debug!(
+                "Xen's scrubber still has {} KiB to scrub ({waited:.2} s so far): looking again",
+                view.scrub_kib
+            );
+            return true;
+        }
+        if !self.gave_up {
+            self.gave_up = true;
+            warn!(
+                "Xen's scrubber still has {} KiB to scrub after {waited:.1} s: counting it as free",
+                view.scrub_kib
+            );
+        }
+        false
+    }
+
+    /// Seconds waited so far in the current wait, as of `now`.
+    pub fn waited_s(&self, now: f64) -> f64 {
+        self.since.map_or(0.0, |t| (now - t).max(0.0))
+    }
 }
 
 /// Keys read for one domain, in one transaction.
@@ -680,18 +746,14 @@ impl HostModel {
     /// reservations of dead domains, and builds the squeezer's [`Host`].
     ///
     /// It writes to the store and the hypervisor, so it belongs under the host-wide lock, as
-    /// [`crate::service::Service`] calls it.
+    /// [`crate::service::Service`] calls it. It never waits: pages Xen has yet to scrub count
+    /// as free, and a look taken while the scrubber is busy says so
+    /// ([`HostView::scrubbing`]); a caller about to decide from it waits outside the lock and
+    /// looks again (see [`ScrubWait`]).
     pub fn view(&mut self) -> Result<HostView> {
         let hv = self.platform.hypervisor.clone();
         let store = self.platform.store.clone();
         let clock = self.platform.clock.clone();
-
-        // Let the scrubber finish so targets are not moved just because it is slow.
-        let started = clock.now();
-        while hv.physinfo()?.scrub_pages >= 1024 && clock.now() - started < self.config.scrub_wait_s
-        {
-            clock.sleep(0.25);
-        }
 
         let infos = hv.domains()?;
         let alive = Self::alive(&infos);
@@ -921,6 +983,7 @@ impl HostModel {
             free_kib: free,
             dying_kib: dying,
             in_flux,
+            scrubbing: phys.scrub_pages >= SCRUBBING_PAGES,
             domains: views,
             reservations: ledger,
             invalid_entries: invalid,

@@ -34,7 +34,7 @@ use crate::driver::{self, Io};
 use crate::engine::{ClassicRound, Engine};
 use crate::error::{Error, Result};
 use crate::guest_policy::{self, GuestPolicy};
-use crate::host::{HostConfig, HostModel, HostView};
+use crate::host::{HostConfig, HostModel, HostView, ScrubWait, SCRUB_POLL_S};
 use crate::lockfile;
 use crate::model::{kib, DomId, Kib};
 use crate::pending;
@@ -352,6 +352,8 @@ struct Call<'s> {
     dying: crate::dying::DyingWait,
     /// Rounds in a row it looked again because the look was in flux.
     unsettled: u32,
+    /// Its wait for Xen's scrubber.
+    scrub: ScrubWait,
 }
 
 /// How a round of a reservation ended.
@@ -735,6 +737,7 @@ impl Service {
             deadline_s,
             dying: Default::default(),
             unsettled: 0,
+            scrub: ScrubWait::default(),
         };
         let started = self.inner.clock.now();
         let result = loop {
@@ -953,10 +956,10 @@ impl Service {
             };
         }
         let mut io = watch.on(model);
-        // The first round sizes the request and starts the engine as a call always has.
+        // The first round sizes the request and starts the engine as a call always has (and
+        // does it all again if Xen's scrubber holds it back).
         let mut first_now = None;
         if call.first {
-            call.first = false;
             driver::settings(&io)?;
             if call.ask.range {
                 let r = driver::range_request(&mut io, call.ask.min_kib, call.ask.max_kib)?;
@@ -966,6 +969,10 @@ impl Service {
             if !adaptive {
                 // squeezed's shortcut: the memory is there and every balloon driver rests.
                 let host = io.make_host()?;
+                if let Some(end) = self.wait_for_scrubber(model, call)? {
+                    return Ok(end);
+                }
+                let mut io = watch.on(model);
                 let at_rest = host
                     .domains()
                     .iter()
@@ -982,12 +989,18 @@ impl Service {
                 call.classic.begin_call(start);
                 first_now = Some(start);
             }
+            call.first = false;
         }
+        let mut io = watch.on(model);
         let now = match first_now {
             Some(t) => t,
             None => call.clock.now(&mut io)?,
         };
         let mut host = io.make_host()?;
+        if let Some(end) = self.wait_for_scrubber(model, call)? {
+            return Ok(end);
+        }
+        let mut io = watch.on(model);
         let usable = |h: &crate::model::Host| {
             if adaptive {
                 crate::adaptive::guaranteed_free(h)
@@ -1126,6 +1139,28 @@ impl Service {
         Ok(end)
     }
 
+    /// Ends a reservation's round without deciding when its last look found Xen's scrubber
+    /// busy and the call has not waited for it long enough (see [`ScrubWait`]): the call is
+    /// recorded as pending, so others see it waiting and balances yield to it, and looks again
+    /// outside the lock.
+    fn wait_for_scrubber(
+        &self,
+        model: &mut HostModel,
+        call: &mut Call<'_>,
+    ) -> Result<Option<RoundEnd>> {
+        let limit = model.config().scrub_wait_s;
+        let Some(view) = model.last_view() else {
+            return Ok(None);
+        };
+        if !call.scrub.look_again(view, limit) {
+            return Ok(None);
+        }
+        let now = view.time;
+        self.write_entry(call, now)?;
+        self.publish_round(model)?;
+        Ok(Some(RoundEnd::Wait(SCRUB_POLL_S)))
+    }
+
     /// Publishes the adaptive policy's judgements at the end of a round.
     fn publish_round(&self, model: &mut HostModel) -> Result<()> {
         self.publish_judgements(model, Ok(()))
@@ -1153,6 +1188,8 @@ impl Service {
         let mut op: Option<crate::adaptive::Operation> = None;
         let mut first = true;
         let mut unsettled = 0;
+        let mut scrub = ScrubWait::default();
+        let scrub_wait_s = cfg.host.scrub_wait_s;
         let started = self.inner.clock.now();
         let result = loop {
             let round = self.with_host(|model| {
@@ -1164,25 +1201,40 @@ impl Service {
                     debug!("balance stops: reservations are pending");
                     return Ok(None);
                 }
+                // A look taken while Xen's scrubber is busy: look again outside the lock
+                // rather than decide on it (see ScrubWait).
+                let mut scrubber_busy = |model: &HostModel| {
+                    model
+                        .last_view()
+                        .is_some_and(|v| scrub.look_again(v, scrub_wait_s))
+                };
                 let mut io = watch.on(model);
                 let mut first_now = None;
                 if first {
-                    first = false;
                     driver::settings(&io)?;
                     if !adaptive {
                         // squeezed looks once before it starts (its shortcut never applies to
                         // a balance).
                         io.make_host()?;
+                        if scrubber_busy(model) {
+                            return Ok(Some(SCRUB_POLL_S));
+                        }
+                        let mut io = watch.on(model);
                         let start = clock.now(&mut io)?;
                         classic.begin_call(start);
                         first_now = Some(start);
                     }
+                    first = false;
                 }
+                let mut io = watch.on(model);
                 let now = match first_now {
                     Some(t) => t,
                     None => clock.now(&mut io)?,
                 };
                 let host = io.make_host()?;
+                if scrubber_busy(model) {
+                    return Ok(Some(SCRUB_POLL_S));
+                }
                 // A look in flux understates what is free (see HostView::in_flux): look again
                 // before shrinking anyone for it.
                 if model.last_view().is_some_and(|v| v.in_flux) && unsettled < MAX_UNSETTLED_ROUNDS

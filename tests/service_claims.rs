@@ -211,8 +211,8 @@ fn a_claimed_domain_that_dies_gives_everything_back() {
 type Deed = Box<dyn FnOnce() + Send>;
 
 /// The fake host's hypervisor, with a domain builder acting at one chosen moment: just before
-/// the second read of Xen's totals from now (a look reads them once to wait for the scrubber,
-/// then once after the domains and the store), i.e. in the middle of the next look.
+/// the next read of Xen's totals (a look reads them first after the domains and the store),
+/// i.e. in the middle of the next look.
 struct DuringLook {
     inner: std::sync::Arc<dyn Hypervisor>,
     /// What to do, and how many reads of the totals to let pass first.
@@ -229,7 +229,7 @@ impl DuringLook {
 
     /// Does `deed` in the middle of the next look.
     fn next_look(&self, deed: Deed) {
-        *self.deed.lock().unwrap() = Some((1, deed));
+        *self.deed.lock().unwrap() = Some((0, deed));
     }
 }
 

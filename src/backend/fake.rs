@@ -167,6 +167,16 @@ struct State {
     changes: VecDeque<(u64, String)>,
     violations: Vec<FakeViolation>,
     setmaxmem_calls: u64,
+    /// Pages Xen's scrubber has yet to clear: neither free nor anyone's (see
+    /// [`FakeHost::scrub_over`]).
+    #[serde(default)]
+    scrub_pages: u64,
+    /// Pages the scrubber returns to the free pool per second (0: it is stuck).
+    #[serde(default)]
+    scrub_pages_per_s: f64,
+    /// When the scrubber last returned pages.
+    #[serde(default)]
+    scrub_last_update: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +262,8 @@ pub struct FakeSnapshot {
     pub xen_kib: Kib,
     /// Free memory, in KiB.
     pub free_kib: Kib,
+    /// Memory Xen's scrubber has yet to return to the free pool, in KiB.
+    pub scrub_kib: Kib,
     /// Every domain, domain 0 included.
     pub domains: Vec<FakeDomain>,
     /// Every store node and its value.
@@ -633,6 +645,37 @@ impl FakeHost {
         })
     }
 
+    /// Hands `kib` of free memory (in whole pages, rounded up) to Xen's scrubber, as Xen does
+    /// with the pages of a destroyed domain: the hypervisor reports them as pages to scrub,
+    /// nothing can allocate them, and the scrubber returns them to the free pool evenly over
+    /// `seconds` of simulated time. Pages already waiting are returned over the same time.
+    /// `seconds` infinite is a scrubber that never finishes; 0 returns them at once.
+    pub fn scrub_over(&self, kib: Kib, seconds: f64) -> Result<()> {
+        crate::model::kib::check_size("memory to scrub", kib)?;
+        if seconds.is_nan() || seconds < 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "cannot take {seconds} s to scrub memory"
+            )));
+        }
+        let count = pages::from_kib(kib)?;
+        self.with(true, |s| {
+            if count > s.free_pages {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot scrub {kib} KiB: only {} KiB free",
+                    s.free_pages as Kib * pages::PAGE_KIB
+                )));
+            }
+            if seconds == 0.0 {
+                return Ok(());
+            }
+            s.free_pages -= count;
+            s.scrub_pages += count;
+            s.scrub_last_update = s.time;
+            s.scrub_pages_per_s = s.scrub_pages as f64 / seconds;
+            Ok(())
+        })
+    }
+
     /// Lets `seconds` of simulated time pass, moving every guest.
     /// Refused (the clock unchanged) when `seconds` is negative or not finite, or would take the
     /// clock past [`MAX_TIME_S`].
@@ -667,6 +710,7 @@ impl FakeHost {
                 total_kib: s.config.total_kib,
                 xen_kib: s.config.xen_kib,
                 free_kib: s.free_pages as Kib * pages::PAGE_KIB,
+                scrub_kib: s.scrub_pages as Kib * pages::PAGE_KIB,
                 domains: s.domains.values().map(Guest::view).collect(),
                 store: s.store.clone(),
                 violations: s.violations.clone(),
@@ -811,6 +855,9 @@ impl State {
             changes: VecDeque::new(),
             violations: Vec::new(),
             setmaxmem_calls: 0,
+            scrub_pages: 0,
+            scrub_pages_per_s: 0.0,
+            scrub_last_update: 0.0,
         };
         s.store.insert("/".into(), String::new());
         s.write("/local/domain/0/domid", "0")?;
@@ -896,8 +943,29 @@ impl State {
         });
     }
 
-    /// Moves every booted guest toward its target, boots the guests whose time has come.
+    /// Returns the pages the scrubber has cleared since its last update to the free pool.
+    fn update_scrubber(&mut self) {
+        if self.scrub_pages == 0 {
+            return;
+        }
+        // Whole pages, as many as the time since the last update allows.
+        let due = ((self.time - self.scrub_last_update) * self.scrub_pages_per_s).floor();
+        if due >= 1.0 {
+            let back = if due >= self.scrub_pages as f64 {
+                self.scrub_pages
+            } else {
+                due as u64
+            };
+            self.scrub_pages -= back;
+            self.free_pages += back;
+            self.scrub_last_update = self.time;
+        }
+    }
+
+    /// Moves every booted guest toward its target, boots the guests whose time has come, and
+    /// lets the scrubber work.
     fn update_guests(&mut self) -> Result<()> {
+        self.update_scrubber();
         let now = self.time;
         let domids: Vec<DomId> = self.domains.keys().copied().collect();
         for domid in domids {
@@ -1243,7 +1311,7 @@ impl Hypervisor for FakeHost {
             Ok(PhysInfo {
                 total_pages: pages::from_kib(s.config.total_kib)?,
                 free_pages: s.free_pages,
-                scrub_pages: 0,
+                scrub_pages: s.scrub_pages,
                 outstanding_pages: s.domains.values().map(|g| g.info.outstanding_pages).sum(),
             })
         })
@@ -1523,5 +1591,36 @@ mod tests {
         let d = h.create_domain(GuestSpec::fixed(8 << 20)).unwrap();
         assert!(h.build_domain(d, 8 << 20).is_err());
         assert_eq!(h.domain(d).unwrap().unwrap().info.tot_pages, 0);
+    }
+
+    #[test]
+    fn the_scrubber_returns_pages_evenly_and_a_stuck_one_never_does() {
+        let h = host();
+        // 7 GiB free; 1 GiB goes to the scrubber, back over 2 s: 512 MiB a second.
+        h.scrub_over(1 << 20, 2.0).unwrap();
+        let p = h.physinfo().unwrap();
+        assert_eq!((p.free_pages, p.scrub_pages), (6 << 18, 1 << 18));
+        h.advance(0.5).unwrap();
+        let p = h.physinfo().unwrap();
+        assert_eq!(
+            (p.free_pages, p.scrub_pages),
+            ((6 << 18) + (1 << 16), 3 << 16)
+        );
+        // Nothing can allocate what is still to scrub.
+        let d = h
+            .create_domain(GuestSpec::fixed((6 << 20) + (512 << 10)))
+            .unwrap();
+        assert!(h.build_domain(d, (6 << 20) + (512 << 10)).is_err());
+        h.advance(1.5).unwrap();
+        let p = h.physinfo().unwrap();
+        assert_eq!((p.free_pages, p.scrub_pages), (7 << 18, 0));
+
+        h.scrub_over(4, f64::INFINITY).unwrap();
+        h.advance(1e6).unwrap();
+        assert_eq!(h.physinfo().unwrap().scrub_pages, 1);
+        assert_eq!(h.snapshot().unwrap().scrub_kib, 4);
+        assert!(h.scrub_over(8 << 20, 1.0).is_err(), "more than is free");
+        assert!(h.scrub_over(4, -1.0).is_err());
+        assert!(h.scrub_over(4, f64::NAN).is_err());
     }
 }
