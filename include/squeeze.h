@@ -1084,6 +1084,15 @@ sqz_status sqz_fake_host_destroy_domain_over(struct sqz_fake_host *f,
                                              double seconds);
 
 /**
+ * Hands `kib` KiB of free memory to Xen's scrubber, as Xen does with a destroyed domain's
+ * pages: reported as pages to scrub, allocatable by nothing, and returned to the free pool
+ * evenly over `seconds` of simulated time (`INFINITY`: a scrubber that never finishes; 0: at
+ * once). Errors: `f` NULL, `seconds` NaN or negative, or more than is free →
+ * `SQZ_ERR_INVALID_ARGUMENT`; a bad size → `SQZ_ERR_INVALID_MEMORY_VALUE`.
+ */
+sqz_status sqz_fake_host_scrub_over(struct sqz_fake_host *f, int64_t kib, double seconds);
+
+/**
  * Lets `seconds` of simulated time pass, moving every guest. Errors: `f` NULL, `seconds` NaN,
  * infinite or negative, or taking the clock past 10^12 s → `SQZ_ERR_INVALID_ARGUMENT` (the
  * clock is left as it was).

@@ -381,11 +381,6 @@ impl ScrubWait {
         }
         false
     }
-
-    /// Seconds waited so far in the current wait, as of `now`.
-    pub fn waited_s(&self, now: f64) -> f64 {
-        self.since.map_or(0.0, |t| (now - t).max(0.0))
-    }
 }
 
 /// Keys read for one domain, in one transaction.

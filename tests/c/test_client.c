@@ -1045,6 +1045,11 @@ static void test_service_bad_input(void) {
     CHECK_STATUS(sqz_fake_host_destroy_domain_over(f, 1, -1.0), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_fake_host_destroy_domain_over(f, 1, NAN), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_fake_host_destroy_domain_over(f, 99, 5.0), SQZ_ERR_BACKEND);
+    CHECK_STATUS(sqz_fake_host_scrub_over(NULL, GIB, 2.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_scrub_over(f, GIB, -1.0), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_scrub_over(f, GIB, NAN), SQZ_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(sqz_fake_host_scrub_over(f, -GIB, 2.0), SQZ_ERR_INVALID_MEMORY_VALUE);
+    CHECK_STATUS(sqz_fake_host_scrub_over(f, 1024 * GIB, 2.0), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_fake_host_advance(f, -1.0), SQZ_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(sqz_fake_host_advance(f, NAN), SQZ_ERR_INVALID_ARGUMENT);
     sqz_fake_domain fd;

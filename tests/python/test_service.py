@@ -317,3 +317,39 @@ def test_a_domain_stuck_dying_is_a_fake_host_state_and_bad_teardown_times_are_re
     assert host.free_mem_kib() == free  # nothing comes back
     with pytest.raises(squeeze.InvalidArgument):
         host.destroy_domain(d, over_s=1.0)  # already dying
+
+
+def test_a_reservation_waits_for_the_scrubber_and_a_look_does_not(tmp_path):
+    # A 512 MiB..1.5 GiB guest at 1.5 GiB leaves 1.5 GiB free; 1 GiB of it goes to Xen's
+    # scrubber, back over 2 s. A look does not wait for it; 1 GiB is reserved once it is back,
+    # without touching the guest.
+    with squeeze.FakeHost(total_kib=4 * GIB, xen_kib=0, dom0_kib=GIB) as h:
+        guest = h.create_domain(512 * MIB, 1536 * MIB)
+        h.build_domain(guest, 1536 * MIB)
+        h.unpause(guest)
+        h.advance(2.0)
+        with squeeze.Service(
+            h, lock_path=tmp_path / "host.lock", boot_time_record_path=tmp_path / "boot"
+        ) as s:
+            session = s.login("xl")
+            h.scrub(GIB, over_s=2.0)
+            assert h.free_mem_kib() == 512 * MIB
+            before = s.get_diagnostics()
+            assert before["host"]["scrub_kib"] == GIB
+            assert s.get_diagnostics()["time_s"] == before["time_s"]
+            s.reserve_memory(session, GIB)
+            after = s.get_diagnostics()
+            assert after["time_s"] - before["time_s"] == 2.0
+            assert after["host"]["scrub_kib"] == 0
+            assert h.free_mem_kib() == 1536 * MIB
+            assert h.domain(guest).tot_kib == 1536 * MIB
+
+
+def test_bad_scrubs_of_the_fake_host_are_refused(host):
+    with pytest.raises(squeeze.InvalidMemoryValue):
+        host.scrub(-1, over_s=1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(squeeze.InvalidArgument):
+            host.scrub(GIB, over_s=bad)
+    with pytest.raises(squeeze.InvalidArgument):
+        host.scrub(host.free_mem_kib() + 4, over_s=1.0)

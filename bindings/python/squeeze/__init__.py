@@ -1008,6 +1008,14 @@ class FakeHost(_Handle):
             s = _seconds("over_s", over_s)
             _check(lib.sqz_fake_host_destroy_domain_over(self._ptr(), _domid(domid), s))
 
+    def scrub(self, kib: int, over_s: float) -> None:
+        """Hands ``kib`` KiB of free memory to Xen's scrubber, as Xen does with a destroyed
+        domain's pages: nothing can allocate them until they come back to the free pool,
+        evenly over ``over_s`` seconds of simulated time (``math.inf``: a scrubber that never
+        finishes)."""
+        s = _seconds("over_s", over_s)
+        _check(lib.sqz_fake_host_scrub_over(self._ptr(), _kib("kib", kib), s))
+
     def advance(self, seconds: float) -> None:
         """Lets simulated time pass."""
         _check(lib.sqz_fake_host_advance(self._ptr(), _seconds("seconds", seconds)))

@@ -326,6 +326,7 @@ PROTOTYPES = {
     "sqz_fake_host_unpause": (sqz_status, [_opaque, c_int32]),
     "sqz_fake_host_destroy_domain": (sqz_status, [_opaque, c_int32]),
     "sqz_fake_host_destroy_domain_over": (sqz_status, [_opaque, c_int32, c_double]),
+    "sqz_fake_host_scrub_over": (sqz_status, [_opaque, c_int64, c_double]),
     "sqz_fake_host_advance": (sqz_status, [_opaque, c_double]),
     "sqz_fake_host_domain": (sqz_status, [_opaque, c_int32, _p(sqz_fake_domain)]),
     "sqz_fake_host_free_mem": (sqz_status, [_opaque, _p(c_int64)]),
