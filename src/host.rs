@@ -21,6 +21,9 @@
 //! - Host free memory is Xen's free and to-be-scrubbed pages, minus outstanding claims, minus
 //!   shared pages (memory sharing only lends them: breaking a share takes a page again), minus
 //!   the ledger's unbacked reservations, minus the unallocated part of initial reservations.
+//!   squeezed waits for the scrubber inside its look; a look here never waits, but says when
+//!   the scrubber is busy ([`HostView::scrubbing`]), and the service waits outside the host
+//!   lock before deciding (see [`ScrubWait`]).
 //! - maxmem follows the target (`target + offset`, the offset at most the one measured at boot,
 //!   plus 1 MiB for HVM-like domains), set before
 //!   the target when raising and after it when lowering; a ballooning domain whose maxmem is
