@@ -27,6 +27,8 @@ test: deps lint test-rust test-c test-python test-xen-feature
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# Every public item is documented, and no link in the documentation is broken.
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p squeeze
 
 test-rust:
 	$(CARGO) test --workspace

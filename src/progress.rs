@@ -3,11 +3,11 @@
 //! Freeing memory for a new domain can take a while: the service asks domains to balloon down
 //! and waits, iteration after iteration, until enough is free. A caller may watch that wait
 //! through a progress callback, and stop it from another thread with a [`CancelToken`]. A
-//! cancelled reservation ends with [`Error::Cancelled`](crate::Error::Cancelled) before anything
+//! cancelled reservation ends with [`Error::Cancelled`] before anything
 //! is written to the ledger, so nothing is left half-made; targets already lowered stay where
 //! they are until the next balancing pass hands the memory back.
 //!
-//! [`Watch`] is what the service keeps over one operation: through [`Watched`], the [`Io`] the
+//! `Watch` is what the service keeps over one operation: through `Watched`, the [`Io`] the
 //! deciding algorithm sees in each round, it counts target writes and looks at the host for the
 //! diagnostics; between rounds (outside the host lock) it reports progress while waiting and
 //! turns a cancellation or a passed deadline into an error.
@@ -79,7 +79,7 @@ pub struct ReserveOptions<'a> {
     pub cancel: Option<CancelToken>,
     /// A deadline, in seconds from the start of the call (None: none). Under the adaptive
     /// policy the reservation fails with
-    /// [`Error::DeadlineCannotBeMet`](crate::Error::DeadlineCannotBeMet) as soon as the
+    /// [`Error::DeadlineCannotBeMet`] as soon as the
     /// guests' measured balloon rates predict it cannot be met, saying when the memory would
     /// be free; under the classic policy, which predicts nothing, when it passes.
     pub deadline_s: Option<f64>,
