@@ -1048,9 +1048,7 @@ impl Service {
                 "reservation {}: the host changed during the look; looking again",
                 call.id
             );
-            self.write_entry(call, now)?;
-            self.publish_round(model)?;
-            return Ok(RoundEnd::Wait(UNSETTLED_WAIT_S));
+            return self.wait_pending(model, call, now, UNSETTLED_WAIT_S);
         }
         call.unsettled = 0;
         // Memory dying domains are giving back covers it: wait for that instead of asking
@@ -1065,9 +1063,7 @@ impl Service {
                 call.id,
                 call.dying.waited_s(now)
             );
-            self.write_entry(call, now)?;
-            self.publish_round(model)?;
-            return Ok(RoundEnd::Wait(crate::dying::POLL_S));
+            return self.wait_pending(model, call, now, crate::dying::POLL_S);
         }
         let mut io = watch.on(model);
         let enough = kib::add(call.ask.min_kib, slush, "minimum free memory")?;
@@ -1102,7 +1098,7 @@ impl Service {
         for a in targets {
             io.execute_action(a)?;
         }
-        let end = match outcome {
+        match outcome {
             AdaptiveOutcome::Done if !crowded => {
                 let amount = if call.ask.range {
                     // What is free now, as the policy counts it, within the range.
@@ -1121,22 +1117,34 @@ impl Service {
             }
             // Crowded, the grants above decide; enough is free for this call but the fairness
             // rule keeps it for an older one.
-            AdaptiveOutcome::Done => RoundEnd::Wait(next_look_s),
+            AdaptiveOutcome::Done => {}
             AdaptiveOutcome::Failed(e) if crowded && !call.narrowed => {
                 // Every pending need at once cannot be met: aim for this call's alone.
                 debug!("reservation {}: the pending needs together cannot be met ({e}); aiming for its own", call.id);
                 call.narrowed = true;
-                RoundEnd::Wait(next_look_s)
             }
             AdaptiveOutcome::Failed(e) => {
                 self.publish_round(model)?;
                 return Err(e);
             }
-            AdaptiveOutcome::Continue => RoundEnd::Wait(next_look_s),
-        };
+            AdaptiveOutcome::Continue => {}
+        }
+        self.wait_pending(model, call, now, next_look_s)
+    }
+
+    /// Ends a reservation's round with the call still waiting: recorded in the ledger as
+    /// pending (so other calls plan around it and balances yield to it), the round's
+    /// judgements published, and the next look `wait_s` later, outside the host lock.
+    fn wait_pending(
+        &self,
+        model: &mut HostModel,
+        call: &mut Call<'_>,
+        now: f64,
+        wait_s: f64,
+    ) -> Result<RoundEnd> {
         self.write_entry(call, now)?;
         self.publish_round(model)?;
-        Ok(end)
+        Ok(RoundEnd::Wait(wait_s))
     }
 
     /// Ends a reservation's round without deciding when its last look found Xen's scrubber
@@ -1156,9 +1164,7 @@ impl Service {
             return Ok(None);
         }
         let now = view.time;
-        self.write_entry(call, now)?;
-        self.publish_round(model)?;
-        Ok(Some(RoundEnd::Wait(SCRUB_POLL_S)))
+        self.wait_pending(model, call, now, SCRUB_POLL_S).map(Some)
     }
 
     /// Publishes the adaptive policy's judgements at the end of a round.
