@@ -22,7 +22,7 @@ use crate::model::{DomId, Kib};
 use crate::progress::TargetWrite;
 
 /// The version of the document's shape; the `schema_version` field of every document.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The whole document.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,6 +77,9 @@ pub struct HostMemory {
     pub reserved_kib: Kib,
     /// Unallocated parts of initial reservations of domains that have not booted.
     pub unallocated_initial_kib: Kib,
+    /// Memory domains being destroyed still hold: Xen frees it as they go, and a reservation
+    /// waits for it rather than shrink guests (added in schema version 3).
+    pub dying_kib: Kib,
 }
 
 /// The reservations of one session.
@@ -385,6 +388,11 @@ pub struct Settings {
     pub lock_path: String,
     /// Where the ledger lives in the store.
     pub state_dir: String,
+    /// Longest a reservation waits for memory dying domains give back, in seconds (added in
+    /// schema version 3).
+    pub dying_wait_s: f64,
+    /// Longest a round waits for Xen's scrubber, in seconds (added in schema version 3).
+    pub scrub_wait_s: f64,
 }
 
 /// What a service records about its own operations for the diagnostics.

@@ -1752,6 +1752,7 @@ impl Service {
                 shared_kib: view.shared_kib,
                 reserved_kib: view.reserved_kib,
                 unallocated_initial_kib: view.unallocated_initial_kib,
+                dying_kib: view.dying_kib,
             },
             sessions,
             pending: waiting
@@ -1812,6 +1813,8 @@ impl Service {
                 claim_transferred_reservations: cfg.host.claim_transferred_reservations,
                 lock_path: cfg.lock_path.display().to_string(),
                 state_dir: self.inner.layout.state_dir().to_string(),
+                dying_wait_s: cfg.dying_wait_s,
+                scrub_wait_s: cfg.host.scrub_wait_s,
             },
         })
     }

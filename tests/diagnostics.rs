@@ -68,7 +68,7 @@ fn the_document_of_a_busy_host_validates_against_the_schema_under_both_policies(
         service.reserve_memory("xenopsd", 1200 * MIB).unwrap();
         let d = doc(&service);
         assert_eq!(errors(&v, &d), Vec::<String>::new(), "{policy:?}: {d:#}");
-        assert_eq!(d["schema_version"], 2);
+        assert_eq!(d["schema_version"], 3);
         assert_eq!(
             d["pending"],
             serde_json::json!([]),
@@ -374,22 +374,47 @@ fn a_pending_entry_of_a_process_that_is_gone_is_listed_as_not_alive() {
     assert_eq!(doc(&service)["pending"], d["pending"]);
 }
 
+/// The published schema of an earlier version.
+fn schema_of_version(version: u32) -> jsonschema::Validator {
+    let path = format!(
+        "{}/docs/diagnostics.schema.v{version}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(jsonschema::meta::is_valid(&schema));
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+/// Today's document as version 2 wrote it: without what version 3 added.
+fn as_version_2(mut d: Value) -> Value {
+    d["host"]
+        .as_object_mut()
+        .unwrap()
+        .remove("dying_kib")
+        .unwrap();
+    let settings = d["settings"].as_object_mut().unwrap();
+    settings.remove("dying_wait_s").unwrap();
+    settings.remove("scrub_wait_s").unwrap();
+    d["schema_version"] = 2.into();
+    d
+}
+
+#[test]
+fn version_3_only_adds_dying_memory_and_the_waits_to_version_2() {
+    let v2 = schema_of_version(2);
+    let (_dir, _fake, service, _a, _b) = busy_host(Policy::Adaptive);
+    let d = doc(&service);
+    assert!(!v2.is_valid(&d), "a version 3 document passes as version 2");
+    assert_eq!(errors(&v2, &as_version_2(d)), Vec::<String>::new());
+}
+
 #[test]
 fn version_2_only_adds_the_pending_list_to_version_1() {
-    let v1: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/diagnostics.schema.v1.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    assert!(jsonschema::meta::is_valid(&v1));
-    let v1 = jsonschema::validator_for(&v1).unwrap();
+    let v1 = schema_of_version(1);
     let (_dir, _fake, service, _a, _b) = busy_host(Policy::Adaptive);
-    let mut d = doc(&service);
+    let mut d = as_version_2(doc(&service));
     assert!(!v1.is_valid(&d), "a version 2 document passes as version 1");
-    // Without `pending` and with the old number, today's document is a version 1 document.
+    // Without `pending` and with the old number, a version 2 document is a version 1 one.
     d.as_object_mut().unwrap().remove("pending").unwrap();
     d["schema_version"] = 1.into();
     assert_eq!(errors(&v1, &d), Vec::<String>::new());

@@ -105,7 +105,7 @@ def test_the_diagnostics_validate_against_the_published_schema(slow):
     schema = json.loads(SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(diag, schema, cls=jsonschema.Draft202012Validator)
-    assert diag["schema_version"] == 2
+    assert diag["schema_version"] == 3
     assert {s["session"]: s["total_kib"] for s in diag["sessions"]} == {
         "xenopsd": GIB,
         "xl-7": 2 * GIB,
