@@ -326,6 +326,7 @@ mod tests {
     use super::*;
 
     const MIB: Kib = 1024;
+    const GIB_KIB: Kib = 1024 * MIB;
 
     fn c(cap_kib: Kib, rate: f64) -> Contributor {
         Contributor {
@@ -444,6 +445,119 @@ mod tests {
                 assert!(
                     close(got, want),
                     "round {round}, {tenth}0 %: {got:?} {want:?}"
+                );
+            }
+        }
+    }
+
+    /// What the contributors that move have freed by `t`, `Σ min(cap, rate · t)`: the
+    /// capacities of those run out, summed exactly, and what the others have freed.
+    fn freed_by(cs: &[Contributor], t: f64) -> (i128, f64) {
+        let (mut saturated, mut going) = (0, 0.0);
+        for c in cs {
+            if c.cap_kib > 0 && c.rate_kib_per_s > 0.0 && c.rate_kib_per_s.is_finite() {
+                let x = c.rate_kib_per_s * t;
+                if x >= c.cap_kib as f64 {
+                    saturated += i128::from(c.cap_kib);
+                } else {
+                    going += x;
+                }
+            }
+        }
+        (saturated, going)
+    }
+
+    #[test]
+    fn the_finish_time_is_the_earliest_at_which_the_guests_free_what_is_needed() {
+        // 400 hosts of 1 to 3000 guests. Most guests have 1 KiB to 4 GiB to give at measured
+        // (fractional) rates of 1 to 200 MiB/s; some are copies of the guest before (ties),
+        // some have a few KiB to give (run out in microseconds, before the first bucket),
+        // some are stuck at 0.0001 to 1 KiB/s (run out after decades, past the last
+        // bucket), some have nothing to give or a rate of 0, NaN, ±∞ or -1. One host in
+        // five is of identical guests, one in five of guests that differ by a millionth of
+        // their rate (all in one bucket). Each is asked for nothing, 1 KiB, three random
+        // parts of what it can give, half, all of it, and 1 KiB more.
+        let mut x: u64 = 0x0123_4567_89ab_cdef;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let moves = |c: &Contributor| c.rate_kib_per_s > 0.0 && c.rate_kib_per_s.is_finite();
+        let mut work = Workspace::default();
+        for host in 0..400 {
+            let n = 1 + (next() % [8, 100, 1000, 3000][host % 4]) as usize;
+            let mut cs: Vec<Contributor> = Vec::with_capacity(n);
+            for i in 0..n {
+                let measured = 1024.0 + (next() % 200_000_000) as f64 / 1000.0 * 1.024;
+                let cap = 1 + (next() % (4096 * MIB as u64)) as Kib;
+                let guest = match (host % 5, next() % 20) {
+                    (0, _) if i > 0 => cs[0],
+                    (1, _) => c(GIB_KIB, 100.0 * 1024.0 * (1.0 + i as f64 * 1e-6)),
+                    (_, 0) if i > 0 => cs[i - 1],
+                    (_, 1) => c(0, measured),
+                    (_, 2) => c(-(cap % 1024), measured),
+                    (_, 3) => c(cap, 0.0),
+                    (_, 4) => c(cap, f64::NAN),
+                    (_, 5) => c(cap, f64::INFINITY),
+                    (_, 6) => c(cap, f64::NEG_INFINITY),
+                    (_, 7) => c(cap, -1.0),
+                    (_, 8) => c(cap, (1 + next() % 10_000) as f64 * 1e-4),
+                    (_, 9) => c(1 + cap % 64, measured),
+                    _ => c(cap, measured),
+                };
+                cs.push(guest);
+            }
+            let capacity: Kib = cs
+                .iter()
+                .filter(|c| c.cap_kib > 0 && moves(c))
+                .map(|c| c.cap_kib)
+                .sum();
+            let some = |r: u64| (r % (capacity as u64 + 1)) as Kib;
+            let needs = [
+                0,
+                1,
+                some(next()),
+                some(next()),
+                some(next()),
+                capacity / 2,
+                capacity,
+                capacity + 1,
+            ];
+            for need in needs {
+                let at = format!("host {host} of {n}, need {need} of {capacity}");
+                let t = finish_time_in(&cs, need, &mut work);
+                // A working space used before gives what a fresh one does, to the bit.
+                assert_eq!(
+                    t.map(f64::to_bits),
+                    finish_time(&cs, need).map(f64::to_bits),
+                    "{at}"
+                );
+                assert!(
+                    close(t, finish_time_by_sorting_contributors(&cs, need)),
+                    "{at}: {t:?}"
+                );
+                if need > capacity {
+                    assert_eq!(t, None, "{at}");
+                    continue;
+                }
+                let t = t.unwrap_or_else(|| panic!("{at}: none"));
+                assert!(t >= 0.0 && t.is_finite(), "{at}: {t}");
+                if need == 0 {
+                    assert_eq!(t, 0.0, "{at}");
+                    continue;
+                }
+                let shares: Kib = cs.iter().map(|c| share(c, t)).sum();
+                assert!(shares >= need, "{at}: {t} s, shares {shares}");
+                // Just before, the guests have not freed enough. (Shares are rounded up to
+                // whole KiB, so their sum may still reach `need`: what the guests free
+                // is compared instead.)
+                let before = t * (1.0 - 1e-9);
+                let (saturated, going) = freed_by(&cs, before);
+                assert!(
+                    saturated < i128::from(need) && saturated as f64 + going < need as f64,
+                    "{at}: {t} s, {saturated} + {going} KiB by {before} s"
                 );
             }
         }
