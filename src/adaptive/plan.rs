@@ -720,6 +720,23 @@ mod tests {
     }
 
     #[test]
+    fn capacities_too_large_for_an_i64_together_still_add_up() {
+        // 2⁶² KiB each at 1, 2 and 4 KiB/s: 3 × 2⁶² in all, past i64::MAX. Asked for
+        // i64::MAX: the fastest runs out at 2⁶⁰ s, having freed 2⁶² (7 × 2⁶⁰ by then in all,
+        // short); after it the other two free 3 KiB/s, so T = (i64::MAX − 2⁶²) / 3 s, before
+        // the next runs out at 2⁶¹ s.
+        let cs = [c(1 << 62, 1.0), c(1 << 62, 2.0), c(1 << 62, 4.0)];
+        let t = finish_time(&cs, Kib::MAX).unwrap();
+        let expected = (Kib::MAX - (1 << 62)) as f64 / 3.0;
+        assert!((t - expected).abs() <= 1e-12 * expected, "{t} {expected}");
+        // The first two, 2⁶³ KiB together, are one KiB more than asked: the faster runs out
+        // at 2⁶¹ s and the slower frees the rest by 2⁶² − 1 s.
+        let t = finish_time(&cs[..2], Kib::MAX).unwrap();
+        assert!((t - 2f64.powi(62)).abs() <= 1e-12 * t, "{t}");
+        assert_eq!(finish_time(&cs[..1], Kib::MAX), None);
+    }
+
+    #[test]
     fn not_enough_capacity_is_none() {
         assert_eq!(finish_time(&[c(10, 1.0), c(10, 0.0)], 11), None);
         assert_eq!(finish_time(&[c(10, 1.0)], 0), Some(0.0));
