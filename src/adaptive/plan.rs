@@ -24,15 +24,43 @@ pub fn finish_time(contributors: &[Contributor], need_kib: Kib) -> Option<f64> {
 }
 
 /// Working space of [`finish_time_in`], for a caller that keeps it from round to round (its
-/// contents mean nothing between calls).
+/// contents mean nothing between calls: every part is cleared or written before it is read).
 #[derive(Debug, Default)]
 pub struct Workspace {
+    buckets: Vec<Bucket>,
+    next: Vec<usize>,
     order: Vec<u128>,
     spare: Vec<u128>,
     counts: Vec<u32>,
 }
 
+/// The contributors whose run-out times fall in one range of times: their capacity (as an
+/// integer, exact whatever their number and order), the sum of their rates, and a list of
+/// them threaded through `Workspace::next` (`head` is the first one's index plus one, 0
+/// for none).
+#[derive(Debug, Default, Clone, Copy)]
+struct Bucket {
+    cap: i128,
+    rate: f64,
+    head: usize,
+}
+
+/// The buckets cover run-out times from 2⁻¹⁶ s (15 µs) to 2³² s in equal slices of each
+/// octave; shorter times fall in the first, longer ones (and +∞) in the last.
+const LOW_EXPONENT: u64 = 1023 - 16;
+/// See [`LOW_EXPONENT`].
+const OCTAVES: u64 = 48;
+
 /// [`finish_time`] in the working space `work`.
+///
+/// Finding `T` needs no full order of the contributors, only the interval between two run-out
+/// times in which the freed total crosses `need_kib`. One pass puts each contributor in a
+/// bucket by its run-out time (the buckets slice the times in order, so every contributor of a
+/// bucket runs out before any of the next one) and sums the capacities and rates of each
+/// bucket; a walk down the buckets finds the one in which the crossing lies; only that
+/// bucket's few contributors are sorted and walked. Every sum is of non-negative terms, taken
+/// in an order fixed by the input alone, so the result is deterministic; it may differ from a
+/// walk over all the contributors in sorted order in its last bits.
 pub fn finish_time_in(
     contributors: &[Contributor],
     need_kib: Kib,
@@ -42,54 +70,127 @@ pub fn finish_time_in(
         return Some(0.0);
     }
     let Workspace {
+        buckets,
+        next,
         order,
         spare,
         counts,
     } = work;
-    // The useful contributors as sort keys: the time each runs out (positive, or +∞ for a
-    // rate too small to divide by, so its bits order as the number does) above its index.
-    // Sorted as plain integers, by bucket (see `sort_keys`): on thousands of contributors a
-    // fraction of the cost of sorting them by a float comparison. Ties come out in the
-    // contributors' order.
-    order.clear();
-    let mut total = 0.0;
-    let (mut lo, mut hi) = (u64::MAX, 0);
-    for (i, c) in contributors.iter().enumerate() {
+    let n = contributors.len();
+    // A power of two of slices an octave, so that a bucket is a run of a time's bits: n/8 to
+    // n/4 buckets over the 48 octaves (48 below 384 contributors). A host's run-out times
+    // span a few octaves, so the walk down the buckets costs a fraction of the pass over the
+    // contributors and the crossing's bucket holds a few of them.
+    let slices = (n / (4 * OCTAVES as usize))
+        .checked_ilog2()
+        .unwrap_or(0)
+        .min(12);
+    let shift = 52 - slices;
+    let base = LOW_EXPONENT << slices;
+    let last = (OCTAVES << slices) - 1;
+    buckets.clear();
+    buckets.resize(last as usize + 1, Bucket::default());
+    next.resize(n, 0);
+    // Slices, whose lengths the loop below knows, so that its indexing is not checked again.
+    let (buckets, next) = (&mut buckets[..=last as usize], &mut next[..n]);
+    // Times outside the buckets' range count as its ends (`maxsd` and `minsd`: a time is
+    // never NaN).
+    let first_start = f64::from_bits(base << shift);
+    let last_end = f64::from_bits(((base + last + 1) << shift) - 1);
+    let bucket_of = |t: f64| {
+        let t = if t > first_start { t } else { first_start };
+        let t = if t < last_end { t } else { last_end };
+        ((t.to_bits() >> shift) - base) as usize
+    };
+
+    // From the last contributor back, so that each bucket's list comes out in the
+    // contributors' order (and the loop counts down to zero).
+    for i in (0..n).rev() {
+        let c = &contributors[i];
         if c.cap_kib > 0 && moves(c.rate_kib_per_s) {
-            let cap = c.cap_kib as f64;
-            total += cap;
-            let t_bits = (cap / c.rate_kib_per_s).to_bits();
-            (lo, hi) = (lo.min(t_bits), hi.max(t_bits));
-            order.push((u128::from(t_bits) << 64) | i as u128);
+            // Positive, or +∞ for a rate too small to divide by: its bits order as it does.
+            let t = c.cap_kib as f64 / c.rate_kib_per_s;
+            let bucket = &mut buckets[bucket_of(t)];
+            bucket.cap += i128::from(c.cap_kib);
+            bucket.rate += c.rate_kib_per_s;
+            next[i] = bucket.head;
+            bucket.head = i + 1;
         }
     }
-    let need = need_kib as f64;
+    // The total capacity from the buckets: a few hundred additions rather than one a
+    // contributor.
+    let total: i128 = buckets.iter().map(|b| b.cap).sum();
+    let need = i128::from(need_kib);
     if total < need {
         return None;
     }
-    let entry = |k: u128| {
-        let c = &contributors[k as u64 as usize];
-        let t_i = f64::from_bits((k >> 64) as u64);
-        (t_i, c.cap_kib as f64, c.rate_kib_per_s)
+    let need_f = need_kib as f64;
+    // Whether, at time `t`, contributors of `saturated` KiB in all have run out and the rest
+    // have freed `rate · t`, reaching `need`. Below `need`, `saturated` fits an i64.
+    let reaches = |saturated: i128, rate: f64, t: f64| {
+        saturated >= need || saturated as i64 as f64 + rate * t >= need_f
     };
-    // Walk the times at which contributors run out, in order. Between two such times the
-    // freed total grows linearly with the sum of the rates of those still going.
-    // At a tie, saturating one contributor leaves saturated + rate_sum · t_i unchanged, so
-    // the result does not depend on their order (beyond the rounding of the sums).
-    sort_keys(order, (lo, hi), spare, counts);
-    let mut saturated = 0.0; // capacity of contributors already exhausted
-    let mut rate_sum: f64 = order.iter().map(|&k| entry(k).2).sum();
-    for &k in order.iter() {
-        let (t_i, cap, rate) = entry(k);
-        // At t_i, everything not yet saturated has freed rate·t_i.
-        if saturated + rate_sum * t_i >= need {
-            return Some((need - saturated) / rate_sum);
+
+    // Down the buckets: `above` sums the buckets above `b`. The crossing lies in the lowest
+    // bucket `c` such that, at the end of the next one below it, the total is short of
+    // `need`; `after` sums the buckets above `c`.
+    let (mut above, mut after) = ((0i128, 0.0), (0i128, 0.0));
+    let mut crossing = None;
+    for (b, bucket) in buckets.iter().enumerate().rev() {
+        if bucket.head == 0 {
+            continue;
         }
-        saturated += cap;
-        rate_sum -= rate;
+        if crossing.is_some() {
+            let end = f64::from_bits((base + b as u64 + 1) << shift);
+            if !reaches(total - above.0, above.1, end) {
+                break;
+            }
+        }
+        crossing = Some(b);
+        after = above;
+        above = (above.0 + bucket.cap, above.1 + bucket.rate);
     }
-    // Only reachable through rounding: the last contributor saturates exactly at `need`.
-    order.last().map(|&k| entry(k).0)
+    // Some bucket holds the capacity, as total >= need > 0.
+    let crossing = crossing?;
+
+    // That bucket's contributors in order of their run-out times (ties in the contributors'
+    // order), as integer keys: the time's bits above the index.
+    order.clear();
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    let mut at = buckets[crossing].head;
+    while at != 0 {
+        let i = at - 1;
+        let c = &contributors[i];
+        let t_bits = (c.cap_kib as f64 / c.rate_kib_per_s).to_bits();
+        (lo, hi) = (lo.min(t_bits), hi.max(t_bits));
+        order.push((u128::from(t_bits) << 64) | i as u128);
+        at = next[i];
+    }
+    sort_keys(order, (lo, hi), spare, counts);
+
+    // Down its contributors: `after` sums those that run out after the one at hand. Once the
+    // total at one's run-out time is short of `need`, the crossing lies between its time and
+    // the next, where every contributor up to it has run out and the rest go on.
+    for &k in order.iter().rev() {
+        let c = &contributors[k as u64 as usize];
+        let t = f64::from_bits((k >> 64) as u64);
+        let from = (after.0 + i128::from(c.cap_kib), after.1 + c.rate_kib_per_s);
+        if !reaches(total - from.0, from.1, t) {
+            if after.1 == 0.0 {
+                // Only through rounding: the last contributor runs out exactly at `need`.
+                return Some(t);
+            }
+            // `need` less what has run out by `t`: below `need`, and above minus `c`'s
+            // capacity (rounding may take it below zero), so it fits an i64. The time is no
+            // earlier than `t`.
+            let left = (need - (total - after.0)) as i64 as f64;
+            return Some((left / after.1).max(t));
+        }
+        after = from;
+    }
+    // The total reaches `need` by the first one's run-out time: the crossing lies before it,
+    // where every contributor from this bucket on is still going.
+    Some((need - (total - after.0)) as i64 as f64 / after.1)
 }
 
 /// Sorts `keys` (distinct), with `spare` and `counts` as working space: a bucket sort on the
@@ -225,6 +326,7 @@ mod tests {
     use super::*;
 
     const MIB: Kib = 1024;
+    const GIB_KIB: Kib = 1024 * MIB;
 
     fn c(cap_kib: Kib, rate: f64) -> Contributor {
         Contributor {
@@ -254,7 +356,10 @@ mod tests {
         assert_eq!(shares(&cs, t), vec![100 * MIB, 300 * MIB]);
     }
 
-    /// The walk as first written: the contributors themselves sorted by a float comparison.
+    /// The walk as first written (the contributors themselves sorted by a float comparison),
+    /// with the rate of those still going summed afresh at each step from the last one back:
+    /// the first version's running difference of the sum drifted by up to 10⁻¹¹ (relative) on
+    /// the hosts below once most contributors had run out.
     fn finish_time_by_sorting_contributors(cs: &[Contributor], need_kib: Kib) -> Option<f64> {
         if need_kib <= 0 {
             return Some(0.0);
@@ -276,20 +381,34 @@ mod tests {
             return None;
         }
         useful.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut going = vec![0.0; useful.len()];
+        let mut sum = 0.0;
+        for (g, u) in going.iter_mut().zip(&useful).rev() {
+            sum += u.2;
+            *g = sum;
+        }
         let mut saturated = 0.0;
-        let mut rate_sum: f64 = useful.iter().map(|u| u.2).sum();
-        for &(t_i, cap, rate) in &useful {
+        for (&(t_i, cap, _), &rate_sum) in useful.iter().zip(&going) {
             if saturated + rate_sum * t_i >= need {
                 return Some((need - saturated) / rate_sum);
             }
             saturated += cap;
-            rate_sum -= rate;
         }
         useful.last().map(|u| u.0)
     }
 
+    /// Whether `a` and `b` are both `None` or equal within a relative `1e-12`: the sums of the
+    /// rates are taken in a different order.
+    fn close(a: Option<f64>, b: Option<f64>) -> bool {
+        match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a == b || (a - b).abs() <= 1e-12 * a.abs().max(b.abs()),
+            _ => false,
+        }
+    }
+
     #[test]
-    fn sorting_keys_gives_the_same_finish_time_as_sorting_contributors() {
+    fn the_bucketed_crossing_is_the_walk_over_sorted_contributors() {
         // 300 guests of 0 to 4 GiB to give at 1 to 200 MiB/s (measured rates are not whole
         // numbers), one in three a copy of the one before (identical guests tie), some with
         // nothing to give or no rate; asked for 0 % to 100 % of what they can give together.
@@ -319,10 +438,126 @@ mod tests {
             let capacity: Kib = cs.iter().map(|c| c.cap_kib.max(0)).sum();
             for tenth in 0..=10 {
                 let need = capacity / 10 * tenth + round;
+                let (got, want) = (
+                    finish_time_in(&cs, need, &mut work),
+                    finish_time_by_sorting_contributors(&cs, need),
+                );
+                assert!(
+                    close(got, want),
+                    "round {round}, {tenth}0 %: {got:?} {want:?}"
+                );
+            }
+        }
+    }
+
+    /// What the contributors that move have freed by `t`, `Σ min(cap, rate · t)`: the
+    /// capacities of those run out, summed exactly, and what the others have freed.
+    fn freed_by(cs: &[Contributor], t: f64) -> (i128, f64) {
+        let (mut saturated, mut going) = (0, 0.0);
+        for c in cs {
+            if c.cap_kib > 0 && c.rate_kib_per_s > 0.0 && c.rate_kib_per_s.is_finite() {
+                let x = c.rate_kib_per_s * t;
+                if x >= c.cap_kib as f64 {
+                    saturated += i128::from(c.cap_kib);
+                } else {
+                    going += x;
+                }
+            }
+        }
+        (saturated, going)
+    }
+
+    #[test]
+    fn the_finish_time_is_the_earliest_at_which_the_guests_free_what_is_needed() {
+        // 400 hosts of 1 to 3000 guests. Most guests have 1 KiB to 4 GiB to give at measured
+        // (fractional) rates of 1 to 200 MiB/s; some are copies of the guest before (ties),
+        // some have a few KiB to give (run out in microseconds, before the first bucket),
+        // some are stuck at 0.0001 to 1 KiB/s (run out after decades, past the last
+        // bucket), some have nothing to give or a rate of 0, NaN, ±∞ or -1. One host in
+        // five is of identical guests, one in five of guests that differ by a millionth of
+        // their rate (all in one bucket). Each is asked for nothing, 1 KiB, three random
+        // parts of what it can give, half, all of it, and 1 KiB more.
+        let mut x: u64 = 0x0123_4567_89ab_cdef;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let moves = |c: &Contributor| c.rate_kib_per_s > 0.0 && c.rate_kib_per_s.is_finite();
+        let mut work = Workspace::default();
+        for host in 0..400 {
+            let n = 1 + (next() % [8, 100, 1000, 3000][host % 4]) as usize;
+            let mut cs: Vec<Contributor> = Vec::with_capacity(n);
+            for i in 0..n {
+                let measured = 1024.0 + (next() % 200_000_000) as f64 / 1000.0 * 1.024;
+                let cap = 1 + (next() % (4096 * MIB as u64)) as Kib;
+                let guest = match (host % 5, next() % 20) {
+                    (0, _) if i > 0 => cs[0],
+                    (1, _) => c(GIB_KIB, 100.0 * 1024.0 * (1.0 + i as f64 * 1e-6)),
+                    (_, 0) if i > 0 => cs[i - 1],
+                    (_, 1) => c(0, measured),
+                    (_, 2) => c(-(cap % 1024), measured),
+                    (_, 3) => c(cap, 0.0),
+                    (_, 4) => c(cap, f64::NAN),
+                    (_, 5) => c(cap, f64::INFINITY),
+                    (_, 6) => c(cap, f64::NEG_INFINITY),
+                    (_, 7) => c(cap, -1.0),
+                    (_, 8) => c(cap, (1 + next() % 10_000) as f64 * 1e-4),
+                    (_, 9) => c(1 + cap % 64, measured),
+                    _ => c(cap, measured),
+                };
+                cs.push(guest);
+            }
+            let capacity: Kib = cs
+                .iter()
+                .filter(|c| c.cap_kib > 0 && moves(c))
+                .map(|c| c.cap_kib)
+                .sum();
+            let some = |r: u64| (r % (capacity as u64 + 1)) as Kib;
+            let needs = [
+                0,
+                1,
+                some(next()),
+                some(next()),
+                some(next()),
+                capacity / 2,
+                capacity,
+                capacity + 1,
+            ];
+            for need in needs {
+                let at = format!("host {host} of {n}, need {need} of {capacity}");
+                let t = finish_time_in(&cs, need, &mut work);
+                // A working space used before gives what a fresh one does, to the bit.
                 assert_eq!(
-                    finish_time_in(&cs, need, &mut work).map(f64::to_bits),
-                    finish_time_by_sorting_contributors(&cs, need).map(f64::to_bits),
-                    "round {round}, {tenth}0 %"
+                    t.map(f64::to_bits),
+                    finish_time(&cs, need).map(f64::to_bits),
+                    "{at}"
+                );
+                assert!(
+                    close(t, finish_time_by_sorting_contributors(&cs, need)),
+                    "{at}: {t:?}"
+                );
+                if need > capacity {
+                    assert_eq!(t, None, "{at}");
+                    continue;
+                }
+                let t = t.unwrap_or_else(|| panic!("{at}: none"));
+                assert!(t >= 0.0 && t.is_finite(), "{at}: {t}");
+                if need == 0 {
+                    assert_eq!(t, 0.0, "{at}");
+                    continue;
+                }
+                let shares: Kib = cs.iter().map(|c| share(c, t)).sum();
+                assert!(shares >= need, "{at}: {t} s, shares {shares}");
+                // Just before, the guests have not freed enough. (Shares are rounded up to
+                // whole KiB, so their sum may still reach `need`: what the guests free
+                // is compared instead.)
+                let before = t * (1.0 - 1e-9);
+                let (saturated, going) = freed_by(&cs, before);
+                assert!(
+                    saturated < i128::from(need) && saturated as f64 + going < need as f64,
+                    "{at}: {t} s, {saturated} + {going} KiB by {before} s"
                 );
             }
         }
@@ -482,6 +717,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn capacities_too_large_for_an_i64_together_still_add_up() {
+        // 2⁶² KiB each at 1, 2 and 4 KiB/s: 3 × 2⁶² in all, past i64::MAX. Asked for
+        // i64::MAX: the fastest runs out at 2⁶⁰ s, having freed 2⁶² (7 × 2⁶⁰ by then in all,
+        // short); after it the other two free 3 KiB/s, so T = (i64::MAX − 2⁶²) / 3 s, before
+        // the next runs out at 2⁶¹ s.
+        let cs = [c(1 << 62, 1.0), c(1 << 62, 2.0), c(1 << 62, 4.0)];
+        let t = finish_time(&cs, Kib::MAX).unwrap();
+        let expected = (Kib::MAX - (1 << 62)) as f64 / 3.0;
+        assert!((t - expected).abs() <= 1e-12 * expected, "{t} {expected}");
+        // The first two, 2⁶³ KiB together, are one KiB more than asked: the faster runs out
+        // at 2⁶¹ s and the slower frees the rest by 2⁶² − 1 s.
+        let t = finish_time(&cs[..2], Kib::MAX).unwrap();
+        assert!((t - 2f64.powi(62)).abs() <= 1e-12 * t, "{t}");
+        assert_eq!(finish_time(&cs[..1], Kib::MAX), None);
     }
 
     #[test]
