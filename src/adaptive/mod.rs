@@ -666,10 +666,6 @@ impl Adaptive {
         }
     }
 
-    fn deadband(&self, d: &Domain) -> Kib {
-        deadband(&self.options, d)
-    }
-
     /// One round of freeing toward `required_kib` free and guaranteed (or what `success`
     /// accepts), on `host` as looked at (and learnt from) at `now`. No I/O.
     fn free_round(
@@ -707,25 +703,25 @@ impl Adaptive {
         } = scratch;
         contributors.clear();
         who.clear();
-        let mut could_take: Kib = 0;
-        for (i, d) in host.domains().iter().enumerate() {
-            could_take += could_take_of(d);
-            if !d.can_balloon {
-                continue;
-            }
-            let t = self.tracker.get_at(i, d.domid);
-            if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
-                continue;
-            }
-            let rate = t
-                .and_then(|t| t.rate_down)
-                .unwrap_or(self.options.prior_rate_kib_per_s);
-            contributors.push(Contributor {
-                cap_kib: d.min_freeable_kib(true),
-                rate_kib_per_s: rate,
-            });
-            who.push(i);
-        }
+        let domains = host.domains();
+        // After the look the tracker holds exactly the host's domains, in the same order:
+        // their tracks are walked beside them, without a lookup each.
+        let aligned = self.tracker.holds_exactly(host);
+        let (could_take, capacity) = if aligned {
+            self.contributors_into(
+                domains.iter().zip(self.tracker.tracks().iter().map(Some)),
+                now,
+                contributors,
+                who,
+            )
+        } else {
+            self.contributors_into(
+                domains.iter().map(|d| (d, self.tracker.get(d.domid))),
+                now,
+                contributors,
+                who,
+            )
+        };
         let guaranteed = host.free_mem_kib - could_take;
         if guaranteed >= required_kib && success(guaranteed) {
             debug!(
@@ -734,7 +730,9 @@ impl Adaptive {
             );
             return Ok(Round::ending(writes, Outcome::Done));
         }
-        let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
+        let capacity = capacity.ok_or_else(|| {
+            Error::InvalidMemoryValue("freeable: the sum of the capacities overflows".into())
+        })?;
         let need = required_kib - guaranteed;
         let reachable = kib::add(guaranteed, capacity, "reachable free memory")?;
         if reachable < required_kib && !success(reachable) {
@@ -782,10 +780,16 @@ impl Adaptive {
                 return Ok(Round::ending(writes, Outcome::Failed(e)));
             }
         }
+        // The plan: each contributor's new target. The loop reads only locals and the
+        // contributor's domain and track (a big host writes thousands of targets a round).
+        let (epoch, deadband_kib) = (self.epoch, self.options.deadband_kib);
+        let log_changes = log::log_enabled!(log::Level::Info);
+        let domains = host.domains();
+        let mut tracks = aligned.then(|| self.tracker.tracks_mut());
         let mut wrote = false;
         for (&i, c) in who.iter().zip(contributors.iter()) {
             let share = plan::share(c, t_star);
-            let d = &host.domains()[i];
+            let d = &domains[i];
             // A driver may stop up to its inaccuracy short of a target, and a real host
             // rounds to whole pages on top, so ask for twice that much more; the capacity
             // held back twice the inaccuracy, so this stays in range.
@@ -805,7 +809,7 @@ impl Adaptive {
             // has to go is noise in the rate estimates, not worth a write.
             let step = (desired - d.target_kib).abs();
             let in_flight = (d.memory_actual_kib - d.target_kib).abs() / 8;
-            let worth = step > self.deadband(d).max(in_flight);
+            let worth = step > deadband_of(deadband_kib, d).max(in_flight);
             let write = if desired < d.target_kib {
                 growing || d.has_hit_target() || worth
             } else {
@@ -816,8 +820,25 @@ impl Adaptive {
                     // At most one write per contributor: no regrowing on a big host.
                     writes.reserve_exact(who.len());
                 }
-                self.plan_write_at(i, &mut writes, d, desired, now, "free memory");
+                if log_changes && desired != d.target_kib {
+                    log_change(log::Level::Info, d, desired, "free memory");
+                }
+                writes.push(Action {
+                    domid: d.domid,
+                    new_target_kib: desired,
+                });
+                if let Some(tracks) = tracks.as_deref_mut() {
+                    tracks[i].note_write(desired, now, epoch);
+                }
                 wrote = true;
+            }
+        }
+        if tracks.is_none() {
+            // Not reached after a look at `host`, which leaves the tracker holding its
+            // domains; noted by domid all the same.
+            for a in &writes {
+                self.tracker
+                    .note_write(a.domid, a.new_target_kib, now, epoch);
             }
         }
         let moving = who.iter().any(|&i| !host.domains()[i].has_hit_target());
@@ -831,6 +852,40 @@ impl Adaptive {
             return Ok(Round::ending(writes, outcome));
         }
         Ok(Round::ending(writes, Outcome::Continue))
+    }
+
+    /// What each balloonable domain without a floor can still give, and how fast, into
+    /// `contributors` (with its place among the host's domains in `who`), from `domains`
+    /// walked in order with their tracks. Returns what the domains could still take from the
+    /// host ([`guaranteed_free`]'s sum) and the capacities' sum (`None` if it overflows),
+    /// both from the same walk: one walk on a big host instead of three.
+    #[inline(always)]
+    fn contributors_into<'t>(
+        &self,
+        domains: impl Iterator<Item = (&'t Domain, Option<&'t Track>)>,
+        now: f64,
+        contributors: &mut Vec<Contributor>,
+        who: &mut Vec<usize>,
+    ) -> (Kib, Option<Kib>) {
+        let (grace, prior) = (self.options.grace_s, self.options.prior_rate_kib_per_s);
+        let mut could_take: Kib = 0;
+        // Summed wide and checked once: each capacity is at most `MAX_KIB` (2⁵⁰), so no
+        // host's sum comes near the 2¹²⁷ of an `i128`.
+        let mut capacity: i128 = 0;
+        for (i, (d, t)) in domains.enumerate() {
+            could_take += could_take_of(d);
+            if !d.can_balloon || t.is_some_and(|t| t.unreliable(now, grace)) {
+                continue;
+            }
+            let cap_kib = d.min_freeable_kib(true);
+            capacity += i128::from(cap_kib);
+            contributors.push(Contributor {
+                cap_kib,
+                rate_kib_per_s: t.and_then(|t| t.rate_down).unwrap_or(prior),
+            });
+            who.push(i);
+        }
+        (could_take, Kib::try_from(capacity).ok())
     }
 
     /// One round of balancing toward `goal_kib` free, on `host` as looked at (and learnt
@@ -1382,8 +1437,13 @@ fn cooperation_of(t: &tracker::Track) -> Cooperation {
 /// The smallest target change worth writing for `d`: the configured deadband, or 1/64 of a
 /// small domain's range, but never less than twice the balloon inaccuracy.
 fn deadband(options: &AdaptiveOptions, d: &Domain) -> Kib {
-    options
-        .deadband_kib
+    deadband_of(options.deadband_kib, d)
+}
+
+/// [`deadband`] for a configured deadband of `deadband_kib`.
+#[inline(always)]
+fn deadband_of(deadband_kib: Kib, d: &Domain) -> Kib {
+    deadband_kib
         .min(d.range_kib() / 64)
         .max(2 * d.inaccuracy_kib)
 }
@@ -1405,17 +1465,25 @@ fn push_write_logged(
     reason: &str,
 ) {
     if target_kib != d.target_kib {
-        log::log!(
-            level,
-            "domain {}: target {} -> {target_kib} KiB ({reason})",
-            d.domid,
-            d.target_kib
-        );
+        log_change(level, d, target_kib, reason);
     }
     writes.push(Action {
         domid: d.domid,
         new_target_kib: target_kib,
     });
+}
+
+/// Logs the change of `d`'s target to `target_kib` at `level`. Out of line: the loops that
+/// write thousands of targets a round only test whether to call it.
+#[cold]
+#[inline(never)]
+fn log_change(level: log::Level, d: &Domain, target_kib: Kib, reason: &str) {
+    log::log!(
+        level,
+        "domain {}: target {} -> {target_kib} KiB ({reason})",
+        d.domid,
+        d.target_kib
+    );
 }
 
 /// Host free memory that stays free even if every domain grows to its target + inaccuracy

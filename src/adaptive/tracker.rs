@@ -386,6 +386,24 @@ impl Tracker {
         self.per_domain.iter().map(|(&domid, t)| (domid, t))
     }
 
+    /// Whether the tracked domains are `host`'s, in the same order (as they are right after
+    /// a look at `host`): then [`tracks`](Tracker::tracks) can be walked beside the host's
+    /// domains, without a lookup for each.
+    pub(crate) fn holds_exactly(&self, host: &Host) -> bool {
+        let (ids, domains) = (&self.per_domain.ids, host.domains());
+        ids.len() == domains.len() && ids.iter().zip(domains).all(|(&id, d)| id == d.domid)
+    }
+
+    /// Every track, in domid order.
+    pub(crate) fn tracks(&self) -> &[Track] {
+        &self.per_domain.tracks
+    }
+
+    /// [`tracks`](Tracker::tracks), mutable.
+    pub(crate) fn tracks_mut(&mut self) -> &mut [Track] {
+        &mut self.per_domain.tracks
+    }
+
     /// The observations for `domid`, which is at `index` in the domains of the last look
     /// when that look is the one being decided on: then found without a search.
     pub fn get_at(&self, index: usize, domid: DomId) -> Option<&Track> {
