@@ -386,9 +386,9 @@ impl Tracker {
         self.per_domain.iter().map(|(&domid, t)| (domid, t))
     }
 
-    /// Whether the tracked domains are `host`'s, in the same order (as they are right after
-    /// a look at `host`): then [`tracks`](Tracker::tracks) can be walked beside the host's
-    /// domains, without a lookup for each.
+    /// Whether the tracked domains are `host`'s, in the same order, as they are right after
+    /// [`observe`](Tracker::observe) of `host`: then [`tracks`](Tracker::tracks) can be
+    /// walked beside the host's domains.
     pub(crate) fn holds_exactly(&self, host: &Host) -> bool {
         let (ids, domains) = (&self.per_domain.ids, host.domains());
         ids.len() == domains.len() && ids.iter().zip(domains).all(|(&id, d)| id == d.domid)
