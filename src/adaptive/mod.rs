@@ -227,6 +227,9 @@ struct Scratch {
     who: Vec<usize>,
     /// [`plan::finish_time_in`]'s working space.
     finish: plan::Workspace,
+    /// When the look that starts a freeing round has already filled `contributors` and `who`
+    /// in its walk: what the domains could still take from the host and the capacities' sum.
+    collected: Option<(Kib, i128)>,
 }
 
 impl Adaptive {
@@ -343,7 +346,14 @@ impl Adaptive {
                 "now must be finite and not negative, not {now}"
             )));
         }
-        let mut writes = self.look(host, now);
+        // A round that may free memory has the look gather what each domain can give, in
+        // the look's own walk over the domains.
+        let freeing = matches!(op.goal, Goal::Free { .. })
+            && matches!(
+                op.phase,
+                OperationPhase::NotStarted | OperationPhase::Freeing(_)
+            );
+        let mut writes = self.look_in(host, now, freeing);
         if let Err(e) = op.stillness.look(host, now) {
             return Ok(Round::ending(writes, Outcome::Failed(e)));
         }
@@ -498,6 +508,12 @@ impl Adaptive {
     /// write because of it: growth requests withdrawn from drivers that cannot follow them.
     /// No I/O: the caller applies the writes.
     pub fn look(&mut self, host: &Host, now: f64) -> Vec<Action> {
+        self.look_in(host, now, false)
+    }
+
+    /// [`look`](Adaptive::look); with `collect`, the same walk also gathers the freeing
+    /// round's contributors (see [`Scratch::collected`]).
+    fn look_in(&mut self, host: &Host, now: f64, collect: bool) -> Vec<Action> {
         let fp = fingerprint(host);
         if fp != self.fingerprint {
             self.fingerprint = fp;
@@ -505,11 +521,26 @@ impl Adaptive {
         }
         let (options, epoch) = (self.options, self.epoch);
         let mut writes = Vec::new();
-        // Limits are learnt in the tracker's walk, each domain right after its update.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.contributors.clear();
+        scratch.who.clear();
+        // Limits are learnt in the tracker's walk, each domain right after its update, and
+        // the contributors gathered from the track as just updated.
+        let mut walk = LookWalk {
+            options: &options,
+            epoch,
+            now,
+            writes: &mut writes,
+            collect,
+            scratch: &mut scratch,
+            could_take: 0,
+            capacity: 0,
+        };
         self.tracker
-            .observe_then(host, now, &options.judge(), |_, d, t| {
-                Self::learn_limit(&options, epoch, d, t, now, &mut writes)
-            });
+            .observe_then(host, now, &options.judge(), &mut walk);
+        let (could_take, capacity) = (walk.could_take, walk.capacity);
+        scratch.collected = collect.then_some((could_take, capacity));
+        self.scratch = scratch;
         writes
     }
 
@@ -700,30 +731,25 @@ impl Adaptive {
             contributors,
             who,
             finish,
+            collected: scratch_collected,
         } = scratch;
-        contributors.clear();
-        who.clear();
-        let domains = host.domains();
-        // The round follows a look at `host`, after which the tracker holds exactly the
-        // host's domains in the same order: their tracks are walked beside them, without a
-        // lookup each. (Counting them is enough to tell; the look guarantees the rest.)
-        let aligned = self.tracker.tracks().len() == domains.len();
-        debug_assert!(!aligned || self.tracker.holds_exactly(host));
-        let (could_take, capacity) = if aligned {
-            self.contributors_into(
-                domains.iter().zip(self.tracker.tracks().iter().map(Some)),
-                now,
-                contributors,
-                who,
-            )
-        } else {
-            self.contributors_into(
-                domains.iter().map(|d| (d, self.tracker.get(d.domid))),
-                now,
-                contributors,
-                who,
-            )
+        let (could_take, capacity) = match scratch_collected.take() {
+            Some(sums) => sums,
+            // Not gathered by the look (a round that started allocating, then freed): walked
+            // here.
+            None => {
+                contributors.clear();
+                who.clear();
+                let mut sums = (0, 0);
+                for (i, d) in host.domains().iter().enumerate() {
+                    let t = self.tracker.get(d.domid);
+                    add_contributor(&self.options, now, i, d, t, contributors, who, &mut sums.1);
+                    sums.0 += could_take_of(d);
+                }
+                sums
+            }
         };
+        let capacity = Kib::try_from(capacity).ok();
         let guaranteed = host.free_mem_kib - could_take;
         if guaranteed >= required_kib && success(guaranteed) {
             debug!(
@@ -787,6 +813,11 @@ impl Adaptive {
         let (epoch, deadband_kib) = (self.epoch, self.options.deadband_kib);
         let log_changes = log::log_enabled!(log::Level::Info);
         let domains = host.domains();
+        // The round follows a look at `host`, after which the tracker holds exactly the
+        // host's domains in the same order: each write is noted in the domain's track by
+        // position. (Counting them is enough to tell; the look guarantees the rest.)
+        let aligned = self.tracker.tracks().len() == domains.len();
+        debug_assert!(!aligned || self.tracker.holds_exactly(host));
         let mut tracks = aligned.then(|| self.tracker.tracks_mut());
         let mut wrote = false;
         for (&i, c) in who.iter().zip(contributors.iter()) {
@@ -854,40 +885,6 @@ impl Adaptive {
             return Ok(Round::ending(writes, outcome));
         }
         Ok(Round::ending(writes, Outcome::Continue))
-    }
-
-    /// What each balloonable domain without a floor can still give, and how fast, into
-    /// `contributors` (with its place among the host's domains in `who`), from `domains`
-    /// walked in order with their tracks. Returns what the domains could still take from the
-    /// host ([`guaranteed_free`]'s sum) and the capacities' sum (`None` if it overflows),
-    /// both from the same walk: one walk on a big host instead of three.
-    #[inline(always)]
-    fn contributors_into<'t>(
-        &self,
-        domains: impl Iterator<Item = (&'t Domain, Option<&'t Track>)>,
-        now: f64,
-        contributors: &mut Vec<Contributor>,
-        who: &mut Vec<usize>,
-    ) -> (Kib, Option<Kib>) {
-        let (grace, prior) = (self.options.grace_s, self.options.prior_rate_kib_per_s);
-        let mut could_take: Kib = 0;
-        // Summed wide and checked once: each capacity is at most `MAX_KIB` (2⁵⁰), so no
-        // host's sum comes near the 2¹²⁷ of an `i128`.
-        let mut capacity: i128 = 0;
-        for (i, (d, t)) in domains.enumerate() {
-            could_take += could_take_of(d);
-            if !d.can_balloon || t.is_some_and(|t| t.unreliable(now, grace)) {
-                continue;
-            }
-            let cap_kib = d.min_freeable_kib(true);
-            capacity += i128::from(cap_kib);
-            contributors.push(Contributor {
-                cap_kib,
-                rate_kib_per_s: t.and_then(|t| t.rate_down).unwrap_or(prior),
-            });
-            who.push(i);
-        }
-        (could_take, Kib::try_from(capacity).ok())
     }
 
     /// One round of balancing toward `goal_kib` free, on `host` as looked at (and learnt
@@ -1486,6 +1483,74 @@ fn log_change(level: log::Level, d: &Domain, target_kib: Kib, reason: &str) {
         d.domid,
         d.target_kib
     );
+}
+
+/// What a look does with each domain right after its track's update (see
+/// [`Adaptive::look_in`]): learn a limit, and gather the freeing round's contributors.
+struct LookWalk<'a> {
+    options: &'a AdaptiveOptions,
+    epoch: u64,
+    now: f64,
+    writes: &'a mut Vec<Action>,
+    collect: bool,
+    scratch: &'a mut Scratch,
+    could_take: Kib,
+    capacity: i128,
+}
+
+impl tracker::AfterUpdate for LookWalk<'_> {
+    #[inline(always)]
+    fn after(&mut self, index: usize, d: &Domain, t: &mut Track) {
+        let (options, now) = (self.options, self.now);
+        Adaptive::learn_limit(options, self.epoch, d, t, now, self.writes);
+        if self.collect {
+            let Scratch {
+                contributors, who, ..
+            } = &mut *self.scratch;
+            add_contributor(
+                options,
+                now,
+                index,
+                d,
+                Some(t),
+                contributors,
+                who,
+                &mut self.capacity,
+            );
+            self.could_take += could_take_of(d);
+        }
+    }
+}
+
+/// Puts what `d` (at `index` among the host's domains, tracked as `t`) can still give and
+/// how fast among the freeing round's `contributors` (its index in `who`), adding its
+/// capacity to `capacity`: a balloonable domain without a floor or a pinned driver, and not
+/// lagging. Summed wide: each capacity is at most `MAX_KIB` (2⁵⁰), so no host's sum comes
+/// near the 2¹²⁷ of an `i128`, and it is checked once.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn add_contributor(
+    options: &AdaptiveOptions,
+    now: f64,
+    index: usize,
+    d: &Domain,
+    t: Option<&Track>,
+    contributors: &mut Vec<Contributor>,
+    who: &mut Vec<usize>,
+    capacity: &mut i128,
+) {
+    if !d.can_balloon || t.is_some_and(|t| t.unreliable(now, options.grace_s)) {
+        return;
+    }
+    let cap_kib = d.min_freeable_kib(true);
+    *capacity += i128::from(cap_kib);
+    contributors.push(Contributor {
+        cap_kib,
+        rate_kib_per_s: t
+            .and_then(|t| t.rate_down)
+            .unwrap_or(options.prior_rate_kib_per_s),
+    });
+    who.push(index);
 }
 
 /// Host free memory that stays free even if every domain grows to its target + inaccuracy
