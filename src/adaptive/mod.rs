@@ -521,9 +521,12 @@ impl Adaptive {
         }
         let (options, epoch) = (self.options, self.epoch);
         let mut writes = Vec::new();
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.contributors.clear();
-        scratch.who.clear();
+        // The contributors' vectors are the walk's own while it runs (not reached through
+        // the squeezer), so that their lengths and the sums stay in registers.
+        let mut contributors = std::mem::take(&mut self.scratch.contributors);
+        let mut who = std::mem::take(&mut self.scratch.who);
+        contributors.clear();
+        who.clear();
         // Limits are learnt in the tracker's walk, each domain right after its update, and
         // the contributors gathered from the track as just updated.
         let mut walk = LookWalk {
@@ -532,15 +535,16 @@ impl Adaptive {
             now,
             writes: &mut writes,
             collect,
-            scratch: &mut scratch,
+            contributors,
+            who,
             could_take: 0,
             capacity: 0,
         };
         self.tracker
             .observe_then(host, now, &options.judge(), &mut walk);
-        let (could_take, capacity) = (walk.could_take, walk.capacity);
-        scratch.collected = collect.then_some((could_take, capacity));
-        self.scratch = scratch;
+        self.scratch.collected = collect.then_some((walk.could_take, walk.capacity));
+        self.scratch.contributors = walk.contributors;
+        self.scratch.who = walk.who;
         writes
     }
 
@@ -841,7 +845,9 @@ impl Adaptive {
             // For a driver in flight, a change smaller than an eighth of the way it still
             // has to go is noise in the rate estimates, not worth a write.
             let step = (desired - d.target_kib).abs();
-            let in_flight = (d.memory_actual_kib - d.target_kib).abs() / 8;
+            // (Sizes are at most 2⁵⁰ KiB, so the distance fits either way; unsigned, the
+            // eighth is a shift.)
+            let in_flight = ((d.memory_actual_kib - d.target_kib).unsigned_abs() / 8) as Kib;
             let worth = step > deadband_of(deadband_kib, d).max(in_flight);
             let write = if desired < d.target_kib {
                 growing || d.has_hit_target() || worth
@@ -1493,7 +1499,8 @@ struct LookWalk<'a> {
     now: f64,
     writes: &'a mut Vec<Action>,
     collect: bool,
-    scratch: &'a mut Scratch,
+    contributors: Vec<Contributor>,
+    who: Vec<usize>,
     could_take: Kib,
     capacity: i128,
 }
@@ -1504,19 +1511,8 @@ impl tracker::AfterUpdate for LookWalk<'_> {
         let (options, now) = (self.options, self.now);
         Adaptive::learn_limit(options, self.epoch, d, t, now, self.writes);
         if self.collect {
-            let Scratch {
-                contributors, who, ..
-            } = &mut *self.scratch;
-            add_contributor(
-                options,
-                now,
-                index,
-                d,
-                Some(t),
-                contributors,
-                who,
-                &mut self.capacity,
-            );
+            let (c, w) = (&mut self.contributors, &mut self.who);
+            add_contributor(options, now, index, d, Some(t), c, w, &mut self.capacity);
             self.could_take += could_take_of(d);
         }
     }
