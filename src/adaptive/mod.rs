@@ -227,6 +227,9 @@ struct Scratch {
     who: Vec<usize>,
     /// [`plan::finish_time_in`]'s working space.
     finish: plan::Workspace,
+    /// When the look that starts a freeing round has already filled `contributors` and `who`
+    /// in its walk: what the domains could still take from the host and the capacities' sum.
+    collected: Option<(Kib, i128)>,
 }
 
 impl Adaptive {
@@ -343,7 +346,14 @@ impl Adaptive {
                 "now must be finite and not negative, not {now}"
             )));
         }
-        let mut writes = self.look(host, now);
+        // A round that may free memory has the look gather what each domain can give, in
+        // the look's own walk over the domains.
+        let freeing = matches!(op.goal, Goal::Free { .. })
+            && matches!(
+                op.phase,
+                OperationPhase::NotStarted | OperationPhase::Freeing(_)
+            );
+        let mut writes = self.look_in(host, now, freeing);
         if let Err(e) = op.stillness.look(host, now) {
             return Ok(Round::ending(writes, Outcome::Failed(e)));
         }
@@ -498,6 +508,12 @@ impl Adaptive {
     /// write because of it: growth requests withdrawn from drivers that cannot follow them.
     /// No I/O: the caller applies the writes.
     pub fn look(&mut self, host: &Host, now: f64) -> Vec<Action> {
+        self.look_in(host, now, false)
+    }
+
+    /// [`look`](Adaptive::look); with `collect`, the same walk also gathers the freeing
+    /// round's contributors (see [`Scratch::collected`]).
+    fn look_in(&mut self, host: &Host, now: f64, collect: bool) -> Vec<Action> {
         let fp = fingerprint(host);
         if fp != self.fingerprint {
             self.fingerprint = fp;
@@ -505,11 +521,30 @@ impl Adaptive {
         }
         let (options, epoch) = (self.options, self.epoch);
         let mut writes = Vec::new();
-        // Limits are learnt in the tracker's walk, each domain right after its update.
+        // The contributors' vectors are the walk's own while it runs (not reached through
+        // the squeezer), so that their lengths and the sums stay in registers.
+        let mut contributors = std::mem::take(&mut self.scratch.contributors);
+        let mut who = std::mem::take(&mut self.scratch.who);
+        contributors.clear();
+        who.clear();
+        // Limits are learnt in the tracker's walk, each domain right after its update, and
+        // the contributors gathered from the track as just updated.
+        let mut walk = LookWalk {
+            options: &options,
+            epoch,
+            now,
+            writes: &mut writes,
+            collect,
+            contributors,
+            who,
+            could_take: 0,
+            capacity: 0,
+        };
         self.tracker
-            .observe_then(host, now, &options.judge(), |_, d, t| {
-                Self::learn_limit(&options, epoch, d, t, now, &mut writes)
-            });
+            .observe_then(host, now, &options.judge(), &mut walk);
+        self.scratch.collected = collect.then_some((walk.could_take, walk.capacity));
+        self.scratch.contributors = walk.contributors;
+        self.scratch.who = walk.who;
         writes
     }
 
@@ -666,10 +701,6 @@ impl Adaptive {
         }
     }
 
-    fn deadband(&self, d: &Domain) -> Kib {
-        deadband(&self.options, d)
-    }
-
     /// One round of freeing toward `required_kib` free and guaranteed (or what `success`
     /// accepts), on `host` as looked at (and learnt from) at `now`. No I/O.
     fn free_round(
@@ -704,28 +735,25 @@ impl Adaptive {
             contributors,
             who,
             finish,
+            collected: scratch_collected,
         } = scratch;
-        contributors.clear();
-        who.clear();
-        let mut could_take: Kib = 0;
-        for (i, d) in host.domains().iter().enumerate() {
-            could_take += could_take_of(d);
-            if !d.can_balloon {
-                continue;
+        let (could_take, capacity) = match scratch_collected.take() {
+            Some(sums) => sums,
+            // Not gathered by the look (a round that started allocating, then freed): walked
+            // here.
+            None => {
+                contributors.clear();
+                who.clear();
+                let mut sums = (0, 0);
+                for (i, d) in host.domains().iter().enumerate() {
+                    let t = self.tracker.get(d.domid);
+                    add_contributor(&self.options, now, i, d, t, contributors, who, &mut sums.1);
+                    sums.0 += could_take_of(d);
+                }
+                sums
             }
-            let t = self.tracker.get_at(i, d.domid);
-            if t.is_some_and(|t| t.unreliable(now, self.options.grace_s)) {
-                continue;
-            }
-            let rate = t
-                .and_then(|t| t.rate_down)
-                .unwrap_or(self.options.prior_rate_kib_per_s);
-            contributors.push(Contributor {
-                cap_kib: d.min_freeable_kib(true),
-                rate_kib_per_s: rate,
-            });
-            who.push(i);
-        }
+        };
+        let capacity = Kib::try_from(capacity).ok();
         let guaranteed = host.free_mem_kib - could_take;
         if guaranteed >= required_kib && success(guaranteed) {
             debug!(
@@ -734,7 +762,9 @@ impl Adaptive {
             );
             return Ok(Round::ending(writes, Outcome::Done));
         }
-        let capacity = kib::sum(contributors.iter().map(|c| c.cap_kib), "freeable")?;
+        let capacity = capacity.ok_or_else(|| {
+            Error::InvalidMemoryValue("freeable: the sum of the capacities overflows".into())
+        })?;
         let need = required_kib - guaranteed;
         let reachable = kib::add(guaranteed, capacity, "reachable free memory")?;
         if reachable < required_kib && !success(reachable) {
@@ -782,10 +812,21 @@ impl Adaptive {
                 return Ok(Round::ending(writes, Outcome::Failed(e)));
             }
         }
+        // The plan: each contributor's new target. The loop reads only locals and the
+        // contributor's domain and track (a big host writes thousands of targets a round).
+        let (epoch, deadband_kib) = (self.epoch, self.options.deadband_kib);
+        let log_changes = log::log_enabled!(log::Level::Info);
+        let domains = host.domains();
+        // The round follows a look at `host`, after which the tracker holds exactly the
+        // host's domains in the same order: each write is noted in the domain's track by
+        // position. (Counting them is enough to tell; the look guarantees the rest.)
+        let aligned = self.tracker.tracks().len() == domains.len();
+        debug_assert!(!aligned || self.tracker.holds_exactly(host));
+        let mut tracks = aligned.then(|| self.tracker.tracks_mut());
         let mut wrote = false;
         for (&i, c) in who.iter().zip(contributors.iter()) {
             let share = plan::share(c, t_star);
-            let d = &host.domains()[i];
+            let d = &domains[i];
             // A driver may stop up to its inaccuracy short of a target, and a real host
             // rounds to whole pages on top, so ask for twice that much more; the capacity
             // held back twice the inaccuracy, so this stays in range.
@@ -804,8 +845,10 @@ impl Adaptive {
             // For a driver in flight, a change smaller than an eighth of the way it still
             // has to go is noise in the rate estimates, not worth a write.
             let step = (desired - d.target_kib).abs();
-            let in_flight = (d.memory_actual_kib - d.target_kib).abs() / 8;
-            let worth = step > self.deadband(d).max(in_flight);
+            // (Sizes are at most 2⁵⁰ KiB, so the distance fits either way; unsigned, the
+            // eighth is a shift.)
+            let in_flight = ((d.memory_actual_kib - d.target_kib).unsigned_abs() / 8) as Kib;
+            let worth = step > deadband_of(deadband_kib, d).max(in_flight);
             let write = if desired < d.target_kib {
                 growing || d.has_hit_target() || worth
             } else {
@@ -816,8 +859,25 @@ impl Adaptive {
                     // At most one write per contributor: no regrowing on a big host.
                     writes.reserve_exact(who.len());
                 }
-                self.plan_write_at(i, &mut writes, d, desired, now, "free memory");
+                if log_changes && desired != d.target_kib {
+                    log_change(log::Level::Info, d, desired, "free memory");
+                }
+                writes.push(Action {
+                    domid: d.domid,
+                    new_target_kib: desired,
+                });
+                if let Some(tracks) = tracks.as_deref_mut() {
+                    tracks[i].note_write(desired, now, epoch);
+                }
                 wrote = true;
+            }
+        }
+        if tracks.is_none() {
+            // Not reached after a look at `host`, which leaves the tracker holding its
+            // domains; noted by domid all the same.
+            for a in &writes {
+                self.tracker
+                    .note_write(a.domid, a.new_target_kib, now, epoch);
             }
         }
         let moving = who.iter().any(|&i| !host.domains()[i].has_hit_target());
@@ -1382,8 +1442,13 @@ fn cooperation_of(t: &tracker::Track) -> Cooperation {
 /// The smallest target change worth writing for `d`: the configured deadband, or 1/64 of a
 /// small domain's range, but never less than twice the balloon inaccuracy.
 fn deadband(options: &AdaptiveOptions, d: &Domain) -> Kib {
-    options
-        .deadband_kib
+    deadband_of(options.deadband_kib, d)
+}
+
+/// [`deadband`] for a configured deadband of `deadband_kib`.
+#[inline(always)]
+fn deadband_of(deadband_kib: Kib, d: &Domain) -> Kib {
+    deadband_kib
         .min(d.range_kib() / 64)
         .max(2 * d.inaccuracy_kib)
 }
@@ -1405,17 +1470,83 @@ fn push_write_logged(
     reason: &str,
 ) {
     if target_kib != d.target_kib {
-        log::log!(
-            level,
-            "domain {}: target {} -> {target_kib} KiB ({reason})",
-            d.domid,
-            d.target_kib
-        );
+        log_change(level, d, target_kib, reason);
     }
     writes.push(Action {
         domid: d.domid,
         new_target_kib: target_kib,
     });
+}
+
+/// Logs the change of `d`'s target to `target_kib` at `level`. Out of line: the loops that
+/// write thousands of targets a round only test whether to call it.
+#[cold]
+#[inline(never)]
+fn log_change(level: log::Level, d: &Domain, target_kib: Kib, reason: &str) {
+    log::log!(
+        level,
+        "domain {}: target {} -> {target_kib} KiB ({reason})",
+        d.domid,
+        d.target_kib
+    );
+}
+
+/// What a look does with each domain right after its track's update (see
+/// [`Adaptive::look_in`]): learn a limit, and gather the freeing round's contributors.
+struct LookWalk<'a> {
+    options: &'a AdaptiveOptions,
+    epoch: u64,
+    now: f64,
+    writes: &'a mut Vec<Action>,
+    collect: bool,
+    contributors: Vec<Contributor>,
+    who: Vec<usize>,
+    could_take: Kib,
+    capacity: i128,
+}
+
+impl tracker::AfterUpdate for LookWalk<'_> {
+    #[inline(always)]
+    fn after(&mut self, index: usize, d: &Domain, t: &mut Track) {
+        let (options, now) = (self.options, self.now);
+        Adaptive::learn_limit(options, self.epoch, d, t, now, self.writes);
+        if self.collect {
+            let (c, w) = (&mut self.contributors, &mut self.who);
+            add_contributor(options, now, index, d, Some(t), c, w, &mut self.capacity);
+            self.could_take += could_take_of(d);
+        }
+    }
+}
+
+/// Puts what `d` (at `index` among the host's domains, tracked as `t`) can still give and
+/// how fast among the freeing round's `contributors` (its index in `who`), adding its
+/// capacity to `capacity`: a balloonable domain without a floor or a pinned driver, and not
+/// lagging. Summed wide: each capacity is at most `MAX_KIB` (2⁵⁰), so no host's sum comes
+/// near the 2¹²⁷ of an `i128`, and it is checked once.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn add_contributor(
+    options: &AdaptiveOptions,
+    now: f64,
+    index: usize,
+    d: &Domain,
+    t: Option<&Track>,
+    contributors: &mut Vec<Contributor>,
+    who: &mut Vec<usize>,
+    capacity: &mut i128,
+) {
+    if !d.can_balloon || t.is_some_and(|t| t.unreliable(now, options.grace_s)) {
+        return;
+    }
+    let cap_kib = d.min_freeable_kib(true);
+    *capacity += i128::from(cap_kib);
+    contributors.push(Contributor {
+        cap_kib,
+        rate_kib_per_s: t
+            .and_then(|t| t.rate_down)
+            .unwrap_or(options.prior_rate_kib_per_s),
+    });
+    who.push(index);
 }
 
 /// Host free memory that stays free even if every domain grows to its target + inaccuracy

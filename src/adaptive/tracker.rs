@@ -315,14 +315,29 @@ impl Learnt {
     }
 }
 
+/// What a look does with each domain right after updating its track
+/// ([`Tracker::observe_then`]). A trait rather than a closure so that an implementation can
+/// mark `after` to be inlined into the walk: a closure that grows past a few lines is called
+/// instead, once per domain.
+pub trait AfterUpdate {
+    /// Called with the domain at `index` in the host's domains and its track as just updated.
+    fn after(&mut self, index: usize, d: &Domain, t: &mut Track);
+}
+
+/// Nothing to do after each update.
+impl AfterUpdate for () {
+    #[inline(always)]
+    fn after(&mut self, _: usize, _: &Domain, _: &mut Track) {}
+}
+
 impl Tracker {
     /// Takes a snapshot at `now`: updates rates, shortfall, limits and scores for every domain,
     /// adds new ones and forgets those that are gone.
     pub fn observe(&mut self, host: &Host, now: f64, judge: &Judge) {
-        self.observe_then(host, now, judge, |_, _, _| {});
+        self.observe_then(host, now, judge, &mut ());
     }
 
-    /// [`observe`](Tracker::observe), then `then(index, domain, track)` for every domain of
+    /// [`observe`](Tracker::observe), then `then.after(index, domain, track)` for every domain of
     /// `host`, in domid order, with its track as just updated. When the host has the domains
     /// of the last look (the usual case) this is one walk, each domain's `then` right after
     /// its update: on a big host a walk fewer over the tracks.
@@ -331,7 +346,7 @@ impl Tracker {
         host: &Host,
         now: f64,
         judge: &Judge,
-        mut then: impl FnMut(usize, &Domain, &mut Track),
+        then: &mut impl AfterUpdate,
     ) {
         let domains = host.domains();
         // The usual look sees the domains of the last one. Both are in domid order, so they
@@ -348,7 +363,7 @@ impl Tracker {
             let mut decay = Decay::default();
             for (i, (t, d)) in self.per_domain.values_mut().zip(domains).enumerate() {
                 step(t, d, now, judge, &mut decay);
-                then(i, d, t);
+                then.after(i, d, t);
             }
             return;
         }
@@ -371,7 +386,7 @@ impl Tracker {
         }
         for (i, d) in domains.iter().enumerate() {
             if let Some(t) = self.get_mut_at(i, d.domid) {
-                then(i, d, t);
+                then.after(i, d, t);
             }
         }
     }
@@ -384,6 +399,24 @@ impl Tracker {
     /// Every domain's observations, in domid order.
     pub fn iter(&self) -> impl Iterator<Item = (DomId, &Track)> {
         self.per_domain.iter().map(|(&domid, t)| (domid, t))
+    }
+
+    /// Whether the tracked domains are `host`'s, in the same order, as they are right after
+    /// [`observe`](Tracker::observe) of `host`: then [`tracks`](Tracker::tracks) can be
+    /// walked beside the host's domains.
+    pub(crate) fn holds_exactly(&self, host: &Host) -> bool {
+        let (ids, domains) = (&self.per_domain.ids, host.domains());
+        ids.len() == domains.len() && ids.iter().zip(domains).all(|(&id, d)| id == d.domid)
+    }
+
+    /// Every track, in domid order.
+    pub(crate) fn tracks(&self) -> &[Track] {
+        &self.per_domain.tracks
+    }
+
+    /// [`tracks`](Tracker::tracks), mutable.
+    pub(crate) fn tracks_mut(&mut self) -> &mut [Track] {
+        &mut self.per_domain.tracks
     }
 
     /// The observations for `domid`, which is at `index` in the domains of the last look
