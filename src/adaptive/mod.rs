@@ -528,7 +528,10 @@ impl Adaptive {
         let grace = options.grace_s;
         // Every limit below needs a stall or a shortfall of a grace period's length: without
         // one (most domains, most looks) there is nothing to learn, and no call is made.
-        let stalled = t.stalled_since.is_some_and(|s| now - s >= grace);
+        if !t.may_have_limit_to_learn() {
+            return;
+        }
+        let stalled = t.stalled_since().is_some_and(|s| now - s >= grace);
         if d.can_balloon && (stalled || t.lagging(now, grace)) {
             Self::learn_limit_of_stalled(options, epoch, d, t, now, stalled, writes);
         }
@@ -555,16 +558,19 @@ impl Adaptive {
         });
         match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
             Some(Direction::Down)
-                if t.floor.is_none() && t.pinned.is_none() && !t.moved_since_request && stalled =>
+                if t.floor().is_none()
+                    && t.pinned().is_none()
+                    && !t.moved_since_request
+                    && stalled =>
             {
                 debug!(
                     "domain {}: balloon driver has not moved from {actual} KiB toward its \
                      target {} KiB",
                     d.domid, t.target_kib
                 );
-                t.pinned = limit;
+                t.set_pinned(limit);
             }
-            Some(Direction::Down) if t.floor.is_none() && t.moved_since_request && stalled => {
+            Some(Direction::Down) if t.floor().is_none() && t.moved_since_request && stalled => {
                 // The lower target stays: it frees memory if the driver ever moves again,
                 // and raising it would be a target increase while memory is wanted.
                 debug!(
@@ -572,9 +578,9 @@ impl Adaptive {
                      KiB; not counting on it to shrink further",
                     d.domid, t.target_kib
                 );
-                t.floor = limit;
+                t.set_floor(limit);
             }
-            Some(Direction::Up) if t.ceiling.is_none() && t.lagging(now, grace) => {
+            Some(Direction::Up) if t.ceiling().is_none() && t.lagging(now, grace) => {
                 // A standing growth request would hold memory nobody can use: take it back,
                 // leaving a probe's worth so the squeezer notices if the limit lifts.
                 // Never above the target it replaces: a withdrawal must not become a
@@ -589,7 +595,7 @@ impl Adaptive {
                      KiB; target now {retract} KiB",
                     d.domid, t.target_kib
                 );
-                t.ceiling = limit;
+                t.set_ceiling(limit);
                 if retract < d.target_kib {
                     push_write(writes, d, retract, "cannot grow: request withdrawn");
                     t.note_write(retract, now, epoch);
@@ -718,7 +724,7 @@ impl Adaptive {
                 continue;
             }
             let rate = t
-                .and_then(|t| t.rate_down)
+                .and_then(|t| t.rate_down())
                 .unwrap_or(self.options.prior_rate_kib_per_s);
             contributors.push(Contributor {
                 cap_kib: d.min_freeable_kib(true),
@@ -766,7 +772,7 @@ impl Adaptive {
                     || self
                         .tracker
                         .get_at(i, host.domains()[i].domid)
-                        .is_some_and(|t| t.rate_down.is_some())
+                        .is_some_and(|t| t.rate_down().is_some())
             });
             state.late_looks = if measured && predicted > deadline {
                 state.late_looks + 1
@@ -855,7 +861,7 @@ impl Adaptive {
                 let mut e = *d;
                 let mut is_limited = false;
                 if let Some(t) = self.tracker.get(d.domid) {
-                    if t.pinned.is_some() || t.lagging(now, self.options.grace_s) {
+                    if t.pinned().is_some() || t.lagging(now, self.options.grace_s) {
                         // Neither give it memory nor count on it to free any.
                         let pinned = d
                             .memory_actual_kib
@@ -864,11 +870,11 @@ impl Adaptive {
                         e.dynamic_max_kib = pinned;
                         is_limited = true;
                     }
-                    if let Some(f) = t.floor {
+                    if let Some(f) = t.floor() {
                         e.dynamic_min_kib = e.dynamic_min_kib.max(f.at_kib).min(e.dynamic_max_kib);
                         is_limited = true;
                     }
-                    if let Some(c) = t.ceiling {
+                    if let Some(c) = t.ceiling() {
                         e.dynamic_max_kib = e.dynamic_max_kib.min(c.at_kib).max(e.dynamic_min_kib);
                         // A balance does not take memory from a guest because it cannot grow
                         // (its narrowed range would give it a smaller share): it keeps what it
@@ -1062,7 +1068,7 @@ impl Adaptive {
                 || self
                     .tracker
                     .get(e.domid)
-                    .and_then(|t| t.stalled_since)
+                    .and_then(|t| t.stalled_since())
                     .is_some_and(|s| now - s >= grace)
         });
         if !wrote && settled {

@@ -79,7 +79,14 @@ pub struct Limit {
 }
 
 /// Per-domain observations.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// What a look reads and writes for every domain comes first (`repr(C)` keeps the order), and
+/// what is usually absent (measured rates, a shortfall or stall in progress, limits) is kept
+/// behind one byte of flags, so that a look tests all of it at once. The optional parts are
+/// read with the methods of their names ([`rate_down`](Track::rate_down),
+/// [`floor`](Track::floor), ...), which give `None` when there is none.
+#[derive(Clone)]
+#[repr(C)]
 pub struct Track {
     /// Memory-actual at the last observation.
     pub last_actual_kib: Kib,
@@ -87,28 +94,18 @@ pub struct Track {
     pub target_kib: Kib,
     /// Time of the last observation.
     pub last_time: f64,
-    /// Measured shrinking speed, KiB/s.
-    pub rate_down: Option<f64>,
-    /// Measured growing speed, KiB/s.
-    pub rate_up: Option<f64>,
-    /// Since when the driver has been moving slower than the minimum acceptable rate while it
-    /// had work to do.
-    pub short_since: Option<f64>,
-    /// Since when the driver has not moved at all while it had work to do.
-    pub stalled_since: Option<f64>,
+    /// Measured shrinking speed, KiB/s, if `has & RATE_DOWN`.
+    rate_down: f64,
+    /// Measured growing speed, KiB/s, if `has & RATE_UP`.
+    rate_up: f64,
+    /// Seconds of work the driver failed to do, leaking away over time.
+    pub score_s: f64,
+    /// Which of the optional values are present (the `Has` bits).
+    has: u8,
     /// Whether the driver has moved toward its target since the request changed direction.
     pub moved_since_request: bool,
     /// Whether the driver has been seen to reach a growth target it was given.
     pub grew: bool,
-    /// A floor the driver would not shrink below.
-    pub floor: Option<Limit>,
-    /// A ceiling the driver would not grow past.
-    pub ceiling: Option<Limit>,
-    /// Where a driver that has not moved at all since it was asked to shrink is stuck. Unlike a
-    /// floor, this is no excuse: the driver keeps being scored.
-    pub pinned: Option<Limit>,
-    /// Seconds of work the driver failed to do, leaking away over time.
-    pub score_s: f64,
     /// Whether the domain is flagged uncooperative.
     pub uncooperative: bool,
     /// What most recently counted against it.
@@ -119,7 +116,38 @@ pub struct Track {
     pub last_write_time: f64,
     /// Input epoch at the last write (see `Adaptive`'s dwell rule).
     pub last_write_epoch: u64,
+    /// Start of the shortfall, if `has & SHORT`.
+    short_since: f64,
+    /// Start of the stall, if `has & STALLED`.
+    stalled_since: f64,
+    /// The floor, if `has & FLOOR`.
+    floor: Limit,
+    /// The ceiling, if `has & CEILING`.
+    ceiling: Limit,
+    /// Where the driver is pinned, if `has & PINNED`.
+    pinned: Limit,
 }
+
+/// The bits of [`Track`]'s `has`: which optional values it holds.
+struct Has;
+
+impl Has {
+    const FLOOR: u8 = 1;
+    const CEILING: u8 = 2;
+    const PINNED: u8 = 4;
+    const SHORT: u8 = 8;
+    const STALLED: u8 = 16;
+    const RATE_DOWN: u8 = 32;
+    const RATE_UP: u8 = 64;
+    /// Any limit: a look with none of them (the usual case) skips their tests at once.
+    const LIMITS: u8 = Self::FLOOR | Self::CEILING | Self::PINNED;
+}
+
+/// A limit's place when there is none (never read).
+const NO_LIMIT: Limit = Limit {
+    at_kib: 0,
+    since: 0.0,
+};
 
 impl Track {
     fn new(d: &Domain, now: f64) -> Self {
@@ -127,22 +155,117 @@ impl Track {
             last_actual_kib: d.memory_actual_kib,
             target_kib: d.target_kib,
             last_time: now,
-            rate_down: None,
-            rate_up: None,
-            short_since: None,
-            stalled_since: None,
+            rate_down: 0.0,
+            rate_up: 0.0,
+            score_s: 0.0,
+            has: 0,
             moved_since_request: false,
             grew: false,
-            floor: None,
-            ceiling: None,
-            pinned: None,
-            score_s: 0.0,
             uncooperative: false,
             concern: None,
             last_write_dir: 0,
             last_write_time: f64::NEG_INFINITY,
             last_write_epoch: 0,
+            short_since: 0.0,
+            stalled_since: 0.0,
+            floor: NO_LIMIT,
+            ceiling: NO_LIMIT,
+            pinned: NO_LIMIT,
         }
+    }
+
+    /// `value` if the flag `bit` is set.
+    #[inline(always)]
+    fn get<T>(&self, bit: u8, value: T) -> Option<T> {
+        (self.has & bit != 0).then_some(value)
+    }
+
+    /// Stores `value` (if any) in `slot`, and whether there is one in the flag `bit`.
+    #[inline(always)]
+    fn put<T>(has: &mut u8, bit: u8, slot: &mut T, value: Option<T>) {
+        match value {
+            Some(v) => {
+                *slot = v;
+                *has |= bit;
+            }
+            None => *has &= !bit,
+        }
+    }
+
+    /// Measured shrinking speed, KiB/s.
+    #[inline]
+    pub fn rate_down(&self) -> Option<f64> {
+        self.get(Has::RATE_DOWN, self.rate_down)
+    }
+
+    /// Measured growing speed, KiB/s.
+    #[inline]
+    pub fn rate_up(&self) -> Option<f64> {
+        self.get(Has::RATE_UP, self.rate_up)
+    }
+
+    /// Since when the driver has been moving slower than the minimum acceptable rate while it
+    /// had work to do.
+    #[inline]
+    pub fn short_since(&self) -> Option<f64> {
+        self.get(Has::SHORT, self.short_since)
+    }
+
+    /// Since when the driver has not moved at all while it had work to do.
+    #[inline]
+    pub fn stalled_since(&self) -> Option<f64> {
+        self.get(Has::STALLED, self.stalled_since)
+    }
+
+    /// A floor the driver would not shrink below.
+    #[inline]
+    pub fn floor(&self) -> Option<Limit> {
+        self.get(Has::FLOOR, self.floor)
+    }
+
+    /// A ceiling the driver would not grow past.
+    #[inline]
+    pub fn ceiling(&self) -> Option<Limit> {
+        self.get(Has::CEILING, self.ceiling)
+    }
+
+    /// Where a driver that has not moved at all since it was asked to shrink is stuck. Unlike a
+    /// floor, this is no excuse: the driver keeps being scored.
+    #[inline]
+    pub fn pinned(&self) -> Option<Limit> {
+        self.get(Has::PINNED, self.pinned)
+    }
+
+    /// Sets (or with `None` forgets) the measured shrinking speed.
+    pub fn set_rate_down(&mut self, rate: Option<f64>) {
+        Self::put(&mut self.has, Has::RATE_DOWN, &mut self.rate_down, rate);
+    }
+
+    /// Sets (or forgets) the measured growing speed.
+    pub fn set_rate_up(&mut self, rate: Option<f64>) {
+        Self::put(&mut self.has, Has::RATE_UP, &mut self.rate_up, rate);
+    }
+
+    /// Sets (or forgets) the floor.
+    pub fn set_floor(&mut self, limit: Option<Limit>) {
+        Self::put(&mut self.has, Has::FLOOR, &mut self.floor, limit);
+    }
+
+    /// Sets (or forgets) the ceiling.
+    pub fn set_ceiling(&mut self, limit: Option<Limit>) {
+        Self::put(&mut self.has, Has::CEILING, &mut self.ceiling, limit);
+    }
+
+    /// Sets (or forgets) where the driver is pinned.
+    pub fn set_pinned(&mut self, limit: Option<Limit>) {
+        Self::put(&mut self.has, Has::PINNED, &mut self.pinned, limit);
+    }
+
+    /// Whether the track may have a limit to learn at `now`: it has stalled or fallen short
+    /// (for any time). One test of the flags, for the walk that asks it of every domain.
+    #[inline(always)]
+    pub(crate) fn may_have_limit_to_learn(&self) -> bool {
+        self.has & (Has::SHORT | Has::STALLED) != 0
     }
 
     /// Records that the target is now `target_kib` (written at `now`, in `epoch`).
@@ -154,8 +277,9 @@ impl Track {
     }
 
     /// Whether the driver has fallen short of the minimum rate for at least `grace_s`.
+    #[inline]
     pub fn lagging(&self, now: f64, grace_s: f64) -> bool {
-        self.short_since.is_some_and(|s| now - s >= grace_s)
+        self.short_since().is_some_and(|s| now - s >= grace_s)
     }
 
     /// Flags the domain now: a request failed naming it as the guest that would not free
@@ -176,12 +300,66 @@ impl Track {
     /// Whether the driver has shown it can grow: it reached a growth target, or grows at least
     /// at the minimum rate (as another process may have measured).
     pub fn proven_up(&self, judge: &Judge) -> bool {
-        self.grew || self.rate_up.is_some_and(|r| r >= judge.min_rate_kib_per_s)
+        self.grew
+            || self
+                .rate_up()
+                .is_some_and(|r| r >= judge.min_rate_kib_per_s)
     }
 
     /// Whether the squeezer should not count on this driver to free memory.
+    #[inline]
     pub fn unreliable(&self, now: f64, grace_s: f64) -> bool {
-        self.floor.is_some() || self.pinned.is_some() || self.lagging(now, grace_s)
+        self.has & (Has::FLOOR | Has::PINNED) != 0 || self.lagging(now, grace_s)
+    }
+}
+
+// Shown and compared as the fields they stand for: an absent value is `None`, whatever its
+// (unused) storage holds.
+impl std::fmt::Debug for Track {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Track")
+            .field("last_actual_kib", &self.last_actual_kib)
+            .field("target_kib", &self.target_kib)
+            .field("last_time", &self.last_time)
+            .field("rate_down", &self.rate_down())
+            .field("rate_up", &self.rate_up())
+            .field("short_since", &self.short_since())
+            .field("stalled_since", &self.stalled_since())
+            .field("moved_since_request", &self.moved_since_request)
+            .field("grew", &self.grew)
+            .field("floor", &self.floor())
+            .field("ceiling", &self.ceiling())
+            .field("pinned", &self.pinned())
+            .field("score_s", &self.score_s)
+            .field("uncooperative", &self.uncooperative)
+            .field("concern", &self.concern)
+            .field("last_write_dir", &self.last_write_dir)
+            .field("last_write_time", &self.last_write_time)
+            .field("last_write_epoch", &self.last_write_epoch)
+            .finish()
+    }
+}
+
+impl PartialEq for Track {
+    fn eq(&self, o: &Self) -> bool {
+        self.last_actual_kib == o.last_actual_kib
+            && self.target_kib == o.target_kib
+            && self.last_time == o.last_time
+            && self.rate_down() == o.rate_down()
+            && self.rate_up() == o.rate_up()
+            && self.short_since() == o.short_since()
+            && self.stalled_since() == o.stalled_since()
+            && self.moved_since_request == o.moved_since_request
+            && self.grew == o.grew
+            && self.floor() == o.floor()
+            && self.ceiling() == o.ceiling()
+            && self.pinned() == o.pinned()
+            && self.score_s == o.score_s
+            && self.uncooperative == o.uncooperative
+            && self.concern == o.concern
+            && self.last_write_dir == o.last_write_dir
+            && self.last_write_time == o.last_write_time
+            && self.last_write_epoch == o.last_write_epoch
     }
 }
 
@@ -281,10 +459,10 @@ impl Learnt {
     /// What `t` has learnt.
     pub fn of(t: &Track) -> Self {
         Learnt {
-            rate_down_kib_per_s: t.rate_down,
-            rate_up_kib_per_s: t.rate_up,
-            floor_kib: t.floor.map(|l| l.at_kib),
-            ceiling_kib: t.ceiling.map(|l| l.at_kib),
+            rate_down_kib_per_s: t.rate_down(),
+            rate_up_kib_per_s: t.rate_up(),
+            floor_kib: t.floor().map(|l| l.at_kib),
+            ceiling_kib: t.ceiling().map(|l| l.at_kib),
             score_s: t.score_s,
             uncooperative: t.uncooperative,
             concern: t.concern,
@@ -305,10 +483,10 @@ impl Learnt {
 
     /// Puts what was learnt into `t`, as learnt at `now`.
     fn apply(&self, t: &mut Track, now: f64) {
-        t.rate_down = self.rate_down_kib_per_s;
-        t.rate_up = self.rate_up_kib_per_s;
-        t.floor = self.floor_kib.map(|at_kib| Limit { at_kib, since: now });
-        t.ceiling = self.ceiling_kib.map(|at_kib| Limit { at_kib, since: now });
+        t.set_rate_down(self.rate_down_kib_per_s);
+        t.set_rate_up(self.rate_up_kib_per_s);
+        t.set_floor(self.floor_kib.map(|at_kib| Limit { at_kib, since: now }));
+        t.set_ceiling(self.ceiling_kib.map(|at_kib| Limit { at_kib, since: now }));
         t.score_s = self.score_s;
         t.uncooperative = self.uncooperative;
         t.concern = self.concern;
@@ -459,14 +637,15 @@ impl Tracker {
 
 /// Puts a new target in force; returns whether it changed. A request the other way starts a
 /// new judgement of the driver.
+#[inline(always)]
 fn retarget(t: &mut Track, target_kib: Kib) -> bool {
-    let dir = (target_kib - t.target_kib).signum() as i8;
-    if dir == 0 {
+    // The usual case, tested first: the target is the one already in force.
+    if target_kib == t.target_kib {
         return false;
     }
+    let dir = if target_kib > t.target_kib { 1 } else { -1 };
     if dir != t.last_write_dir {
-        t.short_since = None;
-        t.stalled_since = None;
+        t.has &= !(Has::SHORT | Has::STALLED);
         t.moved_since_request = false;
     }
     t.last_write_dir = dir;
@@ -507,21 +686,13 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
     }
     let actual = d.memory_actual_kib;
     let moved = actual - t.last_actual_kib;
-    let mut missed_s = 0.0;
-
     // A limit the driver has now moved past was not a limit: the stall counts against it.
-    let slack = judge.limit_slack_kib;
-    if let Some(f) = t.floor.filter(|f| actual < f.at_kib - slack) {
-        missed_s += now - f.since;
-        t.concern = Some(Concern::StalledAndResumed);
-        t.floor = None;
-    }
-    if t.ceiling.is_some_and(|c| actual > c.at_kib + slack) {
-        t.ceiling = None;
-    }
-    if t.pinned.is_some_and(|p| (actual - p.at_kib).abs() > slack) {
-        t.pinned = None;
-    }
+    // Most domains have no limit: one test of the flags.
+    let mut missed_s = if t.has & Has::LIMITS != 0 {
+        limits_passed(t, actual, now, judge.limit_slack_kib)
+    } else {
+        0.0
+    };
 
     // The request in force during the interval: from last actual toward the target we set,
     // but not past a limit the driver has shown.
@@ -529,11 +700,11 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
     if let Some(dir) = asked {
         let (toward, distance) = match dir {
             Direction::Down => {
-                let goal = t.target_kib.max(t.floor.map_or(Kib::MIN, |f| f.at_kib));
+                let goal = t.target_kib.max(t.floor().map_or(Kib::MIN, |f| f.at_kib));
                 (-moved, t.last_actual_kib - goal)
             }
             Direction::Up => {
-                let goal = t.target_kib.min(t.ceiling.map_or(Kib::MAX, |c| c.at_kib));
+                let goal = t.target_kib.min(t.ceiling().map_or(Kib::MAX, |c| c.at_kib));
                 (moved, goal - t.last_actual_kib)
             }
         };
@@ -543,36 +714,46 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
         let remaining = (distance - 2 * d.inaccuracy_kib).max(0);
         let sample = toward as f64 / dt;
         let still_asked = direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) == Some(dir);
-        let rate = match dir {
-            Direction::Down => &mut t.rate_down,
-            Direction::Up => &mut t.rate_up,
+        let (bit, rate) = match dir {
+            Direction::Down => (Has::RATE_DOWN, &mut t.rate_down),
+            Direction::Up => (Has::RATE_UP, &mut t.rate_up),
         };
         if toward > 0 {
             t.moved_since_request = true;
             if dir == Direction::Up && !still_asked {
                 t.grew = true;
             }
-            *rate = Some(match *rate {
+            *rate = if t.has & bit == 0 {
+                sample
+            } else if still_asked {
                 // The driver worked the whole interval: a full-speed sample.
-                Some(r) if still_asked => r + RATE_SMOOTHING * (sample - r),
+                *rate + RATE_SMOOTHING * (sample - *rate)
+            } else {
                 // It finished early, so it is at least this fast.
-                Some(r) => r.max(sample),
-                None => sample,
-            });
+                rate.max(sample)
+            };
+            t.has |= bit;
         }
-        let reference = rate.unwrap_or(0.0).max(judge.min_rate_kib_per_s);
+        let measured = if t.has & bit != 0 { *rate } else { 0.0 };
+        let reference = measured.max(judge.min_rate_kib_per_s);
 
         // Falling short: less than half of what the minimum rate would have done in the time.
         let minimum = (judge.min_rate_kib_per_s * dt).min(remaining as f64);
         if minimum > 0.0 && (toward as f64) * 2.0 < minimum {
-            t.short_since.get_or_insert(t.last_time);
+            if t.has & Has::SHORT == 0 {
+                t.short_since = t.last_time;
+                t.has |= Has::SHORT;
+            }
         } else {
-            t.short_since = None;
+            t.has &= !Has::SHORT;
         }
         if remaining > 0 && toward == 0 {
-            t.stalled_since.get_or_insert(t.last_time);
+            if t.has & Has::STALLED == 0 {
+                t.stalled_since = t.last_time;
+                t.has |= Has::STALLED;
+            }
         } else {
-            t.stalled_since = None;
+            t.has &= !Has::STALLED;
         }
 
         // Score what was missed against the driver's own speed. Growth it could not manage is
@@ -590,8 +771,7 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
             }
         }
     } else {
-        t.short_since = None;
-        t.stalled_since = None;
+        t.has &= !(Has::SHORT | Has::STALLED);
     }
 
     // A zero score (a driver that has done its work) leaks nothing: `0 × factor + missed`
@@ -614,6 +794,29 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
     t.last_time = now;
     // Someone else (another toolstack component, an administrator) may have set the target.
     retarget(t, d.target_kib);
+}
+
+/// Forgets the limits of `t` that the driver, now at `actual`, has moved past by more than
+/// `slack`; returns the seconds of work missed by stalling at a floor that was none (0 if
+/// it kept to its floor). Out of the walk: few domains have a limit.
+#[cold]
+#[inline(never)]
+fn limits_passed(t: &mut Track, actual: Kib, now: f64, slack: Kib) -> f64 {
+    let mut missed_s = 0.0;
+    if let Some(f) = t.floor().filter(|f| actual < f.at_kib - slack) {
+        missed_s += now - f.since;
+        t.concern = Some(Concern::StalledAndResumed);
+        t.has &= !Has::FLOOR;
+    }
+    if t.ceiling().is_some_and(|c| actual > c.at_kib + slack) {
+        t.has &= !Has::CEILING;
+    }
+    if t.pinned()
+        .is_some_and(|p| (actual - p.at_kib).abs() > slack)
+    {
+        t.has &= !Has::PINNED;
+    }
+    missed_s
 }
 
 #[cfg(test)]
@@ -651,12 +854,12 @@ mod tests {
         tr.observe(&host(10_000, 10_000), 0.0, &judge());
         tr.note_write(1, 5_000, 0.0, 0);
         tr.observe(&host(9_000, 5_000), 1.0, &judge());
-        assert_eq!(tr.get(1).unwrap().rate_down, Some(1000.0));
+        assert_eq!(tr.get(1).unwrap().rate_down(), Some(1000.0));
         tr.observe(&host(7_000, 5_000), 2.0, &judge());
         // Smoothed: 1000 + 0.5 × (2000 − 1000).
-        assert_eq!(tr.get(1).unwrap().rate_down, Some(1500.0));
-        assert_eq!(tr.get(1).unwrap().rate_up, None);
-        assert_eq!(tr.get(1).unwrap().short_since, None);
+        assert_eq!(tr.get(1).unwrap().rate_down(), Some(1500.0));
+        assert_eq!(tr.get(1).unwrap().rate_up(), None);
+        assert_eq!(tr.get(1).unwrap().short_since(), None);
     }
 
     #[test]
@@ -666,13 +869,13 @@ mod tests {
         tr.note_write(1, 5_000, 0.0, 0);
         // 4 KiB in 1 s, far below half of 256 KiB/s.
         tr.observe(&host(9_996, 5_000), 1.0, &judge());
-        assert_eq!(tr.get(1).unwrap().short_since, Some(0.0));
+        assert_eq!(tr.get(1).unwrap().short_since(), Some(0.0));
         // Still short a second later: the start of the shortfall is kept.
         tr.observe(&host(9_996, 5_000), 2.0, &judge());
-        assert_eq!(tr.get(1).unwrap().short_since, Some(0.0));
+        assert_eq!(tr.get(1).unwrap().short_since(), Some(0.0));
         // Back to speed: cleared.
         tr.observe(&host(9_000, 5_000), 3.0, &judge());
-        assert_eq!(tr.get(1).unwrap().short_since, None);
+        assert_eq!(tr.get(1).unwrap().short_since(), None);
     }
 
     #[test]
@@ -700,6 +903,6 @@ mod tests {
         tr.note_write(1, 5_000, 0.0, 0);
         // 96 KiB remained beyond the inaccuracy; moving 60 is more than half of it.
         tr.observe(&host(5_040, 5_000), 1.0, &judge());
-        assert_eq!(tr.get(1).unwrap().short_since, None);
+        assert_eq!(tr.get(1).unwrap().short_since(), None);
     }
 }
