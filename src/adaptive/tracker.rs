@@ -523,9 +523,9 @@ impl Tracker {
         if same {
             // What was inherited is only kept for domains not seen yet: none is on the host.
             self.inherited.clear();
-            let mut decay = Decay::default();
+            let mut pass = Pass::new(now, judge);
             for (i, (t, d)) in self.per_domain.values_mut().zip(domains).enumerate() {
-                step(t, d, now, judge, &mut decay);
+                step(t, d, &mut pass);
                 then(i, d, t);
             }
             return;
@@ -534,7 +534,7 @@ impl Tracker {
             .retain(|domid, _| host.domain(*domid).is_some());
         self.inherited
             .retain(|domid, _| host.domain(*domid).is_some());
-        let mut decay = Decay::default();
+        let mut pass = Pass::new(now, judge);
         for d in host.domains() {
             match self.per_domain.get_mut(&d.domid) {
                 None => {
@@ -544,7 +544,7 @@ impl Tracker {
                     }
                     self.per_domain.insert(d.domid, t);
                 }
-                Some(t) => step(t, d, now, judge, &mut decay),
+                Some(t) => step(t, d, &mut pass),
             }
         }
         for (i, d) in domains.iter().enumerate() {
@@ -675,17 +675,70 @@ impl Decay {
     }
 }
 
+/// What a look settles once for all its domains: its time, the judge, the leak factor and
+/// what a score of zero comes to.
+struct Pass<'a> {
+    now: f64,
+    judge: &'a Judge,
+    decay: Decay,
+    /// What the flagging rule does to a domain whose score is zero (the usual case).
+    zero: ZeroScore,
+}
+
+/// The flagging rule's verdict on a zero score: the same for every domain of a look.
+#[derive(Clone, Copy, PartialEq)]
+enum ZeroScore {
+    /// Flagged (a judge that flags at zero).
+    Flag,
+    /// Cleared, and its concern forgotten.
+    Clear,
+    /// Left as it was (a judge whose thresholds are not numbers).
+    Keep,
+}
+
+impl<'a> Pass<'a> {
+    fn new(now: f64, judge: &'a Judge) -> Self {
+        // The rule of `step`, applied to 0.
+        let zero = if 0.0 >= judge.flag_at_s {
+            ZeroScore::Flag
+        } else if 0.0 <= judge.clear_at_s {
+            ZeroScore::Clear
+        } else {
+            ZeroScore::Keep
+        };
+        Pass {
+            now,
+            judge,
+            decay: Decay::default(),
+            zero,
+        }
+    }
+}
+
+/// `a.min(b)` for a `b` that is a number (not NaN): a NaN `a` gives `b`, as `f64::min`
+/// does. Of two zeros it may give either, which no caller tells apart. A comparison, where
+/// `f64::min` is several instructions to handle a NaN `b`.
+#[inline(always)]
+fn min_of_number(a: f64, b: f64) -> f64 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
 /// Learns from one look at `d`, last seen as `t` says. Inlined into the tracker's walk: a
 /// call (registers saved and restored around it) was a tenth of a domain's update.
 #[inline(always)]
-fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
+fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
+    let now = pass.now;
     let dt = now - t.last_time;
     if dt <= 0.0 {
         retarget(t, d.target_kib);
         return;
     }
+    let judge = pass.judge;
     let actual = d.memory_actual_kib;
-    let moved = actual - t.last_actual_kib;
     // A limit the driver has now moved past was not a limit: the stall counts against it.
     // Most domains have no limit: one test of the flags.
     let mut missed_s = if t.has & Has::LIMITS != 0 {
@@ -696,97 +749,42 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
 
     // The request in force during the interval: from last actual toward the target we set,
     // but not past a limit the driver has shown.
-    let asked = direction_of_actual(d.inaccuracy_kib, t.last_actual_kib, t.target_kib);
-    if let Some(dir) = asked {
-        let (toward, distance) = match dir {
-            Direction::Down => {
-                let goal = t.target_kib.max(t.floor().map_or(Kib::MIN, |f| f.at_kib));
-                (-moved, t.last_actual_kib - goal)
-            }
-            Direction::Up => {
-                let goal = t.target_kib.min(t.ceiling().map_or(Kib::MAX, |c| c.at_kib));
-                (moved, goal - t.last_actual_kib)
-            }
-        };
-        let toward = toward.max(0);
-        // A driver within twice its inaccuracy of the goal has nothing left to do: it may stop
-        // its inaccuracy short, and a real host rounds to whole pages on top.
-        let remaining = (distance - 2 * d.inaccuracy_kib).max(0);
-        let sample = toward as f64 / dt;
-        let still_asked = direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) == Some(dir);
-        let (bit, rate) = match dir {
-            Direction::Down => (Has::RATE_DOWN, &mut t.rate_down),
-            Direction::Up => (Has::RATE_UP, &mut t.rate_up),
-        };
-        if toward > 0 {
-            t.moved_since_request = true;
-            if dir == Direction::Up && !still_asked {
-                t.grew = true;
-            }
-            *rate = if t.has & bit == 0 {
-                sample
-            } else if still_asked {
-                // The driver worked the whole interval: a full-speed sample.
-                *rate + RATE_SMOOTHING * (sample - *rate)
-            } else {
-                // It finished early, so it is at least this fast.
-                rate.max(sample)
-            };
-            t.has |= bit;
-        }
-        let measured = if t.has & bit != 0 { *rate } else { 0.0 };
-        let reference = measured.max(judge.min_rate_kib_per_s);
-
-        // Falling short: less than half of what the minimum rate would have done in the time.
-        let minimum = (judge.min_rate_kib_per_s * dt).min(remaining as f64);
-        if minimum > 0.0 && (toward as f64) * 2.0 < minimum {
-            if t.has & Has::SHORT == 0 {
-                t.short_since = t.last_time;
-                t.has |= Has::SHORT;
-            }
-        } else {
-            t.has &= !Has::SHORT;
-        }
-        if remaining > 0 && toward == 0 {
-            if t.has & Has::STALLED == 0 {
-                t.stalled_since = t.last_time;
-                t.has |= Has::STALLED;
-            }
-        } else {
-            t.has &= !Has::STALLED;
-        }
-
-        // Score what was missed against the driver's own speed. Growth it could not manage is
-        // not held against it: a guest that cannot take memory hurts nobody.
-        if dir == Direction::Down {
-            let expected = (reference * dt).min(remaining as f64);
-            let shortfall = (expected - toward as f64).max(0.0);
-            if shortfall > 0.0 {
-                missed_s += shortfall / reference;
-                t.concern = Some(if toward > 0 {
-                    Concern::TooSlow
-                } else {
-                    Concern::NotMoving
-                });
+    match direction_of_actual(d.inaccuracy_kib, t.last_actual_kib, t.target_kib) {
+        Some(Direction::Down) => {
+            if let Some(m) = asked::<true>(t, d, dt, judge) {
+                missed_s += m;
             }
         }
-    } else {
-        t.has &= !(Has::SHORT | Has::STALLED);
+        Some(Direction::Up) => {
+            asked::<false>(t, d, dt, judge);
+        }
+        None => t.has &= !(Has::SHORT | Has::STALLED),
     }
 
     // A zero score (a driver that has done its work) leaks nothing: `0 × factor + missed`
     // is `missed` to the bit (for -0 too), without asking for the factor.
-    t.score_s = if t.score_s == 0.0 {
+    let score = if t.score_s == 0.0 {
         missed_s
     } else {
-        t.score_s * decay.factor(dt, judge.leak_s) + missed_s
+        t.score_s * pass.decay.factor(dt, judge.leak_s) + missed_s
     };
-    if t.score_s >= judge.flag_at_s {
+    t.score_s = score;
+    if score == 0.0 {
+        // The usual case: the rule below, settled for zero once a look.
+        match pass.zero {
+            ZeroScore::Flag => t.uncooperative = true,
+            ZeroScore::Clear => {
+                t.uncooperative = false;
+                t.concern = None;
+            }
+            ZeroScore::Keep => {}
+        }
+    } else if score >= judge.flag_at_s {
         t.uncooperative = true;
-    } else if t.score_s <= judge.clear_at_s {
+    } else if score <= judge.clear_at_s {
         t.uncooperative = false;
         // Nothing worth reporting is left once the score has all but leaked away.
-        if t.score_s < 0.1 {
+        if score < 0.1 {
             t.concern = None;
         }
     }
@@ -794,6 +792,101 @@ fn step(t: &mut Track, d: &Domain, now: f64, judge: &Judge, decay: &mut Decay) {
     t.last_time = now;
     // Someone else (another toolstack component, an administrator) may have set the target.
     retarget(t, d.target_kib);
+}
+
+/// The part of [`step`] for a domain that was asked to move during the interval, down
+/// (`DOWN`) or up: rate, shortfall, stall, and (down only) the seconds of work it missed,
+/// if any. One copy for each direction, so that neither asks which it is.
+#[inline(always)]
+fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, judge: &Judge) -> Option<f64> {
+    let actual = d.memory_actual_kib;
+    let (last, target) = (t.last_actual_kib, t.target_kib);
+    // Kept in a register for the whole update, and stored once.
+    let mut has = t.has;
+    let (toward, distance) = if DOWN {
+        let goal = if has & Has::FLOOR != 0 {
+            target.max(t.floor.at_kib)
+        } else {
+            target
+        };
+        (last - actual, last - goal)
+    } else {
+        let goal = if has & Has::CEILING != 0 {
+            target.min(t.ceiling.at_kib)
+        } else {
+            target
+        };
+        (actual - last, goal - last)
+    };
+    let toward = toward.max(0);
+    // A driver within twice its inaccuracy of the goal has nothing left to do: it may stop
+    // its inaccuracy short, and a real host rounds to whole pages on top.
+    let remaining = (distance - 2 * d.inaccuracy_kib).max(0);
+    let dir = if DOWN { Direction::Down } else { Direction::Up };
+    let still_asked = direction_of_actual(d.inaccuracy_kib, actual, target) == Some(dir);
+    let (bit, rate) = if DOWN {
+        (Has::RATE_DOWN, &mut t.rate_down)
+    } else {
+        (Has::RATE_UP, &mut t.rate_up)
+    };
+    if toward > 0 {
+        let sample = toward as f64 / dt;
+        t.moved_since_request = true;
+        if !DOWN && !still_asked {
+            t.grew = true;
+        }
+        *rate = if has & bit == 0 {
+            sample
+        } else if still_asked {
+            // The driver worked the whole interval: a full-speed sample.
+            *rate + RATE_SMOOTHING * (sample - *rate)
+        } else {
+            // It finished early, so it is at least this fast.
+            rate.max(sample)
+        };
+        has |= bit;
+    }
+    let measured = if has & bit != 0 { *rate } else { 0.0 };
+
+    // Falling short: less than half of what the minimum rate would have done in the time.
+    let remaining_f = remaining as f64;
+    let minimum = min_of_number(judge.min_rate_kib_per_s * dt, remaining_f);
+    if minimum > 0.0 && (toward as f64) * 2.0 < minimum {
+        if has & Has::SHORT == 0 {
+            t.short_since = t.last_time;
+            has |= Has::SHORT;
+        }
+    } else {
+        has &= !Has::SHORT;
+    }
+    if remaining > 0 && toward == 0 {
+        if has & Has::STALLED == 0 {
+            t.stalled_since = t.last_time;
+            has |= Has::STALLED;
+        }
+    } else {
+        has &= !Has::STALLED;
+    }
+    t.has = has;
+
+    // Score what was missed against the driver's own speed. Growth it could not manage is
+    // not held against it: a guest that cannot take memory hurts nobody.
+    if !DOWN {
+        return None;
+    }
+    let reference = measured.max(judge.min_rate_kib_per_s);
+    let expected = min_of_number(reference * dt, remaining_f);
+    // `(expected - toward).max(0.0)`, tested for being above zero: a NaN is not.
+    let shortfall = expected - toward as f64;
+    if shortfall > 0.0 {
+        t.concern = Some(if toward > 0 {
+            Concern::TooSlow
+        } else {
+            Concern::NotMoving
+        });
+        return Some(shortfall / reference);
+    }
+    None
 }
 
 /// Forgets the limits of `t` that the driver, now at `actual`, has moved past by more than
