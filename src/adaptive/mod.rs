@@ -498,47 +498,53 @@ impl Adaptive {
     /// write because of it: growth requests withdrawn from drivers that cannot follow them.
     /// No I/O: the caller applies the writes.
     pub fn look(&mut self, host: &Host, now: f64) -> Vec<Action> {
-        let fp = fingerprint(host);
+        let options = self.options;
+        let grace = options.grace_s;
+        let mut fp = FINGERPRINT_START;
+        // The few domains with a limit to learn: learnt once the walk has told the input
+        // epoch their writes are made in.
+        let mut learn = Vec::new();
+        // The fingerprint is mixed in the tracker's walk, each domain right after its update.
+        self.tracker
+            .observe_then(host, now, &options.judge(), |i, d, t| {
+                fp = fingerprint_mix(fp, d);
+                if let Some(stalled) = Self::limit_to_learn(grace, d, t, now) {
+                    learn.push((i, stalled));
+                }
+            });
         if fp != self.fingerprint {
             self.fingerprint = fp;
             self.epoch += 1;
         }
-        let (options, epoch) = (self.options, self.epoch);
         let mut writes = Vec::new();
-        // Limits are learnt in the tracker's walk, each domain right after its update.
-        self.tracker
-            .observe_then(host, now, &options.judge(), |_, d, t| {
-                Self::learn_limit(&options, epoch, d, t, now, &mut writes)
-            });
+        for (i, stalled) in learn {
+            let d = &host.domains()[i];
+            if let Some(t) = self.tracker.get_mut_at(i, d.domid) {
+                Self::learn_limit_of_stalled(&options, self.epoch, d, t, now, stalled, &mut writes);
+            }
+        }
         writes
+    }
+
+    /// Whether `d` has a limit to learn: it can balloon, and its track `t` (as the look has
+    /// just updated it) has stalled or fallen short for the grace period. If so, whether it
+    /// stalled.
+    #[inline(always)]
+    fn limit_to_learn(grace: f64, d: &Domain, t: &Track, now: f64) -> Option<bool> {
+        // Every limit needs a stall or a shortfall of a grace period's length: without one
+        // (most domains, most looks) there is nothing to learn, which one test of the track's
+        // flags tells.
+        if !t.may_have_limit_to_learn() {
+            return None;
+        }
+        let stalled = t.stalled_since().is_some_and(|s| now - s >= grace);
+        (d.can_balloon && (stalled || t.lagging(now, grace))).then_some(stalled)
     }
 
     /// Turns `d`'s persistent stall into a remembered limit: a floor when it stopped
     /// shrinking after having moved, a ceiling when it does not grow. `t` is its track as the
-    /// look (in input epoch `epoch`) has just updated it.
-    #[inline(always)]
-    fn learn_limit(
-        options: &AdaptiveOptions,
-        epoch: u64,
-        d: &Domain,
-        t: &mut Track,
-        now: f64,
-        writes: &mut Vec<Action>,
-    ) {
-        let grace = options.grace_s;
-        // Every limit below needs a stall or a shortfall of a grace period's length: without
-        // one (most domains, most looks) there is nothing to learn, and no call is made.
-        if !t.may_have_limit_to_learn() {
-            return;
-        }
-        let stalled = t.stalled_since().is_some_and(|s| now - s >= grace);
-        if d.can_balloon && (stalled || t.lagging(now, grace)) {
-            Self::learn_limit_of_stalled(options, epoch, d, t, now, stalled, writes);
-        }
-    }
-
-    /// [`learn_limit`](Self::learn_limit) for a domain that has stalled (`stalled`) or
-    /// fallen short for the grace period.
+    /// look (in input epoch `epoch`) has just updated it, which has stalled (`stalled`) or
+    /// fallen short for the grace period (see [`limit_to_learn`](Self::limit_to_learn)).
     #[inline(never)]
     fn learn_limit_of_stalled(
         options: &AdaptiveOptions,
@@ -1436,20 +1442,23 @@ fn could_take_of(d: &Domain) -> Kib {
     ((d.target_kib + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
 }
 
-/// A digest of the outside inputs: which domains exist, whether they can balloon, and their
-/// dynamic ranges.
+/// The fingerprint of no domains. A look's fingerprint is [`fingerprint_mix`] of each
+/// domain in turn from this: a digest of the outside inputs (which domains exist, whether
+/// they can balloon, and their dynamic ranges).
+const FINGERPRINT_START: u64 = 0;
+
+/// The fingerprint `h` of the domains before `d`, with `d` mixed in.
 /// A multiply-rotate mix rather than SipHash: it runs over every domain on every look, and
 /// needs to tell inputs apart, not to resist a chosen collision. Each domain is mixed on its
 /// own (its domid in it) and only a rotate and an xor chain the domains together, so that
 /// the domains' multiplications overlap instead of waiting on each other.
-fn fingerprint(host: &Host) -> u64 {
+#[inline(always)]
+fn fingerprint_mix(h: u64, d: &Domain) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mix = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(K);
-    host.domains().iter().fold(0, |h, d| {
-        let v = mix(0, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
-        let v = mix(v, d.dynamic_min_kib as u64);
-        h.rotate_left(1) ^ mix(v, d.dynamic_max_kib as u64)
-    })
+    let v = mix(0, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
+    let v = mix(v, d.dynamic_min_kib as u64);
+    h.rotate_left(1) ^ mix(v, d.dynamic_max_kib as u64)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{direction_of_actual, Direction, DomId, Domain, Host, Kib};
+use crate::model::{Direction, DomId, Domain, Host, Kib};
 
 /// Weight of a new full-speed rate sample in the running estimate.
 const RATE_SMOOTHING: f64 = 0.5;
@@ -420,14 +420,6 @@ impl Tracks {
         self.ids.len()
     }
 
-    fn keys(&self) -> impl Iterator<Item = &DomId> {
-        self.ids.iter()
-    }
-
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut Track> {
-        self.tracks.iter_mut()
-    }
-
     fn iter(&self) -> impl Iterator<Item = (&DomId, &Track)> {
         self.ids.iter().zip(&self.tracks)
     }
@@ -501,9 +493,9 @@ impl Tracker {
     }
 
     /// [`observe`](Tracker::observe), then `then(index, domain, track)` for every domain of
-    /// `host`, in domid order, with its track as just updated. When the host has the domains
-    /// of the last look (the usual case) this is one walk, each domain's `then` right after
-    /// its update: on a big host a walk fewer over the tracks.
+    /// `host`, in domid order, with its track as just updated. As far as the host has the
+    /// domains of the last look (the usual case: all of them) this is one walk, each domain's
+    /// `then` right after its update: on a big host a walk fewer over the tracks.
     pub fn observe_then(
         &mut self,
         host: &Host,
@@ -512,30 +504,30 @@ impl Tracker {
         mut then: impl FnMut(usize, &Domain, &mut Track),
     ) {
         let domains = host.domains();
+        let mut pass = Pass::new(now, judge);
         // The usual look sees the domains of the last one. Both are in domid order, so they
-        // are walked together rather than looked up one by one.
-        let same = self.per_domain.len() == domains.len()
-            && self
-                .per_domain
-                .keys()
-                .zip(domains)
-                .all(|(&k, d)| k == d.domid);
-        if same {
+        // are walked together rather than looked up one by one, as far as they agree.
+        let mut k = 0;
+        let Tracks { ids, tracks } = &mut self.per_domain;
+        for ((&id, t), d) in ids.iter().zip(tracks.iter_mut()).zip(domains) {
+            if id != d.domid {
+                break;
+            }
+            step(t, d, &mut pass);
+            then(k, d, t);
+            k += 1;
+        }
+        if k == domains.len() && k == self.per_domain.len() {
             // What was inherited is only kept for domains not seen yet: none is on the host.
             self.inherited.clear();
-            let mut pass = Pass::new(now, judge);
-            for (i, (t, d)) in self.per_domain.values_mut().zip(domains).enumerate() {
-                step(t, d, &mut pass);
-                then(i, d, t);
-            }
             return;
         }
+        // Domains came or went after the first `k`, which are done.
         self.per_domain
             .retain(|domid, _| host.domain(*domid).is_some());
         self.inherited
             .retain(|domid, _| host.domain(*domid).is_some());
-        let mut pass = Pass::new(now, judge);
-        for d in host.domains() {
+        for d in &domains[k..] {
             match self.per_domain.get_mut(&d.domid) {
                 None => {
                     let mut t = Track::new(d, now);
@@ -547,7 +539,7 @@ impl Tracker {
                 Some(t) => step(t, d, &mut pass),
             }
         }
-        for (i, d) in domains.iter().enumerate() {
+        for (i, d) in domains.iter().enumerate().skip(k) {
             if let Some(t) = self.get_mut_at(i, d.domid) {
                 then(i, d, t);
             }
@@ -680,6 +672,8 @@ impl Decay {
 struct Pass<'a> {
     now: f64,
     judge: &'a Judge,
+    /// Whether the judge's minimum rate is a number (not NaN).
+    min_rate_is_number: bool,
     decay: Decay,
     /// What the flagging rule does to a domain whose score is zero (the usual case).
     zero: ZeroScore,
@@ -709,8 +703,26 @@ impl<'a> Pass<'a> {
         Pass {
             now,
             judge,
+            min_rate_is_number: !judge.min_rate_kib_per_s.is_nan(),
             decay: Decay::default(),
             zero,
+        }
+    }
+}
+
+impl Pass<'_> {
+    /// `rate.max(min_rate_kib_per_s)`, as `f64::max` gives it (a NaN gives the other), in
+    /// one comparison when the minimum rate is a number (always, from validated options).
+    /// Of two zeros it may give either: only a rate above zero is ever divided by.
+    #[inline(always)]
+    fn max_with_min_rate(&self, rate: f64) -> f64 {
+        let min = self.judge.min_rate_kib_per_s;
+        if !self.min_rate_is_number {
+            rate.max(min)
+        } else if rate > min {
+            rate
+        } else {
+            min
         }
     }
 }
@@ -749,15 +761,9 @@ fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
 
     // The request in force during the interval: from last actual toward the target we set,
     // but not past a limit the driver has shown.
-    match direction_of_actual(d.inaccuracy_kib, t.last_actual_kib, t.target_kib) {
-        Some(Direction::Down) => {
-            if let Some(m) = asked::<true>(t, d, dt, judge) {
-                missed_s += m;
-            }
-        }
-        Some(Direction::Up) => {
-            asked::<false>(t, d, dt, judge);
-        }
+    match way_asked(d.inaccuracy_kib, t.last_actual_kib, t.target_kib) {
+        Some(Direction::Down) => asked::<true>(t, d, dt, pass, &mut missed_s),
+        Some(Direction::Up) => asked::<false>(t, d, dt, pass, &mut missed_s),
         None => t.has &= !(Has::SHORT | Has::STALLED),
     }
 
@@ -771,13 +777,11 @@ fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
     t.score_s = score;
     if score == 0.0 {
         // The usual case: the rule below, settled for zero once a look.
-        match pass.zero {
-            ZeroScore::Flag => t.uncooperative = true,
-            ZeroScore::Clear => {
-                t.uncooperative = false;
-                t.concern = None;
-            }
-            ZeroScore::Keep => {}
+        if pass.zero == ZeroScore::Clear {
+            t.uncooperative = false;
+            t.concern = None;
+        } else if pass.zero == ZeroScore::Flag {
+            t.uncooperative = true;
         }
     } else if score >= judge.flag_at_s {
         t.uncooperative = true;
@@ -796,10 +800,11 @@ fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
 
 /// The part of [`step`] for a domain that was asked to move during the interval, down
 /// (`DOWN`) or up: rate, shortfall, stall, and (down only) the seconds of work it missed,
-/// if any. One copy for each direction, so that neither asks which it is.
+/// added to `missed_s`. One copy for each direction, so that neither asks which it is.
 #[inline(always)]
-fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, judge: &Judge) -> Option<f64> {
-    let actual = d.memory_actual_kib;
+fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, pass: &Pass, missed_s: &mut f64) {
+    let judge = pass.judge;
+    let (actual, inaccuracy) = (d.memory_actual_kib, d.inaccuracy_kib);
     let (last, target) = (t.last_actual_kib, t.target_kib);
     // Kept in a register for the whole update, and stored once.
     let mut has = t.has;
@@ -819,23 +824,28 @@ fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, judge: &Judge) ->
         (actual - last, goal - last)
     };
     let toward = toward.max(0);
+    let toward_f = toward as f64;
     // A driver within twice its inaccuracy of the goal has nothing left to do: it may stop
     // its inaccuracy short, and a real host rounds to whole pages on top.
-    let remaining = (distance - 2 * d.inaccuracy_kib).max(0);
-    let dir = if DOWN { Direction::Down } else { Direction::Up };
-    let still_asked = direction_of_actual(d.inaccuracy_kib, actual, target) == Some(dir);
+    let remaining = (distance - 2 * inaccuracy).max(0);
     let (bit, rate) = if DOWN {
         (Has::RATE_DOWN, &mut t.rate_down)
     } else {
         (Has::RATE_UP, &mut t.rate_up)
     };
-    if toward > 0 {
-        let sample = toward as f64 / dt;
+    let measured = if toward > 0 {
+        let sample = toward_f / dt;
         t.moved_since_request = true;
+        // Whether it is still asked the same way (see `way_asked`).
+        let still_asked = if DOWN {
+            actual - target > inaccuracy
+        } else {
+            target - actual > inaccuracy
+        };
         if !DOWN && !still_asked {
             t.grew = true;
         }
-        *rate = if has & bit == 0 {
+        let r = if has & bit == 0 {
             sample
         } else if still_asked {
             // The driver worked the whole interval: a full-speed sample.
@@ -844,14 +854,19 @@ fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, judge: &Judge) ->
             // It finished early, so it is at least this fast.
             rate.max(sample)
         };
+        *rate = r;
         has |= bit;
-    }
-    let measured = if has & bit != 0 { *rate } else { 0.0 };
+        r
+    } else if has & bit != 0 {
+        *rate
+    } else {
+        0.0
+    };
 
     // Falling short: less than half of what the minimum rate would have done in the time.
     let remaining_f = remaining as f64;
     let minimum = min_of_number(judge.min_rate_kib_per_s * dt, remaining_f);
-    if minimum > 0.0 && (toward as f64) * 2.0 < minimum {
+    if minimum > 0.0 && toward_f * 2.0 < minimum {
         if has & Has::SHORT == 0 {
             t.short_since = t.last_time;
             has |= Has::SHORT;
@@ -872,21 +887,35 @@ fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, judge: &Judge) ->
     // Score what was missed against the driver's own speed. Growth it could not manage is
     // not held against it: a guest that cannot take memory hurts nobody.
     if !DOWN {
-        return None;
+        return;
     }
-    let reference = measured.max(judge.min_rate_kib_per_s);
+    let reference = pass.max_with_min_rate(measured);
     let expected = min_of_number(reference * dt, remaining_f);
     // `(expected - toward).max(0.0)`, tested for being above zero: a NaN is not.
-    let shortfall = expected - toward as f64;
+    let shortfall = expected - toward_f;
     if shortfall > 0.0 {
         t.concern = Some(if toward > 0 {
             Concern::TooSlow
         } else {
             Concern::NotMoving
         });
-        return Some(shortfall / reference);
+        *missed_s += shortfall / reference;
     }
-    None
+}
+
+/// [`direction_of_actual`](crate::model::direction_of_actual) for a domain of a [`Host`], whose inaccuracy is not negative (the
+/// host checks it): two comparisons, where the general function takes an absolute value
+/// first.
+#[inline(always)]
+fn way_asked(inaccuracy_kib: Kib, memory_actual_kib: Kib, target_kib: Kib) -> Option<Direction> {
+    let delta = memory_actual_kib - target_kib;
+    if delta > inaccuracy_kib {
+        Some(Direction::Down)
+    } else if -delta > inaccuracy_kib {
+        Some(Direction::Up)
+    } else {
+        None
+    }
 }
 
 /// Forgets the limits of `t` that the driver, now at `actual`, has moved past by more than
@@ -939,6 +968,59 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", c.name()));
         }
         assert_eq!(Concern::StalledAndResumed.name(), "stalled-and-resumed");
+    }
+
+    #[test]
+    fn the_way_a_domain_is_asked_is_the_models_direction() {
+        use crate::model::direction_of_actual;
+        // Inaccuracies 0, 1 and 4 KiB, targets around an actual of 1000 KiB: on either edge
+        // of the inaccuracy, and far off.
+        for inaccuracy in [0, 1, 4] {
+            for target in [0, 990, 995, 996, 999, 1000, 1001, 1004, 1005, 1010, 1 << 40] {
+                assert_eq!(
+                    way_asked(inaccuracy, 1000, target),
+                    direction_of_actual(inaccuracy, 1000, target),
+                    "inaccuracy {inaccuracy}, target {target}"
+                );
+            }
+        }
+        assert_eq!(way_asked(4, 1005, 1000), Some(Direction::Down));
+        assert_eq!(way_asked(4, 995, 1000), Some(Direction::Up));
+        assert_eq!(way_asked(4, 1004, 1000), None);
+    }
+
+    /// Guests `domids`, each holding `actual` KiB with a target of 5000 KiB.
+    fn guests(domids: &[DomId], actual: Kib) -> Host {
+        let ds = domids
+            .iter()
+            .map(|&id| Domain::new(id, true, 0, 5_000, 1 << 30, actual, 1 << 30, 4))
+            .collect();
+        Host::new(ds, 0).unwrap()
+    }
+
+    #[test]
+    fn domains_that_come_and_go_between_looks_keep_the_others_rates() {
+        let mut tr = Tracker::default();
+        tr.observe(&guests(&[1, 2, 4], 10_000), 0.0, &judge());
+        // Domain 3 arrives and domain 4 leaves; 1 and 2 (walked before the change) shrink by
+        // 1000 KiB in 1 s.
+        let mut seen = Vec::new();
+        tr.observe_then(&guests(&[1, 2, 3], 9_000), 1.0, &judge(), |i, d, _| {
+            seen.push((i, d.domid))
+        });
+        assert_eq!(seen, [(0, 1), (1, 2), (2, 3)]);
+        assert_eq!(tr.get(1).unwrap().rate_down(), Some(1000.0));
+        assert_eq!(tr.get(2).unwrap().rate_down(), Some(1000.0));
+        // New: first seen now, nothing measured yet.
+        assert_eq!(tr.get(3).unwrap().last_time, 1.0);
+        assert_eq!(tr.get(3).unwrap().rate_down(), None);
+        assert!(tr.get(4).is_none());
+        // Domain 1 leaves: 2 and 3 are measured again (500 KiB in 1 s).
+        tr.observe(&guests(&[2, 3], 8_500), 2.0, &judge());
+        assert!(tr.get(1).is_none());
+        // 2: smoothed, 1000 + 0.5 × (500 − 1000); 3: its first sample.
+        assert_eq!(tr.get(2).unwrap().rate_down(), Some(750.0));
+        assert_eq!(tr.get(3).unwrap().rate_down(), Some(500.0));
     }
 
     #[test]
