@@ -500,18 +500,22 @@ impl Adaptive {
     pub fn look(&mut self, host: &Host, now: f64) -> Vec<Action> {
         let options = self.options;
         let grace = options.grace_s;
-        let mut fp = FINGERPRINT_START;
         // The few domains with a limit to learn: learnt once the walk has told the input
         // epoch their writes are made in.
         let mut learn = Vec::new();
         // The fingerprint is mixed in the tracker's walk, each domain right after its update.
-        self.tracker
-            .observe_then(host, now, &options.judge(), |i, d, t| {
-                fp = fingerprint_mix(fp, d);
+        let fp = self.tracker.observe_fold(
+            host,
+            now,
+            &options.judge(),
+            FINGERPRINT_START,
+            |fp, i, d, t| {
                 if let Some(stalled) = Self::limit_to_learn(grace, d, t, now) {
                     learn.push((i, stalled));
                 }
-            });
+                fingerprint_mix(fp, d)
+            },
+        );
         if fp != self.fingerprint {
             self.fingerprint = fp;
             self.epoch += 1;

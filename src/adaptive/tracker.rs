@@ -503,8 +503,24 @@ impl Tracker {
         judge: &Judge,
         mut then: impl FnMut(usize, &Domain, &mut Track),
     ) {
+        self.observe_fold(host, now, judge, (), |(), i, d, t| then(i, d, t));
+    }
+
+    /// [`observe_then`](Tracker::observe_then) with a value carried from each domain's
+    /// `then` to the next's: `then(value, index, domain, track)` gives the value for the next
+    /// domain, starting from `init`; returns the last. On the usual look the value is kept
+    /// in a register, not behind a reference.
+    pub fn observe_fold<A>(
+        &mut self,
+        host: &Host,
+        now: f64,
+        judge: &Judge,
+        init: A,
+        mut then: impl FnMut(A, usize, &Domain, &mut Track) -> A,
+    ) -> A {
         let domains = host.domains();
         let mut pass = Pass::new(now, judge);
+        let mut acc = init;
         // The usual look sees the domains of the last one. Both are in domid order, so they
         // are walked together rather than looked up one by one, as far as they agree.
         let mut k = 0;
@@ -514,13 +530,13 @@ impl Tracker {
                 break;
             }
             step(t, d, &mut pass);
-            then(k, d, t);
+            acc = then(acc, k, d, t);
             k += 1;
         }
         if k == domains.len() && k == self.per_domain.len() {
             // What was inherited is only kept for domains not seen yet: none is on the host.
             self.inherited.clear();
-            return;
+            return acc;
         }
         // Domains came or went after the first `k`, which are done.
         self.per_domain
@@ -541,9 +557,10 @@ impl Tracker {
         }
         for (i, d) in domains.iter().enumerate().skip(k) {
             if let Some(t) = self.get_mut_at(i, d.domid) {
-                then(i, d, t);
+                acc = then(acc, i, d, t);
             }
         }
+        acc
     }
 
     /// The observations for `domid`.
@@ -675,37 +692,22 @@ struct Pass<'a> {
     /// Whether the judge's minimum rate is a number (not NaN).
     min_rate_is_number: bool,
     decay: Decay,
-    /// What the flagging rule does to a domain whose score is zero (the usual case).
-    zero: ZeroScore,
-}
-
-/// The flagging rule's verdict on a zero score: the same for every domain of a look.
-#[derive(Clone, Copy, PartialEq)]
-enum ZeroScore {
-    /// Flagged (a judge that flags at zero).
-    Flag,
-    /// Cleared, and its concern forgotten.
-    Clear,
-    /// Left as it was (a judge whose thresholds are not numbers).
-    Keep,
+    /// Whether the flagging rule clears the flag and the concern of a domain whose score is
+    /// zero (the usual domain, under any judge whose thresholds are above zero).
+    zero_clears: bool,
 }
 
 impl<'a> Pass<'a> {
     fn new(now: f64, judge: &'a Judge) -> Self {
         // The rule of `step`, applied to 0.
-        let zero = if 0.0 >= judge.flag_at_s {
-            ZeroScore::Flag
-        } else if 0.0 <= judge.clear_at_s {
-            ZeroScore::Clear
-        } else {
-            ZeroScore::Keep
-        };
+        let flags_at_zero = 0.0 >= judge.flag_at_s;
+        let zero_clears = !flags_at_zero && 0.0 <= judge.clear_at_s;
         Pass {
             now,
             judge,
             min_rate_is_number: !judge.min_rate_kib_per_s.is_nan(),
             decay: Decay::default(),
-            zero,
+            zero_clears,
         }
     }
 }
@@ -743,30 +745,56 @@ fn min_of_number(a: f64, b: f64) -> f64 {
 /// call (registers saved and restored around it) was a tenth of a domain's update.
 #[inline(always)]
 fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
-    let now = pass.now;
-    let dt = now - t.last_time;
+    let dt = pass.now - t.last_time;
     if dt <= 0.0 {
         retarget(t, d.target_kib);
         return;
     }
-    let judge = pass.judge;
-    let actual = d.memory_actual_kib;
-    // A limit the driver has now moved past was not a limit: the stall counts against it.
-    // Most domains have no limit: one test of the flags.
-    let mut missed_s = if t.has & Has::LIMITS != 0 {
-        limits_passed(t, actual, now, judge.limit_slack_kib)
+    // Most domains have no limit: one test of the flags, and a copy of the update that does
+    // not ask again.
+    if t.has & Has::LIMITS != 0 {
+        step_with_limits(t, d, pass, dt);
     } else {
-        0.0
-    };
+        step_by::<false>(t, d, pass, dt, 0.0);
+    }
+}
 
+/// [`step`] for a domain with a limit. Out of the walk: few domains have one.
+#[cold]
+#[inline(never)]
+fn step_with_limits(t: &mut Track, d: &Domain, pass: &mut Pass, dt: f64) {
+    // A limit the driver has now moved past was not a limit: the stall counts against it.
+    let missed_s = limits_passed(t, d.memory_actual_kib, pass.now, pass.judge.limit_slack_kib);
+    step_by::<true>(t, d, pass, dt, missed_s);
+}
+
+/// The rest of [`step`], `dt` after the last look, with `missed_s` seconds of work missed so
+/// far, for a domain that may have limits (`LIMITS`) or has none.
+#[inline(always)]
+fn step_by<const LIMITS: bool>(t: &mut Track, d: &Domain, pass: &mut Pass, dt: f64, missed_s: f64) {
     // The request in force during the interval: from last actual toward the target we set,
     // but not past a limit the driver has shown.
-    match way_asked(d.inaccuracy_kib, t.last_actual_kib, t.target_kib) {
-        Some(Direction::Down) => asked::<true>(t, d, dt, pass, &mut missed_s),
-        Some(Direction::Up) => asked::<false>(t, d, dt, pass, &mut missed_s),
-        None => t.has &= !(Has::SHORT | Has::STALLED),
+    let shortfall_s = match way_asked(d.inaccuracy_kib, t.last_actual_kib, t.target_kib) {
+        Some(Direction::Down) => asked::<true, LIMITS>(t, d, dt, pass),
+        Some(Direction::Up) => asked::<false, LIMITS>(t, d, dt, pass),
+        None => {
+            t.has &= !(Has::SHORT | Has::STALLED);
+            None
+        }
+    };
+    // Two copies of the rest: the usual one, where nothing was missed (and the score of a
+    // domain without limits is `0 + 0`, known without a test), and the other.
+    match shortfall_s {
+        None => score_and_finish(t, d, pass, dt, missed_s),
+        Some(s) => score_and_finish(t, d, pass, dt, missed_s + s),
     }
+}
 
+/// The end of [`step`]: scores `missed_s` seconds of missed work, flags, and takes in the
+/// look.
+#[inline(always)]
+fn score_and_finish(t: &mut Track, d: &Domain, pass: &mut Pass, dt: f64, missed_s: f64) {
+    let (now, judge) = (pass.now, pass.judge);
     // A zero score (a driver that has done its work) leaks nothing: `0 × factor + missed`
     // is `missed` to the bit (for -0 too), without asking for the factor.
     let score = if t.score_s == 0.0 {
@@ -775,14 +803,10 @@ fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
         t.score_s * pass.decay.factor(dt, judge.leak_s) + missed_s
     };
     t.score_s = score;
-    if score == 0.0 {
+    if score == 0.0 && pass.zero_clears {
         // The usual case: the rule below, settled for zero once a look.
-        if pass.zero == ZeroScore::Clear {
-            t.uncooperative = false;
-            t.concern = None;
-        } else if pass.zero == ZeroScore::Flag {
-            t.uncooperative = true;
-        }
+        t.uncooperative = false;
+        t.concern = None;
     } else if score >= judge.flag_at_s {
         t.uncooperative = true;
     } else if score <= judge.clear_at_s {
@@ -792,7 +816,7 @@ fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
             t.concern = None;
         }
     }
-    t.last_actual_kib = actual;
+    t.last_actual_kib = d.memory_actual_kib;
     t.last_time = now;
     // Someone else (another toolstack component, an administrator) may have set the target.
     retarget(t, d.target_kib);
@@ -800,23 +824,29 @@ fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
 
 /// The part of [`step`] for a domain that was asked to move during the interval, down
 /// (`DOWN`) or up: rate, shortfall, stall, and (down only) the seconds of work it missed,
-/// added to `missed_s`. One copy for each direction, so that neither asks which it is.
+/// if any. One copy for each direction, so that neither asks which it is, and
+/// for a domain that may have limits (`LIMITS`) or has none.
 #[inline(always)]
-fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, pass: &Pass, missed_s: &mut f64) {
+fn asked<const DOWN: bool, const LIMITS: bool>(
+    t: &mut Track,
+    d: &Domain,
+    dt: f64,
+    pass: &Pass,
+) -> Option<f64> {
     let judge = pass.judge;
     let (actual, inaccuracy) = (d.memory_actual_kib, d.inaccuracy_kib);
     let (last, target) = (t.last_actual_kib, t.target_kib);
     // Kept in a register for the whole update, and stored once.
     let mut has = t.has;
     let (toward, distance) = if DOWN {
-        let goal = if has & Has::FLOOR != 0 {
+        let goal = if LIMITS && has & Has::FLOOR != 0 {
             target.max(t.floor.at_kib)
         } else {
             target
         };
         (last - actual, last - goal)
     } else {
-        let goal = if has & Has::CEILING != 0 {
+        let goal = if LIMITS && has & Has::CEILING != 0 {
             target.min(t.ceiling.at_kib)
         } else {
             target
@@ -874,7 +904,7 @@ fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, pass: &Pass, miss
     } else {
         has &= !Has::SHORT;
     }
-    if remaining > 0 && toward == 0 {
+    if toward == 0 && remaining > 0 {
         if has & Has::STALLED == 0 {
             t.stalled_since = t.last_time;
             has |= Has::STALLED;
@@ -887,7 +917,7 @@ fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, pass: &Pass, miss
     // Score what was missed against the driver's own speed. Growth it could not manage is
     // not held against it: a guest that cannot take memory hurts nobody.
     if !DOWN {
-        return;
+        return None;
     }
     let reference = pass.max_with_min_rate(measured);
     let expected = min_of_number(reference * dt, remaining_f);
@@ -899,8 +929,9 @@ fn asked<const DOWN: bool>(t: &mut Track, d: &Domain, dt: f64, pass: &Pass, miss
         } else {
             Concern::NotMoving
         });
-        *missed_s += shortfall / reference;
+        return Some(shortfall / reference);
     }
+    None
 }
 
 /// [`direction_of_actual`](crate::model::direction_of_actual) for a domain of a [`Host`], whose inaccuracy is not negative (the
