@@ -420,6 +420,30 @@ impl Tracks {
         self.ids.len()
     }
 
+    /// The walk of the usual look, which sees the domains of the last one: both are in domid
+    /// order, so they are walked together rather than looked up one by one, as far as they
+    /// agree. Each domain is updated by [`step`], then given to `then` with the value
+    /// carried from the domain before. Returns how many were walked, and the last value.
+    #[inline(always)]
+    fn walk<A, const NUMBER: bool>(
+        &mut self,
+        domains: &[Domain],
+        mut pass: Pass<NUMBER>,
+        mut acc: A,
+        then: &mut impl FnMut(A, usize, &Domain, &mut Track) -> A,
+    ) -> (usize, A) {
+        let mut k = 0;
+        for ((&id, t), d) in self.ids.iter().zip(self.tracks.iter_mut()).zip(domains) {
+            if id != d.domid {
+                break;
+            }
+            step(t, d, &mut pass);
+            acc = then(acc, k, d, t);
+            k += 1;
+        }
+        (k, acc)
+    }
+
     fn iter(&self) -> impl Iterator<Item = (&DomId, &Track)> {
         self.ids.iter().zip(&self.tracks)
     }
@@ -519,26 +543,22 @@ impl Tracker {
         mut then: impl FnMut(A, usize, &Domain, &mut Track) -> A,
     ) -> A {
         let domains = host.domains();
-        let mut pass = Pass::new(now, judge);
-        let mut acc = init;
-        // The usual look sees the domains of the last one. Both are in domid order, so they
-        // are walked together rather than looked up one by one, as far as they agree.
-        let mut k = 0;
-        let Tracks { ids, tracks } = &mut self.per_domain;
-        for ((&id, t), d) in ids.iter().zip(tracks.iter_mut()).zip(domains) {
-            if id != d.domid {
-                break;
-            }
-            step(t, d, &mut pass);
-            acc = then(acc, k, d, t);
-            k += 1;
-        }
+        // A copy of the walk for a minimum rate that is a number (always, from validated
+        // options), which takes the larger of two rates in one comparison.
+        let (k, mut acc) = if judge.min_rate_kib_per_s.is_nan() {
+            let pass = Pass::<false>::new(now, judge);
+            self.per_domain.walk(domains, pass, init, &mut then)
+        } else {
+            let pass = Pass::<true>::new(now, judge);
+            self.per_domain.walk(domains, pass, init, &mut then)
+        };
         if k == domains.len() && k == self.per_domain.len() {
             // What was inherited is only kept for domains not seen yet: none is on the host.
             self.inherited.clear();
             return acc;
         }
         // Domains came or went after the first `k`, which are done.
+        let mut pass = Pass::<false>::new(now, judge);
         self.per_domain
             .retain(|domid, _| host.domain(*domid).is_some());
         self.inherited
@@ -686,18 +706,19 @@ impl Decay {
 
 /// What a look settles once for all its domains: its time, the judge, the leak factor and
 /// what a score of zero comes to.
-struct Pass<'a> {
+/// `NUMBER`: the judge's minimum rate is known to be a number (not NaN).
+struct Pass<'a, const NUMBER: bool> {
     now: f64,
     judge: &'a Judge,
-    /// Whether the judge's minimum rate is a number (not NaN).
-    min_rate_is_number: bool,
+    /// The judge's minimum rate, at hand.
+    min_rate: f64,
     decay: Decay,
     /// Whether the flagging rule clears the flag and the concern of a domain whose score is
     /// zero (the usual domain, under any judge whose thresholds are above zero).
     zero_clears: bool,
 }
 
-impl<'a> Pass<'a> {
+impl<'a, const NUMBER: bool> Pass<'a, NUMBER> {
     fn new(now: f64, judge: &'a Judge) -> Self {
         // The rule of `step`, applied to 0.
         let flags_at_zero = 0.0 >= judge.flag_at_s;
@@ -705,21 +726,21 @@ impl<'a> Pass<'a> {
         Pass {
             now,
             judge,
-            min_rate_is_number: !judge.min_rate_kib_per_s.is_nan(),
+            min_rate: judge.min_rate_kib_per_s,
             decay: Decay::default(),
             zero_clears,
         }
     }
 }
 
-impl Pass<'_> {
+impl<const NUMBER: bool> Pass<'_, NUMBER> {
     /// `rate.max(min_rate_kib_per_s)`, as `f64::max` gives it (a NaN gives the other), in
-    /// one comparison when the minimum rate is a number (always, from validated options).
+    /// one comparison when the minimum rate is known to be a number (`NUMBER`).
     /// Of two zeros it may give either: only a rate above zero is ever divided by.
     #[inline(always)]
     fn max_with_min_rate(&self, rate: f64) -> f64 {
-        let min = self.judge.min_rate_kib_per_s;
-        if !self.min_rate_is_number {
+        let min = self.min_rate;
+        if !NUMBER {
             rate.max(min)
         } else if rate > min {
             rate
@@ -744,7 +765,7 @@ fn min_of_number(a: f64, b: f64) -> f64 {
 /// Learns from one look at `d`, last seen as `t` says. Inlined into the tracker's walk: a
 /// call (registers saved and restored around it) was a tenth of a domain's update.
 #[inline(always)]
-fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
+fn step<const N: bool>(t: &mut Track, d: &Domain, pass: &mut Pass<N>) {
     let dt = pass.now - t.last_time;
     if dt <= 0.0 {
         retarget(t, d.target_kib);
@@ -755,45 +776,74 @@ fn step(t: &mut Track, d: &Domain, pass: &mut Pass) {
     if t.has & Has::LIMITS != 0 {
         step_with_limits(t, d, pass, dt);
     } else {
-        step_by::<false>(t, d, pass, dt, 0.0);
+        step_by::<false, N>(t, d, pass, dt, 0.0);
     }
 }
 
 /// [`step`] for a domain with a limit. Out of the walk: few domains have one.
 #[cold]
 #[inline(never)]
-fn step_with_limits(t: &mut Track, d: &Domain, pass: &mut Pass, dt: f64) {
+fn step_with_limits<const N: bool>(t: &mut Track, d: &Domain, pass: &mut Pass<N>, dt: f64) {
     // A limit the driver has now moved past was not a limit: the stall counts against it.
     let missed_s = limits_passed(t, d.memory_actual_kib, pass.now, pass.judge.limit_slack_kib);
-    step_by::<true>(t, d, pass, dt, missed_s);
+    step_by::<true, N>(t, d, pass, dt, missed_s);
 }
 
 /// The rest of [`step`], `dt` after the last look, with `missed_s` seconds of work missed so
 /// far, for a domain that may have limits (`LIMITS`) or has none.
 #[inline(always)]
-fn step_by<const LIMITS: bool>(t: &mut Track, d: &Domain, pass: &mut Pass, dt: f64, missed_s: f64) {
+fn step_by<const LIMITS: bool, const N: bool>(
+    t: &mut Track,
+    d: &Domain,
+    pass: &mut Pass<N>,
+    dt: f64,
+    missed_s: f64,
+) {
     // The request in force during the interval: from last actual toward the target we set,
     // but not past a limit the driver has shown.
     let shortfall_s = match way_asked(d.inaccuracy_kib, t.last_actual_kib, t.target_kib) {
-        Some(Direction::Down) => asked::<true, LIMITS>(t, d, dt, pass),
-        Some(Direction::Up) => asked::<false, LIMITS>(t, d, dt, pass),
+        Some(Direction::Down) => asked::<true, LIMITS, N>(t, d, dt, pass),
+        Some(Direction::Up) => asked::<false, LIMITS, N>(t, d, dt, pass),
         None => {
             t.has &= !(Has::SHORT | Has::STALLED);
             None
         }
     };
-    // Two copies of the rest: the usual one, where nothing was missed (and the score of a
-    // domain without limits is `0 + 0`, known without a test), and the other.
-    match shortfall_s {
-        None => score_and_finish(t, d, pass, dt, missed_s),
-        Some(s) => score_and_finish(t, d, pass, dt, missed_s + s),
+    if !LIMITS && shortfall_s.is_none() && t.score_s == 0.0 && pass.zero_clears {
+        // The usual domain: nothing missed (no limit passed, no shortfall) and no score, so
+        // the rule of `score_and_finish` gives a zero score (`0 + 0`), cleared.
+        t.score_s = 0.0;
+        t.uncooperative = false;
+        t.concern = None;
+        finish(t, d, pass.now);
+        return;
     }
+    let missed_s = match shortfall_s {
+        None => missed_s,
+        Some(s) => missed_s + s,
+    };
+    score_and_finish(t, d, pass, dt, missed_s);
+}
+
+/// The last of [`step`]: takes in the look of `d` at `now`.
+#[inline(always)]
+fn finish(t: &mut Track, d: &Domain, now: f64) {
+    t.last_actual_kib = d.memory_actual_kib;
+    t.last_time = now;
+    // Someone else (another toolstack component, an administrator) may have set the target.
+    retarget(t, d.target_kib);
 }
 
 /// The end of [`step`]: scores `missed_s` seconds of missed work, flags, and takes in the
 /// look.
 #[inline(always)]
-fn score_and_finish(t: &mut Track, d: &Domain, pass: &mut Pass, dt: f64, missed_s: f64) {
+fn score_and_finish<const N: bool>(
+    t: &mut Track,
+    d: &Domain,
+    pass: &mut Pass<N>,
+    dt: f64,
+    missed_s: f64,
+) {
     let (now, judge) = (pass.now, pass.judge);
     // A zero score (a driver that has done its work) leaks nothing: `0 × factor + missed`
     // is `missed` to the bit (for -0 too), without asking for the factor.
@@ -816,10 +866,7 @@ fn score_and_finish(t: &mut Track, d: &Domain, pass: &mut Pass, dt: f64, missed_
             t.concern = None;
         }
     }
-    t.last_actual_kib = d.memory_actual_kib;
-    t.last_time = now;
-    // Someone else (another toolstack component, an administrator) may have set the target.
-    retarget(t, d.target_kib);
+    finish(t, d, now);
 }
 
 /// The part of [`step`] for a domain that was asked to move during the interval, down
@@ -827,13 +874,12 @@ fn score_and_finish(t: &mut Track, d: &Domain, pass: &mut Pass, dt: f64, missed_
 /// if any. One copy for each direction, so that neither asks which it is, and
 /// for a domain that may have limits (`LIMITS`) or has none.
 #[inline(always)]
-fn asked<const DOWN: bool, const LIMITS: bool>(
+fn asked<const DOWN: bool, const LIMITS: bool, const N: bool>(
     t: &mut Track,
     d: &Domain,
     dt: f64,
-    pass: &Pass,
+    pass: &Pass<N>,
 ) -> Option<f64> {
-    let judge = pass.judge;
     let (actual, inaccuracy) = (d.memory_actual_kib, d.inaccuracy_kib);
     let (last, target) = (t.last_actual_kib, t.target_kib);
     // Kept in a register for the whole update, and stored once.
@@ -895,7 +941,7 @@ fn asked<const DOWN: bool, const LIMITS: bool>(
 
     // Falling short: less than half of what the minimum rate would have done in the time.
     let remaining_f = remaining as f64;
-    let minimum = min_of_number(judge.min_rate_kib_per_s * dt, remaining_f);
+    let minimum = min_of_number(pass.min_rate * dt, remaining_f);
     if minimum > 0.0 && toward_f * 2.0 < minimum {
         if has & Has::SHORT == 0 {
             t.short_since = t.last_time;
@@ -1052,6 +1098,51 @@ mod tests {
         // 2: smoothed, 1000 + 0.5 × (500 − 1000); 3: its first sample.
         assert_eq!(tr.get(2).unwrap().rate_down(), Some(750.0));
         assert_eq!(tr.get(3).unwrap().rate_down(), Some(500.0));
+    }
+
+    #[test]
+    fn the_update_for_a_minimum_rate_that_is_a_number_is_the_general_one() {
+        let judge = judge();
+        // Drivers at 10 000 KiB asked down to 5 000 or up to 15 000, moving by 0 to 1000 KiB
+        // in half a second or a second, with no rate yet, a rate equal to the minimum
+        // (256 KiB/s) or above it, at a score of 0 or 2 s, with or without a floor and a
+        // ceiling on the way.
+        let mut cases = 0;
+        for target in [5_000, 15_000] {
+            for moved in [0, 1, 100, 128, 255, 256, 1_000] {
+                for dt in [0.5, 1.0] {
+                    for rate in [None, Some(256.0), Some(1_000.0)] {
+                        for score in [0.0, 2.0] {
+                            for limits in [false, true] {
+                                let before =
+                                    Domain::new(1, true, 0, target, 1 << 30, 10_000, 1 << 30, 4);
+                                let mut t = Track::new(&before, 0.0);
+                                t.set_rate_down(rate);
+                                t.set_rate_up(rate);
+                                t.score_s = score;
+                                if limits {
+                                    let at = |at_kib| Some(Limit { at_kib, since: 0.0 });
+                                    t.set_floor(at(9_500));
+                                    t.set_ceiling(at(10_500));
+                                }
+                                let toward = if target < 10_000 { -moved } else { moved };
+                                let now = Domain {
+                                    memory_actual_kib: 10_000 + toward,
+                                    ..before
+                                };
+                                let (mut fast, mut general) = (t.clone(), t);
+                                step(&mut fast, &now, &mut Pass::<true>::new(dt, &judge));
+                                step(&mut general, &now, &mut Pass::<false>::new(dt, &judge));
+                                // Debug shows every float to the bit (-0 too).
+                                assert_eq!(format!("{fast:?}"), format!("{general:?}"));
+                                cases += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 2 * 7 * 2 * 3 * 2 * 2);
     }
 
     #[test]
