@@ -261,8 +261,8 @@ impl Track {
         Self::put(&mut self.has, Has::PINNED, &mut self.pinned, limit);
     }
 
-    /// Whether the track may have a limit to learn at `now`: it has stalled or fallen short
-    /// (for any time). One test of the flags, for the walk that asks it of every domain.
+    /// Whether the track may have a limit to learn: it has stalled or fallen short (for any
+    /// time so far). One test of the flags, for the walk that asks it of every domain.
     #[inline(always)]
     pub(crate) fn may_have_limit_to_learn(&self) -> bool {
         self.has & (Has::SHORT | Has::STALLED) != 0
@@ -705,8 +705,8 @@ impl Decay {
 }
 
 /// What a look settles once for all its domains: its time, the judge, the leak factor and
-/// what a score of zero comes to.
-/// `NUMBER`: the judge's minimum rate is known to be a number (not NaN).
+/// what a score of zero comes to. `NUMBER`: the judge's minimum rate is known to be a number
+/// (not NaN).
 struct Pass<'a, const NUMBER: bool> {
     now: f64,
     judge: &'a Judge,
@@ -871,8 +871,8 @@ fn score_and_finish<const N: bool>(
 
 /// The part of [`step`] for a domain that was asked to move during the interval, down
 /// (`DOWN`) or up: rate, shortfall, stall, and (down only) the seconds of work it missed,
-/// if any. One copy for each direction, so that neither asks which it is, and
-/// for a domain that may have limits (`LIMITS`) or has none.
+/// if any. One copy for each direction, so that neither asks which it is, and for a domain
+/// that may have limits (`LIMITS`) or has none.
 #[inline(always)]
 fn asked<const DOWN: bool, const LIMITS: bool, const N: bool>(
     t: &mut Track,
@@ -980,9 +980,9 @@ fn asked<const DOWN: bool, const LIMITS: bool, const N: bool>(
     None
 }
 
-/// [`direction_of_actual`](crate::model::direction_of_actual) for a domain of a [`Host`], whose inaccuracy is not negative (the
-/// host checks it): two comparisons, where the general function takes an absolute value
-/// first.
+/// [`direction_of_actual`](crate::model::direction_of_actual) for a domain of a [`Host`],
+/// whose inaccuracy is not negative (the host checks it): two comparisons, where the general
+/// function takes an absolute value first.
 #[inline(always)]
 fn way_asked(inaccuracy_kib: Kib, memory_actual_kib: Kib, target_kib: Kib) -> Option<Direction> {
     let delta = memory_actual_kib - target_kib;
