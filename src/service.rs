@@ -1702,12 +1702,12 @@ impl Service {
                                 diagnostics::CooperationFlag::Cooperative
                             },
                             concern: c.concern,
-                            floor_kib: track.as_ref().and_then(|t| t.floor).map(|l| l.at_kib),
-                            ceiling_kib: track.as_ref().and_then(|t| t.ceiling).map(|l| l.at_kib),
+                            floor_kib: track.as_ref().and_then(|t| t.floor()).map(|l| l.at_kib),
+                            ceiling_kib: track.as_ref().and_then(|t| t.ceiling()).map(|l| l.at_kib),
                         }),
                         track.map(|t| diagnostics::Rate {
-                            down_kib_per_s: t.rate_down,
-                            up_kib_per_s: t.rate_up,
+                            down_kib_per_s: t.rate_down(),
+                            up_kib_per_s: t.rate_up(),
                         }),
                     ),
                     None => (None, None),

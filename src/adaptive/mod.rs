@@ -514,63 +514,75 @@ impl Adaptive {
     /// [`look`](Adaptive::look); with `collect`, the same walk also gathers the freeing
     /// round's contributors (see [`Scratch::collected`]).
     fn look_in(&mut self, host: &Host, now: f64, collect: bool) -> Vec<Action> {
-        let fp = fingerprint(host);
-        if fp != self.fingerprint {
-            self.fingerprint = fp;
-            self.epoch += 1;
-        }
-        let (options, epoch) = (self.options, self.epoch);
-        let mut writes = Vec::new();
+        let options = self.options;
+        // The few domains with a limit to learn: learnt once the walk has told the input
+        // epoch their writes are made in.
+        let mut learn = Vec::new();
         // The contributors' vectors are the walk's own while it runs (not reached through
-        // the squeezer), so that their lengths and the sums stay in registers.
+        // the squeezer), so that their lengths stay in registers.
         let mut contributors = std::mem::take(&mut self.scratch.contributors);
         let mut who = std::mem::take(&mut self.scratch.who);
         contributors.clear();
         who.clear();
-        // Limits are learnt in the tracker's walk, each domain right after its update, and
-        // the contributors gathered from the track as just updated.
-        let mut walk = LookWalk {
-            options: &options,
-            epoch,
-            now,
-            writes: &mut writes,
-            collect,
-            contributors,
-            who,
+        // The fingerprint is mixed in the tracker's walk, each domain right after its update,
+        // and the contributors gathered from the track as just updated.
+        let start = LookSums {
+            fingerprint: FINGERPRINT_START,
             could_take: 0,
             capacity: 0,
         };
-        self.tracker
-            .observe_then(host, now, &options.judge(), &mut walk);
-        self.scratch.collected = collect.then_some((walk.could_take, walk.capacity));
-        self.scratch.contributors = walk.contributors;
-        self.scratch.who = walk.who;
+        let walk = LookWalk {
+            options: &options,
+            now,
+            collect,
+            learn: &mut learn,
+            contributors: &mut contributors,
+            who: &mut who,
+        };
+        let sums = self
+            .tracker
+            .observe_fold(host, now, &options.judge(), start, walk);
+        let fp = sums.fingerprint;
+        if fp != self.fingerprint {
+            self.fingerprint = fp;
+            self.epoch += 1;
+        }
+        let mut writes = Vec::new();
+        // A limit learnt now may take its domain out of the contributors (see
+        // `add_contributor`): then the freeing round gathers them itself (a round in which
+        // a driver is first seen to stall, not the usual one).
+        let gathered = collect && learn.is_empty();
+        for (i, stalled) in learn {
+            let d = &host.domains()[i];
+            if let Some(t) = self.tracker.get_mut_at(i, d.domid) {
+                Self::learn_limit_of_stalled(&options, self.epoch, d, t, now, stalled, &mut writes);
+            }
+        }
+        self.scratch.collected = gathered.then_some((sums.could_take, sums.capacity));
+        self.scratch.contributors = contributors;
+        self.scratch.who = who;
         writes
+    }
+
+    /// Whether `d` has a limit to learn: it can balloon, and its track `t` (as the look has
+    /// just updated it) has stalled or fallen short for the grace period. If so, whether it
+    /// stalled.
+    #[inline(always)]
+    fn limit_to_learn(grace: f64, d: &Domain, t: &Track, now: f64) -> Option<bool> {
+        // Every limit needs a stall or a shortfall of a grace period's length: without one
+        // (most domains, most looks) there is nothing to learn, which one test of the track's
+        // flags tells.
+        if !t.may_have_limit_to_learn() {
+            return None;
+        }
+        let stalled = t.stalled_since().is_some_and(|s| now - s >= grace);
+        (d.can_balloon && (stalled || t.lagging(now, grace))).then_some(stalled)
     }
 
     /// Turns `d`'s persistent stall into a remembered limit: a floor when it stopped
     /// shrinking after having moved, a ceiling when it does not grow. `t` is its track as the
-    /// look (in input epoch `epoch`) has just updated it.
-    #[inline(always)]
-    fn learn_limit(
-        options: &AdaptiveOptions,
-        epoch: u64,
-        d: &Domain,
-        t: &mut Track,
-        now: f64,
-        writes: &mut Vec<Action>,
-    ) {
-        let grace = options.grace_s;
-        // Every limit below needs a stall or a shortfall of a grace period's length: without
-        // one (most domains, most looks) there is nothing to learn, and no call is made.
-        let stalled = t.stalled_since.is_some_and(|s| now - s >= grace);
-        if d.can_balloon && (stalled || t.lagging(now, grace)) {
-            Self::learn_limit_of_stalled(options, epoch, d, t, now, stalled, writes);
-        }
-    }
-
-    /// [`learn_limit`](Self::learn_limit) for a domain that has stalled (`stalled`) or
-    /// fallen short for the grace period.
+    /// look (in input epoch `epoch`) has just updated it, which has stalled (`stalled`) or
+    /// fallen short for the grace period (see [`limit_to_learn`](Self::limit_to_learn)).
     #[inline(never)]
     fn learn_limit_of_stalled(
         options: &AdaptiveOptions,
@@ -590,16 +602,19 @@ impl Adaptive {
         });
         match direction_of_actual(d.inaccuracy_kib, actual, t.target_kib) {
             Some(Direction::Down)
-                if t.floor.is_none() && t.pinned.is_none() && !t.moved_since_request && stalled =>
+                if t.floor().is_none()
+                    && t.pinned().is_none()
+                    && !t.moved_since_request
+                    && stalled =>
             {
                 debug!(
                     "domain {}: balloon driver has not moved from {actual} KiB toward its \
                      target {} KiB",
                     d.domid, t.target_kib
                 );
-                t.pinned = limit;
+                t.set_pinned(limit);
             }
-            Some(Direction::Down) if t.floor.is_none() && t.moved_since_request && stalled => {
+            Some(Direction::Down) if t.floor().is_none() && t.moved_since_request && stalled => {
                 // The lower target stays: it frees memory if the driver ever moves again,
                 // and raising it would be a target increase while memory is wanted.
                 debug!(
@@ -607,9 +622,9 @@ impl Adaptive {
                      KiB; not counting on it to shrink further",
                     d.domid, t.target_kib
                 );
-                t.floor = limit;
+                t.set_floor(limit);
             }
-            Some(Direction::Up) if t.ceiling.is_none() && t.lagging(now, grace) => {
+            Some(Direction::Up) if t.ceiling().is_none() && t.lagging(now, grace) => {
                 // A standing growth request would hold memory nobody can use: take it back,
                 // leaving a probe's worth so the squeezer notices if the limit lifts.
                 // Never above the target it replaces: a withdrawal must not become a
@@ -624,7 +639,7 @@ impl Adaptive {
                      KiB; target now {retract} KiB",
                     d.domid, t.target_kib
                 );
-                t.ceiling = limit;
+                t.set_ceiling(limit);
                 if retract < d.target_kib {
                     push_write(writes, d, retract, "cannot grow: request withdrawn");
                     t.note_write(retract, now, epoch);
@@ -796,7 +811,7 @@ impl Adaptive {
                     || self
                         .tracker
                         .get_at(i, host.domains()[i].domid)
-                        .is_some_and(|t| t.rate_down.is_some())
+                        .is_some_and(|t| t.rate_down().is_some())
             });
             state.late_looks = if measured && predicted > deadline {
                 state.late_looks + 1
@@ -915,7 +930,7 @@ impl Adaptive {
                 let mut e = *d;
                 let mut is_limited = false;
                 if let Some(t) = self.tracker.get(d.domid) {
-                    if t.pinned.is_some() || t.lagging(now, self.options.grace_s) {
+                    if t.pinned().is_some() || t.lagging(now, self.options.grace_s) {
                         // Neither give it memory nor count on it to free any.
                         let pinned = d
                             .memory_actual_kib
@@ -924,11 +939,11 @@ impl Adaptive {
                         e.dynamic_max_kib = pinned;
                         is_limited = true;
                     }
-                    if let Some(f) = t.floor {
+                    if let Some(f) = t.floor() {
                         e.dynamic_min_kib = e.dynamic_min_kib.max(f.at_kib).min(e.dynamic_max_kib);
                         is_limited = true;
                     }
-                    if let Some(c) = t.ceiling {
+                    if let Some(c) = t.ceiling() {
                         e.dynamic_max_kib = e.dynamic_max_kib.min(c.at_kib).max(e.dynamic_min_kib);
                         // A balance does not take memory from a guest because it cannot grow
                         // (its narrowed range would give it a smaller share): it keeps what it
@@ -1122,7 +1137,7 @@ impl Adaptive {
                 || self
                     .tracker
                     .get(e.domid)
-                    .and_then(|t| t.stalled_since)
+                    .and_then(|t| t.stalled_since())
                     .is_some_and(|s| now - s >= grace)
         });
         if !wrote && settled {
@@ -1491,30 +1506,43 @@ fn log_change(level: log::Level, d: &Domain, target_kib: Kib, reason: &str) {
     );
 }
 
-/// What a look does with each domain right after its track's update (see
-/// [`Adaptive::look_in`]): learn a limit, and gather the freeing round's contributors.
-struct LookWalk<'a> {
-    options: &'a AdaptiveOptions,
-    epoch: u64,
-    now: f64,
-    writes: &'a mut Vec<Action>,
-    collect: bool,
-    contributors: Vec<Contributor>,
-    who: Vec<usize>,
+/// What a look's walk carries from each domain to the next (see [`Adaptive::look_in`]).
+struct LookSums {
+    /// The input fingerprint of the domains so far ([`fingerprint_mix`]).
+    fingerprint: u64,
+    /// What the domains so far could still take from the host ([`could_take_of`]).
     could_take: Kib,
+    /// The capacities of the contributors so far (see [`add_contributor`]).
     capacity: i128,
 }
 
-impl tracker::AfterUpdate for LookWalk<'_> {
+/// What a look does with each domain right after its track's update (see
+/// [`Adaptive::look_in`]): note a limit to learn, gather the freeing round's contributors,
+/// mix the fingerprint. Its `after` is inlined into the tracker's walk.
+struct LookWalk<'a> {
+    options: &'a AdaptiveOptions,
+    now: f64,
+    collect: bool,
+    /// The domains with a limit to learn (by place), and whether each stalled.
+    learn: &'a mut Vec<(usize, bool)>,
+    contributors: &'a mut Vec<Contributor>,
+    who: &'a mut Vec<usize>,
+}
+
+impl tracker::AfterUpdate<LookSums> for LookWalk<'_> {
     #[inline(always)]
-    fn after(&mut self, index: usize, d: &Domain, t: &mut Track) {
+    fn after(&mut self, mut sums: LookSums, i: usize, d: &Domain, t: &mut Track) -> LookSums {
         let (options, now) = (self.options, self.now);
-        Adaptive::learn_limit(options, self.epoch, d, t, now, self.writes);
-        if self.collect {
-            let (c, w) = (&mut self.contributors, &mut self.who);
-            add_contributor(options, now, index, d, Some(t), c, w, &mut self.capacity);
-            self.could_take += could_take_of(d);
+        if let Some(stalled) = Adaptive::limit_to_learn(options.grace_s, d, t, now) {
+            self.learn.push((i, stalled));
         }
+        if self.collect {
+            let (c, w) = (&mut *self.contributors, &mut *self.who);
+            add_contributor(options, now, i, d, Some(t), c, w, &mut sums.capacity);
+            sums.could_take += could_take_of(d);
+        }
+        sums.fingerprint = fingerprint_mix(sums.fingerprint, d);
+        sums
     }
 }
 
@@ -1543,7 +1571,7 @@ fn add_contributor(
     contributors.push(Contributor {
         cap_kib,
         rate_kib_per_s: t
-            .and_then(|t| t.rate_down)
+            .and_then(|t| t.rate_down())
             .unwrap_or(options.prior_rate_kib_per_s),
     });
     who.push(index);
@@ -1561,20 +1589,23 @@ fn could_take_of(d: &Domain) -> Kib {
     ((d.target_kib + d.inaccuracy_kib).min(d.memory_max_kib) - d.memory_actual_kib).max(0)
 }
 
-/// A digest of the outside inputs: which domains exist, whether they can balloon, and their
-/// dynamic ranges.
+/// The fingerprint of no domains. A look's fingerprint is [`fingerprint_mix`] of each
+/// domain in turn from this: a digest of the outside inputs (which domains exist, whether
+/// they can balloon, and their dynamic ranges).
+const FINGERPRINT_START: u64 = 0;
+
+/// The fingerprint `h` of the domains before `d`, with `d` mixed in.
 /// A multiply-rotate mix rather than SipHash: it runs over every domain on every look, and
 /// needs to tell inputs apart, not to resist a chosen collision. Each domain is mixed on its
 /// own (its domid in it) and only a rotate and an xor chain the domains together, so that
 /// the domains' multiplications overlap instead of waiting on each other.
-fn fingerprint(host: &Host) -> u64 {
+#[inline(always)]
+fn fingerprint_mix(h: u64, d: &Domain) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mix = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(K);
-    host.domains().iter().fold(0, |h, d| {
-        let v = mix(0, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
-        let v = mix(v, d.dynamic_min_kib as u64);
-        h.rotate_left(1) ^ mix(v, d.dynamic_max_kib as u64)
-    })
+    let v = mix(0, d.domid as u64 ^ ((d.can_balloon as u64) << 63));
+    let v = mix(v, d.dynamic_min_kib as u64);
+    h.rotate_left(1) ^ mix(v, d.dynamic_max_kib as u64)
 }
 
 #[cfg(test)]
