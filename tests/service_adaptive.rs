@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::{booted_guest, config, GIB, MIB, SLUSH};
+use common::{booted_guest, config, store_target_kib, GIB, MIB, SLUSH};
 use squeeze::backend::fake::{FakeConfig, FakeHost, GuestSpec};
 use squeeze::backend::sim::Behaviour;
 use squeeze::service::{Service, ServiceConfig};
-use squeeze::{DomId, Kib, Policy};
+use squeeze::{DomId, Policy};
 
 /// A 5 GiB fake host; domain 0 holds 1 GiB.
 fn five_gib_host() -> FakeHost {
@@ -160,15 +160,6 @@ fn a_service_with_the_default_settings_runs_adaptive_and_classic_must_be_asked_f
     assert!(classic.cooperation(guest).is_none());
 }
 
-fn target_of(fake: &FakeHost, domid: DomId) -> Kib {
-    fake.snapshot()
-        .unwrap()
-        .read(&format!("/local/domain/{domid}/memory/target"))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Seen on a real Xen host: a reservation shrank two guests, was deleted, and one
 /// `balance_memory` left them small, because growing a guest just shrunk looked like a reversal
 /// inside the dwell time. A deleted reservation is an outside input: the next balance gives the
@@ -194,13 +185,13 @@ fn a_deleted_reservation_gives_the_guests_their_memory_back_at_the_next_balance(
         .reserve_memory(&session, 2 * GIB - SLUSH + 512 * MIB)
         .unwrap();
     for d in g {
-        assert!(target_of(&fake, d) <= GIB - 256 * MIB + 4, "{d}");
+        assert!(store_target_kib(&fake, d) <= GIB - 256 * MIB + 4, "{d}");
     }
     service.delete_reservation(&session, &id).unwrap();
     service.balance_memory().unwrap();
     for d in g {
         assert_eq!(
-            target_of(&fake, d),
+            store_target_kib(&fake, d),
             GIB,
             "domain {d} was not given its memory back"
         );
@@ -346,7 +337,7 @@ fn the_background_balancer_asks_the_adaptive_policy_not_squeezed_whether_to_bala
     );
     // The first balance offers it memory, finds the ceiling and withdraws the request.
     service.balance_memory().unwrap();
-    let target = target_of(&fake, guest);
+    let target = store_target_kib(&fake, guest);
     assert!(target <= GIB + MIB, "target {target} KiB");
     // A minute of background checks: the adaptive policy would write nothing, so none
     // balances (a fresh classic squeezer said "unbalanced" every time).
@@ -354,7 +345,7 @@ fn the_background_balancer_asks_the_adaptive_policy_not_squeezed_whether_to_bala
         fake.advance(1.0).unwrap();
         assert!(!service.balance_if_unbalanced().unwrap());
     }
-    assert_eq!(target_of(&fake, guest), target);
+    assert_eq!(store_target_kib(&fake, guest), target);
 }
 
 /// The store entry holding what was learnt about `domid`, if any.

@@ -127,15 +127,6 @@ fn plain_clock(fake: &FakeHost) -> Arc<dyn Clock> {
     Arc::new(fake.clone())
 }
 
-fn target_kib(fake: &FakeHost, domid: DomId) -> squeeze::Kib {
-    fake.snapshot()
-        .unwrap()
-        .read(&format!("/local/domain/{domid}/memory/target"))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn assert_never_slept_holding_the_lock(sleeps: &[Sleep]) {
     let held: Vec<_> = sleeps.iter().filter(|s| s.lock_held).collect();
     assert!(
@@ -217,7 +208,7 @@ fn another_caller_is_served_at_once_while_a_reservation_waits_for_the_scrubber()
     // The scrubber was done at 3 s; 1 GiB was there without touching the guest.
     id.unwrap();
     assert_eq!(h.fake.now_s() - h.t0, 3.0);
-    assert_eq!(target_kib(&h.fake, h.guest), 1536 * MIB);
+    assert_eq!(store_target_kib(&h.fake, h.guest), 1536 * MIB);
     let sleeps = h.probe.take();
     assert_never_slept_holding_the_lock(&sleeps);
     assert_eq!(sleeps.len(), 12, "a look every 0.25 s for 3 s: {sleeps:?}");
@@ -232,7 +223,7 @@ fn a_reservation_made_while_1_gib_is_scrubbed_does_not_shrink_the_guest() {
         // Granted once the scrubber was done, from the memory it returned: the guest's target
         // was never touched (ballooning it for 584 MiB would have taken 6 s at 100 MiB/s).
         assert_eq!(h.fake.now_s() - h.t0, 2.0, "{policy:?}");
-        assert_eq!(target_kib(&h.fake, h.guest), 1536 * MIB, "{policy:?}");
+        assert_eq!(store_target_kib(&h.fake, h.guest), 1536 * MIB, "{policy:?}");
         let d = h.service.diagnostics().unwrap();
         let decision = d.last_decision.unwrap();
         assert!(decision.target_changes.is_empty(), "{policy:?}");
@@ -263,7 +254,7 @@ fn a_scrubber_that_never_finishes_delays_a_reservation_by_scrub_wait_s_only() {
     // After 30 s (scrub_wait_s) the round decided as squeezed does after its wait: the pages
     // to scrub count as free, 1.5 GiB in all, enough without ballooning.
     assert_eq!(h.fake.now_s() - h.t0, 30.0);
-    assert_eq!(target_kib(&h.fake, h.guest), 1536 * MIB);
+    assert_eq!(store_target_kib(&h.fake, h.guest), 1536 * MIB);
     let sleeps = h.probe.take();
     assert_never_slept_holding_the_lock(&sleeps);
     assert_eq!(sleeps.len(), 120, "a look every 0.25 s for 30 s");
@@ -284,7 +275,7 @@ fn a_scrub_wait_of_0_decides_at_once() {
     let t0 = fake.now_s();
     service.reserve_memory("xl", GIB).unwrap();
     assert_eq!(fake.now_s(), t0);
-    assert_eq!(target_kib(&fake, guest), 1536 * MIB);
+    assert_eq!(store_target_kib(&fake, guest), 1536 * MIB);
 }
 
 #[test]
@@ -318,7 +309,7 @@ fn a_balance_hands_memory_back_only_once_it_is_scrubbed_and_waits_with_the_lock_
     assert_ne!(sleeps[8].seconds, 0.25, "{sleeps:?}");
     // The guest got everything up to its 2.5 GiB max: 512 MiB stays free, and the 4 KiB its
     // driver stops short of the target.
-    assert_eq!(target_kib(&fake, guest), 2560 * MIB);
+    assert_eq!(store_target_kib(&fake, guest), 2560 * MIB);
     let s = fake.snapshot().unwrap();
     assert_eq!((s.free_kib, s.scrub_kib), (512 * MIB + 4, 0));
     assert!(s.violations.is_empty(), "{:?}", s.violations);

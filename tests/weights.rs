@@ -5,7 +5,7 @@ mod common;
 
 use std::ffi::{c_void, CStr};
 
-use common::{booted_guest, setup, small_host, GIB, MIB};
+use common::{booted_guest, setup, small_host, store_target_kib, GIB, MIB};
 use squeeze::backend::fake::GuestSpec;
 use squeeze::ffi::*;
 use squeeze::service::ServiceConfig;
@@ -222,15 +222,6 @@ fn weighted_fake_host(
     (dir, fake, service, domids)
 }
 
-fn store_target(fake: &squeeze::backend::fake::FakeHost, domid: i32) -> i64 {
-    fake.snapshot()
-        .unwrap()
-        .read(&format!("/local/domain/{domid}/memory/target"))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn memory_weight_in_the_store_splits_the_surplus_1_to_3_with_either_policy() {
     for policy in [Policy::Classic, Policy::Adaptive] {
@@ -239,8 +230,12 @@ fn memory_weight_in_the_store_splits_the_surplus_1_to_3_with_either_policy() {
         service.balance_memory().unwrap();
         // 1976 MiB split 1:3: 494 MiB and 1482 MiB above the 512 MiB minimum, less the 16 KiB
         // held back for the drivers' inaccuracy (2 × 4 KiB per guest), also split 1:3.
-        assert_eq!(store_target(&fake, light), 1006 * MIB - 4, "{policy:?}");
-        assert_eq!(store_target(&fake, heavy), 1994 * MIB - 12, "{policy:?}");
+        assert_eq!(store_target_kib(&fake, light), 1006 * MIB - 4, "{policy:?}");
+        assert_eq!(
+            store_target_kib(&fake, heavy),
+            1994 * MIB - 12,
+            "{policy:?}"
+        );
         let view = service.host_view().unwrap();
         let heavy_view = view.domains.iter().find(|v| v.domid == heavy).unwrap();
         assert_eq!(heavy_view.domain.unwrap().weight.get(), 3.0);
@@ -257,8 +252,8 @@ fn a_bad_memory_weight_is_ignored_and_reported_not_obeyed() {
             weighted_fake_host(Policy::Classic, [None, Some(bad)]);
         service.balance_memory().unwrap();
         // Both weigh 1: 988 MiB each above the minimum (less 8 KiB for inaccuracy).
-        assert_eq!(store_target(&fake, light), 1500 * MIB - 8, "{bad}");
-        assert_eq!(store_target(&fake, heavy), 1500 * MIB - 8, "{bad}");
+        assert_eq!(store_target_kib(&fake, light), 1500 * MIB - 8, "{bad}");
+        assert_eq!(store_target_kib(&fake, heavy), 1500 * MIB - 8, "{bad}");
         let view = service.host_view().unwrap();
         let v = view.domains.iter().find(|v| v.domid == heavy).unwrap();
         let why = v.weight_error.as_deref().unwrap_or_default();

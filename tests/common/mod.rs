@@ -95,6 +95,16 @@ impl Books {
     }
 }
 
+/// The balloon target the store holds for `domid`, in KiB.
+pub fn store_target_kib(fake: &FakeHost, domid: DomId) -> Kib {
+    fake.snapshot()
+        .unwrap()
+        .read(&format!("/local/domain/{domid}/memory/target"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 pub fn books(s: &FakeSnapshot) -> Books {
     let alive = |d: DomId| s.domains.iter().any(|x| x.info.domid == d && !x.info.dying);
     let mut reserved = 0;
