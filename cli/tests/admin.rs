@@ -216,7 +216,7 @@ fn status_json_is_the_diagnostics_document_and_validates_against_its_schema() {
     let validator = jsonschema::validator_for(&schema).unwrap();
     let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:?}\n{text}");
-    assert_eq!(doc["schema_version"], 2);
+    assert_eq!(doc["schema_version"], 3);
     assert_eq!(doc["host"]["reserved_kib"], 13_631_488);
     // The same document the library gives a client of the same host (counters aside: they
     // are each process's own).
