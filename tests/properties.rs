@@ -505,3 +505,102 @@ fn turning_off_either_safety_mechanism_is_caught_on_random_hosts() {
         );
     }
 }
+
+/// The host of the rare counterexample above, cut down to two guests and round numbers (it
+/// turned up about once in 20 000 random cases). Guest 1 has an inverted range: dynamic-min
+/// 1 GiB, dynamic-max 0. It holds 1088 MiB and its balloon driver works for 8 s, then sleeps
+/// for 8 s, at 64 MiB/s. Guest 2 is an ideal 256 MiB/s guest with range 1..3 GiB, holding
+/// 1 GiB. Nothing is free and the slush is 0.
+fn sleepy_inverted_guest_host() -> Simulator {
+    let mut sim = Simulator::new(SimConfig {
+        free_mem_kib: 0,
+        target_host_free_mem_kib: 0,
+        free_memory_tolerance_kib: 0,
+        clock: ClockMode::FollowWait,
+        time_limit_s: Some(600.0),
+        record_trace: true,
+    });
+    let gib = 1024 * MIB;
+    sim.add_guest(
+        Domain::new(1, true, gib, 1088 * MIB, 0, 1088 * MIB, 1088 * MIB, 0),
+        Behaviour::IntermittentlyStuck {
+            rate_kib_per_s: 64 * MIB,
+            period_s: 8.0,
+        },
+    )
+    .unwrap();
+    sim.add_guest(
+        Domain::new(2, true, gib, gib, 3 * gib, gib, gib, 0),
+        Behaviour::Ideal {
+            rate_kib_per_s: 256 * MIB,
+        },
+    )
+    .unwrap();
+    // The first call starts as guest 1's driver falls asleep (8 s to 16 s).
+    for _ in 0..8 {
+        sim.advance(1.0).unwrap();
+    }
+    sim
+}
+
+/// squeezed's flaw, step by step, with the classic policy (decision for decision squeezed's):
+///
+/// - At 8 s, 64 MiB is asked for: only guest 1 can give it (1088 − 1024 MiB), so its target
+///   goes to its dynamic-min, 1024 MiB. Its driver sleeps; at 14 s (6 s without progress) it
+///   is declared inactive, and squeezed clips the maxmem of an inactive guest to
+///   min(dynamic-max, max(dynamic-min, min(target, actual))): with the range inverted that is
+///   its dynamic-max, 0. On squeezed's platform setting maxmem sets the target too. The call
+///   fails, blaming guest 1.
+/// - At 16 s the driver wakes and heads for 0: by 18 s it holds 960 MiB, 64 MiB below its
+///   dynamic-min, and 128 MiB is free.
+/// - At 18 s a balance hands out the surplus: 128 MiB free, and nothing either guest can give
+///   (guest 1 is below its dynamic-min), so guest 2 gets 128/2048 of its 2 GiB range,
+///   1152 MiB. Guest 1 gets its dynamic-min, 1024 MiB, 64 MiB more than it holds, which the
+///   surplus never counted. Both grow in the same second: guest 1 takes 64 MiB, and guest 2
+///   tries to take 128 MiB with 64 MiB left.
+#[test]
+fn squeezed_sends_a_woken_inverted_guest_back_to_its_dynamic_min_with_memory_it_has_given_away() {
+    let opts = Options::default();
+    let mut sim = sleepy_inverted_guest_host();
+    let asked = 64 * MIB;
+    let first = squeeze::change_host_free_memory(&mut sim, &opts, asked, &mut |f| f >= asked);
+    assert!(
+        matches!(first, Err(squeeze::Error::DomainsRefusedToCooperate { ref domids }) if domids == &[1]),
+        "{first:?}"
+    );
+    assert_eq!(sim.time(), 14.0);
+    let g1 = *sim.guest(1).unwrap();
+    assert_eq!(
+        (g1.target_kib, g1.memory_max_kib, g1.memory_actual_kib),
+        (0, 0, 1088 * MIB),
+        "guest 1 clipped to its dynamic-max"
+    );
+
+    // One second at a time, as the driver loop would look.
+    for _ in 0..4 {
+        sim.advance(1.0).unwrap();
+    }
+    assert_eq!(sim.guest(1).unwrap().memory_actual_kib, 960 * MIB);
+    assert_eq!(sim.free_mem_kib(), 128 * MIB);
+
+    let balanced = balance_memory(&mut sim, &opts);
+    let targets: Vec<_> = sim
+        .decisions()
+        .iter()
+        .filter(|d| d.is_target && d.time == 18.0)
+        .map(|d| (d.domid, d.kib))
+        .collect();
+    assert_eq!(targets, [(2, 1152 * MIB), (1, 1024 * MIB)]);
+    assert_eq!(
+        sim.violations()
+            .iter()
+            .map(|v| (v.time, v.domid, v.what.as_str()))
+            .collect::<Vec<_>>(),
+        [(
+            19.0,
+            2,
+            "tried to allocate 131072 KiB with only 65536 KiB free on the host"
+        )]
+    );
+    assert!(matches!(balanced, Err(squeeze::Error::Backend(_))));
+}
