@@ -14,7 +14,7 @@ mod recorder;
 
 use proptest::prelude::*;
 use recorder::{acceptable, frees, Recorder, Round};
-use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
+use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator, Violation};
 use squeeze::{
     balance_memory, free_memory_range, DomId, Domain, Fistpoints, Io, Kib, Options, Phase,
     Squeezer, Verdict,
@@ -310,10 +310,94 @@ fn worst_case_growth(sim: &Simulator, stuck: &[DomId], domids: &[DomId]) -> Kib 
         .sum()
 }
 
+/// How far the simulator's first over-allocation went past host free memory: a guest tried
+/// to allocate `asked` KiB with only `free` KiB free. `None` for any other violation.
+fn over_allocation(v: &Violation) -> Option<Kib> {
+    let words: Vec<&str> = v.what.split_whitespace().collect();
+    match words[..] {
+        ["tried", "to", "allocate", asked, "KiB", "with", "only", free, "KiB", "free", ..] => {
+            Some(asked.parse::<Kib>().ok()? - free.parse::<Kib>().ok()?)
+        }
+        _ => None,
+    }
+}
+
+/// Checks that the simulator's first violation is squeezed's one over-allocation on these
+/// hosts, and no worse than squeezed's own count allows.
+///
+/// squeezed clips the maxmem of a guest it declares inactive to
+/// min(dynamic-max, max(dynamic-min, min(target, actual))), and on its platform setting maxmem
+/// sets the target too. With an inverted range (dynamic-min above dynamic-max) that is the
+/// dynamic-max, below the dynamic-min: once the driver wakes it shrinks below its
+/// dynamic-min, and the next round that sees it active sends it back up to its dynamic-min.
+/// The surplus squeezed hands out counts only what each guest holds above dynamic-min + 2 ×
+/// inaccuracy, so that climb is memory nobody counted, and if the surplus has gone to other
+/// guests they take more than is free (found at random, about once in 20 000 cases: a guest
+/// with range 582 MiB..0 woken 6 MiB below its dynamic-min, with 2 KiB free; cut down to
+/// `squeezed_sends_a_woken_inverted_guest_back_to_its_dynamic_min_with_memory_it_has_given_away`).
+/// The classic policy keeps squeezed's decisions, so the property holds it to what squeezed
+/// guarantees: in the round whose targets the guests were following, an inverted guest below
+/// its dynamic-min was sent back up, and the guests took no more than free memory plus what
+/// squeezed left out of its count (for every guest, how far it is below dynamic-min + 2 ×
+/// inaccuracy). On a host without an inverted guest no over-allocation is allowed at all.
+fn squeezeds_inverted_range_flaw(io: &Recorder) -> Result<(), TestCaseError> {
+    check_rounds(&io.rounds)?;
+    let v = &io.sim.violations()[0];
+    let Some(excess) = over_allocation(v) else {
+        return Err(TestCaseError::fail(format!("{v:?}")));
+    };
+    let Some(r) = io.rounds.iter().rev().find(|r| !r.actions.is_empty()) else {
+        return Err(TestCaseError::fail(format!(
+            "{v:?} before any target was set"
+        )));
+    };
+    let woken_inverted = r.actions.iter().any(|a| {
+        let d = r.host.domain(a.domid).expect("actions name known domains");
+        d.dynamic_min_kib > d.dynamic_max_kib
+            && d.memory_actual_kib < d.dynamic_min_kib
+            && a.new_target_kib > d.memory_actual_kib
+    });
+    prop_assert!(
+        woken_inverted,
+        "{v:?}, and no inverted guest below its dynamic-min was sent up: {:?}",
+        r.actions
+    );
+    let uncounted: Kib = r
+        .host
+        .domains()
+        .iter()
+        .filter(|d| d.can_balloon)
+        .map(|d| (d.dynamic_min_kib + 2 * d.inaccuracy_kib - d.memory_actual_kib).max(0))
+        .sum();
+    prop_assert!(
+        excess <= uncounted,
+        "{v:?}: {excess} KiB over, but squeezed left only {uncounted} KiB out of its count"
+    );
+    Ok(())
+}
+
+/// What a request on the recorded host came to: its outcome, or squeezed's inverted-range
+/// over-allocation (see [`squeezeds_inverted_range_flaw`]), after which the simulator refuses
+/// every call and the case ends.
+enum Step<T> {
+    Done(Option<T>),
+    SqueezedsFlaw,
+}
+
+fn step<T>(io: &Recorder, r: squeeze::Result<T>) -> Result<Step<T>, TestCaseError> {
+    if io.sim.violations().is_empty() {
+        Ok(Step::Done(acceptable(r)?))
+    } else {
+        squeezeds_inverted_range_flaw(io)?;
+        Ok(Step::SqueezedsFlaw)
+    }
+}
+
 /// Frees a part of what the guests hold, reserves memory for a new domain, lets it take what it
-/// got and hands the rest back, checking on the way that the simulator's rules hold, that every
-/// round respects the two phases and that after a successful free of X, X stays free even if
-/// every guest went to target + inaccuracy.
+/// got and hands the rest back, checking on the way that the simulator's rules hold (but for
+/// squeezed's inverted-range flaw, within its bound), that every round respects the two phases
+/// and that after a successful free of X, X stays free even if every guest went to target +
+/// inaccuracy.
 fn free_reserve_and_rebalance(
     c: &Case,
     opts: Options,
@@ -336,9 +420,10 @@ fn free_reserve_and_rebalance(
     // their inaccuracy.)
     let required = io.sim.free_mem_kib() + 1 + (c.total_actual_kib() as f64 * free_frac) as Kib;
     let mut squeezer = Squeezer::new(opts);
-    let freed = acceptable(
-        squeezer.change_host_free_memory(&mut io, required, &mut |free| free >= required),
-    )?;
+    let freed = squeezer.change_host_free_memory(&mut io, required, &mut |free| free >= required);
+    let Step::Done(freed) = step(&io, freed)? else {
+        return Ok(());
+    };
     check_rounds(&io.rounds)?;
     if freed.is_some() {
         let free = io.sim.free_mem_kib();
@@ -351,20 +436,25 @@ fn free_reserve_and_rebalance(
 
     // 2. Reserve for a new domain and let it take what it was given.
     let (lo, hi) = (range.0.min(range.1) * MIB, range.0.max(range.1) * MIB);
-    if let Some(got) = acceptable(free_memory_range(&mut io, &opts, lo, hi))? {
+    let reserved = free_memory_range(&mut io, &opts, lo, hi);
+    let Step::Done(reserved) = step(&io, reserved)? else {
+        return Ok(());
+    };
+    if let Some(got) = reserved {
         prop_assert!((lo..=hi).contains(&got));
         io.sim.adjust_free_mem(-got);
     }
     check_rounds(&io.rounds)?;
 
     // 3. Hand the rest back.
-    acceptable(balance_memory(&mut io, &opts))?;
+    let balanced = balance_memory(&mut io, &opts);
+    let Step::Done(_) = step(&io, balanced)? else {
+        return Ok(());
+    };
     check_rounds(&io.rounds)?;
     // One more tick lets every guest act on its last target.
-    io.sim
-        .advance(1.0)
-        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
-    prop_assert!(io.sim.violations().is_empty(), "{:?}", io.sim.violations());
+    let last = io.sim.advance(1.0);
+    step(&io, last)?;
     Ok(())
 }
 
@@ -603,4 +693,40 @@ fn squeezed_sends_a_woken_inverted_guest_back_to_its_dynamic_min_with_memory_it_
         )]
     );
     assert!(matches!(balanced, Err(squeeze::Error::Backend(_))));
+}
+
+/// The counterexample the property found at random, shrunk to its two guests: guest 1 has
+/// the inverted range 582 MiB..0 and a driver that works and sleeps by turns of 5.1 s, guest
+/// 4 a sluggish driver. During the final balance guest 1, woken below its dynamic-min, is sent
+/// back up to it and tries to take 48 MiB (49 152 KiB) with 11 264 KiB free: squeezed's flaw,
+/// within what squeezed left out of its count, so the property now accepts it.
+#[test]
+fn the_counterexample_found_at_random_is_squeezeds_flaw_within_its_bound() {
+    let c = Case {
+        specs: vec![
+            Spec {
+                min_mib: 0,
+                range_mib: 582,
+                inverted: true,
+                actual_mib: 1057,
+                target_mib: 584,
+                maxmem_extra_mib: 0,
+                inaccuracy_kib: 0,
+                kind: Kind::IntermittentlyStuck(48 * MIB, 5.136262623023385),
+            },
+            Spec {
+                min_mib: 0,
+                range_mib: 93,
+                inverted: false,
+                actual_mib: 512,
+                target_mib: 2,
+                maxmem_extra_mib: 0,
+                inaccuracy_kib: 0,
+                kind: Kind::Sluggish(6 * MIB, 2.798735662332286),
+            },
+        ],
+        extra_free_mib: 0,
+        slush_mib: 0,
+    };
+    free_reserve_and_rebalance(&c, Options::default(), 0.0, (1081, 553)).unwrap();
 }
