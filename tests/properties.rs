@@ -778,25 +778,3 @@ fn the_counterexamples_found_at_random_are_squeezeds_flaw_within_its_bound() {
     )
     .unwrap();
 }
-
-/// The same host and the same two requests through one adaptive squeezer: it never writes
-/// maxmem behind a guest's back, so nothing raises guest 1 toward memory already handed out,
-/// and no guest ever tries to allocate more than the host has free.
-#[test]
-fn the_adaptive_squeezer_keeps_the_hosts_rule_on_the_same_host() {
-    use squeeze::adaptive::{Adaptive, AdaptiveOptions};
-    let mut sim = sleepy_inverted_guest_host();
-    let mut adaptive = Adaptive::new(AdaptiveOptions::default()).unwrap();
-    let asked = 64 * MIB;
-    let first = adaptive.change_host_free_memory(&mut sim, asked, &mut |f| f >= asked);
-    assert!(
-        matches!(first, Err(squeeze::Error::DomainsRefusedToCooperate { ref domids }) if domids == &[1]),
-        "{first:?}"
-    );
-    while sim.time() < 18.0 {
-        sim.advance(1.0).unwrap();
-    }
-    adaptive.balance_memory(&mut sim).unwrap();
-    sim.advance(1.0).unwrap();
-    assert_eq!(sim.violations(), []);
-}
