@@ -14,7 +14,7 @@ mod recorder;
 
 use proptest::prelude::*;
 use recorder::{acceptable, frees, Recorder, Round};
-use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
+use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator, Violation};
 use squeeze::{
     balance_memory, free_memory_range, DomId, Domain, Fistpoints, Io, Kib, Options, Phase,
     Squeezer, Verdict,
@@ -310,10 +310,102 @@ fn worst_case_growth(sim: &Simulator, stuck: &[DomId], domids: &[DomId]) -> Kib 
         .sum()
 }
 
+/// How far the simulator's first over-allocation went past host free memory: a guest tried
+/// to allocate `asked` KiB with only `free` KiB free. `None` for any other violation.
+fn over_allocation(v: &Violation) -> Option<Kib> {
+    let words: Vec<&str> = v.what.split_whitespace().collect();
+    match words[..] {
+        ["tried", "to", "allocate", asked, "KiB", "with", "only", free, "KiB", "free", ..] => {
+            Some(asked.parse::<Kib>().ok()? - free.parse::<Kib>().ok()?)
+        }
+        _ => None,
+    }
+}
+
+/// Checks that the simulator's first violation is squeezed's one over-allocation on these
+/// hosts, and no worse than squeezed's own count allows.
+///
+/// squeezed clips the maxmem of a guest it declares inactive to
+/// min(dynamic-max, max(dynamic-min, min(target, actual))), and on its platform setting maxmem
+/// sets the target too. With an inverted range (dynamic-min above dynamic-max) that is the
+/// dynamic-max, below the dynamic-min: once the driver wakes it shrinks below its
+/// dynamic-min, and the next round that sees it active sends it back up to its dynamic-min.
+/// The surplus squeezed hands out counts only what each guest holds above dynamic-min + 2 ×
+/// inaccuracy, so that climb is memory nobody counted, and if the surplus has gone to other
+/// guests they take more than is free (found at random, about once in 20 000 cases: a guest
+/// with range 582 MiB..0 woken 6 MiB below its dynamic-min, with 2 KiB free; cut down to
+/// `squeezed_sends_a_woken_inverted_guest_back_to_its_dynamic_min_with_memory_it_has_given_away`).
+/// The climb may also be under way when the memory runs out: a guest sent up a few rounds
+/// earlier climbs on through a freeing round that squeezed started when it saw free memory
+/// fall (found at random too, about once in 20 000 cases: a guest 2 MiB short of its
+/// dynamic-min took its last step with 1 MiB free).
+///
+/// The classic policy keeps squeezed's decisions, so the property holds it to what squeezed
+/// guarantees: at the last look before the guests moved, an inverted guest below its
+/// dynamic-min was headed back up to it, and the guests took no more than free memory plus
+/// what squeezed left out of its count at that look (for every guest, how far it was below
+/// dynamic-min + 2 × inaccuracy). On a host without an inverted guest no over-allocation is
+/// allowed at all.
+fn squeezeds_inverted_range_flaw(io: &Recorder) -> Result<(), TestCaseError> {
+    check_rounds(&io.rounds)?;
+    let v = &io.sim.violations()[0];
+    let Some(excess) = over_allocation(v) else {
+        return Err(TestCaseError::fail(format!("{v:?}")));
+    };
+    // A violation makes every later look fail, so the last round recorded is the one the
+    // guests were following.
+    let r = io.rounds.last().expect("a request looks at the host first");
+    let climbing_inverted = r.host.domains().iter().any(|d| {
+        let target = r
+            .actions
+            .iter()
+            .rfind(|a| a.domid == d.domid)
+            .map_or(d.target_kib, |a| a.new_target_kib);
+        d.dynamic_min_kib > d.dynamic_max_kib
+            && d.memory_actual_kib < d.dynamic_min_kib
+            && target > d.memory_actual_kib
+    });
+    prop_assert!(
+        climbing_inverted,
+        "{v:?}, and no inverted guest below its dynamic-min was headed up: {:?}",
+        r
+    );
+    let uncounted: Kib = r
+        .host
+        .domains()
+        .iter()
+        .filter(|d| d.can_balloon)
+        .map(|d| (d.dynamic_min_kib + 2 * d.inaccuracy_kib - d.memory_actual_kib).max(0))
+        .sum();
+    prop_assert!(
+        excess <= uncounted,
+        "{v:?}: {excess} KiB over, but squeezed left only {uncounted} KiB out of its count"
+    );
+    Ok(())
+}
+
+/// What a request on the recorded host came to: its outcome, or squeezed's inverted-range
+/// over-allocation (see [`squeezeds_inverted_range_flaw`]), after which the simulator refuses
+/// every call and the case ends.
+enum Step<T> {
+    Done(Option<T>),
+    SqueezedsFlaw,
+}
+
+fn step<T>(io: &Recorder, r: squeeze::Result<T>) -> Result<Step<T>, TestCaseError> {
+    if io.sim.violations().is_empty() {
+        Ok(Step::Done(acceptable(r)?))
+    } else {
+        squeezeds_inverted_range_flaw(io)?;
+        Ok(Step::SqueezedsFlaw)
+    }
+}
+
 /// Frees a part of what the guests hold, reserves memory for a new domain, lets it take what it
-/// got and hands the rest back, checking on the way that the simulator's rules hold, that every
-/// round respects the two phases and that after a successful free of X, X stays free even if
-/// every guest went to target + inaccuracy.
+/// got and hands the rest back, checking on the way that the simulator's rules hold (but for
+/// squeezed's inverted-range flaw, within its bound), that every round respects the two phases
+/// and that after a successful free of X, X stays free even if every guest went to target +
+/// inaccuracy.
 fn free_reserve_and_rebalance(
     c: &Case,
     opts: Options,
@@ -336,9 +428,10 @@ fn free_reserve_and_rebalance(
     // their inaccuracy.)
     let required = io.sim.free_mem_kib() + 1 + (c.total_actual_kib() as f64 * free_frac) as Kib;
     let mut squeezer = Squeezer::new(opts);
-    let freed = acceptable(
-        squeezer.change_host_free_memory(&mut io, required, &mut |free| free >= required),
-    )?;
+    let freed = squeezer.change_host_free_memory(&mut io, required, &mut |free| free >= required);
+    let Step::Done(freed) = step(&io, freed)? else {
+        return Ok(());
+    };
     check_rounds(&io.rounds)?;
     if freed.is_some() {
         let free = io.sim.free_mem_kib();
@@ -351,20 +444,25 @@ fn free_reserve_and_rebalance(
 
     // 2. Reserve for a new domain and let it take what it was given.
     let (lo, hi) = (range.0.min(range.1) * MIB, range.0.max(range.1) * MIB);
-    if let Some(got) = acceptable(free_memory_range(&mut io, &opts, lo, hi))? {
+    let reserved = free_memory_range(&mut io, &opts, lo, hi);
+    let Step::Done(reserved) = step(&io, reserved)? else {
+        return Ok(());
+    };
+    if let Some(got) = reserved {
         prop_assert!((lo..=hi).contains(&got));
         io.sim.adjust_free_mem(-got);
     }
     check_rounds(&io.rounds)?;
 
     // 3. Hand the rest back.
-    acceptable(balance_memory(&mut io, &opts))?;
+    let balanced = balance_memory(&mut io, &opts);
+    let Step::Done(_) = step(&io, balanced)? else {
+        return Ok(());
+    };
     check_rounds(&io.rounds)?;
     // One more tick lets every guest act on its last target.
-    io.sim
-        .advance(1.0)
-        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
-    prop_assert!(io.sim.violations().is_empty(), "{:?}", io.sim.violations());
+    let last = io.sim.advance(1.0);
+    step(&io, last)?;
     Ok(())
 }
 
@@ -404,7 +502,10 @@ proptest! {
 
     /// Freeing, reserving for a new domain and rebalancing never break the simulator's rules
     /// (no guest allocates beyond host free memory, no target outside the dynamic range), every
-    /// round respects the two phases, and what was freed stays free in the worst case.
+    /// round respects the two phases, and what was freed stays free in the worst case. The one
+    /// exception is squeezed's own: a guest with an inverted range, woken below its dynamic-min
+    /// after squeezed clipped it, is sent back up uncounted; that over-allocation is held to
+    /// squeezed's bound ([`squeezeds_inverted_range_flaw`]).
     #[test]
     fn requests_on_random_hosts_never_break_the_hosts_rules(
         c in any_host(),
@@ -504,4 +605,176 @@ fn turning_off_either_safety_mechanism_is_caught_on_random_hosts() {
             "without {what} no counterexample was found"
         );
     }
+}
+
+/// The host of the rare counterexample above, cut down to two guests and round numbers (it
+/// turned up about once in 20 000 random cases). Guest 1 has an inverted range: dynamic-min
+/// 1 GiB, dynamic-max 0. It holds 1088 MiB and its balloon driver works for 8 s, then sleeps
+/// for 8 s, at 64 MiB/s. Guest 2 is an ideal 256 MiB/s guest with range 1..3 GiB, holding
+/// 1 GiB. Nothing is free and the slush is 0.
+fn sleepy_inverted_guest_host() -> Simulator {
+    let mut sim = Simulator::new(SimConfig {
+        free_mem_kib: 0,
+        target_host_free_mem_kib: 0,
+        free_memory_tolerance_kib: 0,
+        clock: ClockMode::FollowWait,
+        time_limit_s: Some(600.0),
+        record_trace: true,
+    });
+    let gib = 1024 * MIB;
+    sim.add_guest(
+        Domain::new(1, true, gib, 1088 * MIB, 0, 1088 * MIB, 1088 * MIB, 0),
+        Behaviour::IntermittentlyStuck {
+            rate_kib_per_s: 64 * MIB,
+            period_s: 8.0,
+        },
+    )
+    .unwrap();
+    sim.add_guest(
+        Domain::new(2, true, gib, gib, 3 * gib, gib, gib, 0),
+        Behaviour::Ideal {
+            rate_kib_per_s: 256 * MIB,
+        },
+    )
+    .unwrap();
+    // The first call starts as guest 1's driver falls asleep (8 s to 16 s).
+    for _ in 0..8 {
+        sim.advance(1.0).unwrap();
+    }
+    sim
+}
+
+/// squeezed's flaw, step by step, with the classic policy (decision for decision squeezed's):
+///
+/// - At 8 s, 64 MiB is asked for: only guest 1 can give it (1088 − 1024 MiB), so its target
+///   goes to its dynamic-min, 1024 MiB. Its driver sleeps; at 14 s (6 s without progress) it
+///   is declared inactive, and squeezed clips the maxmem of an inactive guest to
+///   min(dynamic-max, max(dynamic-min, min(target, actual))): with the range inverted that is
+///   its dynamic-max, 0. On squeezed's platform setting maxmem sets the target too. The call
+///   fails, blaming guest 1.
+/// - At 16 s the driver wakes and heads for 0: by 18 s it holds 960 MiB, 64 MiB below its
+///   dynamic-min, and 128 MiB is free.
+/// - At 18 s a balance hands out the surplus: 128 MiB free, and nothing either guest can give
+///   (guest 1 is below its dynamic-min), so guest 2 gets 128/2048 of its 2 GiB range,
+///   1152 MiB. Guest 1 gets its dynamic-min, 1024 MiB, 64 MiB more than it holds, which the
+///   surplus never counted. Both grow in the same second: guest 1 takes 64 MiB, and guest 2
+///   tries to take 128 MiB with 64 MiB left.
+#[test]
+fn squeezed_sends_a_woken_inverted_guest_back_to_its_dynamic_min_with_memory_it_has_given_away() {
+    let opts = Options::default();
+    let mut sim = sleepy_inverted_guest_host();
+    let asked = 64 * MIB;
+    let first = squeeze::change_host_free_memory(&mut sim, &opts, asked, &mut |f| f >= asked);
+    assert!(
+        matches!(first, Err(squeeze::Error::DomainsRefusedToCooperate { ref domids }) if domids == &[1]),
+        "{first:?}"
+    );
+    assert_eq!(sim.time(), 14.0);
+    let g1 = *sim.guest(1).unwrap();
+    assert_eq!(
+        (g1.target_kib, g1.memory_max_kib, g1.memory_actual_kib),
+        (0, 0, 1088 * MIB),
+        "guest 1 clipped to its dynamic-max"
+    );
+
+    // One second at a time, as the driver loop would look.
+    for _ in 0..4 {
+        sim.advance(1.0).unwrap();
+    }
+    assert_eq!(sim.guest(1).unwrap().memory_actual_kib, 960 * MIB);
+    assert_eq!(sim.free_mem_kib(), 128 * MIB);
+
+    let balanced = balance_memory(&mut sim, &opts);
+    let targets: Vec<_> = sim
+        .decisions()
+        .iter()
+        .filter(|d| d.is_target && d.time == 18.0)
+        .map(|d| (d.domid, d.kib))
+        .collect();
+    assert_eq!(targets, [(2, 1152 * MIB), (1, 1024 * MIB)]);
+    assert_eq!(
+        sim.violations()
+            .iter()
+            .map(|v| (v.time, v.domid, v.what.as_str()))
+            .collect::<Vec<_>>(),
+        [(
+            19.0,
+            2,
+            "tried to allocate 131072 KiB with only 65536 KiB free on the host"
+        )]
+    );
+    assert!(matches!(balanced, Err(squeeze::Error::Backend(_))));
+}
+
+/// The two counterexamples the property found at random, shrunk (each failed the property
+/// before it knew squeezed's flaw):
+///
+/// - Guest 1 has the inverted range 582 MiB..0 and a driver that works and sleeps by turns of
+///   5.1 s; guest 4 has a sluggish driver. In the final balance guest 1, woken below its
+///   dynamic-min, is sent back up to it and tries to take 48 MiB (49 152 KiB) with 11 264 KiB
+///   free.
+/// - Guest 1 has the inverted range 1191..194 MiB and works and sleeps by turns of 4.6 s;
+///   guest 4 is stuck, guest 7 ideal. In the final balance guest 1, sent up from 673 MiB to
+///   its dynamic-min of 1191 MiB, climbs on through a freeing round and takes its last step,
+///   2048 KiB, with 1024 KiB free.
+///
+/// Both are squeezed's flaw within its bound, which the property now accepts.
+#[test]
+fn the_counterexamples_found_at_random_are_squeezeds_flaw_within_its_bound() {
+    let spec = |min_mib, range_mib, inverted, actual_mib, target_mib, kind| Spec {
+        min_mib,
+        range_mib,
+        inverted,
+        actual_mib,
+        target_mib,
+        maxmem_extra_mib: 0,
+        inaccuracy_kib: 0,
+        kind,
+    };
+    let woken_then_sent_up = Case {
+        specs: vec![
+            spec(
+                0,
+                582,
+                true,
+                1057,
+                584,
+                Kind::IntermittentlyStuck(48 * MIB, 5.136262623023385),
+            ),
+            spec(
+                0,
+                93,
+                false,
+                512,
+                2,
+                Kind::Sluggish(6 * MIB, 2.798735662332286),
+            ),
+        ],
+        extra_free_mib: 0,
+        slush_mib: 0,
+    };
+    free_reserve_and_rebalance(&woken_then_sent_up, Options::default(), 0.0, (1081, 553)).unwrap();
+    let climbing_through_a_freeing_round = Case {
+        specs: vec![
+            spec(
+                194,
+                997,
+                true,
+                1619,
+                1193,
+                Kind::IntermittentlyStuck(86 * MIB, 4.569954053195811),
+            ),
+            spec(1602, 48, false, 1957, 1604, Kind::Stuck),
+            spec(133, 1800, false, 2392, 135, Kind::Ideal(61 * MIB)),
+        ],
+        extra_free_mib: 248,
+        slush_mib: 86,
+    };
+    free_reserve_and_rebalance(
+        &climbing_through_a_freeing_round,
+        Options::default(),
+        0.2084749968277796,
+        (1136, 0),
+    )
+    .unwrap();
 }
