@@ -631,7 +631,7 @@ impl Adaptive {
                 // larger request (a driver just short of its target would be asked for
                 // more, and in a freeing round that is memory promised twice).
                 let retract = (actual + probe)
-                    .min(d.dynamic_max_kib)
+                    .min(top_of_range(d))
                     .min(d.memory_max_kib.max(actual))
                     .min(d.target_kib);
                 debug!(
@@ -850,7 +850,8 @@ impl Adaptive {
             } else {
                 0
             };
-            let desired = (d.memory_actual_kib - ask).min(d.dynamic_max_kib);
+            // An inverted range is the single point dynamic-min (see `top_of_range`).
+            let desired = (d.memory_actual_kib - ask).min(top_of_range(d));
             let growing = d.target_kib > d.memory_actual_kib + d.inaccuracy_kib;
             // No target is ever set above what a domain holds while memory is being freed.
             // A driver still on its way down keeps its target unless the plan moved by more
@@ -928,13 +929,16 @@ impl Adaptive {
             .filter(|d| d.can_balloon)
             .map(|d| {
                 let mut e = *d;
+                // An inverted range is the single point dynamic-min: the policy's share for
+                // it is that point, and so is the deadband's range (0).
+                e.dynamic_max_kib = top_of_range(d);
                 let mut is_limited = false;
                 if let Some(t) = self.tracker.get(d.domid) {
                     if t.pinned().is_some() || t.lagging(now, self.options.grace_s) {
                         // Neither give it memory nor count on it to free any.
                         let pinned = d
                             .memory_actual_kib
-                            .clamp(e.dynamic_min_kib, e.dynamic_max_kib.max(e.dynamic_min_kib));
+                            .clamp(e.dynamic_min_kib, e.dynamic_max_kib);
                         e.dynamic_min_kib = pinned;
                         e.dynamic_max_kib = pinned;
                         is_limited = true;
@@ -1466,6 +1470,16 @@ fn deadband_of(deadband_kib: Kib, d: &Domain) -> Kib {
     deadband_kib
         .min(d.range_kib() / 64)
         .max(2 * d.inaccuracy_kib)
+}
+
+/// The highest target the adaptive policy sets on `d`: its dynamic-max, or its dynamic-min
+/// when the range is inverted (dynamic-min above dynamic-max, as a toolstack writing the two
+/// keys one at a time can leave them for a while). Such a range is taken as the single point
+/// dynamic-min, what the guest must have, until it is sane again: the guest is neither taken
+/// below it (the freeing plan asks only for what it holds above dynamic-min) nor given more.
+#[inline(always)]
+fn top_of_range(d: &Domain) -> Kib {
+    d.dynamic_max_kib.max(d.dynamic_min_kib)
 }
 
 /// Puts `d`'s new target in the plan `writes`, and logs it if it changes (the caller notes it
