@@ -2,10 +2,11 @@
 //! keeps (targets inside the dynamic range, two-phase safety, the simulator's safety checks)
 //! and, with nothing changing outside, a state where it writes nothing more.
 //!
-//! Hosts have 1 to 12 guests of up to a few GiB with random ranges, targets, actuals,
-//! inaccuracies and balloon behaviours (ideal, hidden floor or ceiling, stuck, stalling,
-//! sluggish, trickling, no driver). Case counts are kept small: each case runs minutes of
-//! simulated time through one long-lived [`Adaptive`].
+//! Hosts have 1 to 12 guests of up to a few GiB with random ranges (one in ten inverted:
+//! dynamic-min above dynamic-max), targets, actuals, inaccuracies and balloon behaviours
+//! (ideal, hidden floor or ceiling, stuck, stalling, sluggish, trickling, no driver). Case
+//! counts are kept small: each case runs minutes of simulated time through one long-lived
+//! [`Adaptive`].
 
 #[path = "support/recorder.rs"]
 mod recorder;
@@ -66,6 +67,9 @@ fn kind() -> impl Strategy<Value = Kind> {
 struct Spec {
     min_mib: Kib,
     range_mib: Kib,
+    /// dynamic-min above dynamic-max (the two bounds swapped): a range a toolstack writing
+    /// the two keys one at a time leaves for a while, or a misconfigured guest for good.
+    inverted: bool,
     actual: f64,
     target: f64,
     maxmem_extra_mib: Kib,
@@ -77,6 +81,7 @@ fn spec(kinds: BoxedStrategy<Kind>, sane: bool) -> impl Strategy<Value = Spec> {
     (
         0..=2048 as Kib,
         0..=2048 as Kib,
+        prop::bool::weighted(if sane { 0.0 } else { 0.1 }),
         0.0..1.0f64,
         0.0..1.0f64,
         0..=256 as Kib,
@@ -88,9 +93,10 @@ fn spec(kinds: BoxedStrategy<Kind>, sane: bool) -> impl Strategy<Value = Spec> {
         kinds,
     )
         .prop_map(
-            |(min_mib, range_mib, actual, target, extra, inacc, kind)| Spec {
+            |(min_mib, range_mib, inverted, actual, target, extra, inacc, kind)| Spec {
                 min_mib,
                 range_mib,
+                inverted,
                 actual,
                 target,
                 maxmem_extra_mib: extra,
@@ -101,11 +107,19 @@ fn spec(kinds: BoxedStrategy<Kind>, sane: bool) -> impl Strategy<Value = Spec> {
 }
 
 fn guest(domid: DomId, s: &Spec) -> (Domain, Behaviour) {
-    let (min, max) = (s.min_mib * MIB, (s.min_mib + s.range_mib) * MIB);
+    let (lo, hi) = (s.min_mib * MIB, (s.min_mib + s.range_mib) * MIB);
     // Every guest holds, and is headed for, something inside its range, 2 MiB above its
     // dynamic-min at least (more than twice the largest inaccuracy, which the policy holds back).
-    let floor = (min + 2 * MIB).min(max);
-    let at = |f: f64| floor + ((max - floor) as f64 * f) as Kib;
+    // An inverted guest's range is hi..lo; it holds between its dynamic-min (hi) + 2 MiB and
+    // as much again as the range was wide, as a guest does whose range was just moved down
+    // past what it holds.
+    let (min, max, top) = if s.inverted {
+        (hi, lo, hi + (hi - lo))
+    } else {
+        (lo, hi, hi)
+    };
+    let floor = (min + 2 * MIB).min(top);
+    let at = |f: f64| floor + ((top - floor) as f64 * f) as Kib;
     let actual = at(s.actual);
     let target = if matches!(s.kind, Kind::NoBalloonDriver) {
         actual
@@ -207,7 +221,8 @@ impl Case {
     }
 }
 
-/// Targets inside the dynamic range, set only on guests with a balloon driver; and two-phase
+/// Targets inside the dynamic range (the single point dynamic-min when the range is inverted),
+/// set only on guests with a balloon driver; and two-phase
 /// safety: a round that sets a freeing target gives no guest more memory to take (every other
 /// target it sets is no higher than the one it replaces).
 fn check_rounds(rounds: &[Round]) -> Result<(), TestCaseError> {
@@ -222,9 +237,10 @@ fn check_rounds(rounds: &[Round]) -> Result<(), TestCaseError> {
                 d.can_balloon,
                 "round {i}: target set on {a:?} without a driver"
             );
+            let top = d.dynamic_max_kib.max(d.dynamic_min_kib);
             prop_assert!(
-                (d.dynamic_min_kib..=d.dynamic_max_kib).contains(&a.new_target_kib),
-                "round {i}: {a:?} outside {}..={}",
+                (d.dynamic_min_kib..=top).contains(&a.new_target_kib),
+                "round {i}: {a:?} outside {}..={top} (dynamic-max {})",
                 d.dynamic_min_kib,
                 d.dynamic_max_kib
             );
