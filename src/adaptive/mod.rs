@@ -23,7 +23,9 @@
 //!   so that when the limit lifts the squeezer notices and forgets it.
 //!
 //! The invariants of the classic squeezer hold: targets stay inside each domain's dynamic
-//! range, and no target is raised while memory is being freed.
+//! range, and no target is raised while memory is being freed. An inverted range (dynamic-min
+//! above dynamic-max) is read as the single point dynamic-min until it is sane again: squeezed
+//! caps a freeing target at dynamic-max there, below what the guest must have.
 
 pub mod plan;
 pub mod tracker;
