@@ -83,3 +83,52 @@ fn an_inverted_guest_is_never_asked_below_its_dynamic_min() {
     assert_eq!(sim.free_mem_kib(), 0);
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }
+
+/// Guest 1 has dynamic-min 1 GiB and dynamic-max 0, holds 960 MiB with a target of 1 GiB,
+/// and its driver cannot grow (a hidden ceiling where it is); guest 2 is an ideal 256 MiB/s
+/// guest of range 1..3 GiB holding 1 GiB. The 64 MiB guest 1 is growing into are free, and
+/// the slush is 0. Balances every 10 s for a minute: the first gives guest 2 the 64 MiB
+/// (1 GiB + 64/2048 of its 2 GiB range = 1088 MiB; a guest below its dynamic-min is not
+/// counted as growing, as in squeezed). After the 5 s grace guest 1 is taken to be at a
+/// ceiling and its request is withdrawn to what it holds and a 256 KiB probe, 960.25 MiB: not
+/// to its dynamic-max of 0, which would take the 960 MiB it holds and its dynamic-min needs.
+#[test]
+fn an_inverted_guest_that_cannot_grow_is_not_sent_to_its_dynamic_max() {
+    let mut sim = Simulator::new(SimConfig {
+        free_mem_kib: 64 * MIB,
+        target_host_free_mem_kib: 0,
+        free_memory_tolerance_kib: 0,
+        clock: ClockMode::FollowWait,
+        time_limit_s: Some(600.0),
+        record_trace: true,
+    });
+    sim.add_guest(
+        Domain::new(1, true, GIB, GIB, 0, 960 * MIB, GIB, 0),
+        Behaviour::HiddenCeiling {
+            rate_kib_per_s: 64 * MIB,
+            ceiling_kib: 960 * MIB,
+        },
+    )
+    .unwrap();
+    sim.add_guest(
+        Domain::new(2, true, GIB, GIB, 3 * GIB, GIB, 3 * GIB, 0),
+        Behaviour::Ideal {
+            rate_kib_per_s: 256 * MIB,
+        },
+    )
+    .unwrap();
+    let mut a = Adaptive::new(Default::default()).unwrap();
+    while sim.time() < 60.0 {
+        if sim.time() % 10.0 == 0.0 {
+            a.balance_memory(&mut sim).unwrap();
+        }
+        sim.advance(1.0).unwrap();
+    }
+    assert_eq!(targets_of(&sim, 1), [960 * MIB + 256]);
+    assert_eq!(targets_of(&sim, 2), [GIB + 256, 1088 * MIB]);
+    let host = sim.make_host().unwrap();
+    let held: Vec<Kib> = host.domains().iter().map(|d| d.memory_actual_kib).collect();
+    assert_eq!(held, [960 * MIB, 1088 * MIB]);
+    assert_eq!(sim.free_mem_kib(), 0);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}
