@@ -175,10 +175,9 @@ xl list
 check "preload xl creates it, guests shrink within their ranges" $? \
   "exit $rc in $took s; guests $m1 + $m2 MiB (range 128..256), free after $free1 MiB (slush $SLUSH_MIB)"
 # A look taken while the new domain is built must not have the daemon shrink the guests for
-# memory counted twice (docs/xen-real.md, "Over-freeing during a create"). Reported as a known
-# problem until runs have shown the fix to hold on this host.
+# memory counted twice (docs/xen-real.md, "Over-freeing during a create").
 [ "$free1" -le $((SLUSH_MIB + 32)) ]
-known_issue "preload xl takes no more from the guests than the VM needs" $? \
+check "preload xl takes no more from the guests than the VM needs" $? \
   "free after $free1 MiB, at most slush $SLUSH_MIB + 32 MiB; guests $m1 + $m2 MiB"
 daemon_log_since "$mark"
 
@@ -226,7 +225,7 @@ if [ -x "$PATCHED_XL" ]; then
   check "patched xl creates it, guests shrink within their ranges" $? \
     "exit $rc in $took s; domain ${dn:-none} holds reservation ${rid:-none}; guests $m1 + $m2 MiB (range 128..256), free after $free1 MiB (slush $SLUSH_MIB)"
   [ "$free1" -le $((SLUSH_MIB + 32)) ]
-  known_issue "patched xl takes no more from the guests than the VM needs" $? \
+  check "patched xl takes no more from the guests than the VM needs" $? \
     "free after $free1 MiB, at most slush $SLUSH_MIB + 32 MiB; guests $m1 + $m2 MiB"
   daemon_log_since "$mark"
   t0=$(now)
