@@ -3,7 +3,7 @@
 //! simulated host.
 
 use squeeze::adaptive::plan::{finish_time, Contributor};
-use squeeze::adaptive::Adaptive;
+use squeeze::adaptive::{Adaptive, AdaptiveOptions};
 use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
 use squeeze::{balance_memory, change_host_free_memory, Domain, Error, Io, Kib, Options};
 
@@ -728,5 +728,95 @@ fn a_background_balancer_that_balances_only_when_asked_to_still_hands_freed_memo
     let g2 = sim.guest(2).unwrap();
     assert!((g2.memory_actual_kib - 3 * GIB).abs() <= 16, "{g2:?}");
     assert_eq!(sim.trace_summary().total_reversals(), 0);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}
+
+/// Seven guests found by the static-input property (all with dynamic-min 0 and no
+/// inaccuracy), 1682 MiB free beyond what guests 1 and 19 are still growing into, a 31 MiB
+/// slush. Guest 13 is sluggish: 16 MiB/s, but each new target sets it moving only 3.1 s
+/// later. Balancing every 10 s gives it first a probe and then its share, 664 652 KiB
+/// (649 MiB), in two writes 2 s apart while the others shrink; the second one restarted its
+/// delay, so 5 s (the grace period) after the first it had not moved, was judged unable to
+/// grow and its request was withdrawn to a probe above what it held. Its share then went to
+/// guests 1 and 19; once it crept up the probe it was believed again, and 70 s later (the
+/// 60 s dwell after which a flow may reverse, rounded up to a balance) guests 4, 7 and 10 were
+/// cut by 35 to 44 MiB each (113 MiB in all) for it, then given it back 70 s later while
+/// guests 1 and 19 gave theirs up, and so on for ever: a write every 70 s, from 80 s to the
+/// end, while guest 13 grew by 256 KiB (a probe) a cycle. Now it is given nothing more until
+/// it moves, and gets its share in the first balance.
+#[test]
+fn a_sluggish_guest_rewritten_before_it_starts_does_not_swing_memory_between_the_others() {
+    let mut sim = Simulator::new(SimConfig {
+        free_mem_kib: 2_775_394,
+        target_host_free_mem_kib: 31 * MIB,
+        free_memory_tolerance_kib: 0,
+        clock: ClockMode::FollowWait,
+        time_limit_s: Some(7200.0),
+        record_trace: false,
+    });
+    let sluggish = |mib_per_s: Kib, delay_s| Behaviour::Sluggish {
+        rate_kib_per_s: mib_per_s * MIB,
+        delay_s,
+    };
+    // (domid, target, dynamic-max, actual, maxmem, behaviour), KiB.
+    let guests = [
+        (1, 1_038_701, 1_085_440, 2_048, 1_038_701, ideal(17)),
+        (4, 2_048, 1_820_672, 1_294_258, 1_294_258, sluggish(27, 0.0)),
+        (7, 2_048, 1_454_080, 2_048, 2_048, ideal(18)),
+        (10, 2_048, 1_433_600, 2_048, 2_048, ideal(16)),
+        (
+            13,
+            2_048,
+            1_000_448,
+            508_857,
+            508_857,
+            sluggish(16, 3.115_653_497_841_750_5),
+        ),
+        (
+            16,
+            2_048,
+            1_731_584,
+            463_032,
+            463_032,
+            Behaviour::HiddenCeiling {
+                rate_kib_per_s: 16 * MIB,
+                ceiling_kib: 463_032,
+            },
+        ),
+        (
+            19,
+            314_251,
+            506_880,
+            297_878,
+            314_251,
+            sluggish(16, 1.493_685_190_250_128_7),
+        ),
+    ];
+    for (domid, target, max, actual, maxmem, b) in guests {
+        let d = Domain::new(domid, true, 0, target, max, actual, maxmem, 0);
+        sim.add_guest(d, b).unwrap();
+    }
+    let mut a = Adaptive::new(AdaptiveOptions::default()).unwrap();
+    // The times of the balances that wrote a target.
+    let mut wrote_at: Vec<f64> = Vec::new();
+    balance_every_10s(&mut sim, 900.0, &mut |sim| {
+        let (at, before) = (sim.time(), sim.counters().target_changes);
+        a.balance_memory(sim).unwrap();
+        if sim.counters().target_changes > before {
+            wrote_at.push(at);
+        }
+    });
+    // The balance at 70 s gives guest 19 the growth the 60 s dwell held back after the first
+    // balance lowered it; nothing is written after that.
+    assert_eq!(
+        wrote_at,
+        [0.0, 70.0],
+        "balances writing targets on a static host"
+    );
+    // Guest 13 is honest, only late: it gets its whole share and keeps it.
+    let d = sim.make_host().unwrap();
+    let g13 = d.domain(13).unwrap();
+    assert_eq!(g13.target_kib, 664_652);
+    assert_eq!(g13.memory_actual_kib, 664_652);
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }
