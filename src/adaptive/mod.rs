@@ -1176,12 +1176,22 @@ impl Adaptive {
 
     /// Whether setting `d`'s target to `target_kib` would reverse the flow of its memory (grow
     /// after being asked to shrink, or the other way round) too soon after the last write, with
-    /// no outside change in between. Easing off a request (a higher target that is still below
-    /// what the domain holds) reverses nothing.
+    /// no outside change in between. Easing off a request (a target between what the domain
+    /// holds and the target in force: a higher one still below, or a lower one still above)
+    /// reverses nothing. The lower one must never wait: a round that cuts a growth request
+    /// back to the domain's share hands the difference to the others at once.
     fn dwell_blocks(&self, d: &Domain, target_kib: Kib, now: f64) -> bool {
         let Some(t) = self.tracker.get(d.domid) else {
             return false;
         };
+        let (near, far) = if d.target_kib < d.memory_actual_kib {
+            (d.target_kib, d.memory_actual_kib)
+        } else {
+            (d.memory_actual_kib, d.target_kib)
+        };
+        if (near..=far).contains(&target_kib) {
+            return false;
+        }
         let flow = match direction_of_actual(d.inaccuracy_kib, d.memory_actual_kib, target_kib) {
             Some(Direction::Down) => -1,
             Some(Direction::Up) => 1,
