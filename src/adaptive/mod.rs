@@ -703,15 +703,22 @@ impl Adaptive {
     /// it holds: a guest at a hidden ceiling then shows it before a target overshoots the
     /// ceiling by more than the probe the withdrawal would leave, so no target is ever taken
     /// back. A guest that follows is given its whole share in the next round.
+    ///
+    /// A guest that has fallen behind the growth it was asked for (it has not moved at the
+    /// minimum rate since) is given no more until it moves: a driver that reacts late
+    /// may start its delay again at every new target, and one rewritten before it starts
+    /// would be judged unable to grow and have its request withdrawn, again at every
+    /// balance, with its share swinging between the other guests.
     fn cautious(&self, d: &Domain, target_kib: Kib) -> Kib {
-        let proven = self
-            .tracker
-            .get(d.domid)
-            .is_none_or(|t| t.proven_up(&self.options.judge()));
-        if proven {
+        let track = self.tracker.get(d.domid);
+        let proven = track.is_none_or(|t| t.proven_up(&self.options.judge()));
+        let behind = d.target_kib > d.memory_actual_kib + 2 * d.inaccuracy_kib;
+        let lags = track.is_some_and(|t| t.short_since().is_some());
+        if proven && !(behind && lags) {
             target_kib
-        } else if d.target_kib > d.memory_actual_kib + 2 * d.inaccuracy_kib {
-            // Still short of the probe it was given: nothing more until it gets there.
+        } else if behind {
+            // Still short of what it was given: nothing more until it gets there (a guest
+            // not yet seen to grow) or moves toward it (one that lags).
             target_kib.min(d.target_kib)
         } else {
             target_kib.min((d.memory_actual_kib + self.options.probe_kib).max(d.target_kib))
@@ -1169,12 +1176,22 @@ impl Adaptive {
 
     /// Whether setting `d`'s target to `target_kib` would reverse the flow of its memory (grow
     /// after being asked to shrink, or the other way round) too soon after the last write, with
-    /// no outside change in between. Easing off a request (a higher target that is still below
-    /// what the domain holds) reverses nothing.
+    /// no outside change in between. Easing off a request (a target between what the domain
+    /// holds and the target in force: a higher one still below, or a lower one still above)
+    /// reverses nothing. The lower one must never wait: a round that cuts a growth request
+    /// back to the domain's share hands the difference to the others at once.
     fn dwell_blocks(&self, d: &Domain, target_kib: Kib, now: f64) -> bool {
         let Some(t) = self.tracker.get(d.domid) else {
             return false;
         };
+        let (near, far) = if d.target_kib < d.memory_actual_kib {
+            (d.target_kib, d.memory_actual_kib)
+        } else {
+            (d.memory_actual_kib, d.target_kib)
+        };
+        if (near..=far).contains(&target_kib) {
+            return false;
+        }
         let flow = match direction_of_actual(d.inaccuracy_kib, d.memory_actual_kib, target_kib) {
             Some(Direction::Down) => -1,
             Some(Direction::Up) => 1,

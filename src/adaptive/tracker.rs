@@ -959,7 +959,11 @@ fn asked<const DOWN: bool, const LIMITS: bool, const N: bool>(
         } else {
             target - actual > inaccuracy
         };
-        if !DOWN && !still_asked {
+        // Grown to its target as far as the squeezer judges it (`cautious` then counts the
+        // request met): within twice the inaccuracy, as a real host rounds to whole pages.
+        // By the inaccuracy alone, a driver the look catches just short would be asked for
+        // probe after probe and never be believed.
+        if !DOWN && target - actual <= 2 * inaccuracy {
             t.grew = true;
         }
         let r = if has & bit == 0 {
