@@ -22,6 +22,19 @@ fn host(free: Kib, time_limit_s: f64) -> Simulator {
     })
 }
 
+/// A host of the kind the properties find: `free_mem_kib` free, a slush of `slush_kib`, no
+/// tolerance, simulated time following the waits up to two hours, no trace.
+fn found_host(free_mem_kib: Kib, slush_kib: Kib) -> Simulator {
+    Simulator::new(SimConfig {
+        free_mem_kib,
+        target_host_free_mem_kib: slush_kib,
+        free_memory_tolerance_kib: 0,
+        clock: ClockMode::FollowWait,
+        time_limit_s: Some(7200.0),
+        record_trace: false,
+    })
+}
+
 fn ideal(mib_per_s: Kib) -> Behaviour {
     Behaviour::Ideal {
         rate_kib_per_s: mib_per_s * MIB,
@@ -746,14 +759,7 @@ fn a_background_balancer_that_balances_only_when_asked_to_still_hands_freed_memo
 /// it moves, and gets its share in the first balance.
 #[test]
 fn a_sluggish_guest_rewritten_before_it_starts_does_not_swing_memory_between_the_others() {
-    let mut sim = Simulator::new(SimConfig {
-        free_mem_kib: 2_775_394,
-        target_host_free_mem_kib: 31 * MIB,
-        free_memory_tolerance_kib: 0,
-        clock: ClockMode::FollowWait,
-        time_limit_s: Some(7200.0),
-        record_trace: false,
-    });
+    let mut sim = found_host(2_775_394, 31 * MIB);
     let sluggish = |mib_per_s: Kib, delay_s| Behaviour::Sluggish {
         rate_kib_per_s: mib_per_s * MIB,
         delay_s,
@@ -832,14 +838,7 @@ fn a_sluggish_guest_rewritten_before_it_starts_does_not_swing_memory_between_the
 /// everything free but twice the inaccuracy, 564 520 + 412 672 - 32 = 977 160 KiB.
 #[test]
 fn a_sluggish_guest_caught_just_short_of_its_probe_is_believed_and_given_its_share() {
-    let mut sim = Simulator::new(SimConfig {
-        free_mem_kib: 412_672,
-        target_host_free_mem_kib: 0,
-        free_memory_tolerance_kib: 0,
-        clock: ClockMode::FollowWait,
-        time_limit_s: Some(7200.0),
-        record_trace: false,
-    });
+    let mut sim = found_host(412_672, 0);
     let guest = Domain::new(1, true, 0, 2_048, 971 * MIB, 564_520, 564_520, 16);
     let sluggish = Behaviour::Sluggish {
         rate_kib_per_s: 25 * MIB,
@@ -879,14 +878,7 @@ fn a_sluggish_guest_caught_just_short_of_its_probe_is_believed_and_given_its_sha
 /// never held.
 #[test]
 fn a_second_cut_of_a_growth_request_is_not_held_by_the_dwell() {
-    let mut sim = Simulator::new(SimConfig {
-        free_mem_kib: 1_093_210,
-        target_host_free_mem_kib: 0,
-        free_memory_tolerance_kib: 0,
-        clock: ClockMode::FollowWait,
-        time_limit_s: Some(7200.0),
-        record_trace: false,
-    });
+    let mut sim = found_host(1_093_210, 0);
     let sluggish = |mib_per_s: Kib, delay_s| Behaviour::Sluggish {
         rate_kib_per_s: mib_per_s * MIB,
         delay_s,

@@ -4,44 +4,16 @@
 //! treats such a range as the single point dynamic-min: the guest is never asked to go below
 //! it nor given more, and gives a freeing request only what it holds above it.
 
+#[path = "support/inverted_host.rs"]
+mod inverted_host;
+
+use inverted_host::sleepy_inverted_guest_host;
 use squeeze::adaptive::Adaptive;
 use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
 use squeeze::{DomId, Domain, Error, Io, Kib};
 
 const MIB: Kib = 1024;
 const GIB: Kib = 1024 * MIB;
-
-/// The host of squeezed's inverted-range flaw (`tests/properties.rs`): guest 1 has dynamic-min
-/// 1 GiB and dynamic-max 0, holds 1088 MiB, and its driver works for 8 s, then sleeps for 8 s,
-/// at 64 MiB/s; guest 2 is an ideal 256 MiB/s guest of range 1..3 GiB holding 1 GiB. Nothing
-/// is free and the slush is 0. The clock stands at 8 s, as guest 1's driver falls asleep.
-fn sleepy_inverted_guest_host() -> Simulator {
-    let mut sim = Simulator::new(SimConfig {
-        free_mem_kib: 0,
-        target_host_free_mem_kib: 0,
-        free_memory_tolerance_kib: 0,
-        clock: ClockMode::FollowWait,
-        time_limit_s: Some(600.0),
-        record_trace: true,
-    });
-    sim.add_guest(
-        Domain::new(1, true, GIB, 1088 * MIB, 0, 1088 * MIB, 1088 * MIB, 0),
-        Behaviour::IntermittentlyStuck {
-            rate_kib_per_s: 64 * MIB,
-            period_s: 8.0,
-        },
-    )
-    .unwrap();
-    sim.add_guest(
-        Domain::new(2, true, GIB, GIB, 3 * GIB, GIB, GIB, 0),
-        Behaviour::Ideal {
-            rate_kib_per_s: 256 * MIB,
-        },
-    )
-    .unwrap();
-    sim.advance(8.0).unwrap();
-    sim
-}
 
 /// The targets written on `domid`, in order.
 fn targets_of(sim: &Simulator, domid: DomId) -> Vec<Kib> {

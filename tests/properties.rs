@@ -9,9 +9,12 @@
 //! whole run takes at most a few hundred simulated seconds; the clock follows the driver's 1 s
 //! waits.
 
+#[path = "support/inverted_host.rs"]
+mod inverted_host;
 #[path = "support/recorder.rs"]
 mod recorder;
 
+use inverted_host::sleepy_inverted_guest_host;
 use proptest::prelude::*;
 use recorder::{acceptable, frees, Recorder, Round};
 use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator, Violation};
@@ -605,43 +608,6 @@ fn turning_off_either_safety_mechanism_is_caught_on_random_hosts() {
             "without {what} no counterexample was found"
         );
     }
-}
-
-/// The host of the rare counterexample above, cut down to two guests and round numbers (it
-/// turned up about once in 20 000 random cases). Guest 1 has an inverted range: dynamic-min
-/// 1 GiB, dynamic-max 0. It holds 1088 MiB and its balloon driver works for 8 s, then sleeps
-/// for 8 s, at 64 MiB/s. Guest 2 is an ideal 256 MiB/s guest with range 1..3 GiB, holding
-/// 1 GiB. Nothing is free and the slush is 0.
-fn sleepy_inverted_guest_host() -> Simulator {
-    let mut sim = Simulator::new(SimConfig {
-        free_mem_kib: 0,
-        target_host_free_mem_kib: 0,
-        free_memory_tolerance_kib: 0,
-        clock: ClockMode::FollowWait,
-        time_limit_s: Some(600.0),
-        record_trace: true,
-    });
-    let gib = 1024 * MIB;
-    sim.add_guest(
-        Domain::new(1, true, gib, 1088 * MIB, 0, 1088 * MIB, 1088 * MIB, 0),
-        Behaviour::IntermittentlyStuck {
-            rate_kib_per_s: 64 * MIB,
-            period_s: 8.0,
-        },
-    )
-    .unwrap();
-    sim.add_guest(
-        Domain::new(2, true, gib, gib, 3 * gib, gib, gib, 0),
-        Behaviour::Ideal {
-            rate_kib_per_s: 256 * MIB,
-        },
-    )
-    .unwrap();
-    // The first call starts as guest 1's driver falls asleep (8 s to 16 s).
-    for _ in 0..8 {
-        sim.advance(1.0).unwrap();
-    }
-    sim
 }
 
 /// squeezed's flaw, step by step, with the classic policy (decision for decision squeezed's):
