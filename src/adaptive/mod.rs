@@ -520,10 +520,9 @@ impl Adaptive {
         // The few domains with a limit to learn: learnt once the walk has told the input
         // epoch their writes are made in.
         let mut learn = Vec::new();
-        // The contributors' vectors are the walk's own while it runs (not reached through
-        // the squeezer), so that their lengths stay in registers.
-        let mut contributors = std::mem::take(&mut self.scratch.contributors);
-        let mut who = std::mem::take(&mut self.scratch.who);
+        let Scratch {
+            contributors, who, ..
+        } = &mut self.scratch;
         contributors.clear();
         who.clear();
         // The fingerprint is mixed in the tracker's walk, each domain right after its update,
@@ -538,8 +537,8 @@ impl Adaptive {
             now,
             collect,
             learn: &mut learn,
-            contributors: &mut contributors,
-            who: &mut who,
+            contributors,
+            who,
         };
         let sums = self
             .tracker
@@ -561,8 +560,6 @@ impl Adaptive {
             }
         }
         self.scratch.collected = gathered.then_some((sums.could_take, sums.capacity));
-        self.scratch.contributors = contributors;
-        self.scratch.who = who;
         writes
     }
 
@@ -660,7 +657,7 @@ impl Adaptive {
         now: f64,
         reason: &str,
     ) {
-        self.plan_write_at(usize::MAX, writes, d, target_kib, now, reason);
+        self.plan_write_logged(log::Level::Info, writes, d, target_kib, now, reason);
     }
 
     /// [`plan_write`](Self::plan_write), logging the change at `level`: freed memory handed
@@ -677,26 +674,7 @@ impl Adaptive {
     ) {
         push_write_logged(level, writes, d, target_kib, reason);
         self.tracker
-            .note_write_at(usize::MAX, d.domid, target_kib, now, self.epoch);
-    }
-
-    /// [`plan_write`](Self::plan_write) for `d` at `index` in the domains of the host being
-    /// decided on, where the tracker finds it without a search (a round on a big host writes
-    /// thousands, so it is inlined into the loops that call it: a call would cost a third
-    /// of the write).
-    #[inline(always)]
-    fn plan_write_at(
-        &mut self,
-        index: usize,
-        writes: &mut Vec<Action>,
-        d: &Domain,
-        target_kib: Kib,
-        now: f64,
-        reason: &str,
-    ) {
-        push_write(writes, d, target_kib, reason);
-        self.tracker
-            .note_write_at(index, d.domid, target_kib, now, self.epoch);
+            .note_write(d.domid, target_kib, now, self.epoch);
     }
 
     /// `target_kib`, or for a guest not yet seen to grow, at most a probe's worth above what
@@ -752,9 +730,9 @@ impl Adaptive {
         success: &mut dyn FnMut(Kib) -> bool,
     ) -> Result<Round> {
         let mut writes = Vec::new();
-        // What each balloonable domain without a floor can still give, and how fast; in the
-        // same walk over the domains (one walk fewer on a big host), what the host's free
-        // memory is guaranteed to be ([`guaranteed_free`]).
+        // What each balloonable domain without a floor can still give, and how fast, and what
+        // the domains could still take from the host ([`guaranteed_free`]): gathered by the
+        // look in its walk (see `look_in`).
         let Scratch {
             contributors,
             who,
@@ -763,8 +741,8 @@ impl Adaptive {
         } = scratch;
         let (could_take, capacity) = match scratch_collected.take() {
             Some(sums) => sums,
-            // Not gathered by the look (a round that started allocating, then freed): walked
-            // here.
+            // Not gathered by the look, which learnt a limit that may take a domain out of
+            // the contributors: gathered here, with the limit known.
             None => {
                 contributors.clear();
                 who.clear();
@@ -777,7 +755,6 @@ impl Adaptive {
                 sums
             }
         };
-        let capacity = Kib::try_from(capacity).ok();
         let guaranteed = host.free_mem_kib - could_take;
         if guaranteed >= required_kib && success(guaranteed) {
             debug!(
@@ -786,7 +763,7 @@ impl Adaptive {
             );
             return Ok(Round::ending(writes, Outcome::Done));
         }
-        let capacity = capacity.ok_or_else(|| {
+        let capacity = Kib::try_from(capacity).map_err(|_| {
             Error::InvalidMemoryValue("freeable: the sum of the capacities overflows".into())
         })?;
         let need = required_kib - guaranteed;

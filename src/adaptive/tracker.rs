@@ -685,21 +685,7 @@ impl Tracker {
 
     /// Records that `domid`'s target is now `target_kib` (written at `now`, in `epoch`).
     pub fn note_write(&mut self, domid: DomId, target_kib: Kib, now: f64, epoch: u64) {
-        self.note_write_at(usize::MAX, domid, target_kib, now, epoch);
-    }
-
-    /// [`note_write`](Tracker::note_write) for `domid` at `index` in the domains of the last
-    /// look (see [`get_at`](Tracker::get_at)).
-    #[inline]
-    pub fn note_write_at(
-        &mut self,
-        index: usize,
-        domid: DomId,
-        target_kib: Kib,
-        now: f64,
-        epoch: u64,
-    ) {
-        if let Some(t) = self.get_mut_at(index, domid) {
+        if let Some(t) = self.get_mut(domid) {
             t.note_write(target_kib, now, epoch);
         }
     }
