@@ -9,7 +9,7 @@ mod inverted_host;
 
 use inverted_host::sleepy_inverted_guest_host;
 use squeeze::adaptive::Adaptive;
-use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
+use squeeze::backend::sim::{Behaviour, SimConfig, Simulator};
 use squeeze::{DomId, Domain, Error, Io, Kib};
 
 const MIB: Kib = 1024;
@@ -66,13 +66,11 @@ fn an_inverted_guest_is_never_asked_below_its_dynamic_min() {
 /// to its dynamic-max of 0, which would take the 960 MiB it holds and its dynamic-min needs.
 #[test]
 fn an_inverted_guest_that_cannot_grow_is_not_sent_to_its_dynamic_max() {
+    // No slush, no tolerance, the clock following the waits (the simulator's defaults).
     let mut sim = Simulator::new(SimConfig {
         free_mem_kib: 64 * MIB,
-        target_host_free_mem_kib: 0,
-        free_memory_tolerance_kib: 0,
-        clock: ClockMode::FollowWait,
         time_limit_s: Some(600.0),
-        record_trace: true,
+        ..SimConfig::default()
     });
     sim.add_guest(
         Domain::new(1, true, GIB, GIB, 0, 960 * MIB, GIB, 0),

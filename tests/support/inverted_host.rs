@@ -1,7 +1,7 @@
 //! The host of squeezed's inverted-range flaw, shared by the classic property tests (which
 //! show the flaw) and the adaptive tests (which show it fixed).
 
-use squeeze::backend::sim::{Behaviour, ClockMode, SimConfig, Simulator};
+use squeeze::backend::sim::{Behaviour, SimConfig, Simulator};
 use squeeze::{Domain, Kib};
 
 const MIB: Kib = 1024;
@@ -12,13 +12,11 @@ const GIB: Kib = 1024 * MIB;
 /// 256 MiB/s guest with range 1..3 GiB, holding 1 GiB. Nothing is free and the slush is 0.
 /// The clock stands at 8 s, as guest 1's driver falls asleep (8 s to 16 s).
 pub fn sleepy_inverted_guest_host() -> Simulator {
+    // Nothing free, no slush, no tolerance, the clock following the waits (the simulator's
+    // defaults).
     let mut sim = Simulator::new(SimConfig {
-        free_mem_kib: 0,
-        target_host_free_mem_kib: 0,
-        free_memory_tolerance_kib: 0,
-        clock: ClockMode::FollowWait,
         time_limit_s: Some(600.0),
-        record_trace: true,
+        ..SimConfig::default()
     });
     sim.add_guest(
         Domain::new(1, true, GIB, 1088 * MIB, 0, 1088 * MIB, 1088 * MIB, 0),
